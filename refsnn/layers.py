@@ -1,0 +1,304 @@
+"""Spatial layers of a spiking network: fully connected, 2-D convolution, average pooling, flatten.
+
+Every layer is a *linear* (affine) map applied independently at each time step; the weights are
+shared over time (the paper's eq. 1, the ``W[k] (*) s_t[k-1] + b[k]`` term). Each class keeps its
+rules side by side:
+
+- ``forward(x)``: the affine map, ``x`` of shape ``[N, *in_shape]`` (``N`` = time x batch, or any
+  leading count) to ``[N, *out_shape]``;
+- ``backward(x, grad_out)``: gradient w.r.t. the input and the parameters (manual BPTT);
+- ``transpose(coef)``: the adjoint of the linear part, ``coef @ W`` (back-substitution in S-CROWN,
+  eqs. 17-18), ``[N, *out_shape] -> [N, *in_shape]``;
+- ``interval(lower, upper)``: interval arithmetic with ``W+`` and ``W-`` (S-IBP, eq. 11).
+
+Conventions follow PyTorch so weights port 1:1: ``Linear.weight`` is ``[out, in]``,
+``Conv2d.weight`` is ``[out, in, kh, kw]``.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+Shape = Tuple[int, ...]
+
+
+def _as_float_array(value, name: str, ndim: int) -> np.ndarray:
+    array = np.asarray(value)
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.number):
+        raise TypeError(f"{name} must be numeric, got dtype {array.dtype}")
+    array = array.astype(np.float64 if array.dtype != np.float32 else np.float32, copy=True)
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains NaN or infinite values; check the weights you loaded")
+    return array
+
+
+def _pair(value, name: str) -> Tuple[int, int]:
+    if np.isscalar(value):
+        value = (int(value), int(value))
+    pair = tuple(int(v) for v in value)
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return pair
+
+
+class Layer:
+    """Base class of the spatial layers. ``has_neuron``: a LIF neuron follows this layer."""
+
+    has_neuron: bool = False
+    kind: str = "layer"
+    input_shape: Optional[Shape] = None  # set by ``output_shape`` (the network resolves shapes once)
+
+    def params(self) -> Dict[str, np.ndarray]:
+        return {}
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        """Checks ``input_shape`` (without batch axis), records it, returns the output shape."""
+        raise NotImplementedError
+
+    def _require_input_shape(self) -> Shape:
+        if self.input_shape is None:
+            raise RuntimeError(f"{type(self).__name__}: input shape unknown; build the SNN with input_shape=...")
+        return self.input_shape
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, x: np.ndarray, grad_out: np.ndarray) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+        """Gradients w.r.t. the input ``[N, *in]`` and the parameters (dict, same keys as ``params``)."""
+        return self.transpose(grad_out), {}
+
+    def transpose(self, coef: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def interval(self, lower: np.ndarray, upper: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def astype(self, dtype) -> "Layer":
+        return self
+
+    def config(self) -> dict:
+        """Hyper-parameters (not weights) that define the layer, for checkpoints."""
+        return {}
+
+
+class Linear(Layer):
+    """Fully connected layer ``y = x W^T + b``; ``weight [out, in]``, ``bias [out]``."""
+
+    has_neuron = True
+    kind = "linear"
+
+    def __init__(self, weight, bias=None):
+        self.weight = _as_float_array(weight, "Linear weight", 2)
+        out_features = self.weight.shape[0]
+        if bias is None:
+            bias = np.zeros(out_features, dtype=self.weight.dtype)
+        self.bias = _as_float_array(bias, "Linear bias", 1).astype(self.weight.dtype)
+        if self.bias.shape != (out_features,):
+            raise ValueError(f"Linear bias must have shape ({out_features},), got {self.bias.shape}")
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def params(self) -> Dict[str, np.ndarray]:
+        return {"weight": self.weight, "bias": self.bias}
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        self.input_shape = tuple(input_shape)
+        if tuple(input_shape) != (self.in_features,):
+            raise ValueError(
+                f"Linear layer expects inputs of shape ({self.in_features},), got {tuple(input_shape)}; "
+                "add a Flatten layer before it or fix the weight shape")
+        return (self.out_features,)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return x @ self.weight.T + self.bias
+
+    def backward(self, x, grad_out):
+        grads = {"weight": grad_out.T @ x, "bias": grad_out.sum(axis=0)}
+        return grad_out @ self.weight, grads
+
+    def transpose(self, coef: np.ndarray) -> np.ndarray:
+        return coef @ self.weight
+
+    def interval(self, lower, upper):
+        weight_pos = np.maximum(self.weight, 0.0)
+        weight_neg = np.minimum(self.weight, 0.0)
+        out_lower = lower @ weight_pos.T + upper @ weight_neg.T + self.bias
+        out_upper = upper @ weight_pos.T + lower @ weight_neg.T + self.bias
+        return out_lower, out_upper
+
+    def astype(self, dtype):
+        layer = Linear(self.weight.astype(dtype), self.bias.astype(dtype))
+        layer.input_shape = self.input_shape
+        return layer
+
+
+def _conv_windows(x: np.ndarray, kernel: Tuple[int, int], stride: Tuple[int, int],
+                  padding: Tuple[int, int]) -> np.ndarray:
+    """Strided view of the padded input: ``[N, C, H, W] -> [N, C, OH, OW, kh, kw]`` (no copy)."""
+    pad_h, pad_w = padding
+    if pad_h or pad_w:
+        x = np.pad(x, ((0, 0), (0, 0), (pad_h, pad_h), (pad_w, pad_w)))
+    windows = np.lib.stride_tricks.sliding_window_view(x, kernel, axis=(2, 3))
+    return windows[:, :, ::stride[0], ::stride[1]]
+
+
+def _conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _scatter_windows(cols: np.ndarray, input_shape: Shape, kernel, stride, padding) -> np.ndarray:
+    """Adjoint of ``_conv_windows``: sum ``[N, C, OH, OW, kh, kw]`` window values back into ``[N, C, H, W]``."""
+    n, channels, out_h, out_w, kernel_h, kernel_w = cols.shape
+    height, width = input_shape[-2:]
+    padded = np.zeros((n, channels, height + 2 * padding[0], width + 2 * padding[1]), dtype=cols.dtype)
+    for i in range(kernel_h):
+        for j in range(kernel_w):
+            padded[:, :, i:i + stride[0] * out_h:stride[0], j:j + stride[1] * out_w:stride[1]] += cols[..., i, j]
+    return padded[:, :, padding[0]:padding[0] + height, padding[1]:padding[1] + width]
+
+
+class Conv2d(Layer):
+    """2-D convolution (cross-correlation, as PyTorch); ``weight [out, in, kh, kw]``, ``bias [out]``."""
+
+    has_neuron = True
+    kind = "conv2d"
+
+    def __init__(self, weight, bias=None, stride=1, padding=0):
+        self.weight = _as_float_array(weight, "Conv2d weight", 4)
+        out_channels = self.weight.shape[0]
+        if bias is None:
+            bias = np.zeros(out_channels, dtype=self.weight.dtype)
+        self.bias = _as_float_array(bias, "Conv2d bias", 1).astype(self.weight.dtype)
+        if self.bias.shape != (out_channels,):
+            raise ValueError(f"Conv2d bias must have shape ({out_channels},), got {self.bias.shape}")
+        self.stride = _pair(stride, "stride")
+        self.padding = _pair(padding, "padding")
+        if min(self.stride) < 1 or min(self.padding) < 0:
+            raise ValueError(f"stride must be >= 1 and padding >= 0, got {self.stride}, {self.padding}")
+
+    @property
+    def kernel_size(self) -> Tuple[int, int]:
+        return self.weight.shape[2], self.weight.shape[3]
+
+    def params(self):
+        return {"weight": self.weight, "bias": self.bias}
+
+    def config(self):
+        return {"stride": list(self.stride), "padding": list(self.padding)}
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        self.input_shape = tuple(input_shape)
+        if len(input_shape) != 3 or input_shape[0] != self.weight.shape[1]:
+            raise ValueError(
+                f"Conv2d expects inputs of shape ({self.weight.shape[1]}, H, W), got {tuple(input_shape)}")
+        out_h = _conv_output_size(input_shape[1], self.kernel_size[0], self.stride[0], self.padding[0])
+        out_w = _conv_output_size(input_shape[2], self.kernel_size[1], self.stride[1], self.padding[1])
+        if out_h < 1 or out_w < 1:
+            raise ValueError(f"Conv2d kernel {self.kernel_size} does not fit input {tuple(input_shape)}")
+        return (self.weight.shape[0], out_h, out_w)
+
+    def _linear(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        windows = _conv_windows(x, self.kernel_size, self.stride, self.padding)
+        # [N, C, OH, OW, kh, kw] x [O, C, kh, kw] -> [N, OH, OW, O]
+        out = np.tensordot(windows, weight, axes=([1, 4, 5], [1, 2, 3]))
+        return out.transpose(0, 3, 1, 2)
+
+    def forward(self, x):
+        return self._linear(x, self.weight) + self.bias[None, :, None, None]
+
+    def transpose(self, coef):
+        # coef [N, O, OH, OW] -> window values [N, OH, OW, C, kh, kw] -> scatter to input.
+        cols = np.tensordot(coef, self.weight, axes=([1], [0]))  # [N, OH, OW, C, kh, kw]
+        cols = cols.transpose(0, 3, 1, 2, 4, 5)
+        return _scatter_windows(cols, self._require_input_shape(), self.kernel_size, self.stride, self.padding)
+
+    def backward(self, x, grad_out):
+        windows = _conv_windows(x, self.kernel_size, self.stride, self.padding)
+        grad_weight = np.tensordot(grad_out, windows, axes=([0, 2, 3], [0, 2, 3]))  # [O, C, kh, kw]
+        grads = {"weight": grad_weight, "bias": grad_out.sum(axis=(0, 2, 3))}
+        return self.transpose(grad_out), grads
+
+    def interval(self, lower, upper):
+        weight_pos = np.maximum(self.weight, 0.0)
+        weight_neg = np.minimum(self.weight, 0.0)
+        bias = self.bias[None, :, None, None]
+        out_lower = self._linear(lower, weight_pos) + self._linear(upper, weight_neg) + bias
+        out_upper = self._linear(upper, weight_pos) + self._linear(lower, weight_neg) + bias
+        return out_lower, out_upper
+
+    def astype(self, dtype):
+        layer = Conv2d(self.weight.astype(dtype), self.bias.astype(dtype), self.stride, self.padding)
+        layer.input_shape = self.input_shape
+        return layer
+
+
+class AvgPool2d(Layer):
+    """Average pooling over ``kernel_size`` windows (no padding), stride defaults to the kernel size."""
+
+    kind = "avgpool2d"
+
+    def __init__(self, kernel_size, stride: Optional[int] = None):
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride if stride is not None else kernel_size, "stride")
+        if min(self.kernel_size) < 1 or min(self.stride) < 1:
+            raise ValueError("AvgPool2d kernel_size and stride must be >= 1")
+
+    def config(self):
+        return {"kernel_size": list(self.kernel_size), "stride": list(self.stride)}
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        self.input_shape = tuple(input_shape)
+        if len(input_shape) != 3:
+            raise ValueError(f"AvgPool2d expects inputs of shape (C, H, W), got {tuple(input_shape)}")
+        out_h = _conv_output_size(input_shape[1], self.kernel_size[0], self.stride[0], 0)
+        out_w = _conv_output_size(input_shape[2], self.kernel_size[1], self.stride[1], 0)
+        if out_h < 1 or out_w < 1:
+            raise ValueError(f"AvgPool2d kernel {self.kernel_size} does not fit input {tuple(input_shape)}")
+        return (input_shape[0], out_h, out_w)
+
+    def forward(self, x):
+        windows = _conv_windows(x, self.kernel_size, self.stride, (0, 0))
+        return windows.mean(axis=(4, 5))
+
+    def transpose(self, coef):
+        kernel_h, kernel_w = self.kernel_size
+        cols = np.broadcast_to(coef[..., None, None] / (kernel_h * kernel_w), coef.shape + (kernel_h, kernel_w))
+        return _scatter_windows(cols, self._require_input_shape(), self.kernel_size, self.stride, (0, 0))
+
+    def interval(self, lower, upper):
+        # Non-negative weights: the map is monotone.
+        return self.forward(lower), self.forward(upper)
+
+
+class Flatten(Layer):
+    """Flattens ``[N, C, H, W]`` (or any shape) to ``[N, C*H*W]`` in C order, as ``torch.flatten(x, 1)``."""
+
+    kind = "flatten"
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        self.input_shape = tuple(input_shape)
+        return (int(np.prod(input_shape)),)
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], -1)
+
+    def transpose(self, coef):
+        return coef.reshape((coef.shape[0],) + self._require_input_shape())
+
+    def backward(self, x, grad_out):
+        return grad_out.reshape(x.shape), {}
+
+    def interval(self, lower, upper):
+        return self.forward(lower), self.forward(upper)
+
+
+LAYER_KINDS = {cls.kind: cls for cls in (Linear, Conv2d, AvgPool2d, Flatten)}

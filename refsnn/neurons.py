@@ -1,0 +1,143 @@
+"""Leaky integrate-and-fire neurons: the recurrence over time, its manual BPTT, surrogate derivatives.
+
+The paper's eqs. 1-3 for one layer, given the input current ``I_t = W (*) s_t[k-1] + b``::
+
+    m_t = I_t + alpha * m_{t-1} * (1 - s_{t-1}),   m_0 = s_0 = 0
+    s_t = 1[m_t >= th]     (firing=">=", the paper's eq. 2, default)
+    s_t = 1[m_t >  th]     (firing=">",  the authors' released code and snnTorch)
+
+The product ``z_t = m_t (1 - s_t)`` is the *reset term* of eqs. 9-10 (what survives the reset).
+
+Arrays are time-major: ``[T, N...]`` where the trailing axes hold batch and neurons. The loop
+runs over time only; each step is vectorized over all neurons and samples.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+
+FIRING_MODES = (">=", ">")
+
+
+def check_firing(firing: str) -> str:
+    if firing not in FIRING_MODES:
+        raise ValueError(f"firing must be '>=' (the paper's eq. 2, fires at threshold) or '>' "
+                         f"(fires strictly above, as snnTorch and the authors' code), got {firing!r}")
+    return firing
+
+
+def fire(membrane: np.ndarray, threshold: float, firing: str = ">=") -> np.ndarray:
+    """Heaviside fire function of eq. 2: ``1[m >= th]`` (or ``1[m > th]``), same dtype as ``membrane``."""
+    if firing == ">=":
+        return (membrane >= threshold).astype(membrane.dtype)
+    return (membrane > threshold).astype(membrane.dtype)
+
+
+# --- surrogate derivatives ---------------------------------------------------------------------
+# Each surrogate gives d s / d m as a function of v = m - th, and a smooth function whose exact
+# derivative is that surrogate: with ``smooth=True`` the network fires through it, which turns the
+# manual gradient into the exact gradient of a smooth network (the finite-difference check).
+
+@dataclass(frozen=True)
+class Rectangular:
+    """Rectangular window: derivative ``height`` where ``|v| < width / 2`` (authors' code: 1 on |v| < 0.5)."""
+
+    width: float = 1.0
+    height: float = 1.0
+    name: str = "rectangular"
+
+    def derivative(self, v: np.ndarray) -> np.ndarray:
+        return np.where(np.abs(v) < self.width / 2, self.height, 0.0).astype(v.dtype)
+
+    def smooth(self, v: np.ndarray) -> np.ndarray:
+        return np.clip(self.height * (v + self.width / 2), 0.0, self.height * self.width).astype(v.dtype)
+
+
+@dataclass(frozen=True)
+class Sigmoid:
+    """Sigmoid surrogate: ``s ~ sigmoid(slope * v)``, derivative ``slope * sig * (1 - sig)``."""
+
+    slope: float = 5.0
+    name: str = "sigmoid"
+
+    def smooth(self, v):
+        return 0.5 * (1.0 + np.tanh(0.5 * self.slope * v))
+
+    def derivative(self, v):
+        sig = self.smooth(v)
+        return self.slope * sig * (1.0 - sig)
+
+
+@dataclass(frozen=True)
+class ATan:
+    """Arctangent surrogate (snnTorch's default): ``s ~ 1/2 + atan(pi/2 * a * v) / pi``."""
+
+    alpha: float = 2.0
+    name: str = "atan"
+
+    def smooth(self, v):
+        return 0.5 + np.arctan(0.5 * math.pi * self.alpha * v) / math.pi
+
+    def derivative(self, v):
+        return 0.5 * self.alpha / (1.0 + (0.5 * math.pi * self.alpha * v) ** 2)
+
+
+SURROGATES = {"rectangular": Rectangular, "sigmoid": Sigmoid, "atan": ATan}
+
+
+def make_surrogate(name: str = "rectangular", **kwargs):
+    """Surrogate by name (``rectangular``, ``sigmoid``, ``atan``) with its keyword parameters."""
+    if name not in SURROGATES:
+        raise ValueError(f"unknown surrogate {name!r}; choose one of {sorted(SURROGATES)}")
+    return SURROGATES[name](**kwargs)
+
+
+def surrogate_config(surrogate) -> dict:
+    config = {key: getattr(surrogate, key) for key in surrogate.__dataclass_fields__}
+    return config
+
+
+# --- the LIF recurrence and its reverse pass ----------------------------------------------------
+
+def lif_forward(current: np.ndarray, threshold: float, decay: float, firing: str = ">=",
+                surrogate=None, smooth: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    """Runs eqs. 1-2 over time. ``current [T, ...]`` -> ``(membrane [T, ...], spike [T, ...])``.
+
+    ``smooth=True`` replaces the Heaviside by ``surrogate.smooth`` (gradient checks only).
+    """
+    membrane = np.empty_like(current)
+    spike = np.empty_like(current)
+    carried = np.zeros_like(current[0])  # alpha * m_{t-1} * (1 - s_{t-1})
+    for t in range(current.shape[0]):
+        membrane[t] = current[t] + carried
+        if smooth:
+            spike[t] = surrogate.smooth(membrane[t] - threshold)
+        else:
+            spike[t] = fire(membrane[t], threshold, firing)
+        carried = decay * membrane[t] * (1.0 - spike[t])
+    return membrane, spike
+
+
+def lif_backward(membrane: np.ndarray, spike: np.ndarray, grad_spike: np.ndarray, threshold: float,
+                 decay: float, surrogate, reset_grad: bool = True) -> np.ndarray:
+    """Manual BPTT through eqs. 1-2 (STBP, Wu et al. 2018).
+
+    ``grad_spike [T, ...]`` is dL/ds_t arriving from outside the layer (next layer, output).
+    Returns dL/dI_t ``[T, ...]``. With ``reset_grad`` the reset path ``-alpha * m_t`` from
+    ``s_t`` into ``m_{t+1}`` is differentiated (the authors' code); otherwise it is detached
+    (snnTorch).
+    """
+    grad_current = np.empty_like(membrane)
+    grad_membrane_next = np.zeros_like(membrane[0])
+    for t in range(membrane.shape[0] - 1, -1, -1):
+        grad_s = grad_spike[t]
+        if reset_grad:
+            grad_s = grad_s - decay * membrane[t] * grad_membrane_next
+        grad_m = grad_s * surrogate.derivative(membrane[t] - threshold) \
+            + decay * (1.0 - spike[t]) * grad_membrane_next
+        grad_current[t] = grad_m
+        grad_membrane_next = grad_m
+    return grad_current

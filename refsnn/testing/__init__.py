@@ -1,0 +1,1 @@
+"""Hypothesis strategies and assertion helpers to property-test bound implementations against refsnn."""
