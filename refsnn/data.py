@@ -15,6 +15,7 @@ Nothing in this module downloads anything; see ``data_scripts/convert_to_hdf5.py
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import zlib
 from importlib import resources
@@ -24,8 +25,10 @@ import numpy as np
 __all__ = [
     "DATASET_NAMES",
     "EVENT_DTYPE",
+    "IDX_CONTENT_MD5",
     "NMNIST_SENSOR_SIZE",
     "NMNIST_DEFAULT_DURATION_US",
+    "content_md5",
     "read_idx",
     "read_nmnist_bin",
     "bin_events",
@@ -54,6 +57,19 @@ EVENT_DTYPE = np.dtype(
 IDX_MAGIC_LABELS = 0x00000801  # unsigned byte, 1-D
 IDX_MAGIC_IMAGES = 0x00000803  # unsigned byte, 3-D
 _GZIP_MAGIC = b"\x1f\x8b"
+
+#: MD5 of the DECOMPRESSED canonical IDX files, keyed by (dataset name, file stem).
+#: (gzip streams differ between copies; the content does not.)
+IDX_CONTENT_MD5: dict[tuple[str, str], str] = {
+    ("mnist", "train-images-idx3-ubyte"): "6bbc9ace898e44ae57da46a324031adb",
+    ("mnist", "train-labels-idx1-ubyte"): "a25bea736e30d166cdddb491f175f624",
+    ("mnist", "t10k-images-idx3-ubyte"): "2646ac647ad5339dbf082846283269ea",
+    ("mnist", "t10k-labels-idx1-ubyte"): "27ae3e4e09519cfbb04c329615203637",
+    ("fmnist", "train-images-idx3-ubyte"): "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    ("fmnist", "train-labels-idx1-ubyte"): "9018921c3c673c538a1fc5bad174d6f9",
+    ("fmnist", "t10k-images-idx3-ubyte"): "8181f5470baa50b63fa0f6fddb340f0a",
+    ("fmnist", "t10k-labels-idx1-ubyte"): "15d484375f8d13e6eb1aabb0c3f46965",
+}
 
 ENV_DATA_DIR = "REFSNN_DATA_DIR"
 HOME_DATA_DIR = Path("~/.refsnn/data")
@@ -102,6 +118,11 @@ def _read_maybe_gzip(path: Path) -> bytes:
             f"{path}: gzip stream is truncated or corrupt ({exc}); "
             "download or copy the file again"
         ) from exc
+
+
+def content_md5(path: PathLike) -> str:
+    """MD5 hex digest of a file's content, after gunzip when it is gzip-compressed."""
+    return hashlib.md5(_read_maybe_gzip(Path(path))).hexdigest()
 
 
 def read_idx(path: PathLike) -> np.ndarray:
