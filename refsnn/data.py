@@ -32,6 +32,7 @@ __all__ = [
     "read_idx",
     "read_nmnist_bin",
     "bin_events",
+    "bin_recordings",
     "to_time_major",
     "load_dataset",
     "candidate_data_dirs",
@@ -208,14 +209,47 @@ def _check_event_coordinates(events: np.ndarray, source: str) -> None:
         )
 
 
-def _bin_event_segments(
-    events: np.ndarray, offsets: np.ndarray, T: int, duration_us: int | None
-) -> np.ndarray:
-    """Bin concatenated recordings (sample i = ``events[offsets[i]:offsets[i+1]]``).
+def _check_events(events: np.ndarray, source: str) -> None:
+    """Raise ValueError unless ``events`` is a valid 1-D event array (see EVENT_DTYPE)."""
+    missing = {"x", "y", "polarity", "t_us"} - set(events.dtype.names or ())
+    if missing:
+        raise ValueError(
+            f"{source}: events must be a structured array with fields x, y, polarity, t_us "
+            f"(see read_nmnist_bin); missing {sorted(missing)}"
+        )
+    if events.ndim != 1:
+        raise ValueError(f"{source}: events must be 1-D [n_events], got shape {events.shape}")
+    _check_event_coordinates(events, source=source)
+    if np.any(events["polarity"] > 1):
+        raise ValueError(f"{source}: polarity must be 0 (OFF) or 1 (ON)")
+    if np.issubdtype(events["t_us"].dtype, np.signedinteger) and np.any(events["t_us"] < 0):
+        raise ValueError(f"{source}: timestamps must be >= 0")
 
-    Returns uint8 ``[N, T, 2, 34, 34]``. Vectorized over all events of all samples.
+
+def bin_recordings(
+    events: np.ndarray, offsets: np.ndarray, T: int, duration_us: int | None = None
+) -> np.ndarray:
+    """Bin N concatenated recordings at once: sample i = ``events[offsets[i]:offsets[i+1]]``.
+
+    Same rule as :func:`bin_events`, applied per recording (with ``duration_us=None`` each
+    recording uses its own last timestamp + 1). ``offsets`` is int ``[N + 1]``, starting at 0
+    and ending at ``len(events)``. Returns uint8 ``[N, T, 2, 34, 34]``; vectorized over all
+    events of all samples.
     """
     _check_positive_int(T, "T")
+    _check_events(events, "bin_recordings")
+    offsets = np.asarray(offsets, dtype=np.int64)
+    well_formed = offsets.ndim == 1 and offsets.size >= 1
+    if not (
+        well_formed
+        and offsets[0] == 0
+        and offsets[-1] == len(events)
+        and np.all(np.diff(offsets) >= 0)
+    ):
+        raise ValueError(
+            f"offsets must be non-decreasing [N + 1] from 0 to len(events)={len(events)}, "
+            f"got {offsets[:3]}...{offsets[-3:]} (size {offsets.size})"
+        )
     n_samples = len(offsets) - 1
     counts = np.diff(offsets)
     sample_of_event = np.repeat(np.arange(n_samples), counts)
@@ -255,21 +289,8 @@ def bin_events(events: np.ndarray, T: int, duration_us: int | None = None) -> np
     do not appear in the frames. Event order does not matter.
     """
     events = np.asarray(events)
-    missing = {"x", "y", "polarity", "t_us"} - set(events.dtype.names or ())
-    if missing:
-        raise ValueError(
-            f"events must be a structured array with fields x, y, polarity, t_us "
-            f"(see read_nmnist_bin); missing {sorted(missing)}"
-        )
-    if events.ndim != 1:
-        raise ValueError(f"events must be 1-D [n_events], got shape {events.shape}")
-    _check_event_coordinates(events, source="bin_events")
-    if np.any(events["polarity"] > 1):
-        raise ValueError("bin_events: polarity must be 0 (OFF) or 1 (ON)")
-    if np.issubdtype(events["t_us"].dtype, np.signedinteger) and np.any(events["t_us"] < 0):
-        raise ValueError("bin_events: timestamps must be >= 0")
-    offsets = np.array([0, events.shape[0]], dtype=np.int64)
-    return _bin_event_segments(events, offsets, T, duration_us)[0]
+    offsets = np.array([0, events.shape[0] if events.ndim else 0], dtype=np.int64)
+    return bin_recordings(events, offsets, T, duration_us)[0]
 
 
 def to_time_major(x: np.ndarray) -> np.ndarray:
@@ -349,18 +370,21 @@ def list_nmnist_files(split_dir: PathLike) -> tuple[list[Path], np.ndarray, np.n
     return paths, labels, ids
 
 
-def find_raw_files(name: str, split: str, data_dir: PathLike | None = None) -> dict | None:
+def find_raw_files(
+    name: str, split: str, data_dir: PathLike | None = None, *, raw_only: bool = False
+) -> dict | None:
     """Locate a dataset split on disk, or return None.
 
     Returns ``{"kind": "hdf5", "path": Path}``, or ``{"kind": "idx", "images": Path,
     "labels": Path}`` (mnist/fmnist), or ``{"kind": "nmnist", "split_dir": Path}``.
-    Within each root of :func:`candidate_data_dirs`, ``<root>/<name>.h5`` wins over raw files.
+    Within each root of :func:`candidate_data_dirs`, ``<root>/<name>.h5`` wins over raw files
+    (unless ``raw_only``; .h5 files are ignored when h5py is not installed).
     """
     _check_name_split(name, split)
     if name == "mnist-subset":
         raise ValueError("mnist-subset ships inside the package; it has no files to find")
     for root, _why in candidate_data_dirs(data_dir):
-        found = _find_in_root(name, split, root)
+        found = _find_in_root(name, split, root, raw_only)
         if found is not None:
             return found
     if name == "fmnist" and data_dir is None:
@@ -368,9 +392,9 @@ def find_raw_files(name: str, split: str, data_dir: PathLike | None = None) -> d
     return None
 
 
-def _find_in_root(name: str, split: str, root: Path) -> dict | None:
+def _find_in_root(name: str, split: str, root: Path, raw_only: bool = False) -> dict | None:
     h5_path = root / f"{name}.h5"
-    if h5_path.is_file() and _have_h5py():
+    if not raw_only and h5_path.is_file() and _have_h5py():
         return {"kind": "hdf5", "path": h5_path}
     if name == "nmnist":
         split_dir = root / _NMNIST_FOLDER / _NMNIST_SPLIT_DIRS[split]
@@ -549,7 +573,7 @@ def _load_hdf5(
             return group["images"][:stop], labels
         offsets = group["event_offsets"][: None if stop is None else stop + 1].astype(np.int64)
         events = group["events"][offsets[0] : offsets[-1]]
-        return _bin_event_segments(events, offsets - offsets[0], T, duration_us), labels
+        return bin_recordings(events, offsets - offsets[0], T, duration_us), labels
 
 
 def load_dataset(
@@ -597,5 +621,5 @@ def load_dataset(
         images, labels = _load_idx_pair(found["images"], found["labels"])
         return _digital_output(images[:limit], labels[:limit])
     events, offsets, labels = _read_nmnist_split(found["split_dir"], limit)
-    frames = _bin_event_segments(events, offsets, T, duration_us)
+    frames = bin_recordings(events, offsets, T, duration_us)
     return frames, labels.astype(np.int64)
