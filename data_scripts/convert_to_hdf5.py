@@ -120,11 +120,11 @@ def locate_idx(
     name: str, data_dir: Path | None, download: bool, download_root: Path, timeout: float
 ) -> dict[str, tuple[Path, Path]]:
     """(images, labels) per split, downloading what is missing when allowed."""
-    folder = download_root / data._DIGITAL_FOLDERS[name]
+    folder = download_root / data.DATASET_FOLDERS[name]
     found: dict[str, tuple[Path, Path]] = {}
     missing: list[tuple[str, str]] = []
-    for split, stems in data._IDX_STEMS.items():
-        hit = data.find_raw_files(name, split, data_dir, raw_only=True)
+    for split, stems in data.IDX_FILE_STEMS.items():
+        hit = data.locate_dataset(name, split, data_dir, raw_only=True)
         if hit is not None:
             found[split] = (hit["images"], hit["labels"])
         else:
@@ -135,16 +135,16 @@ def locate_idx(
         raise MissingFiles(missing_idx_message(name, folder, [stem for _, stem in missing]))
     try:
         for split, stem in missing:
-            existing = data._idx_file(folder, stem)
+            existing = data.find_idx_file(folder, stem)
             if existing is None:
                 download_idx(name, stem, folder, timeout)
     except MissingFiles as exc:
         raise MissingFiles(
             f"{exc}\n(offline?)\n" + missing_idx_message(name, folder, [s for _, s in missing])
         ) from None
-    for split, (image_stem, label_stem) in data._IDX_STEMS.items():
+    for split, (image_stem, label_stem) in data.IDX_FILE_STEMS.items():
         if split not in found:
-            found[split] = (data._idx_file(folder, image_stem), data._idx_file(folder, label_stem))
+            found[split] = (data.find_idx_file(folder, image_stem), data.find_idx_file(folder, label_stem))
     return found
 
 
@@ -190,15 +190,15 @@ def write_idx_hdf5(name: str, paths: dict[str, tuple[Path, Path]], out: Path, co
 def locate_nmnist(data_dir: Path | None, download_root: Path) -> dict[str, Path]:
     found = {}
     for split in data.SPLITS:
-        hit = data.find_raw_files("nmnist", split, data_dir, raw_only=True)
+        hit = data.locate_dataset("nmnist", split, data_dir, raw_only=True)
         if hit is not None:
             found[split] = hit["split_dir"]
     missing = [s for s in data.SPLITS if s not in found]
     if missing:
-        folder = download_root / data._NMNIST_FOLDER
+        folder = download_root / data.DATASET_FOLDERS["nmnist"]
         lines = ["nmnist: raw files missing (N-MNIST is not downloaded automatically). Put:"]
         for split in missing:
-            lines.append(f"  {folder / data._NMNIST_SPLIT_DIRS[split]}/<label>/<id>.bin")
+            lines.append(f"  {folder / data.NMNIST_SPLIT_FOLDERS[split]}/<label>/<id>.bin")
         lines.append(
             f"  (the original ATIS .bin files, as in the official archive, {NMNIST_SOURCE_PAGE},"
         )

@@ -31,14 +31,14 @@ DEFAULT_OUT = REPO_ROOT / "refsnn" / "_data" / "mnist_subset.npz"
 def locate_mnist(mnist_dir: Path | None) -> dict[str, tuple[Path, Path]]:
     """(images, labels) IDX paths per split, from --mnist-dir or the load_dataset search."""
     found: dict[str, tuple[Path, Path]] = {}
-    for split, (image_stem, label_stem) in data._IDX_STEMS.items():
+    for split, (image_stem, label_stem) in data.IDX_FILE_STEMS.items():
         if mnist_dir is not None:
-            images = data._idx_file(mnist_dir, image_stem)
-            labels = data._idx_file(mnist_dir, label_stem)
+            images = data.find_idx_file(mnist_dir, image_stem)
+            labels = data.find_idx_file(mnist_dir, label_stem)
             if images is None or labels is None:
                 sys.exit(f"error: {mnist_dir} lacks {image_stem}[.gz] or {label_stem}[.gz]")
         else:
-            hit = data.find_raw_files("mnist", split)
+            hit = data.locate_dataset("mnist", split)
             if hit is None or hit["kind"] != "idx":
                 sys.exit(
                     "error: raw MNIST IDX files not found; pass --mnist-dir.\n"

@@ -20,6 +20,7 @@ import os
 import zlib
 from importlib import resources
 from pathlib import Path
+
 import numpy as np
 
 __all__ = [
@@ -27,7 +28,7 @@ __all__ = [
     "EVENT_DTYPE",
     "IDX_CONTENT_MD5",
     "NMNIST_SENSOR_SIZE",
-    "NMNIST_DEFAULT_DURATION_US",
+    "NMNIST_TYPICAL_DURATION_US",
     "content_md5",
     "read_idx",
     "read_nmnist_bin",
@@ -36,8 +37,12 @@ __all__ = [
     "to_time_major",
     "load_dataset",
     "candidate_data_dirs",
-    "find_raw_files",
+    "locate_dataset",
+    "DATASET_FOLDERS",
+    "IDX_FILE_STEMS",
+    "NMNIST_SPLIT_FOLDERS",
     "list_nmnist_files",
+    "find_idx_file",
     "clear_cache",
 ]
 
@@ -47,8 +52,9 @@ NUM_CLASSES = 10
 
 #: ATIS sensor used for N-MNIST is 34 x 34 pixels.
 NMNIST_SENSOR_SIZE = 34
-#: A common fixed window for N-MNIST (three saccades of ~100 ms); not the default of bin_events.
-NMNIST_DEFAULT_DURATION_US = 300_000
+#: A common fixed window for N-MNIST (three saccades of ~100 ms). Not used by default:
+#: bin_events / load_dataset default to each recording's last timestamp + 1.
+NMNIST_TYPICAL_DURATION_US = 300_000
 
 #: One decoded N-MNIST event. ``polarity`` is 1 for ON, 0 for OFF; ``t_us`` in microseconds.
 EVENT_DTYPE = np.dtype(
@@ -78,14 +84,15 @@ DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 HDF5_FORMAT = "refsnn-dataset-1"
 CONVERT_COMMAND = "python data_scripts/convert_to_hdf5.py"
 
-# Folder name under a data root, and IDX file stems per split.
-_DIGITAL_FOLDERS = {"mnist": "mnist", "fmnist": "fashion-mnist"}
-_IDX_STEMS = {
+#: Folder of each dataset under a data root (``<root>/<folder>/...``).
+DATASET_FOLDERS = {"mnist": "mnist", "fmnist": "fashion-mnist", "nmnist": "nmnist"}
+#: IDX file names (without .gz) per split: (images, labels).
+IDX_FILE_STEMS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-_NMNIST_FOLDER = "nmnist"
-_NMNIST_SPLIT_DIRS = {"train": "Train", "test": "Test"}
+#: N-MNIST split folders inside ``<root>/nmnist/``.
+NMNIST_SPLIT_FOLDERS = {"train": "Train", "test": "Test"}
 _PRETTY_NAMES = {
     "mnist": "MNIST",
     "fmnist": "Fashion-MNIST",
@@ -314,7 +321,7 @@ def candidate_data_dirs(data_dir: PathLike | None = None) -> list[tuple[Path, st
     ``./../shared/data`` (from the current directory), ``<repo>/../shared/data``,
     ``~/.refsnn/data``. Each root holds ``mnist/``, ``fashion-mnist/``, ``nmnist/`` folders
     and/or ``<name>.h5`` files. (Fashion-MNIST is also looked for in Debian's
-    /usr/share/datasets/fashion-mnist, see :func:`find_raw_files`.)
+    /usr/share/datasets/fashion-mnist, see :func:`locate_dataset`.)
     """
     if data_dir is not None:
         return [(Path(data_dir).expanduser(), "data_dir argument")]
@@ -336,7 +343,9 @@ def candidate_data_dirs(data_dir: PathLike | None = None) -> list[tuple[Path, st
     return unique
 
 
-def _idx_file(folder: Path, stem: str) -> Path | None:
+def find_idx_file(folder: PathLike, stem: str) -> Path | None:
+    """``<folder>/<stem>.gz`` if it exists, else ``<folder>/<stem>``, else None."""
+    folder = Path(folder)
     for candidate in (folder / f"{stem}.gz", folder / stem):
         if candidate.is_file():
             return candidate
@@ -370,7 +379,7 @@ def list_nmnist_files(split_dir: PathLike) -> tuple[list[Path], np.ndarray, np.n
     return paths, labels, ids
 
 
-def find_raw_files(
+def locate_dataset(
     name: str, split: str, data_dir: PathLike | None = None, *, raw_only: bool = False
 ) -> dict | None:
     """Locate a dataset split on disk, or return None.
@@ -397,11 +406,11 @@ def _find_in_root(name: str, split: str, root: Path, raw_only: bool = False) -> 
     if not raw_only and h5_path.is_file() and _have_h5py():
         return {"kind": "hdf5", "path": h5_path}
     if name == "nmnist":
-        split_dir = root / _NMNIST_FOLDER / _NMNIST_SPLIT_DIRS[split]
+        split_dir = root / DATASET_FOLDERS["nmnist"] / NMNIST_SPLIT_FOLDERS[split]
         if split_dir.is_dir() and any(split_dir.glob("*/*.bin")):
             return {"kind": "nmnist", "split_dir": split_dir}
         return None
-    return _find_digital_folder(name, split, root / _DIGITAL_FOLDERS[name])
+    return _find_digital_folder(name, split, root / DATASET_FOLDERS[name])
 
 
 def _have_h5py() -> bool:
@@ -413,8 +422,8 @@ def _have_h5py() -> bool:
 
 
 def _find_digital_folder(name: str, split: str, folder: Path) -> dict | None:
-    image_stem, label_stem = _IDX_STEMS[split]
-    images, labels = _idx_file(folder, image_stem), _idx_file(folder, label_stem)
+    image_stem, label_stem = IDX_FILE_STEMS[split]
+    images, labels = find_idx_file(folder, image_stem), find_idx_file(folder, label_stem)
     if images is None or labels is None:
         return None
     return {"kind": "idx", "images": images, "labels": labels}
@@ -422,7 +431,7 @@ def _find_digital_folder(name: str, split: str, folder: Path) -> dict | None:
 
 def _not_found_message(name: str, split: str, data_dir: PathLike | None) -> str:
     roots = candidate_data_dirs(data_dir)
-    folder_name = _NMNIST_FOLDER if name == "nmnist" else _DIGITAL_FOLDERS[name]
+    folder_name = DATASET_FOLDERS[name]
     lines = [f"{_PRETTY_NAMES[name]} ({split} split) not found. Searched, in order:"]
     for root, why in roots:
         lines.append(f"  {root / (name + '.h5')} and {root / folder_name}/  ({why})")
@@ -430,7 +439,7 @@ def _not_found_message(name: str, split: str, data_dir: PathLike | None) -> str:
         lines.append(f"  {DEBIAN_FASHION_MNIST_DIR}/  (Debian package dataset-fashion-mnist)")
     target = roots[0][0] if data_dir is not None else HOME_DATA_DIR.expanduser()
     if name == "nmnist":
-        split_folder = target / _NMNIST_FOLDER / _NMNIST_SPLIT_DIRS[split]
+        split_folder = target / DATASET_FOLDERS["nmnist"] / NMNIST_SPLIT_FOLDERS[split]
         lines.append(f"Fix: put the N-MNIST recordings in {split_folder}/<label>/<id>.bin")
         lines.append(
             "  (original ATIS .bin files from the N-MNIST archive, label folders 0..9), or "
@@ -440,7 +449,7 @@ def _not_found_message(name: str, split: str, data_dir: PathLike | None) -> str:
     else:
         folder = target / folder_name
         lines.append("Fix: put these files (gzipped or not) in place:")
-        for stem in _IDX_STEMS[split]:
+        for stem in IDX_FILE_STEMS[split]:
             lines.append(f"  {folder / (stem + '.gz')}")
         lines.append(
             f"  or run `{CONVERT_COMMAND} {name} --data-dir {target}` (downloads them with checksum checks when "
@@ -598,7 +607,7 @@ def load_dataset(
     order (N-MNIST: ascending id; mnist-subset: ascending original MNIST index); it is not
     stratified. ``T`` and ``duration_us`` only matter for "nmnist"; ``data_dir`` is
     ignored for "mnist-subset". Search order and the HDF5 fast path: see
-    :func:`candidate_data_dirs` and :func:`find_raw_files`. Raises FileNotFoundError
+    :func:`candidate_data_dirs` and :func:`locate_dataset`. Raises FileNotFoundError
     listing what to put where when the data is absent.
     """
     _check_name_split(name, split)
@@ -612,7 +621,7 @@ def load_dataset(
         images, labels = _load_mnist_subset(split)
         return _digital_output(images[:limit], labels[:limit])
 
-    found = find_raw_files(name, split, data_dir)
+    found = locate_dataset(name, split, data_dir)
     if found is None:
         raise FileNotFoundError(_not_found_message(name, split, data_dir))
     if found["kind"] == "hdf5":

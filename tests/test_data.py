@@ -500,7 +500,7 @@ def test_convert_to_hdf5_round_trip(isolated_lookup, capsys):
     argv = ["mnist", "nmnist", "--data-dir", str(raw_root), "--out-dir", str(out_root),
             "--no-download", "--skip-verify", "--T", "4"]
     assert convert.main(argv) == 0
-    assert data.find_raw_files("mnist", "train", out_root)["kind"] == "hdf5"
+    assert data.locate_dataset("mnist", "train", out_root)["kind"] == "hdf5"
     for name, T in (("mnist", 10), ("nmnist", 4), ("nmnist", 6)):
         for split in ("train", "test"):
             x_h5, y_h5 = load_dataset(name, split, data_dir=out_root, T=T)
@@ -560,7 +560,7 @@ needs_real = pytest.mark.skipif(REAL is None, reason="real data (../shared/data 
 def test_real_digital_dataset_content_md5(name, folder):
     for (dataset, stem), expected in data.IDX_CONTENT_MD5.items():
         if dataset == name:
-            path = data._idx_file(REAL / folder, stem)
+            path = data.find_idx_file(REAL / folder, stem)
             assert path is not None, f"{REAL / folder / stem}[.gz] missing"
             assert data.content_md5(path) == expected
     for split, n in (("train", 60_000), ("test", 10_000)):
@@ -571,8 +571,8 @@ def test_real_digital_dataset_content_md5(name, folder):
 
 @needs_real
 def test_real_mnist_subset_matches_source():
-    images = read_idx(data._idx_file(REAL / "mnist", "t10k-images-idx3-ubyte"))
-    labels = read_idx(data._idx_file(REAL / "mnist", "t10k-labels-idx1-ubyte"))
+    images = read_idx(data.find_idx_file(REAL / "mnist", "t10k-images-idx3-ubyte"))
+    labels = read_idx(data.find_idx_file(REAL / "mnist", "t10k-labels-idx1-ubyte"))
     from importlib import resources
 
     with resources.as_file(resources.files("refsnn._data") / "mnist_subset.npz") as path:
