@@ -1,0 +1,392 @@
+"""HDF5 model files and training checkpoints (schema: docs/FORMAT.md).
+
+A model file holds the network: root attributes for the neuron model and one group per layer
+``layers/<i>`` with ``kind``, hyper-parameter attributes and ``weight``/``bias`` datasets. A
+checkpoint is a model file plus a ``checkpoint`` group (optimizer state, training config,
+metrics history, RNG state, position), so ``load_model`` reads checkpoints too.
+
+Every write is atomic: the file is written under a temporary name in the same directory,
+flushed to disk (fsync) and renamed over the target, so an interrupted or failing write never
+leaves a partial file behind and never destroys the previous version.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import h5py
+import numpy as np
+
+from .layers import LAYER_KINDS, AvgPool2d, Conv2d, Flatten, Layer, Linear
+from .network import SNN
+from .neurons import FIRING_MODES, SURROGATES, make_surrogate, surrogate_config
+
+PathLike = Union[str, os.PathLike]
+
+FORMAT_NAME = "refsnn-model"
+FORMAT_VERSION = 1
+CHECKPOINT_FORMAT = "refsnn-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class FormatError(ValueError):
+    """A model or checkpoint file is unreadable, corrupt or incompatible."""
+
+
+# --- atomic writes -------------------------------------------------------------------------------
+
+def atomic_write_h5(path: PathLike, write: Callable[[h5py.File], None]) -> Path:
+    """Runs ``write(h5file)`` on a temporary file next to ``path``, fsyncs it and renames it
+    onto ``path``. On any exception the temporary file is removed and ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp_name = _make_temp(path)
+    try:
+        with h5py.File(temp_name, "w") as h5:
+            write(h5)
+        with open(temp_name, "rb+") as raw:
+            os.fsync(raw.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        try:
+            os.unlink(temp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    """Writes a text file atomically (temp file + fsync + rename), as :func:`atomic_write_h5`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp_name = _make_temp(path)
+    try:
+        with open(temp_name, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        try:
+            os.unlink(temp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def _make_temp(path: Path) -> str:
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    # mkstemp creates the file 0600; give the final file the usual umask-based mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp_name, 0o666 & ~umask)
+    return temp_name
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform (e.g. Windows).
+    try:
+        handle = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=_json_default)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} in a refsnn file (use numbers, strings, "
+                    "lists or dicts)")
+
+
+def write_model(h5: h5py.Group, net: SNN) -> None:
+    """Writes the network into an open file or group: root attributes + ``layers/<i>``."""
+    h5.attrs["format"] = FORMAT_NAME
+    h5.attrs["format_version"] = FORMAT_VERSION
+    h5.attrs["threshold"] = float(net.threshold)
+    h5.attrs["decay"] = float(net.decay)
+    h5.attrs["firing"] = net.firing
+    h5.attrs["input_shape"] = np.asarray(net.input_shape, dtype=np.int64)
+    h5.attrs["surrogate"] = _json(surrogate_config(net.surrogate))
+    h5.attrs["reset_grad"] = bool(net.reset_grad)
+    h5.attrs["dtype"] = net.dtype.name
+    layers = h5.create_group("layers")
+    layers.attrs["count"] = len(net.layers)
+    for index, layer in enumerate(net.layers):
+        group = layers.create_group(str(index))
+        group.attrs["kind"] = layer.kind
+        if isinstance(layer, Conv2d):
+            group.attrs["stride"] = np.asarray(layer.stride, dtype=np.int64)
+            group.attrs["padding"] = np.asarray(layer.padding, dtype=np.int64)
+            group.attrs["kernel_size"] = np.asarray(layer.kernel_size, dtype=np.int64)
+        elif isinstance(layer, AvgPool2d):
+            group.attrs["kernel_size"] = np.asarray(layer.kernel_size, dtype=np.int64)
+            group.attrs["stride"] = np.asarray(layer.stride, dtype=np.int64)
+        for name, array in layer.params().items():
+            group.create_dataset(name, data=array)
+
+
+def save_model(path: PathLike, net: SNN, **metadata) -> Path:
+    """Writes ``net`` to ``path`` atomically. Each ``metadata`` value (numbers, strings, lists,
+    dicts) is stored as a JSON attribute of the ``metadata`` group."""
+    encoded = {key: _json(value) for key, value in metadata.items()}  # fail before touching disk
+
+    def write(h5):
+        write_model(h5, net)
+        group = h5.create_group("metadata")
+        for key, text in encoded.items():
+            group.attrs[key] = text
+
+    return atomic_write_h5(path, write)
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+def _open(path: PathLike) -> h5py.File:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such model or checkpoint file: {path}")
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise FormatError(f"{path} is not a readable HDF5 file (truncated or corrupt?): {error}") from None
+
+
+def _attr(group: h5py.Group, name: str, source: str):
+    if name not in group.attrs:
+        raise FormatError(f"{source}: missing attribute {name!r} on {group.name}; see docs/FORMAT.md")
+    value = group.attrs[name]
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
+    return value
+
+
+def _int_pair(group: h5py.Group, name: str, source: str) -> tuple:
+    value = np.atleast_1d(np.asarray(_attr(group, name, source)))
+    if value.shape not in ((1,), (2,)) or not np.issubdtype(value.dtype, np.integer):
+        raise FormatError(f"{source}: attribute {name!r} of {group.name} must be one or two integers, "
+                          f"got {value.tolist()}")
+    return tuple(int(v) for v in np.broadcast_to(value, (2,)))
+
+
+def _dataset(group: h5py.Group, name: str, source: str) -> np.ndarray:
+    if name not in group or not isinstance(group[name], h5py.Dataset):
+        raise FormatError(f"{source}: layer {group.name} ({group.attrs.get('kind')!r}) has no "
+                          f"{name!r} dataset")
+    array = group[name][()]
+    if not np.issubdtype(array.dtype, np.floating):
+        raise FormatError(f"{source}: {group.name}/{name} must be a float array, got {array.dtype}")
+    return array
+
+
+def _read_layer(group: h5py.Group, source: str) -> Layer:
+    kind = _attr(group, "kind", source)
+    if kind not in LAYER_KINDS:
+        raise FormatError(f"{source}: layer {group.name} has unknown kind {kind!r}; "
+                          f"known kinds: {sorted(LAYER_KINDS)}")
+    try:
+        if kind == "linear":
+            return Linear(_dataset(group, "weight", source), _dataset(group, "bias", source))
+        if kind == "conv2d":
+            weight = _dataset(group, "weight", source)
+            layer = Conv2d(weight, _dataset(group, "bias", source), stride=_int_pair(group, "stride", source),
+                           padding=_int_pair(group, "padding", source))
+            if "kernel_size" in group.attrs and _int_pair(group, "kernel_size", source) != layer.kernel_size:
+                raise FormatError(f"{source}: {group.name} kernel_size attribute "
+                                  f"{_int_pair(group, 'kernel_size', source)} disagrees with the weight "
+                                  f"shape {weight.shape}")
+            return layer
+        if kind == "avgpool2d":
+            return AvgPool2d(_int_pair(group, "kernel_size", source), _int_pair(group, "stride", source))
+        return Flatten()
+    except FormatError:
+        raise
+    except (ValueError, TypeError) as error:
+        raise FormatError(f"{source}: layer {group.name} ({kind}): {error}") from None
+
+
+def read_model(h5: h5py.Group, source: str = "model", dtype=None) -> SNN:
+    """Builds the ``SNN`` stored in an open file or group (see :func:`write_model`)."""
+    file_format = _attr(h5, "format", source)
+    if file_format != FORMAT_NAME:
+        raise FormatError(f"{source}: root attribute format is {file_format!r}, expected {FORMAT_NAME!r}")
+    version = int(_attr(h5, "format_version", source))
+    if version > FORMAT_VERSION:
+        raise FormatError(f"{source}: format version {version} is newer than this refsnn supports "
+                          f"({FORMAT_VERSION}); upgrade refsnn")
+    if version < 1:
+        raise FormatError(f"{source}: invalid format version {version}")
+    firing = _attr(h5, "firing", source)
+    if firing not in FIRING_MODES:
+        raise FormatError(f"{source}: firing must be one of {FIRING_MODES}, got {firing!r}")
+    input_shape = np.atleast_1d(np.asarray(_attr(h5, "input_shape", source)))
+    if not np.issubdtype(input_shape.dtype, np.integer) or np.any(input_shape < 1):
+        raise FormatError(f"{source}: input_shape must be positive integers, got {input_shape.tolist()}")
+    surrogate = make_surrogate()
+    if "surrogate" in h5.attrs:
+        try:
+            options = json.loads(_attr(h5, "surrogate", source))
+            name = options.pop("name")
+            if name not in SURROGATES:
+                raise ValueError(f"unknown surrogate {name!r}")
+            surrogate = make_surrogate(name, **options)
+        except (ValueError, TypeError, KeyError, AttributeError) as error:
+            raise FormatError(f"{source}: bad surrogate attribute: {error}") from None
+    file_dtype = _attr(h5, "dtype", source) if "dtype" in h5.attrs else "float64"
+    if file_dtype not in ("float32", "float64"):
+        raise FormatError(f"{source}: dtype must be 'float32' or 'float64', got {file_dtype!r}")
+    if "layers" not in h5 or not isinstance(h5["layers"], h5py.Group):
+        raise FormatError(f"{source}: missing group 'layers'; see docs/FORMAT.md")
+    layers_group = h5["layers"]
+    names = sorted(layers_group.keys(), key=lambda key: (not key.isdigit(), int(key) if key.isdigit() else 0))
+    if names != [str(i) for i in range(len(names))] or not names:
+        raise FormatError(f"{source}: 'layers' must hold groups named 0..n-1 (n >= 1), found {list(layers_group)}")
+    if "count" in layers_group.attrs and int(layers_group.attrs["count"]) != len(names):
+        raise FormatError(f"{source}: layers/count says {int(layers_group.attrs['count'])} layers, "
+                          f"the file holds {len(names)} (truncated write?)")
+    layers = [_read_layer(layers_group[name], source) for name in names]
+    reset_grad = bool(h5.attrs["reset_grad"]) if "reset_grad" in h5.attrs else True
+    try:
+        return SNN(layers, threshold=float(_attr(h5, "threshold", source)),
+                   decay=float(_attr(h5, "decay", source)), firing=firing, surrogate=surrogate,
+                   reset_grad=reset_grad, input_shape=tuple(int(v) for v in input_shape),
+                   dtype=np.dtype(dtype if dtype is not None else file_dtype))
+    except (ValueError, TypeError) as error:
+        raise FormatError(f"{source}: the stored layers do not form a valid network: {error}") from None
+
+
+def load_model(path: PathLike, dtype=None) -> SNN:
+    """Reads a model (or checkpoint) file; ``dtype`` overrides the stored compute dtype."""
+    with _open(path) as h5:
+        return read_model(h5, str(path), dtype)
+
+
+def read_metadata(path: PathLike) -> Dict[str, Any]:
+    """The ``metadata`` attributes of a model file, JSON-decoded (empty dict if none)."""
+    with _open(path) as h5:
+        if "metadata" not in h5:
+            return {}
+        try:
+            return {key: json.loads(value) for key, value in h5["metadata"].attrs.items()}
+        except (TypeError, ValueError) as error:
+            raise FormatError(f"{path}: metadata attributes must be JSON text: {error}") from None
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+@dataclass
+class Checkpoint:
+    """Everything needed to continue a training run exactly where it stopped.
+
+    ``epoch``: the epoch in progress (from 0); ``step``: batches of that epoch already done;
+    ``global_step``: optimizer steps so far; ``extra``: loop state (e.g. running sums).
+    """
+
+    net: SNN
+    optimizer_state: Dict[str, Any]
+    config: Dict[str, Any]
+    history: List[Dict[str, Any]]
+    rng_state: Dict[str, Any]
+    epoch: int
+    step: int
+    global_step: int = 0
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def save_checkpoint(path: PathLike, net: SNN, optimizer, config, history, rng_state, epoch: int,
+                    step: int, global_step: int = 0, extra: Optional[Dict[str, Any]] = None) -> Path:
+    """Writes a checkpoint atomically. ``optimizer``: an optimizer from :mod:`refsnn.optim` (or
+    its ``state_dict``); ``config``: a ``TrainConfig`` or dict; ``rng_state``: a NumPy
+    ``bit_generator.state`` dict (or a ``Generator``)."""
+    optimizer_state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+    config_dict = config if isinstance(config, dict) else config.to_dict()
+    if isinstance(rng_state, np.random.Generator):
+        rng_state = rng_state.bit_generator.state
+    texts = {"config": _json(config_dict), "history": _json(list(history)), "rng_state": _json(rng_state),
+             "extra": _json(extra or {}), "optimizer_hyperparams": _json(optimizer_state["hyperparams"])}
+
+    def write(h5):
+        write_model(h5, net)
+        group = h5.create_group("checkpoint")
+        group.attrs["format"] = CHECKPOINT_FORMAT
+        group.attrs["format_version"] = CHECKPOINT_VERSION
+        group.attrs["epoch"] = int(epoch)
+        group.attrs["step"] = int(step)
+        group.attrs["global_step"] = int(global_step)
+        for key in ("config", "history", "rng_state", "extra"):
+            group.attrs[key] = texts[key]
+        opt = group.create_group("optimizer")
+        opt.attrs["name"] = optimizer_state["name"]
+        opt.attrs["lr"] = float(optimizer_state["lr"])
+        opt.attrs["step_count"] = int(optimizer_state["step_count"])
+        opt.attrs["hyperparams"] = texts["optimizer_hyperparams"]
+        for buffer_name, arrays in optimizer_state["buffers"].items():
+            buffers = opt.create_group(f"buffers/{buffer_name}")
+            buffers.attrs["count"] = len(arrays)
+            for index, array in enumerate(arrays):
+                buffers.create_dataset(str(index), data=array)
+
+    return atomic_write_h5(path, write)
+
+
+def load_checkpoint(path: PathLike, dtype=None) -> Checkpoint:
+    """Reads a checkpoint written by :func:`save_checkpoint` (clear errors when it is not one)."""
+    source = str(path)
+    with _open(path) as h5:
+        net = read_model(h5, source, dtype)
+        if "checkpoint" not in h5:
+            raise FormatError(f"{source} is a model file, not a training checkpoint (no 'checkpoint' group)")
+        group = h5["checkpoint"]
+        if _attr(group, "format", source) != CHECKPOINT_FORMAT:
+            raise FormatError(f"{source}: checkpoint/format must be {CHECKPOINT_FORMAT!r}")
+        version = int(_attr(group, "format_version", source))
+        if version > CHECKPOINT_VERSION:
+            raise FormatError(f"{source}: checkpoint version {version} is newer than this refsnn supports "
+                              f"({CHECKPOINT_VERSION}); upgrade refsnn")
+        try:
+            decoded = {key: json.loads(_attr(group, key, source))
+                       for key in ("config", "history", "rng_state", "extra")}
+        except (TypeError, ValueError) as error:
+            raise FormatError(f"{source}: checkpoint attributes must be JSON text: {error}") from None
+        if "optimizer" not in group:
+            raise FormatError(f"{source}: checkpoint has no 'optimizer' group")
+        opt = group["optimizer"]
+        buffers = {}
+        if "buffers" in opt:
+            for buffer_name, arrays in opt["buffers"].items():
+                count = int(arrays.attrs.get("count", len(arrays)))
+                if sorted(arrays.keys(), key=int) != [str(i) for i in range(count)]:
+                    raise FormatError(f"{source}: optimizer buffer {buffer_name!r} is incomplete")
+                buffers[buffer_name] = [arrays[str(i)][()] for i in range(count)]
+        optimizer_state = {"name": _attr(opt, "name", source), "lr": float(_attr(opt, "lr", source)),
+                           "step_count": int(_attr(opt, "step_count", source)),
+                           "hyperparams": json.loads(_attr(opt, "hyperparams", source)),
+                           "buffers": buffers}
+        return Checkpoint(net=net, optimizer_state=optimizer_state, config=decoded["config"],
+                          history=decoded["history"], rng_state=decoded["rng_state"],
+                          epoch=int(_attr(group, "epoch", source)), step=int(_attr(group, "step", source)),
+                          global_step=int(_attr(group, "global_step", source)), extra=decoded["extra"])
