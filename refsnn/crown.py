@@ -1,0 +1,292 @@
+"""S-CROWN (the paper's Alg. 2): backward linear relaxation from the output to the input, through
+layers AND time, using S-IBP's intermediate bounds (the CROWN-IBP combination).
+
+Lower bound of ``C f`` with ``f = (1/T') sum_t s_t[K]`` (eq. 15); the upper bound is minus the
+lower bound of ``-C f``, so both run as one batch of ``2 S`` specification rows. For each stage
+``k`` from the last to the first, time ``t`` from ``T'-1`` down to 0, with ``lam_s`` the
+coefficient on ``s_t[k]`` (spatial path from stage ``k+1``) and ``lam_z`` the coefficient on the
+reset term ``z_t[k]`` (from ``m_{t+1}[k] = I_{t+1} + alpha z_t``):
+
+1. reset (eq. 10): silent ``z = m`` -> ``lam_m += lam_z``; firing ``z = 0``; unstable
+   ``z >= (1 - s) m_l`` if ``lam_z >= 0`` else ``z <= (1 - s) th``: bias ``+= lam_z r``,
+   ``lam_s -= lam_z r`` (the reset path adds to the coefficient on ``s_t``, eqs. 17-18);
+2. fire (eq. 8): silent ``s = 0``, firing ``s = 1`` (bias ``+= lam_s``), unstable: the lower
+   chord if ``lam_s >= 0`` else the upper chord: ``lam_m += lam_s a``, bias ``+= lam_s c``;
+3. membrane: ``lam_I_t = lam_m``, ``lam_z_{t-1} = alpha lam_m``;
+4. after all ``t``: ``lam_s[k-1]_t = lam_I_t W`` (the ops' adjoint), bias ``+= lam_I_t . b``.
+
+At the input: ``min_x sum_t lam_x_t . x_t = sum_t lam_x_t . mid_t - |lam_x_t| . rad_t`` (box
+concretization). Steps 1-3 run in one fused Numba kernel per stage (parallel over samples and
+specs, a loop over time and neurons); step 4 is one batched matrix product over all time steps.
+
+Rounding: the kernel also accumulates, per sample and spec, a bound on (a) its own float64
+rounding error and (b) the mismatch between the network's float relations and the exact ones
+(the current/membrane rounding margins of S-IBP, times ``|lam|``); the sum is subtracted from
+the lower bound. It is ~1e-13 in ordinary cases and grows where huge chord slopes would make
+cancellation dangerous. ``method="crown-ibp"`` is exactly the paper's S-CROWN up to that.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+from numba import njit, prange
+
+from .ibp import (IntervalBounds, PreparedStage, interval_bounds, output_rounding_margin,
+                  prepare_stages)
+from .input_sets import binary_box
+from .relaxations import UNIT_ROUNDOFF_FLOAT64, Fire, Reset, gamma
+
+U64 = UNIT_ROUNDOFF_FLOAT64
+DEFAULT_CHUNK_BYTES = 512 * 2 ** 20
+
+
+def normalize_spec(C, batch: int, n_out: int) -> np.ndarray:
+    """``C`` as float64 ``[B, n_spec, n_out]``: None -> identity; ``[n_spec, n_out]`` is broadcast."""
+    if C is None:
+        return np.broadcast_to(np.eye(n_out), (batch, n_out, n_out)).astype(np.float64)
+    C = np.asarray(C)
+    if not np.issubdtype(C.dtype, np.number) or np.iscomplexobj(C):
+        raise TypeError(f"C must be a real numeric array, got dtype {C.dtype}")
+    C = C.astype(np.float64)
+    if C.ndim == 2:
+        C = np.broadcast_to(C, (batch,) + C.shape)
+    if C.ndim != 3 or C.shape[0] != batch or C.shape[2] != n_out or C.shape[1] < 1:
+        raise ValueError(f"C must be [n_spec, n_out] or [B, n_spec, n_out] with B={batch}, n_out={n_out} "
+                         f"(one row per linear function of the output rates), got shape {C.shape}")
+    if not np.all(np.isfinite(C)):
+        raise ValueError("C contains NaN or infinite values")
+    return np.ascontiguousarray(C)
+
+
+@dataclass
+class CrownResult:
+    """S-CROWN bounds of ``C f`` and their linear form in the input.
+
+    ``lower/upper [B, S]``: the certified bounds (outward rounded).
+    ``A_lower/A_upper [T', B, S, *input_shape]``, ``bias_lower/bias_upper [B, S]``: for every x in
+    the box, ``sum_t A_lower[t] . x_t + bias_lower <= C f(x) <= sum_t A_upper[t] . x_t + bias_upper``
+    (the accumulated rounding bound is already folded into the biases).
+    ``rounding_lower/upper [B, S]``: that rounding bound. ``intermediate``: the S-IBP bounds used.
+    """
+
+    method: str
+    lower: np.ndarray
+    upper: np.ndarray
+    A_lower: Optional[np.ndarray]
+    bias_lower: np.ndarray
+    A_upper: Optional[np.ndarray]
+    bias_upper: np.ndarray
+    rounding_lower: np.ndarray
+    rounding_upper: np.ndarray
+    C: np.ndarray
+    intermediate: IntervalBounds
+
+
+# --- one stage of the back-substitution: steps 1-3 -------------------------------------------------
+
+def _backsub_stage_python(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, mem_lower, th_hi, alpha,
+                          mem_mag, carry_mag, fwd_scale, bias_vec, g, lam_cur, bias_out, err_out):
+    steps, batch, n_spec, n = lam_s.shape
+    for row in prange(batch * n_spec):
+        b = row // n_spec
+        s = row - b * n_spec
+        carry = np.zeros(n)
+        bias = 0.0
+        err = 0.0
+        for t in range(steps - 1, -1, -1):
+            for j in range(n):
+                ls = lam_s[t, b, s, j]
+                lz = carry[j]
+                st = state[t, b, j]
+                p = abs(ls)
+                if st == 0:        # stable silent: s = 0, z = m
+                    lm = lz
+                elif st == 1:      # stable firing: s = 1, z = 0
+                    lm = 0.0
+                    bias += ls
+                else:              # unstable: eq. 10 then eq. 8
+                    r = mem_lower[t, b, j] if lz >= 0.0 else th_hi
+                    rz = lz * r
+                    bias += rz
+                    ls = ls - rz
+                    if ls >= 0.0:
+                        a = slope_lo[t, b, j]
+                        c = icpt_lo[t, b, j]
+                    else:
+                        a = slope_up[t, b, j]
+                        c = icpt_up[t, b, j]
+                    lm = ls * a
+                    bias += ls * c
+                    p += 2.0 * abs(rz) + abs(ls) * (abs(a) * mem_mag[t, b, j] + abs(c) + 1.0)
+                p += abs(lm) * carry_mag[t, b, j]
+                err += g * p + abs(lm) * fwd_scale[t, b, j]
+                bias += lm * bias_vec[j]
+                lam_cur[t, b, s, j] = lm
+                carry[j] = alpha * lm
+        bias_out[b, s] = bias
+        err_out[b, s] = err
+
+
+# Parallel over (sample, spec) rows for big stages; serial for small ones (a parallel launch costs
+# milliseconds when the cores are busy).
+_backsub_stage_parallel = njit(parallel=True, cache=True)(_backsub_stage_python)
+_backsub_stage_serial = njit(cache=True)(_backsub_stage_python)
+PARALLEL_MIN_WORK = 1 << 20
+
+
+def _backsub_stage_kernel(lam_s, *args):
+    if lam_s.size >= PARALLEL_MIN_WORK:
+        _backsub_stage_parallel(lam_s, *args)
+    else:
+        _backsub_stage_serial(lam_s, *args)
+
+
+def _backsub_stage_numpy(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, mem_lower, th_hi, alpha,
+                         mem_mag, carry_mag, fwd_scale, bias_vec, g, lam_cur, bias_out, err_out):
+    """Reference of ``_backsub_stage_kernel`` (same rules, vectorized over samples, specs, neurons)."""
+    steps = lam_s.shape[0]
+    carry = np.zeros(lam_s.shape[1:])
+    bias = np.zeros(lam_s.shape[1:3])
+    err = np.zeros(lam_s.shape[1:3])
+    for t in range(steps - 1, -1, -1):
+        ls = lam_s[t].copy()
+        lz = carry
+        st = state[t][:, None, :]
+        off, on, unstable = st == 0, st == 1, st == 2
+        p = np.abs(ls)
+        lm = np.where(off, lz, 0.0)
+        bias += np.where(on, ls, 0.0).sum(-1)
+        r = np.where(lz >= 0.0, mem_lower[t][:, None, :], th_hi)
+        rz = np.where(unstable, lz * r, 0.0)
+        bias += rz.sum(-1)
+        ls = np.where(unstable, ls - rz, ls)
+        positive = ls >= 0.0
+        a = np.where(positive, slope_lo[t][:, None, :], slope_up[t][:, None, :])
+        c = np.where(positive, icpt_lo[t][:, None, :], icpt_up[t][:, None, :])
+        lm = np.where(unstable, ls * a, lm)
+        bias += np.where(unstable, ls * c, 0.0).sum(-1)
+        p += np.where(unstable, 2.0 * np.abs(rz) + np.abs(ls) * (np.abs(a) * mem_mag[t][:, None, :]
+                                                                 + np.abs(c) + 1.0), 0.0)
+        p += np.abs(lm) * carry_mag[t][:, None, :]
+        err += g * p.sum(-1) + (np.abs(lm) * fwd_scale[t][:, None, :]).sum(-1)
+        bias += lm @ bias_vec
+        lam_cur[t] = lm
+        carry = alpha * lm
+    bias_out[...] = bias
+    err_out[...] = err
+
+
+def _stage_tables(bounds: IntervalBounds, k: int, stage: PreparedStage):
+    """Per ``(t, b, neuron)`` tables the kernel reads (shared by all specs), flat ``[T', B, n]``."""
+    steps, batch, n = bounds.steps, bounds.batch, stage.n_neurons
+    rule = bounds.rule
+    flat = (steps, batch, n)
+    mem_lower = bounds.mem_lower[k].reshape(flat)
+    mem_upper = bounds.mem_upper[k].reshape(flat)
+    state = np.ascontiguousarray(bounds.state[k].reshape(flat))
+    slope_lo, icpt_lo, slope_up, icpt_up = Fire.relaxation(mem_lower, mem_upper, state, bounds.threshold, rule)
+    mem_mag = np.maximum(np.abs(mem_lower), np.abs(mem_upper))
+    reset_mag = np.maximum(np.abs(bounds.reset_lower[k].reshape(flat)), np.abs(bounds.reset_upper[k].reshape(flat)))
+    carry_mag = mem_mag + np.abs(stage.bias)
+    carry_mag[1:] += bounds.decay * reset_mag[:-1]
+    transpose_gamma = gamma(stage.n_transpose_terms + 8, U64)
+    # |lam| times these: the network's float relations vs the exact ones (S-IBP's margins) and the
+    # rounding of the adjoint product lam_I W.
+    fwd_scale = bounds.mem_margin[k] + bounds.current_margin[k] + transpose_gamma * bounds.current_magnitude[k]
+    return (state, np.ascontiguousarray(slope_lo), np.ascontiguousarray(icpt_lo), np.ascontiguousarray(slope_up),
+            np.ascontiguousarray(icpt_up), np.ascontiguousarray(mem_lower), rule.th_hi, float(bounds.decay),
+            np.ascontiguousarray(mem_mag), np.ascontiguousarray(carry_mag), np.ascontiguousarray(fwd_scale),
+            np.ascontiguousarray(stage.bias))
+
+
+def _lower_bound_rows(stages, bounds: IntervalBounds, spec: np.ndarray, x_lower: np.ndarray,
+                      x_upper: np.ndarray, use_numba: bool = True):
+    """Lower bounds of ``spec f`` (``spec [B, R, n_out]``): ``(lower, A [T', B, R, *in], bias, err)``.
+
+    ``bias`` already has ``err`` subtracted; ``lower`` also includes the concretization rounding.
+    """
+    steps, batch = bounds.steps, bounds.batch
+    rows = spec.shape[1]
+    backsub = _backsub_stage_kernel if use_numba else _backsub_stage_numpy
+    lam_s = np.ascontiguousarray(np.broadcast_to(spec[None] / steps, (steps,) + spec.shape))
+    bias = np.zeros((batch, rows))
+    err = np.zeros((batch, rows))
+    for k in range(len(stages) - 1, -1, -1):
+        stage = stages[k]
+        n = stage.n_neurons
+        tables = _stage_tables(bounds, k, stage)
+        g = gamma(4 * n * steps + 16, U64)
+        lam_cur = np.empty((steps, batch, rows, n))
+        bias_k = np.empty((batch, rows))
+        err_k = np.empty((batch, rows))
+        backsub(lam_s, *tables, g, lam_cur, bias_k, err_k)
+        bias += bias_k
+        err += err_k + 4.0 * U64 * np.abs(bias)
+        lam_s = stage.transpose(lam_cur.reshape(steps * batch * rows, n))
+        lam_s = lam_s.reshape((steps, batch, rows, -1))
+    # Concretization at the input box: min over x_t in [x_l, x_u] of lam_x_t . x_t.
+    n_in = lam_s.shape[-1]
+    mid = ((x_lower + x_upper) * 0.5).reshape(steps, batch, n_in)
+    rad = ((x_upper - x_lower) * 0.5).reshape(steps, batch, n_in)
+    lam_abs = np.abs(lam_s)
+    at_mid = np.einsum("tbrj,tbj->br", lam_s, mid)
+    at_rad = np.einsum("tbrj,tbj->br", lam_abs, rad)
+    abs_mid = np.einsum("tbrj,tbj->br", lam_abs, mid)
+    concretization_err = gamma(steps * n_in + 8, U64) * (abs_mid + at_rad + np.abs(bias))
+    bias_sound = bias - err * (1.0 + 8.0 * U64)
+    lower = at_mid - at_rad + bias_sound - concretization_err
+    return lower, lam_s, bias_sound, err
+
+
+def crown_bounds(net, x_lower, x_upper, C=None, intermediate: Optional[IntervalBounds] = None,
+                 return_coefficients: bool = True, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                 use_numba: bool = True) -> CrownResult:
+    """S-CROWN (CROWN-IBP) bounds of ``C f`` over the box ``[x_lower, x_upper]`` (``[T', B, *in]`` 0/1).
+
+    ``C``: ``[B, S, n_out]``, ``[S, n_out]`` or None (identity). ``intermediate``: S-IBP bounds of
+    the same box (computed if None). The batch is processed in chunks so that coefficient arrays
+    stay below ``max_chunk_bytes``. ``return_coefficients=False`` drops ``A_lower/A_upper``.
+    """
+    box = binary_box(x_lower, x_upper, net)
+    steps, batch = box.x_lower.shape[:2]
+    stages = prepare_stages(net)
+    if intermediate is None:
+        intermediate = interval_bounds(net, box.x_lower, box.x_upper, stages=stages)
+    elif intermediate.steps != steps or intermediate.batch != batch:
+        raise ValueError(f"intermediate bounds are for T'={intermediate.steps}, B={intermediate.batch} "
+                         f"but the box has T'={steps}, B={batch}")
+    C = normalize_spec(C, batch, net.n_outputs)
+    n_spec = C.shape[1]
+    spec = np.concatenate([C, -C], axis=1)  # upper bound of C f = -(lower bound of -C f)
+    x_lo = box.x_lower.astype(np.float64)
+    x_hi = box.x_upper.astype(np.float64)
+
+    widest = max([s.n_neurons for s in stages] + [int(np.prod(net.input_shape))])
+    per_sample = 3 * steps * 2 * n_spec * widest * 8
+    chunk = max(1, min(batch, int(max_chunk_bytes // max(per_sample, 1))))
+    lowers, coefs, biases, errs = [], [], [], []
+    for start in range(0, batch, chunk):
+        part = slice(start, min(batch, start + chunk))
+        sub = intermediate if (start == 0 and chunk >= batch) else intermediate.select(part)
+        low, lam, bias, err = _lower_bound_rows(stages, sub, spec[part], x_lo[:, part], x_hi[:, part], use_numba)
+        lowers.append(low)
+        biases.append(bias)
+        errs.append(err)
+        if return_coefficients:
+            coefs.append(lam)
+    lower_rows = np.concatenate(lowers)
+    bias_rows = np.concatenate(biases)
+    err_rows = np.concatenate(errs)
+    margin = output_rounding_margin(C, intermediate.rule, steps)
+    lower = lower_rows[:, :n_spec] - margin
+    upper = -lower_rows[:, n_spec:] + margin
+    A_lower = A_upper = None
+    if return_coefficients:
+        lam = np.concatenate(coefs, axis=1).reshape((steps, batch, 2 * n_spec) + tuple(net.input_shape))
+        A_lower = lam[:, :, :n_spec]
+        A_upper = -lam[:, :, n_spec:]
+    return CrownResult("crown-ibp", lower, upper, A_lower, bias_rows[:, :n_spec] - margin, A_upper,
+                       -bias_rows[:, n_spec:] + margin, err_rows[:, :n_spec], err_rows[:, n_spec:], C,
+                       intermediate)

@@ -1,0 +1,317 @@
+"""S-IBP (the paper's Alg. 1): interval bounds of every intermediate of an SNN over a box of spike trains.
+
+Per stage ``k`` and time step ``t`` (eqs. 7, 9, 11)::
+
+    [I_l, I_u]_t = W+ s_l + W- s_u + b  (and the reverse)     eq. 11 (spatial ops, any linear chain)
+    m_l_t = I_l_t + alpha z_l_{t-1},  m_u_t = I_u_t + alpha z_u_{t-1}
+    s_t  in [fire(m_l - th), fire(m_u - th)]                  eq. 7
+    z_t  in  [m_l, m_u] (stable silent) | [0, 0] (stable firing) | [min(0, m_l), th] (unstable)   eq. 9
+
+All arithmetic is float64. Current and membrane intervals are widened by the outward rounding
+margin of ``refsnn.relaxations`` so that they contain the values the network computes in its own
+dtype and summation order. Every intermediate bound is kept (S-CROWN, the MILP verifier and
+robust training use them).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .input_sets import binary_box
+from .layers import AvgPool2d, Conv2d, Flatten, Linear
+from .relaxations import UNIT_ROUNDOFF_FLOAT64, UNSTABLE, Fire, Reset, RoundingRule, gamma
+
+
+# --- spatial ops in float64 (eq. 11 and the adjoint used by S-CROWN) ----------------------------
+
+def conv2d_transpose(coef: np.ndarray, weight: np.ndarray, stride: Tuple[int, int],
+                     padding: Tuple[int, int], input_shape: Tuple[int, int, int]) -> np.ndarray:
+    """Adjoint of a bias-free convolution: ``[N, O, OH, OW] -> [N, C, H, W]``.
+
+    One matrix product per kernel offset (``[N*OH*OW, O] @ [O, C]``) added into a channels-last
+    padded buffer: the same result as ``Conv2d.transpose`` with ``kh * kw`` times less scratch.
+    """
+    n, out_channels, out_h, out_w = coef.shape
+    channels, height, width = input_shape
+    kernel_h, kernel_w = weight.shape[2:]
+    coef_cl = np.ascontiguousarray(coef.transpose(0, 2, 3, 1)).reshape(n * out_h * out_w, out_channels)
+    padded = np.zeros((n, height + 2 * padding[0], width + 2 * padding[1], channels), dtype=np.float64)
+    for i in range(kernel_h):
+        for j in range(kernel_w):
+            part = (coef_cl @ weight[:, :, i, j]).reshape(n, out_h, out_w, channels)
+            padded[:, i:i + stride[0] * out_h:stride[0], j:j + stride[1] * out_w:stride[1], :] += part
+    inner = padded[:, padding[0]:padding[0] + height, padding[1]:padding[1] + width, :]
+    return np.ascontiguousarray(inner.transpose(0, 3, 1, 2))
+
+
+class _PreparedOp:
+    """One spatial op in float64 with ``|W|`` precomputed (per call: weights may change in place)."""
+
+    def __init__(self, layer):
+        self.kind = layer.kind
+        self.input_shape = tuple(layer._require_input_shape())
+        if isinstance(layer, Linear):
+            self.weight = np.asarray(layer.weight, dtype=np.float64)
+            self.weight_abs = np.abs(self.weight)
+            self.bias = np.asarray(layer.bias, dtype=np.float64)
+            self.n_terms = layer.in_features
+            self.n_transpose_terms = layer.out_features
+        elif isinstance(layer, Conv2d):
+            self.weight = np.asarray(layer.weight, dtype=np.float64)
+            self.weight_abs = np.abs(self.weight)
+            self.bias = np.asarray(layer.bias, dtype=np.float64)
+            self.stride, self.padding = layer.stride, layer.padding
+            zeros = np.zeros_like(self.bias)
+            self._signed = Conv2d(self.weight, zeros, self.stride, self.padding)
+            self._abs = Conv2d(self.weight_abs, zeros, self.stride, self.padding)
+            self._signed.input_shape = self._abs.input_shape = self.input_shape
+            out_channels, in_channels, kernel_h, kernel_w = self.weight.shape
+            self.n_terms = in_channels * kernel_h * kernel_w
+            self.n_transpose_terms = out_channels * kernel_h * kernel_w
+        elif isinstance(layer, (AvgPool2d, Flatten)):
+            self._layer = layer
+            self.bias = None
+            self.n_terms = int(np.prod(layer.kernel_size)) + 1 if isinstance(layer, AvgPool2d) else 0
+            self.n_transpose_terms = int(np.prod(layer.kernel_size)) + 1 if isinstance(layer, AvgPool2d) else 0
+        else:
+            raise TypeError(f"bounds support Linear, Conv2d, AvgPool2d and Flatten layers, got {type(layer).__name__}")
+
+    def linear(self, x: np.ndarray) -> np.ndarray:
+        """The linear part (no bias) on ``[N, *in]``."""
+        if self.kind == "linear":
+            return x @ self.weight.T
+        if self.kind == "conv2d":
+            return self._signed.forward(x)
+        return self._layer.forward(x)
+
+    def abs_linear(self, x: np.ndarray) -> np.ndarray:
+        """The linear part with ``|W|`` (pooling and flatten are already non-negative)."""
+        if self.kind == "linear":
+            return x @ self.weight_abs.T
+        if self.kind == "conv2d":
+            return self._abs.forward(x)
+        return self._layer.forward(x)
+
+    def transpose(self, coef: np.ndarray) -> np.ndarray:
+        """Adjoint ``coef @ W`` of the linear part: ``[N, *out] -> [N, *in]``."""
+        if self.kind == "linear":
+            return coef @ self.weight
+        if self.kind == "conv2d":
+            return conv2d_transpose(coef, self.weight, self.stride, self.padding, self.input_shape)
+        return self._layer.transpose(coef)
+
+
+class PreparedStage:
+    """A spiking stage's ops chain in float64, with its bias and rounding constants."""
+
+    def __init__(self, stage):
+        self.ops = [_PreparedOp(op) for op in stage.ops]
+        self.input_shape = tuple(stage.input_shape)
+        self.neuron_shape = tuple(stage.neuron_shape)
+        self.n_neurons = int(np.prod(self.neuron_shape))
+        bias = self.ops[-1].bias
+        self.bias = np.broadcast_to(
+            bias.reshape((-1,) + (1,) * (len(self.neuron_shape) - 1)), self.neuron_shape
+        ).reshape(-1).astype(np.float64)
+        # Summation lengths of the forward chain and of its adjoint (rounding bounds).
+        self.n_terms = sum(op.n_terms + 2 for op in self.ops)
+        self.n_transpose_terms = sum(op.n_transpose_terms + 2 for op in self.ops)
+
+    def interval(self, lower: np.ndarray, upper: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Eq. 11 in centre-radius form: ``[N, *in]`` bounds -> ``(I_l, I_u, center)`` flat ``[N, n]``.
+
+        ``W mid +- |W| rad`` equals ``W+ l + W- u`` / ``W+ u + W- l`` exactly in real arithmetic
+        (three products instead of four); its float64 rounding is inside the outward margin.
+        """
+        center = (lower + upper) * 0.5
+        radius = (upper - lower) * 0.5
+        for op in self.ops:
+            center = op.linear(center)
+            radius = op.abs_linear(radius)
+        count = center.shape[0]
+        center = center.reshape(count, -1) + self.bias
+        radius = radius.reshape(count, -1)
+        return center - radius, center + radius, center
+
+    def magnitude(self, upper: Optional[np.ndarray]) -> np.ndarray:
+        """Bound on ``sum |terms|`` of the current: ``|W| s_u + |b|`` (flat ``[N, n]``).
+
+        With ``upper=None``: the input-independent bound ``|W| 1 + |b|`` (``[1, n]``), enough for
+        float64 networks whose rounding is far below any meaningful bound width.
+        """
+        value = np.ones((1,) + self.input_shape) if upper is None else upper
+        for op in self.ops:
+            value = op.abs_linear(value)
+        return value.reshape(value.shape[0], -1) + np.abs(self.bias)
+
+    def transpose(self, coef: np.ndarray) -> np.ndarray:
+        """Adjoint of the chain: ``[N, n]`` coefficients on the current -> ``[N, *input_shape]``."""
+        coef = coef.reshape((coef.shape[0],) + self.neuron_shape)
+        for op in reversed(self.ops):
+            coef = op.transpose(coef)
+        return coef
+
+
+def prepare_stages(net) -> List[PreparedStage]:
+    """Float64 copies of every stage of ``net`` (cheap; done per call since weights change in place)."""
+    return [PreparedStage(stage) for stage in net.stages]
+
+
+# --- results ------------------------------------------------------------------------------------
+
+@dataclass
+class IntervalBounds:
+    """S-IBP bounds of every intermediate; per stage ``k`` lists hold ``[T', B, *neuron_shape_k]`` float64.
+
+    ``state[k]`` (int8): 0 stable silent, 1 stable firing, 2 unstable. ``current_margin[k]`` and
+    ``mem_margin[k]`` are the outward rounding widths already applied (flat ``[T', B, n]`` or
+    broadcastable); ``current_magnitude[k]`` bounds ``sum |terms|`` of each current.
+    ``rate_lower/upper [B, n_out]``: bounds of the output rates (mean over the ``T'`` steps).
+    """
+
+    method: str
+    firing: str
+    threshold: float
+    decay: float
+    rule: RoundingRule
+    steps: int
+    batch: int
+    current_lower: List[np.ndarray] = field(default_factory=list)
+    current_upper: List[np.ndarray] = field(default_factory=list)
+    mem_lower: List[np.ndarray] = field(default_factory=list)
+    mem_upper: List[np.ndarray] = field(default_factory=list)
+    spike_lower: List[np.ndarray] = field(default_factory=list)
+    spike_upper: List[np.ndarray] = field(default_factory=list)
+    reset_lower: List[np.ndarray] = field(default_factory=list)
+    reset_upper: List[np.ndarray] = field(default_factory=list)
+    state: List[np.ndarray] = field(default_factory=list)
+    current_margin: List[np.ndarray] = field(default_factory=list)
+    current_magnitude: List[np.ndarray] = field(default_factory=list)
+    mem_margin: List[np.ndarray] = field(default_factory=list)
+    rate_lower: Optional[np.ndarray] = None
+    rate_upper: Optional[np.ndarray] = None
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.mem_lower)
+
+    def unstable(self, k: int) -> np.ndarray:
+        """Boolean mask ``[T', B, *neuron_shape_k]`` of neurons that may or may not fire."""
+        return self.state[k] == UNSTABLE
+
+    def unstable_fraction(self) -> List[float]:
+        return [float(np.mean(s == UNSTABLE)) for s in self.state]
+
+    def select(self, index) -> "IntervalBounds":
+        """The bounds of a subset of the batch (``index``: slice or integer array over ``B``)."""
+        def pick(arrays):
+            return [a if a.shape[1] == 1 and self.batch != 1 else a[:, index] for a in arrays]
+        picked = IntervalBounds(self.method, self.firing, self.threshold, self.decay, self.rule, self.steps, 0)
+        for name in ("current_lower", "current_upper", "mem_lower", "mem_upper", "spike_lower", "spike_upper",
+                     "reset_lower", "reset_upper", "state", "current_margin", "current_magnitude", "mem_margin"):
+            setattr(picked, name, pick(getattr(self, name)))
+        picked.rate_lower = self.rate_lower[index]
+        picked.rate_upper = self.rate_upper[index]
+        picked.batch = picked.rate_lower.shape[0]
+        return picked
+
+
+def _spec_interval(C: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Interval of ``C f`` for ``f`` in ``[lower, upper]``: ``C [B, S, n]``, bounds ``[B, n]`` -> ``[B, S]``."""
+    c_pos, c_neg = np.maximum(C, 0.0), np.minimum(C, 0.0)
+    out_lower = np.einsum("bsn,bn->bs", c_pos, lower) + np.einsum("bsn,bn->bs", c_neg, upper)
+    out_upper = np.einsum("bsn,bn->bs", c_pos, upper) + np.einsum("bsn,bn->bs", c_neg, lower)
+    return out_lower, out_upper
+
+
+def interval_bounds(net, x_lower, x_upper, stages: Optional[Sequence[PreparedStage]] = None) -> IntervalBounds:
+    """S-IBP over the box ``x_lower <= x <= x_upper`` (``[T', B, *input_shape]`` of 0/1).
+
+    Returns every intermediate bound (``IntervalBounds``); the horizon is the box's ``T'``.
+    """
+    box = binary_box(x_lower, x_upper, net)
+    rule = RoundingRule.for_network(net)
+    stages = prepare_stages(net) if stages is None else stages
+    steps, batch = box.x_lower.shape[:2]
+    alpha = net.decay
+    tight_magnitude = rule.net_dtype != "float64"
+    result = IntervalBounds("ibp", net.firing, net.threshold, alpha, rule, steps, batch)
+
+    spike_lower = box.x_lower.reshape((steps * batch,) + box.x_lower.shape[2:]).astype(np.float64)
+    spike_upper = box.x_upper.reshape(spike_lower.shape).astype(np.float64)
+    for stage in stages:
+        n = stage.n_neurons
+        cur_lower, cur_upper, _ = stage.interval(spike_lower, spike_upper)
+        magnitude = stage.magnitude(spike_upper if tight_magnitude else None)
+        margin = rule.current_margin(magnitude, stage.n_terms)
+        cur_lower = (cur_lower - margin).reshape(steps, batch, n)
+        cur_upper = (cur_upper + margin).reshape(steps, batch, n)
+        if tight_magnitude:
+            magnitude = magnitude.reshape(steps, batch, n)
+            margin = margin.reshape(steps, batch, n)
+        else:
+            magnitude = magnitude.reshape(1, 1, n)
+            margin = margin.reshape(1, 1, n)
+
+        mem_lower = np.empty_like(cur_lower)
+        mem_upper = np.empty_like(cur_upper)
+        mem_margin = np.empty_like(cur_lower)
+        reset_lower = np.empty_like(cur_lower)
+        reset_upper = np.empty_like(cur_upper)
+        state = np.empty(cur_lower.shape, dtype=np.int8)
+        carried_lower = np.zeros((batch, n))
+        carried_upper = np.zeros((batch, n))
+        for t in range(steps):
+            low = cur_lower[t] + carried_lower
+            high = cur_upper[t] + carried_upper
+            size = np.maximum(np.abs(cur_lower[t]), np.abs(cur_upper[t])) \
+                + np.maximum(np.abs(carried_lower), np.abs(carried_upper))
+            mem_margin[t] = rule.membrane_margin(size)
+            mem_lower[t] = low - mem_margin[t]
+            mem_upper[t] = high + mem_margin[t]
+            state[t] = Fire.classify(mem_lower[t], mem_upper[t], rule, net.firing)
+            reset_lower[t], reset_upper[t] = Reset.interval(mem_lower[t], mem_upper[t], state[t], rule)
+            carried_lower = alpha * reset_lower[t]
+            carried_upper = alpha * reset_upper[t]
+        spike_lo, spike_hi = Fire.interval(state)
+
+        shape = (steps, batch) + stage.neuron_shape
+        result.current_lower.append(cur_lower.reshape(shape))
+        result.current_upper.append(cur_upper.reshape(shape))
+        result.mem_lower.append(mem_lower.reshape(shape))
+        result.mem_upper.append(mem_upper.reshape(shape))
+        result.spike_lower.append(spike_lo.reshape(shape))
+        result.spike_upper.append(spike_hi.reshape(shape))
+        result.reset_lower.append(reset_lower.reshape(shape))
+        result.reset_upper.append(reset_upper.reshape(shape))
+        result.state.append(state.reshape(shape))
+        result.current_margin.append(margin)
+        result.current_magnitude.append(magnitude)
+        result.mem_margin.append(mem_margin)
+        spike_lower = spike_lo.reshape((steps * batch,) + stage.neuron_shape)
+        spike_upper = spike_hi.reshape(spike_lower.shape)
+
+    last_lower = result.spike_lower[-1].reshape(steps, batch, -1)
+    last_upper = result.spike_upper[-1].reshape(steps, batch, -1)
+    # Spike counts are exact integers; one rounding in the division.
+    result.rate_lower = last_lower.sum(axis=0) / steps
+    result.rate_upper = last_upper.sum(axis=0) / steps
+    return result
+
+
+def output_rounding_margin(C: np.ndarray, rule: RoundingRule, steps: int) -> np.ndarray:
+    """Outward margin for a bound of ``C f`` (``[B, S]``): the network's own rounding of the rate
+    ``f = sum_t s_t / T'`` (an exact integer count divided once: relative error ``<= u_net``) and
+    the float64 rounding of ``C f``, both ``<= (u_net + gamma) * sum |C|`` since rates lie in [0, 1]."""
+    n_out = C.shape[-1]
+    u_net = rule.u - UNIT_ROUNDOFF_FLOAT64
+    return (2.0 * (u_net + gamma(n_out + steps + 8, UNIT_ROUNDOFF_FLOAT64))) * np.abs(C).sum(axis=-1)
+
+
+def ibp_spec_bounds(bounds: IntervalBounds, C: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """S-IBP bounds of ``C f`` (``C [B, S, n_out]``), outward rounded: ``(lower, upper)`` ``[B, S]``."""
+    lower, upper = _spec_interval(C, bounds.rate_lower, bounds.rate_upper)
+    margin = output_rounding_margin(C, bounds.rule, bounds.steps)
+    return lower - margin, upper + margin

@@ -1,0 +1,184 @@
+"""Interval rules and linear relaxations of the two nonlinear operations of a LIF neuron.
+
+Each operation keeps its two rules side by side (the paper, section 3):
+
+``Fire``  ``s = 1[m >= th]`` (or ``1[m > th]``)
+    interval (eq. 7): ``s in [fire(m_l - th), fire(m_u - th)]``;
+    relaxation (eq. 8): stable neurons are exact; an unstable neuron gets the chord lines
+    ``0 <= s <= (m - m_l) / (th - m_l)`` when ``m_u - th < th - m_l``, otherwise
+    ``(m - th) / (m_u - th) <= s <= 1``.
+``Reset``  ``z = m (1 - s)`` (what survives the reset and is carried to ``t + 1`` times alpha)
+    interval (eq. 9): stable non-firing ``[m_l, m_u]``, stable firing ``0``, unstable
+    ``[min(0, m_l), th]``;
+    relaxation (eq. 10): stable non-firing ``z = m``, stable firing ``z = 0``, unstable
+    ``(1 - s) m_l <= z <= (1 - s) th`` (linear in ``s``).
+
+Floating point (the rounding rule, see docs/BOUNDS.md)
+------------------------------------------------------
+The bounds must contain what the network *as executed* computes: its own dtype (float32 or
+float64), any summation order. Three measures make that hold:
+
+1. Every current and membrane interval is widened outward by ``2 * gamma(n, u) * magnitude``
+   where ``gamma(n, u) = n u / (1 - n u)`` is the classic bound on the rounding error of an
+   ``n``-term sum in any order, ``u = u_net + u_float64`` (unit roundoffs of the network's dtype
+   and of the float64 bound arithmetic), ``n`` the summation length (fan-in plus a few) and
+   ``magnitude`` an upper bound on the sum of absolute values of the terms (``|W| s_u + |b|`` for
+   a current; ``|I| + alpha |z|`` for a membrane). A membrane that some summation order puts
+   exactly on the threshold is therefore never decided stable by a coin flip of rounding.
+2. The threshold the network compares against is ``th`` in float64 and may be ``float32(th)``
+   in a float32 network; both are kept: ``th_lo = min`` and ``th_hi = max`` of them. A neuron is
+   stable firing when ``m_l >= th_hi`` (``>=`` firing) or ``m_l > th_hi`` (``>`` firing), stable
+   non-firing when ``m_u < th_lo`` (``>=``) or ``m_u <= th_lo`` (``>``). Lines that must lie below
+   ``s = 0`` up to the threshold use ``th_hi``, lines that must reach ``1`` from the threshold on
+   use ``th_lo``; for float64 networks ``th_lo == th_hi == th`` and the lines are the paper's.
+3. S-CROWN's back-substitution tracks a running bound on its own rounding error (and on the
+   mismatch between the network's float relations and the exact ones) and subtracts it from the
+   final lower bound (see ``refsnn.crown``), so huge chord slopes near the threshold stay sound.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+
+UNIT_ROUNDOFF_FLOAT64 = float(np.finfo(np.float64).eps) / 2.0
+
+STABLE_OFF = 0   # stable non-firing: s = 0, z = m
+STABLE_ON = 1    # stable firing:     s = 1, z = 0
+UNSTABLE = 2     # may or may not fire
+
+
+def unit_roundoff(dtype) -> float:
+    """Unit roundoff ``u`` of a float dtype (half the machine epsilon)."""
+    return float(np.finfo(np.dtype(dtype)).eps) / 2.0
+
+
+def gamma(n: float, u: float) -> float:
+    """``gamma_n = n u / (1 - n u)``: bound on the relative rounding error of an ``n``-term sum."""
+    nu = float(n) * u
+    if nu >= 0.5:
+        raise ValueError(f"summation length {n} too long for unit roundoff {u}; the rounding bound breaks down")
+    return nu / (1.0 - nu)
+
+
+@dataclass(frozen=True)
+class RoundingRule:
+    """Outward-rounding parameters of one network (see the module docstring).
+
+    ``u``: unit roundoff used for the network's float relations (``u_net + u_float64``);
+    ``th_lo``/``th_hi``: the two thresholds the network may effectively compare against.
+    """
+
+    u: float
+    th_lo: float
+    th_hi: float
+    net_dtype: str
+
+    @classmethod
+    def for_network(cls, net) -> "RoundingRule":
+        dtype = np.dtype(net.dtype)
+        threshold_as_run = float(dtype.type(net.threshold))
+        return cls(u=unit_roundoff(dtype) + UNIT_ROUNDOFF_FLOAT64,
+                   th_lo=min(net.threshold, threshold_as_run),
+                   th_hi=max(net.threshold, threshold_as_run),
+                   net_dtype=dtype.name)
+
+    def current_margin(self, magnitude: np.ndarray, n_terms: int) -> np.ndarray:
+        """Outward margin of a current whose terms have absolute sum ``<= magnitude``."""
+        return (2.0 * gamma(n_terms + 4, self.u)) * magnitude
+
+    def membrane_margin(self, magnitude: np.ndarray) -> np.ndarray:
+        """Outward margin of ``m = I + alpha z`` (rounded product and sum, alpha cast to the dtype)."""
+        return (2.0 * gamma(6, self.u)) * magnitude
+
+
+class Fire:
+    """``s = fire(m - th)``: interval rule (eq. 7) and chord relaxation (eq. 8), for both firing modes."""
+
+    @staticmethod
+    def classify(mem_lower: np.ndarray, mem_upper: np.ndarray, rule: RoundingRule, firing: str) -> np.ndarray:
+        """Stability of each neuron: ``STABLE_OFF``, ``STABLE_ON`` or ``UNSTABLE`` (int8, same shape).
+
+        ``mem_lower/upper`` must already be widened by the rounding margin.
+        """
+        if firing == ">=":
+            stable_on = mem_lower >= rule.th_hi
+            stable_off = mem_upper < rule.th_lo
+        else:
+            stable_on = mem_lower > rule.th_hi
+            stable_off = mem_upper <= rule.th_lo
+        state = np.full(mem_lower.shape, UNSTABLE, dtype=np.int8)
+        state[stable_on] = STABLE_ON
+        state[stable_off] = STABLE_OFF
+        return state
+
+    @staticmethod
+    def interval(state: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Eq. 7: ``(spike_lower, spike_upper)`` as float64 0/1."""
+        return (state == STABLE_ON).astype(np.float64), (state != STABLE_OFF).astype(np.float64)
+
+    @staticmethod
+    def relaxation(mem_lower: np.ndarray, mem_upper: np.ndarray, state: np.ndarray, threshold: float,
+                   rule: RoundingRule) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Eq. 8: lines ``slope_lower m + icpt_lower <= s <= slope_upper m + icpt_upper`` on ``[m_l, m_u]``.
+
+        Stable neurons: constant lines (0 or 1). Unstable, case ``m_u - th < th - m_l``:
+        ``0 <= s <= (m - m_l)/(th_lo - m_l)``; otherwise ``(m - th_hi)/(m_u - th_hi) <= s <= 1``.
+        Soundness on the whole interval (both firing modes, including ``m = th``): the upper
+        chord is ``>= 1`` wherever ``m >= th_lo`` (where the neuron may fire) and ``>= 0`` for
+        ``m >= m_l``; the lower chord is ``<= 0`` wherever ``m <= th_hi`` (where it may stay
+        silent) and ``<= 1`` for ``m <= m_u``. A non-positive denominator (impossible after the
+        rounding margin, guarded anyway) falls back to the constant line, which is always sound.
+        """
+        unstable = state == UNSTABLE
+        on = (state == STABLE_ON).astype(np.float64)
+        slope_lower = np.zeros(state.shape)
+        slope_upper = np.zeros(state.shape)
+        icpt_lower = on.copy()
+        icpt_upper = on + unstable  # 1 for unstable neurons (the constant upper line)
+        upper_chord = unstable & ((mem_upper - threshold) < (threshold - mem_lower))
+        lower_chord = unstable & ~upper_chord
+        denom_upper = rule.th_lo - mem_lower
+        upper_chord &= denom_upper > 0.0
+        lower_denom = mem_upper - rule.th_hi
+        lower_chord &= lower_denom > 0.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            slope = np.where(upper_chord, 1.0 / np.where(upper_chord, denom_upper, 1.0), 0.0)
+            slope_upper = slope
+            icpt_upper = np.where(upper_chord, -mem_lower * slope, icpt_upper)
+            slope = np.where(lower_chord, 1.0 / np.where(lower_chord, lower_denom, 1.0), 0.0)
+            slope_lower = slope
+            icpt_lower = np.where(lower_chord, -rule.th_hi * slope, icpt_lower)
+        return slope_lower, icpt_lower, slope_upper, icpt_upper
+
+
+class Reset:
+    """``z = m (1 - s)``: interval rule (eq. 9) and relaxation (eq. 10)."""
+
+    @staticmethod
+    def interval(mem_lower: np.ndarray, mem_upper: np.ndarray, state: np.ndarray,
+                 rule: RoundingRule) -> Tuple[np.ndarray, np.ndarray]:
+        """Eq. 9: stable non-firing ``[m_l, m_u]``, stable firing ``[0, 0]``, unstable ``[min(0, m_l), th]``.
+
+        ``th`` is ``th_hi``: a silent neuron's membrane is below the threshold the network
+        actually compares against.
+        """
+        off = state == STABLE_OFF
+        unstable = state == UNSTABLE
+        reset_lower = np.where(off, mem_lower, np.where(unstable, np.minimum(0.0, mem_lower), 0.0))
+        reset_upper = np.where(off, mem_upper, np.where(unstable, rule.th_hi, 0.0))
+        return reset_lower, reset_upper
+
+    @staticmethod
+    def relaxation(mem_lower: np.ndarray, state: np.ndarray, rule: RoundingRule
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+        """Eq. 10 for unstable neurons: ``(1 - s) r_lower <= z <= (1 - s) r_upper``.
+
+        Returns ``(r_lower, r_upper) = (m_l, th_hi)`` (zero where the neuron is stable; stable
+        neurons are exact: ``z = m`` when silent, ``z = 0`` when firing, handled by ``state``).
+        Sound: with ``s = 1`` both sides are 0 = z; with ``s = 0`` the neuron is silent, so
+        ``z = m`` lies in ``[m_l, th_hi]``.
+        """
+        unstable = state == UNSTABLE
+        return np.where(unstable, mem_lower, 0.0), np.where(unstable, rule.th_hi, 0.0)

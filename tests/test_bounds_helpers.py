@@ -1,0 +1,103 @@
+"""Helpers shared by the bound test suites (enumeration of boxes, containment checks), and their own tests."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from refsnn.bounds import compute_bounds, crown_bounds, interval_bounds
+
+METHODS = ("ibp", "crown-ibp", "best")
+
+
+def box_members(x_lower: np.ndarray, x_upper: np.ndarray, b: int) -> np.ndarray:
+    """Every spike train of sample ``b``'s box: ``[T', 2**n_free, *in]`` uint8."""
+    lower = x_lower[:, b].astype(np.uint8)
+    free = np.flatnonzero((x_upper[:, b] != x_lower[:, b]).ravel())
+    count = 2 ** free.size
+    members = np.broadcast_to(lower.ravel(), (count, lower.size)).copy()
+    if free.size:
+        bits = (np.arange(count)[:, None] >> np.arange(free.size)[None, :]) & 1
+        members[:, free] = bits
+    return members.reshape((count,) + lower.shape).swapaxes(0, 1)
+
+
+def check_intermediates(bounds, trace, b: int, label: str = "") -> None:
+    """Every enumerated/sampled intermediate of sample ``b`` lies in the S-IBP bounds."""
+    for k in range(len(trace.membranes)):
+        pairs = [("current", trace.currents[k], bounds.current_lower[k], bounds.current_upper[k]),
+                 ("membrane", trace.membranes[k], bounds.mem_lower[k], bounds.mem_upper[k]),
+                 ("spike", trace.spikes[k], bounds.spike_lower[k], bounds.spike_upper[k]),
+                 ("reset", trace.resets[k], bounds.reset_lower[k], bounds.reset_upper[k])]
+        for name, value, lower, upper in pairs:
+            value = value.astype(np.float64)
+            lo, hi = lower[:, b:b + 1], upper[:, b:b + 1]
+            below = value < lo
+            above = value > hi
+            assert not below.any(), f"{label} stage {k} {name} below its lower bound: " \
+                f"{value[below][:3]} < {np.broadcast_to(lo, value.shape)[below][:3]}"
+            assert not above.any(), f"{label} stage {k} {name} above its upper bound: " \
+                f"{value[above][:3]} > {np.broadcast_to(hi, value.shape)[above][:3]}"
+
+
+def check_spec_values(values: np.ndarray, lower: np.ndarray, upper: np.ndarray, label: str) -> None:
+    """``values [N, S]`` of ``C f`` for one sample against its bounds ``[S]``."""
+    exact_min, exact_max = values.min(axis=0), values.max(axis=0)
+    assert np.all(lower <= exact_min), f"{label}: lower bound {lower} above the exact minimum {exact_min}"
+    assert np.all(exact_max <= upper), f"{label}: upper bound {upper} below the exact maximum {exact_max}"
+
+
+def exhaustive_check(net, x_lower, x_upper, specs, methods=METHODS, intermediates: bool = True) -> dict:
+    """Enumerates every input of every sample's box, runs the real forward and checks all bounds.
+
+    ``specs``: list of ``C`` arrays (``[S, n_out]`` or ``[B, S, n_out]``). Returns the bounds computed.
+    """
+    batch = x_lower.shape[1]
+    ib = interval_bounds(net, x_lower, x_upper)
+    computed = {}
+    for index, C in enumerate(specs):
+        for method in methods:
+            computed[(index, method)] = compute_bounds(net, x_lower, x_upper, method=method, C=C)
+        crown = crown_bounds(net, x_lower, x_upper, C=C)
+        computed[(index, "crown-result")] = crown
+    for b in range(batch):
+        members = box_members(x_lower, x_upper, b)
+        trace = net.run(members)
+        if intermediates:
+            check_intermediates(ib, trace, b, label=f"sample {b}")
+        rates = trace.rates.astype(np.float64)
+        for index, C in enumerate(specs):
+            C_b = C if C.ndim == 2 else C[b]
+            values = rates @ C_b.T
+            for method in methods:
+                lower, upper = computed[(index, method)]
+                check_spec_values(values, lower[b], upper[b], f"{method} spec {index} sample {b}")
+            # The linear form itself bounds every member (not only its box minimum).
+            crown = computed[(index, "crown-result")]
+            flat = members.reshape(members.shape[0], members.shape[1], -1).astype(np.float64)
+            lin_lower = np.einsum("tsj,tnj->ns", crown.A_lower[:, b].reshape(flat.shape[0], C_b.shape[0], -1),
+                                  flat) + crown.bias_lower[b]
+            lin_upper = np.einsum("tsj,tnj->ns", crown.A_upper[:, b].reshape(flat.shape[0], C_b.shape[0], -1),
+                                  flat) + crown.bias_upper[b]
+            tol = 1e-9 * (1.0 + np.abs(lin_lower).max() + np.abs(lin_upper).max())
+            assert np.all(lin_lower <= values + tol), "S-CROWN linear lower form above a member's value"
+            assert np.all(values <= lin_upper + tol), "S-CROWN linear upper form below a member's value"
+    return computed
+
+
+# --- tests of the helpers themselves -------------------------------------------------------------
+
+def test_box_members_enumerates_every_member_once():
+    x_lower = np.zeros((2, 1, 3), dtype=np.uint8)
+    x_upper = x_lower.copy()
+    x_upper[0, 0, 1] = 1
+    x_upper[1, 0, 2] = 1
+    x_lower[1, 0, 0] = x_upper[1, 0, 0] = 1
+    members = box_members(x_lower, x_upper, 0)
+    assert members.shape == (2, 4, 3)
+    seen = {members[:, i].tobytes() for i in range(4)}
+    expected = set()
+    for a, c in itertools.product((0, 1), repeat=2):
+        x = np.array([[0, a, 0], [1, 0, c]], dtype=np.uint8)
+        expected.add(x.tobytes())
+    assert seen == expected
