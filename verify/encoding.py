@@ -461,9 +461,11 @@ class SNNMilp:
             if (var.lowBound is not None and var.varValue < var.lowBound - tol) or \
                     (var.upBound is not None and var.varValue > var.upBound + tol):
                 problems.append(f"bound of {var.name}: {var.varValue} not in [{var.lowBound}, {var.upBound}]")
-        for name, constraint in self.prob.constraints.items():
+        constraints = self.prob.constraints
+        constraints = constraints() if callable(constraints) else constraints.values()  # PuLP >= 3.3 / older
+        for constraint in constraints:
             if not constraint.valid(tol):
-                problems.append(f"{name}: {constraint} (residual {constraint.value()})")
+                problems.append(f"{constraint.name}: {constraint} (residual {constraint.value()})")
         return problems
 
     # --- solving ------------------------------------------------------------------------------

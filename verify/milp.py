@@ -235,17 +235,24 @@ class ExactBounds:
         return bool(np.all(self.lower_status == "exact") and np.all(self.upper_status == "exact"))
 
 
-def _sets(x_lower, x_upper, input_sets) -> List[InputSet]:
+def _sets(net: SNN, x_lower, x_upper, input_sets) -> List[InputSet]:
     if input_sets is not None:
         if x_lower is not None or x_upper is not None:
             raise ValueError("pass either x_lower/x_upper or input_sets, not both")
         sets = list(input_sets)
         if not sets:
             raise ValueError("input_sets is empty")
-        return sets
-    if x_lower is None or x_upper is None:
-        raise ValueError("pass x_lower and x_upper ([T', B, *input_shape] of 0/1) or input_sets")
-    return sets_from_boxes(x_lower, x_upper)
+    else:
+        if x_lower is None or x_upper is None:
+            raise ValueError("pass x_lower and x_upper ([T', B, *input_shape] of 0/1) or input_sets")
+        sets = sets_from_boxes(x_lower, x_upper)
+    for b, input_set in enumerate(sets):
+        if tuple(input_set.input_shape) != tuple(net.input_shape):
+            raise ValueError(f"sample {b}: inputs have per-sample shape {tuple(input_set.input_shape)} but the "
+                             f"network expects {tuple(net.input_shape)}; arrays are [T', B, *input_shape]")
+        if input_set.steps != sets[0].steps:
+            raise ValueError(f"sample {b} has {input_set.steps} time steps, sample 0 has {sets[0].steps}")
+    return sets
 
 
 def exact_bounds(net: SNN, x_lower=None, x_upper=None, C=None, *, input_sets: Optional[Sequence[InputSet]] = None,
@@ -257,7 +264,7 @@ def exact_bounds(net: SNN, x_lower=None, x_upper=None, C=None, *, input_sets: Op
     of 0/1 (or ``input_sets``, one per sample: ``BoxSet``, ``SpikeL0Set``, ``DigitalLinfSet``);
     ``C`` None / ``[n_spec, n_out]`` / ``[B, n_spec, n_out]``. ``time_limit`` seconds per MILP.
     """
-    sets = _sets(x_lower, x_upper, input_sets)
+    sets = _sets(net, x_lower, x_upper, input_sets)
     specs = normalize_specs(C, len(sets), net.n_outputs)
     batch, n_spec = specs.shape[:2]
     shape = (batch, n_spec)
@@ -380,7 +387,7 @@ def verify_robust(net: SNN, x_lower=None, x_upper=None, labels=None, *,
     of 0 certifies nothing. Every witness is checked by the real forward pass. Returns one
     ``RobustResult`` per sample.
     """
-    sets = _sets(x_lower, x_upper, input_sets)
+    sets = _sets(net, x_lower, x_upper, input_sets)
     if labels is None:
         raise ValueError("labels [B] are required")
     labels = np.asarray(labels).reshape(-1)
