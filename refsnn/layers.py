@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
+import numba
 import numpy as np
 
 Shape = Tuple[int, ...]
@@ -155,6 +156,61 @@ def _conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+# --- im2col / col2im kernels (Numba) ------------------------------------------------------------
+# Layout: ``cols[(c * kh + i) * kw + j, (n * OH + a) * OW + b] = x_padded[n, c, a * sh + i, b * sw + j]``,
+# i.e. one row per (channel, kernel offset) and one column per (sample, output position). The
+# convolution then is ONE GEMM ``W[O, C*kh*kw] @ cols`` (BLAS), its weight gradient one GEMM
+# ``grad[O, N*OH*OW] @ cols.T`` and its adjoint one GEMM ``W.T @ grad`` followed by col2im.
+# Padding is handled by bounds checks, so no padded copy of the input is ever made.
+
+@numba.njit(cache=True, parallel=True)
+def _im2col(x, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w):  # pragma: no cover
+    n, channels, height, width = x.shape
+    positions = out_h * out_w
+    cols = np.empty((channels * kernel_h * kernel_w, n * positions), dtype=x.dtype)
+    for sample in numba.prange(n):
+        for c in range(channels):
+            for i in range(kernel_h):
+                for j in range(kernel_w):
+                    row = (c * kernel_h + i) * kernel_w + j
+                    for a in range(out_h):
+                        y = a * stride_h - pad_h + i
+                        base = sample * positions + a * out_w
+                        if y < 0 or y >= height:
+                            for b in range(out_w):
+                                cols[row, base + b] = 0
+                            continue
+                        for b in range(out_w):
+                            xx = b * stride_w - pad_w + j
+                            if 0 <= xx < width:
+                                cols[row, base + b] = x[sample, c, y, xx]
+                            else:
+                                cols[row, base + b] = 0
+    return cols
+
+
+@numba.njit(cache=True, parallel=True)
+def _col2im(cols, n, channels, height, width, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+            out_h, out_w):  # pragma: no cover
+    positions = out_h * out_w
+    image = np.zeros((n, channels, height, width), dtype=cols.dtype)
+    for sample in numba.prange(n):  # each sample owns its output plane: no write races
+        for c in range(channels):
+            for i in range(kernel_h):
+                for j in range(kernel_w):
+                    row = (c * kernel_h + i) * kernel_w + j
+                    for a in range(out_h):
+                        y = a * stride_h - pad_h + i
+                        if y < 0 or y >= height:
+                            continue
+                        base = sample * positions + a * out_w
+                        for b in range(out_w):
+                            xx = b * stride_w - pad_w + j
+                            if 0 <= xx < width:
+                                image[sample, c, y, xx] += cols[row, base + b]
+    return image
+
+
 def _scatter_windows(cols: np.ndarray, input_shape: Shape, kernel, stride, padding) -> np.ndarray:
     """Adjoint of ``_conv_windows``: sum ``[N, C, OH, OW, kh, kw]`` window values back into ``[N, C, H, W]``."""
     n, channels, out_h, out_w, kernel_h, kernel_w = cols.shape
@@ -206,34 +262,82 @@ class Conv2d(Layer):
             raise ValueError(f"Conv2d kernel {self.kernel_size} does not fit input {tuple(input_shape)}")
         return (self.weight.shape[0], out_h, out_w)
 
-    def _linear(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
-        windows = _conv_windows(x, self.kernel_size, self.stride, self.padding)
-        # [N, C, OH, OW, kh, kw] x [O, C, kh, kw] -> [N, OH, OW, O]
-        out = np.tensordot(windows, weight, axes=([1, 4, 5], [1, 2, 3]))
-        return out.transpose(0, 3, 1, 2)
+    def output_shape_of(self, input_shape: Shape) -> Shape:
+        """Output shape ``(O, OH, OW)`` for ``input_shape`` ``(C, H, W)`` (no checks, no recording)."""
+        return (self.weight.shape[0], *self._geometry(input_shape)[-2:])
+
+    def _geometry(self, input_shape: Shape):
+        out_h = _conv_output_size(input_shape[-2], self.kernel_size[0], self.stride[0], self.padding[0])
+        out_w = _conv_output_size(input_shape[-1], self.kernel_size[1], self.stride[1], self.padding[1])
+        return (*self.kernel_size, *self.stride, *self.padding, out_h, out_w)
+
+    def _cols(self, x: np.ndarray, dtype) -> np.ndarray:
+        """im2col matrix ``[C*kh*kw, N*OH*OW]`` of ``x [N, C, H, W]``."""
+        if x.ndim != 4 or x.shape[1] != self.weight.shape[1]:
+            raise ValueError(f"Conv2d expects inputs [N, {self.weight.shape[1]}, H, W], got shape {x.shape}")
+        return _im2col(np.ascontiguousarray(x, dtype=dtype), *self._geometry(x.shape))
+
+    def _nchw(self, out_rows: np.ndarray, n: int, out_h: int, out_w: int, bias=None) -> np.ndarray:
+        """``[O, N*OH*OW]`` GEMM result -> ``[N, O, OH, OW]`` (one copy, bias added on the way)."""
+        channels = out_rows.shape[0]
+        result = np.empty((n, channels, out_h, out_w), dtype=out_rows.dtype)
+        result[...] = out_rows.reshape(channels, n, out_h, out_w).transpose(1, 0, 2, 3)
+        if bias is not None:  # in place on the contiguous result: faster than a fused strided add
+            result += bias.astype(out_rows.dtype, copy=False)[None, :, None, None]
+        return result
+
+    def _rows(self, grad: np.ndarray, dtype) -> np.ndarray:
+        """``[N, O, OH, OW]`` -> ``[O, N*OH*OW]`` (the GEMM layout of the output side)."""
+        expected = self.output_shape_of(self._require_input_shape())
+        if grad.ndim != 4 or tuple(grad.shape[1:]) != expected:
+            raise ValueError(f"Conv2d expects output-side arrays [N, *{expected}], got shape {grad.shape}")
+        n, channels = grad.shape[:2]
+        rows = np.empty((channels, n, grad.shape[2] * grad.shape[3]), dtype=dtype)
+        rows[...] = grad.reshape(n, channels, -1).transpose(1, 0, 2)
+        return rows.reshape(channels, -1)
+
+    def _linear(self, x: np.ndarray, weight: np.ndarray, bias=None) -> np.ndarray:
+        dtype = np.result_type(x.dtype, weight.dtype)
+        cols = self._cols(x, dtype)
+        out_h, out_w = self._geometry(x.shape)[-2:]
+        rows = weight.reshape(weight.shape[0], -1).astype(dtype, copy=False) @ cols
+        return self._nchw(rows, x.shape[0], out_h, out_w, bias)
 
     def forward(self, x):
-        return self._linear(x, self.weight) + self.bias[None, :, None, None]
+        return self._linear(x, self.weight, self.bias)
+
+    def _input_from_rows(self, grad_rows: np.ndarray, n: int) -> np.ndarray:
+        """Adjoint of the linear part from ``[O, N*OH*OW]`` rows: ``col2im(W^T @ rows)``."""
+        input_shape = self._require_input_shape()
+        weight = self.weight.reshape(self.weight.shape[0], -1).astype(grad_rows.dtype, copy=False)
+        grad_cols = weight.T @ grad_rows
+        return _col2im(grad_cols, n, input_shape[0], input_shape[1], input_shape[2],
+                       *self._geometry(input_shape))
 
     def transpose(self, coef):
-        # coef [N, O, OH, OW] -> window values [N, OH, OW, C, kh, kw] -> scatter to input.
-        cols = np.tensordot(coef, self.weight, axes=([1], [0]))  # [N, OH, OW, C, kh, kw]
-        cols = cols.transpose(0, 3, 1, 2, 4, 5)
-        return _scatter_windows(cols, self._require_input_shape(), self.kernel_size, self.stride, self.padding)
+        coef = np.asarray(coef)
+        dtype = np.result_type(coef.dtype, self.weight.dtype)
+        return self._input_from_rows(self._rows(coef, dtype), coef.shape[0])
 
     def backward(self, x, grad_out):
-        windows = _conv_windows(x, self.kernel_size, self.stride, self.padding)
-        grad_weight = np.tensordot(grad_out, windows, axes=([0, 2, 3], [0, 2, 3]))  # [O, C, kh, kw]
-        grads = {"weight": grad_weight, "bias": grad_out.sum(axis=(0, 2, 3))}
-        return self.transpose(grad_out), grads
+        dtype = np.result_type(x.dtype, grad_out.dtype, self.weight.dtype)
+        grad_rows = self._rows(grad_out, dtype)
+        grad_weight = (grad_rows @ self._cols(x, dtype).T).reshape(self.weight.shape)
+        grads = {"weight": grad_weight, "bias": grad_rows.sum(axis=1)}
+        return self._input_from_rows(grad_rows, x.shape[0]), grads
 
     def interval(self, lower, upper):
-        weight_pos = np.maximum(self.weight, 0.0)
-        weight_neg = np.minimum(self.weight, 0.0)
-        bias = self.bias[None, :, None, None]
-        out_lower = self._linear(lower, weight_pos) + self._linear(upper, weight_neg) + bias
-        out_upper = self._linear(upper, weight_pos) + self._linear(lower, weight_neg) + bias
-        return out_lower, out_upper
+        lower, upper = np.asarray(lower), np.asarray(upper)
+        dtype = np.result_type(lower.dtype, upper.dtype, self.weight.dtype)
+        cols_lower, cols_upper = self._cols(lower, dtype), self._cols(upper, dtype)
+        weight = self.weight.reshape(self.weight.shape[0], -1).astype(dtype, copy=False)
+        weight_pos = np.maximum(weight, 0.0)
+        weight_neg = np.minimum(weight, 0.0)
+        out_h, out_w = self._geometry(lower.shape)[-2:]
+        rows_lower = weight_pos @ cols_lower + weight_neg @ cols_upper
+        rows_upper = weight_pos @ cols_upper + weight_neg @ cols_lower
+        return (self._nchw(rows_lower, lower.shape[0], out_h, out_w, self.bias),
+                self._nchw(rows_upper, lower.shape[0], out_h, out_w, self.bias))
 
     def astype(self, dtype):
         layer = Conv2d(self.weight.astype(dtype), self.bias.astype(dtype), self.stride, self.padding)
