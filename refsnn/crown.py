@@ -86,7 +86,7 @@ class CrownResult:
 
 # --- one stage of the back-substitution: steps 1-3 -------------------------------------------------
 
-def _backsub_stage_python(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, mem_lower, th_hi, alpha,
+def _backsub_stage_python(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, reset_hi, alpha,
                           mem_mag, carry_mag, fwd_scale, bias_vec, g, lam_cur, bias_out, err_out):
     steps, batch, n_spec, n = lam_s.shape
     for row in prange(batch * n_spec):
@@ -107,7 +107,7 @@ def _backsub_stage_python(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, me
                     lm = 0.0
                     bias += ls
                 else:              # unstable: eq. 10 then eq. 8
-                    r = mem_lower[t, b, j] if lz >= 0.0 else th_hi
+                    r = reset_lo[t, b, j] if lz >= 0.0 else reset_hi[t, b, j]
                     rz = lz * r
                     bias += rz
                     ls = ls - rz
@@ -143,9 +143,14 @@ def _backsub_stage_kernel(lam_s, *args):
         _backsub_stage_serial(lam_s, *args)
 
 
-def _backsub_stage_numpy(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, mem_lower, th_hi, alpha,
-                         mem_mag, carry_mag, fwd_scale, bias_vec, g, lam_cur, bias_out, err_out):
-    """Reference of ``_backsub_stage_kernel`` (same rules, vectorized over samples, specs, neurons)."""
+def _backsub_stage_numpy(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, reset_hi, alpha,
+                         mem_mag, carry_mag, fwd_scale, bias_vec, g, lam_cur, bias_out, err_out, record=None):
+    """Reference of ``_backsub_stage_kernel`` (same rules, vectorized over samples, specs, neurons).
+
+    ``record`` (a list) receives, per time step, ``(t, lam_s_in, lam_z_in, lam_m, bias_step)``: the
+    step replaces ``lam_s . s_t + lam_z . z_t`` by ``lam_m . m_t + bias_step``, which must not
+    exceed it on any reachable trajectory (the tests check exactly that).
+    """
     steps = lam_s.shape[0]
     carry = np.zeros(lam_s.shape[1:])
     bias = np.zeros(lam_s.shape[1:3])
@@ -153,12 +158,13 @@ def _backsub_stage_numpy(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, mem
     for t in range(steps - 1, -1, -1):
         ls = lam_s[t].copy()
         lz = carry
+        bias_before = bias.copy()
         st = state[t][:, None, :]
         off, on, unstable = st == 0, st == 1, st == 2
         p = np.abs(ls)
         lm = np.where(off, lz, 0.0)
         bias += np.where(on, ls, 0.0).sum(-1)
-        r = np.where(lz >= 0.0, mem_lower[t][:, None, :], th_hi)
+        r = np.where(lz >= 0.0, reset_lo[t][:, None, :], reset_hi[t][:, None, :])
         rz = np.where(unstable, lz * r, 0.0)
         bias += rz.sum(-1)
         ls = np.where(unstable, ls - rz, ls)
@@ -171,6 +177,8 @@ def _backsub_stage_numpy(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, mem
                                                                  + np.abs(c) + 1.0), 0.0)
         p += np.abs(lm) * carry_mag[t][:, None, :]
         err += g * p.sum(-1) + (np.abs(lm) * fwd_scale[t][:, None, :]).sum(-1)
+        if record is not None:
+            record.append((t, lam_s[t].copy(), lz.copy(), lm.copy(), bias - bias_before))
         bias += lm @ bias_vec
         lam_cur[t] = lm
         carry = alpha * lm
@@ -187,6 +195,7 @@ def _stage_tables(bounds: IntervalBounds, k: int, stage: PreparedStage):
     mem_upper = bounds.mem_upper[k].reshape(flat)
     state = np.ascontiguousarray(bounds.state[k].reshape(flat))
     slope_lo, icpt_lo, slope_up, icpt_up = Fire.relaxation(mem_lower, mem_upper, state, bounds.threshold, rule)
+    reset_lo, reset_hi = Reset.relaxation(mem_lower, state, rule)
     mem_mag = np.maximum(np.abs(mem_lower), np.abs(mem_upper))
     reset_mag = np.maximum(np.abs(bounds.reset_lower[k].reshape(flat)), np.abs(bounds.reset_upper[k].reshape(flat)))
     carry_mag = mem_mag + np.abs(stage.bias)
@@ -196,16 +205,19 @@ def _stage_tables(bounds: IntervalBounds, k: int, stage: PreparedStage):
     # rounding of the adjoint product lam_I W.
     fwd_scale = bounds.mem_margin[k] + bounds.current_margin[k] + transpose_gamma * bounds.current_magnitude[k]
     return (state, np.ascontiguousarray(slope_lo), np.ascontiguousarray(icpt_lo), np.ascontiguousarray(slope_up),
-            np.ascontiguousarray(icpt_up), np.ascontiguousarray(mem_lower), rule.th_hi, float(bounds.decay),
+            np.ascontiguousarray(icpt_up), np.ascontiguousarray(reset_lo), np.ascontiguousarray(reset_hi),
+            float(bounds.decay),
             np.ascontiguousarray(mem_mag), np.ascontiguousarray(carry_mag), np.ascontiguousarray(fwd_scale),
             np.ascontiguousarray(stage.bias))
 
 
 def _lower_bound_rows(stages, bounds: IntervalBounds, spec: np.ndarray, x_lower: np.ndarray,
-                      x_upper: np.ndarray, use_numba: bool = True):
+                      x_upper: np.ndarray, use_numba: bool = True, record: Optional[list] = None):
     """Lower bounds of ``spec f`` (``spec [B, R, n_out]``): ``(lower, A [T', B, R, *in], bias, err)``.
 
     ``bias`` already has ``err`` subtracted; ``lower`` also includes the concretization rounding.
+    ``record`` (tests): receives ``(k, time_steps, lam_cur, lam_prev)`` per stage, with the
+    per-time-step records of ``_backsub_stage_numpy`` (forces the NumPy path).
     """
     steps, batch = bounds.steps, bounds.batch
     rows = spec.shape[1]
@@ -221,11 +233,17 @@ def _lower_bound_rows(stages, bounds: IntervalBounds, spec: np.ndarray, x_lower:
         lam_cur = np.empty((steps, batch, rows, n))
         bias_k = np.empty((batch, rows))
         err_k = np.empty((batch, rows))
-        backsub(lam_s, *tables, g, lam_cur, bias_k, err_k)
+        if record is None:
+            backsub(lam_s, *tables, g, lam_cur, bias_k, err_k)
+        else:
+            time_steps = []
+            _backsub_stage_numpy(lam_s, *tables, g, lam_cur, bias_k, err_k, record=time_steps)
         bias += bias_k
         err += err_k + 4.0 * U64 * np.abs(bias)
         lam_s = stage.transpose(lam_cur.reshape(steps * batch * rows, n))
         lam_s = lam_s.reshape((steps, batch, rows, -1))
+        if record is not None:
+            record.append((k, time_steps, lam_cur, lam_s))
     # Concretization at the input box: min over x_t in [x_l, x_u] of lam_x_t . x_t.
     n_in = lam_s.shape[-1]
     mid = ((x_lower + x_upper) * 0.5).reshape(steps, batch, n_in)

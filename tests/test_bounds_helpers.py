@@ -4,8 +4,10 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+from hypothesis import strategies as st
 
-from refsnn.bounds import compute_bounds, crown_bounds, interval_bounds
+from refsnn import SNN, AvgPool2d, Conv2d, Flatten, Linear
+from refsnn.bounds import compute_bounds, crown_bounds, interval_bounds, margin_spec
 
 METHODS = ("ibp", "crown-ibp", "best")
 
@@ -83,6 +85,91 @@ def exhaustive_check(net, x_lower, x_upper, specs, methods=METHODS, intermediate
             assert np.all(lin_lower <= values + tol), "S-CROWN linear lower form above a member's value"
             assert np.all(values <= lin_upper + tol), "S-CROWN linear upper form below a member's value"
     return computed
+
+
+# --- hypothesis strategies: small networks and boxes ------------------------------------------
+
+def _weights(rng, shape, fan_in, threshold, style, scale):
+    if style == "dyadic":
+        return rng.integers(-6, 7, size=shape) * (threshold / 4.0)
+    return rng.normal(0.0, scale * threshold * np.sqrt(2.0 / max(fan_in, 1)), size=shape)
+
+
+@st.composite
+def small_networks(draw):
+    kind = draw(st.sampled_from(["fc", "conv"]))
+    style = draw(st.sampled_from(["gaussian", "dyadic"]))
+    if style == "dyadic":
+        threshold = draw(st.sampled_from([0.125, 0.25, 0.5, 1.0]))
+        decay = draw(st.sampled_from([0.0, 0.25, 0.5, 1.0]))
+    else:
+        threshold = draw(st.floats(0.05, 1.0))
+        decay = draw(st.one_of(st.sampled_from([0.0, 0.25, 1.0]), st.floats(0.0, 1.0)))
+    firing = draw(st.sampled_from([">=", ">"]))
+    dtype = draw(st.sampled_from([np.float64, np.float32]))
+    scale = draw(st.floats(0.3, 3.0))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+
+    def bias(size):
+        if style == "dyadic":
+            return rng.integers(-3, 4, size=size) * (threshold / 4.0)
+        return rng.normal(0.0, 0.5 * threshold, size=size)
+
+    layers = []
+    if kind == "fc":
+        sizes = [draw(st.integers(1, 6))] + draw(st.lists(st.integers(1, 5), min_size=0, max_size=2)) \
+            + [draw(st.integers(1, 3))]
+        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+            layers.append(Linear(_weights(rng, (n_out, n_in), n_in, threshold, style, scale), bias(n_out)))
+        input_shape = (sizes[0],)
+    else:
+        input_shape = draw(st.sampled_from([(1, 4, 4), (2, 5, 5)]))
+        channels = draw(st.integers(1, 3))
+        kernel = draw(st.integers(2, 3))
+        stride = draw(st.integers(1, 2))
+        padding = draw(st.integers(0, 1))
+        fan_in = input_shape[0] * kernel * kernel
+        layers.append(Conv2d(_weights(rng, (channels, input_shape[0], kernel, kernel), fan_in, threshold, style,
+                                      scale), bias(channels), stride=stride, padding=padding))
+        size = (input_shape[1] + 2 * padding - kernel) // stride + 1
+        if size >= 2 and draw(st.booleans()):
+            layers.append(AvgPool2d(2))
+            size //= 2
+        layers.append(Flatten())
+        n_flat = channels * size * size
+        n_out = draw(st.integers(1, 3))
+        layers.append(Linear(_weights(rng, (n_out, n_flat), n_flat, threshold, style, scale), bias(n_out)))
+    net = SNN(layers, threshold=threshold, decay=decay, firing=firing, input_shape=input_shape, dtype=dtype)
+    return net
+
+
+@st.composite
+def small_boxes(draw, net):
+    steps = draw(st.integers(1, 5))
+    batch = draw(st.integers(1, 2))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    size = steps * int(np.prod(net.input_shape))
+    density = draw(st.floats(0.0, 1.0))
+    x_lower = np.zeros((steps, batch) + net.input_shape, dtype=np.uint8)
+    x_upper = np.zeros_like(x_lower)
+    for b in range(batch):
+        clean = (rng.random(size) < density).astype(np.uint8)
+        n_free = draw(st.integers(0, min(14, size)))
+        free = rng.choice(size, size=n_free, replace=False)
+        lower, upper = clean.copy(), clean.copy()
+        lower[free], upper[free] = 0, 1
+        x_lower[:, b] = lower.reshape((steps,) + net.input_shape)
+        x_upper[:, b] = upper.reshape((steps,) + net.input_shape)
+    return x_lower, x_upper
+
+
+def spec_list(net, batch, rng):
+    n_out = net.n_outputs
+    specs = [np.eye(n_out), rng.normal(size=(2, n_out))]
+    if n_out >= 2:
+        specs.append(margin_spec(rng.integers(0, n_out, size=batch), n_out))
+    return specs
+
 
 
 # --- tests of the helpers themselves -------------------------------------------------------------
