@@ -1,0 +1,128 @@
+"""Robust training: hand-written gradients of the bound loss, agreement with the sound bounds, schedules."""
+import numpy as np
+import pytest
+
+from refsnn import SNN, AvgPool2d, Conv2d, Flatten, Linear, Sigmoid
+from refsnn.architectures import build_network
+from refsnn.bounds import compute_bounds, margin_spec
+from refsnn.encoders import draw_rand_maps
+from refsnn.input_sets import digital_linf_set
+from refsnn.robust import (BoundGraph, RobustOptions, ramp_progress, robust_loss, robust_options,
+                           schedule_values)
+
+
+def _small_net(arch, rng):
+    if arch == "fc":
+        layers = [Linear(rng.normal(0, 0.8, (5, 6)), rng.normal(0.1, 0.2, 5)),
+                  Linear(rng.normal(0, 0.8, (4, 5)), rng.normal(0.1, 0.2, 4)),
+                  Linear(rng.normal(0, 0.8, (3, 4)), rng.normal(0.1, 0.2, 3))]
+        return SNN(layers, surrogate=Sigmoid(4.0)), (6,)
+    layers = [Conv2d(rng.normal(0, 0.6, (3, 2, 3, 3)), rng.normal(0.1, 0.1, 3), stride=2, padding=1),
+              AvgPool2d(2, 1),
+              Conv2d(rng.normal(0, 0.6, (2, 3, 2, 2)), rng.normal(0.1, 0.1, 2)),
+              Flatten(),
+              Linear(rng.normal(0, 0.8, (3, 2)), rng.normal(0.1, 0.2, 3))]
+    return SNN(layers, input_shape=(2, 5, 5), surrogate=Sigmoid(4.0)), (2, 5, 5)
+
+
+@pytest.mark.parametrize("arch", ["fc", "conv"])
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_robust_loss_gradient_matches_finite_differences(arch, steps):
+    """Smooth surrogate in eq. 7, every discrete choice frozen: the manual reverse pass through
+    S-CROWN, the relaxations and S-IBP must equal central differences of the loss."""
+    rng = np.random.default_rng(steps)
+    net, shape = _small_net(arch, rng)
+    batch = 3
+    x_lower = (rng.random((steps, batch) + shape) < 0.3).astype(float)
+    x_upper = np.maximum(x_lower, rng.random((steps, batch) + shape) < 0.5).astype(float)
+    labels = rng.integers(0, 3, batch)
+    args = dict(kappa=0.3, beta=0.6, temperature=2.0, smooth=True)
+    reference = robust_loss(net, x_lower, labels, x_lower, x_upper, **args)
+    choices = reference.graph.choices
+    assert any(np.mean(state == 2) > 0.1 for state in choices.state), "the test needs unstable neurons"
+
+    def loss():
+        return robust_loss(net, x_lower, labels, x_lower, x_upper, choices=choices, **args).loss
+
+    for name, param, grad in zip(net.param_names(), net.params(), reference.grads):
+        numeric = np.empty_like(param)
+        for index in np.ndindex(param.shape):
+            original = param[index]
+            param[index] = original + 1e-6
+            plus = loss()
+            param[index] = original - 1e-6
+            minus = loss()
+            param[index] = original
+            numeric[index] = (plus - minus) / 2e-6
+        scale = max(np.abs(numeric).max(), 1e-8)
+        assert np.abs(grad - numeric).max() / scale < 1e-5, name
+
+
+@pytest.mark.parametrize("arch", ["fc", "conv"])
+def test_training_bounds_equal_sound_bounds_up_to_rounding(arch):
+    rng = np.random.default_rng(0)
+    net = build_network(arch, (1, 12, 12), seed=3)
+    images = rng.random((4, 1, 12, 12))
+    labels = rng.integers(0, 10, 4)
+    box = digital_linf_set(images, 0.1, draw_rand_maps(rng, 3, images.shape))
+    C = margin_spec(labels, 10)
+    graph = BoundGraph(net, box.x_lower, box.x_upper, C)
+    ibp_lower, _ = compute_bounds(net, box.x_lower, box.x_upper, "ibp", C)
+    crown_lower, _ = compute_bounds(net, box.x_lower, box.x_upper, "crown-ibp", C)
+    # the sound bounds only add outward rounding margins
+    assert np.all(ibp_lower <= graph.ibp_lower + 1e-15)
+    assert np.all(crown_lower <= graph.crown_lower + 1e-15)
+    np.testing.assert_allclose(graph.ibp_lower, ibp_lower, atol=1e-9)
+    np.testing.assert_allclose(graph.crown_lower, crown_lower, atol=1e-8)
+
+
+def test_kappa_one_is_natural_training():
+    rng = np.random.default_rng(1)
+    net, shape = _small_net("fc", rng)
+    x = (rng.random((3, 4) + shape) < 0.5).astype(float)
+    labels = rng.integers(0, 3, 4)
+    result = robust_loss(net, x, labels, x, x, kappa=1.0, beta=1.0, temperature=1.0)
+    from refsnn.losses import softmax_cross_entropy
+    trace = net.run(x)
+    loss, grad_rates = softmax_cross_entropy(trace.rates, labels)
+    grads, _ = net.backward(trace, grad_rates)
+    assert result.loss == pytest.approx(loss)
+    for mine, reference in zip(result.grads, grads):
+        np.testing.assert_allclose(mine, reference)
+
+
+def test_eps_zero_box_gives_exact_margins_for_ibp():
+    rng = np.random.default_rng(2)
+    net, shape = _small_net("fc", rng)
+    x = (rng.random((3, 4) + shape) < 0.5).astype(float)
+    labels = rng.integers(0, 3, 4)
+    result = robust_loss(net, x, labels, x, x, kappa=0.0, beta=0.0, temperature=1.0)
+    rates = net.forward(x)
+    C = margin_spec(labels, 3)
+    np.testing.assert_allclose(result.margin_lower, np.einsum("bsn,bn->bs", C, rates), atol=1e-12)
+
+
+def test_schedules():
+    options = robust_options({"eps": 0.12, "ramp_epochs": 10}, "mnist", "fc", epochs=12)
+    assert schedule_values(options, ramp_progress(options, 0, 0, 100)) == (0.0, 1.0, 1.0)
+    eps, kappa, beta = schedule_values(options, ramp_progress(options, 5, 0, 100))
+    assert eps == pytest.approx(0.06) and kappa == pytest.approx(0.5) and beta == pytest.approx(0.5)
+    assert schedule_values(options, ramp_progress(options, 11, 50, 100)) == (0.12, 0.0, 0.0)
+    authors = robust_options({"recipe": "authors", "ramp_epochs": 2}, "fmnist", "fc", epochs=3)
+    assert authors.eps == 0.01 and authors.kappa_start == 0.4 and authors.beta_end == 1.0
+    # three eps steps per epoch: 1/6, 2/6, 3/6 of the ramp in epoch 0
+    assert [ramp_progress(authors, 0, s, 99) for s in (0, 33, 66)] == pytest.approx([1 / 6, 2 / 6, 3 / 6])
+    assert ramp_progress(authors, 1, 98, 99) == pytest.approx(1.0)
+    defaults = robust_options({}, "mnist", "conv", epochs=300)
+    assert defaults.ramp_epochs == pytest.approx(250) and defaults.robust_T == 3
+
+
+@pytest.mark.parametrize("bad", [{"eps": -1}, {"recipe": "nope"}, {"kappa_start": 2}, {"temperature": 0},
+                                 {"unknown_option": 1}, {"robust_T": 0}])
+def test_bad_options_are_rejected(bad):
+    with pytest.raises(ValueError):
+        robust_options(bad, "mnist", "fc", epochs=10)
+
+
+def test_robust_options_dataclass_defaults():
+    assert RobustOptions().recipe == "crown-ibp"
