@@ -52,8 +52,9 @@ def margin_spec(labels, n_out: int) -> np.ndarray:
     others = np.array([[j for j in range(n_out) if j != y] for y in range(n_out)])  # [n_out, n_out-1]
     C = np.zeros((batch, n_out - 1, n_out))
     rows = np.arange(n_out - 1)
-    C[:, rows, labels[:, None]] = 1.0
-    C[np.arange(batch)[:, None], rows[None, :], others[labels]] = -1.0
+    samples = np.arange(batch)[:, None]
+    C[samples, rows[None, :], labels[:, None]] = 1.0
+    C[samples, rows[None, :], others[labels]] = -1.0
     return C
 
 
