@@ -158,57 +158,120 @@ def _conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
 
 # --- im2col / col2im kernels (Numba) ------------------------------------------------------------
 # Layout: ``cols[(c * kh + i) * kw + j, (n * OH + a) * OW + b] = x_padded[n, c, a * sh + i, b * sw + j]``,
-# i.e. one row per (channel, kernel offset) and one column per (sample, output position). The
-# convolution then is ONE GEMM ``W[O, C*kh*kw] @ cols`` (BLAS), its weight gradient one GEMM
-# ``grad[O, N*OH*OW] @ cols.T`` and its adjoint one GEMM ``W.T @ grad`` followed by col2im.
-# Padding is handled by bounds checks, so no padded copy of the input is ever made.
+# one row per (channel, kernel offset), one column per (sample, output position). The convolution
+# is then ONE GEMM ``W[O, C*kh*kw] @ cols`` (BLAS), its weight gradient one GEMM with ``cols.T`` and
+# its adjoint one GEMM ``W.T @ grad`` followed by col2im. The kernels read and write channel-major
+# ``[C, N, H, W]`` copies of the images, so every row of ``cols`` is filled from one contiguous
+# channel plane in order (a sample-major walk jumps between rows ``N*OH*OW`` apart, which is slow
+# for large batches). Padding is handled by index ranges: no padded copy is made.
+
+@numba.njit(cache=True)
+def _valid_range(offset, pad, stride, size, out_size):  # pragma: no cover
+    """Output indices ``b`` whose input index ``b * stride - pad + offset`` lies in ``[0, size)``."""
+    low = 0
+    if offset < pad:
+        low = (pad - offset + stride - 1) // stride
+    high = (size + pad - offset + stride - 1) // stride
+    return min(low, out_size), max(min(high, out_size), 0)
+
+
+@numba.njit(cache=True)
+def _im2col_channel(x_cnhw, cols, c, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                    out_h, out_w):  # pragma: no cover
+    n, height, width = x_cnhw.shape[1], x_cnhw.shape[2], x_cnhw.shape[3]
+    positions = out_h * out_w
+    for i in range(kernel_h):
+        a_low, a_high = _valid_range(i, pad_h, stride_h, height, out_h)
+        for j in range(kernel_w):
+            row = (c * kernel_h + i) * kernel_w + j
+            b_low, b_high = _valid_range(j, pad_w, stride_w, width, out_w)
+            dst = cols[row]
+            for sample in range(n):
+                src = x_cnhw[c, sample]
+                base = sample * positions
+                for a in range(out_h):
+                    start = base + a * out_w
+                    if a < a_low or a >= a_high:
+                        for b in range(out_w):
+                            dst[start + b] = 0
+                        continue
+                    y = a * stride_h - pad_h + i
+                    for b in range(b_low):
+                        dst[start + b] = 0
+                    for b in range(b_low, b_high):
+                        dst[start + b] = src[y, b * stride_w - pad_w + j]
+                    for b in range(max(b_high, b_low), out_w):
+                        dst[start + b] = 0
+
+
+@numba.njit(cache=True)
+def _col2im_channel(cols, image_cnhw, c, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                    out_h, out_w):  # pragma: no cover
+    n, height, width = image_cnhw.shape[1], image_cnhw.shape[2], image_cnhw.shape[3]
+    positions = out_h * out_w
+    for i in range(kernel_h):
+        a_low, a_high = _valid_range(i, pad_h, stride_h, height, out_h)
+        for j in range(kernel_w):
+            row = (c * kernel_h + i) * kernel_w + j
+            b_low, b_high = _valid_range(j, pad_w, stride_w, width, out_w)
+            src = cols[row]
+            for sample in range(n):
+                dst = image_cnhw[c, sample]
+                base = sample * positions
+                for a in range(a_low, a_high):
+                    y = a * stride_h - pad_h + i
+                    start = base + a * out_w
+                    for b in range(b_low, b_high):
+                        dst[y, b * stride_w - pad_w + j] += src[start + b]
+
+
+# Serial and threaded drivers (threads over channels; each channel owns its rows of ``cols`` and
+# its image plane, so there are no write races). Waking threads costs more than small problems
+# take, so only large arrays go to the threaded driver.
+PARALLEL_MIN_ELEMENTS = 1 << 21
+
+
+@numba.njit(cache=True)
+def _im2col_serial(x_cnhw, cols, geometry):  # pragma: no cover
+    for c in range(x_cnhw.shape[0]):
+        _im2col_channel(x_cnhw, cols, c, *geometry)
+
 
 @numba.njit(cache=True, parallel=True)
-def _im2col(x, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w):  # pragma: no cover
-    n, channels, height, width = x.shape
-    positions = out_h * out_w
-    cols = np.empty((channels * kernel_h * kernel_w, n * positions), dtype=x.dtype)
-    for sample in numba.prange(n):
-        for c in range(channels):
-            for i in range(kernel_h):
-                for j in range(kernel_w):
-                    row = (c * kernel_h + i) * kernel_w + j
-                    for a in range(out_h):
-                        y = a * stride_h - pad_h + i
-                        base = sample * positions + a * out_w
-                        if y < 0 or y >= height:
-                            for b in range(out_w):
-                                cols[row, base + b] = 0
-                            continue
-                        for b in range(out_w):
-                            xx = b * stride_w - pad_w + j
-                            if 0 <= xx < width:
-                                cols[row, base + b] = x[sample, c, y, xx]
-                            else:
-                                cols[row, base + b] = 0
+def _im2col_parallel(x_cnhw, cols, geometry):  # pragma: no cover
+    for c in numba.prange(x_cnhw.shape[0]):
+        _im2col_channel(x_cnhw, cols, c, *geometry)
+
+
+@numba.njit(cache=True)
+def _col2im_serial(cols, image_cnhw, geometry):  # pragma: no cover
+    for c in range(image_cnhw.shape[0]):
+        _col2im_channel(cols, image_cnhw, c, *geometry)
+
+
+@numba.njit(cache=True, parallel=True)
+def _col2im_parallel(cols, image_cnhw, geometry):  # pragma: no cover
+    for c in numba.prange(image_cnhw.shape[0]):
+        _col2im_channel(cols, image_cnhw, c, *geometry)
+
+
+def _im2col(x: np.ndarray, *geometry) -> np.ndarray:
+    """``x [N, C, H, W]`` -> ``cols [C*kh*kw, N*OH*OW]``; ``geometry = (kh, kw, sh, sw, ph, pw, OH, OW)``."""
+    kernel_h, kernel_w, out_h, out_w = geometry[0], geometry[1], geometry[6], geometry[7]
+    x_cnhw = np.ascontiguousarray(x.transpose(1, 0, 2, 3))
+    cols = np.empty((x.shape[1] * kernel_h * kernel_w, x.shape[0] * out_h * out_w), dtype=x.dtype)
+    parallel = cols.size >= PARALLEL_MIN_ELEMENTS and x.shape[1] > 1
+    (_im2col_parallel if parallel else _im2col_serial)(x_cnhw, cols, tuple(int(g) for g in geometry))
     return cols
 
 
-@numba.njit(cache=True, parallel=True)
-def _col2im(cols, n, channels, height, width, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-            out_h, out_w):  # pragma: no cover
-    positions = out_h * out_w
-    image = np.zeros((n, channels, height, width), dtype=cols.dtype)
-    for sample in numba.prange(n):  # each sample owns its output plane: no write races
-        for c in range(channels):
-            for i in range(kernel_h):
-                for j in range(kernel_w):
-                    row = (c * kernel_h + i) * kernel_w + j
-                    for a in range(out_h):
-                        y = a * stride_h - pad_h + i
-                        if y < 0 or y >= height:
-                            continue
-                        base = sample * positions + a * out_w
-                        for b in range(out_w):
-                            xx = b * stride_w - pad_w + j
-                            if 0 <= xx < width:
-                                image[sample, c, y, xx] += cols[row, base + b]
-    return image
+def _col2im(cols: np.ndarray, n: int, channels: int, height: int, width: int, *geometry) -> np.ndarray:
+    """Adjoint of :func:`_im2col`: sums ``cols`` back into ``[N, C, H, W]``."""
+    image_cnhw = np.zeros((channels, n, height, width), dtype=cols.dtype)
+    parallel = cols.size >= PARALLEL_MIN_ELEMENTS and channels > 1
+    (_col2im_parallel if parallel else _col2im_serial)(np.ascontiguousarray(cols), image_cnhw,
+                                                      tuple(int(g) for g in geometry))
+    return np.ascontiguousarray(image_cnhw.transpose(1, 0, 2, 3))
 
 
 def _scatter_windows(cols: np.ndarray, input_shape: Shape, kernel, stride, padding) -> np.ndarray:
@@ -322,7 +385,9 @@ class Conv2d(Layer):
     def backward(self, x, grad_out):
         dtype = np.result_type(x.dtype, grad_out.dtype, self.weight.dtype)
         grad_rows = self._rows(grad_out, dtype)
-        grad_weight = (grad_rows @ self._cols(x, dtype).T).reshape(self.weight.shape)
+        # (cols @ rows.T).T rather than rows @ cols.T: OpenBLAS is much faster with the long
+        # summation axis (N*OH*OW) as the inner axis of both operands in this order.
+        grad_weight = np.ascontiguousarray((self._cols(x, dtype) @ grad_rows.T).T).reshape(self.weight.shape)
         grads = {"weight": grad_weight, "bias": grad_rows.sum(axis=1)}
         return self._input_from_rows(grad_rows, x.shape[0]), grads
 
