@@ -7,7 +7,11 @@ batch 64, T = 10 (the unit the authors' numbers refer to: FC 0.024 s, CONV 0.23 
 The CONV preset is also timed with the previous convolution (strided windows + tensordot +
 windowed scatter, kept here as ``TensordotConv2d``) so the speed-up is a ratio measured in the
 same run, on the same machine and load. Steps alternate between variants and the MEDIAN of
-the repetitions is reported (the minimum too), because the machine may be shared.
+the repetitions is reported (the minimum too), because the machine may be shared. The process
+CPU time per step is reported as well: on a loaded machine, run with
+``OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1`` and read the CPU time, which then approximates
+the single-core time of a quiet machine (wall times of multithreaded BLAS degrade badly when
+other processes compete for the cores).
 
     python benchmarks/bench_train.py [--steps 10] [--out results/train/bench_train.json]
 """
@@ -82,13 +86,17 @@ def make_step(net: SNN, images: np.ndarray, labels: np.ndarray, seed: int):
     return step
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
 def machine() -> dict:
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()[:15]
     except (OSError, subprocess.CalledProcessError):
         lscpu = []
     return {"platform": platform.platform(), "python": platform.python_version(), "numpy": np.__version__,
-            "cpu_count": os.cpu_count(), "lscpu": lscpu, "loadavg_start": os.getloadavg()}
+            "cpu_count": os.cpu_count(), "lscpu": lscpu, "loadavg_start": os.getloadavg(),
+            "thread_settings": {key: os.environ.get(key) for key in THREAD_VARIABLES}}
 
 
 def main(argv=None) -> int:
@@ -110,20 +118,23 @@ def main(argv=None) -> int:
             if arch == "conv" and not args.no_legacy:
                 variants[f"conv-{dtype}-tensordot"] = make_step(legacy_conv_net(net), images, labels, 0)
     times = {name: [] for name in variants}
+    cpu_times = {name: [] for name in variants}
     for step in variants.values():  # warm-up: Numba compilation, BLAS threads, caches
         step()
         step()
     for _ in range(args.steps):  # interleaved, so load changes hit all variants alike
         for name, step in variants.items():
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             step()
             times[name].append(time.perf_counter() - started)
+            cpu_times[name].append(time.process_time() - cpu_started)
 
     results = {}
     for name, samples in times.items():
         median, best = float(np.median(samples)), float(np.min(samples))
         arch = name.split("-")[0]
         results[name] = {"step_seconds_median": median, "step_seconds_min": best,
+                         "step_cpu_seconds_median": float(np.median(cpu_times[name])),
                          "epoch_seconds_estimate": median * EPOCH_STEPS, "samples": samples,
                          "ratio_to_authors_pytorch_step": median / AUTHORS_STEP_SECONDS[arch]}
     for dtype in args.dtype:
@@ -135,12 +146,13 @@ def main(argv=None) -> int:
               "batch": BATCH, "T": STEPS_T, "steps_per_epoch": EPOCH_STEPS, "timed_steps": args.steps,
               "machine": machine_info, "results": results}
     report["machine"]["loadavg_end"] = os.getloadavg()
-    print(f"{'variant':24s} {'step median':>12s} {'step min':>10s} {'epoch est.':>11s}  notes")
+    print(f"{'variant':24s} {'step median':>12s} {'step min':>10s} {'cpu median':>11s} {'epoch est.':>11s}  notes")
     for name, row in results.items():
         notes = f"{row['ratio_to_authors_pytorch_step']:.2f}x the authors' PyTorch step"
         if "speedup_vs_tensordot_conv" in row:
             notes += f", {row['speedup_vs_tensordot_conv']:.2f}x faster than the tensordot conv"
         print(f"{name:24s} {row['step_seconds_median']:10.3f} s {row['step_seconds_min']:8.3f} s "
+              f"{row['step_cpu_seconds_median']:9.3f} s "
               f"{row['epoch_seconds_estimate']:9.0f} s  {notes}")
     print(f"load average start {report['machine']['loadavg_start']}, end {report['machine']['loadavg_end']}")
     out = Path(args.out)
