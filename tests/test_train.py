@@ -375,3 +375,66 @@ def test_python_dash_m_entry_point(tmp_path):
     assert completed.returncode == 0, completed.stderr
     assert "test accuracy" in completed.stdout
     assert (tmp_path / "m" / "model.h5").exists()
+
+
+# --- Conv2d im2col/GEMM path (training speed work) vs. the definition -------------------------------
+
+def _direct_conv(x, weight, stride, padding):
+    """Cross-correlation by its definition: one output pixel at a time (slow, obviously right)."""
+    n, _, height, width = x.shape
+    out_c, _, kernel_h, kernel_w = weight.shape
+    padded = np.zeros((n, x.shape[1], height + 2 * padding[0], width + 2 * padding[1]))
+    padded[:, :, padding[0]:padding[0] + height, padding[1]:padding[1] + width] = x
+    out_h = (height + 2 * padding[0] - kernel_h) // stride[0] + 1
+    out_w = (width + 2 * padding[1] - kernel_w) // stride[1] + 1
+    out = np.zeros((n, out_c, out_h, out_w))
+    for a in range(out_h):
+        for b in range(out_w):
+            patch = padded[:, :, a * stride[0]:a * stride[0] + kernel_h, b * stride[1]:b * stride[1] + kernel_w]
+            out[:, :, a, b] = np.einsum("nchw,ochw->no", patch, weight)
+    return out
+
+
+@given(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3), st.tuples(st.integers(1, 4), st.integers(1, 4)),
+       st.tuples(st.integers(1, 3), st.integers(1, 3)), st.tuples(st.integers(0, 3), st.integers(0, 3)),
+       st.tuples(st.integers(1, 9), st.integers(1, 9)), st.integers(0, 2 ** 31))
+def test_conv2d_matches_its_definition(n, in_c, out_c, kernel, stride, padding, size, seed):
+    from hypothesis import assume
+
+    from refsnn import Conv2d
+    assume(size[0] + 2 * padding[0] >= kernel[0] and size[1] + 2 * padding[1] >= kernel[1])
+    rng = np.random.default_rng(seed)
+    layer = Conv2d(rng.normal(size=(out_c, in_c) + kernel), rng.normal(size=out_c), stride=stride, padding=padding)
+    out_shape = layer.output_shape((in_c,) + size)
+    x = rng.normal(size=(n, in_c) + size)
+    expected = _direct_conv(x, layer.weight, stride, padding) + layer.bias[None, :, None, None]
+    np.testing.assert_allclose(layer.forward(x), expected, rtol=1e-10, atol=1e-10)
+    # adjoint: <conv(x) - b, g> == <x, transpose(g)>; backward's weight gradient by linearity in W
+    grad = rng.normal(size=(n,) + out_shape)
+    grad_x, grads = layer.backward(x, grad)
+    np.testing.assert_allclose(grad_x, layer.transpose(grad), rtol=1e-12, atol=1e-12)
+    assert np.sum((expected - layer.bias[None, :, None, None]) * grad) == pytest.approx(np.sum(x * grad_x), rel=1e-9, abs=1e-9)
+    expected_w = np.array([np.sum(_direct_conv(x, np.eye(out_c * in_c * kernel[0] * kernel[1])[k].reshape(layer.weight.shape),
+                                               stride, padding) * grad) for k in range(layer.weight.size)])
+    np.testing.assert_allclose(grads["weight"].ravel(), expected_w, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(grads["bias"], grad.sum(axis=(0, 2, 3)), rtol=1e-12, atol=1e-12)
+    lower, upper = layer.interval(x - 0.5, x + 0.5)
+    assert np.all(lower <= expected + 1e-9) and np.all(expected <= upper + 1e-9)
+    float32 = layer.astype(np.float32)
+    float32.input_shape = layer.input_shape
+    assert float32.forward(x.astype(np.float32)).dtype == np.float32
+
+
+def test_conv2d_threaded_kernels_equal_serial(monkeypatch):
+    import refsnn.layers as layers
+    from refsnn import Conv2d
+    rng = np.random.default_rng(0)
+    layer = Conv2d(rng.normal(size=(4, 3, 3, 3)), rng.normal(size=4), stride=2, padding=1)
+    out_shape = layer.output_shape((3, 9, 8))
+    x, grad = rng.normal(size=(5, 3, 9, 8)), rng.normal(size=(5,) + out_shape)
+    serial = (layer.forward(x), *layer.backward(x, grad))
+    monkeypatch.setattr(layers, "PARALLEL_MIN_ELEMENTS", 0)
+    threaded = (layer.forward(x), *layer.backward(x, grad))
+    np.testing.assert_array_equal(serial[0], threaded[0])
+    np.testing.assert_array_equal(serial[1], threaded[1])
+    np.testing.assert_array_equal(serial[2]["weight"], threaded[2]["weight"])
