@@ -211,14 +211,50 @@ def _stage_tables(bounds: IntervalBounds, k: int, stage: PreparedStage):
             np.ascontiguousarray(stage.bias))
 
 
+SPARSE_FREE_FRACTION = 0.2
+
+
+def _sparse_first_op(stage: PreparedStage) -> Optional[np.ndarray]:
+    """``W`` of a first stage that is ``[Flatten ->] Linear`` (the sparse concretization applies)."""
+    if stage.ops[-1].kind == "linear" and all(op.kind == "flatten" for op in stage.ops[:-1]):
+        return stage.ops[-1]
+    return None
+
+
+def _concretize_sparse(op, lam_cur: np.ndarray, mid: np.ndarray, rad: np.ndarray) -> Tuple[np.ndarray, ...]:
+    """Box concretization of ``lam_cur W`` without forming it: ``lam . (W mid)`` for the fixed part and,
+    per (t, b), ``|lam W[:, F]| . rad_F`` over the free inputs ``F`` only (few for small eps)."""
+    steps, batch, rows, _ = lam_cur.shape
+    at_mid = np.einsum("tbrn,tbn->br", lam_cur, (mid.reshape(steps * batch, -1) @ op.weight.T).reshape(steps, batch, -1))
+    upper = mid + rad
+    abs_bound = np.einsum("tbrn,tbn->br", np.abs(lam_cur),
+                          (upper.reshape(steps * batch, -1) @ op.weight_abs.T).reshape(steps, batch, -1))
+    at_rad = np.zeros((batch, rows))
+    for t in range(steps):
+        for b in range(batch):
+            free = np.flatnonzero(rad[t, b])
+            if free.size:
+                at_rad[b] += np.abs(lam_cur[t, b] @ op.weight[:, free]) @ rad[t, b, free]
+    return at_mid, at_rad, abs_bound
+
+
 def _lower_bound_rows(stages, bounds: IntervalBounds, spec: np.ndarray, x_lower: np.ndarray,
-                      x_upper: np.ndarray, use_numba: bool = True, record: Optional[list] = None):
+                      x_upper: np.ndarray, use_numba: bool = True, record: Optional[list] = None,
+                      need_coefficients: bool = True):
     """Lower bounds of ``spec f`` (``spec [B, R, n_out]``): ``(lower, A [T', B, R, *in], bias, err)``.
 
     ``bias`` already has ``err`` subtracted; ``lower`` also includes the concretization rounding.
     ``record`` (tests): receives ``(k, time_steps, lam_cur, lam_prev)`` per stage, with the
     per-time-step records of ``_backsub_stage_numpy`` (forces the NumPy path).
+    Without ``need_coefficients`` a sparse box (few free bits) feeding ``[Flatten ->] Linear``
+    skips the largest product, ``lam W_1`` (``A`` is then None).
     """
+    n_in = int(np.prod(x_lower.shape[2:]))
+    mid = ((x_lower + x_upper) * 0.5).reshape(bounds.steps, bounds.batch, n_in)
+    rad = ((x_upper - x_lower) * 0.5).reshape(bounds.steps, bounds.batch, n_in)
+    first_op = _sparse_first_op(stages[0])
+    sparse = (not need_coefficients and record is None and first_op is not None
+              and np.count_nonzero(rad) <= SPARSE_FREE_FRACTION * rad.size)
     steps, batch = bounds.steps, bounds.batch
     rows = spec.shape[1]
     backsub = _backsub_stage_kernel if use_numba else _backsub_stage_numpy
@@ -240,14 +276,16 @@ def _lower_bound_rows(stages, bounds: IntervalBounds, spec: np.ndarray, x_lower:
             _backsub_stage_numpy(lam_s, *tables, g, lam_cur, bias_k, err_k, record=time_steps)
         bias += bias_k
         err += err_k + 4.0 * U64 * np.abs(bias)
+        if k == 0 and sparse:
+            at_mid, at_rad, abs_bound = _concretize_sparse(first_op, lam_cur, mid, rad)
+            concretization_err = gamma(steps * n_in + n + 8, U64) * (abs_bound + np.abs(bias))
+            bias_sound = bias - err * (1.0 + 8.0 * U64)
+            return at_mid - at_rad + bias_sound - concretization_err, None, bias_sound, err
         lam_s = stage.transpose(lam_cur.reshape(steps * batch * rows, n))
         lam_s = lam_s.reshape((steps, batch, rows, -1))
         if record is not None:
             record.append((k, time_steps, lam_cur, lam_s))
     # Concretization at the input box: min over x_t in [x_l, x_u] of lam_x_t . x_t.
-    n_in = lam_s.shape[-1]
-    mid = ((x_lower + x_upper) * 0.5).reshape(steps, batch, n_in)
-    rad = ((x_upper - x_lower) * 0.5).reshape(steps, batch, n_in)
     lam_abs = np.abs(lam_s)
     at_mid = np.einsum("tbrj,tbj->br", lam_s, mid)
     at_rad = np.einsum("tbrj,tbj->br", lam_abs, rad)
@@ -288,7 +326,8 @@ def crown_bounds(net, x_lower, x_upper, C=None, intermediate: Optional[IntervalB
     for start in range(0, batch, chunk):
         part = slice(start, min(batch, start + chunk))
         sub = intermediate if (start == 0 and chunk >= batch) else intermediate.select(part)
-        low, lam, bias, err = _lower_bound_rows(stages, sub, spec[part], x_lo[:, part], x_hi[:, part], use_numba)
+        low, lam, bias, err = _lower_bound_rows(stages, sub, spec[part], x_lo[:, part], x_hi[:, part], use_numba,
+                                                need_coefficients=return_coefficients)
         lowers.append(low)
         biases.append(bias)
         errs.append(err)
