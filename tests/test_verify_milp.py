@@ -136,7 +136,7 @@ def test_timeout_reports_unknown_with_sound_bounds(monkeypatch):
     net = SNN([Linear(np.array([[0.5, 0.25], [0.25, -0.5]]), np.array([0.0, 0.125]))])
     x_lower = np.zeros((3, 1, 2), np.uint8)
     x_upper = np.ones((3, 1, 2), np.uint8)
-    monkeypatch.setattr(SNNMilp, "solve", lambda self, expr, sense, time_limit=None, solver=None:
+    monkeypatch.setattr(SNNMilp, "solve", lambda self, expr, sense, time_limit=None, solver=None, safe=False:
                         Solution("timeout", None, None, time_limit or 0.0))
     result = exact_bounds(net, x_lower, x_upper, time_limit=0.01)
     assert np.all(result.lower_status == "timeout") and np.all(result.upper_status == "timeout")

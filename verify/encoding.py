@@ -35,8 +35,12 @@ the attained value meets the sound bound.
 
 Numerics. Every real trajectory must stay feasible under the solver's floating-point
 tolerances, so the encoding avoids tiny coefficients: big-M gaps are at least ``MIN_BIGM_GAP``
-(widening a bound is always sound) and CBC's preprocessing is off (both were seen to make CBC
-2.10 drop real points and report a wrong optimum). ``SNNMilp.violations(x)`` checks that the
+(widening a bound is always sound) and weights below ``TINY_COEF`` (denormals included) enter
+as a range of their possible contribution instead of as coefficients: tiny coefficients and a
+real point lying exactly on a constraint were seen to make CBC 2.10 report a wrong "optimal"
+value. HiGHS (``highspy``) is the default solver when installed, and every answer is checked
+against real inputs (its witness, a pool of sampled members) before it is returned; a failed
+check is retried with other solver settings, then raised. ``SNNMilp.violations(x)`` checks that the
 real trajectory of an input satisfies every constraint (a self-test used by the tests).
 
 Big-M bounds ``[L, U]`` come from refsnn's S-IBP (``refsnn.bounds.interval_bounds``) intersected
@@ -48,6 +52,7 @@ the set and refuses bounds that a real trajectory violates.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -60,6 +65,7 @@ from .sets import InputSet
 
 BIGM_CHOICES = ("ibp", "naive", "auto")
 MIN_BIGM_GAP = 1e-4
+TINY_COEF = 1e-9  # terms below this enter as a range, not as coefficients (LP presolve trouble)
 
 
 class VerifierError(RuntimeError):
@@ -265,24 +271,33 @@ def _is_const(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating))
 
 
-def make_solver(time_limit: Optional[float] = None, solver: Optional[str] = None):
-    """PuLP solver: ``"highs"`` (needs ``highspy``), ``"cbc"`` (bundled with PuLP) or None (HiGHS if importable)."""
+def highs_available() -> bool:
+    try:
+        import highspy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_solver(time_limit: Optional[float] = None, solver: Optional[str] = None, safe: bool = False):
+    """PuLP solver: ``"highs"`` (needs ``highspy``), ``"cbc"`` (bundled with PuLP) or None (the
+    environment variable ``VERIFY_SOLVER`` if set, else HiGHS if importable, else CBC).
+
+    Gaps are zero: "optimal" must mean optimal. ``safe`` is the retry after an answer failed a
+    consistency check: CBC then runs without its preprocessing (CBC 2.10 was seen to return wrong
+    "optimal" values both with and without it, on different models, hence one retry each way).
+    """
     import pulp
     if solver is None:
-        try:
-            import highspy  # noqa: F401
-            solver = "highs"
-        except ImportError:
-            solver = "cbc"
+        solver = os.environ.get("VERIFY_SOLVER") or ("highs" if highs_available() else "cbc")
     if solver == "highs":
-        return pulp.HiGHS(msg=False, timeLimit=time_limit)
+        return pulp.HiGHS(msg=False, timeLimit=time_limit, gapRel=0.0, gapAbs=1e-9, threads=1)
     if solver == "cbc":
         path = getattr(pulp.PULP_CBC_CMD, "pulp_cbc_path", None)
+        options = ["preprocess off"] if safe else []
         if path is None:
-            return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, gapRel=0.0)
-        # CBC 2.10's preprocessing (row strengthening) was seen to cut off a feasible point lying
-        # exactly on a big-M constraint and return a wrong "optimal" value: keep it off.
-        return pulp.COIN_CMD(path=path, msg=False, timeLimit=time_limit, gapRel=0.0, options=["preprocess off"])
+            return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, gapRel=0.0, options=options)
+        return pulp.COIN_CMD(path=path, msg=False, timeLimit=time_limit, gapRel=0.0, options=options)
     raise ValueError(f"solver must be 'cbc', 'highs' or None, got {solver!r}")
 
 
@@ -337,11 +352,14 @@ class SNNMilp:
                 for j in range(n_out):
                     constant = float(c[j])
                     terms: Dict = {}
+                    slack_lo = slack_hi = 0.0  # range of the tiny terms left out (see TINY_COEF)
                     index, coefs = rows[j]
                     for i, a in zip(index, coefs):
                         v = prev_t[i]
                         if _is_const(v):
                             constant += a * float(v)
+                        elif abs(a) < TINY_COEF:
+                            slack_lo, slack_hi = slack_lo + min(a, 0.0), slack_hi + max(a, 0.0)
                         else:
                             terms[v] = terms.get(v, 0.0) + float(a)
                     z = carried[j]
@@ -349,7 +367,7 @@ class SNNMilp:
                         constant += alpha * float(z)
                     elif alpha != 0:
                         terms[z] = terms.get(z, 0.0) + alpha
-                    if not terms:
+                    if not terms and slack_lo == slack_hi == 0.0:
                         # Fixed input: exact value, true firing rule.
                         fires = constant >= th if firing == ">=" else constant > th
                         membranes[t, j] = constant
@@ -358,8 +376,15 @@ class SNNMilp:
                         continue
                     L, U = float(lower[t, j]), float(upper[t, j])
                     m = _add_var(prob, f"m_{k}_{t}_{j}", L, U)
-                    prob += pulp.LpAffineExpression(list(terms.items()) + [(m, -1.0)], constant=constant) == 0, \
-                        f"mem_{k}_{t}_{j}"
+                    if 0 < abs(constant) < TINY_COEF:
+                        slack_lo, slack_hi = slack_lo + min(constant, 0.0), slack_hi + max(constant, 0.0)
+                        constant = 0.0
+                    residual = pulp.LpAffineExpression(list(terms.items()) + [(m, -1.0)], constant=constant)
+                    if slack_lo == slack_hi == 0.0:
+                        prob += residual == 0, f"mem_{k}_{t}_{j}"
+                    else:  # m - (kept terms) lies in the range of the terms left out
+                        prob += residual >= -slack_hi, f"memlo_{k}_{t}_{j}"
+                        prob += residual <= -slack_lo, f"memup_{k}_{t}_{j}"
                     membranes[t, j] = m
                     always = L >= th if firing == ">=" else L > th
                     never = U < th if firing == ">=" else U <= th
@@ -480,7 +505,8 @@ class SNNMilp:
                 flat[index] = 0 if value is None else int(round(value))
         return flat.reshape((self.steps,) + tuple(self.input_set.input_shape))
 
-    def solve(self, expr, sense: str, time_limit: Optional[float] = None, solver: Optional[str] = None) -> Solution:
+    def solve(self, expr, sense: str, time_limit: Optional[float] = None, solver: Optional[str] = None,
+              safe: bool = False) -> Solution:
         """Minimizes (``sense="min"``) or maximizes ``expr`` over the model."""
         pulp = self._pulp
         if sense not in ("min", "max"):
@@ -492,7 +518,13 @@ class SNNMilp:
             return Solution("optimal", float(expr.constant), x, time.perf_counter() - start)
         self.prob.sense = pulp.LpMinimize if sense == "min" else pulp.LpMaximize
         self.prob.setObjective(expr)
-        self.prob.solve(make_solver(time_limit, solver))
+        backend = make_solver(time_limit, solver, safe)
+        if isinstance(backend, pulp.COIN_CMD):
+            # LP files, not MPS + "-max": CBC 2.10 was seen to call a feasible maximization read
+            # from MPS "infeasible" and still report "Optimal" with a wrong value.
+            self.prob.solve(backend, use_mps=False)
+        else:
+            self.prob.solve(backend)
         seconds = time.perf_counter() - start
         status, sol_status = self.prob.status, getattr(self.prob, "sol_status", None)
         if status == pulp.LpStatusInfeasible:

@@ -119,8 +119,25 @@ class SampleVerifier:
 
     # --- the exact optimum ----------------------------------------------------------------------
     def optimize(self, build: Callable[[SNNMilp], object], realize: Callable[[np.ndarray], float], sense: str,
-                 fallback: float) -> Extreme:
-        """Exact min/max of an objective: ``build(model)`` gives its expression, ``realize(x)`` its real value."""
+                 fallback: float, pool_values: Optional[np.ndarray] = None) -> Extreme:
+        """Exact min/max of an objective: ``build(model)`` gives its expression, ``realize(x)`` its real value.
+
+        An answer that fails a consistency check (a real input beats it, or the model turns out
+        infeasible) is solved once more with the solver's presolve off; if it fails again the
+        verifier raises ``VerifierError`` rather than return a wrong answer.
+        """
+        try:
+            ext = self._optimize(build, realize, sense, fallback, safe=False)
+            if pool_values is not None:
+                self._check_pool(ext, pool_values)
+            return ext
+        except VerifierError:
+            ext = self._optimize(build, realize, sense, fallback, safe=True)
+            if pool_values is not None:
+                self._check_pool(ext, pool_values)
+            return ext
+
+    def _optimize(self, build, realize, sense: str, fallback: float, safe: bool) -> Extreme:
         start = time.perf_counter()
         better = (lambda a, b: a < b) if sense == "min" else (lambda a, b: a > b)
         best_value, best_x = None, None
@@ -137,7 +154,7 @@ class SampleVerifier:
 
         if self.grid_margin is not None:
             # The strict model holds exactly the real trajectories: its optimum is exact and sound.
-            exact = self.strict.solve(build(self.strict), sense, self.time_limit, self.solver)
+            exact = self.strict.solve(build(self.strict), sense, self.time_limit, self.solver, safe)
             self._check_feasible(exact)
             consider(exact.x)
             if exact.status == "optimal":
@@ -145,7 +162,7 @@ class SampleVerifier:
                 if _close(best_value, exact.value):
                     return Extreme(sense, "exact", best_value, best_value, best_x, exact.value,
                                    time.perf_counter() - start)
-        relaxed = self.relaxed.solve(build(self.relaxed), sense, self.time_limit, self.solver)
+        relaxed = self.relaxed.solve(build(self.relaxed), sense, self.time_limit, self.solver, safe)
         self._check_feasible(relaxed)
         consider(relaxed.x)
         if relaxed.status != "optimal":
@@ -154,7 +171,7 @@ class SampleVerifier:
         if not _close(best_value, relaxed.value):
             self._check_not_beaten(best_value, relaxed.value, better, sense)
             if self.grid_margin is None:
-                strict = self.strict.solve(build(self.strict), sense, self.time_limit, self.solver)
+                strict = self.strict.solve(build(self.strict), sense, self.time_limit, self.solver, safe)
                 consider(strict.x)
         seconds = time.perf_counter() - start
         if _close(best_value, relaxed.value):
@@ -189,8 +206,7 @@ class SampleVerifier:
         steps = self.input_set.steps
         ext = self.optimize(lambda model: model.objective_rates(coefs),
                             lambda x: float(coefs @ self.rates(x)) * steps, sense,
-                            self.interval_rate_bound(coefs, sense))
-        self._check_pool(ext, self.pool_trace.rates @ coefs * steps)
+                            self.interval_rate_bound(coefs, sense), self.pool_trace.rates @ coefs * steps)
         # The models optimize T' * c . f (integral for integer c); report c . f.
         ext.bound /= steps
         ext.attained = None if ext.attained is None else ext.attained / steps
@@ -200,11 +216,10 @@ class SampleVerifier:
     def membrane_extreme(self, k: int, t: int, j: int, sense: str) -> Extreme:
         """Exact min/max of the membrane ``m_t`` of neuron ``j`` (flat index) in stage ``k``."""
         fallback = self.bounds.lower[k][t, j] if sense == "min" else self.bounds.upper[k][t, j]
-        ext = self.optimize(lambda model: model.membrane(k, t, j),
-                            lambda x: self.membrane_value(x, k, t, j), sense, float(fallback))
         mem = self.pool_trace.membranes[k]
-        self._check_pool(ext, mem.reshape(mem.shape[0], mem.shape[1], -1)[t, :, j])
-        return ext
+        return self.optimize(lambda model: model.membrane(k, t, j),
+                             lambda x: self.membrane_value(x, k, t, j), sense, float(fallback),
+                             mem.reshape(mem.shape[0], mem.shape[1], -1)[t, :, j])
 
 
 @dataclass
