@@ -310,7 +310,7 @@ def test_method_registry_hook(tmp_path):
         rates = net.run(batch.spikes).rates
         return StepResult(0.5, [np.zeros_like(p) for p in net.params()], rates, {"bound_gap": 2.0})
 
-    register_method("frozen-test", frozen_step, options=lambda o: dict(o))
+    register_method("frozen-test", frozen_step, options=lambda options, config: dict(options))
     try:
         config = preset_config("default", **{**TINY, "epochs": 1}, method="frozen-test", method_options={"eps": 0.1})
         result = train(config, tmp_path)
