@@ -438,3 +438,13 @@ def test_conv2d_threaded_kernels_equal_serial(monkeypatch):
     np.testing.assert_array_equal(serial[0], threaded[0])
     np.testing.assert_array_equal(serial[1], threaded[1])
     np.testing.assert_array_equal(serial[2]["weight"], threaded[2]["weight"])
+
+
+def test_evaluate_cli(tmp_path, capsys):
+    from refsnn.evaluate import main as evaluate_main
+    from refsnn.io import save_model
+    save_model(tmp_path / "m.h5", build_network("fc", (1, 28, 28), seed=0))
+    assert evaluate_main([str(tmp_path / "m.h5"), "--dataset", "mnist-subset", "--limit", "20", "--seeds", "2",
+                          "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n_samples"] == 20 and result["seeds"] == [0, 1] and result["encoding"] == "bernoulli"
