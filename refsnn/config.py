@@ -10,7 +10,8 @@ config on the same machine gives bit-identical weights). Named presets fill in t
 - ``authors``: what the released script ``train_org_mnist.py`` actually runs: its
   ``lr_scheduler(optimizer, epoch, 55)`` is called after epoch index 55, so 0.01 holds for 56
   epochs and 0.001 for the last 24; softmax cross-entropy straight on the rates, batch 128.
-- ``authors-step35``: the default of that ``lr_scheduler`` function, x0.1 every 35 epochs.
+- ``authors-step35``: the default of that ``lr_scheduler`` function, x0.1 every 35 epochs; it
+  runs after the test of epoch index 35 and 70, so the decayed rates start at epochs 36 and 71.
 
 Method-specific settings (e.g. robust training's epsilon schedule) live in
 ``method_options``, a plain dict that the method registered in :mod:`refsnn.train` validates.
@@ -132,7 +133,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                     schedule="multistep", milestones=(56,), gamma=0.1, loss="ce", loss_scale=1.0,
                     firing=">"),
     "authors-step35": dict(epochs=80, batch_size=128, optimizer="sgd", lr=0.01, momentum=0.9,
-                           schedule="step", step_size=35, gamma=0.1, loss="ce", loss_scale=1.0,
+                           schedule="multistep", milestones=(36, 71), gamma=0.1, loss="ce", loss_scale=1.0,
                            firing=">"),
 }
 

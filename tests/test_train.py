@@ -178,7 +178,7 @@ def test_presets_and_config_validation():
     paper = preset_config("paper")
     assert (paper.epochs, paper.lr, paper.milestones, paper.firing) == (80, 0.01, (55,), ">=")
     assert preset_config("authors").firing == ">"
-    assert preset_config("authors-step35").step_size == 35
+    assert preset_config("authors-step35").milestones == (36, 71)
     assert preset_config("paper", epochs=3, lr=None).epochs == 3
     with pytest.raises(ValueError, match="arch"):
         preset_config("default", arch="resnet")
