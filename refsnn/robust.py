@@ -130,6 +130,9 @@ class BoundGraph:
         self.steps, self.batch = self.x_lower.shape[:2]
         self.C = np.asarray(C, dtype=self.dtype)
         self.with_crown = with_crown
+        first = net.stages[0].ops
+        # A first stage [Flatten*, Linear] lets the concretization skip the dense lam W product.
+        self.sparse_input = isinstance(first[-1], Linear) and all(op.kind == "flatten" for op in first[:-1])
         self._ibp_forward()
         self.ibp_lower = self._ibp_spec_lower()
         self.crown_lower = self._crown_forward() if with_crown else None
@@ -150,6 +153,8 @@ class BoundGraph:
             center = (spike_lower + spike_upper) * 0.5
             radius = (spike_upper - spike_lower) * 0.5
             center_out, center_inputs = maps.chain(maps.signed, center)
+            if k == 0:
+                self.first_linear_mid = center_out.reshape(steps, batch, -1)  # W mid (no bias)
             radius_out, radius_inputs = maps.chain(maps.absolute, radius)
             center_out = center_out.reshape(steps, batch, -1) + maps.bias
             radius_out = radius_out.reshape(steps, batch, -1)
@@ -263,6 +268,8 @@ class BoundGraph:
                 self.choices.fire_lower_side[k] = fire_side
             self.crown_records[k] = dict(lam_s=lam_s, lam_cur=lam_cur, fire_coef=fire_coef,
                                          reset_side=reset_side, fire_side=fire_side)
+            if k == 0 and self.sparse_input:
+                return self._first_stage_concretize(lam_cur, bias)
             lam_s = maps.transpose(lam_cur.reshape(steps * batch * rows, n)).reshape((steps, batch, rows, -1))
         mid = ((self.x_lower + self.x_upper) * 0.5).reshape(steps, batch, -1)
         rad = ((self.x_upper - self.x_lower) * 0.5).reshape(steps, batch, -1)
@@ -273,6 +280,57 @@ class BoundGraph:
             self.choices.input_sign = sign
         self.lam_input, self.input_mid, self.input_rad, self.input_sign = lam_s, mid, rad, sign
         return (np.einsum("tbrj,tbj->br", lam_s, mid) - np.einsum("tbrj,tbj->br", sign * lam_s, rad) + bias)
+
+    def _first_stage_concretize(self, lam_cur, bias):
+        """Eq. 17 at the input for a fully connected first stage, without forming ``lam W`` densely.
+
+        ``min_x sum_t (lam_t W) . x_t = sum_t lam_t . (W mid_t) - sum_t |lam_t W| . rad_t``; the
+        first term reuses S-IBP's ``W mid``, the second only needs the columns of ``W`` at the
+        free input bits (``rad > 0``), a few percent of the input for the paper's eps.
+        """
+        steps, batch, rows, n = lam_cur.shape
+        weight = self.maps[0].affine.weight.astype(self.dtype)
+        rad = ((self.x_upper - self.x_lower) * 0.5).reshape(steps * batch, -1)
+        free_count = (rad > 0).sum(axis=1)
+        width = max(1, int(free_count.max()))
+        # indices of the free bits per (t, b), padded with bit 0 and a zero radius
+        order = np.argsort(rad <= 0, axis=1, kind="stable")[:, :width]
+        free_rad = np.take_along_axis(rad, order, axis=1)                     # [T'B, F]
+        free_cols = weight.T[order]                                           # [T'B, F, n]
+        lam_flat = lam_cur.reshape(steps * batch, rows, n)
+        lam_free = lam_flat @ free_cols.transpose(0, 2, 1)                    # [T'B, S, F]
+        if self.frozen and self.choices.input_sign is not None:
+            sign = self.choices.input_sign
+        else:
+            sign = np.sign(lam_free)
+            self.choices.input_sign = sign
+        at_mid = np.einsum("tbsn,tbn->bs", lam_cur, self.first_linear_mid)
+        at_rad = np.einsum("ksf,kf->ks", sign * lam_free, free_rad).reshape(steps, batch, rows).sum(axis=0)
+        self.sparse = dict(order=order, free_rad=free_rad, free_cols=free_cols, sign=sign)
+        return at_mid - at_rad + bias
+
+    def _first_stage_backward(self, g_row, lam_cur, grad_w):
+        """Reverse of ``_first_stage_concretize``: ``dL/d lam_cur`` of stage 0 and its ``dL/dW``."""
+        steps, batch, rows, n = lam_cur.shape
+        sp = self.sparse
+        mid = ((self.x_lower + self.x_upper) * 0.5).reshape(steps * batch, -1)
+        # d/d lam of lam . (W mid) and of -|lam W_free| . rad
+        grad_free = -(g_row[None, :, :, None] * (sp["sign"] * sp["free_rad"][:, None, :]).reshape(
+            steps, batch, rows, -1)).reshape(steps * batch, rows, -1)          # [T'B, S, F]
+        grad_lam = g_row[None, :, :, None] * self.first_linear_mid[:, :, None, :]
+        grad_lam = grad_lam + (grad_free @ sp["free_cols"]).reshape(steps, batch, rows, n)
+        lam_flat = lam_cur.reshape(steps * batch, rows, n)
+        weighted = np.einsum("bs,tbsn->tbn", g_row, lam_cur).reshape(steps * batch, n)
+        grad_weight = weighted.T @ mid                                         # from W mid
+        grad_cols = lam_flat.transpose(0, 2, 1) @ grad_free                   # [T'B, n, F]
+        # scatter-add the per-(t, b) column gradients into W's columns (sorted segment sums)
+        columns = sp["order"].ravel()
+        by_column = np.argsort(columns, kind="stable")
+        values = grad_cols.transpose(0, 2, 1).reshape(-1, n)[by_column]
+        unique, starts = np.unique(columns[by_column], return_index=True)
+        grad_weight[:, unique] += np.add.reduceat(values, starts, axis=0).T
+        grad_w[0] += grad_weight.astype(self.dtype)
+        return grad_lam
 
     # --- reverse pass -------------------------------------------------------------------------
     def backward(self, grad_ibp: Optional[np.ndarray] = None, grad_crown: Optional[np.ndarray] = None
@@ -310,17 +368,21 @@ class BoundGraph:
         rows = self.C.shape[1]
         g_row = grad_lower  # [B, S]: every bias term enters the bound with coefficient 1
         # concretization: sum_t lam . mid - |lam| . rad
-        grad_lam = g_row[None, :, :, None] * (self.input_mid[:, :, None, :] - self.input_sign * self.input_rad[:, :, None, :])
+        grad_lam = None if self.sparse_input else g_row[None, :, :, None] * (
+            self.input_mid[:, :, None, :] - self.input_sign * self.input_rad[:, :, None, :])
         for k in range(len(self.maps)):
             maps, record, crec = self.maps[k], self.records[k], self.crown_records[k]
             n = maps.n_neurons
             lam_cur = crec["lam_cur"]
-            # lam_s_prev = transpose(lam_cur): reverse = the chain's forward on grad_lam (no bias)
-            flat_grad = grad_lam.reshape((steps * batch * rows,) + maps.input_shape)
-            out, inputs = maps.chain(maps.signed, flat_grad)
-            grad_w[k] += maps.weight_grad(maps.signed[-1], inputs[-1],
-                                          lam_cur.reshape((steps * batch * rows,) + maps.neuron_shape))
-            grad_lam_cur = out.reshape(steps, batch, rows, n)
+            if k == 0 and self.sparse_input:
+                grad_lam_cur = self._first_stage_backward(g_row, lam_cur, grad_w)
+            else:
+                # lam_s_prev = transpose(lam_cur): reverse = the chain's forward on grad_lam (no bias)
+                flat_grad = grad_lam.reshape((steps * batch * rows,) + maps.input_shape)
+                out, inputs = maps.chain(maps.signed, flat_grad)
+                grad_w[k] += maps.weight_grad(maps.signed[-1], inputs[-1],
+                                              lam_cur.reshape((steps * batch * rows,) + maps.neuron_shape))
+                grad_lam_cur = out.reshape(steps, batch, rows, n)
             # time loop reversed (forward ran t = T'-1 .. 0)
             state = record["state"][:, :, None, :]
             mem_lower = record["mem_lower"][:, :, None, :]
@@ -650,3 +712,17 @@ def robust_epoch_metrics(trainer) -> Dict[str, float]:
         for method, error in certified_errors(trainer.net, x, y, options, eps, trainer.config.T).items():
             metrics[f"cert_error_{method}_{label}"] = error
     return metrics
+
+
+def _register() -> None:
+    from .train import register_method
+
+    def options(values: Dict[str, Any], config=None) -> RobustOptions:
+        if config is None:
+            return robust_options(values)
+        return robust_options(values, config.dataset, config.arch, config.epochs)
+
+    register_method("robust", robust_step, options=options, epoch_metrics=robust_epoch_metrics)
+
+
+_register()

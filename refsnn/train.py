@@ -107,9 +107,25 @@ class Method:
 METHODS: Dict[str, Method] = {}
 
 
+# Methods defined in other modules, imported on first use (they import this module).
+METHOD_MODULES = {"robust": "refsnn.robust"}
+
+
 def register_method(name: str, step: StepFn, options=None, epoch_metrics=None) -> None:
-    """Makes ``--method name`` available to the trainer and the CLI."""
+    """Makes ``--method name`` available to the trainer and the CLI.
+
+    ``options(method_options: dict, config: TrainConfig) -> object`` validates the settings.
+    """
     METHODS[name] = Method(step, options, epoch_metrics)
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS and name in METHOD_MODULES:
+        import importlib
+        importlib.import_module(METHOD_MODULES[name])
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {sorted(set(METHODS) | set(METHOD_MODULES))}")
+    return METHODS[name]
 
 
 def natural_step(net: SNN, batch: Batch, ctx: StepContext) -> StepResult:
@@ -122,7 +138,7 @@ def natural_step(net: SNN, batch: Batch, ctx: StepContext) -> StepResult:
     return StepResult(loss, grads, rates)
 
 
-def _no_options(options: Dict[str, Any]):
+def _no_options(options: Dict[str, Any], config: Optional[TrainConfig] = None):
     if options:
         raise ValueError(f"method 'natural' takes no method_options, got {sorted(options)}")
     return None
@@ -206,10 +222,8 @@ class Trainer:
     def __init__(self, config: TrainConfig, out_dir=None, progress: bool = True, verbose: bool = True,
                  data=None, net: Optional[SNN] = None):
         self.config = config.validate()
-        if config.method not in METHODS:
-            raise ValueError(f"unknown method {config.method!r}; registered: {sorted(METHODS)}")
-        self.method = METHODS[config.method]
-        self.options = self.method.options(dict(config.method_options)) if self.method.options else None
+        self.method = get_method(config.method)
+        self.options = self.method.options(dict(config.method_options), config) if self.method.options else None
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = progress
         self.verbose = verbose
@@ -470,7 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="named schedule (default: the embedded quick job; paper: 80 epochs, lr 0.01 -> 0.001 at 55)")
     add("--dataset", choices=DATASETS)
     add("--arch", choices=("fc", "conv"))
-    add("--method", help="training method (registered: natural; others may add e.g. robust)")
+    add("--method", help="training method: natural (default) or robust (S-IBP/S-CROWN bound loss)")
+    add("--eps", type=float, help="robust: final eps (default: the paper's Table 2 value)")
+    add("--robust-T", type=int, help="robust: horizon T' of the bound set (default 3)")
+    add("--recipe", choices=("crown-ibp", "authors"), help="robust: loss/ramp recipe (default crown-ibp)")
+    add("--ramp-epochs", type=float, help="robust: epochs of the linear eps ramp (default 250/300 of --epochs)")
     add("--method-option", action="append", type=_parse_option, default=None, metavar="KEY=VALUE",
         help="method-specific setting (JSON value), repeatable")
     add("--epochs", type=int)
@@ -516,8 +534,12 @@ def config_from_args(args) -> TrainConfig:
     overrides = {name: getattr(args, name) for name in CONFIG_ARGS}
     if args.detach_reset:
         overrides["reset_grad"] = False
-    if args.method_option:
-        overrides["method_options"] = dict(args.method_option)
+    method_options = dict(args.method_option or [])
+    for name in ("eps", "robust_T", "recipe", "ramp_epochs"):
+        if getattr(args, name, None) is not None:
+            method_options[name] = getattr(args, name)
+    if method_options:
+        overrides["method_options"] = method_options
     return preset_config(args.preset, **overrides)
 
 
@@ -530,7 +552,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.resume:
             out = Path(args.out or "runs/default")
             given = sorted(name for name in CONFIG_ARGS if getattr(args, name) is not None and name != "epochs")
-            if given or args.method_option or args.detach_reset or args.preset != "default":
+            robust_given = any(getattr(args, name) is not None for name in ("eps", "robust_T", "recipe", "ramp_epochs"))
+            if given or args.method_option or robust_given or args.detach_reset or args.preset != "default":
                 parser.error(f"--resume continues the stored config; drop {['--' + g.replace('_', '-') for g in given]}"
                              " (only --epochs may change)")
             trainer = Trainer.resume(out / "checkpoint.h5", out, progress, not args.quiet, epochs=args.epochs)
@@ -557,4 +580,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy, so that methods registered by other
+    # modules (refsnn.robust imports refsnn.train) land in the registry main reads.
+    from refsnn.train import main as _main
+    sys.exit(_main())
