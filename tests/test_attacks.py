@@ -364,3 +364,51 @@ def test_certified_samples_are_never_broken(trained):
         assert not (certified & result.adv_wrong).any(), f"spike eps={eps}: certified yet broken"
         checked += certified.sum()
     assert checked > 0, "no sample certified: the cross-check tested nothing"
+
+
+# --- Table 2 protocol and CLI -----------------------------------------------------------------------
+
+def test_sample_selection_is_fixed_and_sorted():
+    from refsnn.attacks.protocol import select_samples
+
+    first = select_samples(10000, 300, seed=0)
+    np.testing.assert_array_equal(first, select_samples(10000, 300, seed=0))
+    assert first.size == 300 and np.all(np.diff(first) > 0) and first.max() < 10000
+    assert not np.array_equal(first, select_samples(10000, 300, seed=1))
+    with pytest.raises(ValueError, match="cannot select"):
+        select_samples(100, 300)
+
+
+def test_cli_writes_the_table_for_two_models(tmp_path):
+    import json
+
+    from refsnn.architectures import build_network
+    from refsnn.attack import main
+    from refsnn.io import save_model
+
+    paths = []
+    for seed in (0, 1):
+        path = tmp_path / f"m{seed}" / "model.h5"
+        path.parent.mkdir()
+        save_model(path, build_network("fc", (1, 28, 28), seed=seed), config={"T": 4})
+        paths.append(str(path))
+    out = tmp_path / "out"
+    code = main(["--model", paths[0], "--model2", paths[1], "--dataset", "mnist-subset", "--n", "6",
+                 "--eps", "0,0.3", "--attack", "strongest,paper", "--steps", "2", "--effort", "0.05",
+                 "--fresh-draws", "2", "--out", str(out), "--no-progress"])
+    assert code == 0
+    summary = json.loads((out / "table.json").read_text())
+    assert summary["T"] == 4 and len(summary["sample_indices"]) == 6
+    rows = summary["rows"]
+    assert {(r["model"], r["attack"], r["eps"]) for r in rows} == {
+        (m, a, e) for m in ("m0", "m1") for a in ("paper", "strongest") for e in (0.0, 0.3)}
+    for row in rows:
+        if row["eps"] == 0.0:
+            assert row["attack_error"] == row["original_error"]
+        assert row["attack_error"] >= row["original_error"]
+    by = {(r["model"], r["attack"], r["eps"]): r for r in rows}
+    for model in ("m0", "m1"):
+        assert by[(model, "strongest", 0.3)]["attack_error"] >= by[(model, "paper", 0.3)]["attack_error"]
+    markdown = (out / "table.md").read_text()
+    assert "attack err. difference m0 - m1" in markdown and "| 0.3 |" in markdown
+    assert (out / "table.csv").read_text().startswith("model,attack,eps,radius,n,original_error,attack_error")

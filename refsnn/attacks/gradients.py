@@ -187,15 +187,22 @@ def attack_backward(net: SNN, trace: Trace, grad_rates: np.ndarray, rule: Gradie
     return np.asarray(grad_spike)
 
 
+def uses_plain_forward(net: SNN, rule: GradientRule) -> bool:
+    """True when the rule's forward pass is the network's own (no raised threshold)."""
+    return all(th == net.threshold for th in _stage_thresholds(net, rule))
+
+
 def input_gradient(net: SNN, spikes: np.ndarray, labels: np.ndarray, rule: GradientRule = GradientRule(),
-                   loss: str = "ce", loss_scale: float = 1.0
+                   loss: str = "ce", loss_scale: float = 1.0, trace: Optional[Trace] = None
                    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Loss (to maximize) and its gradient w.r.t. the input spikes.
 
     ``spikes [T, B, *in]`` 0/1, ``labels [B]`` -> ``(loss [B], dL/ds [T, B, *in], rates [B, n_out])``;
     ``rates`` come from the forward pass the gradient was taken on (raised threshold included).
+    ``trace``: a ``net.run(spikes)`` already computed, reused when the rule's forward is the plain one.
     """
-    trace = attack_forward(net, spikes, rule)
+    if trace is None or not uses_plain_forward(net, rule):
+        trace = attack_forward(net, spikes, rule)
     rates = trace.rates
     values, grad_rates = rate_loss(rates, labels, loss, loss_scale)
     return values, attack_backward(net, trace, grad_rates, rule), rates

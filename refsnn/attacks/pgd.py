@@ -29,10 +29,10 @@ from typing import Optional
 
 import numpy as np
 
-from ..network import SNN
+from ..network import SNN, Trace
 from .base import Attack, Seed, search_with_restarts
 from .constraints import DigitalBox, SpikeBudget, encode, l0_changes
-from .gradients import GradientRule, input_gradient, rate_loss
+from .gradients import GradientRule, input_gradient, rate_loss, uses_plain_forward
 from .paper import apply_flips
 
 ENCODER_RULES = ("mean", "smooth")
@@ -51,10 +51,33 @@ class _SearchAttack(Attack):
     def config(self) -> dict:
         return {**super().config(), "restarts": self.restarts}
 
-    def _evaluate(self, spikes, labels):
-        rates = self.net.run(spikes, validate=False).rates
+    def _evaluate(self, spikes, labels, index=None):
+        """Loss and misclassification on evaluation spikes; keeps the trace for the next gradient."""
+        trace = self.net.run(spikes, validate=False)
+        if index is not None and uses_plain_forward(self.net, self.gradient):
+            self._cache = (index, spikes, trace)
+        rates = trace.rates
         loss, _ = rate_loss(rates, labels, self.loss, self.loss_scale)
         return loss, np.argmax(rates, axis=1) != labels
+
+    def _gradient(self, spikes, labels, index):
+        """``input_gradient`` reusing the trace of the last evaluation when it saw the same spikes."""
+        trace = None
+        cache = getattr(self, "_cache", None)
+        if cache is not None:
+            cached_index, cached_spikes, cached_trace = cache
+            pos = np.searchsorted(cached_index, index)
+            if (pos < cached_index.size).all() and np.array_equal(cached_index[np.minimum(pos, cached_index.size - 1)],
+                                                                  index):
+                if np.array_equal(cached_spikes[:, pos], spikes):
+                    trace = _trace_subset(cached_trace, pos)
+        return input_gradient(self.net, spikes, labels, self.gradient, self.loss, self.loss_scale, trace=trace)
+
+
+def _trace_subset(trace: Trace, pos) -> Trace:
+    """The samples ``pos`` of a trace (enough for input gradients: no ``op_inputs``)."""
+    return Trace(inputs=trace.inputs[:, pos], currents=[a[:, pos] for a in trace.currents],
+                 membranes=[a[:, pos] for a in trace.membranes], spikes=[a[:, pos] for a in trace.spikes])
 
 
 class PGD(_SearchAttack):
@@ -91,9 +114,12 @@ class PGD(_SearchAttack):
             alpha *= 0.5 * (1.0 + np.cos(np.pi * it / max(1, self.steps)))
         return alpha
 
-    def _image_gradient(self, x, labels, maps, width):
+    def _image_gradient(self, x, labels, maps, width, index=None):
         spikes = encode(x, maps)
-        _, grad, _ = input_gradient(self.net, spikes, labels, self.gradient, self.loss, self.loss_scale)
+        if index is not None:  # the evaluation maps: the last evaluation's trace may be reused
+            _, grad, _ = self._gradient(spikes, labels, index)
+        else:
+            _, grad, _ = input_gradient(self.net, spikes, labels, self.gradient, self.loss, self.loss_scale)
         if self.encoder == "mean":
             return grad.mean(axis=0)
         z = (x[None] - maps) / width
@@ -111,18 +137,67 @@ class PGD(_SearchAttack):
             return sub.lower + rng.random(sub.lower.shape) * (sub.upper - sub.lower)
 
         def update(x, index, it):
-            grad = self._image_gradient(x, labels[index], rand_maps[:, index], width)
+            grad = self._image_gradient(x, labels[index], rand_maps[:, index], width, index)
             for _ in range(self.eot - 1):
                 grad = grad + self._image_gradient(x, labels[index], rng.random(rand_maps[:, index].shape), width)
             return box.subset(index).project(x + self._step_size(radius, it) * np.sign(grad))
 
         def evaluate(x, index):
-            return self._evaluate(encode(x, rand_maps[:, index]), labels[index])
+            return self._evaluate(encode(x, rand_maps[:, index]), labels[index], index)
 
+        self._cache = None
         if radius == 0:
             return images.copy(), np.zeros(labels.size, dtype=np.int64), {}
         best, iterations = search_with_restarts(images, 0, active, self.restarts, self.steps, init, update, evaluate)
+        self._cache = None
         return best, iterations, {"encoder_width_used": width}
+
+
+class PixelLevels:
+    """The reachable spike patterns of every pixel of a box with fixed rand maps, sorted once.
+
+    ``rand_maps [T, B, P]``, ``lower, upper [B, P]``. A pixel's spikes ``1[x > r_t]`` for ``x`` in
+    ``[lower, upper]`` switch on in increasing ``r_t`` over the ``m`` maps in ``[lower, upper)``:
+    level ``j`` (``j`` of them on) is realizable iff ``j <= m`` and the ``j``-th and ``(j+1)``-th
+    sorted maps differ (or ``j`` is 0 or ``m``).
+    """
+
+    def __init__(self, rand_maps: np.ndarray, lower: np.ndarray, upper: np.ndarray):
+        self.lower, self.upper = lower, upper
+        self.in_range = (rand_maps >= lower[None]) & (rand_maps < upper[None])
+        key = np.where(self.in_range, rand_maps, np.inf)
+        self.order = np.argsort(key, axis=0, kind="stable")
+        sorted_maps = np.take_along_axis(key, self.order, axis=0)
+        edge = (1,) + rand_maps.shape[1:]
+        self.padded = np.concatenate([np.full(edge, -np.inf), sorted_maps, np.full(edge, np.inf)], axis=0)
+        self.count = self.in_range.sum(axis=0)
+        level = np.arange(rand_maps.shape[0] + 1).reshape((-1,) + (1,) * (rand_maps.ndim - 1))
+        distinct = self.padded[1:] > self.padded[:-1]  # r_(j) < r_(j+1), with r_(0) = -inf
+        self.valid = (level <= self.count[None]) & (distinct | (level == 0) | (level == self.count[None]))
+
+    def subset(self, index) -> "PixelLevels":
+        new = object.__new__(PixelLevels)
+        new.lower, new.upper, new.count = self.lower[index], self.upper[index], self.count[index]
+        for name in ("in_range", "order", "padded", "valid"):
+            setattr(new, name, getattr(self, name)[:, index])
+        return new
+
+    def best(self, grad: np.ndarray, spikes: np.ndarray):
+        """``(gain [B, P], value [B, P])`` of the best pattern per pixel for ``grad, spikes [T, B, P]``:
+        the linearized gain ``sum_t g_t (s'_t - s_t)`` and an image value in the box realizing it."""
+        masked = np.where(self.in_range, grad, 0.0)
+        sorted_grad = np.take_along_axis(masked, self.order, axis=0)
+        prefix = np.concatenate([np.zeros((1,) + grad.shape[1:]), np.cumsum(sorted_grad, axis=0)], axis=0)
+        objective = np.where(self.valid, prefix, -np.inf)
+        best_level = np.argmax(objective, axis=0)
+        current = np.where(spikes > 0, masked, 0.0).sum(axis=0)
+        gain = np.take_along_axis(objective, best_level[None], axis=0)[0] - current
+        below = np.take_along_axis(self.padded, best_level[None], axis=0)[0]      # r_(j)
+        above = np.take_along_axis(self.padded, best_level[None] + 1, axis=0)[0]  # r_(j+1)
+        with np.errstate(invalid="ignore"):  # -inf + inf at the end levels, which the where discards
+            midpoint = 0.5 * (below + above)
+        value = np.where(best_level == 0, self.lower, np.where(best_level == self.count, self.upper, midpoint))
+        return gain, np.clip(value, self.lower, self.upper)
 
 
 def best_pixel_levels(grad: np.ndarray, rand_maps: np.ndarray, spikes: np.ndarray, lower: np.ndarray,
@@ -134,30 +209,7 @@ def best_pixel_levels(grad: np.ndarray, rand_maps: np.ndarray, spikes: np.ndarra
     ``sum_t g_t (s'_t - s_t)`` of the best reachable pattern ``s'`` and an image value in
     ``[lower, upper]`` that realizes it.
     """
-    in_range = (rand_maps >= lower[None]) & (rand_maps < upper[None])
-    key = np.where(in_range, rand_maps, np.inf)
-    order = np.argsort(key, axis=0, kind="stable")
-    sorted_maps = np.take_along_axis(key, order, axis=0)
-    sorted_grad = np.take_along_axis(np.where(in_range, grad, 0.0), order, axis=0)
-    steps_T = grad.shape[0]
-    prefix = np.concatenate([np.zeros((1,) + grad.shape[1:]), np.cumsum(sorted_grad, axis=0)], axis=0)
-    count = in_range.sum(axis=0)
-    level = np.arange(steps_T + 1).reshape((-1,) + (1,) * (grad.ndim - 1))
-    # Level j (j in-range spikes on) is realizable iff j <= m and the j-th and (j+1)-th maps differ.
-    padded = np.concatenate([np.full((1,) + grad.shape[1:], -np.inf), sorted_maps,
-                             np.full((1,) + grad.shape[1:], np.inf)], axis=0)
-    distinct = padded[1:] > padded[:-1]  # [T + 1, ...]: r_(j) < r_(j+1), with r_(0) = -inf
-    valid = (level <= count[None]) & (distinct | (level == 0) | (level == count[None]))
-    objective = np.where(valid, prefix, -np.inf)
-    best_level = np.argmax(objective, axis=0)
-    current = np.where(in_range & (spikes > 0), grad, 0.0).sum(axis=0)
-    gain = np.take_along_axis(objective, best_level[None], axis=0)[0] - current
-    below = np.take_along_axis(padded, best_level[None], axis=0)[0]      # r_(j)
-    above = np.take_along_axis(padded, best_level[None] + 1, axis=0)[0]  # r_(j+1)
-    with np.errstate(invalid="ignore"):  # -inf + inf at the end levels, which the where discards
-        midpoint = 0.5 * (below + above)
-    value = np.where(best_level == 0, lower, np.where(best_level == count, upper, midpoint))
-    return gain, np.clip(value, lower, upper)
+    return PixelLevels(rand_maps, lower, upper).best(grad, spikes)
 
 
 class GreedyFlip(_SearchAttack):
@@ -191,10 +243,11 @@ class GreedyFlip(_SearchAttack):
         return max(1, int(round(first * decay)))
 
     def _digital(self, images, labels, rand_maps, box: DigitalBox, active, rng):
+        self._cache = None
         pixels = int(np.prod(images.shape[1:]))
-
-        def flat(a, index):
-            return a[:, index].reshape(a.shape[0], index.size, pixels)
+        batch = labels.size
+        levels = PixelLevels(rand_maps.reshape(rand_maps.shape[:2] + (pixels,)), box.lower.reshape(batch, pixels),
+                             box.upper.reshape(batch, pixels))
 
         def init(index, restart):
             sub = box.subset(index)
@@ -204,12 +257,10 @@ class GreedyFlip(_SearchAttack):
 
         def update(x, index, it):
             spikes = encode(x, rand_maps[:, index])
-            _, grad, _ = input_gradient(self.net, spikes, labels[index], self.gradient, self.loss, self.loss_scale)
-            sub = box.subset(index)
+            _, grad, _ = self._gradient(spikes, labels[index], index)
             shape = (index.size, pixels)
-            gain, value = best_pixel_levels(grad.reshape(grad.shape[:2] + (pixels,)), flat(rand_maps, index),
-                                            spikes.reshape(spikes.shape[:2] + (pixels,)),
-                                            sub.lower.reshape(shape), sub.upper.reshape(shape))
+            gain, value = levels.subset(index).best(grad.reshape(grad.shape[:2] + (pixels,)),
+                                                    spikes.reshape(spikes.shape[:2] + (pixels,)))
             k = self._pixels_per_step(pixels, it)
             gain = np.where(gain > 0, gain, -np.inf)
             top = np.argsort(-gain, axis=1, kind="stable")[:, :k]
@@ -217,17 +268,19 @@ class GreedyFlip(_SearchAttack):
             np.put_along_axis(chosen, top, True, axis=1)
             chosen &= np.isfinite(gain)
             moved = np.where(chosen, value, x.reshape(shape)).reshape(x.shape)
-            return sub.project(moved)
+            return box.subset(index).project(moved)
 
         def evaluate(x, index):
-            return self._evaluate(encode(x, rand_maps[:, index]), labels[index])
+            return self._evaluate(encode(x, rand_maps[:, index]), labels[index], index)
 
         if box.radius == 0:
-            return images.copy(), np.zeros(labels.size, dtype=np.int64), {}
+            return images.copy(), np.zeros(batch, dtype=np.int64), {}
         best, iterations = search_with_restarts(images, 0, active, self.restarts, self.steps, init, update, evaluate)
+        self._cache = None
         return best, iterations, {}
 
     def _spike(self, spikes, labels, budget: SpikeBudget, active, rng, allowed=None):
+        self._cache = None
         per_step = self.flips_per_step if self.flips_per_step is not None else budget.per_step
 
         def init(index, restart):
@@ -241,12 +294,12 @@ class GreedyFlip(_SearchAttack):
                                mask(index))
 
         def update(state, index, it):
-            _, grad, _ = input_gradient(self.net, state, labels[index], self.gradient, self.loss, self.loss_scale)
+            _, grad, _ = self._gradient(state, labels[index], index)
             gain = grad * (1.0 - 2.0 * state)
             return apply_flips(state, spikes[:, index], gain > 0, gain, budget, per_step, mask(index))
 
         def evaluate(state, index):
-            return self._evaluate(state, labels[index])
+            return self._evaluate(state, labels[index], index)
 
         def mask(index):
             return None if allowed is None else allowed[:, index]
@@ -254,6 +307,7 @@ class GreedyFlip(_SearchAttack):
         if budget.total == 0:
             return spikes.copy(), np.zeros(labels.size, dtype=np.int64), {"l0_budget": 0}
         best, iterations = search_with_restarts(spikes, 1, active, self.restarts, self.steps, init, update, evaluate)
+        self._cache = None
         assert (l0_changes(best, spikes) <= budget.total).all()
         return best, iterations, {"l0_budget": budget.total, "flips_per_step_used": per_step,
                                   "spike_size": budget.size}

@@ -1,0 +1,219 @@
+"""``python -m refsnn.attack``: the paper's Table 2 protocol (original error vs attack error).
+
+Example (the paper's MNIST FC eps)::
+
+    python -m refsnn.attack --model runs/natural/model.h5 --model2 runs/robust/model.h5 \\
+        --dataset mnist --n 300 --eps 0.104,0.124,0.140,0.154 --attack paper,strongest
+
+Prints one table per attack in the layout of the paper's Table 2 (eps, original error, attack
+error per model, difference of the two models' attack errors) and writes ``table.csv``,
+``table.json`` (every setting, the sample indices, the machine, the command) and ``table.md``
+under ``--out``. The errors of the tables are measured on the evaluation rand maps (one fixed
+seeded draw shared by every model, attack and eps); the ``*_fresh`` columns of the CSV/JSON
+re-score the same images on fresh draws. See docs/ATTACKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .attacks.protocol import (PROTOCOL_ATTACKS, ProtocolConfig, markdown_table, rows_to_dicts, run_protocol,
+                               select_samples)
+
+EVENT_DATASETS = ("nmnist",)
+
+
+def _eps_list(text: str):
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--eps needs comma-separated numbers, got {text!r}") from None
+    if not values or any(not np.isfinite(v) or v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"--eps needs finite numbers >= 0, got {text!r}")
+    return values
+
+
+def _attack_list(text: str):
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [name for name in names if name not in PROTOCOL_ATTACKS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"--attack takes a comma-separated list of {PROTOCOL_ATTACKS}, got {text!r}")
+    if "strongest" in names and "paper" in names:
+        names = ["paper"] + [name for name in names if name != "paper"]  # strongest reuses the paper result
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m refsnn.attack",
+        description="Table 2 protocol: original and attack error of one or two models at several eps.")
+    add = parser.add_argument
+    add("--model", required=True, help="model file (refsnn.io.save_model / python -m refsnn.train)")
+    add("--model2", help="second model, shown side by side (e.g. the robustly trained one)")
+    add("--name", default=None, help="label of --model in the tables (default: its file's parent folder)")
+    add("--name2", default=None, help="label of --model2")
+    add("--dataset", required=True, choices=("mnist", "fmnist", "nmnist", "mnist-subset"))
+    add("--data-dir", help="data folder (default: refsnn.data's lookup order)")
+    add("--n", type=int, default=300, help="number of test samples (fixed seeded selection, default 300)")
+    add("--eps", type=_eps_list, default=[0.104, 0.124, 0.140, 0.154], help="comma-separated attack eps")
+    add("--attack", type=_attack_list, default=["paper"], help=f"comma-separated, from {PROTOCOL_ATTACKS}")
+    add("--convention", choices=("paper", "authors"), default="paper",
+        help="digital l-inf radius: paper = eps/2 (the bounds' set, default), authors = eps")
+    add("--T", type=int, help="time steps (default: the model's training T, else 10)")
+    add("--seed", type=int, default=0, help="selection / rand maps / attack seed (default 0)")
+    add("--fresh-draws", type=int, default=5, help="fresh rand-map draws to re-score digital images (0: off)")
+    add("--steps", type=int, help="override the iterations of paper/pgd/greedy (default: each attack's own)")
+    add("--effort", type=float, default=1.0, help="strongest: scale of its components' step counts")
+    add("--batch-size", type=int, default=100, help="samples per attack chunk")
+    add("--dtype", choices=("float32", "float64"), help="compute dtype (default: the model's)")
+    add("--out", help="output folder (default results/attacks/<dataset>-<model name>)")
+    add("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def _load(path: str, dtype):
+    from .io import load_model, read_metadata
+
+    net = load_model(path, dtype=dtype)
+    try:
+        metadata = read_metadata(path)
+    except Exception:  # metadata are informative only
+        metadata = {}
+    return net, metadata
+
+
+def _default_name(path: str) -> str:
+    p = Path(path)
+    return p.parent.name if p.stem == "model" and p.parent.name else p.stem
+
+
+def _model_T(metadata: dict) -> Optional[int]:
+    config = metadata.get("config") if isinstance(metadata, dict) else None
+    if isinstance(config, dict) and isinstance(config.get("T"), int):
+        return config["T"]
+    return None
+
+
+def machine_description() -> dict:
+    import os
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.batch_size < 1 or args.fresh_draws < 0:
+        parser.error("--n and --batch-size must be >= 1, --fresh-draws >= 0")
+    from .data import load_dataset, to_time_major
+
+    models, metadata = {}, {}
+    names = [args.name or _default_name(args.model)]
+    paths = [args.model]
+    if args.model2:
+        names.append(args.name2 or _default_name(args.model2))
+        paths.append(args.model2)
+        if names[0] == names[1]:
+            names = [names[0] + " (1)", names[1] + " (2)"]
+    for name, path in zip(names, paths):
+        try:
+            models[name], metadata[name] = _load(path, args.dtype)
+        except (OSError, ValueError) as error:
+            parser.error(f"cannot load model {path}: {error}")
+    stored_T = {_model_T(metadata[name]) for name in names} - {None}
+    T = args.T or (stored_T.pop() if len(stored_T) == 1 else 10)
+
+    kind = "spike" if args.dataset in EVENT_DATASETS else "digital"
+    x_all, y_all = load_dataset(args.dataset, "test", data_dir=args.data_dir, T=T)
+    try:
+        indices = select_samples(len(y_all), args.n, args.seed)
+    except ValueError as error:
+        parser.error(str(error))
+    labels = np.asarray(y_all[indices], dtype=np.int64)
+    if kind == "digital":
+        x = np.asarray(x_all[indices], dtype=np.float64)
+    else:
+        x = to_time_major(x_all[indices])
+    for name, net in models.items():
+        expected = tuple(x.shape[1:]) if kind == "digital" else tuple(x.shape[2:])
+        if tuple(net.input_shape) != expected:
+            parser.error(f"model {name} expects inputs {net.input_shape}, the dataset gives {expected}")
+
+    config = ProtocolConfig(attacks=args.attack, eps=args.eps, kind=kind, convention=args.convention, T=T,
+                            seed=args.seed, fresh_draws=args.fresh_draws, batch_size=args.batch_size,
+                            steps=args.steps, effort=args.effort)
+    progress_factory = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        def progress_factory(description, total):
+            return tqdm(total=total, desc=description, unit="sample", leave=False, file=sys.stderr)
+
+    started = time.perf_counter()
+    rows = run_protocol(models, x, labels, config, progress_factory=progress_factory)
+    seconds = time.perf_counter() - started
+
+    out = Path(args.out or f"results/attacks/{args.dataset}-{names[0]}")
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python -m refsnn.attack " + " ".join(shlex.quote(a) for a in argv)
+    measured_on = ("the evaluation rand maps (one seeded draw shared by every model, attack and eps)"
+                   if kind == "digital" else "the spike inputs")
+    sections = [f"# Table 2 protocol: {args.dataset}, n = {args.n}, T = {T}",
+                f"Command: `{command}`", "",
+                f"Errors in %, measured on {measured_on}; "
+                + (f"digital l-inf radius = eps/2 (convention '{args.convention}')" if args.convention == "paper"
+                   else "digital l-inf radius = eps (convention 'authors')" if kind == "digital"
+                   else "spike l0 budget round(T * size * eps), see docs/ATTACKS.md") + "."]
+    for attack in args.attack:
+        sections += ["", f"## attack: {attack}", "", markdown_table(rows, attack, names)]
+        if kind == "digital" and args.fresh_draws:
+            sections += ["", f"Same adversarial images re-scored on {args.fresh_draws} fresh rand-map draws (mean):",
+                         "", markdown_table(rows, attack, names, fresh=True)]
+    markdown = "\n".join(sections) + "\n"
+    print(markdown)
+
+    records = rows_to_dicts(rows)
+    buffer = io.StringIO()
+    fields = [f for f in records[0] if f != "broken_by"]
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(records)
+    (out / "table.csv").write_text(buffer.getvalue())
+    (out / "table.md").write_text(markdown)
+    summary = {"command": command, "dataset": args.dataset, "kind": kind, "n": args.n, "T": T,
+               "sample_indices": indices.tolist(),
+               "selection": f"sorted(default_rng([{args.seed}, 0]).permutation({len(y_all)})[:{args.n}])",
+               "evaluation_maps": f"draw_rand_maps(default_rng([{args.seed}, 1]), T, images.shape)"
+                                  if kind == "digital" else None,
+               "tables_use": "evaluation rand maps" if kind == "digital" else "spike inputs",
+               "protocol": {k: (list(v) if isinstance(v, (list, tuple)) else v)
+                            for k, v in vars(config).items()},
+               "models": {name: {"path": path, "metadata": metadata[name]} for name, path in zip(names, paths)},
+               "rows": records, "seconds_total": seconds, "machine": machine_description()}
+    (out / "table.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+    print(f"wrote {out / 'table.md'}, {out / 'table.csv'}, {out / 'table.json'} ({seconds:.0f} s)")
+    return 0
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
