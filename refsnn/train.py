@@ -269,10 +269,13 @@ class Trainer:
 
     @classmethod
     def resume(cls, path, out_dir=None, progress: bool = True, verbose: bool = True, epochs: Optional[int] = None,
-               data=None) -> "Trainer":
-        """Continues the run stored in checkpoint ``path`` (``epochs`` may extend it)."""
+               data=None, data_dir: Optional[str] = None) -> "Trainer":
+        """Continues the run stored in checkpoint ``path`` (``epochs`` may extend it; ``data_dir``
+        points to the same data at another place, e.g. on another machine)."""
         checkpoint = load_checkpoint(path)
         config = TrainConfig.from_dict(checkpoint.config)
+        if data_dir is not None:
+            config = config.replace(data_dir=str(data_dir))
         if epochs is not None:
             if epochs < checkpoint.epoch:
                 raise ValueError(f"the checkpoint is at epoch {checkpoint.epoch}; cannot shorten the run to {epochs}")
@@ -551,12 +554,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.resume:
             out = Path(args.out or "runs/default")
-            given = sorted(name for name in CONFIG_ARGS if getattr(args, name) is not None and name != "epochs")
+            given = sorted(name for name in CONFIG_ARGS
+                           if getattr(args, name) is not None and name not in ("epochs", "data_dir"))
             robust_given = any(getattr(args, name) is not None for name in ("eps", "robust_T", "recipe", "ramp_epochs"))
             if given or args.method_option or robust_given or args.detach_reset or args.preset != "default":
                 parser.error(f"--resume continues the stored config; drop {['--' + g.replace('_', '-') for g in given]}"
-                             " (only --epochs may change)")
-            trainer = Trainer.resume(out / "checkpoint.h5", out, progress, not args.quiet, epochs=args.epochs)
+                             " (only --epochs and --data-dir may change)")
+            trainer = Trainer.resume(out / "checkpoint.h5", out, progress, not args.quiet, epochs=args.epochs,
+                                     data_dir=args.data_dir)
             trainer.log(f"resuming {out / 'checkpoint.h5'} at epoch {trainer.epoch + 1}, batch {trainer.step}")
         else:
             config = config_from_args(args)

@@ -363,7 +363,7 @@ def test_cli_errors(tmp_path, capsys):
     assert main(["--resume", "--out", str(tmp_path / "missing"), "--quiet"]) == 2
     with pytest.raises(SystemExit):
         main(["--resume", "--lr", "0.1", "--out", str(tmp_path)])
-    assert "only --epochs may change" in capsys.readouterr().err
+    assert "only --epochs and --data-dir may change" in capsys.readouterr().err
 
 
 def test_python_dash_m_entry_point(tmp_path):
