@@ -319,7 +319,8 @@ def crown_bounds(net, x_lower, x_upper, C=None, intermediate: Optional[IntervalB
     x_lo = box.x_lower.astype(np.float64)
     x_hi = box.x_upper.astype(np.float64)
 
-    widest = max([s.n_neurons for s in stages] + [int(np.prod(net.input_shape))])
+    widest = max([s.n_neurons for s in stages] + [int(np.prod(net.input_shape))]
+                 + [getattr(op, "scratch_per_row", 0) for s in stages for op in s.ops])
     per_sample = 3 * steps * 2 * n_spec * widest * 8
     chunk = max(1, min(batch, int(max_chunk_bytes // max(per_sample, 1))))
     lowers, coefs, biases, errs = [], [], [], []

@@ -26,36 +26,6 @@ from .relaxations import UNIT_ROUNDOFF_FLOAT64, UNSTABLE, Fire, Reset, RoundingR
 
 # --- spatial ops in float64 (eq. 11 and the adjoint used by S-CROWN) ----------------------------
 
-def conv2d_transpose(coef: np.ndarray, weight: np.ndarray, stride: Tuple[int, int],
-                     padding: Tuple[int, int], input_shape: Tuple[int, int, int],
-                     chunk_bytes: int = 16 * 2 ** 20) -> np.ndarray:
-    """Adjoint of a bias-free convolution: ``[N, O, OH, OW] -> [N, C, H, W]``.
-
-    One matrix product per kernel offset (``[n*OH*OW, O] @ [O, C]``) added into a channels-last
-    padded buffer, over chunks of ``n`` rows whose buffer fits in cache-sized ``chunk_bytes``:
-    the same result as ``Conv2d.transpose`` with far less scratch memory and traffic.
-    """
-    n, out_channels, out_h, out_w = coef.shape
-    channels, height, width = input_shape
-    kernel_h, kernel_w = weight.shape[2:]
-    padded_h, padded_w = height + 2 * padding[0], width + 2 * padding[1]
-    taps = [np.ascontiguousarray(weight[:, :, i, j]) for i in range(kernel_h) for j in range(kernel_w)]
-    result = np.empty((n, channels, height, width))
-    rows = max(1, int(chunk_bytes // (8 * padded_h * padded_w * channels)))
-    for start in range(0, n, rows):
-        part_coef = coef[start:start + rows]
-        m = part_coef.shape[0]
-        coef_cl = np.ascontiguousarray(part_coef.transpose(0, 2, 3, 1)).reshape(m * out_h * out_w, out_channels)
-        padded = np.zeros((m, padded_h, padded_w, channels))
-        for index, tap in enumerate(taps):
-            i, j = divmod(index, kernel_w)
-            part = (coef_cl @ tap).reshape(m, out_h, out_w, channels)
-            padded[:, i:i + stride[0] * out_h:stride[0], j:j + stride[1] * out_w:stride[1], :] += part
-        inner = padded[:, padding[0]:padding[0] + height, padding[1]:padding[1] + width, :]
-        result[start:start + m] = inner.transpose(0, 3, 1, 2)
-    return result
-
-
 class _PreparedOp:
     """One spatial op in float64 with ``|W|`` precomputed (per call: weights may change in place)."""
 
@@ -80,6 +50,8 @@ class _PreparedOp:
             out_channels, in_channels, kernel_h, kernel_w = self.weight.shape
             self.n_terms = in_channels * kernel_h * kernel_w
             self.n_transpose_terms = out_channels * kernel_h * kernel_w
+            out_h, out_w = self._signed.output_shape(self.input_shape)[1:]
+            self.scratch_per_row = out_h * out_w * in_channels * kernel_h * kernel_w  # im2col columns
         elif isinstance(layer, (AvgPool2d, Flatten)):
             self._layer = layer
             self.bias = None
@@ -109,7 +81,7 @@ class _PreparedOp:
         if self.kind == "linear":
             return coef @ self.weight
         if self.kind == "conv2d":
-            return conv2d_transpose(coef, self.weight, self.stride, self.padding, self.input_shape)
+            return self._signed.transpose(coef)
         return self._layer.transpose(coef)
 
 

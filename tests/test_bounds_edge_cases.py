@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refsnn import SNN, Conv2d, Flatten, Linear
+from refsnn import SNN, Flatten, Linear
 from refsnn.architectures import build_network
 from refsnn.bounds import (certify, compute_bounds, crown_bounds, interval_bounds, margin_spec,
                            trivial_bounds)
 from refsnn.encoders import draw_rand_maps
-from refsnn.ibp import conv2d_transpose
 from refsnn.input_sets import binary_box, digital_linf_set, l0_count, spike_l0_set
 from refsnn.relaxations import STABLE_OFF, STABLE_ON, UNSTABLE, Fire, RoundingRule
 
@@ -228,16 +227,6 @@ def test_crown_chunks_give_the_same_bounds():
     np.testing.assert_allclose(sparse.upper, whole.upper, rtol=0, atol=1e-9)
     assert whole.A_lower.shape == (2, 5, 10, 784)
     assert whole.method == "crown-ibp" and whole.intermediate.method == "ibp"
-
-
-@pytest.mark.parametrize("stride, padding, shape", [(2, 1, (2, 7, 7)), (1, 0, (3, 5, 6)), (2, 0, (1, 8, 8))])
-def test_conv_adjoint_matches_the_layer(stride, padding, shape):
-    rng = np.random.default_rng(8)
-    layer = Conv2d(rng.normal(size=(4, shape[0], 3, 3)), stride=stride, padding=padding)
-    out_shape = layer.output_shape(shape)
-    coef = rng.normal(size=(5,) + out_shape)
-    np.testing.assert_allclose(conv2d_transpose(coef, layer.weight, layer.stride, layer.padding, shape),
-                               layer.transpose(coef), rtol=1e-12, atol=1e-12)
 
 
 # --- input sets -----------------------------------------------------------------------------------
