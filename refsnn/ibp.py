@@ -149,7 +149,9 @@ class IntervalBounds:
 
     ``state[k]`` (int8): 0 stable silent, 1 stable firing, 2 unstable. ``current_margin[k]`` and
     ``mem_margin[k]`` are the outward rounding widths already applied (flat ``[T', B, n]`` or
-    broadcastable); ``current_magnitude[k]`` bounds ``sum |terms|`` of each current.
+    broadcastable); ``current_magnitude[k]`` bounds ``sum |terms|`` of each current;
+    ``current_center[k]`` (flat ``[T', B, n]``) is ``W mid + b`` for the centre ``mid`` of the
+    previous spike bounds (before widening).
     ``rate_lower/upper [B, n_out]``: bounds of the output rates (mean over the ``T'`` steps).
     """
 
@@ -171,6 +173,7 @@ class IntervalBounds:
     state: List[np.ndarray] = field(default_factory=list)
     current_margin: List[np.ndarray] = field(default_factory=list)
     current_magnitude: List[np.ndarray] = field(default_factory=list)
+    current_center: List[np.ndarray] = field(default_factory=list)
     mem_margin: List[np.ndarray] = field(default_factory=list)
     rate_lower: Optional[np.ndarray] = None
     rate_upper: Optional[np.ndarray] = None
@@ -192,7 +195,8 @@ class IntervalBounds:
             return [a if a.shape[1] == 1 and self.batch != 1 else a[:, index] for a in arrays]
         picked = IntervalBounds(self.method, self.firing, self.threshold, self.decay, self.rule, self.steps, 0)
         for name in ("current_lower", "current_upper", "mem_lower", "mem_upper", "spike_lower", "spike_upper",
-                     "reset_lower", "reset_upper", "state", "current_margin", "current_magnitude", "mem_margin"):
+                     "reset_lower", "reset_upper", "state", "current_margin", "current_magnitude", "mem_margin",
+                     "current_center"):
             setattr(picked, name, pick(getattr(self, name)))
         picked.rate_lower = self.rate_lower[index]
         picked.rate_upper = self.rate_upper[index]
@@ -225,7 +229,7 @@ def interval_bounds(net, x_lower, x_upper, stages: Optional[Sequence[PreparedSta
     spike_upper = box.x_upper.reshape(spike_lower.shape).astype(np.float64)
     for stage in stages:
         n = stage.n_neurons
-        cur_lower, cur_upper, _ = stage.interval(spike_lower, spike_upper)
+        cur_lower, cur_upper, center = stage.interval(spike_lower, spike_upper)
         magnitude = stage.magnitude(spike_upper if tight_magnitude else None)
         margin = rule.current_margin(magnitude, stage.n_terms)
         cur_lower = (cur_lower - margin).reshape(steps, batch, n)
@@ -271,6 +275,7 @@ def interval_bounds(net, x_lower, x_upper, stages: Optional[Sequence[PreparedSta
         result.state.append(state.reshape(shape))
         result.current_margin.append(margin)
         result.current_magnitude.append(magnitude)
+        result.current_center.append(center.reshape(steps, batch, n))
         result.mem_margin.append(mem_margin)
         spike_lower = spike_lo.reshape((steps * batch,) + stage.neuron_shape)
         spike_upper = spike_hi.reshape(spike_lower.shape)
