@@ -15,7 +15,7 @@ from refsnn.testing import input_set_strategy, snn_strategy
 from verify import (BoxSet, DigitalLinfSet, SpikeL0Set, VerifierError, enumerate_bounds, enumerate_robust,
                     exact_bounds, verify_robust)
 from verify.encoding import SNNMilp, Solution, dyadic_margin, membrane_bounds, pad_bounds
-from verify.milp import SampleVerifier, robust_query
+from verify.milp import RELAX_MARGIN, SampleVerifier, robust_query
 
 TIME_LIMIT = 20.0
 
@@ -88,7 +88,7 @@ def test_real_trajectories_satisfy_both_models(data):
     input_set = data.draw(input_set_strategy(net, max_members=64))
     bounds = pad_bounds(membrane_bounds(net, input_set, "auto"))
     margin = dyadic_margin(net, input_set.steps) or 1e-5
-    relaxed = SNNMilp(net, input_set, bounds, -1e-7)
+    relaxed = SNNMilp(net, input_set, bounds, -RELAX_MARGIN)
     strict = SNNMilp(net, input_set, bounds, margin)
     for x in next(input_set.enumerate(16)).swapaxes(0, 1):
         assert relaxed.violations(x) == []
@@ -226,5 +226,8 @@ def test_sample_verifier_reuses_models_for_membranes():
     for k in range(2):
         for t in range(2):
             for j in range(mins[k].shape[1]):
-                assert verifier.membrane_extreme(k, t, j, "min").bound == mins[k][t, j]
-                assert verifier.membrane_extreme(k, t, j, "max").bound == maxs[k][t, j]
+                low, high = verifier.membrane_extreme(k, t, j, "min"), verifier.membrane_extreme(k, t, j, "max")
+                assert low.exact and high.exact
+                assert low.attained == mins[k][t, j] and high.attained == maxs[k][t, j]
+                assert mins[k][t, j] - 1e-5 < low.bound <= mins[k][t, j]
+                assert maxs[k][t, j] <= high.bound < maxs[k][t, j] + 1e-5

@@ -25,7 +25,7 @@ optimum. ``strict_margin = delta > 0`` encodes the strict side of the comparison
 (``">="``: ``s = 0 => m <= th - delta``; ``">"``: ``s = 1 => m >= th + delta``): every feasible
 point is then a true trajectory, and the model is exact when no reachable membrane lies within
 ``delta`` of the threshold on the strict side. The relaxed model is further widened by a tiny margin
-(``m in [th - 1e-7, th + 1e-7]`` allowed on both branches) so that no solver tolerance can cut a
+(``m in [th - 1e-6, th + 1e-6]`` allowed on both branches) so that no solver tolerance can cut a
 real tie. ``dyadic_margin`` finds networks on a coarse dyadic grid (every membrane a multiple of a
 known step, as with dyadic test weights); with half that step as margin the strict model holds
 exactly the real trajectories and its optimum is exact. Otherwise ``verify.milp`` solves the
@@ -65,7 +65,7 @@ from .sets import InputSet
 
 BIGM_CHOICES = ("ibp", "naive", "auto")
 MIN_BIGM_GAP = 1e-4
-TINY_COEF = 1e-9  # terms below this enter as a range, not as coefficients (LP presolve trouble)
+TINY_COEF = 1e-7  # terms below this enter as a range, not as coefficients (LP presolve trouble)
 
 
 class VerifierError(RuntimeError):
@@ -217,7 +217,7 @@ def membrane_bounds(net: SNN, input_set: InputSet, bigm: str = "auto",
     return MembraneBounds(lower, upper, "ibp")
 
 
-def pad_bounds(bounds: MembraneBounds, rel: float = 1e-9) -> MembraneBounds:
+def pad_bounds(bounds: MembraneBounds, rel: float = 1e-7) -> MembraneBounds:
     """Widens each bound by ``rel * (1 + |value|)`` so that float rounding never cuts off a trajectory."""
     lower = [lo - rel * (1 + np.abs(lo)) for lo in bounds.lower]
     upper = [up + rel * (1 + np.abs(up)) for up in bounds.upper]
@@ -284,14 +284,17 @@ def make_solver(time_limit: Optional[float] = None, solver: Optional[str] = None
     environment variable ``VERIFY_SOLVER`` if set, else HiGHS if importable, else CBC).
 
     Gaps are zero: "optimal" must mean optimal. ``safe`` is the retry after an answer failed a
-    consistency check: CBC then runs without its preprocessing (CBC 2.10 was seen to return wrong
-    "optimal" values both with and without it, on different models, hence one retry each way).
+    consistency check, with the other setting of the solver's presolve (HiGHS) or preprocessing
+    (CBC): each was seen to return a wrong "optimal" value on some model with one setting.
     """
     import pulp
     if solver is None:
         solver = os.environ.get("VERIFY_SOLVER") or ("highs" if highs_available() else "cbc")
     if solver == "highs":
-        return pulp.HiGHS(msg=False, timeLimit=time_limit, gapRel=0.0, gapAbs=1e-9, threads=1)
+        # HiGHS 1.16's presolve was seen to return a wrong "optimal" value on a ranged row of
+        # width 1e-9: presolve stays off, and is the alternative setting of the retry.
+        return pulp.HiGHS(msg=False, timeLimit=time_limit, gapRel=0.0, gapAbs=1e-9, threads=1,
+                          presolve="on" if safe else "off")
     if solver == "cbc":
         path = getattr(pulp.PULP_CBC_CMD, "pulp_cbc_path", None)
         options = ["preprocess off"] if safe else []
@@ -379,6 +382,10 @@ class SNNMilp:
                     if 0 < abs(constant) < TINY_COEF:
                         slack_lo, slack_hi = slack_lo + min(constant, 0.0), slack_hi + max(constant, 0.0)
                         constant = 0.0
+                    # Widen a tiny nonzero range to TINY_COEF: ranges far below the solvers' feasibility
+                    # tolerance (1e-224 was seen) upset their presolve.
+                    slack_lo = -TINY_COEF if -TINY_COEF < slack_lo < 0 else slack_lo
+                    slack_hi = TINY_COEF if 0 < slack_hi < TINY_COEF else slack_hi
                     residual = pulp.LpAffineExpression(list(terms.items()) + [(m, -1.0)], constant=constant)
                     if slack_lo == slack_hi == 0.0:
                         prob += residual == 0, f"mem_{k}_{t}_{j}"

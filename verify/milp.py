@@ -28,7 +28,7 @@ from .sets import InputSet, sets_from_boxes
 from .specs import normalize_specs, other_classes
 
 STATUSES = ("exact", "tie-gap", "timeout")
-RELAX_MARGIN = 1e-7  # the relaxed model admits m in [th - 1e-7, th + 1e-7] on both fire branches
+RELAX_MARGIN = 1e-6  # the relaxed model admits m in [th - 1e-6, th + 1e-6] on both fire branches
 
 
 def _close(a: float, b: float) -> bool:
@@ -40,7 +40,9 @@ class Extreme:
     """Min or max of one objective over a set.
 
     ``bound``: sound (a lower bound of the min / an upper bound of the max); equal to ``attained``
-    when ``status == "exact"``. ``attained``: the objective at ``witness`` by the real forward
+    when ``status == "exact"`` and the objective is integral (rates with integer coefficients);
+    for other objectives (membranes) "exact" means within ``1e-6 (1 + |value|)``, and ``bound``
+    stays that far outside ``attained``. ``attained``: the objective at ``witness`` by the real forward
     pass (None if the solver returned no input). ``milp_value``: what the relaxed MILP reported.
     """
 
@@ -119,23 +121,28 @@ class SampleVerifier:
 
     # --- the exact optimum ----------------------------------------------------------------------
     def optimize(self, build: Callable[[SNNMilp], object], realize: Callable[[np.ndarray], float], sense: str,
-                 fallback: float, pool_values: Optional[np.ndarray] = None) -> Extreme:
+                 fallback: float, pool_values: Optional[np.ndarray] = None, integral: bool = False) -> Extreme:
         """Exact min/max of an objective: ``build(model)`` gives its expression, ``realize(x)`` its real value.
 
         An answer that fails a consistency check (a real input beats it, or the model turns out
         infeasible) is solved once more with the solver's presolve off; if it fails again the
         verifier raises ``VerifierError`` rather than return a wrong answer.
         """
-        try:
-            ext = self._optimize(build, realize, sense, fallback, safe=False)
-            if pool_values is not None:
-                self._check_pool(ext, pool_values)
-            return ext
-        except VerifierError:
-            ext = self._optimize(build, realize, sense, fallback, safe=True)
-            if pool_values is not None:
-                self._check_pool(ext, pool_values)
-            return ext
+        for safe in (False, True):
+            try:
+                ext = self._optimize(build, realize, sense, fallback, safe)
+                if pool_values is not None:
+                    self._check_pool(ext, pool_values)
+                break
+            except VerifierError:
+                if safe:
+                    raise
+        if ext.status == "exact" and not integral:
+            # Off the integer grid "exact" means within the solver's tolerance: keep the sound
+            # bound a hair outside the attained value.
+            slack = 1e-6 * (1.0 + abs(ext.bound))
+            ext.bound = ext.bound - slack if sense == "min" else ext.bound + slack
+        return ext
 
     def _optimize(self, build, realize, sense: str, fallback: float, safe: bool) -> Extreme:
         start = time.perf_counter()
@@ -206,7 +213,8 @@ class SampleVerifier:
         steps = self.input_set.steps
         ext = self.optimize(lambda model: model.objective_rates(coefs),
                             lambda x: float(coefs @ self.rates(x)) * steps, sense,
-                            self.interval_rate_bound(coefs, sense), self.pool_trace.rates @ coefs * steps)
+                            self.interval_rate_bound(coefs, sense), self.pool_trace.rates @ coefs * steps,
+                            integral=bool(np.all(coefs == np.round(coefs))))
         # The models optimize T' * c . f (integral for integer c); report c . f.
         ext.bound /= steps
         ext.attained = None if ext.attained is None else ext.attained / steps
