@@ -115,7 +115,6 @@ class Checker:
             report["methods_used"].append("milp" if use_milp else "search")
             verifier = SampleVerifier(net, box, "auto", config.time_limit) if use_milp else None
             rng = np.random.default_rng(config.seed + b)
-            searched = None
             # --- output claims -----------------------------------------------------------
             for side, claims, sense in (("lower", case.claimed_lower, "min"), ("upper", case.claimed_upper, "max")):
                 if claims is None:
@@ -135,10 +134,10 @@ class Checker:
                         reached, witness, proven_bound = ext.attained, ext.witness, ext.bound
                         how = f"milp ({ext.status})"
                     else:
-                        if searched is None:
-                            searched = search_extremes(net, box, specs[b], samples=config.samples, rng=rng)
-                        reached = float(searched.min[i] if sense == "min" else searched.max[i])
-                        witness = searched.argmin[i] if sense == "min" else searched.argmax[i]
+                        searched = search_extremes(net, box, specs[b, i:i + 1], samples=config.samples, rng=rng,
+                                                   senses=(sense,))
+                        reached = float(searched.min[0] if sense == "min" else searched.max[0])
+                        witness = searched.argmin[0] if sense == "min" else searched.argmax[0]
                         proven_bound, how = None, "search"
                     excess = (claim - reached) if side == "lower" else (reached - claim)
                     if reached is not None and excess > config.atol:
@@ -210,7 +209,7 @@ class Checker:
                         detail["result"] = f"not refuted ({result.reason})"
                 else:
                     rows = margin_specs([label], net.n_outputs)[0]
-                    ext = search_extremes(net, box, rows, samples=config.samples, rng=rng)
+                    ext = search_extremes(net, box, rows, samples=config.samples, rng=rng, senses=("min",))
                     j = int(np.argmin(ext.min))
                     if ext.min[j] <= 0:
                         verdicts["refuted"] += 1

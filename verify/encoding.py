@@ -304,6 +304,23 @@ def make_solver(time_limit: Optional[float] = None, solver: Optional[str] = None
     raise ValueError(f"solver must be 'cbc', 'highs' or None, got {solver!r}")
 
 
+class _quiet_stdout:
+    """Silences file descriptor 1 (C-level output) for the duration of a block."""
+
+    def __enter__(self):
+        import sys
+        sys.stdout.flush()
+        self.saved = os.dup(1)
+        self.null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(self.null, 1)
+
+    def __exit__(self, *exc):
+        os.dup2(self.saved, 1)
+        os.close(self.saved)
+        os.close(self.null)
+        return False
+
+
 @dataclass
 class Solution:
     """Outcome of one MILP solve: ``status`` is optimal / feasible (time limit, incumbent) /
@@ -531,7 +548,8 @@ class SNNMilp:
             # from MPS "infeasible" and still report "Optimal" with a wrong value.
             self.prob.solve(backend, use_mps=False)
         else:
-            self.prob.solve(backend)
+            with _quiet_stdout():  # HiGHS prints a banner on its first run even with msg=False
+                self.prob.solve(backend)
         seconds = time.perf_counter() - start
         status, sol_status = self.prob.status, getattr(self.prob, "sol_status", None)
         if status == pulp.LpStatusInfeasible:

@@ -58,11 +58,13 @@ def local_search(net64: SNN, input_set: InputSet, start: np.ndarray, coefs: np.n
 
 
 def search_extremes(net: SNN, input_set: InputSet, C_rows: Optional[np.ndarray] = None, samples: int = 256,
-                    rng: Optional[np.random.Generator] = None, starts: int = 4, max_steps: int = 30) -> Extremes:
+                    rng: Optional[np.random.Generator] = None, starts: int = 4, max_steps: int = 30,
+                    senses: Sequence[str] = ("min", "max")) -> Extremes:
     """Smallest and largest ``C_rows @ f`` found by sampling and near-threshold local search.
 
     ``C_rows [n_spec, n_out]`` (identity if None). The values are reached by the returned inputs
     (real forward pass): lower bounds of the max and upper bounds of the min, not the extremes.
+    ``senses``: search only the minimum or only the maximum (the other is left at NaN).
     """
     rng = rng if rng is not None else np.random.default_rng(0)
     net64 = float64_network(net)
@@ -72,10 +74,12 @@ def search_extremes(net: SNN, input_set: InputSet, C_rows: Optional[np.ndarray] 
     pool_rates = net64.forward(pool)
     n_spec = C_rows.shape[0]
     shape = (n_spec, steps) + tuple(net.input_shape)
-    out = {"min": np.empty(n_spec), "max": np.empty(n_spec),
+    out = {"min": np.full(n_spec, np.nan), "max": np.full(n_spec, np.nan),
            "argmin": np.zeros(shape, np.uint8), "argmax": np.zeros(shape, np.uint8)}
     for i, coefs in enumerate(C_rows):
         for sense, sign in (("min", -1.0), ("max", 1.0)):
+            if sense not in senses:
+                continue
             values = sign * (pool_rates @ coefs) * steps
             order = np.argsort(-values)[:starts]
             best_x, best_value = pool[:, order[0]], float(values[order[0]])
