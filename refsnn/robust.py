@@ -28,11 +28,127 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+from numba import njit, prange
 
 from .layers import Conv2d, Linear
 from .bounds import margin_spec
 from .losses import softmax_cross_entropy
 from .relaxations import STABLE_OFF, STABLE_ON, UNSTABLE, Fire, RoundingRule
+
+
+SPARSE_INPUT_FRACTION = 16
+
+# --- the back-substitution time loop of one stage (eqs. 8, 10, 17-18) and its reverse, fused -------
+
+def _backsub_forward_py(lam_s, state, mem_lower, slope_lo, icpt_lo, slope_up, icpt_up, bias_vec, th, alpha,
+                     frozen, reset_side, fire_side, lam_cur, fire_coef, bias_out):  # pragma: no cover
+    """Per (sample, spec) row and neuron, ``t = T'-1 .. 0``: reset (eq. 10), then fire (eq. 8).
+
+    ``lam_s [T', B, S, n]`` in, ``lam_cur`` (coefficient on the current) and ``fire_coef`` out;
+    ``bias_out [B, S]`` collects every constant. ``frozen``: read the sign choices instead of
+    recording them.
+    """
+    steps, batch, rows, n = lam_s.shape
+    for row in prange(batch * rows):
+        b = row // rows
+        s = row - b * rows
+        acc = 0.0
+        for j in range(n):
+            carry = 0.0
+            for t in range(steps - 1, -1, -1):
+                ls = lam_s[t, b, s, j]
+                lz = carry
+                st = state[t, b, j]
+                if st == 0:      # stable silent: s = 0, z = m
+                    lm = lz
+                elif st == 1:    # stable firing: s = 1, z = 0
+                    lm = 0.0
+                    acc += ls
+                else:            # unstable: (1-s) m_l <= z <= (1-s) th, then the chord lines
+                    if not frozen:
+                        reset_side[t, b, s, j] = lz >= 0.0
+                    r = mem_lower[t, b, j] if reset_side[t, b, s, j] else th
+                    rz = lz * r
+                    acc += rz
+                    ls = ls - rz
+                    if not frozen:
+                        fire_side[t, b, s, j] = ls >= 0.0
+                    if fire_side[t, b, s, j]:
+                        a = slope_lo[t, b, j]
+                        c = icpt_lo[t, b, j]
+                    else:
+                        a = slope_up[t, b, j]
+                        c = icpt_up[t, b, j]
+                    lm = ls * a
+                    acc += ls * c
+                fire_coef[t, b, s, j] = ls
+                lam_cur[t, b, s, j] = lm
+                acc += lm * bias_vec[j]
+                carry = alpha * lm
+        bias_out[b, s] = acc
+
+
+def _backsub_backward_py(grad_lam_cur, lam_cur, fire_coef, reset_side, fire_side, state, mem_lower, slope_lo,
+                      icpt_lo, slope_up, icpt_up, bias_vec, g_row, th, alpha, grad_lam_s, g_slope_lo,
+                      g_slope_up, g_icpt_lo, g_icpt_up, g_mem_lower):  # pragma: no cover
+    """Reverse of ``_backsub_forward`` (``t = 0 .. T'-1``), every choice held fixed.
+
+    ``g_row [B, S]`` is dL/d(bound): every constant of the forward enters with that weight.
+    Parallel over samples; the per-(t, b, neuron) gradients sum over specs without races.
+    """
+    steps, batch, rows, n = lam_cur.shape
+    for b in prange(batch):
+        for s in range(rows):
+            g = g_row[b, s]
+            for j in range(n):
+                g_carry = 0.0
+                for t in range(steps):
+                    st = state[t, b, j]
+                    g_lm = grad_lam_cur[t, b, s, j] + g_carry + g * bias_vec[j]
+                    if st == 0:
+                        g_lz = g_lm
+                        grad_lam_s[t, b, s, j] = 0.0
+                    elif st == 1:
+                        g_lz = 0.0
+                        grad_lam_s[t, b, s, j] = g
+                    else:
+                        ls = fire_coef[t, b, s, j]
+                        if fire_side[t, b, s, j]:
+                            g_ls = g_lm * slope_lo[t, b, j] + g * icpt_lo[t, b, j]
+                            g_slope_lo[t, b, j] += g_lm * ls
+                            g_icpt_lo[t, b, j] += g * ls
+                        else:
+                            g_ls = g_lm * slope_up[t, b, j] + g * icpt_up[t, b, j]
+                            g_slope_up[t, b, j] += g_lm * ls
+                            g_icpt_up[t, b, j] += g * ls
+                        g_rz = g - g_ls
+                        if reset_side[t, b, s, j]:
+                            lz = alpha * lam_cur[t + 1, b, s, j] if t + 1 < steps else 0.0
+                            g_mem_lower[t, b, j] += g_rz * lz
+                            g_lz = g_rz * mem_lower[t, b, j]
+                        else:
+                            g_lz = g_rz * th
+                        grad_lam_s[t, b, s, j] = g_ls
+                    g_carry = alpha * g_lz
+
+
+# Parallel kernels for big stages; serial ones for small work (a parallel launch costs
+# milliseconds when the cores are busy, which dominates small batches and the gradient tests).
+_PARALLEL_MIN_WORK = 1 << 18
+_backsub_forward_parallel = njit(cache=True, parallel=True)(_backsub_forward_py)
+_backsub_forward_serial = njit(cache=True)(_backsub_forward_py)
+_backsub_backward_parallel = njit(cache=True, parallel=True)(_backsub_backward_py)
+_backsub_backward_serial = njit(cache=True)(_backsub_backward_py)
+
+
+def _backsub_forward(lam_s, *args):
+    kernel = _backsub_forward_parallel if lam_s.size >= _PARALLEL_MIN_WORK else _backsub_forward_serial
+    kernel(lam_s, *args)
+
+
+def _backsub_backward(grad_lam_cur, *args):
+    kernel = _backsub_backward_parallel if grad_lam_cur.size >= _PARALLEL_MIN_WORK else _backsub_backward_serial
+    kernel(grad_lam_cur, *args)
 
 
 # --- the stage's spatial ops in the three variants the bounds need ---------------------------------
@@ -131,8 +247,13 @@ class BoundGraph:
         self.C = np.asarray(C, dtype=self.dtype)
         self.with_crown = with_crown
         first = net.stages[0].ops
-        # A first stage [Flatten*, Linear] lets the concretization skip the dense lam W product.
-        self.sparse_input = isinstance(first[-1], Linear) and all(op.kind == "flatten" for op in first[:-1])
+        # A first stage [Flatten*, Linear] lets the concretization skip the dense lam W product;
+        # it pays off when few bits are free (measured crossover on the FC preset, one core:
+        # gathered columns beat one dense GEMM below about 1/16 of the input free per step).
+        free = (self.x_upper != self.x_lower).reshape(self.steps * self.batch, -1)
+        few_free = free.sum(axis=1).max(initial=0) * SPARSE_INPUT_FRACTION <= free.shape[1]
+        self.sparse_input = (isinstance(first[-1], Linear) and all(op.kind == "flatten" for op in first[:-1])
+                             and few_free)
         self._ibp_forward()
         self.ibp_lower = self._ibp_spec_lower()
         self.crown_lower = self._crown_forward() if with_crown else None
@@ -236,33 +357,18 @@ class BoundGraph:
             maps, record = self.maps[k], self.records[k]
             self._relaxation(k)
             n = maps.n_neurons
-            state = record["state"][:, :, None, :]
-            mem_lower = record["mem_lower"][:, :, None, :]
-            lam_s = lam_s.reshape(steps, batch, rows, n)
+            lam_s = np.ascontiguousarray(lam_s.reshape(steps, batch, rows, n))
             lam_cur = np.empty((steps, batch, rows, n), self.dtype)
             fixed = self.frozen
-            reset_side = self.choices.reset_lower_side[k] if fixed else np.empty(lam_cur.shape, bool)
-            fire_side = self.choices.fire_lower_side[k] if fixed else np.empty(lam_cur.shape, bool)
+            reset_side = self.choices.reset_lower_side[k] if fixed else np.zeros(lam_cur.shape, bool)
+            fire_side = self.choices.fire_lower_side[k] if fixed else np.zeros(lam_cur.shape, bool)
             fire_coef = np.empty_like(lam_cur)  # ls' (coefficient on s after the reset step)
-            carry = np.zeros((batch, rows, n), self.dtype)
-            for t in range(steps - 1, -1, -1):
-                off, on, unstable = state[t] == STABLE_OFF, state[t] == STABLE_ON, state[t] == UNSTABLE
-                lz = carry
-                if not fixed:
-                    reset_side[t] = lz >= 0.0
-                r = np.where(reset_side[t], mem_lower[t], th)  # eq. 10: lower side (1-s) m_l, upper (1-s) th
-                rz = np.where(unstable, lz * r, 0.0)
-                ls = np.where(unstable, lam_s[t] - rz, lam_s[t])
-                if not fixed:
-                    fire_side[t] = ls >= 0.0
-                a = np.where(fire_side[t], record["slope_lower"][t][:, None, :], record["slope_upper"][t][:, None, :])
-                c = np.where(fire_side[t], record["icpt_lower"][t][:, None, :], record["icpt_upper"][t][:, None, :])
-                lm = np.where(unstable, ls * a, np.where(off, lz, 0.0))
-                bias += rz.sum(-1) + np.where(on, lam_s[t], 0.0).sum(-1) + np.where(unstable, ls * c, 0.0).sum(-1)
-                bias += lm @ maps.bias
-                fire_coef[t] = ls
-                lam_cur[t] = lm
-                carry = alpha * lm
+            stage_bias = np.zeros((batch, rows), self.dtype)
+            _backsub_forward(lam_s, record["state"], record["mem_lower"], record["slope_lower"],
+                             record["icpt_lower"], record["slope_upper"], record["icpt_upper"],
+                             maps.bias.astype(self.dtype), self.dtype.type(th), self.dtype.type(alpha), fixed,
+                             reset_side, fire_side, lam_cur, fire_coef, stage_bias)
+            bias += stage_bias
             if not fixed:
                 self.choices.reset_lower_side[k] = reset_side
                 self.choices.fire_lower_side[k] = fire_side
@@ -319,16 +425,14 @@ class BoundGraph:
             steps, batch, rows, -1)).reshape(steps * batch, rows, -1)          # [T'B, S, F]
         grad_lam = g_row[None, :, :, None] * self.first_linear_mid[:, :, None, :]
         grad_lam = grad_lam + (grad_free @ sp["free_cols"]).reshape(steps, batch, rows, n)
-        lam_flat = lam_cur.reshape(steps * batch, rows, n)
+        lam_flat = lam_cur.reshape(steps * batch * rows, n)
         weighted = np.einsum("bs,tbsn->tbn", g_row, lam_cur).reshape(steps * batch, n)
         grad_weight = weighted.T @ mid                                         # from W mid
-        grad_cols = lam_flat.transpose(0, 2, 1) @ grad_free                   # [T'B, n, F]
-        # scatter-add the per-(t, b) column gradients into W's columns (sorted segment sums)
-        columns = sp["order"].ravel()
-        by_column = np.argsort(columns, kind="stable")
-        values = grad_cols.transpose(0, 2, 1).reshape(-1, n)[by_column]
-        unique, starts = np.unique(columns[by_column], return_index=True)
-        grad_weight[:, unique] += np.add.reduceat(values, starts, axis=0).T
+        # from the free bits: scatter into a dense [T'B, S, n_in] and one GEMM (each row of
+        # ``order`` is a permutation prefix, so no index repeats within a row)
+        dense = np.zeros((steps * batch, rows, mid.shape[1]), self.dtype)
+        np.put_along_axis(dense, np.broadcast_to(sp["order"][:, None, :], grad_free.shape), grad_free, axis=2)
+        grad_weight += lam_flat.T @ dense.reshape(steps * batch * rows, -1)
         grad_w[0] += grad_weight.astype(self.dtype)
         return grad_lam
 
@@ -384,40 +488,19 @@ class BoundGraph:
                                               lam_cur.reshape((steps * batch * rows,) + maps.neuron_shape))
                 grad_lam_cur = out.reshape(steps, batch, rows, n)
             # time loop reversed (forward ran t = T'-1 .. 0)
-            state = record["state"][:, :, None, :]
-            mem_lower = record["mem_lower"][:, :, None, :]
             grad_lam_s = np.empty_like(grad_lam_cur)
             g_slope_lo = np.zeros((steps, batch, n), self.dtype)
             g_slope_up = np.zeros_like(g_slope_lo)
             g_icpt_lo = np.zeros_like(g_slope_lo)
             g_icpt_up = np.zeros_like(g_slope_lo)
             g_mem_lower_r = np.zeros_like(g_slope_lo)
-            g_carry = np.zeros((batch, rows, n), self.dtype)  # dL/d lm[t] from step t-1's carry
-            g_bias_vec = g_row[:, :, None]
-            for t in range(steps):
-                off, on, unstable = state[t] == STABLE_OFF, state[t] == STABLE_ON, state[t] == UNSTABLE
-                lm = lam_cur[t]
-                g_lm = grad_lam_cur[t] + g_carry + g_bias_vec * maps.bias
-                grad_b[k] += np.einsum("bs,bsn->n", g_row, lm)
-                fire_side = crec["fire_side"][t]
-                reset_side = crec["reset_side"][t]
-                a = np.where(fire_side, record["slope_lower"][t][:, None, :], record["slope_upper"][t][:, None, :])
-                c = np.where(fire_side, record["icpt_lower"][t][:, None, :], record["icpt_upper"][t][:, None, :])
-                ls2 = crec["fire_coef"][t]
-                g_ls2 = np.where(unstable, g_lm * a + g_bias_vec * c, 0.0)
-                g_a = np.where(unstable, g_lm * ls2, 0.0)
-                g_c = np.where(unstable, g_bias_vec * ls2, 0.0)
-                g_slope_lo[t] += np.where(fire_side, g_a, 0.0).sum(1)
-                g_slope_up[t] += np.where(fire_side, 0.0, g_a).sum(1)
-                g_icpt_lo[t] += np.where(fire_side, g_c, 0.0).sum(1)
-                g_icpt_up[t] += np.where(fire_side, 0.0, g_c).sum(1)
-                g_rz = np.where(unstable, g_bias_vec - g_ls2, 0.0)
-                lz = alpha * lam_cur[t + 1] if t + 1 < steps else np.zeros_like(lm)
-                r = np.where(reset_side, mem_lower[t], self.threshold)
-                g_lz = np.where(off, g_lm, 0.0) + g_rz * r
-                g_mem_lower_r[t] += np.where(unstable & reset_side, g_rz * lz, 0.0).sum(1)
-                grad_lam_s[t] = np.where(unstable, g_ls2, np.where(on, g_bias_vec, 0.0))
-                g_carry = alpha * g_lz
+            _backsub_backward(np.ascontiguousarray(grad_lam_cur, dtype=self.dtype), lam_cur, crec["fire_coef"],
+                              crec["reset_side"], crec["fire_side"], record["state"], record["mem_lower"],
+                              record["slope_lower"], record["icpt_lower"], record["slope_upper"],
+                              record["icpt_upper"], maps.bias.astype(self.dtype), g_row.astype(self.dtype),
+                              self.dtype.type(self.threshold), self.dtype.type(alpha), grad_lam_s, g_slope_lo,
+                              g_slope_up, g_icpt_lo, g_icpt_up, g_mem_lower_r)
+            grad_b[k] += np.einsum("bs,tbsn->n", g_row, lam_cur)  # bias += lm . b
             # eq. 8 slopes/intercepts -> membrane bounds (case held fixed)
             th = self.threshold
             inv_up, inv_lo = record["inv_up"], record["inv_lo"]

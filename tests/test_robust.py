@@ -12,6 +12,10 @@ from refsnn.robust import (BoundGraph, RobustOptions, ramp_progress, robust_loss
 
 
 def _small_net(arch, rng):
+    if arch == "fc-wide":  # 40 inputs: a box with 1-2 free bits per step takes the sparse input path
+        layers = [Linear(rng.normal(0, 0.5, (5, 40)), rng.normal(0.1, 0.2, 5)),
+                  Linear(rng.normal(0, 0.8, (3, 5)), rng.normal(0.1, 0.2, 3))]
+        return SNN(layers, surrogate=Sigmoid(4.0)), (40,)
     if arch == "fc":
         layers = [Linear(rng.normal(0, 0.8, (5, 6)), rng.normal(0.1, 0.2, 5)),
                   Linear(rng.normal(0, 0.8, (4, 5)), rng.normal(0.1, 0.2, 4)),
@@ -25,7 +29,7 @@ def _small_net(arch, rng):
     return SNN(layers, input_shape=(2, 5, 5), surrogate=Sigmoid(4.0)), (2, 5, 5)
 
 
-@pytest.mark.parametrize("arch", ["fc", "conv"])
+@pytest.mark.parametrize("arch", ["fc", "fc-wide", "conv"])
 @pytest.mark.parametrize("steps", [1, 2, 3])
 def test_robust_loss_gradient_matches_finite_differences(arch, steps):
     """Smooth surrogate in eq. 7, every discrete choice frozen: the manual reverse pass through
@@ -34,11 +38,16 @@ def test_robust_loss_gradient_matches_finite_differences(arch, steps):
     net, shape = _small_net(arch, rng)
     batch = 3
     x_lower = (rng.random((steps, batch) + shape) < 0.3).astype(float)
-    x_upper = np.maximum(x_lower, rng.random((steps, batch) + shape) < 0.5).astype(float)
+    if arch == "fc-wide":
+        x_upper = x_lower.copy()
+        x_upper[..., :2] = 1.0  # two free bits at most per step and sample
+    else:
+        x_upper = np.maximum(x_lower, rng.random((steps, batch) + shape) < 0.5).astype(float)
     labels = rng.integers(0, 3, batch)
     args = dict(kappa=0.3, beta=0.6, temperature=2.0, smooth=True)
     reference = robust_loss(net, x_lower, labels, x_lower, x_upper, **args)
     choices = reference.graph.choices
+    assert reference.graph.sparse_input == (arch == "fc-wide")
     assert any(np.mean(state == 2) > 0.1 for state in choices.state), "the test needs unstable neurons"
 
     def loss():
