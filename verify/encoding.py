@@ -271,6 +271,9 @@ def _is_const(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating))
 
 
+_warned_cbc = False
+
+
 def highs_available() -> bool:
     try:
         import highspy  # noqa: F401
@@ -290,6 +293,12 @@ def make_solver(time_limit: Optional[float] = None, solver: Optional[str] = None
     import pulp
     if solver is None:
         solver = os.environ.get("VERIFY_SOLVER") or ("highs" if highs_available() else "cbc")
+        if solver == "cbc" and not _warned_cbc:
+            import warnings
+            warnings.warn("verify: highspy is not installed, falling back to CBC 2.10, which returned wrong "
+                          "'optimal' values on some of refsnn's cross-check models (most are caught by the "
+                          "verifier's consistency checks, not all); pip install highspy", RuntimeWarning)
+            globals()["_warned_cbc"] = True
     if solver == "highs":
         # HiGHS 1.16's presolve was seen to return a wrong "optimal" value on a ranged row of
         # width 1e-9: presolve stays off, and is the alternative setting of the retry.
