@@ -68,7 +68,9 @@ class CrownResult:
     ``A_lower/A_upper [T', B, S, *input_shape]``, ``bias_lower/bias_upper [B, S]``: for every x in
     the box, ``sum_t A_lower[t] . x_t + bias_lower <= C f(x) <= sum_t A_upper[t] . x_t + bias_upper``
     (the accumulated rounding bound is already folded into the biases).
-    ``rounding_lower/upper [B, S]``: that rounding bound. ``intermediate``: the S-IBP bounds used.
+    ``rounding_lower/upper [B, S]``: everything subtracted from (added to) the float result for
+    rounding: S-CROWN's own, the concretization's and the output margin; the exact S-CROWN value
+    lies within it. ``intermediate``: the S-IBP bounds used.
     """
 
     method: str
@@ -147,9 +149,10 @@ def _backsub_stage_numpy(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, res
                          mem_mag, carry_mag, fwd_scale, bias_vec, g, lam_cur, bias_out, err_out, record=None):
     """Reference of ``_backsub_stage_kernel`` (same rules, vectorized over samples, specs, neurons).
 
-    ``record`` (a list) receives, per time step, ``(t, lam_s_in, lam_z_in, lam_m, bias_step)``: the
-    step replaces ``lam_s . s_t + lam_z . z_t`` by ``lam_m . m_t + bias_step``, which must not
-    exceed it on any reachable trajectory (the tests check exactly that).
+    ``record`` (a list) receives, per time step, ``(t, lam_s_in, lam_z_in, lam_m, bias_step, err_step)``:
+    the step replaces ``lam_s . s_t + lam_z . z_t`` by ``lam_m . m_t + bias_step``, which must not
+    exceed it on any reachable trajectory by more than ``err_step`` (its share of the rounding
+    bound; the tests check exactly that).
     """
     steps = lam_s.shape[0]
     carry = np.zeros(lam_s.shape[1:])
@@ -158,28 +161,26 @@ def _backsub_stage_numpy(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, res
     for t in range(steps - 1, -1, -1):
         ls = lam_s[t].copy()
         lz = carry
-        bias_before = bias.copy()
         st = state[t][:, None, :]
         off, on, unstable = st == 0, st == 1, st == 2
         p = np.abs(ls)
         lm = np.where(off, lz, 0.0)
-        bias += np.where(on, ls, 0.0).sum(-1)
         r = np.where(lz >= 0.0, reset_lo[t][:, None, :], reset_hi[t][:, None, :])
         rz = np.where(unstable, lz * r, 0.0)
-        bias += rz.sum(-1)
         ls = np.where(unstable, ls - rz, ls)
         positive = ls >= 0.0
         a = np.where(positive, slope_lo[t][:, None, :], slope_up[t][:, None, :])
         c = np.where(positive, icpt_lo[t][:, None, :], icpt_up[t][:, None, :])
         lm = np.where(unstable, ls * a, lm)
-        bias += np.where(unstable, ls * c, 0.0).sum(-1)
+        step_bias = np.where(on, lam_s[t], 0.0).sum(-1) + rz.sum(-1) + np.where(unstable, ls * c, 0.0).sum(-1)
         p += np.where(unstable, 2.0 * np.abs(rz) + np.abs(ls) * (np.abs(a) * mem_mag[t][:, None, :]
                                                                  + np.abs(c) + 1.0), 0.0)
         p += np.abs(lm) * carry_mag[t][:, None, :]
-        err += g * p.sum(-1) + (np.abs(lm) * fwd_scale[t][:, None, :]).sum(-1)
+        step_err = g * p.sum(-1)
         if record is not None:
-            record.append((t, lam_s[t].copy(), lz.copy(), lm.copy(), bias - bias_before))
-        bias += lm @ bias_vec
+            record.append((t, lam_s[t].copy(), lz.copy(), lm.copy(), step_bias, step_err))
+        bias += step_bias + lm @ bias_vec
+        err += step_err + (np.abs(lm) * fwd_scale[t][:, None, :]).sum(-1)
         lam_cur[t] = lm
         carry = alpha * lm
     bias_out[...] = bias
@@ -261,7 +262,8 @@ def _lower_bound_rows(stages, bounds: IntervalBounds, spec: np.ndarray, x_lower:
                       need_coefficients: bool = True):
     """Lower bounds of ``spec f`` (``spec [B, R, n_out]``): ``(lower, A [T', B, R, *in], bias, err)``.
 
-    ``bias`` already has ``err`` subtracted; ``lower`` also includes the concretization rounding.
+    ``bias`` already has the back-substitution rounding subtracted; ``lower`` also the
+    concretization's; ``err`` is their sum.
     ``record`` (tests): receives ``(k, time_steps, lam_cur, lam_prev)`` per stage, with the
     per-time-step records of ``_backsub_stage_numpy`` (forces the NumPy path).
     Without ``need_coefficients`` a sparse box (few free bits) feeding ``[Flatten ->] Linear``
@@ -299,7 +301,8 @@ def _lower_bound_rows(stages, bounds: IntervalBounds, spec: np.ndarray, x_lower:
                                                            bounds.current_magnitude[0], rad)
             concretization_err = gamma(steps * n_in + n + 8, U64) * (abs_bound + np.abs(bias))
             bias_sound = bias - err * (1.0 + 8.0 * U64)
-            return at_mid - at_rad + bias_sound - concretization_err, None, bias_sound, err
+            return (at_mid - at_rad + bias_sound - concretization_err, None, bias_sound,
+                    err * (1.0 + 8.0 * U64) + concretization_err)
         lam_s = stage.transpose(lam_cur.reshape(steps * batch * rows, n))
         lam_s = lam_s.reshape((steps, batch, rows, -1))
         if record is not None:
@@ -312,7 +315,7 @@ def _lower_bound_rows(stages, bounds: IntervalBounds, spec: np.ndarray, x_lower:
     concretization_err = gamma(steps * n_in + 8, U64) * (abs_mid + at_rad + np.abs(bias))
     bias_sound = bias - err * (1.0 + 8.0 * U64)
     lower = at_mid - at_rad + bias_sound - concretization_err
-    return lower, lam_s, bias_sound, err
+    return lower, lam_s, bias_sound, err * (1.0 + 8.0 * U64) + concretization_err
 
 
 def crown_bounds(net, x_lower, x_upper, C=None, intermediate: Optional[IntervalBounds] = None,
@@ -365,5 +368,6 @@ def crown_bounds(net, x_lower, x_upper, C=None, intermediate: Optional[IntervalB
         A_lower = lam[:, :, :n_spec]
         A_upper = -lam[:, :, n_spec:]
     return CrownResult("crown-ibp", lower, upper, A_lower, bias_rows[:, :n_spec] - margin, A_upper,
-                       -bias_rows[:, n_spec:] + margin, err_rows[:, :n_spec], err_rows[:, n_spec:], C,
+                       -bias_rows[:, n_spec:] + margin, err_rows[:, :n_spec] + margin,
+                       err_rows[:, n_spec:] + margin, C,
                        intermediate)
