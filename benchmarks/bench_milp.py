@@ -69,7 +69,7 @@ def main():
     parser.add_argument("--out", default="results/verify/bench_milp.json")
     args = parser.parse_args()
     base = {"n_in": 16, "hidden": 16, "steps": 3}
-    sweeps = {"n_in": [8, 16, 32, 64], "hidden": [8, 16, 32, 64], "steps": [1, 2, 3, 4, 6]}
+    sweeps = {"n_in": [8, 16, 32, 64, 128, 256], "hidden": [8, 16, 32, 64, 128], "steps": [1, 2, 3, 4, 6, 8]}
     if args.quick:
         base = {"n_in": 8, "hidden": 8, "steps": 2}
         sweeps = {"n_in": [8, 16], "hidden": [8], "steps": [2]}
