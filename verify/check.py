@@ -321,6 +321,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except VerifierError as error:
         print(f"error: the verifier could not give a trustworthy answer: {error}", file=sys.stderr)
         return 2
+    except (ValueError, TypeError, KeyError) as error:  # anything else malformed in the inputs
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
     report["model"], report["cases_file"] = str(args.model), str(args.cases)
     if args.json:
         with open(args.json, "w") as handle:
