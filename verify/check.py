@@ -74,11 +74,17 @@ def _estimate_binaries(net: SNN, box: BoxSet) -> int:
     return box.n_free + unstable
 
 
-def _witness_record(net64: SNN, x: np.ndarray, labels=None) -> dict:
+def _witness_record(net64: SNN, x: np.ndarray, net: Optional[SNN] = None) -> dict:
+    """The witness, its float64 output, and the membrane closest to the threshold on its trajectory
+    (a tiny gap there is where single-precision arithmetic can flip a spike)."""
     rates = net64.forward(x[:, None])[0]
     gap, where = closest_to_threshold(net64, x[:, None])
     record = {"input": x.astype(int).tolist(), "rates": rates.tolist(), "prediction": int(np.argmax(rates)),
               "closest_membrane_to_threshold": {"gap": gap, "stage": where[0], "t": where[1], "neuron": where[3]}}
+    if net is not None and net.dtype != np.float64:
+        own = net.forward(x[:, None])[0]
+        record[f"rates_{net.dtype.name}"] = own.tolist()
+        record["dtype_disagrees"] = bool(np.any(own != rates))
     return record
 
 
@@ -145,7 +151,7 @@ class Checker:
                         report["violations"].append({
                             "sample": b, "spec": i, "C_row": specs[b, i].tolist(), "side": side, "claimed": claim,
                             "true_value": reached, "excess": excess, "found_by": how,
-                            "witness": _witness_record(self.net64, witness)})
+                            "witness": _witness_record(self.net64, witness, self.net)})
                     elif proven_bound is not None and (
                             claim <= proven_bound + config.atol if side == "lower" else claim >= proven_bound - config.atol):
                         counts["proven"] += 1
@@ -181,7 +187,7 @@ class Checker:
                     report["membrane_violations"].append({
                         "sample": b, "stage": k, "t": t, "neuron": j, "side": "lower" if sense == "min" else "upper",
                         "claimed": claim, "true_value": reached, "excess": excess,
-                        "witness": _witness_record(self.net64, witness)})
+                        "witness": _witness_record(self.net64, witness, self.net)})
                 elif bound is not None and (claim <= bound if sense == "min" else claim >= bound):
                     mem_counts["proven"] += 1
                 else:
@@ -200,7 +206,7 @@ class Checker:
                     result = robust_query(net, box, label, time_limit=config.time_limit, rng=rng)
                     if result.status == "not_robust":
                         verdicts["refuted"] += 1
-                        detail.update(result="refuted", witness=_witness_record(self.net64, result.witness))
+                        detail.update(result="refuted", witness=_witness_record(self.net64, result.witness, self.net))
                     elif result.status == "robust":
                         verdicts["confirmed"] += 1
                         detail["result"] = "confirmed by the exact MILP"
@@ -213,7 +219,7 @@ class Checker:
                     j = int(np.argmin(ext.min))
                     if ext.min[j] <= 0:
                         verdicts["refuted"] += 1
-                        detail.update(result="refuted", witness=_witness_record(self.net64, ext.argmin[j]))
+                        detail.update(result="refuted", witness=_witness_record(self.net64, ext.argmin[j], self.net))
                     else:
                         verdicts["not_refuted"] += 1
                         detail["result"] = f"not refuted by search (smallest margin found {ext.min[j]})"
