@@ -27,8 +27,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .attacks.protocol import (PROTOCOL_ATTACKS, ProtocolConfig, markdown_table, rows_to_dicts, run_protocol,
-                               select_samples)
+from .attacks.protocol import (PROTOCOL_ATTACKS, ProtocolConfig, make_attack, markdown_table, rows_to_dicts,
+                               run_protocol, select_samples)
 
 EVENT_DATASETS = ("nmnist",)
 
@@ -108,7 +108,8 @@ def machine_description() -> dict:
     import os
 
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__}
+            "cpu_count": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
+            "load_average_at_end": list(os.getloadavg())}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -200,11 +201,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                "tables_use": "evaluation rand maps" if kind == "digital" else "spike inputs",
                "protocol": {k: (list(v) if isinstance(v, (list, tuple)) else v)
                             for k, v in vars(config).items()},
-               "models": {name: {"path": path, "metadata": metadata[name]} for name, path in zip(names, paths)},
+               "models": {name: {"path": path, "sha256": _sha256(path), "metadata": _brief(metadata[name])}
+                          for name, path in zip(names, paths)},
+               "attack_configs": {name: make_attack(name, next(iter(models.values())), config.eps[0], config,
+                                                    [args.seed, 3, 0]).config() for name in args.attack},
                "rows": records, "seconds_total": seconds, "machine": machine_description()}
     (out / "table.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
     print(f"wrote {out / 'table.md'}, {out / 'table.csv'}, {out / 'table.json'} ({seconds:.0f} s)")
     return 0
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _brief(metadata: dict) -> dict:
+    """Model metadata without the per-epoch history (kept in the training run's own files)."""
+    return {key: value for key, value in metadata.items() if key != "history"}
 
 
 def _json_default(value):

@@ -1,0 +1,152 @@
+"""How close do the attacks come to the exact answer? Attacks vs the MILP verifier on a small SNN.
+
+A small FC SNN (196-32-16-10, T = 4) is trained on the embedded MNIST subset downsampled to
+14x14 (2x2 average pooling); for each eps, every correctly classified test sample is decided exactly
+(``verify.robust_query`` on the exact digital l-inf set with the evaluation rand maps, all
+classes solved) and attacked with the paper attack and with ``Strongest``; S-IBP/S-CROWN
+certification (``refsnn.bounds.certify``) is run on the same sets. Printed per eps: samples
+exactly misclassifiable (a member is predicted as another class, ties to the lowest index as
+``SNN.predict``), found by each attack (share of the misclassifiable ones), certified by the bounds
+(share of the exactly robust ones), and consistency checks (an attack never breaks an exactly
+robust sample; the bounds never certify a misclassifiable one), plus seconds per sample.
+
+    python benchmarks/bench_attacks.py [--n 40] [--eps 0.2,0.4] [--time-limit 20] [--out results/attacks/bench_exact.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from refsnn import SNN, Linear  # noqa: E402
+from refsnn.attacks import PaperAttack, Strongest, rate_loss  # noqa: E402
+from refsnn.attacks.constraints import encode  # noqa: E402
+from refsnn.data import load_dataset  # noqa: E402
+from refsnn.encoders import rate_encode  # noqa: E402
+
+T = 4
+
+
+def downsample(images: np.ndarray) -> np.ndarray:
+    """[N, 1, 28, 28] -> [N, 196] by 2x2 average pooling."""
+    return images.reshape(len(images), 14, 2, 14, 2).mean(axis=(2, 4)).reshape(len(images), 196)
+
+
+def train_small(seed: int = 0, epochs: int = 20):
+    x, y = load_dataset("mnist-subset", "train")
+    x = downsample(x)
+    rng = np.random.default_rng(seed)
+    sizes = (196, 32, 16, 10)
+    net = SNN([Linear(rng.uniform(-1, 1, (b, a)) / np.sqrt(a), rng.uniform(-1, 1, b) / np.sqrt(a))
+               for a, b in zip(sizes[:-1], sizes[1:])])
+    params = net.params()
+    velocity = [np.zeros_like(p) for p in params]
+    for _ in range(epochs):
+        order = rng.permutation(len(y))
+        for start in range(0, len(y), 32):
+            idx = order[start:start + 32]
+            spikes, _ = rate_encode(x[idx], T, rng)
+            trace = net.run(spikes)
+            _, grad = rate_loss(trace.rates, y[idx], "ce", 5.0)
+            grads, _ = net.backward(trace, grad / idx.size)
+            for param, g, v in zip(params, grads, velocity):
+                v *= 0.9
+                v -= g
+                param += 0.01 * v
+    return net
+
+
+def exact_status(net, image, maps, eps, label, time_limit) -> str:
+    """"misclassifiable" (some member is predicted != label, ties to the lowest index as
+    ``SNN.predict``), "robust" (every margin > 0), or "undecided" (time limit, or only ties found)."""
+    from verify import DigitalLinfSet, robust_query
+
+    result = robust_query(net, DigitalLinfSet(image, eps, maps), int(label), time_limit=time_limit,
+                          early_stop=False, attack_samples=64)
+    if result.status == "robust":
+        return "robust"
+    if result.witness_prediction is not None and result.witness_prediction != label:
+        return "misclassifiable"
+    margins = result.margins  # exact minimum of f_y - f_j where solved; NaN: label, unsolved or proven > 0
+    lower = np.arange(margins.size) < label
+    with np.errstate(invalid="ignore"):
+        broken = (lower & (margins <= 0)) | (~lower & (margins < 0))
+    return "misclassifiable" if broken.any() else "undecided"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=40)
+    parser.add_argument("--eps", default="0.2,0.4")
+    parser.add_argument("--time-limit", type=float, default=20.0)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    from refsnn.bounds import certify
+    from refsnn.input_sets import digital_linf_set
+
+    started = time.perf_counter()
+    net = train_small()
+    train_seconds = time.perf_counter() - started
+    x, y = load_dataset("mnist-subset", "test")
+    x, y = downsample(x)[:args.n], y[:args.n]
+    maps = np.random.default_rng(1).random((T,) + x.shape)
+    correct = net.predict(encode(x, maps)) == y
+    print(f"small net 196-32-16-10, T = {T}: trained in {train_seconds:.0f} s; clean accuracy on the "
+          f"{args.n} evaluation samples {correct.mean():.3f}")
+    report = {"command": "python benchmarks/bench_attacks.py " + " ".join(argv or sys.argv[1:]),
+              "network": "196-32-16-10 FC, T=4, MNIST subset downsampled 2x2", "n": args.n,
+              "clean_accuracy": float(correct.mean()), "rows": []}
+    for eps in [float(v) for v in args.eps.split(",")]:
+        t0 = time.perf_counter()
+        exact = np.array([exact_status(net, x[i], maps[:, i], eps, y[i], args.time_limit) if correct[i] else "wrong"
+                          for i in range(args.n)])
+        exact_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        paper = PaperAttack(net, eps)(x, y, maps)
+        paper_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        strongest = Strongest(net, eps)(x, y, maps, start=paper)
+        strongest_seconds = paper_seconds + (time.perf_counter() - t0)  # the union includes the paper attack
+        x_lower, x_upper, _ = digital_linf_set(x, eps, maps)
+        certified = certify(net, x_lower, x_upper, y, method="best")
+        mis = exact == "misclassifiable"
+        robust = exact == "robust"
+        decided = mis | robust
+        row = {"eps": eps, "radius": eps / 2, "correct": int(correct.sum()), "decided": int(decided.sum()),
+               "unknown": int((correct & ~decided).sum()), "exact_misclassifiable": int(mis.sum()),
+               "exact_robust": int(robust.sum()),
+               "paper_found": int((paper.success & mis).sum()), "strongest_found": int((strongest.success & mis).sum()),
+               "certified": int((certified & correct).sum()),
+               "violations_attack_on_robust": int(((paper.success | strongest.success) & robust).sum()),
+               "violations_certified_misclassifiable": int((certified & mis).sum()),
+               "seconds_per_sample": {"exact": exact_seconds / max(1, correct.sum()),
+                                      "paper": paper_seconds / args.n, "strongest": strongest_seconds / args.n}}
+        report["rows"].append(row)
+        share = lambda a, b: f"{a}/{b} ({100.0 * a / b:.0f}%)" if b else f"{a}/0"  # noqa: E731
+        print(f"eps {eps} (radius {eps / 2}): exactly misclassifiable {mis.sum()} of {decided.sum()} decided "
+              f"({(correct & ~decided).sum()} unknown); paper finds {share(row['paper_found'], mis.sum())}, "
+              f"strongest {share(row['strongest_found'], mis.sum())}; bounds certify "
+              f"{share(row['certified'], robust.sum())} of the robust; violations "
+              f"{row['violations_attack_on_robust']} / {row['violations_certified_misclassifiable']}; "
+              f"s/sample exact {row['seconds_per_sample']['exact']:.2f}, paper {row['seconds_per_sample']['paper']:.3f}, "
+              f"strongest {row['seconds_per_sample']['strongest']:.3f}")
+    report["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                         "python": platform.python_version(), "numpy": np.__version__,
+                         "load_average_at_end": os.getloadavg()}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
