@@ -259,11 +259,6 @@ class BoundGraph:
         self.crown_lower = self._crown_forward() if with_crown else None
 
     # --- S-IBP (Alg. 1) ----------------------------------------------------------------------
-    def _fire_bound(self, membrane):
-        if self.smooth:
-            return self.net.surrogate.smooth(membrane - self.threshold).astype(self.dtype)
-        return None  # set from the state
-
     def _ibp_forward(self):
         steps, batch, dtype = self.steps, self.batch, self.dtype
         alpha, th = self.decay, self.threshold
@@ -300,8 +295,8 @@ class BoundGraph:
                 carried_lower = alpha * reset_lower
                 carried_upper = alpha * reset_upper
             if self.smooth:
-                spike_lo = self._fire_bound(mem_lower)
-                spike_hi = self._fire_bound(mem_upper)
+                spike_lo = self.net.surrogate.smooth(mem_lower - th).astype(dtype)
+                spike_hi = self.net.surrogate.smooth(mem_upper - th).astype(dtype)
             else:
                 spike_lo = (state == STABLE_ON).astype(dtype)
                 spike_hi = (state != STABLE_OFF).astype(dtype)
@@ -384,7 +379,7 @@ class BoundGraph:
         else:
             sign = np.sign(lam_s)
             self.choices.input_sign = sign
-        self.lam_input, self.input_mid, self.input_rad, self.input_sign = lam_s, mid, rad, sign
+        self.input_mid, self.input_rad, self.input_sign = mid, rad, sign
         return (np.einsum("tbrj,tbj->br", lam_s, mid) - np.einsum("tbrj,tbj->br", sign * lam_s, rad) + bias)
 
     def _first_stage_concretize(self, lam_cur, bias):
@@ -440,7 +435,7 @@ class BoundGraph:
     def backward(self, grad_ibp: Optional[np.ndarray] = None, grad_crown: Optional[np.ndarray] = None
                  ) -> List[np.ndarray]:
         """Gradients of ``sum(grad_ibp * ibp_lower) + sum(grad_crown * crown_lower)`` w.r.t. ``net.params()``."""
-        steps, batch = self.steps, self.batch
+        steps = self.steps
         n_stages = len(self.maps)
         grad_w = [np.zeros_like(m.affine.weight, dtype=self.dtype) for m in self.maps]
         grad_b = [np.zeros(m.n_neurons, self.dtype) for m in self.maps]
@@ -572,6 +567,7 @@ class RobustLoss:
     rates: np.ndarray
     margin_lower: np.ndarray  # mixed lower bounds of f_y - f_j, [B, n_out - 1] (rows of margin_spec)
     robust_error: float       # fraction of the batch with some mixed margin bound <= 0 (j != y)
+    graph: Optional["BoundGraph"] = None  # the bound computation (its choices freeze a re-run)
 
 
 def robust_loss(net, spikes: np.ndarray, labels: np.ndarray, x_lower: np.ndarray, x_upper: np.ndarray,
@@ -615,9 +611,8 @@ def robust_loss(net, spikes: np.ndarray, labels: np.ndarray, x_lower: np.ndarray
         grads = [g + bg for g, bg in zip(grads, bound_grads)]
     robust_error = float(np.mean(np.any(lower <= 0.0, axis=1)))
     total = kappa * natural_value + robust_weight * robust_value
-    result = RobustLoss(float(total), float(natural_value), float(robust_value), grads, rates, lower, robust_error)
-    result.graph = graph
-    return result
+    return RobustLoss(float(total), float(natural_value), float(robust_value), grads, rates, lower, robust_error,
+                      graph)
 
 
 # --- the training method: schedules, options, per-epoch certified error ------------------------------
