@@ -38,6 +38,7 @@ float64), any summation order. Three measures make that hold:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Tuple
 
 import numpy as np
@@ -93,6 +94,24 @@ class RoundingRule:
         return (2.0 * gamma(6, self.u)) * magnitude
 
 
+def _exact_less(above: np.ndarray, below: np.ndarray, mem_upper: np.ndarray, mem_lower: np.ndarray,
+                threshold: float, mask: np.ndarray) -> np.ndarray:
+    """``(m_u - th) < (th - m_l)`` decided in exact arithmetic, as the paper's real-number rule.
+
+    The float64 differences decide every clear case; the few near-ties (within a few ulps, where
+    rounding could flip the choice; typical with dyadic weights) are re-decided with exact
+    rationals. Either chord is sound, so this only makes the choice reproducible.
+    """
+    result = above < below
+    scale = np.maximum(np.abs(above), np.abs(below))
+    near = mask & (np.abs(above - below) <= 8.0 * np.finfo(np.float64).eps * scale)
+    if near.any():
+        th = Fraction(float(threshold))
+        for index in zip(*np.nonzero(near)):
+            result[index] = Fraction(float(mem_upper[index])) - th < th - Fraction(float(mem_lower[index]))
+    return result
+
+
 class Fire:
     """``s = fire(m - th)``: interval rule (eq. 7) and chord relaxation (eq. 8), for both firing modes."""
 
@@ -123,7 +142,8 @@ class Fire:
                    rule: RoundingRule) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Eq. 8: lines ``slope_lower m + icpt_lower <= s <= slope_upper m + icpt_upper`` on ``[m_l, m_u]``.
 
-        Stable neurons: constant lines (0 or 1). Unstable, case ``m_u - th < th - m_l``:
+        Stable neurons: constant lines (0 or 1). Unstable, case ``m_u - th < th - m_l`` (decided
+        exactly, see ``_exact_less``):
         ``0 <= s <= (m - m_l)/(th_lo - m_l)``; otherwise ``(m - th_hi)/(m_u - th_hi) <= s <= 1``.
         Soundness on the whole interval (both firing modes, including ``m = th``): the upper
         chord is ``>= 1`` wherever ``m >= th_lo`` (where the neuron may fire) and ``>= 0`` for
@@ -137,7 +157,8 @@ class Fire:
         slope_upper = np.zeros(state.shape)
         icpt_lower = on.copy()
         icpt_upper = on + unstable  # 1 for unstable neurons (the constant upper line)
-        upper_chord = unstable & ((mem_upper - threshold) < (threshold - mem_lower))
+        upper_chord = unstable & _exact_less(mem_upper - threshold, threshold - mem_lower,
+                                             mem_upper, mem_lower, threshold, unstable)
         lower_chord = unstable & ~upper_chord
         denom_upper = rule.th_lo - mem_lower
         upper_chord &= denom_upper > 0.0
