@@ -48,10 +48,11 @@ def machine_description() -> dict:
         pass
     import numba
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parents[1])
+        commit = done.stdout.strip() if done.returncode == 0 else "unknown (no git checkout)"
     except OSError:
-        commit = "unknown"
+        commit = "unknown (no git)"
     return {
         "cpu": cpu, "logical_cpus": os.cpu_count(), "load_average_at_start": list(os.getloadavg()),
         "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
