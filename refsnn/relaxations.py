@@ -153,10 +153,8 @@ class Fire:
         """
         unstable = state == UNSTABLE
         on = (state == STABLE_ON).astype(np.float64)
-        slope_lower = np.zeros(state.shape)
-        slope_upper = np.zeros(state.shape)
-        icpt_lower = on.copy()
-        icpt_upper = on + unstable  # 1 for unstable neurons (the constant upper line)
+        icpt_lower = on  # constant lines: 1 for firing neurons, 0 otherwise ...
+        icpt_upper = on + unstable  # ... and 1 above unstable neurons
         upper_chord = unstable & _exact_less(mem_upper - threshold, threshold - mem_lower,
                                              mem_upper, mem_lower, threshold, unstable)
         lower_chord = unstable & ~upper_chord
@@ -164,13 +162,11 @@ class Fire:
         upper_chord &= denom_upper > 0.0
         lower_denom = mem_upper - rule.th_hi
         lower_chord &= lower_denom > 0.0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            slope = np.where(upper_chord, 1.0 / np.where(upper_chord, denom_upper, 1.0), 0.0)
-            slope_upper = slope
-            icpt_upper = np.where(upper_chord, -mem_lower * slope, icpt_upper)
-            slope = np.where(lower_chord, 1.0 / np.where(lower_chord, lower_denom, 1.0), 0.0)
-            slope_lower = slope
-            icpt_lower = np.where(lower_chord, -rule.th_hi * slope, icpt_lower)
+        # Divide only where the chord applies (elsewhere by 1), so no division by zero happens.
+        slope_upper = np.where(upper_chord, 1.0 / np.where(upper_chord, denom_upper, 1.0), 0.0)
+        icpt_upper = np.where(upper_chord, -mem_lower * slope_upper, icpt_upper)
+        slope_lower = np.where(lower_chord, 1.0 / np.where(lower_chord, lower_denom, 1.0), 0.0)
+        icpt_lower = np.where(lower_chord, -rule.th_hi * slope_lower, icpt_lower)
         return slope_lower, icpt_lower, slope_upper, icpt_upper
 
 
