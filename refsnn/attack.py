@@ -171,12 +171,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = "python -m refsnn.attack " + " ".join(shlex.quote(a) for a in argv)
     measured_on = ("the evaluation rand maps (one seeded draw shared by every model, attack and eps)"
                    if kind == "digital" else "the spike inputs")
+    if kind == "spike":
+        threat = ("spike l0 budget: round(size * eps) changed bits per sample, size = T * prod(input shape) "
+                  "(shown next to eps); per iteration of the paper attack size * eps / 2 (FC) or / 6 (CONV)")
+    elif args.convention == "paper":
+        threat = "digital l-inf radius = eps/2 (convention 'paper', the bounds' set)"
+    else:
+        threat = "digital l-inf radius = eps (convention 'authors')"
     sections = [f"# Table 2 protocol: {args.dataset}, n = {args.n}, T = {T}",
                 f"Command: `{command}`", "",
-                f"Errors in %, measured on {measured_on}; "
-                + (f"digital l-inf radius = eps/2 (convention '{args.convention}')" if args.convention == "paper"
-                   else "digital l-inf radius = eps (convention 'authors')" if kind == "digital"
-                   else "spike l0 budget round(T * size * eps), see docs/ATTACKS.md") + "."]
+                f"Errors in %, measured on {measured_on}; {threat}."]
     for attack in args.attack:
         sections += ["", f"## attack: {attack}", "", markdown_table(rows, attack, names)]
         if kind == "digital" and args.fresh_draws:

@@ -433,3 +433,19 @@ def test_attacks_run_on_a_convolutional_network():
     for attack in (PaperAttack(net, 0.1, kind="spike", steps=3), GreedyFlip(net, 0.1, kind="spike", steps=3)):
         result = attack(spikes, labels)
         assert np.all(l0_changes(result.x_adv, spikes) <= budget.total)
+
+
+def test_protocol_on_spike_inputs(trained):
+    from refsnn.attacks.protocol import ProtocolConfig, markdown_table, run_protocol
+
+    net, images, labels, maps = trained
+    spikes = encode(images[:12], maps[:, :12])
+    config = ProtocolConfig(attacks=("paper", "strongest"), eps=(0.0, 0.05), kind="spike", T=T, fresh_draws=0,
+                            batch_size=5, effort=0.1)
+    rows = run_protocol({"a": net}, spikes, labels[:12], config)
+    by = {(r.attack, r.eps): r for r in rows}
+    assert by[("paper", 0.0)].attack_error == by[("paper", 0.0)].original_error
+    assert by[("paper", 0.05)].l0_budget == SpikeBudget.for_network(net, T, 0.05).total
+    assert by[("strongest", 0.05)].attack_error >= by[("paper", 0.05)].attack_error
+    assert by[("paper", 0.05)].radius is None and by[("paper", 0.05)].attack_error_fresh is None
+    assert f"| 0.05 ({SpikeBudget.for_network(net, T, 0.05).total} bits) |" in markdown_table(rows, "paper", ["a"])

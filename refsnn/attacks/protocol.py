@@ -20,6 +20,7 @@ import numpy as np
 from ..encoders import draw_rand_maps
 from ..network import SNN
 from .base import AttackResult
+from .constraints import SpikeBudget
 from .ensemble import Strongest
 from .evaluate import fresh_error
 from .paper import PaperAttack
@@ -131,6 +132,7 @@ class ProtocolRow:
     success_rate_on_correct: float
     mean_iterations: float
     seconds: float
+    l0_budget: Optional[int] = None
     original_error_fresh: Optional[float] = None
     attack_error_fresh: Optional[float] = None
     broken_by: Dict[str, int] = field(default_factory=dict)
@@ -163,9 +165,10 @@ def run_protocol(models: Dict[str, SNN], x, labels, config: ProtocolConfig, rand
                 if config.kind == "digital" and config.fresh_draws:
                     fresh, _ = fresh_error(net, result.x_adv, labels, config.T, config.fresh_draws, [config.seed, 2])
                 summary = result.summary()
+                budget = (SpikeBudget.for_network(net, x.shape[0], eps).total if config.kind == "spike" else None)
                 rows.append(ProtocolRow(label, name, float(eps), result.config.get("radius"), int(labels.size),
                                         result.clean_error, result.error, summary["success_rate_on_correct"],
-                                        summary["mean_iterations"], seconds, clean_fresh, fresh,
+                                        summary["mean_iterations"], seconds, budget, clean_fresh, fresh,
                                         dict(result.config.get("broken_by", {}))))
     return rows
 
@@ -187,7 +190,8 @@ def markdown_table(rows: Sequence[ProtocolRow], attack: str, models: Sequence[st
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     by_key = {(row.model, row.eps): row for row in rows if row.attack == attack}
     for eps in sorted({row.eps for row in rows if row.attack == attack}):
-        cells = [f"{eps:g}"]
+        budgets = {row.l0_budget for row in rows if row.attack == attack and row.eps == eps} - {None}
+        cells = [f"{eps:g}" + (f" ({'/'.join(str(b) for b in sorted(budgets))} bits)" if budgets else "")]
         values = []
         for model in models:
             row = by_key.get((model, eps))
