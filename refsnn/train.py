@@ -508,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--gamma", type=float)
     add("--grad-clip", type=float)
     add("--loss", choices=("ce", "mse"))
-    add("--loss-scale", type=float, help="logit scale on rates for the ce loss")
+    add("--loss-scale", type=float, help="logit scale on rates for the ce loss (default: 5 for fc, 2 for conv)")
     add("--firing", choices=(">=", ">"))
     add("--surrogate", choices=("rectangular", "sigmoid", "atan"))
     add("--detach-reset", action="store_true", default=None, help="do not differentiate the reset path")

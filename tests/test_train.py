@@ -180,6 +180,8 @@ def test_presets_and_config_validation():
     assert preset_config("authors").firing == ">"
     assert preset_config("authors-step35").milestones == (36, 71)
     assert preset_config("paper", epochs=3, lr=None).epochs == 3
+    assert preset_config("default").loss_scale == 5.0 and preset_config("default", arch="conv").loss_scale == 2.0
+    assert preset_config("default", arch="conv", loss_scale=3.0).loss_scale == 3.0
     with pytest.raises(ValueError, match="arch"):
         preset_config("default", arch="resnet")
     with pytest.raises(ValueError, match="batch_size"):
