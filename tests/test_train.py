@@ -427,21 +427,6 @@ def test_conv2d_matches_its_definition(n, in_c, out_c, kernel, stride, padding, 
     assert float32.forward(x.astype(np.float32)).dtype == np.float32
 
 
-def test_conv2d_threaded_kernels_equal_serial(monkeypatch):
-    import refsnn.layers as layers
-    from refsnn import Conv2d
-    rng = np.random.default_rng(0)
-    layer = Conv2d(rng.normal(size=(4, 3, 3, 3)), rng.normal(size=4), stride=2, padding=1)
-    out_shape = layer.output_shape((3, 9, 8))
-    x, grad = rng.normal(size=(5, 3, 9, 8)), rng.normal(size=(5,) + out_shape)
-    serial = (layer.forward(x), *layer.backward(x, grad))
-    monkeypatch.setattr(layers, "PARALLEL_MIN_ELEMENTS", 0)
-    threaded = (layer.forward(x), *layer.backward(x, grad))
-    np.testing.assert_array_equal(serial[0], threaded[0])
-    np.testing.assert_array_equal(serial[1], threaded[1])
-    np.testing.assert_array_equal(serial[2]["weight"], threaded[2]["weight"])
-
-
 def test_evaluate_cli(tmp_path, capsys):
     from refsnn.evaluate import main as evaluate_main
     from refsnn.io import save_model
