@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refsnn import SNN, Flatten, Linear
+from refsnn import SNN, Linear
 from refsnn.architectures import build_network
 from refsnn.bounds import (certify, compute_bounds, crown_bounds, interval_bounds, margin_spec,
                            trivial_bounds)

@@ -14,7 +14,7 @@ the claimed bound, the true value and the witness input, so a failing pytest cas
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 
