@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from gradcheck import numeric_gradient
 from refsnn import SNN, AvgPool2d, Conv2d, Flatten, Linear, Sigmoid
 
 # Dyadic weights so every membrane below is exact in binary floating point.
@@ -101,27 +102,12 @@ def test_bptt_matches_finite_differences_on_smooth_network(arch, steps, reset_gr
         assert [g.shape for g in grads] == [p.shape for p in net.params()]
         return
     for param, grad in zip(net.params(), grads):
-        numeric = np.empty_like(param)
-        for index in np.ndindex(param.shape):
-            original = param[index]
-            param[index] = original + 1e-6
-            plus = loss()
-            param[index] = original - 1e-6
-            minus = loss()
-            param[index] = original
-            numeric[index] = (plus - minus) / 2e-6
-        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(grad, numeric_gradient(loss, param), rtol=1e-6, atol=1e-9)
     # Input gradient too (the input enters linearly, so FD on a real-valued input is exact).
-    numeric_x = np.empty_like(x)
-    for index in np.ndindex(x.shape):
-        original = x[index]
-        x[index] = original + 1e-6
-        plus = float(np.sum(net.run(x, smooth=True, validate=False).rates * readout))
-        x[index] = original - 1e-6
-        minus = float(np.sum(net.run(x, smooth=True, validate=False).rates * readout))
-        x[index] = original
-        numeric_x[index] = (plus - minus) / 2e-6
-    np.testing.assert_allclose(grad_x, numeric_x, rtol=1e-6, atol=1e-9)
+    def loss_of_input():
+        return float(np.sum(net.run(x, smooth=True, validate=False).rates * readout))
+
+    np.testing.assert_allclose(grad_x, numeric_gradient(loss_of_input, x), rtol=1e-6, atol=1e-9)
 
 
 def test_float32_and_float64_agree_on_dyadic_example():

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from gradcheck import numeric_gradient
 from refsnn import SNN, AvgPool2d, Conv2d, Flatten, Linear, Sigmoid
 from refsnn.architectures import build_network
 from refsnn.bounds import compute_bounds, margin_spec
@@ -54,15 +55,7 @@ def test_robust_loss_gradient_matches_finite_differences(arch, steps):
         return robust_loss(net, x_lower, labels, x_lower, x_upper, choices=choices, **args).loss
 
     for name, param, grad in zip(net.param_names(), net.params(), reference.grads):
-        numeric = np.empty_like(param)
-        for index in np.ndindex(param.shape):
-            original = param[index]
-            param[index] = original + 1e-6
-            plus = loss()
-            param[index] = original - 1e-6
-            minus = loss()
-            param[index] = original
-            numeric[index] = (plus - minus) / 2e-6
+        numeric = numeric_gradient(loss, param)
         scale = max(np.abs(numeric).max(), 1e-8)
         assert np.abs(grad - numeric).max() / scale < 1e-5, name
 
