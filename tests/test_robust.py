@@ -128,3 +128,19 @@ def test_bad_options_are_rejected(bad):
 
 def test_robust_options_dataclass_defaults():
     assert RobustOptions().recipe == "crown-ibp"
+
+
+def test_robust_method_trains_and_resumes_through_the_cli(tmp_path):
+    import json
+
+    from refsnn.train import main
+    out = tmp_path / "run"
+    args = ["--method", "robust", "--dataset", "mnist-subset", "--arch", "fc", "--epochs", "2", "--eps", "0.05",
+            "--ramp-epochs", "1", "--limit-train", "64", "--limit-test", "16", "--batch-size", "32",
+            "--eval-seeds", "1", "--method-option", "eval_n=8", "--out", str(out), "--no-progress", "--quiet"]
+    assert main(args + ["--stop-after-steps", "3"]) == 0
+    assert main(["--out", str(out), "--resume", "--no-progress", "--quiet"]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert records[-1]["eps"] == pytest.approx(0.05) and records[-1]["cert_n"] == 8
+    assert 0.0 <= records[-1]["cert_error_crown-ibp_final"] <= 1.0
