@@ -128,7 +128,10 @@ def main(argv=None) -> int:
                "violations_attack_on_robust": int(((paper.success | strongest.success) & robust).sum()),
                "violations_certified_misclassifiable": int((certified & mis).sum()),
                "seconds_per_sample": {"exact": exact_seconds / max(1, correct.sum()),
-                                      "paper": paper_seconds / args.n, "strongest": strongest_seconds / args.n}}
+                                      "paper": paper_seconds / args.n, "strongest": strongest_seconds / args.n},
+               "per_sample": {"exact": exact.tolist(), "paper_broken": paper.success.astype(int).tolist(),
+                              "strongest_broken": strongest.success.astype(int).tolist(),
+                              "certified": certified.astype(int).tolist()}}
         report["rows"].append(row)
         share = lambda a, b: f"{a}/{b} ({100.0 * a / b:.0f}%)" if b else f"{a}/0"  # noqa: E731
         print(f"eps {eps} (radius {eps / 2}): exactly misclassifiable {mis.sum()} of {decided.sum()} decided "

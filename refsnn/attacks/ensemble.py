@@ -5,7 +5,7 @@ samples (and the same evaluation rand maps) the ensemble's attack error is never
 paper attack's: its first component *is* the paper attack with the same seed (or a result of it
 handed in as ``start``). The default components use several gradient rules (BPTT with the
 rectangular and the arctangent surrogate, the raised penultimate threshold, the rate rule of
-RGA/BPTR), two losses and many steps, because a single fixed-surrogate short attack is known to
+RGA/BPTR), two losses on the output rates or on the mean output currents, and many steps, because a single fixed-surrogate short attack is known to
 overestimate the robustness of SNNs.
 """
 from __future__ import annotations
@@ -40,6 +40,8 @@ def default_components(net: SNN, eps: float, kind: str = "digital", convention: 
     raised = GradientRule("bptt", penultimate_threshold_ratio=AUTHORS_THRESHOLD_RATIO)
     atan = GradientRule("bptt", surrogate="atan")
     rate = GradientRule("rate")
+    atan_currents = GradientRule("bptt", surrogate="atan", output="currents")
+    rate_currents = GradientRule("rate", output="currents")
     components: List[Attack] = [PaperAttack(net, seed=seed, **common)]
     if kind == "digital":
         components += [
@@ -48,6 +50,8 @@ def default_components(net: SNN, eps: float, kind: str = "digital", convention: 
             GreedyFlip(net, steps=steps(40), gradient=raised, loss="margin", seed=_sub_seed(seed, 3), **common),
             PGD(net, steps=steps(40), gradient=atan, loss="ce", restarts=2, seed=_sub_seed(seed, 4), **common),
             PaperAttack(net, steps=steps(50), resample=False, seed=_sub_seed(seed, 5), **common),
+            GreedyFlip(net, steps=steps(40), gradient=atan_currents, loss="margin", seed=_sub_seed(seed, 6), **common),
+            GreedyFlip(net, steps=steps(40), gradient=rate_currents, loss="margin", seed=_sub_seed(seed, 7), **common),
         ]
     else:
         components += [
@@ -56,6 +60,8 @@ def default_components(net: SNN, eps: float, kind: str = "digital", convention: 
             GreedyFlip(net, steps=steps(40), gradient=raised, loss="margin", restarts=2,
                        seed=_sub_seed(seed, 3), **common),
             PaperAttack(net, steps=steps(50), gradient=atan, seed=_sub_seed(seed, 4), **common),
+            GreedyFlip(net, steps=steps(40), gradient=atan_currents, loss="margin", seed=_sub_seed(seed, 5), **common),
+            GreedyFlip(net, steps=steps(40), gradient=rate_currents, loss="margin", seed=_sub_seed(seed, 6), **common),
         ]
     return components
 

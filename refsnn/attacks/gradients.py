@@ -25,7 +25,13 @@ vanishing gradients: that stage *fires* at ``ratio * th`` in the forward pass us
 gradient, while its surrogate stays centred on the original ``th`` (as in their ``ActFunThresh``).
 The network itself is never modified; success is always judged with the unmodified network.
 
-Losses act on the output rates ``r [B, n_out]`` (the attack *maximizes* them):
+The loss reads the output rates (``output="rates"``, default) or the mean input current of the
+output neurons over time (``output="currents"``): a continuous proxy of the rate that keeps
+changing where the rates, multiples of ``1/T``, sit on a plateau; its gradient enters BPTT below
+the output neurons' fire function.
+
+Losses act on the output rates ``r [B, n_out]`` (or the mean output currents); the attack
+*maximizes* them:
 
 - ``ce``: softmax cross-entropy of ``scale * r`` (``scale = 1``: the authors' ``CrossEntropyLoss``
   applied to spike rates);
@@ -42,6 +48,7 @@ from ..network import SNN, Trace
 from ..neurons import lif_backward, lif_forward, make_surrogate
 
 GRADIENT_RULES = ("bptt", "rate")
+OUTPUTS = ("rates", "currents")
 LOSSES = ("ce", "margin")
 AUTHORS_THRESHOLD_RATIO = 1.0 / 0.3  # liangling76/snn_attack: penultimate threshold 0.3 -> 1.0
 
@@ -55,6 +62,7 @@ class GradientRule:
     (``None`` keeps the network's). ``penultimate_threshold_ratio``: the penultimate stage fires at
     ``ratio * th`` while the gradient is taken (``None``: off; ``AUTHORS_THRESHOLD_RATIO`` = 10/3 as
     the authors). ``rate_gamma``, ``rate_ext``: shape of the rate curve of the ``rate`` rule.
+    ``output``: what the loss reads, ``"rates"`` or ``"currents"`` (mean output current).
     """
 
     rule: str = "bptt"
@@ -62,10 +70,13 @@ class GradientRule:
     penultimate_threshold_ratio: Optional[float] = None
     rate_gamma: float = 0.2
     rate_ext: float = 1.0
+    output: str = "rates"
 
     def __post_init__(self):
         if self.rule not in GRADIENT_RULES:
             raise ValueError(f"unknown gradient rule {self.rule!r}; choose one of {GRADIENT_RULES}")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS} (what the loss reads), got {self.output!r}")
         if self.surrogate is not None:
             make_surrogate(self.surrogate)  # raises with the list of valid names
         ratio = self.penultimate_threshold_ratio
@@ -84,6 +95,8 @@ class GradientRule:
             parts.append(self.surrogate)
         if self.penultimate_threshold_ratio:
             parts.append(f"pth{self.penultimate_threshold_ratio:.3g}")
+        if self.output != "rates":
+            parts.append(self.output)
         return "-".join(parts)
 
 
@@ -159,20 +172,26 @@ def rate_derivative(mean_current: np.ndarray, threshold: float, decay: float, ga
     return np.where(low, slope_low, np.where(high, slope_high, 0.0)).astype(mean_current.dtype)
 
 
-def attack_backward(net: SNN, trace: Trace, grad_rates: np.ndarray, rule: GradientRule) -> np.ndarray:
-    """``dL/ds^{in} [T, B, *in]`` from ``dL/d rates [B, n_out]`` under ``rule``.
+def attack_backward(net: SNN, trace: Trace, grad_output: np.ndarray, rule: GradientRule) -> np.ndarray:
+    """``dL/ds^{in} [T, B, *in]`` from the loss gradient w.r.t. the output ``[B, n_out]`` under ``rule``.
 
-    Only the input gradient is formed (adjoints ``op.transpose``), no parameter gradients.
+    ``grad_output`` is ``dL/d rates`` (``rule.output == "rates"``) or ``dL/d mean output current``
+    (``"currents"``). Only the input gradient is formed (adjoints ``op.transpose``), no parameter
+    gradients.
     """
     steps, batch = trace.inputs.shape[:2]
     surrogate = make_surrogate(rule.surrogate) if rule.surrogate else net.surrogate
     last_shape = net.stages[-1].neuron_shape
-    grad_spike = np.broadcast_to(
-        np.asarray(grad_rates, dtype=net.dtype).reshape((1, batch) + last_shape) / steps,
+    # d mean_t(v_t) / d v_t = 1 / T for the rates (v = s) and the mean currents (v = I) alike.
+    grad_last = np.broadcast_to(
+        np.asarray(grad_output, dtype=net.dtype).reshape((1, batch) + last_shape) / steps,
         (steps, batch) + last_shape)
+    grad_spike = grad_last
     for k in range(len(net.stages) - 1, -1, -1):
         stage = net.stages[k]
-        if rule.rule == "bptt":
+        if k == len(net.stages) - 1 and rule.output == "currents":
+            grad_current = grad_last
+        elif rule.rule == "bptt":
             # Surrogate centred on the network's threshold even where the stage fired at a raised one.
             grad_current = lif_backward(trace.membranes[k], trace.spikes[k], grad_spike, net.threshold,
                                         net.decay, surrogate, net.reset_grad)
@@ -204,5 +223,12 @@ def input_gradient(net: SNN, spikes: np.ndarray, labels: np.ndarray, rule: Gradi
     if trace is None or not uses_plain_forward(net, rule):
         trace = attack_forward(net, spikes, rule)
     rates = trace.rates
-    values, grad_rates = rate_loss(rates, labels, loss, loss_scale)
-    return values, attack_backward(net, trace, grad_rates, rule), rates
+    output = rates if rule.output == "rates" else output_currents(trace)
+    values, grad_output = rate_loss(output, labels, loss, loss_scale)
+    return values, attack_backward(net, trace, grad_output, rule), rates
+
+
+def output_currents(trace: Trace) -> np.ndarray:
+    """Mean input current of the output neurons over time ``[B, n_out]``."""
+    last = trace.currents[-1]
+    return last.mean(axis=0).reshape(last.shape[1], -1)
