@@ -32,7 +32,7 @@ import numpy as np
 from ..network import SNN, Trace
 from .base import Attack, Seed, search_with_restarts
 from .constraints import DigitalBox, SpikeBudget, encode, l0_changes
-from .gradients import GradientRule, input_gradient, rate_loss, uses_plain_forward
+from .gradients import GradientRule, input_gradient, output_currents, rate_loss, uses_plain_forward
 from .paper import apply_flips
 
 ENCODER_RULES = ("mean", "smooth")
@@ -52,12 +52,14 @@ class _SearchAttack(Attack):
         return {**super().config(), "restarts": self.restarts}
 
     def _evaluate(self, spikes, labels, index=None):
-        """Loss and misclassification on evaluation spikes; keeps the trace for the next gradient."""
+        """Loss (on the rule's output) and misclassification on evaluation spikes; keeps the trace for
+        the next gradient."""
         trace = self.net.run(spikes, validate=False)
         if index is not None and uses_plain_forward(self.net, self.gradient):
             self._cache = (index, spikes, trace)
         rates = trace.rates
-        loss, _ = rate_loss(rates, labels, self.loss, self.loss_scale)
+        output = rates if self.gradient.output == "rates" else output_currents(trace)
+        loss, _ = rate_loss(output, labels, self.loss, self.loss_scale)
         return loss, np.argmax(rates, axis=1) != labels
 
     def _gradient(self, spikes, labels, index):
