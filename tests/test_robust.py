@@ -144,3 +144,19 @@ def test_robust_method_trains_and_resumes_through_the_cli(tmp_path):
     assert [r["epoch"] for r in records] == [1, 2]
     assert records[-1]["eps"] == pytest.approx(0.05) and records[-1]["cert_n"] == 8
     assert 0.0 <= records[-1]["cert_error_crown-ibp_final"] <= 1.0
+
+
+def test_report_draws_the_curves(tmp_path):
+    import json
+
+    pytest.importorskip("matplotlib")
+    from refsnn.report import main
+    run = tmp_path / "run"
+    run.mkdir()
+    records = [{"epoch": e, "test_acc": 0.9, "train_robust_loss": 2.0 / e, "cert_error_crown-ibp_now": 0.5,
+                "cert_error_crown-ibp_final": 0.9} for e in (1, 2, 3)]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    out = tmp_path / "curves.png"
+    assert main([str(run), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main([str(tmp_path / "missing"), "--out", str(out)]) == 2
