@@ -11,6 +11,12 @@ exactly misclassifiable (a member is predicted as another class, ties to the low
 robust sample; the bounds never certify a misclassifiable one), plus seconds per sample.
 
     python benchmarks/bench_attacks.py [--n 40] [--eps 0.2,0.4] [--time-limit 20] [--out results/attacks/bench_exact.json]
+
+``--bounds-check TABLE.json`` instead cross-checks a Table 2 run of ``python -m refsnn.attack``
+(digital) with the bounds: for every row, the samples certified by ``refsnn.bounds.certify``
+(method "best") at that eps on the protocol's evaluation rand maps must all have survived the
+attack (a violation is a bug in one of the two), and the attack error cannot exceed the
+verified error bound (1 - certified fraction).
 """
 from __future__ import annotations
 
@@ -82,13 +88,69 @@ def exact_status(net, image, maps, eps, label, time_limit) -> str:
     return "misclassifiable" if broken.any() else "undecided"
 
 
+def bounds_check(table_path: str, out: str = None, batch: int = 50) -> int:
+    from refsnn.attacks.protocol import evaluation_maps, select_samples
+    from refsnn.bounds import certify
+    from refsnn.input_sets import digital_linf_set
+    from refsnn.io import load_model
+
+    table = json.loads(Path(table_path).read_text())
+    if table["kind"] != "digital":
+        raise SystemExit("--bounds-check handles digital Table 2 runs")
+    x_all, y_all = load_dataset(table["dataset"], "test", T=table["T"])
+    seed, T = table["protocol"]["seed"], table["T"]
+    indices = select_samples(len(y_all), table["n"], seed)
+    assert indices.tolist() == table["sample_indices"], "the sample selection changed since the run"
+    images, labels = np.asarray(x_all[indices], dtype=np.float64), np.asarray(y_all[indices])
+    maps = evaluation_maps(images.shape, T, seed)
+    convention = table["protocol"]["convention"]
+    report = {"table": table_path, "command": "python benchmarks/bench_attacks.py --bounds-check " + table_path,
+              "rows": []}
+    certified_cache = {}
+    violations = 0
+    for row in table["rows"]:
+        model = table["models"][row["model"]]
+        key = (row["model"], row["eps"])
+        if key not in certified_cache:
+            net = load_model(model["path"])
+            started = time.perf_counter()
+            parts = []
+            for begin in range(0, labels.size, batch):
+                part = slice(begin, begin + batch)
+                x_lower, x_upper, _ = digital_linf_set(images[part], row["eps"], maps[:, part], convention)
+                parts.append(certify(net, x_lower, x_upper, labels[part], method="best"))
+            certified_cache[key] = (np.concatenate(parts), time.perf_counter() - started)
+        certified, seconds = certified_cache[key]
+        wrong = np.asarray(row["adv_wrong"], dtype=bool)
+        bad = int((certified & wrong).sum())
+        violations += bad
+        record = {"model": row["model"], "attack": row["attack"], "eps": row["eps"],
+                  "attack_error": row["attack_error"], "verified_error_bound": float(1 - certified.mean()),
+                  "certified": int(certified.sum()), "certified_and_broken": bad,
+                  "unresolved": int((~certified & ~wrong).sum()), "certify_seconds": seconds}
+        report["rows"].append(record)
+        print(f"{row['model']:10s} {row['attack']:10s} eps {row['eps']}: attack error {100 * row['attack_error']:.1f}% "
+              f"<= verified error bound {100 * record['verified_error_bound']:.1f}%; certified {record['certified']}, "
+              f"certified yet broken {bad}, unresolved {record['unresolved']} of {labels.size}")
+    report["violations"] = violations
+    report["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                         "python": platform.python_version(), "numpy": np.__version__}
+    if out:
+        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {out}")
+    return 1 if violations else 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bounds-check", metavar="TABLE_JSON", help="cross-check a Table 2 run with the bounds")
     parser.add_argument("--n", type=int, default=40)
     parser.add_argument("--eps", default="0.2,0.4")
     parser.add_argument("--time-limit", type=float, default=20.0)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    if args.bounds_check:
+        return bounds_check(args.bounds_check, args.out)
     from refsnn.bounds import certify
     from refsnn.input_sets import digital_linf_set
 

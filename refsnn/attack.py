@@ -191,7 +191,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     records = rows_to_dicts(rows)
     buffer = io.StringIO()
-    fields = [f for f in records[0] if f != "broken_by"]
+    fields = [f for f in records[0] if f not in ("broken_by", "adv_wrong")]
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(records)

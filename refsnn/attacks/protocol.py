@@ -136,6 +136,7 @@ class ProtocolRow:
     original_error_fresh: Optional[float] = None
     attack_error_fresh: Optional[float] = None
     broken_by: Dict[str, int] = field(default_factory=dict)
+    adv_wrong: List[int] = field(default_factory=list)  # per sample, 1 = misclassified after the attack
 
 
 def run_protocol(models: Dict[str, SNN], x, labels, config: ProtocolConfig, rand_maps=None,
@@ -169,7 +170,8 @@ def run_protocol(models: Dict[str, SNN], x, labels, config: ProtocolConfig, rand
                 rows.append(ProtocolRow(label, name, float(eps), result.config.get("radius"), int(labels.size),
                                         result.clean_error, result.error, summary["success_rate_on_correct"],
                                         summary["mean_iterations"], seconds, budget, clean_fresh, fresh,
-                                        dict(result.config.get("broken_by", {}))))
+                                        dict(result.config.get("broken_by", {})),
+                                        result.adv_wrong.astype(int).tolist()))
     return rows
 
 
