@@ -1,0 +1,95 @@
+"""refsnn.parallel: chunking, serial map without Dask, LocalCluster equality and a worker lost mid-run."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from refsnn.parallel import chunk_ranges, map_chunks
+
+
+def _per_sample_work(chunk):
+    """A pure function of the chunk: one seeded draw per sample index, as the drivers do."""
+    return [(index, float(np.random.default_rng(index).standard_normal(16).sum())) for index in chunk]
+
+
+def test_chunk_ranges_cover_every_index_once():
+    assert chunk_ranges(0, 4) == []
+    assert chunk_ranges(10, 4) == [range(0, 4), range(4, 8), range(8, 10)]
+    assert chunk_ranges(3, 5, start=7) == [range(7, 10)]
+    flat = [i for chunk in chunk_ranges(103, 7, start=5) for i in chunk]
+    assert flat == list(range(5, 108))
+    with pytest.raises(ValueError):
+        chunk_ranges(10, 0)
+    with pytest.raises(ValueError):
+        chunk_ranges(-1, 3)
+
+
+def test_serial_map_keeps_order_and_reports_progress():
+    seen = []
+    chunks = chunk_ranges(9, 2)
+    results = map_chunks(_per_sample_work, chunks, progress=lambda index, result: seen.append(index))
+    assert results == [_per_sample_work(chunk) for chunk in chunks]
+    assert seen == list(range(len(chunks)))
+    with pytest.raises(ValueError):
+        map_chunks(_per_sample_work, chunks, workers=2, scheduler="tcp://127.0.0.1:1")
+    with pytest.raises(ValueError):
+        map_chunks(_per_sample_work, chunks, workers=0)
+
+
+def test_serial_map_does_not_import_dask():
+    code = ("import sys; from refsnn.parallel import map_chunks, chunk_ranges; "
+            "assert map_chunks(len, chunk_ranges(5, 2)) == [2, 2, 1]; "
+            "assert not any(m == 'dask' or m.startswith(('dask.', 'distributed')) for m in sys.modules), "
+            "sorted(m for m in sys.modules if 'dask' in m or 'distributed' in m)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_local_cluster_matches_serial():
+    pytest.importorskip("distributed")
+    chunks = chunk_ranges(40, 3)
+    serial = map_chunks(_per_sample_work, chunks)
+    completed = []
+    parallel = map_chunks(_per_sample_work, chunks, workers=2, progress=lambda i, r: completed.append(i))
+    assert parallel == serial
+    assert sorted(completed) == list(range(len(chunks)))
+
+
+def test_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path):
+    pytest.importorskip("distributed")
+    marker = str(tmp_path / "killed-once")
+    log_dir = tmp_path / "runs"
+    log_dir.mkdir()
+    log = str(log_dir)
+
+    def work_then_die_once(chunk):
+        import os as _os
+        import signal
+        import time
+
+        import numpy as _np
+
+        time.sleep(0.05)
+        if chunk.start == 12:
+            # The first attempt of this chunk kills its worker process outright (SIGKILL, as an
+            # out-of-memory kill would); the marker makes the recomputation succeed.
+            try:
+                handle = _os.open(marker, _os.O_CREAT | _os.O_EXCL | _os.O_WRONLY)
+            except FileExistsError:
+                pass
+            else:
+                _os.close(handle)
+                _os.kill(_os.getpid(), signal.SIGKILL)
+        with open(_os.path.join(log, f"{chunk.start}-{_os.getpid()}-{time.monotonic_ns()}"), "w"):
+            pass
+        return [(i, float(_np.random.default_rng(i).standard_normal(16).sum())) for i in chunk]
+
+    chunks = chunk_ranges(36, 3)
+    results = map_chunks(work_then_die_once, chunks, workers=2)
+    assert os.path.exists(marker), "the worker-killing chunk never ran"
+    assert results == [_per_sample_work(chunk) for chunk in chunks]
+    flat = [index for part in results for index, _ in part]
+    assert flat == list(range(36))
+    finished = [name.split("-")[0] for name in os.listdir(log)]
+    assert "12" in finished  # the killed chunk was recomputed on a live worker
