@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .parallel import add_cluster_arguments, dask_client
 from .attacks.protocol import (PROTOCOL_ATTACKS, ProtocolConfig, make_attack, markdown_table, rows_to_dicts,
                                run_protocol, select_samples)
 
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--dtype", choices=("float32", "float64"), help="compute dtype (default: the model's)")
     add("--out", help="output folder (default results/attacks/<dataset>-<model name>)")
     add("--no-progress", action="store_true", help="no progress bars")
+    add_cluster_arguments(parser)
     return parser
 
 
@@ -118,6 +120,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.n < 1 or args.batch_size < 1 or args.fresh_draws < 0:
         parser.error("--n and --batch-size must be >= 1, --fresh-draws >= 0")
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be >= 1")
     from .data import load_dataset, to_time_major
 
     models, metadata = {}, {}
@@ -163,7 +167,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return tqdm(total=total, desc=description, unit="sample", leave=False, file=sys.stderr)
 
     started = time.perf_counter()
-    rows = run_protocol(models, x, labels, config, progress_factory=progress_factory)
+    try:
+        with dask_client(args.workers, args.scheduler) as client:
+            rows = run_protocol(models, x, labels, config, progress_factory=progress_factory, scheduler=client)
+    except ImportError as error:
+        parser.error(str(error))
     seconds = time.perf_counter() - started
 
     out = Path(args.out or f"results/attacks/{args.dataset}-{names[0]}")

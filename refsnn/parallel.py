@@ -17,6 +17,7 @@ and every chunk index is checked to arrive exactly once before the list is retur
 """
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Any, Callable, List, Optional, Sequence, Union
 
@@ -111,25 +112,10 @@ def map_chunks(fn: Callable[[Any], Any], chunks: Sequence[Any], *, workers: Opti
 
 def _map_on_dask(fn, chunks, workers, scheduler, callback, retries) -> list:
     distributed = import_distributed()
-    cluster = None
-    own_client = True
-    if workers is not None:
-        cluster = distributed.LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
-                                           dashboard_address=None, env=dict(_SINGLE_THREAD_ENV))
-        client = distributed.Client(cluster)
-    elif isinstance(scheduler, str):
-        client = distributed.Client(scheduler)
-    elif isinstance(scheduler, distributed.Client):
-        client, own_client = scheduler, False
-    else:
+    if scheduler is not None and not isinstance(scheduler, (str, distributed.Client)):
         raise TypeError(f"scheduler must be an address string or a distributed.Client, got {scheduler!r}")
-    try:
+    with dask_client(workers, scheduler) as client:
         return gather_in_order(client, fn, chunks, callback, retries)
-    finally:
-        if own_client:
-            client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def gather_in_order(client, fn, chunks, callback=None, retries: int = 2) -> list:
@@ -163,10 +149,55 @@ def gather_in_order(client, fn, chunks, callback=None, retries: int = 2) -> list
     return [results[index] for index in range(len(chunks))]
 
 
+@contextlib.contextmanager
+def dask_client(workers: Optional[int] = None, scheduler: Union[str, Any, None] = None):
+    """A ``distributed.Client`` for several :func:`map_chunks` calls, or None (serial) without options.
+
+    ``with dask_client(args.workers, args.scheduler) as client: map_chunks(fn, chunks, scheduler=client)``
+    starts one local cluster (or connects once) for a whole run and closes what it opened.
+    A ``distributed.Client`` given as ``scheduler`` is yielded unchanged and left open.
+    """
+    if workers is not None and scheduler is not None:
+        raise ValueError("give either workers (a local cluster) or scheduler (an existing one), not both")
+    if workers is None and scheduler is None:
+        yield None
+        return
+    if workers is not None and (int(workers) != workers or workers < 1):
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    distributed = import_distributed()
+    if scheduler is not None and not isinstance(scheduler, str):
+        yield scheduler
+        return
+    cluster = None
+    if workers is not None:
+        cluster = distributed.LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                                           dashboard_address=":0", env=dict(_SINGLE_THREAD_ENV))
+        client = distributed.Client(cluster)
+    else:
+        client = distributed.Client(scheduler)
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def add_cluster_arguments(parser) -> None:
+    """``--workers N`` and ``--scheduler ADDRESS`` (mutually exclusive) on an argparse parser."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--workers", type=int, default=None,
+                       help="run the chunks on a local Dask cluster of N worker processes "
+                            "(needs refsnn[dask]; results identical to the serial run)")
+    group.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="run the chunks on the Dask cluster at ADDRESS, e.g. tcp://head:8786 "
+                            "(see docs/SCALE.md)")
+
+
 def single_thread_env() -> dict:
     """The environment the local workers start with (one BLAS/Numba thread per process)."""
     return dict(_SINGLE_THREAD_ENV)
 
 
-__all__ = ["chunk_ranges", "map_chunks", "gather_in_order", "import_distributed", "DASK_MISSING",
-           "single_thread_env"]
+__all__ = ["chunk_ranges", "map_chunks", "dask_client", "add_cluster_arguments", "gather_in_order",
+           "import_distributed", "DASK_MISSING", "single_thread_env"]

@@ -93,3 +93,61 @@ def test_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path):
     assert flat == list(range(36))
     finished = [name.split("-")[0] for name in os.listdir(log)]
     assert "12" in finished  # the killed chunk was recomputed on a live worker
+
+
+# --- drivers: identical results with and without a cluster ------------------------------------------
+
+@pytest.fixture(scope="module")
+def client():
+    pytest.importorskip("distributed")
+    from refsnn.parallel import dask_client
+
+    with dask_client(workers=2) as dask:
+        yield dask
+
+
+def _small_net(seed=0, sizes=(16, 12, 10, 3)):
+    from refsnn import SNN, Linear
+
+    rng = np.random.default_rng(seed)
+    return SNN([Linear(rng.normal(0, 0.6 / np.sqrt(a), (b, a)), rng.normal(0.05, 0.05, b))
+                for a, b in zip(sizes[:-1], sizes[1:])])
+
+
+def test_attack_protocol_on_a_cluster_matches_serial(client):
+    from dataclasses import asdict
+
+    from refsnn.attacks.protocol import ProtocolConfig, run_protocol
+
+    rng = np.random.default_rng(3)
+    images, labels = rng.random((11, 16)), rng.integers(0, 3, 11)
+    config = ProtocolConfig(attacks=("paper", "strongest"), eps=(0.1, 0.3), T=6, fresh_draws=1, batch_size=4,
+                            steps=3, effort=0.05)
+    models = {"a": _small_net(0), "b": _small_net(1)}
+    rows = {}
+    for mode in ("serial", "cluster"):
+        out = run_protocol(models, images, labels, config, scheduler=client if mode == "cluster" else None)
+        rows[mode] = [{k: v for k, v in asdict(row).items() if k != "seconds"} for row in out]
+    assert rows["cluster"] == rows["serial"]
+
+
+def test_attack_cli_with_workers_writes_the_serial_table(tmp_path):
+    pytest.importorskip("distributed")
+    import json
+
+    from refsnn.architectures import build_network
+    from refsnn.attack import main
+    from refsnn.io import save_model
+
+    path = tmp_path / "m" / "model.h5"
+    path.parent.mkdir()
+    save_model(path, build_network("fc", (1, 28, 28), seed=0), config={"T": 4})
+    tables = {}
+    for mode, extra in (("serial", []), ("cluster", ["--workers", "2"])):
+        out = tmp_path / mode
+        assert main(["--model", str(path), "--dataset", "mnist-subset", "--n", "6", "--eps", "0.3",
+                     "--attack", "paper", "--steps", "2", "--fresh-draws", "0", "--batch-size", "2",
+                     "--out", str(out), "--no-progress"] + extra) == 0
+        summary = json.loads((out / "table.json").read_text())
+        tables[mode] = [{k: v for k, v in row.items() if k != "seconds"} for row in summary["rows"]]
+    assert tables["cluster"] == tables["serial"]

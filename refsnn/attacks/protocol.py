@@ -91,24 +91,38 @@ def _concat(results: List[AttackResult]) -> AttackResult:
                         np.concatenate([r.iterations for r in results]), config)
 
 
+def _attack_chunk(net: SNN, name: str, eps: float, config: ProtocolConfig, chunk) -> AttackResult:
+    """One chunk of one attack (a pure function of its arguments: the seed is ``[seed, 3, chunk index]``)."""
+    index, sub_x, sub_labels, sub_maps, sub_start = chunk
+    attack = make_attack(name, net, eps, config, [config.seed, 3, index])
+    if sub_start is not None:
+        return attack(sub_x, sub_labels, sub_maps, start=sub_start)
+    return attack(sub_x, sub_labels, sub_maps)
+
+
 def run_attack(net: SNN, name: str, eps: float, x, labels, rand_maps, config: ProtocolConfig,
-               start: Optional[AttackResult] = None, progress: Optional[Callable[[int], None]] = None
-               ) -> AttackResult:
-    """One attack at one eps over all samples, in chunks; ``start`` (paper result) feeds ``strongest``."""
-    results = []
-    batch = labels.size
-    for chunk, begin in enumerate(range(0, batch, config.batch_size)):
+               start: Optional[AttackResult] = None, progress: Optional[Callable[[int], None]] = None,
+               scheduler=None) -> AttackResult:
+    """One attack at one eps over all samples, in chunks; ``start`` (paper result) feeds ``strongest``.
+
+    ``scheduler``: None (serial) or a ``distributed.Client`` / address: the chunks then run as one
+    Dask task each (``refsnn.parallel.map_chunks``) with the same per-chunk seeds, so the result
+    is identical to the serial run.
+    """
+    from functools import partial
+
+    from ..parallel import map_chunks
+
+    chunks = []
+    for index, begin in enumerate(range(0, labels.size, config.batch_size)):
         part = slice(begin, begin + config.batch_size)
-        attack = make_attack(name, net, eps, config, [config.seed, 3, chunk])
         sub_x = x[part] if config.kind == "digital" else x[:, part]
         sub_maps = rand_maps[:, part] if rand_maps is not None else None
-        if name == "strongest" and start is not None:
-            sub_start = _slice_result(start, part)
-            results.append(attack(sub_x, labels[part], sub_maps, start=sub_start))
-        else:
-            results.append(attack(sub_x, labels[part], sub_maps))
-        if progress is not None:
-            progress(int(labels[part].size))
+        sub_start = _slice_result(start, part) if name == "strongest" and start is not None else None
+        chunks.append((index, sub_x, labels[part], sub_maps, sub_start))
+    report = None if progress is None else (lambda index, result: progress(int(result.labels.size)))
+    results = map_chunks(partial(_attack_chunk, net, name, eps, config), chunks, scheduler=scheduler,
+                         progress=report)
     return _concat(results)
 
 
@@ -140,8 +154,12 @@ class ProtocolRow:
 
 
 def run_protocol(models: Dict[str, SNN], x, labels, config: ProtocolConfig, rand_maps=None,
-                 progress_factory: Optional[Callable] = None) -> List[ProtocolRow]:
-    """Rows for every model x attack x eps. ``x``: images ``[n, *in]`` (digital) or spikes ``[T, n, *in]``."""
+                 progress_factory: Optional[Callable] = None, scheduler=None) -> List[ProtocolRow]:
+    """Rows for every model x attack x eps. ``x``: images ``[n, *in]`` (digital) or spikes ``[T, n, *in]``.
+
+    ``scheduler``: None (serial) or a ``distributed.Client`` (``refsnn.parallel.dask_client``) on
+    which the attack chunks run; the rows are identical either way (per-chunk seeds).
+    """
     rows: List[ProtocolRow] = []
     if config.kind == "digital" and rand_maps is None:
         rand_maps = evaluation_maps(x.shape, config.T, config.seed)
@@ -156,7 +174,7 @@ def run_protocol(models: Dict[str, SNN], x, labels, config: ProtocolConfig, rand
                 started = time.perf_counter()
                 result = run_attack(net, name, eps, x, labels, rand_maps, config,
                                     start=paper_result if name == "strongest" else None,
-                                    progress=bar.update if bar is not None else None)
+                                    progress=bar.update if bar is not None else None, scheduler=scheduler)
                 seconds = time.perf_counter() - started
                 if bar is not None:
                     bar.close()
