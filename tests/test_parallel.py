@@ -151,3 +151,55 @@ def test_attack_cli_with_workers_writes_the_serial_table(tmp_path):
         summary = json.loads((out / "table.json").read_text())
         tables[mode] = [{k: v for k, v in row.items() if k != "seconds"} for row in summary["rows"]]
     assert tables["cluster"] == tables["serial"]
+
+
+def test_dataset_verification_on_a_cluster_matches_serial(client):
+    from verify.dataset import DatasetVerifyConfig, sample_set, verify_dataset
+
+    rng = np.random.default_rng(4)
+    images = rng.random((7, 16))
+    indices = np.arange(100, 107)
+    config = DatasetVerifyConfig(eps=0.2, horizon=2, time_limit=None, chunk_size=3, attack_samples=8)
+    net = _small_net(2)
+    # labels = the clean predictions, so that both verdicts (MILP-proven robust, refuted) occur
+    labels = np.array([net.predict(sample_set(image, index, config)[1][:, None])[0]
+                       for image, index in zip(images, indices)])
+
+    def strip(report):
+        return [{k: v for k, v in record.items() if k != "seconds"} for record in report["samples"]]
+
+    serial = verify_dataset(net, images, labels, indices, config)
+    parallel = verify_dataset(net, images, labels, indices, config, scheduler=client)
+    assert strip(parallel) == strip(serial) and parallel["summary"] == serial["summary"]
+    assert [r["index"] for r in serial["samples"]] == indices.tolist()
+    assert serial["summary"]["robust"] > 0 and serial["summary"]["not_robust"] > 0
+    # one sample alone gets the same verdict as inside the data set (per-sample seeds)
+    alone = verify_dataset(net, images[3:4], labels[3:4], indices[3:4], config)
+    assert strip(alone) == strip(serial)[3:4]
+
+
+def test_dataset_verification_cli_with_workers_matches_serial(tmp_path):
+    pytest.importorskip("distributed")
+    import json
+
+    from refsnn import SNN, Flatten, Linear
+    from refsnn.io import save_model
+    from verify.dataset import main
+
+    rng = np.random.default_rng(5)
+    net = SNN([Flatten(), Linear(rng.normal(0, 0.08, (6, 784)), np.full(6, 0.1)),
+               Linear(rng.normal(0, 0.5, (10, 6)), np.full(10, 0.05))], input_shape=(1, 28, 28))
+    path = tmp_path / "tiny" / "model.h5"
+    path.parent.mkdir()
+    save_model(path, net)
+    outputs = {}
+    for mode, extra in (("serial", []), ("cluster", ["--workers", "2"])):
+        out = tmp_path / mode
+        assert main(["--model", str(path), "--dataset", "mnist-subset", "--n", "5", "--eps", "0.02",
+                     "--horizon", "2", "--time-limit", "60", "--chunk-size", "2", "--out", str(out),
+                     "--no-progress"] + extra) == 0
+        document = json.loads((out / "verify.json").read_text())
+        outputs[mode] = ([{k: v for k, v in r.items() if k != "seconds"} for r in document["samples"]],
+                         document["summary"])
+    assert outputs["cluster"] == outputs["serial"]
+    assert len(outputs["serial"][0]) == 5

@@ -1,0 +1,238 @@
+"""``python -m verify.dataset``: exact (MILP) robustness of every sample of a test split.
+
+Each selected test sample gets its own input set and its own seeded generator, so the result of a
+sample does not depend on which other samples run, in which order or on which machine:
+
+- ``--set digital`` (image datasets): ``DigitalLinfSet(image, eps, rand_maps)`` with rand maps
+  ``[T', *in]`` drawn from ``default_rng([seed, index])`` (``index`` = the sample's index in the
+  split), radius ``eps/2`` (``--convention paper``) or ``eps`` (``authors``);
+- ``--set spike`` (event datasets): ``SpikeL0Set(frames[:T'], k, per_step=True)`` with
+  ``k = round(prod(input_shape) * eps)`` flips per time step.
+
+The verdict per sample is ``verify.robust_query``'s: "robust" (every margin ``f_label - f_j``
+strictly positive over the set), "not_robust" (with the witness's prediction) or "unknown" (solver
+time limit). The sample selection is ``refsnn.attacks.protocol.select_samples`` (sorted, seeded).
+Chunks of ``--chunk-size`` samples run serially or, with ``--workers N`` / ``--scheduler ADDRESS``,
+as one Dask task each (``refsnn.parallel``): the per-sample records and the summary are identical
+to the serial run as long as no query reaches ``--time-limit`` (a time limit depends on the
+machine's speed; such samples say "unknown" with the reason).
+
+    python -m verify.dataset --model runs/small/model.h5 --dataset mnist --n 100 --eps 0.02 \\
+        --horizon 3 --time-limit 60 --workers 8 --out results/verify/mnist-small
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import platform
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from refsnn.encoders import bernoulli_encode, draw_rand_maps
+from refsnn.network import SNN
+from refsnn.parallel import add_cluster_arguments, chunk_ranges, dask_client, map_chunks
+
+from .milp import robust_query
+from .sets import DigitalLinfSet, SpikeL0Set
+
+EVENT_DATASETS = ("nmnist",)
+
+
+@dataclass
+class DatasetVerifyConfig:
+    """Settings of one data-set verification run (saved with its results)."""
+
+    eps: float = 0.02
+    input_set: str = "digital"
+    convention: str = "paper"
+    horizon: int = 3
+    seed: int = 0
+    time_limit: Optional[float] = 60.0
+    bigm: str = "auto"
+    solver: Optional[str] = None
+    attack_samples: int = 64
+    chunk_size: int = 4
+
+    def __post_init__(self):
+        if self.input_set not in ("digital", "spike"):
+            raise ValueError(f"input_set must be 'digital' or 'spike', got {self.input_set!r}")
+        if self.convention not in ("paper", "authors"):
+            raise ValueError(f"convention must be 'paper' or 'authors', got {self.convention!r}")
+        if not np.isfinite(self.eps) or self.eps < 0:
+            raise ValueError(f"eps must be a finite number >= 0, got {self.eps!r}")
+        if int(self.horizon) != self.horizon or self.horizon < 1:
+            raise ValueError(f"horizon T' must be an integer >= 1, got {self.horizon!r}")
+        if int(self.chunk_size) != self.chunk_size or self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be an integer >= 1, got {self.chunk_size!r}")
+
+
+def sample_set(x_sample: np.ndarray, index: int, config: DatasetVerifyConfig):
+    """``(input set, clean spikes [T', *in])`` of one sample; seeded by ``[seed, index]`` only.
+
+    ``x_sample``: an image ``[*in]`` in [0, 1] (digital) or frames ``[T, *in]`` of 0/1 (spike).
+    """
+    if config.input_set == "digital":
+        image = np.asarray(x_sample, dtype=np.float64)
+        rand_maps = draw_rand_maps(np.random.default_rng([config.seed, int(index)]), config.horizon,
+                                   (1,) + image.shape)[:, 0]
+        clean = bernoulli_encode(image[None], rand_maps[:, None])[:, 0]
+        return DigitalLinfSet(image, config.eps, rand_maps, convention=config.convention), clean
+    frames = np.asarray(x_sample)
+    if frames.shape[0] < config.horizon:
+        raise ValueError(f"sample {index} has {frames.shape[0]} frames, fewer than the horizon {config.horizon}")
+    clean = np.ascontiguousarray(frames[:config.horizon]).astype(np.uint8)
+    k = int(np.floor(np.prod(clean.shape[1:]) * config.eps + 0.5))
+    return SpikeL0Set(clean, k, per_step=True), clean
+
+
+def verify_samples(net: SNN, config: DatasetVerifyConfig, chunk) -> List[dict]:
+    """Records of one chunk ``(indices [n], x [n, ...], labels [n])``: a pure function of its arguments."""
+    indices, x_chunk, labels = chunk
+    records = []
+    for index, x_sample, label in zip(indices, x_chunk, labels):
+        input_set, clean = sample_set(x_sample, int(index), config)
+        clean_prediction = int(net.predict(clean[:, None])[0])
+        result = robust_query(net, input_set, int(label), time_limit=config.time_limit, bigm=config.bigm,
+                              solver=config.solver, attack_samples=config.attack_samples,
+                              rng=np.random.default_rng([config.seed, int(index), 1]))
+        finite = result.margins[np.isfinite(result.margins)]
+        records.append({"index": int(index), "label": int(label), "clean_prediction": clean_prediction,
+                        "status": result.status, "reason": result.reason,
+                        "min_exact_margin": float(finite.min()) if finite.size else None,
+                        "witness_prediction": result.witness_prediction,
+                        "seconds": round(result.seconds, 4)})
+    return records
+
+
+def verify_dataset(net: SNN, x: np.ndarray, labels: np.ndarray, indices: Sequence[int],
+                   config: DatasetVerifyConfig, scheduler=None, progress=None) -> Dict[str, object]:
+    """Verify every sample; ``x [n, ...]`` and ``labels [n]`` are the selected samples, ``indices [n]``
+    their indices in the split (the per-sample seeds). ``scheduler``: None (serial) or a Dask client.
+
+    Returns ``{"samples": [record per sample, in order], "summary": counts and fractions}``.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    indices = np.asarray(indices).reshape(-1)
+    if not len(x) == labels.size == indices.size:
+        raise ValueError(f"x ({len(x)}), labels ({labels.size}) and indices ({indices.size}) differ in length")
+    chunks = [(indices[part.start:part.stop], x[part.start:part.stop], labels[part.start:part.stop])
+              for part in chunk_ranges(labels.size, config.chunk_size)]
+    report = None if progress is None else (lambda i, records: progress(len(records)))
+    parts = map_chunks(partial(verify_samples, net, config), chunks, scheduler=scheduler, progress=report)
+    samples = [record for part in parts for record in part]
+    statuses = [record["status"] for record in samples]
+    n = len(samples)
+    robust_and_correct = sum(r["status"] == "robust" and r["clean_prediction"] == r["label"] for r in samples)
+    summary = {"n": n, "robust": statuses.count("robust"), "not_robust": statuses.count("not_robust"),
+               "unknown": statuses.count("unknown"),
+               "clean_correct": sum(r["clean_prediction"] == r["label"] for r in samples),
+               "verified_robust_accuracy": robust_and_correct / n if n else None,
+               "verified_robust_error_upper": 1 - robust_and_correct / n if n else None,
+               "verified_robust_error_lower": statuses.count("not_robust") / n if n else None}
+    return {"samples": samples, "summary": summary}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m verify.dataset",
+                                     description="Exact MILP robustness of every selected sample of a test split.")
+    add = parser.add_argument
+    add("--model", required=True, help="model file (refsnn HDF5 format, docs/FORMAT.md)")
+    add("--dataset", required=True, choices=("mnist", "fmnist", "nmnist", "mnist-subset"))
+    add("--data-dir", help="data folder (default: refsnn.data's lookup order)")
+    add("--split", choices=("train", "test"), default="test")
+    add("--n", type=int, default=20, help="number of samples (sorted seeded selection, default 20)")
+    add("--eps", type=float, default=0.02, help="radius parameter (digital: eps/2 under --convention paper)")
+    add("--set", dest="input_set", choices=("digital", "spike"), help="input set (default: by dataset)")
+    add("--convention", choices=("paper", "authors"), default="paper")
+    add("--horizon", type=int, default=3, help="time steps T' of the verified set (default 3)")
+    add("--seed", type=int, default=0, help="selection and per-sample rand-map seed (default 0)")
+    add("--time-limit", type=float, default=60.0, help="seconds per MILP (default 60)")
+    add("--solver", default=None, help="PuLP solver (default: HiGHS when installed, else CBC)")
+    add("--chunk-size", type=int, default=4, help="samples per task (default 4)")
+    add("--out", help="output folder (default results/verify/<dataset>-<model name>)")
+    add("--no-progress", action="store_true")
+    add_cluster_arguments(parser)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from refsnn.attacks.protocol import select_samples
+    from refsnn.data import load_dataset
+    from refsnn.io import load_model
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.chunk_size < 1 or args.horizon < 1:
+        parser.error("--n, --chunk-size and --horizon must be >= 1")
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be >= 1")
+    input_set = args.input_set or ("spike" if args.dataset in EVENT_DATASETS else "digital")
+    try:
+        config = DatasetVerifyConfig(eps=args.eps, input_set=input_set, convention=args.convention,
+                                     horizon=args.horizon, seed=args.seed, time_limit=args.time_limit,
+                                     solver=args.solver, chunk_size=args.chunk_size)
+        net = load_model(args.model, dtype=np.float64)
+    except (OSError, ValueError) as error:
+        parser.error(str(error))
+    x_all, y_all = load_dataset(args.dataset, args.split, data_dir=args.data_dir, T=args.horizon)
+    try:
+        indices = select_samples(len(y_all), args.n, args.seed)
+    except ValueError as error:
+        parser.error(str(error))
+    x, labels = x_all[indices], np.asarray(y_all[indices], dtype=np.int64)
+    expected = tuple(x.shape[1:]) if input_set == "digital" else tuple(x.shape[2:])
+    if tuple(net.input_shape) != expected:
+        parser.error(f"the model expects inputs {net.input_shape}, the dataset gives {expected}")
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=args.n, desc="verify", unit="sample", file=sys.stderr)
+    started = time.perf_counter()
+    try:
+        with dask_client(args.workers, args.scheduler) as client:
+            report = verify_dataset(net, x, labels, indices, config, scheduler=client,
+                                    progress=bar.update if bar is not None else None)
+    except ImportError as error:
+        parser.error(str(error))
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - started
+    model_name = Path(args.model).parent.name if Path(args.model).stem == "model" else Path(args.model).stem
+    out = Path(args.out or f"results/verify/{args.dataset}-{model_name}")
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python -m verify.dataset " + " ".join(shlex.quote(a) for a in argv)
+    import os
+
+    document = {"command": command, "model": args.model, "dataset": args.dataset, "split": args.split,
+                "config": asdict(config), "summary": report["summary"], "samples": report["samples"],
+                "seconds_total": round(seconds, 3),
+                "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                            "python": platform.python_version(),
+                            "workers": args.workers, "scheduler": args.scheduler}}
+    (out / "verify.json").write_text(json.dumps(document, indent=2) + "\n")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(report["samples"][0]))
+    writer.writeheader()
+    writer.writerows(report["samples"])
+    (out / "verify.csv").write_text(buffer.getvalue())
+    s = report["summary"]
+    print(f"{s['n']} samples: {s['robust']} robust, {s['not_robust']} not robust, {s['unknown']} unknown; "
+          f"clean correct {s['clean_correct']}; verified robust accuracy {s['verified_robust_accuracy']:.3f} "
+          f"({seconds:.1f} s) -> {out / 'verify.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
