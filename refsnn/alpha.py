@@ -1,0 +1,455 @@
+"""Optimized S-CROWN (``method="alpha"``): per-neuron, per-time-step relaxation parameters chosen by
+projected gradient ascent on the bound, in the spirit of alpha-CROWN.
+
+Sound families (every member is sound for every parameter value in its range):
+
+``Fire`` (eq. 8 is one endpoint of each range). An unstable neuron (``m_l < th <= m_u``) obeys
+    lower line  ``s >= lam (m - th_hi)``        for every ``lam`` in ``[0, 1 / (m_u - th_hi)]``;
+    upper line  ``s <= 1 + mu (m - th_lo)``     for every ``mu``  in ``[0, 1 / (th_lo - m_l)]``.
+    (Silent means ``m <= th_hi``, so the lower line is ``<= 0``; it is ``<= 1`` up to ``m_u``. Firing
+    means ``m >= th_lo``, so the upper line is ``>= 1``; it is ``>= 0`` down to ``m_l``.) The paper's
+    chords are ``lam = 1/(m_u - th)`` with ``mu = 0`` (``m_u - th >= th - m_l``) or ``lam = 0`` with
+    ``mu = 1/(th - m_l)``. Parameters are stored as fractions ``f_lower, f_upper`` in ``[0, 1]``
+    of the largest slope (times ``1 - 16 u`` so that the float slope never exceeds the real one).
+``Reset`` ``z = m (1 - s)`` of an unstable neuron: convex combinations of two sound lines each,
+    lower  ``z >= b (m - m_u s) + (1 - b) (1 - s) m_l``,
+    upper  ``z <= b (m - th_lo s) + (1 - b) (1 - s) th_hi``,   ``b`` in ``[0, 1]``.
+    (``s = 0``: ``z = m`` in ``[m_l, th_hi]``; ``s = 1``: ``z = 0`` and ``th_lo <= m <= m_u``.)
+    ``b = 0`` is the paper's eq. 10.
+
+The back-substitution (Alg. 2, eqs. 15-18) is the one of ``refsnn.crown`` with per-row parameters
+``[T', B, R, n]`` (R = specification rows; both bounds of ``C f`` run as ``2 S`` rows), written in
+NumPy so that its reverse pass (the gradient of the lower bound w.r.t. every parameter) can be
+written by hand; ``tests/test_alpha.py`` checks it against central finite differences.
+
+Rounding: as in ``refsnn.crown``, every step accumulates ``gamma * sum |terms|`` of its products
+and sums plus ``|lam_m|`` times the network-vs-exact margins of S-IBP, and the sum is subtracted
+from the lower bound; the output margin of ``refsnn.ibp.output_rounding_margin`` is applied last.
+Every iterate of the optimization is such a sound bound; the result is the best one per row,
+intersected with S-IBP, the paper's S-CROWN and the trivial range (so ``alpha`` is never looser
+than ``best``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .crown import normalize_spec
+from .ibp import IntervalBounds, PreparedStage, ibp_spec_bounds, interval_bounds, output_rounding_margin, prepare_stages
+from .input_sets import binary_box
+from .relaxations import STABLE_OFF, STABLE_ON, UNIT_ROUNDOFF_FLOAT64, UNSTABLE, Fire, gamma
+
+U64 = UNIT_ROUNDOFF_FLOAT64
+SLOPE_SAFETY = 1.0 - 16.0 * U64
+PARAM_NAMES = ("fire_lower", "fire_upper", "reset_lower", "reset_upper")
+
+
+# --- per-stage tables ------------------------------------------------------------------------------
+
+@dataclass
+class StageTables:
+    """What the back-substitution reads for one stage, flat ``[T', B, n]`` (float64).
+
+    ``lam_max``/``mu_max``: the largest sound fire slopes (0 where the neuron is stable or the
+    denominator is not positive); ``default_lower/upper``: the paper's choice as fractions (0/1).
+    ``mem_mag``, ``carry_mag``, ``fwd_scale``: rounding magnitudes as in ``refsnn.crown``.
+    """
+
+    state: np.ndarray
+    mem_lower: np.ndarray
+    mem_upper: np.ndarray
+    lam_max: np.ndarray
+    mu_max: np.ndarray
+    default_lower: np.ndarray
+    default_upper: np.ndarray
+    mem_mag: np.ndarray
+    carry_mag: np.ndarray
+    fwd_scale: np.ndarray
+    bias: np.ndarray
+    th_lo: float
+    th_hi: float
+    decay: float
+    n_transpose_terms: int
+
+    def truncated(self, steps: int) -> "StageTables":
+        """The tables of the first ``steps`` time steps."""
+        pick = {name: getattr(self, name)[:steps] for name in
+                ("state", "mem_lower", "mem_upper", "lam_max", "mu_max", "default_lower", "default_upper",
+                 "mem_mag", "carry_mag", "fwd_scale")}
+        return StageTables(bias=self.bias, th_lo=self.th_lo, th_hi=self.th_hi, decay=self.decay,
+                           n_transpose_terms=self.n_transpose_terms, **pick)
+
+
+def stage_tables(bounds: IntervalBounds, k: int, stage: PreparedStage, steps: Optional[int] = None) -> StageTables:
+    """Tables of stage ``k`` from (possibly refined) intermediate bounds, first ``steps`` steps."""
+    steps = bounds.steps if steps is None else steps
+    n = stage.n_neurons
+    rule = bounds.rule
+    flat = (bounds.steps, bounds.batch, n)
+    mem_lower = bounds.mem_lower[k].reshape(flat)[:steps]
+    mem_upper = bounds.mem_upper[k].reshape(flat)[:steps]
+    state = bounds.state[k].reshape(flat)[:steps]
+    slope_lo, _, slope_up, _ = Fire.relaxation(mem_lower, mem_upper, state, bounds.threshold, rule)
+    unstable = state == UNSTABLE
+    lower_denom = mem_upper - rule.th_hi
+    upper_denom = rule.th_lo - mem_lower
+    ok_lower = unstable & (lower_denom > 0.0)
+    ok_upper = unstable & (upper_denom > 0.0)
+    lam_max = np.where(ok_lower, SLOPE_SAFETY / np.where(ok_lower, lower_denom, 1.0), 0.0)
+    mu_max = np.where(ok_upper, SLOPE_SAFETY / np.where(ok_upper, upper_denom, 1.0), 0.0)
+    mem_mag = np.maximum(np.abs(mem_lower), np.abs(mem_upper))
+    reset_lower = bounds.reset_lower[k].reshape(flat)[:steps]
+    reset_upper = bounds.reset_upper[k].reshape(flat)[:steps]
+    reset_mag = np.maximum(np.abs(reset_lower), np.abs(reset_upper))
+    carry_mag = mem_mag + np.abs(stage.bias)
+    carry_mag[1:] += bounds.decay * reset_mag[:-1]
+    transpose_gamma = gamma(stage.n_transpose_terms + 8, U64)
+
+    def steps_of(value):
+        value = np.broadcast_to(value, flat)
+        return value[:steps]
+
+    fwd_scale = (steps_of(bounds.mem_margin[k]) + steps_of(bounds.current_margin[k])
+                 + transpose_gamma * steps_of(bounds.current_magnitude[k]))
+    return StageTables(state=np.ascontiguousarray(state), mem_lower=mem_lower, mem_upper=mem_upper,
+                       lam_max=lam_max, mu_max=mu_max,
+                       default_lower=(slope_lo > 0.0).astype(np.float64),
+                       default_upper=(slope_up > 0.0).astype(np.float64),
+                       mem_mag=mem_mag, carry_mag=carry_mag, fwd_scale=np.ascontiguousarray(fwd_scale),
+                       bias=stage.bias, th_lo=rule.th_lo, th_hi=rule.th_hi, decay=float(bounds.decay),
+                       n_transpose_terms=stage.n_transpose_terms)
+
+
+def linear_chain(stage: PreparedStage, x: np.ndarray) -> np.ndarray:
+    """The stage's linear part without bias: ``[N, *stage.input_shape] -> [N, n]`` (adjoint of ``transpose``)."""
+    value = x
+    for op in stage.ops:
+        value = op.linear(value)
+    return value.reshape(value.shape[0], -1)
+
+
+# --- concretization at the input ---------------------------------------------------------------------
+
+class BoxConcretizer:
+    """``min`` of ``sum_t lam_t . x_t`` over the box ``[x_lower, x_upper]`` (``[T', B, n_in]`` float64)."""
+
+    def __init__(self, x_lower: np.ndarray, x_upper: np.ndarray):
+        steps, batch = x_lower.shape[:2]
+        self.mid = ((x_lower + x_upper) * 0.5).reshape(steps, batch, -1).astype(np.float64)
+        self.rad = ((x_upper - x_lower) * 0.5).reshape(steps, batch, -1).astype(np.float64)
+
+    def truncated(self, steps: int) -> "BoxConcretizer":
+        other = BoxConcretizer.__new__(BoxConcretizer)
+        other.mid, other.rad = self.mid[:steps], self.rad[:steps]
+        return other
+
+    def select(self, index) -> "BoxConcretizer":
+        other = BoxConcretizer.__new__(BoxConcretizer)
+        other.mid, other.rad = self.mid[:, index], self.rad[:, index]
+        return other
+
+    def value(self, lam: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """``lam [T', B, R, n_in]`` -> ``(min value [B, R], rounding bound [B, R])``."""
+        lam_abs = np.abs(lam)
+        at_mid = np.einsum("tbrj,tbj->br", lam, self.mid)
+        at_rad = np.einsum("tbrj,tbj->br", lam_abs, self.rad)
+        abs_mid = np.einsum("tbrj,tbj->br", lam_abs, self.mid)
+        n_terms = lam.shape[0] * lam.shape[-1]
+        return at_mid - at_rad, gamma(n_terms + 8, U64) * (abs_mid + at_rad)
+
+    def gradient(self, lam: np.ndarray) -> np.ndarray:
+        """d value / d lam ``[T', B, R, n_in]`` (a subgradient where ``lam = 0``)."""
+        return self.mid[:, :, None, :] - np.sign(lam) * self.rad[:, :, None, :]
+
+
+# --- the parametrized back-substitution ----------------------------------------------------------------
+
+def default_params(tables: Sequence[StageTables], rows: int) -> List[Dict[str, np.ndarray]]:
+    """The paper's relaxation (eqs. 8, 10) as parameters ``[T', B, R, n]`` per stage."""
+    params = []
+    for tab in tables:
+        shape = tab.state.shape[:2] + (rows,) + tab.state.shape[2:]
+        params.append({"fire_lower": np.broadcast_to(tab.default_lower[:, :, None, :], shape).copy(),
+                       "fire_upper": np.broadcast_to(tab.default_upper[:, :, None, :], shape).copy(),
+                       "reset_lower": np.zeros(shape), "reset_upper": np.zeros(shape)})
+    return params
+
+
+def random_params(tables: Sequence[StageTables], rows: int, rng: np.random.Generator) -> List[Dict[str, np.ndarray]]:
+    """Uniform random parameters in their sound ranges, with endpoints (0 and 1) drawn often."""
+    params = []
+    for tab in tables:
+        shape = tab.state.shape[:2] + (rows,) + tab.state.shape[2:]
+        entry = {}
+        for name in PARAM_NAMES:
+            value = rng.random(shape)
+            pick = rng.random(shape)
+            value = np.where(pick < 0.2, 0.0, np.where(pick > 0.8, 1.0, value))
+            entry[name] = value
+        params.append(entry)
+    return params
+
+
+@dataclass
+class BacksubResult:
+    """``value [B, R]``: the float lower bound before rounding terms; ``err [B, R]`` everything to
+    subtract for rounding (back-substitution and concretization, not the output margin);
+    ``lam_x [T', B, R, *in]`` the coefficients at the input; ``bias [B, R]``."""
+
+    value: np.ndarray
+    err: np.ndarray
+    lam_x: np.ndarray
+    bias: np.ndarray
+    tape: list = field(default_factory=list, repr=False)
+
+    @property
+    def sound(self) -> np.ndarray:
+        return self.value - self.err
+
+
+def _stage_forward(tab: StageTables, lam_s: np.ndarray, prm: Optional[Dict[str, np.ndarray]],
+                   inject: Optional[np.ndarray], record: bool):
+    """Steps 1-3 of Alg. 2 for one stage, ``t`` from ``T'-1`` down to 0, vectorized over ``[B, R, n]``.
+
+    ``lam_s [T', B, R, n]`` coefficients on the spikes; ``inject [B, R, n]`` (membrane queries):
+    the coefficient on ``m_{T'-1}`` itself (``lam_s`` is then ignored at that step).
+    Returns ``lam_cur [T', B, R, n]`` (on the currents), ``bias [B, R]``, ``err [B, R]``, tape.
+    """
+    steps = lam_s.shape[0]
+    n = lam_s.shape[-1]
+    g = gamma(4 * n * steps + 32, U64)
+    carry = np.zeros(lam_s.shape[1:])
+    bias = np.zeros(lam_s.shape[1:3])
+    err = np.zeros(lam_s.shape[1:3])
+    lam_cur = np.empty(lam_s.shape)
+    tape = []
+    for t in range(steps - 1, -1, -1):
+        if inject is not None and t == steps - 1:
+            lm = inject
+            p = np.abs(lm) * tab.carry_mag[t][:, None, :]
+            err += g * p.sum(-1) + (np.abs(lm) * tab.fwd_scale[t][:, None, :]).sum(-1)
+            bias += lm @ tab.bias
+            lam_cur[t] = lm
+            carry = tab.decay * lm
+            tape.append(None)
+            continue
+        ls_in = lam_s[t]
+        lz = carry
+        st = tab.state[t][:, None, :]
+        off, on, uns = st == STABLE_OFF, st == STABLE_ON, st == UNSTABLE
+        ml = tab.mem_lower[t][:, None, :]
+        mu = tab.mem_upper[t][:, None, :]
+        reset_low = lz >= 0.0
+        if prm is None:
+            beta = np.zeros(lz.shape)
+            f_low = np.broadcast_to(tab.default_lower[t][:, None, :], lz.shape)
+            f_up = np.broadcast_to(tab.default_upper[t][:, None, :], lz.shape)
+        else:
+            beta = np.where(reset_low, prm["reset_lower"][t], prm["reset_upper"][t])
+            f_low, f_up = prm["fire_lower"][t], prm["fire_upper"][t]
+        one_minus = 1.0 - beta
+        pm = beta
+        ps = np.where(reset_low, -(beta * mu + one_minus * ml), -(beta * tab.th_lo + one_minus * tab.th_hi))
+        pc = np.where(reset_low, one_minus * ml, one_minus * tab.th_hi)
+        ls = ls_in + lz * ps
+        fire_low = ls >= 0.0
+        lam_max = tab.lam_max[t][:, None, :]
+        mu_max = tab.mu_max[t][:, None, :]
+        a = np.where(fire_low, f_low * lam_max, f_up * mu_max)
+        c = np.where(fire_low, -a * tab.th_hi, 1.0 - a * tab.th_lo)
+        lm_uns = lz * pm + ls * a
+        lm = np.where(off, lz, np.where(on, 0.0, lm_uns))
+        bias_terms = np.where(on, ls_in, np.where(uns, lz * pc + ls * c, 0.0))
+        mem_mag = tab.mem_mag[t][:, None, :]
+        p = np.abs(ls_in) + np.where(uns, 2.0 * np.abs(lz * ps) + np.abs(ls) * (np.abs(a) * mem_mag + np.abs(c) + 1.0)
+                                     + np.abs(lz) * ((np.abs(pm) + 2.0) * mem_mag + np.abs(ps) + np.abs(pc) + 1.0),
+                                     0.0)
+        p += np.abs(lm) * tab.carry_mag[t][:, None, :]
+        err += g * p.sum(-1) + (np.abs(lm) * tab.fwd_scale[t][:, None, :]).sum(-1)
+        bias += bias_terms.sum(-1) + lm @ tab.bias
+        lam_cur[t] = lm
+        carry = tab.decay * lm
+        if record:
+            tape.append((t, off, on, uns, reset_low, fire_low, ls, lz, a, c, pm, ps, pc, ml, mu, lam_max, mu_max))
+    tape.reverse()  # index by t
+    return lam_cur, bias, err, tape
+
+
+def backsub(stages: Sequence[PreparedStage], tables: Sequence[StageTables], spec: Optional[np.ndarray],
+            concretizer, params: Optional[List[Dict[str, np.ndarray]]] = None, record: bool = False,
+            inject: Optional[np.ndarray] = None) -> BacksubResult:
+    """Lower bounds of ``spec f`` (``spec [B, R, n_out]``; the output rates over ``T'`` steps), or,
+    with ``inject [B, R, n_K]`` and ``spec=None``, of ``inject . m_{T'-1}[K]`` where ``K`` is the last
+    stage in ``stages`` (membrane queries of full S-CROWN; ``tables`` truncated to ``T'`` steps).
+    ``params``: per stage a dict of ``[T', B, R, n]`` fractions (None: the paper's relaxation).
+    """
+    steps = tables[-1].state.shape[0]
+    if inject is None:
+        batch, rows = spec.shape[:2]
+        lam_s = np.ascontiguousarray(np.broadcast_to(spec[None] / steps, (steps,) + spec.shape))
+    else:
+        batch, rows = inject.shape[:2]
+        lam_s = np.zeros((steps,) + inject.shape)
+    bias = np.zeros((batch, rows))
+    err = np.zeros((batch, rows))
+    tape = []
+    for k in range(len(stages) - 1, -1, -1):
+        stage, tab = stages[k], tables[k]
+        prm = None if params is None else params[k]
+        lam_cur, bias_k, err_k, stage_tape = _stage_forward(tab, lam_s, prm, inject if k == len(stages) - 1 else None,
+                                                            record)
+        bias += bias_k
+        err += err_k + 4.0 * U64 * np.abs(bias)
+        n = stage.n_neurons
+        lam_s = stage.transpose(lam_cur.reshape(steps * batch * rows, n)).reshape((steps, batch, rows, -1))
+        tape.append(stage_tape)
+    tape.reverse()
+    value, concretization_err = concretizer.value(lam_s)
+    err = err * (1.0 + 8.0 * U64) + concretization_err + gamma(8, U64) * np.abs(bias)
+    return BacksubResult(value + bias, err, lam_s, bias, tape)
+
+
+def backsub_gradient(stages: Sequence[PreparedStage], tables: Sequence[StageTables], result: BacksubResult,
+                     concretizer, weights: Optional[np.ndarray] = None) -> List[Dict[str, np.ndarray]]:
+    """Gradient of ``sum weights * result.value`` w.r.t. every parameter (reverse of ``backsub``).
+
+    ``result`` must come from ``backsub(..., record=True)`` with parameters (not an injection).
+    The relaxation choices (signs of the coefficients) are held fixed: the gradient of the
+    piecewise-smooth bound on the piece of the current parameters.
+    """
+    steps, batch, rows = result.lam_x.shape[:3]
+    scale = np.ones((batch, rows)) if weights is None else weights
+    g_lam = concretizer.gradient(result.lam_x) * scale[None, :, :, None]   # d / d lam on the stage's input
+    grads = []
+    for k, (stage, tab) in enumerate(zip(stages, tables)):
+        n = stage.n_neurons
+        g_cur = linear_chain(stage, g_lam.reshape((steps * batch * rows,) + stage.input_shape))
+        g_cur = g_cur.reshape(steps, batch, rows, n)
+        grad = {name: np.zeros((steps, batch, rows, n)) for name in PARAM_NAMES}
+        g_lam_s = np.empty((steps, batch, rows, n))
+        g_lz_prev = np.zeros((batch, rows, n))
+        bias_vec = tab.bias * scale[:, :, None]
+        for t in range(steps):
+            (_, off, on, uns, reset_low, fire_low, ls, lz, a, c, pm, ps, pc, ml, mu,
+             lam_max, mu_max) = result.tape[k][t]
+            g_lm = g_cur[t] + bias_vec + tab.decay * g_lz_prev
+            w = scale[:, :, None]
+            g_ls = g_lm * a + c * w
+            up = uns & fire_low
+            grad["fire_lower"][t] = np.where(up, lam_max * ls * (g_lm - tab.th_hi * w), 0.0)
+            down = uns & ~fire_low
+            grad["fire_upper"][t] = np.where(down, mu_max * ls * (g_lm - tab.th_lo * w), 0.0)
+            g_lz_uns = g_lm * pm + pc * w + g_ls * ps
+            grad["reset_lower"][t] = np.where(uns & reset_low, lz * (g_lm - g_ls * (mu - ml) - ml * w), 0.0)
+            grad["reset_upper"][t] = np.where(uns & ~reset_low,
+                                              lz * (g_lm + g_ls * (tab.th_hi - tab.th_lo) - tab.th_hi * w), 0.0)
+            g_lam_s[t] = np.where(off, 0.0, np.where(on, w, g_ls))
+            g_lz_prev = np.where(off, g_lm, np.where(on, 0.0, g_lz_uns))
+        grads.append(grad)
+        g_lam = g_lam_s
+    return grads
+
+
+# --- optimization ------------------------------------------------------------------------------------
+
+@dataclass
+class AlphaResult:
+    """``lower/upper [B, S]``: sound bounds of ``C f`` (best iterate, intersected with S-IBP, the
+    paper's S-CROWN and the trivial range); ``alpha_lower/alpha_upper``: the optimized S-CROWN bounds
+    alone; ``history [iterations + 1]``: mean sound lower bound over all rows per iteration."""
+
+    method: str
+    lower: np.ndarray
+    upper: np.ndarray
+    alpha_lower: np.ndarray
+    alpha_upper: np.ndarray
+    history: List[float]
+    intermediate: IntervalBounds
+
+
+def optimize_rows(stages, tables, spec, concretizer, iterations: int = 20, lr: float = 0.25,
+                  rng: Optional[np.random.Generator] = None) -> Tuple[np.ndarray, List[float]]:
+    """Best sound lower bound ``[B, R]`` of ``spec f`` over ``iterations`` steps of projected Adam
+    ascent on the fractions (start: the paper's relaxation). Each row has its own parameters."""
+    batch, rows = spec.shape[:2]
+    params = default_params(tables, rows)
+    moments = [{name: [np.zeros_like(v), np.zeros_like(v)] for name, v in prm.items()} for prm in params]
+    best = None
+    history = []
+    beta1, beta2 = 0.9, 0.999
+    for it in range(iterations + 1):
+        result = backsub(stages, tables, spec, concretizer, params, record=it < iterations)
+        sound = result.sound
+        best = sound if best is None else np.maximum(best, sound)
+        history.append(float(best.mean()))
+        if it == iterations:
+            break
+        grads = backsub_gradient(stages, tables, result, concretizer)
+        for prm, grad, mom in zip(params, grads, moments):
+            for name in PARAM_NAMES:
+                m1, m2 = mom[name]
+                m1 *= beta1
+                m1 += (1 - beta1) * grad[name]
+                m2 *= beta2
+                m2 += (1 - beta2) * grad[name] ** 2
+                step = lr * (m1 / (1 - beta1 ** (it + 1))) / (np.sqrt(m2 / (1 - beta2 ** (it + 1))) + 1e-12)
+                prm[name] = np.clip(prm[name] + step, 0.0, 1.0)
+    return best, history
+
+
+def alpha_bounds(net, x_lower, x_upper, C=None, iterations: int = 20, lr: float = 0.25,
+                 intermediate: Optional[IntervalBounds] = None, concretizer=None,
+                 chunk: int = 32) -> AlphaResult:
+    """``method="alpha"``: optimized S-CROWN bounds ``(lower, upper) [B, S]`` of ``C f`` over the box.
+
+    ``x_lower/x_upper [T', B, *in]`` of 0/1; ``C`` ``[B, S, n_out]``, ``[S, n_out]`` or None.
+    ``intermediate``: the intermediate bounds to relax around (S-IBP by default; full S-CROWN's
+    refined bounds from ``refsnn.crown_full`` work too). ``concretizer``: how the linear form is
+    minimized at the input (default: the box; ``refsnn.l0`` passes the any-k-flips ball).
+    ``iterations`` Adam steps of size ``lr`` on the fractions; samples in chunks of ``chunk``.
+    """
+    from .bounds import trivial_bounds
+    from .crown import crown_bounds
+
+    box = binary_box(x_lower, x_upper, net)
+    steps, batch = box.x_lower.shape[:2]
+    if int(iterations) != iterations or iterations < 0:
+        raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    stages = prepare_stages(net)
+    if intermediate is None:
+        intermediate = interval_bounds(net, box.x_lower, box.x_upper, stages=stages)
+    C = normalize_spec(C, batch, net.n_outputs)
+    n_spec = C.shape[1]
+    spec = np.concatenate([C, -C], axis=1)
+    if concretizer is None:
+        concretizer = BoxConcretizer(box.x_lower.astype(np.float64), box.x_upper.astype(np.float64))
+    lowers, history = [], np.zeros(iterations + 1)
+    for start in range(0, batch, chunk):
+        part = slice(start, min(batch, start + chunk))
+        sub = intermediate if (start == 0 and chunk >= batch) else intermediate.select(part)
+        tables = [stage_tables(sub, k, stage) for k, stage in enumerate(stages)]
+        best, hist = optimize_rows(stages, tables, spec[part], concretizer.select(part), iterations, lr)
+        lowers.append(best)
+        history += np.asarray(hist) * (part.stop - part.start) / batch
+    rows = np.concatenate(lowers)
+    margin = output_rounding_margin(C, intermediate.rule, steps)
+    alpha_lower = rows[:, :n_spec] - margin
+    alpha_upper = -rows[:, n_spec:] + margin
+    ibp_lower, ibp_upper = ibp_spec_bounds(intermediate, C)
+    trivial_lower, trivial_upper = trivial_bounds(C)
+    lower = np.maximum(np.maximum(ibp_lower, alpha_lower), trivial_lower - margin)
+    upper = np.minimum(np.minimum(ibp_upper, alpha_upper), trivial_upper + margin)
+    if isinstance(concretizer, BoxConcretizer):
+        crown = crown_bounds(net, box.x_lower, box.x_upper, C, intermediate=intermediate, return_coefficients=False)
+        lower = np.maximum(lower, crown.lower)
+        upper = np.minimum(upper, crown.upper)
+    return AlphaResult("alpha", lower, upper, alpha_lower, alpha_upper, history.tolist(), intermediate)
+
+
+__all__ = ["alpha_bounds", "AlphaResult", "backsub", "backsub_gradient", "BacksubResult", "BoxConcretizer",
+           "StageTables", "stage_tables", "default_params", "random_params", "optimize_rows", "linear_chain",
+           "PARAM_NAMES"]

@@ -1,0 +1,225 @@
+"""Certificates against EVERY spike train within ``k`` bit flips of a clean one (``--set spike-any-k``).
+
+The paper's spike-domain set (eq. 12) frees ``round(size * eps)`` randomly PICKED positions per step;
+a certificate for it says nothing about flips elsewhere ("we cannot guarantee the robustness of a
+spike input under a given l0-norm"). The set here is the whole l0 ball around the clean train
+``x0 [T', *in]``:
+
+- ``per_step=True``: at most ``k`` flips in EACH time step;
+- ``per_step=False``: at most ``k`` flips in total over the ``T'`` steps (a subset of the former).
+
+Bounds:
+
+1. First stage: the current ``I_t = W x_t + b`` (any linear chain) is exactly bounded over the ball:
+   flipping input ``j`` changes neuron ``i``'s current by ``d_ij = W_ij (1 - 2 x0_j)``, so
+   ``min I_t[i] = W x0_t + b + (sum of the k most negative d_ij)`` and ``max`` likewise with the k
+   most positive (both budgets: one step can take all k flips). Rounded outward like S-IBP.
+2. Membranes, spikes, deeper stages: S-IBP (eqs. 7, 9, 11) from these currents, optionally refined by
+   back-substitution (``method="crown"``, full S-CROWN).
+3. S-CROWN / optimized S-CROWN: the back-substitution of ``refsnn.alpha`` down to the input gives
+   ``C f(x) >= sum_t lam_t . x_t + bias`` for every ``x`` in the enclosing box, hence in the ball; the
+   linear form is minimized EXACTLY over the ball: ``sum_t lam_t . x0_t`` plus the sum of the ``k``
+   most negative changes ``lam_tj (1 - 2 x0_tj)`` per step (``per_step``) or over all steps.
+
+Sound for every member of the ball (``tests/test_l0_anyk.py``: exhaustive enumeration and the MILP
+verifier's l0 encoding, ``verify.sets.SpikeL0Set``).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .alpha import alpha_bounds, backsub, linear_chain, stage_tables
+from .crown import normalize_spec
+from .crown_full import interval_pass, membrane_refiner
+from .ibp import PreparedStage, ibp_spec_bounds, output_rounding_margin, prepare_stages
+from .input_sets import _as_binary
+from .relaxations import UNIT_ROUNDOFF_FLOAT64, gamma
+
+U64 = UNIT_ROUNDOFF_FLOAT64
+ANYK_METHODS = ("ibp", "crown-ibp", "best", "alpha", "crown")
+
+
+def _sum_smallest(values: np.ndarray, k: int, axis: int = -1) -> np.ndarray:
+    """Sum of the ``k`` smallest entries along ``axis`` (all of them if ``k >= size``)."""
+    size = values.shape[axis]
+    if k <= 0:
+        return np.zeros(np.delete(values.shape, axis if axis >= 0 else values.ndim + axis))
+    if k >= size:
+        return values.sum(axis=axis)
+    return np.partition(values, k - 1, axis=axis).take(np.arange(k), axis=axis).sum(axis=axis)
+
+
+def _smallest_mask(values: np.ndarray, k: int) -> np.ndarray:
+    """Boolean mask of ``k`` smallest entries along the last axis (ties broken by position)."""
+    size = values.shape[-1]
+    if k >= size:
+        return np.ones(values.shape, dtype=bool)
+    mask = np.zeros(values.shape, dtype=bool)
+    if k > 0:
+        index = np.argpartition(values, k - 1, axis=-1)[..., :k]
+        np.put_along_axis(mask, index, True, axis=-1)
+    return mask
+
+
+def check_ball(clean, k) -> Tuple[np.ndarray, int]:
+    clean = _as_binary(clean, "clean")
+    if clean.ndim < 3:
+        raise ValueError(f"the clean spike trains are time-major [T', B, *input_shape], got shape {clean.shape}")
+    if int(k) != k or k < 0:
+        raise ValueError(f"k (number of flips) must be an integer >= 0, got {k!r}")
+    return clean, int(k)
+
+
+class L0Concretizer:
+    """Minimum of ``sum_t lam_t . x_t`` over the any-k-flips ball around ``x0 [T', B, n_in]``."""
+
+    def __init__(self, clean: np.ndarray, k: int, per_step: bool = True):
+        steps, batch = clean.shape[:2]
+        self.x0 = clean.reshape(steps, batch, -1).astype(np.float64)
+        self.k = int(k)
+        self.per_step = bool(per_step)
+
+    def _copy(self, x0):
+        other = L0Concretizer.__new__(L0Concretizer)
+        other.x0, other.k, other.per_step = x0, self.k, self.per_step
+        return other
+
+    def truncated(self, steps: int) -> "L0Concretizer":
+        return self._copy(self.x0[:steps])
+
+    def select(self, index) -> "L0Concretizer":
+        return self._copy(self.x0[:, index])
+
+    def _changes(self, lam):
+        sign = (1.0 - 2.0 * self.x0)[:, :, None, :]
+        return np.minimum(lam * sign, 0.0), sign
+
+    def value(self, lam: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """``lam [T', B, R, n_in]`` -> ``(min value [B, R], rounding bound [B, R])``."""
+        at_clean = np.einsum("tbrj,tbj->br", lam, self.x0)
+        changes, _ = self._changes(lam)
+        if self.per_step:
+            flips = _sum_smallest(changes, self.k, axis=-1).sum(axis=0)
+        else:
+            flat = np.moveaxis(changes, 0, 2).reshape(changes.shape[1], changes.shape[2], -1)
+            flips = _sum_smallest(flat, self.k, axis=-1)
+        steps, n_in = lam.shape[0], lam.shape[-1]
+        n_terms = steps * n_in + self.k * (steps if self.per_step else 1) + 8
+        return at_clean + flips, gamma(2 * n_terms, U64) * np.abs(lam).sum(axis=(0, 3))
+
+    def gradient(self, lam: np.ndarray) -> np.ndarray:
+        changes, sign = self._changes(lam)
+        if self.per_step:
+            chosen = _smallest_mask(changes, self.k)
+        else:
+            flat = np.moveaxis(changes, 0, 2)
+            shape = flat.shape
+            chosen = np.moveaxis(_smallest_mask(flat.reshape(shape[0], shape[1], -1), self.k).reshape(shape), 2, 0)
+        return self.x0[:, :, None, :] + np.where(chosen & (changes < 0.0), sign, 0.0)
+
+
+def _first_stage_matrix(stage: PreparedStage) -> np.ndarray:
+    """The first stage's linear map as a matrix ``[n, n_in]`` (exact for Linear; conv via the basis)."""
+    if len(stage.ops) and stage.ops[-1].kind == "linear" and all(op.kind == "flatten" for op in stage.ops[:-1]):
+        return stage.ops[-1].weight
+    n_in = int(np.prod(stage.input_shape))
+    basis = np.eye(n_in).reshape((n_in,) + stage.input_shape)
+    return linear_chain(stage, basis).T
+
+
+def topk_current_interval(stage: PreparedStage, clean: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Exact ``(I_l, I_u)`` ``[T', B, n]`` of the first stage's current over ``k`` flips of ``clean``
+    (``[T', B, *in]``) at each step, widened by the float64 rounding of this computation (the
+    network-vs-exact margin is added by the caller, as in S-IBP)."""
+    weight = _first_stage_matrix(stage)
+    n, n_in = weight.shape
+    steps, batch = clean.shape[:2]
+    x0 = clean.reshape(steps * batch, n_in).astype(np.float64)
+    base = x0 @ weight.T + stage.bias
+    lower = np.empty_like(base)
+    upper = np.empty_like(base)
+    for row in range(x0.shape[0]):
+        change = weight * (1.0 - 2.0 * x0[row])[None, :]     # [n, n_in]: effect of flipping each input
+        lower[row] = base[row] + _sum_smallest(np.minimum(change, 0.0), k)
+        upper[row] = base[row] - _sum_smallest(-np.maximum(change, 0.0), k)
+    magnitude = np.abs(weight).sum(axis=1) + np.abs(stage.bias)
+    widen = gamma(n_in + 2 * k + 8, U64) * magnitude
+    return (lower - widen).reshape(steps, batch, n), (upper + widen).reshape(steps, batch, n)
+
+
+def anyk_intermediate(net, clean, k: int, per_step: bool = True, refine: bool = False):
+    """Intermediate bounds over the ball (S-IBP from the exact first-stage currents; with ``refine``
+    every unstable membrane is also bounded by back-substitution over the ball)."""
+    clean, k = check_ball(clean, k)
+    stages = prepare_stages(net)
+    x_lower = np.zeros_like(clean) if k > 0 else clean
+    x_upper = np.ones_like(clean) if k > 0 else clean
+    current_lower, current_upper = topk_current_interval(stages[0], clean, k)
+
+    def first_current(stage, spike_lower, spike_upper):
+        steps, batch = clean.shape[:2]
+        return current_lower.reshape(steps * batch, -1), current_upper.reshape(steps * batch, -1)
+
+    hook = membrane_refiner(stages, L0Concretizer(clean, k, per_step)) if refine else None
+    bounds = interval_pass(net, x_lower, x_upper, stages=stages, first_current=first_current, refine=hook)
+    bounds.method = "anyk-crown" if refine else "anyk-ibp"
+    return bounds, stages
+
+
+def anyk_bounds(net, clean, k: int, C=None, method: str = "best", per_step: bool = True,
+                iterations: int = 20) -> Tuple[np.ndarray, np.ndarray]:
+    """Sound ``(lower, upper) [B, S]`` of ``C f`` over every spike train within ``k`` flips of ``clean``
+    (``[T', B, *input_shape]`` 0/1) per time step (``per_step``) or in total.
+
+    ``method``: ``"ibp"``, ``"crown-ibp"`` (S-CROWN on the S-IBP intermediates, exact concretization
+    over the ball), ``"best"`` (intersection of both and the trivial range), ``"alpha"`` (optimized
+    relaxations, intersected with ``best``), ``"crown"`` (full S-CROWN intermediates, then as ``best``).
+    """
+    from .bounds import trivial_bounds
+
+    if method not in ANYK_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {ANYK_METHODS}")
+    clean, k = check_ball(clean, k)
+    if tuple(clean.shape[2:]) != tuple(net.input_shape):
+        raise ValueError(f"clean spikes have per-sample shape {tuple(clean.shape[2:])}, the network expects "
+                         f"{tuple(net.input_shape)}")
+    steps, batch = clean.shape[:2]
+    C = normalize_spec(C, batch, net.n_outputs)
+    n_spec = C.shape[1]
+    bounds, stages = anyk_intermediate(net, clean, k, per_step, refine=(method == "crown"))
+    ibp_lower, ibp_upper = ibp_spec_bounds(bounds, C)
+    if method == "ibp":
+        return ibp_lower, ibp_upper
+    concretizer = L0Concretizer(clean, k, per_step)
+    margin = output_rounding_margin(C, bounds.rule, steps)
+    if method == "alpha":
+        x_lower = np.zeros_like(clean) if k > 0 else clean
+        x_upper = np.ones_like(clean) if k > 0 else clean
+        result = alpha_bounds(net, x_lower, x_upper, C, iterations=iterations, intermediate=bounds,
+                              concretizer=concretizer)
+        lower, upper = result.lower, result.upper
+    else:
+        spec = np.concatenate([C, -C], axis=1)
+        tables = [stage_tables(bounds, j, stage) for j, stage in enumerate(stages)]
+        rows = backsub(stages, tables, spec, concretizer).sound
+        lower = rows[:, :n_spec] - margin
+        upper = -rows[:, n_spec:] + margin
+        if method == "crown-ibp":
+            return lower, upper
+    trivial_lower, trivial_upper = trivial_bounds(C)
+    lower = np.maximum(np.maximum(ibp_lower, lower), trivial_lower - margin)
+    upper = np.minimum(np.minimum(ibp_upper, upper), trivial_upper + margin)
+    return lower, upper
+
+
+def certify_anyk(net, clean, labels, k: int, method: str = "best", per_step: bool = True, **kwargs) -> np.ndarray:
+    """``[B]`` bool: every margin ``f_y - f_j`` is STRICTLY positive for every train within ``k`` flips."""
+    from .bounds import margin_spec
+    lower, _ = anyk_bounds(net, clean, k, margin_spec(np.asarray(labels), net.n_outputs), method, per_step, **kwargs)
+    return np.all(lower > 0.0, axis=1)
+
+
+__all__ = ["anyk_bounds", "certify_anyk", "anyk_intermediate", "topk_current_interval", "L0Concretizer",
+           "ANYK_METHODS"]
