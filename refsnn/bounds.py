@@ -29,7 +29,7 @@ from .ibp import IntervalBounds, ibp_spec_bounds, interval_bounds, output_roundi
 from .input_sets import (BinaryBox, DigitalLinfSet, SpikeL0Set, binary_box, digital_linf_set,
                          spike_l0_set)
 
-METHODS = ("ibp", "crown-ibp", "best")
+METHODS = ("ibp", "crown-ibp", "best", "alpha", "crown")
 
 __all__ = ["compute_bounds", "interval_bounds", "crown_bounds", "trivial_bounds", "margin_spec", "certify",
            "IntervalBounds", "CrownResult", "binary_box", "digital_linf_set", "spike_l0_set", "BinaryBox",
@@ -68,8 +68,9 @@ def compute_bounds(net, x_lower, x_upper, method: str = "ibp", C=None) -> Tuple[
 
     ``x_lower/x_upper [T', B, *input_shape]`` of 0/1 (the horizon is ``T'``); ``C`` is
     ``[B, n_spec, n_out]``, ``[n_spec, n_out]`` or None (identity: bounds of the rates).
-    ``method``: ``"ibp"``, ``"crown-ibp"`` (the paper's S-CROWN) or ``"best"`` (their
-    intersection with the trivial range). All arithmetic is float64.
+    ``method``: ``"ibp"``, ``"crown-ibp"`` (the paper's S-CROWN), ``"best"`` (their
+    intersection with the trivial range), ``"alpha"`` (optimized relaxations, refsnn.alpha) or
+    ``"crown"`` (full S-CROWN, refsnn.crown_full). All arithmetic is float64.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS} "
@@ -77,6 +78,14 @@ def compute_bounds(net, x_lower, x_upper, method: str = "ibp", C=None) -> Tuple[
     box = binary_box(x_lower, x_upper, net)
     batch = box.x_lower.shape[1]
     C = normalize_spec(C, batch, net.n_outputs)
+    if method == "alpha":
+        from .alpha import alpha_bounds
+        result = alpha_bounds(net, box.x_lower, box.x_upper, C)
+        return result.lower, result.upper
+    if method == "crown":
+        from .crown_full import full_crown_bounds
+        lower, upper, _ = full_crown_bounds(net, box.x_lower, box.x_upper, C)
+        return lower, upper
     intermediate = interval_bounds(net, box.x_lower, box.x_upper)
     ibp_lower, ibp_upper = ibp_spec_bounds(intermediate, C)
     if method == "ibp":
