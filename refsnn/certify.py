@@ -3,36 +3,57 @@
 A sample is *certified* when it is correctly classified on its clean encoding (horizon T') AND
 every margin lower bound ``f_y - f_j`` over the input set is STRICTLY positive (a bound of 0 is a
 tie, not a certificate). The *certified robust error* of the paper's Figure 6 is the fraction of
-samples with some margin lower bound ``<= 0``. All bounds are the sound float64 ones of
-``refsnn.bounds.compute_bounds``.
+samples with some margin lower bound ``<= 0``. All bounds are sound and float64.
 
-Input sets (``--set``): ``digital`` = the l-inf set through one seeded draw of rand maps
-(``--convention paper``: ``xhat +- eps/2``; ``authors``: ``+- eps``); ``spike`` = the paper's l0
-set (``round(size * eps)`` freed positions per step, seeded; ``--l0-mode authors``: each bit
-with probability eps). Both certificates hold for that draw only (the paper's limitation).
+Input sets (``--set``):
 
-    python -m refsnn.certify --model runs/mnist-fc/model.h5 --dataset mnist --eps 0.12 --n 1000
+- ``digital``: the l-inf set through one seeded draw of rand maps per sample (``--convention
+  paper``: ``xhat +- eps/2``; ``authors``: ``+- eps``); holds for that draw only. ``--encoder-draws
+  N --alpha A`` adds, for the first ``--encoder-images`` samples, a Clopper-Pearson statement over
+  N fresh draws (``refsnn.encoder_cert``, docs/CERTIFY.md);
+- ``spike``: the paper's l0 set (``round(size * eps)`` freed positions per step, seeded; ``--l0-mode
+  authors``: each bit free with probability eps); holds for those positions only;
+- ``spike-any-k``: EVERY spike train within ``--k`` flips of the clean one per time step
+  (``--budget total``: in total), ``refsnn.l0``.
+
+Methods (``--method``, comma list): ``ibp``, ``crown-ibp`` (the paper's S-CROWN), ``best``,
+``alpha`` (optimized relaxations, ``--iterations``), ``crown`` (full S-CROWN, small nets).
+Image data sets are rate-encoded for the spike sets with the sample's own seed.
+
+Every sample draws its randomness from ``SeedSequence([seed, index])``, so results do not depend
+on how samples are split into chunks; ``--workers N`` / ``--scheduler ADDRESS`` run the chunks on
+Dask (``refsnn.parallel.map_chunks``) with results identical to the serial run.
+
+    python -m refsnn.certify --model runs/mnist-fc/model.h5 --dataset mnist --eps 0.12 --n 1000 --out cert.json
+
+``--out X.json`` also writes ``X.csv``, ``X.md`` and ``X_samples.json`` (per-sample certificates).
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import functools
+import io
 import json
 import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .bounds import METHODS, compute_bounds, margin_spec
+from .bounds import compute_bounds, margin_spec
 from .data import load_dataset
 from .encoders import rate_encode
 from .input_sets import digital_linf_set, spike_l0_set
 from .io import atomic_write_text, load_model
 
 EVENT_DATASETS = ("nmnist",)
+INPUT_SETS = ("digital", "spike", "spike-any-k")
+METHODS = ("ibp", "crown-ibp", "best", "alpha", "crown")
+DEFAULT_METHODS = ("ibp", "crown-ibp", "best")
 
 
 @dataclass
@@ -51,91 +72,252 @@ class CertifyConfig:
     seed: int = 1234
     batch_size: int = 100
     data_dir: Optional[str] = None
+    k: int = 1
+    budget: str = "per-step"
+    iterations: int = 20
+    encoder_draws: int = 0
+    encoder_images: int = 10
+    alpha: float = 0.001
 
 
-def certify_dataset(net, x: np.ndarray, labels: np.ndarray, config: CertifyConfig,
-                    methods: Sequence[str] = METHODS) -> Dict[str, object]:
-    """Certified robust accuracy/error per method and clean accuracy at horizon T' on ``x``.
+def sample_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
+    """The generator of sample ``index`` (independent of chunking): ``SeedSequence([seed, index, stream])``."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(index), int(stream)]))
 
-    ``x``: images ``[N, *in]`` in [0, 1] (digital) or frames ``[N, T, *in]`` (spikes).
-    Returns a dict with per-method ``certified_accuracy``, ``certified_error`` and seconds.
-    """
-    rng = np.random.default_rng(config.seed)
+
+def _clean_spikes(net, x: np.ndarray, indices: Sequence[int], config: CertifyConfig) -> np.ndarray:
+    """Clean trains ``[T', B, *in]``: frames of event data, or a per-sample rate encoding of images."""
     steps = config.horizon
+    if x.ndim == len(net.input_shape) + 2:   # frames [B, T, *in]
+        if x.shape[1] < steps:
+            raise ValueError(f"the data has {x.shape[1]} frames per sample, fewer than the horizon T'={steps}")
+        return np.ascontiguousarray(np.swapaxes(x, 0, 1)[:steps]).astype(np.uint8)
+    trains = [rate_encode(x[i:i + 1], steps, sample_rng(config.seed, index))[0] for i, index in enumerate(indices)]
+    return np.concatenate(trains, axis=1)
+
+
+def _bounds(net, method: str, x_lower, x_upper, C, config: CertifyConfig):
+    if method == "alpha":
+        from .alpha import alpha_bounds
+        return alpha_bounds(net, x_lower, x_upper, C, iterations=config.iterations).lower
+    return compute_bounds(net, x_lower, x_upper, method=method, C=C)[0]
+
+
+def certify_chunk(net, x: np.ndarray, labels: np.ndarray, indices: Sequence[int], config: CertifyConfig,
+                  methods: Sequence[str]) -> List[Dict[str, object]]:
+    """Per-sample certificates of one chunk (a top-level, picklable function of its arguments).
+
+    ``x``/``labels``: the chunk's samples (images ``[B, *in]`` or frames ``[B, T, *in]``);
+    ``indices``: their positions in the split (they seed the randomness). Returns one dict per
+    sample: ``index``, ``label``, ``clean_correct``, and per method ``certified`` (bool: correct and
+    every margin bound > 0), ``margin_ok``, ``min_margin_lower`` and ``seconds`` (the chunk's time
+    divided by its size).
+    """
+    indices = [int(i) for i in indices]
+    labels = np.asarray(labels)
+    batch = len(indices)
+    steps = config.horizon
+    C = margin_spec(labels, net.n_outputs)
+    if config.input_set == "digital":
+        maps = [sample_rng(config.seed, index).random((steps, 1) + x.shape[1:]) for index in indices]
+        rand_maps = np.concatenate(maps, axis=1)
+        box = digital_linf_set(x, config.eps, rand_maps, convention=config.convention)
+        clean, x_lower, x_upper = box.x_clean, box.x_lower, box.x_upper
+    else:
+        clean = _clean_spikes(net, x, indices, config)
+        if config.input_set == "spike":
+            parts = [spike_l0_set(clean[:, i:i + 1], config.eps, sample_rng(config.seed, index, 1), mode=config.l0_mode)
+                     for i, index in enumerate(indices)]
+            x_lower = np.concatenate([p.x_lower for p in parts], axis=1)
+            x_upper = np.concatenate([p.x_upper for p in parts], axis=1)
+    correct = net.predict(clean) == labels
+    records = [{"index": index, "label": int(labels[i]), "clean_correct": bool(correct[i])}
+               for i, index in enumerate(indices)]
+    for method in methods:
+        started = time.perf_counter()
+        if config.input_set == "spike-any-k":
+            from .l0 import anyk_bounds
+            lower, _ = anyk_bounds(net, clean, config.k, C, method, per_step=config.budget == "per-step",
+                                   iterations=config.iterations)
+        else:
+            lower = _bounds(net, method, x_lower, x_upper, C, config)
+        seconds = (time.perf_counter() - started) / batch
+        for i, record in enumerate(records):
+            ok = bool(np.all(lower[i] > 0.0))
+            record[method] = {"certified": ok and record["clean_correct"], "margin_ok": ok,
+                              "min_margin_lower": float(lower[i].min()), "seconds": seconds}
+    if config.encoder_draws > 0 and config.input_set == "digital":
+        from .encoder_cert import certify_encoder
+        for i, index in enumerate(indices):
+            if index < config.encoder_images:
+                cert = certify_encoder(net, x[i], int(labels[i]), config.eps, config.encoder_draws,
+                                       sample_rng(config.seed, index, 2), horizon=steps, alpha=config.alpha,
+                                       method="best", convention=config.convention)
+                records[i]["encoder"] = cert.as_dict()
+    return records
+
+
+def _chunk_task(net, config: CertifyConfig, methods: Sequence[str], chunk):
+    indices, x, labels = chunk
+    return certify_chunk(net, x, labels, indices, config, methods)
+
+
+def certify_samples(net, x: np.ndarray, labels: np.ndarray, config: CertifyConfig, methods: Sequence[str] = DEFAULT_METHODS,
+                    chunk_size: Optional[int] = None, workers: Optional[int] = None, scheduler=None,
+                    progress=None) -> List[Dict[str, object]]:
+    """Per-sample records of all samples, through ``refsnn.parallel.map_chunks`` (in sample order)."""
+    from .parallel import chunk_ranges, map_chunks
+
     labels = np.asarray(labels)
     n = len(labels)
-    C_all = margin_spec(labels, net.n_outputs)
-    margin_ok = {method: np.zeros(n, bool) for method in methods}
-    seconds = {method: 0.0 for method in methods}
-    correct = np.zeros(n, bool)
-    for start in range(0, n, config.batch_size):
-        part = slice(start, min(n, start + config.batch_size))
-        if config.input_set == "digital":
-            clean, rand_maps = rate_encode(x[part], steps, rng)
-            box = digital_linf_set(x[part], config.eps, rand_maps, convention=config.convention)
-        else:
-            clean = np.ascontiguousarray(np.swapaxes(x[part], 0, 1)[:steps])
-            box = spike_l0_set(clean, config.eps, rng, mode=config.l0_mode)
-        correct[part] = net.predict(clean) == labels[part]
-        for method in methods:
-            started = time.perf_counter()
-            lower, _ = compute_bounds(net, box.x_lower, box.x_upper, method=method, C=C_all[part])
-            seconds[method] += time.perf_counter() - started
-            margin_ok[method][part] = np.all(lower > 0.0, axis=1)
-    result: Dict[str, object] = {"n": n, "clean_accuracy": float(correct.mean())}
+    chunk_size = config.batch_size if chunk_size is None else chunk_size
+    chunks = [(list(r), x[r.start:r.stop], labels[r.start:r.stop]) for r in chunk_ranges(n, chunk_size)]
+    task = functools.partial(_chunk_task, net, config, tuple(methods))
+    results = map_chunks(task, chunks, workers=workers, scheduler=scheduler, progress=progress)
+    return [record for chunk in results for record in chunk]
+
+
+def summarize(records: List[Dict[str, object]], methods: Sequence[str]) -> Dict[str, object]:
+    """Certified accuracy/error, mean margin lower bound and time per method; clean accuracy."""
+    n = len(records)
+    correct = np.array([r["clean_correct"] for r in records], bool)
+    result: Dict[str, object] = {"n": n, "clean_accuracy": float(correct.mean()) if n else float("nan")}
     for method in methods:
-        certified = margin_ok[method] & correct
+        certified = np.array([r[method]["certified"] for r in records], bool)
+        margin_ok = np.array([r[method]["margin_ok"] for r in records], bool)
+        lowers = np.array([r[method]["min_margin_lower"] for r in records])
         result[method] = {"certified_accuracy": float(certified.mean()),
-                          "certified_error": float(1.0 - margin_ok[method].mean()),
-                          "seconds_per_sample": seconds[method] / max(n, 1)}
+                          "certified_error": float(1.0 - margin_ok.mean()),
+                          "mean_min_margin_lower": float(lowers.mean()),
+                          "seconds_per_sample": float(sum(r[method]["seconds"] for r in records) / max(n, 1))}
+    encoder = [r["encoder"] for r in records if "encoder" in r]
+    if encoder:
+        result["encoder"] = {"images": len(encoder), "draws": encoder[0]["draws"], "alpha": encoder[0]["alpha"],
+                             "probability_lower_bounds": [e["probability_lower_bound"] for e in encoder],
+                             "mean_probability_lower_bound": float(np.mean([e["probability_lower_bound"]
+                                                                            for e in encoder]))}
     return result
 
 
+def certify_dataset(net, x: np.ndarray, labels: np.ndarray, config: CertifyConfig,
+                    methods: Sequence[str] = DEFAULT_METHODS, **kwargs) -> Dict[str, object]:
+    """Summary (``summarize``) of ``certify_samples``; ``kwargs`` go to ``certify_samples``."""
+    return summarize(certify_samples(net, x, labels, config, methods, **kwargs), methods)
+
+
+def render_markdown(record: Dict[str, object], methods: Sequence[str]) -> str:
+    config, result = record["config"], record["result"]
+    set_label = config["input_set"] + (f" k={config['k']} ({config['budget']})" if config["input_set"] == "spike-any-k"
+                                       else f" eps={config['eps']:g}")
+    lines = [f"# Certified accuracy: {config['model']}", "",
+             f"{config['dataset']} {config['split']}, first {result['n']} samples, {set_label}, T'={config['horizon']}, "
+             f"seed {config['seed']}. Clean accuracy at T': {100 * result['clean_accuracy']:.1f}%.", "",
+             "| method | certified accuracy % | certified error % | mean min margin lower bound | s/sample |",
+             "|---|---|---|---|---|"]
+    for method in methods:
+        row = result[method]
+        lines.append(f"| {method} | {100 * row['certified_accuracy']:.1f} | {100 * row['certified_error']:.1f} | "
+                     f"{row['mean_min_margin_lower']:.4f} | {row['seconds_per_sample']:.3f} |")
+    if "encoder" in result:
+        enc = result["encoder"]
+        lines += ["", f"Encoder certificate (Clopper-Pearson, alpha {enc['alpha']:g}, {enc['draws']} draws, first "
+                  f"{enc['images']} images): lower bounds {', '.join(f'{v:.4f}' for v in enc['probability_lower_bounds'])}"]
+    lines += ["", f"Command: `{record['command']}`", f"Machine: {record['machine']}", ""]
+    return "\n".join(lines)
+
+
+def render_csv(result: Dict[str, object], methods: Sequence[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["method", "n", "clean_accuracy", "certified_accuracy", "certified_error", "mean_min_margin_lower",
+                     "seconds_per_sample"])
+    for method in methods:
+        row = result[method]
+        writer.writerow([method, result["n"], result["clean_accuracy"], row["certified_accuracy"],
+                         row["certified_error"], row["mean_min_margin_lower"], row["seconds_per_sample"]])
+    return buffer.getvalue()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .parallel import add_cluster_arguments
+
     parser = argparse.ArgumentParser(prog="python -m refsnn.certify", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--dataset", default="mnist", choices=("mnist", "fmnist", "nmnist", "mnist-subset"))
     parser.add_argument("--eps", type=float, default=0.12)
-    parser.add_argument("--set", dest="input_set", choices=("digital", "spike"), default=None,
+    parser.add_argument("--set", dest="input_set", choices=INPUT_SETS, default=None,
                         help="default: spike for nmnist, digital otherwise")
+    parser.add_argument("--k", type=int, default=1, help="flips for --set spike-any-k (default 1)")
+    parser.add_argument("--budget", choices=("per-step", "total"), default="per-step",
+                        help="spike-any-k: at most k flips per time step (default) or in total")
     parser.add_argument("--convention", choices=("paper", "authors"), default="paper")
     parser.add_argument("--l0-mode", choices=("paper", "authors"), default="paper")
     parser.add_argument("--horizon", "--robust-T", type=int, default=3, help="T' of the input set (default 3)")
-    parser.add_argument("--method", default="all", help="ibp, crown-ibp, best or all (default)")
+    parser.add_argument("--method", default="ibp,crown-ibp,best",
+                        help=f"comma list of {', '.join(METHODS)}, or all (default ibp,crown-ibp,best)")
+    parser.add_argument("--iterations", type=int, default=20, help="gradient steps of --method alpha (default 20)")
     parser.add_argument("--n", type=int, default=1000, help="first N samples of the split")
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--batch-size", type=int, default=100, help="samples per chunk (default 100)")
+    parser.add_argument("--encoder-draws", type=int, default=0,
+                        help="digital set: Clopper-Pearson certificate over N fresh rand-map draws")
+    parser.add_argument("--encoder-images", type=int, default=10, help="... for the first M samples (default 10)")
+    parser.add_argument("--alpha", type=float, default=0.001, help="Clopper-Pearson level (default 0.001)")
     parser.add_argument("--data-dir")
-    parser.add_argument("--out", help="write the JSON result here")
+    parser.add_argument("--out", help="write X.json, X.csv, X.md and X_samples.json")
+    parser.add_argument("--no-progress", action="store_true")
+    add_cluster_arguments(parser)
     args = parser.parse_args(argv)
-    methods = METHODS if args.method == "all" else tuple(args.method.split(","))
+    methods = METHODS if args.method == "all" else tuple(m.strip() for m in args.method.split(","))
     try:
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; choose from {METHODS} or 'all'")
-        if args.eps < 0 or args.n < 1 or args.horizon < 1:
-            raise ValueError("--eps must be >= 0, --n and --horizon >= 1")
+        if args.eps < 0 or args.n < 1 or args.horizon < 1 or args.batch_size < 1:
+            raise ValueError("--eps must be >= 0, --n, --horizon and --batch-size >= 1")
+        if args.k < 0 or args.iterations < 0 or args.encoder_draws < 0:
+            raise ValueError("--k, --iterations and --encoder-draws must be >= 0")
+        if not 0.0 < args.alpha < 1.0:
+            raise ValueError("--alpha must lie in (0, 1)")
         input_set = args.input_set or ("spike" if args.dataset in EVENT_DATASETS else "digital")
         config = CertifyConfig(args.model, args.dataset, "test", args.eps, input_set, args.convention,
-                               args.l0_mode, args.horizon, args.n, args.seed, data_dir=args.data_dir)
+                               args.l0_mode, args.horizon, args.n, args.seed, args.batch_size, args.data_dir,
+                               args.k, args.budget, args.iterations, args.encoder_draws, args.encoder_images,
+                               args.alpha)
         net = load_model(args.model)
         x, y = load_dataset(args.dataset, "test", data_dir=args.data_dir, limit=args.n)
         started = time.perf_counter()
-        result = certify_dataset(net, x, y, config, methods)
-    except (ValueError, FileNotFoundError, OSError) as error:
+        records = certify_samples(net, x, y, config, methods, workers=args.workers, scheduler=args.scheduler,
+                                  progress=None if args.no_progress else True)
+        result = summarize(records, methods)
+    except (ValueError, FileNotFoundError, OSError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     result["seconds"] = time.perf_counter() - started
-    record = {"config": asdict(config), "result": result, "command": " ".join(["python -m refsnn.certify", *(argv or sys.argv[1:])]),
-              "machine": {"platform": platform.platform(), "python": platform.python_version()}}
-    print(f"{args.model}: {args.dataset} {input_set} eps={args.eps} ({args.convention if input_set == 'digital' else args.l0_mode}), "
-          f"T'={args.horizon}, n={result['n']}, clean accuracy at T' {100 * result['clean_accuracy']:.1f}%")
+    record = {"config": asdict(config), "result": result,
+              "command": " ".join(["python -m refsnn.certify", *(argv if argv is not None else sys.argv[1:])]),
+              "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                          "workers": args.workers, "scheduler": args.scheduler}}
+    detail = {"digital": f"{args.convention}", "spike": args.l0_mode, "spike-any-k": f"k={args.k} {args.budget}"}
+    print(f"{args.model}: {args.dataset} {input_set} eps={args.eps} ({detail[input_set]}), T'={args.horizon}, "
+          f"n={result['n']}, clean accuracy at T' {100 * result['clean_accuracy']:.1f}%")
     for method in methods:
         row = result[method]
         print(f"  {method:9s} certified accuracy {100 * row['certified_accuracy']:5.1f}%   certified error "
-              f"{100 * row['certified_error']:5.1f}%   {1000 * row['seconds_per_sample']:.1f} ms/sample")
+              f"{100 * row['certified_error']:5.1f}%   mean min margin bound {row['mean_min_margin_lower']:+.4f}   "
+              f"{1000 * row['seconds_per_sample']:.1f} ms/sample")
+    if "encoder" in result:
+        enc = result["encoder"]
+        print(f"  encoder certificate (alpha {enc['alpha']:g}, {enc['draws']} draws): P(correct on every image in "
+              f"the ball) >= {', '.join(f'{v:.4f}' for v in enc['probability_lower_bounds'])}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out, json.dumps(record, indent=2) + "\n")
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stem = out.with_suffix("")
+        atomic_write_text(out, json.dumps(record, indent=2) + "\n")
+        atomic_write_text(stem.with_suffix(".csv"), render_csv(result, methods))
+        atomic_write_text(stem.with_suffix(".md"), render_markdown(record, methods))
+        atomic_write_text(Path(f"{stem}_samples.json"), json.dumps(records, indent=1) + "\n")
     return 0
 
 
