@@ -1,0 +1,626 @@
+"""``python -m refsnn.reproduce``: the paper's Table 1, Table 2, Figure 5 and Figure 6 from one command.
+
+For every (dataset, arch) it runs, in ``OUT/<preset>/<dataset>-<arch>/``:
+
+1. ``plain/``: natural training (``python -m refsnn.train``);
+2. ``robust/``: robust training from the plain model (``--method robust``, the paper's training
+   eps, eps ramped linearly, T' of the preset, the ``crown-ibp`` recipe);
+3. ``attack/``: the Table 2 protocol on both models at the attack eps (``python -m refsnn.attack``,
+   paper attack and the ``strongest`` ensemble, 300 fixed test samples by default);
+4. ``certify_plain.json`` / ``certify_robust.json``: certified (S-IBP, S-CROWN, best) robust error of
+   both models at the training eps (``python -m refsnn.certify``);
+
+and once, on the first dataset, the T' sweep of Figure 5 (``sweep/``: one robust epoch per T' from
+the plain model, and one natural epoch on the same samples as the time reference). It then writes
+``table1.md``, ``table2.md``, ``figure5.png``, ``figure6_<dataset>.png``, ``summary.json`` and
+``reproduce_config.json``. Every step is resumable: a finished step (its result file exists) is
+skipped, an interrupted training resumes from its checkpoint, so rerunning the same command after a
+crash or on a bigger machine continues where it stopped and then only re-renders the tables.
+
+Presets (``PRESETS``): ``quick`` is a smoke run of minutes on the embedded MNIST subset (and
+small slices of the other data sets when they are present) and is NOT a reproduction; ``budget``
+is the largest schedule that completes MNIST FC in about an hour on 2 CPU cores; ``paper`` is the
+paper's schedule (80 natural epochs; 300 robust epochs with the 250-epoch ramp).
+
+The published numbers that are compared against are in ``PAPER_REFERENCE``: only values that are
+stated in the paper's text or tables AND transcribed here; every other paper cell is shown as
+``n/t`` (not transcribed), never guessed. ``--paper-values FILE`` adds more cells (see
+docs/REPRODUCTION.md for the format).
+
+    python -m refsnn.reproduce --preset budget --dataset mnist,fmnist --arch fc
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .io import atomic_write_text
+from .robust import DEFAULT_EPS
+
+DATASETS = ("mnist", "fmnist", "nmnist")
+ARCHS = ("fc", "conv")
+
+#: What the paper states and this module compares against (Liang et al., NeurIPS 2022). Keys are
+#: ``(dataset, arch)``. Only transcribed values; a missing key renders as ``n/t``.
+PAPER_REFERENCE: Dict[str, Any] = {
+    "source": "Liang et al., Toward Robust Spiking Neural Network Against Adversarial Perturbation, NeurIPS 2022",
+    # Table 2 header: the training eps of each setting.
+    "train_eps": {f"{d}-{a}": eps for (d, a), eps in DEFAULT_EPS.items() if d in DATASETS},
+    # Table 2: the attack eps of the MNIST FC row.
+    "attack_eps": {"mnist-fc": [0.104, 0.124, 0.140, 0.154]},
+    # Table 2, MNIST FC: attack-error reduction of robust over regular training over the row (points),
+    # and the clean-error cost of robust training (points).
+    "attack_reduction_range_pp": {"mnist-fc": [2.7, 25.7]},
+    "clean_error_cost_pp": {"mnist-fc": 4.4},
+    # Abstract: the best reduction over all settings, for the clean-accuracy cost stated with it.
+    "headline": "up to 37.7 points less attack error for 3.7 points of clean accuracy",
+    # Figure 5 (CONV, MNIST, eps 0.12): time per robust epoch relative to natural training.
+    "figure5_time_ratio": {"1": 2.6, "3": 7.7, "5": 12.9},
+    # Table 1: clean accuracies per setting (none transcribed here; add them with --paper-values).
+    "clean_accuracy": {},
+    # Table 2: per-eps original / attack errors (none transcribed here; add them with --paper-values).
+    "table2_cells": {},
+}
+
+# The MNIST FC attack eps relative to its training eps; used for settings whose attack eps are not
+# transcribed (clearly labelled in the tables).
+_MNIST_FC_ATTACK_RATIOS = tuple(e / 0.12 for e in PAPER_REFERENCE["attack_eps"]["mnist-fc"])
+
+
+@dataclass(frozen=True)
+class ReproducePreset:
+    """One schedule for every (dataset, arch); saved with the results."""
+
+    name: str
+    label: str                       # shown on every table and figure
+    plain_epochs: int
+    plain_args: Tuple[str, ...]      # extra ``refsnn.train`` arguments of the natural run
+    robust_epochs: int
+    ramp_epochs: float
+    robust_T: int = 3
+    robust_args: Tuple[str, ...] = ("--lr", "0.01", "--method-option", "temperature=5",
+                                    "--method-option", "kappa_end=0.5")
+    eval_n: int = 1000               # per-epoch certified error during robust training
+    limit_train: Optional[int] = None
+    limit_test: Optional[int] = None
+    attack_n: int = 300
+    attacks: Tuple[str, ...] = ("paper", "strongest")
+    certify_n: int = 1000
+    sweep_T: Tuple[int, ...] = (1, 2, 3, 4, 5)
+    sweep_epochs: int = 1
+    sweep_limit_train: Optional[int] = 5000
+    sweep_args: Tuple[str, ...] = ()
+    dataset_alias: Dict[str, str] = field(default_factory=dict)   # e.g. quick: mnist -> mnist-subset
+
+
+PRESETS: Dict[str, ReproducePreset] = {
+    "quick": ReproducePreset(
+        name="quick", label="quick smoke run (NOT a reproduction: embedded 2,000-image MNIST subset, minutes)",
+        plain_epochs=8, plain_args=("--milestones", "100"), robust_epochs=2, ramp_epochs=1.0, eval_n=100,
+        limit_train=2000, limit_test=500, attack_n=100, attacks=("paper",), certify_n=200,
+        sweep_T=(1, 2, 3), sweep_limit_train=500, dataset_alias={"mnist": "mnist-subset"}),
+    "budget": ReproducePreset(
+        name="budget", label="budget CPU schedule (10 natural + 20 robust epochs, eps ramp over 15)",
+        plain_epochs=10, plain_args=("--milestones", "7"), robust_epochs=20, ramp_epochs=15.0, eval_n=1000,
+        sweep_epochs=2, sweep_limit_train=None, sweep_args=("--ramp-epochs", "1")),
+    "paper": ReproducePreset(
+        name="paper", label="the paper's schedule (80 natural, 300 robust epochs, ramp 250)",
+        plain_epochs=80, plain_args=("--preset", "paper"), robust_epochs=300, ramp_epochs=250.0, eval_n=1000,
+        certify_n=10000, sweep_epochs=300, sweep_limit_train=None,
+        sweep_args=("--ramp-epochs", "250")),
+}
+
+
+@dataclass
+class ReproduceConfig:
+    """The command's settings; saved as ``reproduce_config.json``."""
+
+    preset: str = "budget"
+    datasets: Tuple[str, ...] = ("mnist", "fmnist", "nmnist")
+    archs: Tuple[str, ...] = ("fc", "conv")
+    out: str = "results"
+    data_dir: Optional[str] = None
+    sweep: bool = True
+    sweep_arch: Optional[str] = None      # default: the first of archs
+    paper_values: Optional[str] = None
+    seed: int = 0
+
+
+# --- steps --------------------------------------------------------------------------------------
+
+
+def _log(message: str) -> None:
+    print(f"[reproduce {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _train_step(out_dir: Path, argv: List[str]) -> Dict[str, Any]:
+    """Runs (or resumes, or skips) one ``refsnn.train`` run; returns its summary.json."""
+    from .train import main as train_main
+
+    summary_path = out_dir / "summary.json"
+    if summary_path.is_file() and (out_dir / "model.h5").is_file():
+        _log(f"skip {out_dir} (finished)")
+        return json.loads(summary_path.read_text())
+    if (out_dir / "checkpoint.h5").is_file():
+        _log(f"resume {out_dir}")
+        code = train_main(["--resume", "--out", str(out_dir), "--no-progress"])
+    else:
+        _log(f"train {out_dir}: {' '.join(argv)}")
+        code = train_main([*argv, "--out", str(out_dir), "--no-progress"])
+    if code != 0 or not summary_path.is_file():
+        raise RuntimeError(f"training in {out_dir} failed (exit code {code}); rerun the same command to resume")
+    return json.loads(summary_path.read_text())
+
+
+def _attack_step(out_dir: Path, plain: Path, robust: Path, dataset: str, eps: Sequence[float],
+                 preset: ReproducePreset, data_dir: Optional[str], seed: int) -> Dict[str, Any]:
+    from .attack import main as attack_main
+
+    table = out_dir / "table.json"
+    if table.is_file():
+        _log(f"skip {out_dir} (finished)")
+        return json.loads(table.read_text())
+    argv = ["--model", str(plain), "--name", "plain", "--model2", str(robust), "--name2", "robust",
+            "--dataset", dataset, "--n", str(preset.attack_n), "--eps", ",".join(f"{e:g}" for e in eps),
+            "--attack", ",".join(preset.attacks), "--seed", str(seed), "--out", str(out_dir), "--no-progress"]
+    if data_dir:
+        argv += ["--data-dir", data_dir]
+    _log(f"attack {out_dir}")
+    code = attack_main(argv)
+    if code != 0 or not table.is_file():
+        raise RuntimeError(f"attack evaluation into {out_dir} failed (exit code {code})")
+    return json.loads(table.read_text())
+
+
+def _certify_step(path: Path, model: Path, dataset: str, eps: float, n: int, horizon: int,
+                  data_dir: Optional[str]) -> Dict[str, Any]:
+    from .certify import main as certify_main
+
+    if path.is_file():
+        _log(f"skip {path} (finished)")
+        return json.loads(path.read_text())
+    argv = ["--model", str(model), "--dataset", dataset, "--eps", f"{eps:g}", "--n", str(n),
+            "--horizon", str(horizon), "--method", "ibp,crown-ibp,best", "--out", str(path)]
+    if data_dir:
+        argv += ["--data-dir", data_dir]
+    _log(f"certify {model} -> {path}")
+    code = certify_main(argv)
+    if code != 0 or not path.is_file():
+        raise RuntimeError(f"certification of {model} failed (exit code {code})")
+    return json.loads(path.read_text())
+
+
+def attack_eps_for(dataset: str, arch: str) -> Tuple[List[float], str]:
+    """The attack eps of a setting and where they come from (``paper`` or ``scaled``)."""
+    key = f"{dataset}-{arch}"
+    if key in PAPER_REFERENCE["attack_eps"]:
+        return list(PAPER_REFERENCE["attack_eps"][key]), "paper"
+    train_eps = DEFAULT_EPS[(dataset, arch)]
+    return [round(train_eps * r, 6) for r in _MNIST_FC_ATTACK_RATIOS], "scaled"
+
+
+def _data_available(dataset: str, data_dir: Optional[str]) -> Optional[str]:
+    """None when the dataset loads, else the reason it does not."""
+    from .data import load_dataset
+
+    try:
+        load_dataset(dataset, "test", data_dir=data_dir, limit=1)
+    except (FileNotFoundError, OSError, ValueError) as error:
+        return str(error).splitlines()[0]
+    return None
+
+
+def _limit_args(limit_train: Optional[int], limit_test: Optional[int]) -> List[str]:
+    args: List[str] = []
+    if limit_train:
+        args += ["--limit-train", str(limit_train)]
+    if limit_test:
+        args += ["--limit-test", str(limit_test)]
+    return args
+
+
+def run_setting(root: Path, dataset: str, arch: str, preset: ReproducePreset,
+                config: ReproduceConfig) -> Dict[str, Any]:
+    """Plain + robust training, attacks and certification of one (dataset, arch)."""
+    data_name = preset.dataset_alias.get(dataset, dataset)
+    setting_dir = root / f"{dataset}-{arch}"
+    data_args = ["--data-dir", config.data_dir] if config.data_dir else []
+    limits = _limit_args(preset.limit_train if data_name != "mnist-subset" else None,
+                         preset.limit_test if data_name != "mnist-subset" else None)
+    train_eps = DEFAULT_EPS[(dataset, arch)]
+    plain_argv = ["--dataset", data_name, "--arch", arch, "--epochs", str(preset.plain_epochs),
+                  "--seed", str(config.seed), *preset.plain_args, *limits, *data_args]
+    plain = _train_step(setting_dir / "plain", plain_argv)
+    robust_argv = ["--method", "robust", "--dataset", data_name, "--arch", arch,
+                   "--init", str(setting_dir / "plain" / "model.h5"), "--eps", f"{train_eps:g}",
+                   "--epochs", str(preset.robust_epochs), "--ramp-epochs", f"{preset.ramp_epochs:g}",
+                   "--robust-T", str(preset.robust_T), "--seed", str(config.seed), "--checkpoint-every", "200",
+                   "--method-option", f"eval_n={preset.eval_n}", *preset.robust_args, *limits, *data_args]
+    robust = _train_step(setting_dir / "robust", robust_argv)
+    eps, eps_source = attack_eps_for(dataset, arch)
+    models = {name: setting_dir / name / "model.h5" for name in ("plain", "robust")}
+    attack = _attack_step(setting_dir / "attack", models["plain"], models["robust"], data_name, eps, preset,
+                          config.data_dir, config.seed)
+    certified = {name: _certify_step(setting_dir / f"certify_{name}.json", models[name], data_name, train_eps,
+                                     preset.certify_n, preset.robust_T, config.data_dir)
+                 for name in models}
+    return {"dataset": dataset, "data": data_name, "arch": arch, "train_eps": train_eps, "attack_eps": eps,
+            "attack_eps_source": eps_source, "plain": plain, "robust": robust, "attack": attack,
+            "certify": certified, "dir": str(setting_dir)}
+
+
+def run_sweep(root: Path, dataset: str, arch: str, preset: ReproducePreset,
+              config: ReproduceConfig) -> Dict[str, Any]:
+    """Figure 5: robust training for each T' from the same plain model, and a natural reference."""
+    data_name = preset.dataset_alias.get(dataset, dataset)
+    sweep_dir = root / "sweep" / f"{dataset}-{arch}"
+    plain_model = root / f"{dataset}-{arch}" / "plain" / "model.h5"
+    data_args = ["--data-dir", config.data_dir] if config.data_dir else []
+    limits = _limit_args(preset.sweep_limit_train, preset.limit_test if data_name != "mnist-subset" else None)
+    common = ["--dataset", data_name, "--arch", arch, "--init", str(plain_model), "--seed", str(config.seed),
+              "--epochs", str(preset.sweep_epochs), "--lr", "0.01", *limits, *data_args]
+    reference = _train_step(sweep_dir / "natural", [*common, "--milestones", "100000"])
+    runs = {}
+    for horizon in preset.sweep_T:
+        argv = [*common, "--method", "robust", "--eps", f"{DEFAULT_EPS[(dataset, arch)]:g}", "--robust-T",
+                str(horizon), "--method-option", f"eval_n={min(preset.eval_n, 500)}",
+                "--method-option", "temperature=5", "--method-option", "kappa_end=0.5", *preset.sweep_args]
+        if "--ramp-epochs" not in preset.sweep_args:
+            argv += ["--ramp-epochs", f"{preset.sweep_epochs:g}"]
+        runs[horizon] = _train_step(sweep_dir / f"T{horizon}", argv)
+    return {"dataset": dataset, "arch": arch, "reference": reference, "runs": runs, "dir": str(sweep_dir)}
+
+
+# --- rendering ------------------------------------------------------------------------------------
+
+
+def _pct(value: Optional[float], digits: int = 1) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.{digits}f}"
+
+
+def _rows(attack: Dict[str, Any], model: str, name: str) -> Dict[float, Dict[str, Any]]:
+    return {round(row["eps"], 6): row for row in attack["rows"] if row["model"] == model and row["attack"] == name}
+
+
+def _crown_error(record: Dict[str, Any]) -> Optional[float]:
+    result = record.get("result", record)
+    entry = result.get("crown-ibp") or {}
+    return entry.get("certified_error")
+
+
+def _best_error(record: Dict[str, Any]) -> Optional[float]:
+    result = record.get("result", record)
+    entry = result.get("best") or {}
+    return entry.get("certified_error")
+
+
+def _label_for(setting: Dict[str, Any]) -> str:
+    n_train = setting["plain"].get("n_train")
+    if setting["dataset"] == "nmnist" and n_train is not None and n_train < 60000:
+        return f"N-MNIST 1k-subset ({n_train} train recordings)"
+    names = {"mnist": "MNIST", "fmnist": "FMNIST", "nmnist": "N-MNIST"}
+    label = names[setting["dataset"]]
+    if setting["data"] != setting["dataset"]:
+        label += f" ({setting['data']})"
+    return label
+
+
+def render_table2(settings: List[Dict[str, Any]], preset: ReproducePreset, paper: Dict[str, Any]) -> str:
+    lines = [f"# Table 2 (refsnn, preset `{preset.name}`)", "",
+             f"Schedule: {preset.label}. Every number below comes from this schedule (marked *), not the paper's "
+             "80 + 300 epochs, unless the preset is `paper`.", "",
+             "Errors in % on the Table 2 protocol (`python -m refsnn.attack`): "
+             f"{preset.attack_n} fixed test samples, one shared draw of evaluation rand maps, digital l-inf radius "
+             "eps/2 (the bounds' set), spike inputs an l0 budget of round(size * eps) bits. `paper` = the paper's "
+             "attack (25 iterations as the authors' code), `strongest` = refsnn's ensemble (includes the paper "
+             "attack). Reduction = regular attack error - robust attack error (points). Paper cells marked `n/t` "
+             "are not transcribed in refsnn (see docs/REPRODUCTION.md).", ""]
+    mark = "" if preset.name == "paper" else "*"
+    for setting in settings:
+        key = f"{setting['dataset']}-{setting['arch']}"
+        attack = setting["attack"]
+        lines += [f"## {_label_for(setting)} {setting['arch'].upper()} (training eps {setting['train_eps']:g})", ""]
+        if setting["attack_eps_source"] != "paper":
+            lines += ["Attack eps: not transcribed from the paper for this setting; refsnn uses the training eps "
+                      "times the MNIST FC row's ratios (0.104, 0.124, 0.140, 0.154) / 0.12.", ""]
+        cells = paper.get("table2_cells", {}).get(key, {})
+        header = ("| attack eps | regular: original err. | regular: attack err. (paper atk) | robust: original err. | "
+                  "robust: attack err. (paper atk) | reduction (pp) | regular / robust: strongest atk err. | "
+                  "paper: regular attack err. | paper: robust attack err. | paper: reduction (pp) | "
+                  "ours - paper reduction (pp) |")
+        lines += [header, "|" + "---|" * (header.count("|") - 1)]
+        plain_rows, robust_rows = _rows(attack, "plain", "paper"), _rows(attack, "robust", "paper")
+        plain_strong, robust_strong = _rows(attack, "plain", "strongest"), _rows(attack, "robust", "strongest")
+        for eps in setting["attack_eps"]:
+            e = round(eps, 6)
+            p, r = plain_rows.get(e), robust_rows.get(e)
+            if p is None or r is None:
+                continue
+            reduction = 100 * (p["attack_error"] - r["attack_error"])
+            strong = (f"{_pct(plain_strong[e]['attack_error'])} / {_pct(robust_strong[e]['attack_error'])}"
+                      if e in plain_strong and e in robust_strong else "-")
+            cell = cells.get(f"{eps:g}", {})
+            paper_reg, paper_rob = cell.get("regular_attack_error"), cell.get("robust_attack_error")
+            paper_red = (paper_reg - paper_rob) if paper_reg is not None and paper_rob is not None else None
+            ours_minus = f"{reduction - paper_red:+.1f}" if paper_red is not None else "n/t"
+            lines.append(f"| {eps:g} | {_pct(p['original_error'])}{mark} | {_pct(p['attack_error'])}{mark} | "
+                         f"{_pct(r['original_error'])}{mark} | {_pct(r['attack_error'])}{mark} | {reduction:.1f}{mark} | "
+                         f"{strong}{mark} | {paper_reg if paper_reg is not None else 'n/t'} | "
+                         f"{paper_rob if paper_rob is not None else 'n/t'} | "
+                         f"{f'{paper_red:.1f}' if paper_red is not None else 'n/t'} | {ours_minus} |")
+        reductions = [100 * (plain_rows[round(e, 6)]["attack_error"] - robust_rows[round(e, 6)]["attack_error"])
+                      for e in setting["attack_eps"] if round(e, 6) in plain_rows and round(e, 6) in robust_rows]
+        clean_cost = None
+        if plain_rows and robust_rows:
+            first = round(setting["attack_eps"][0], 6)
+            clean_cost = 100 * (robust_rows[first]["original_error"] - plain_rows[first]["original_error"])
+        paper_range = paper.get("attack_reduction_range_pp", {}).get(key)
+        paper_cost = paper.get("clean_error_cost_pp", {}).get(key)
+        lines += ["", f"Summary: attack-error reduction {min(reductions):.1f} to {max(reductions):.1f} points "
+                  f"for {clean_cost:.1f} points of clean error{mark}" if reductions and clean_cost is not None
+                  else "Summary: incomplete rows.",
+                  f"Paper: {paper_range[0]} to {paper_range[1]} points for {paper_cost} points of clean error."
+                  if paper_range else "Paper: n/t for this setting.", ""]
+        cert = setting["certify"]
+        lines += [f"Certified robust error at the training eps {setting['train_eps']:g} (T' = {preset.robust_T}, "
+                  f"`python -m refsnn.certify`, first {cert['plain'].get('result', {}).get('n', preset.certify_n)} "
+                  "test samples; the paper reports none):", "",
+                  "| model | clean acc. at T' | S-CROWN certified error | best-of (S-IBP, S-CROWN) certified error |",
+                  "|---|---|---|---|"]
+        for name in ("plain", "robust"):
+            record = cert[name]
+            result = record.get("result", record)
+            lines.append(f"| {'regular' if name == 'plain' else 'robust'} | {_pct(result.get('clean_accuracy'))}{mark} | "
+                         f"{_pct(_crown_error(record))}{mark} | {_pct(_best_error(record))}{mark} |")
+        lines += ["", f"Raw: `{setting['dir']}/attack/table.json`, `certify_*.json`, runs in `plain/`, `robust/`.", ""]
+    lines += [f"Paper headline (abstract): {paper['headline']}.", ""]
+    return "\n".join(lines)
+
+
+def render_table1(settings: List[Dict[str, Any]], preset: ReproducePreset, paper: Dict[str, Any]) -> str:
+    mark = "" if preset.name == "paper" else "*"
+    lines = [f"# Table 1 (refsnn, preset `{preset.name}`): clean test accuracy", "",
+             f"Schedule: {preset.label} (cells marked * come from it). Accuracy at T = 10 over the whole test split "
+             "of the data used, mean over sampling seeds (`summary.json` of each run). Paper cells `n/t` are not "
+             "transcribed (docs/REPRODUCTION.md).", "",
+             "| data set | arch | regular (natural) acc. % | robust acc. % | clean-acc. cost (pp) | paper: regular | "
+             "paper: robust | ours - paper (regular, pp) | natural s/epoch | robust s/epoch |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for setting in settings:
+        key = f"{setting['dataset']}-{setting['arch']}"
+        plain_acc = setting["plain"]["test_accuracy"]["mean"]
+        robust_acc = setting["robust"]["test_accuracy"]["mean"]
+        ref = paper.get("clean_accuracy", {}).get(key, {})
+        paper_plain, paper_robust = ref.get("regular"), ref.get("robust")
+        diff = f"{100 * plain_acc - paper_plain:+.1f}" if paper_plain is not None else "n/t"
+        lines.append(f"| {_label_for(setting)} | {setting['arch'].upper()} | {_pct(plain_acc, 2)}{mark} | "
+                     f"{_pct(robust_acc, 2)}{mark} | {100 * (plain_acc - robust_acc):.2f}{mark} | "
+                     f"{paper_plain if paper_plain is not None else 'n/t'} | "
+                     f"{paper_robust if paper_robust is not None else 'n/t'} | {diff} | "
+                     f"{setting['plain']['seconds_per_epoch']:.0f} | {setting['robust']['seconds_per_epoch']:.0f} |")
+    lines += ["", "Seconds per epoch are wall-clock on the machine in `reproduce_config.json` (shared, loaded 2-core VM "
+              "for the committed runs), training only (evaluation excluded).", ""]
+    return "\n".join(lines)
+
+
+def _last_metrics(run_dir: Path) -> Dict[str, Any]:
+    path = run_dir / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return records[-1] if records else {}
+
+
+def sweep_table(sweep: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Per T': clean accuracy, S-CROWN loss and certified error after training, time relative to natural."""
+    sweep_dir = Path(sweep["dir"])
+    reference_seconds = sweep["reference"]["seconds_per_epoch"]
+    rows = []
+    for horizon, summary in sorted(sweep["runs"].items()):
+        last = _last_metrics(sweep_dir / f"T{horizon}")
+        rows.append({"T_prime": int(horizon), "clean_accuracy": summary["test_accuracy"]["mean"],
+                     "robust_loss": last.get("train_robust_loss"),
+                     "cert_error_crown": last.get("cert_error_crown-ibp_final"),
+                     "seconds_per_epoch": summary["seconds_per_epoch"],
+                     "time_ratio": summary["seconds_per_epoch"] / reference_seconds})
+    return rows
+
+
+def render_figure5(sweep: Dict[str, Any], preset: ReproducePreset, paper: Dict[str, Any], out: Path) -> Optional[Path]:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        _log('figure5: matplotlib missing (pip install "refsnn[plot]"); table only')
+        return None
+    rows = sweep_table(sweep)
+    horizons = [r["T_prime"] for r in rows]
+    figure, axes = plt.subplots(1, 4, figsize=(15, 3.3))
+    panels = [("clean_accuracy", "clean test accuracy"), ("robust_loss", "S-CROWN (bound) loss, last epoch"),
+              ("cert_error_crown", "S-CROWN certified error at eps"), ("time_ratio", "time / natural epoch")]
+    for axis, (key, title) in zip(axes, panels):
+        axis.plot(horizons, [float("nan") if r[key] is None else r[key] for r in rows], marker="o", label="refsnn")
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel("T'")
+        axis.set_xticks(horizons)
+    ratios = paper.get("figure5_time_ratio", {})
+    if ratios:
+        axes[3].plot([int(k) for k in ratios], list(ratios.values()), "s--", label="paper (CONV MNIST, GPU)")
+        axes[3].legend(fontsize=7)
+    figure.suptitle(f"Figure 5 (refsnn): T' sweep on {sweep['dataset']} {sweep['arch'].upper()}; {preset.label}",
+                    fontsize=9)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+    return out
+
+
+def _sweep_ramp(preset: ReproducePreset) -> float:
+    args = list(preset.sweep_args)
+    return float(args[args.index("--ramp-epochs") + 1]) if "--ramp-epochs" in args else float(preset.sweep_epochs)
+
+
+def render_sweep_md(sweep: Dict[str, Any], preset: ReproducePreset, paper: Dict[str, Any]) -> str:
+    ratios = paper.get("figure5_time_ratio", {})
+    mark = "" if preset.name == "paper" else "*"
+    lines = [f"# Figure 5 (refsnn, preset `{preset.name}`): T' sweep, {sweep['dataset']} {sweep['arch'].upper()}", "",
+             f"{preset.sweep_epochs} robust epoch(s) per T' from the same natural model"
+             + (f" on the first {preset.sweep_limit_train} training images" if preset.sweep_limit_train else "")
+             + f", eps ramped linearly to the training eps over {_sweep_ramp(preset):g} epoch(s); time reference: "
+             f"{preset.sweep_epochs} natural epoch(s) on the same images from the same model. The paper's sweep is "
+             "CONV MNIST with its full schedule.", "",
+             "| T' | clean acc. % | S-CROWN loss | S-CROWN certified error % | s/epoch | time / natural | paper time ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for row in sweep_table(sweep):
+        loss = "n/a" if row["robust_loss"] is None else f"{row['robust_loss']:.3f}"
+        lines.append(f"| {row['T_prime']} | {_pct(row['clean_accuracy'], 2)}{mark} | {loss}{mark} | "
+                     f"{_pct(row['cert_error_crown'])}{mark} | {row['seconds_per_epoch']:.0f} | "
+                     f"{row['time_ratio']:.1f}{mark} | {ratios.get(str(row['T_prime']), 'n/t')} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_figure6(settings: List[Dict[str, Any]], dataset: str, out: Path) -> Optional[Path]:
+    from .report import plot_runs
+
+    runs = [Path(s["dir"]) / "robust" for s in settings if s["dataset"] == dataset]
+    if not runs:
+        return None
+    try:
+        return plot_runs(runs, out)
+    except RuntimeError as error:
+        _log(f"figure6: {error}")
+        return None
+
+
+# --- entry points ---------------------------------------------------------------------------------
+
+
+def load_paper_values(path: Optional[str]) -> Dict[str, Any]:
+    """``PAPER_REFERENCE`` updated with a user's JSON file of more transcribed cells."""
+    merged = json.loads(json.dumps(PAPER_REFERENCE))
+    if path:
+        extra = json.loads(Path(path).read_text())
+        if not isinstance(extra, dict):
+            raise ValueError(f"{path}: expected a JSON object with keys like 'clean_accuracy', 'table2_cells'")
+        for key, value in extra.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key].update(value)
+            else:
+                merged[key] = value
+    return merged
+
+
+def reproduce(config: ReproduceConfig, command: Optional[str] = None) -> Dict[str, Any]:
+    """Runs every step of ``config`` (skipping finished ones) and writes the tables and figures."""
+    if config.preset not in PRESETS:
+        raise ValueError(f"unknown preset {config.preset!r}; choose from {sorted(PRESETS)}")
+    for dataset in config.datasets:
+        if dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {dataset!r}; choose from {DATASETS}")
+    for arch in config.archs:
+        if arch not in ARCHS:
+            raise ValueError(f"unknown arch {arch!r}; choose from {ARCHS}")
+    preset = PRESETS[config.preset]
+    paper = load_paper_values(config.paper_values)
+    root = Path(config.out) / preset.name
+    root.mkdir(parents=True, exist_ok=True)
+    record = {"config": asdict(config), "preset": asdict(preset), "command": command,
+              "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                          "cpu_count": os.cpu_count(), "python": platform.python_version(),
+                          "threads": {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS",
+                                                                      "OMP_NUM_THREADS")}}}
+    atomic_write_text(root / "reproduce_config.json", json.dumps(record, indent=2, default=str) + "\n")
+    settings, skipped = [], []
+    for dataset in config.datasets:
+        data_name = preset.dataset_alias.get(dataset, dataset)
+        missing = _data_available(data_name, config.data_dir)
+        if missing:
+            _log(f"skipping {dataset}: no data ({missing})")
+            skipped.append({"dataset": dataset, "reason": missing})
+            continue
+        for arch in config.archs:
+            started = time.perf_counter()
+            settings.append(run_setting(root, dataset, arch, preset, config))
+            _log(f"{dataset}-{arch} done in {time.perf_counter() - started:.0f} s")
+    outputs: Dict[str, Any] = {"skipped": skipped}
+    if settings:
+        atomic_write_text(root / "table1.md", render_table1(settings, preset, paper))
+        atomic_write_text(root / "table2.md", render_table2(settings, preset, paper))
+        for dataset in dict.fromkeys(s["dataset"] for s in settings):
+            figure = render_figure6(settings, dataset, root / f"figure6_{dataset}.png")
+            outputs[f"figure6_{dataset}"] = str(figure) if figure else None
+    sweep = None
+    if config.sweep and settings:
+        first = settings[0]
+        arch = config.sweep_arch or first["arch"]
+        if any(s["dataset"] == first["dataset"] and s["arch"] == arch for s in settings):
+            sweep = run_sweep(root, first["dataset"], arch, preset, config)
+            atomic_write_text(root / "figure5.md", render_sweep_md(sweep, preset, paper))
+            figure = render_figure5(sweep, preset, paper, root / "figure5.png")
+            outputs["figure5"] = str(figure) if figure else None
+    summary = {"preset": preset.name, "label": preset.label, "paper_reference": paper, "outputs": outputs,
+               "settings": [{key: s[key] for key in ("dataset", "data", "arch", "train_eps", "attack_eps",
+                                                     "attack_eps_source", "dir")}
+                            | {"plain_accuracy": s["plain"]["test_accuracy"]["mean"],
+                               "robust_accuracy": s["robust"]["test_accuracy"]["mean"],
+                               "plain_seconds_per_epoch": s["plain"]["seconds_per_epoch"],
+                               "robust_seconds_per_epoch": s["robust"]["seconds_per_epoch"],
+                               "attack_rows": [{k: row[k] for k in ("model", "attack", "eps", "original_error",
+                                                                    "attack_error")} for row in s["attack"]["rows"]],
+                               "certified_error_crown": {m: _crown_error(s["certify"][m]) for m in s["certify"]},
+                               "certified_error_best": {m: _best_error(s["certify"][m]) for m in s["certify"]}}
+                            for s in settings],
+               "figure5": sweep_table(sweep) if sweep else None}
+    atomic_write_text(root / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    _log(f"wrote {root}/table1.md, table2.md, summary.json"
+         + (", figure5.png" if outputs.get("figure5") else "")
+         + "".join(f", {Path(v).name}" for k, v in outputs.items() if k.startswith("figure6") and v))
+    return summary
+
+
+def _csv(kind: str, choices: Sequence[str]):
+    def parse(text: str) -> Tuple[str, ...]:
+        values = tuple(v.strip() for v in text.split(",") if v.strip())
+        bad = [v for v in values if v not in choices]
+        if not values or bad:
+            raise argparse.ArgumentTypeError(f"{kind} must be a comma-separated subset of {','.join(choices)}; got {text!r}")
+        return values
+    return parse
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m refsnn.reproduce", description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick",
+                        help="quick (smoke, minutes), budget (~1 h for MNIST FC on 2 cores) or paper (full schedule)")
+    parser.add_argument("--dataset", type=_csv("--dataset", DATASETS), default=DATASETS)
+    parser.add_argument("--arch", type=_csv("--arch", ARCHS), default=ARCHS)
+    parser.add_argument("--out", default="results", help="results root; the preset's folder is created in it")
+    parser.add_argument("--data-dir", help="data folder (default: refsnn.data's lookup order)")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the T' sweep of Figure 5")
+    parser.add_argument("--sweep-arch", choices=ARCHS, help="arch of the T' sweep (default: the first --arch)")
+    parser.add_argument("--paper-values", help="JSON file with more transcribed paper cells (docs/REPRODUCTION.md)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    config = ReproduceConfig(args.preset, args.dataset, args.arch, args.out, args.data_dir, not args.no_sweep,
+                             args.sweep_arch, args.paper_values, args.seed)
+    try:
+        reproduce(config, command="python -m refsnn.reproduce " + " ".join(sys.argv[1:] if argv is None else argv))
+    except (ValueError, RuntimeError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to continue", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
