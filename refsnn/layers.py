@@ -21,6 +21,8 @@ from typing import Dict, Optional, Tuple
 import numba
 import numpy as np
 
+from . import kernels
+
 Shape = Tuple[int, ...]
 
 
@@ -120,10 +122,18 @@ class Linear(Layer):
         return (self.out_features,)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        """``x [N, in] -> [N, out]``. Sparse inputs (spikes below the measured density crossover,
+        ``refsnn.kernels``) take the event-driven kernel: only active inputs' weight columns are summed."""
+        if x.dtype == self.weight.dtype and kernels.use_event_driven(x, "forward", self.out_features):
+            return kernels.event_linear_forward(x, self.weight, self.bias)
         return x @ self.weight.T + self.bias
 
     def backward(self, x, grad_out):
-        grads = {"weight": grad_out.T @ x, "bias": grad_out.sum(axis=0)}
+        if x.dtype == grad_out.dtype and kernels.use_event_driven(x, "wgrad", self.out_features):
+            grad_weight = kernels.event_weight_grad(x, grad_out)
+        else:
+            grad_weight = grad_out.T @ x
+        grads = {"weight": grad_weight, "bias": grad_out.sum(axis=0)}
         return grad_out @ self.weight, grads
 
     def transpose(self, coef: np.ndarray) -> np.ndarray:

@@ -102,12 +102,26 @@ def surrogate_config(surrogate) -> dict:
 
 # --- the LIF recurrence and its reverse pass ----------------------------------------------------
 
+def _python_scalars(*values) -> bool:
+    """Python floats/ints take the array's dtype in NumPy arithmetic (the fused loops do the same);
+    NumPy scalars would promote, so those keep the NumPy loop."""
+    return all(type(value) in (float, int) for value in values)
+
+
 def lif_forward(current: np.ndarray, threshold: float, decay: float, firing: str = ">=",
                 surrogate=None, smooth: bool = False) -> Tuple[np.ndarray, np.ndarray]:
     """Runs eqs. 1-2 over time. ``current [T, ...]`` -> ``(membrane [T, ...], spike [T, ...])``.
 
     ``smooth=True`` replaces the Heaviside by ``surrogate.smooth`` (gradient checks only).
+    The Heaviside case of a float32/float64 array runs the fused Numba loop of
+    ``refsnn.kernels.lif_forward_fused`` (same operations, bit-for-bit the same result).
     """
+    check_firing(firing)
+    if (not smooth and current.ndim >= 1 and current.dtype in (np.float32, np.float64) and current.size
+            and _python_scalars(threshold, decay)):
+        from .kernels import lif_forward_fused
+
+        return lif_forward_fused(current, threshold, decay, firing)
     membrane = np.empty_like(current)
     spike = np.empty_like(current)
     carried = np.zeros_like(current[0])  # alpha * m_{t-1} * (1 - s_{t-1})
@@ -128,15 +142,23 @@ def lif_backward(membrane: np.ndarray, spike: np.ndarray, grad_spike: np.ndarray
     ``grad_spike [T, ...]`` is dL/ds_t arriving from outside the layer (next layer, output).
     Returns dL/dI_t ``[T, ...]``. With ``reset_grad`` the reset path ``-alpha * m_t`` from
     ``s_t`` into ``m_{t+1}`` is differentiated (the authors' code); otherwise it is detached
-    (snnTorch).
+    (snnTorch). Arrays of one float dtype run the fused Numba loop of
+    ``refsnn.kernels.lif_backward_fused`` (bit-for-bit the same result).
     """
+    derivative = surrogate.derivative(membrane - threshold)
+    if (membrane.dtype in (np.float32, np.float64) and membrane.size and spike.dtype == membrane.dtype
+            and _python_scalars(threshold, decay)
+            and np.asarray(grad_spike).dtype == membrane.dtype and derivative.dtype == membrane.dtype):
+        from .kernels import lif_backward_fused
+
+        return lif_backward_fused(membrane, spike, grad_spike, derivative, decay, reset_grad)
     grad_current = np.empty_like(membrane)
     grad_membrane_next = np.zeros_like(membrane[0])
     for t in range(membrane.shape[0] - 1, -1, -1):
         grad_s = grad_spike[t]
         if reset_grad:
             grad_s = grad_s - decay * membrane[t] * grad_membrane_next
-        grad_m = grad_s * surrogate.derivative(membrane[t] - threshold) \
+        grad_m = grad_s * derivative[t] \
             + decay * (1.0 - spike[t]) * grad_membrane_next
         grad_current[t] = grad_m
         grad_membrane_next = grad_m

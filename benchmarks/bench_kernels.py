@@ -1,0 +1,190 @@
+"""Event-driven vs dense (BLAS) Linear kernels, spike densities in practice, fused LIF loops.
+
+    OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/bench_kernels.py [--repeats 5] [--out results/perf]
+
+1. Spike densities: rate-coded input of 256 embedded MNIST test images (T = 10) and the hidden
+   layers of results/robust/plain_mnist_fc.h5 and robust_mnist_fc_epoch5.h5 on it.
+2. For the FC preset's layer shapes (784->512, 512->256, 256->10) and time x batch = 640 and 2560
+   rows, the median time of the dense GEMM and of the event-driven kernel (forward ``x W^T + b``
+   and weight gradient ``g^T x``) on random binary inputs over a grid of densities; the crossover
+   of a case is the smallest grid density at which BLAS is at least as fast. refsnn.kernels.CROSSOVERS
+   holds, per layer width, the smaller crossover of the two row counts.
+3. The LIF recurrence and its BPTT: NumPy loop (refsnn.neurons) vs fused Numba loop (refsnn.kernels).
+4. The FC network's forward + BPTT on real spikes with the event path off vs on.
+Writes kernels.json and kernels.md with the command and the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from refsnn import kernels  # noqa: E402
+from refsnn.neurons import Rectangular, lif_backward, lif_forward  # noqa: E402
+
+DENSITIES = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2)
+SHAPES = ((784, 512), (512, 256), (256, 10))
+ROWS = (640, 2560)
+
+
+def median_time(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def measured_densities():
+    from refsnn.data import load_dataset
+    from refsnn.encoders import rate_encode
+    from refsnn.io import load_model
+
+    images, _ = load_dataset("mnist-subset", "test")
+    spikes, _ = rate_encode(images[:256], 10, np.random.default_rng(0))
+    out = {"rate_coded_input": float(spikes.mean())}
+    for name in ("plain_mnist_fc", "robust_mnist_fc_epoch5"):
+        path = Path("results/robust") / f"{name}.h5"
+        if not path.exists():
+            continue
+        trace = load_model(str(path)).run(spikes)
+        out[name] = [float(s.mean()) for s in trace.spikes]
+    return out
+
+
+def kernel_grid(repeats):
+    rng = np.random.default_rng(0)
+    cases = []
+    for n_in, n_out in SHAPES:
+        weight = rng.normal(0, 1 / np.sqrt(n_in), (n_out, n_in)).astype(np.float32)
+        bias = np.zeros(n_out, np.float32)
+        for rows in ROWS:
+            grad = rng.normal(size=(rows, n_out)).astype(np.float32)
+            for density in DENSITIES:
+                x = (rng.random((rows, n_in)) < density).astype(np.float32)
+                assert np.array_equal(kernels.event_weight_grad(x, grad).shape, (n_out, n_in))
+                cases.append({
+                    "n_in": n_in, "n_out": n_out, "rows": rows, "density": density,
+                    "forward_dense_ms": 1e3 * median_time(lambda: x @ weight.T + bias, repeats),
+                    "forward_event_ms": 1e3 * median_time(lambda: kernels.event_linear_forward(x, weight, bias), repeats),
+                    "wgrad_dense_ms": 1e3 * median_time(lambda: grad.T @ x, repeats),
+                    "wgrad_event_ms": 1e3 * median_time(lambda: kernels.event_weight_grad(x, grad), repeats),
+                    "density_count_ms": 1e3 * median_time(lambda: kernels.density(x), repeats)})
+                print({k: round(v, 3) if isinstance(v, float) else v for k, v in cases[-1].items()}, flush=True)
+    return cases
+
+
+def crossovers(cases):
+    result = {}
+    for kind in ("forward", "wgrad"):
+        per_case = {}
+        for n_in, n_out in SHAPES:
+            for rows in ROWS:
+                rows_of = [c for c in cases if (c["n_in"], c["n_out"], c["rows"]) == (n_in, n_out, rows)]
+                losing = [c["density"] for c in rows_of if c[f"{kind}_dense_ms"] <= c[f"{kind}_event_ms"]]
+                per_case[f"{n_in}x{n_out}@{rows}"] = min(losing) if losing else None
+        known = [v for v in per_case.values() if v is not None]
+        result[kind] = {"per_case": per_case, "min": min(known) if known else max(DENSITIES)}
+    return result
+
+
+def lif_timings(repeats):
+    rng = np.random.default_rng(1)
+    rows = []
+    for batch in (64, 256):
+        current = rng.normal(0.2, 0.3, (10, batch, 512)).astype(np.float32)
+        membrane, spike = lif_forward(current, 0.25, 0.25)
+        grad = rng.normal(size=current.shape).astype(np.float32)
+        surrogate = Rectangular()
+        fused_m, fused_s = kernels.lif_forward_fused(current, 0.25, 0.25)
+        assert np.array_equal(fused_m, membrane) and np.array_equal(fused_s, spike)
+
+        def fused_backward():
+            derivative = surrogate.derivative(membrane - np.float32(0.25))
+            return kernels.lif_backward_fused(membrane, spike, grad, derivative, 0.25)
+
+        assert np.array_equal(fused_backward(), lif_backward(membrane, spike, grad, 0.25, 0.25, surrogate))
+        rows.append({"shape": list(current.shape),
+                     "forward_numpy_ms": 1e3 * median_time(lambda: lif_forward(current, 0.25, 0.25), repeats),
+                     "forward_fused_ms": 1e3 * median_time(lambda: kernels.lif_forward_fused(current, 0.25, 0.25), repeats),
+                     "backward_numpy_ms": 1e3 * median_time(
+                         lambda: lif_backward(membrane, spike, grad, 0.25, 0.25, surrogate), repeats),
+                     "backward_fused_ms": 1e3 * median_time(fused_backward, repeats)})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def network_timings(repeats):
+    from refsnn.data import load_dataset
+    from refsnn.encoders import rate_encode
+    from refsnn.io import load_model
+
+    path = Path("results/robust/plain_mnist_fc.h5")
+    if not path.exists():
+        return []
+    net = load_model(str(path))
+    images, labels = load_dataset("mnist-subset", "test")
+    rows = []
+    for batch in (64, 256):
+        spikes, _ = rate_encode(images[:batch], 10, np.random.default_rng(0))
+        grad_rates = np.random.default_rng(2).normal(size=(batch, 10)).astype(np.float32)
+
+        def step():
+            trace = net.run(spikes)
+            return net.backward(trace, grad_rates)
+
+        row = {"batch": batch}
+        for mode, values in (("dense", ("0", "0")), ("event", (None, None))):
+            for variable, value in zip(("REFSNN_EVENT_FORWARD", "REFSNN_EVENT_WGRAD"), values):
+                if value is None:
+                    os.environ.pop(variable, None)
+                else:
+                    os.environ[variable] = value
+            row[f"forward_{mode}_ms"] = 1e3 * median_time(lambda: net.run(spikes), repeats)
+            row[f"step_{mode}_ms"] = 1e3 * median_time(step, repeats)
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default="results/perf")
+    args = parser.parse_args(argv)
+    started = time.time()
+    densities = measured_densities()
+    print("densities", densities, flush=True)
+    cases = kernel_grid(args.repeats)
+    found = crossovers(cases)
+    print("crossovers", json.dumps(found), flush=True)
+    lif = lif_timings(args.repeats)
+    network = network_timings(args.repeats)
+    document = {
+        "command": "python benchmarks/bench_kernels.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "threads": {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS")},
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpu_count": os.cpu_count(), "numpy": np.__version__,
+                    "load_average_at_end": list(os.getloadavg()), "note": "2-core shared VM, under load"},
+        "crossovers_in_code": [list(entry) for entry in kernels.CROSSOVERS],
+        "densities": densities, "crossovers": found, "kernels": cases, "lif": lif, "network_fc": network,
+        "seconds": round(time.time() - started, 1)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kernels.json").write_text(json.dumps(document, indent=2) + "\n")
+    print(f"wrote {out / 'kernels.json'}")
+
+
+if __name__ == "__main__":
+    main()

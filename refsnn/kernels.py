@@ -1,0 +1,198 @@
+"""Numba kernels that exploit binary spikes: event-driven fully connected layers, fused LIF loops.
+
+Event-driven ``Linear`` (the spatial term ``W s_t + b`` of eq. 1 when ``s_t`` is a spike vector):
+``out[n] = sum_{i : x[n, i] = 1} W[:, i] + b`` visits only the active inputs, so it costs
+``nnz(x) * out`` additions instead of the ``N * in * out`` multiply-adds of a dense GEMM. Its
+weight gradient ``dW = g^T x`` likewise only adds ``g[n]`` into the columns of active inputs.
+Whether that beats BLAS depends on the spike density; :func:`use_event_driven` decides per call
+from the input's density and the crossover measured by ``benchmarks/bench_kernels.py``
+(``results/perf/kernels.json``). The kernels are correct for any input (a non-zero entry other
+than 1 is multiplied), so the choice only affects speed.
+
+Numerics: the event-driven sums add the same products (``1 * w``) in input order and the bias
+last, in the layer's dtype (float32 or float64), so they differ from the BLAS result only by the
+summation order (``|error| <= gamma_n * sum |w|``), which the bounds already allow for (docs/BOUNDS.md,
+"any summation order"); spikes are identical unless a membrane lies within that of the threshold.
+
+Fused LIF loops: :func:`lif_forward_fused` and :func:`lif_backward_fused` run the recurrence of
+``refsnn.neurons`` with the same operations in the same order per element, so they are bit-for-bit
+equal to the NumPy loops; they avoid the NumPy temporaries of each time step.
+"""
+from __future__ import annotations
+
+import os
+
+import numba
+import numpy as np
+
+# Densities (fraction of non-zero entries of a layer input) below which the event-driven kernels
+# are used, per output width of the layer: (smallest out_features, forward crossover, weight-
+# gradient crossover). The event path pays per active input a pass over the ``out`` outputs, so it
+# only wins for wide layers; the weight gradient loses to BLAS earlier than the forward. Measured
+# by ``python benchmarks/bench_kernels.py`` on the project's 2-core VM with one BLAS thread
+# (results/perf/kernels.json "crossovers": the smallest grid density at which BLAS was at least as
+# fast, min over time x batch = 640 and 2560 rows): 784x512 -> 0.10 / 0.05, 512x256 -> 0.05 /
+# 0.03, 256x10 -> BLAS always. Override with REFSNN_EVENT_FORWARD / REFSNN_EVENT_WGRAD (one
+# density for every layer; 0 disables the path).
+CROSSOVERS = ((512, 0.10, 0.05), (256, 0.05, 0.03), (0, 0.0, 0.0))
+_ENV = {"forward": "REFSNN_EVENT_FORWARD", "wgrad": "REFSNN_EVENT_WGRAD"}
+
+# Below this many input rows (time x batch) the density count is not worth it.
+_MIN_ROWS = 32
+
+
+def crossover(kind: str, out_features: int) -> float:
+    """The density crossover in force for ``kind`` ("forward" or "wgrad") and a layer width."""
+    value = os.environ.get(_ENV[kind])
+    if value is None:
+        for min_out, forward, wgrad in CROSSOVERS:
+            if out_features >= min_out:
+                return forward if kind == "forward" else wgrad
+        return 0.0
+    try:
+        parsed = float(value)
+    except ValueError:
+        raise ValueError(f"{_ENV[kind]} must be a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= parsed <= 1.0:
+        raise ValueError(f"{_ENV[kind]} must be a number in [0, 1], got {value!r}")
+    return parsed
+
+
+def density(x2d: np.ndarray) -> float:
+    """Fraction of non-zero entries of ``x2d``."""
+    return np.count_nonzero(x2d) / x2d.size if x2d.size else 0.0
+
+
+def use_event_driven(x2d: np.ndarray, kind: str, out_features: int) -> bool:
+    """True when ``x2d [N, in]`` is sparser than the measured crossover of ``kind`` for this width."""
+    limit = crossover(kind, out_features)
+    if limit <= 0.0 or x2d.ndim != 2 or x2d.shape[0] < _MIN_ROWS:
+        return False
+    return density(x2d) < limit
+
+
+@numba.njit(cache=True)
+def _event_linear_forward(x2d, weight_t, bias, out):  # pragma: no cover - compiled
+    rows, n_in = x2d.shape
+    n_out = weight_t.shape[1]
+    acc = np.empty(n_out, dtype=out.dtype)
+    for n in range(rows):
+        acc[:] = 0
+        for i in range(n_in):
+            value = x2d[n, i]
+            if value != 0:
+                column = weight_t[i]
+                if value == 1:  # a spike: add the weight column (the product 1 * w is exact)
+                    for o in range(n_out):
+                        acc[o] += column[o]
+                else:
+                    for o in range(n_out):
+                        acc[o] += value * column[o]
+        for o in range(n_out):
+            out[n, o] = acc[o] + bias[o]
+
+
+def event_linear_forward(x2d: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """``x2d @ weight.T + bias`` visiting only the non-zero inputs of each row.
+
+    ``x2d [N, in]`` (spikes, or any values: non-binary entries are multiplied), ``weight [out, in]``,
+    ``bias [out]``; returns ``[N, out]`` in ``weight``'s dtype.
+    """
+    weight_t = np.ascontiguousarray(weight.T)
+    x2d = np.ascontiguousarray(x2d, dtype=weight.dtype)
+    out = np.empty((x2d.shape[0], weight.shape[0]), dtype=weight.dtype)
+    _event_linear_forward(x2d, weight_t, bias, out)
+    return out
+
+
+@numba.njit(cache=True)
+def _event_weight_grad(x2d, grad_out, grad_weight_t):  # pragma: no cover - compiled
+    rows, n_in = x2d.shape
+    n_out = grad_out.shape[1]
+    for n in range(rows):
+        g = grad_out[n]
+        for i in range(n_in):
+            value = x2d[n, i]
+            if value != 0:
+                target = grad_weight_t[i]
+                if value == 1:
+                    for o in range(n_out):
+                        target[o] += g[o]
+                else:
+                    for o in range(n_out):
+                        target[o] += value * g[o]
+
+
+def event_weight_grad(x2d: np.ndarray, grad_out: np.ndarray) -> np.ndarray:
+    """``grad_out.T @ x2d`` (``[out, in]``): adds ``grad_out[n]`` into the columns of the non-zero
+    inputs of row ``n`` only. ``x2d [N, in]``, ``grad_out [N, out]``."""
+    grad_out = np.ascontiguousarray(grad_out)
+    x2d = np.ascontiguousarray(x2d, dtype=grad_out.dtype)
+    grad_weight_t = np.zeros((x2d.shape[1], grad_out.shape[1]), dtype=grad_out.dtype)
+    _event_weight_grad(x2d, grad_out, grad_weight_t)
+    return np.ascontiguousarray(grad_weight_t.T)
+
+
+# --- fused LIF recurrence (eqs. 1-2) and its BPTT -----------------------------------------------
+
+@numba.njit(cache=True)
+def _lif_forward(current, threshold, decay, fire_at_threshold, membrane, spike):  # pragma: no cover
+    steps, size = current.shape
+    carried = np.zeros(size, dtype=current.dtype)
+    one = current.dtype.type(1.0)
+    zero = current.dtype.type(0.0)
+    for t in range(steps):
+        for j in range(size):
+            m = current[t, j] + carried[j]
+            membrane[t, j] = m
+            if fire_at_threshold:
+                s = one if m >= threshold else zero
+            else:
+                s = one if m > threshold else zero
+            spike[t, j] = s
+            carried[j] = decay * m * (one - s)
+
+
+def lif_forward_fused(current: np.ndarray, threshold: float, decay: float, firing: str = ">="):
+    """Eqs. 1-2 over time in one compiled loop: ``current [T, ...]`` -> ``(membrane, spike)``.
+
+    Bit-for-bit equal to ``refsnn.neurons.lif_forward`` (Heaviside firing, same dtype).
+    """
+    flat = np.ascontiguousarray(current).reshape(current.shape[0], -1)
+    membrane = np.empty_like(flat)
+    spike = np.empty_like(flat)
+    dtype = flat.dtype.type
+    _lif_forward(flat, dtype(threshold), dtype(decay), firing == ">=", membrane, spike)
+    return membrane.reshape(current.shape), spike.reshape(current.shape)
+
+
+@numba.njit(cache=True)
+def _lif_backward(membrane, spike, grad_spike, surrogate_derivative, decay, reset_grad,
+                  grad_current):  # pragma: no cover - compiled
+    steps, size = membrane.shape
+    grad_next = np.zeros(size, dtype=membrane.dtype)
+    one = membrane.dtype.type(1.0)
+    for t in range(steps - 1, -1, -1):
+        for j in range(size):
+            grad_s = grad_spike[t, j]
+            if reset_grad:
+                grad_s = grad_s - decay * membrane[t, j] * grad_next[j]
+            grad_m = grad_s * surrogate_derivative[t, j] + decay * (one - spike[t, j]) * grad_next[j]
+            grad_current[t, j] = grad_m
+            grad_next[j] = grad_m
+
+
+def lif_backward_fused(membrane: np.ndarray, spike: np.ndarray, grad_spike: np.ndarray,
+                       surrogate_derivative: np.ndarray, decay: float, reset_grad: bool = True) -> np.ndarray:
+    """Manual BPTT of eqs. 1-2 in one compiled loop; ``surrogate_derivative [T, ...]`` is
+    ``surrogate.derivative(membrane - th)`` computed beforehand. Returns dL/dI ``[T, ...]``,
+    bit-for-bit equal to ``refsnn.neurons.lif_backward``."""
+    shape = membrane.shape
+    flat = (shape[0], -1)
+    membrane2 = np.ascontiguousarray(membrane).reshape(flat)
+    grad_current = np.empty_like(membrane2)
+    _lif_backward(membrane2, np.ascontiguousarray(spike).reshape(flat),
+                  np.ascontiguousarray(grad_spike, dtype=membrane.dtype).reshape(flat),
+                  np.ascontiguousarray(surrogate_derivative, dtype=membrane.dtype).reshape(flat),
+                  membrane.dtype.type(decay), bool(reset_grad), grad_current)
+    return grad_current.reshape(shape)

@@ -1,0 +1,124 @@
+"""refsnn.kernels: event-driven Linear vs dense BLAS, fused LIF loops vs the NumPy recurrence."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from refsnn import SNN, Linear, kernels
+from refsnn.neurons import ATan, Rectangular, Sigmoid, lif_backward, lif_forward
+
+
+def _numpy_lif_forward(current, threshold, decay, firing):
+    """The recurrence of eqs. 1-2 step by step in NumPy (the pre-kernel reference)."""
+    membrane, spike = np.empty_like(current), np.empty_like(current)
+    carried = np.zeros_like(current[0])
+    for t in range(current.shape[0]):
+        membrane[t] = current[t] + carried
+        spike[t] = (membrane[t] >= threshold if firing == ">=" else membrane[t] > threshold).astype(current.dtype)
+        carried = decay * membrane[t] * (1.0 - spike[t])
+    return membrane, spike
+
+
+def _numpy_lif_backward(membrane, spike, grad_spike, threshold, decay, surrogate, reset_grad):
+    grad_current = np.empty_like(membrane)
+    grad_next = np.zeros_like(membrane[0])
+    for t in range(membrane.shape[0] - 1, -1, -1):
+        grad_s = grad_spike[t]
+        if reset_grad:
+            grad_s = grad_s - decay * membrane[t] * grad_next
+        grad_m = grad_s * surrogate.derivative(membrane[t] - threshold) + decay * (1.0 - spike[t]) * grad_next
+        grad_current[t] = grad_m
+        grad_next = grad_m
+    return grad_current
+
+
+def _dyadic(rng, shape, dtype, scale=16):
+    """Values on a 1/scale grid: every sum is exact, so membranes hit the threshold exactly (ties)."""
+    return (rng.integers(-scale, scale + 1, shape) / scale).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("firing", [">=", ">"])
+@given(seed=st.integers(0, 2**31 - 1), reset_grad=st.booleans())
+def test_fused_lif_is_bit_for_bit_the_numpy_recurrence(dtype, firing, seed, reset_grad):
+    rng = np.random.default_rng(seed)
+    current = _dyadic(rng, (6, 5, 7), dtype, scale=8) if seed % 2 else rng.normal(0.2, 0.3, (6, 5, 7)).astype(dtype)
+    membrane, spike = lif_forward(current, 0.25, 0.25, firing)
+    ref_membrane, ref_spike = _numpy_lif_forward(current, 0.25, 0.25, firing)
+    assert membrane.dtype == dtype and np.array_equal(membrane, ref_membrane) and np.array_equal(spike, ref_spike)
+    grad = rng.normal(size=current.shape).astype(dtype)
+    for surrogate in (Rectangular(), Sigmoid(), ATan()):
+        got = lif_backward(membrane, spike, grad, 0.25, 0.25, surrogate, reset_grad)
+        want = _numpy_lif_backward(membrane, spike, grad, 0.25, 0.25, surrogate, reset_grad)
+        assert got.dtype == dtype and np.array_equal(got, want)
+
+
+def test_fused_lif_fires_at_the_threshold_only_for_ge():
+    current = np.array([[0.25], [0.0], [0.25]])
+    _, spike_ge = lif_forward(current, 0.25, 0.5, ">=")
+    _, spike_gt = lif_forward(current, 0.25, 0.5, ">")
+    assert spike_ge.ravel().tolist() == [1, 0, 1] and spike_gt.ravel().tolist() == [0, 0, 1]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(seed=st.integers(0, 2**31 - 1), density=st.sampled_from([0.0, 0.02, 0.1, 0.5, 1.0]))
+def test_event_linear_equals_dense_gemm(dtype, seed, density):
+    rng = np.random.default_rng(seed)
+    x = (rng.random((40, 30)) < density).astype(dtype)
+    # dyadic weights: every partial sum is exact, so any summation order gives the same bits
+    weight, bias = _dyadic(rng, (9, 30), dtype), _dyadic(rng, 9, dtype)
+    grad_out = _dyadic(rng, (40, 9), dtype)
+    assert np.array_equal(kernels.event_linear_forward(x, weight, bias), x @ weight.T + bias)
+    assert np.array_equal(kernels.event_weight_grad(x, grad_out), grad_out.T @ x)
+    # general weights: equal up to the summation order (documented tolerance gamma_n * sum |terms|)
+    weight, grad_out = rng.normal(size=(9, 30)).astype(dtype), rng.normal(size=(40, 9)).astype(dtype)
+    tol = 30 * np.finfo(dtype).eps * 4
+    scale = np.abs(x) @ np.abs(weight).T + np.abs(bias)
+    assert np.all(np.abs(kernels.event_linear_forward(x, weight, bias) - (x @ weight.T + bias)) <= tol * scale)
+    gscale = np.abs(grad_out).T @ np.abs(x)
+    assert np.all(np.abs(kernels.event_weight_grad(x, grad_out) - grad_out.T @ x) <= tol * (gscale + 1e-30))
+    # non-binary inputs are multiplied, not only summed
+    values = np.where(x > 0, rng.random(x.shape), 0).astype(dtype)
+    np.testing.assert_allclose(kernels.event_linear_forward(values, weight, bias), values @ weight.T + bias,
+                               rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_crossover_table_and_environment_override(monkeypatch):
+    monkeypatch.delenv("REFSNN_EVENT_FORWARD", raising=False)
+    assert kernels.crossover("forward", 10) == 0.0  # narrow layers: BLAS always (measured)
+    assert kernels.crossover("forward", 512) >= kernels.crossover("wgrad", 512) > 0
+    sparse = np.zeros((64, 20))
+    sparse[::7, 3] = 1
+    assert kernels.use_event_driven(sparse, "forward", 512)
+    assert not kernels.use_event_driven(sparse, "forward", 10)
+    assert not kernels.use_event_driven(sparse[:8], "forward", 512)  # too few rows
+    monkeypatch.setenv("REFSNN_EVENT_FORWARD", "0")
+    assert not kernels.use_event_driven(sparse, "forward", 512)
+    monkeypatch.setenv("REFSNN_EVENT_FORWARD", "2")
+    with pytest.raises(ValueError, match="REFSNN_EVENT_FORWARD"):
+        kernels.crossover("forward", 512)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_network_with_event_path_equals_dense_path(monkeypatch, dtype):
+    """Forced event-driven vs forced dense Linear layers: same trace and gradients (dyadic weights
+    make every membrane exact, including ties at the threshold)."""
+    rng = np.random.default_rng(7)
+    layers = [Linear(_dyadic(rng, (24, 40), np.float64), _dyadic(rng, 24, np.float64)),
+              Linear(_dyadic(rng, (5, 24), np.float64), _dyadic(rng, 5, np.float64))]
+    net = SNN(layers, dtype=dtype)
+    spikes = (rng.random((6, 11, 40)) < 0.1).astype(np.uint8)
+    grad_rates = _dyadic(rng, (11, 5), np.float64)
+    results = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("REFSNN_EVENT_FORWARD", mode)
+        monkeypatch.setenv("REFSNN_EVENT_WGRAD", mode)
+        trace = net.run(spikes)
+        grads, grad_inputs = net.backward(trace, grad_rates)
+        results[mode] = (trace, grads, grad_inputs)
+    dense, event = results["0"], results["1"]
+    for a, b in zip(dense[0].membranes + dense[0].spikes, event[0].membranes + event[0].spikes):
+        assert a.dtype == b.dtype == dtype and np.array_equal(a, b)
+    for a, b in zip(dense[1], event[1]):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert np.array_equal(dense[2], event[2])
