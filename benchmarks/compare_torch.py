@@ -168,6 +168,19 @@ class TorchSNN:
         return lower.reshape(steps, batch, -1).mean(0), upper.reshape(steps, batch, -1).mean(0)
 
 
+NOTES = """## Notes
+
+- S-IBP rows are not like for like: refsnn computes in float64, widens every current and membrane
+  interval by its outward rounding margin (sound for the network's own float32 arithmetic) and
+  keeps every intermediate bound for S-CROWN; the PyTorch version is the usual float32 interval
+  pass without rounding. Both gave identical output-rate bounds here.
+- The event-driven Linear kernel is chosen per layer by the measured density crossover
+  (results/perf/kernels.json); at the densities of rate-coded MNIST (about 0.12) it is not used,
+  so these rows measure the dense BLAS path plus the fused Numba LIF loops.
+- One shared 2-core VM under load from other jobs: expect +-20% between runs.
+"""
+
+
 def median_time(fn, repeats):
     fn()
     times = []
@@ -316,7 +329,7 @@ def write_report(args, rows, checks, crown_ratio, seconds):
         lines.append(f"- S-CROWN T'=3 within 10x of one forward at T=10 ({arch}, batch {args.batches.split(',')[0]}): "
                      f"{verdict} ({ratio:.1f}x)")
     lines += ["- S-CROWN and the robust-training step have no PyTorch counterpart in this script yet "
-              "(rows marked 'not implemented'): not compared.", ""]
+              "(rows marked 'not implemented'): not compared.", "", NOTES]
     text = "\n".join(lines) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
