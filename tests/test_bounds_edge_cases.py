@@ -291,7 +291,7 @@ def test_bad_inputs_are_rejected_with_clear_messages():
     with pytest.raises(ValueError, match="NaN"):
         compute_bounds(net, ok, ok, C=np.array([[np.nan, 0.0]]))
     with pytest.raises(ValueError, match="unknown method"):
-        compute_bounds(net, ok, ok, method="crown")
+        compute_bounds(net, ok, ok, method="no-such-method")
     with pytest.raises(ValueError, match="labels"):
         margin_spec(np.array([0, 5]), 3)
     images = np.zeros((1, 3))
