@@ -51,6 +51,10 @@ def main(argv=None) -> int:
     parser.add_argument("--n-random", type=int, default=64, help="random binary inputs for the validation")
     parser.add_argument("--samples", help=".npy file of real inputs: spike trains [T, B, *shape] or images [B, *shape]")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tolerate-float32-ties", type=int, default=0, metavar="ULPS",
+                        help="float32 models: set aside validation samples whose first differing spike sits within "
+                             "ULPS float32 spacings of the threshold (default 0: every spike must agree; the "
+                             "float64 comparison is always exact)")
     parser.add_argument("--threshold", type=float, help="plain only (default: the authors' 0.25)")
     parser.add_argument("--decay", type=float, help="plain only (default: the authors' 0.25)")
     parser.add_argument("--firing", choices=(">=", ">"), help="plain only (default: the authors' '>')")
@@ -67,7 +71,7 @@ def main(argv=None) -> int:
     from refsnn.interop.torch_import import ImportRefused, load_torch_model
 
     kwargs = {"steps": args.steps, "n_random": args.n_random, "seed": args.seed, "out": args.out,
-              "return_report": True}
+              "return_report": True, "tolerate_float32_ties": args.tolerate_float32_ties}
     if args.input_shape:
         kwargs["input_shape"] = args.input_shape
     if args.samples:
