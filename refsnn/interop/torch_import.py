@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -105,6 +106,8 @@ class ImportReport:
                  f"neuron: threshold {self.threshold!r}, decay (alpha) {self.decay!r}, firing '{self.firing}', "
                  f"dtype {self.dtype}, input shape {tuple(self.input_shape)}"]
         lines += [f"  {line}" for line in self.layers]
+        lines += [f"  {n['name']}: {n['description']}, detected firing '{n['detected_firing']}'"
+                  for n in self.neurons]
         lines += [f"notice: {notice}" for notice in self.notices]
         v = self.validation
         if v:
@@ -153,6 +156,28 @@ def _versions(framework: str) -> Dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[framework] = str(getattr(importlib.import_module(framework), "__version__", "unknown"))
     return versions
+
+
+def _version_tuple(text: str) -> Tuple[int, ...]:
+    parts = []
+    for piece in text.split("+")[0].split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def _version_notices(framework: str, versions: Dict[str, str]) -> List[str]:
+    """What is known about the installed release (the probe decides in any case)."""
+    version = versions.get(framework)
+    if framework != "snntorch" or not version or version == "unknown":
+        return []
+    if _version_tuple(version) < (0, 8):
+        return [f"snnTorch {version}: before 0.8 the explicit-state 'zero' reset cleared the next step's input "
+                "too ((1 - R)(beta U + I)); the probe found this installation's neurons keep it, as refsnn"]
+    if _version_tuple(version) > (1, 0, 0):
+        return [f"snnTorch {version} is newer than 1.0.0, the release this importer was tested with; its "
+                "reset semantics were probed and matched refsnn's"]
+    return []
 
 
 def _module_of(obj) -> str:
@@ -819,8 +844,10 @@ def import_module(module, framework: str, input_shape: Optional[Sequence[int]] =
         notices.append("the module's own forward() was not run (pass forward_fn=...; nn.Sequential models run "
                        "without it): the validation ran the framework's neurons along the layers in "
                        "registration order")
+    versions = _versions(framework)
+    notices.extend(_version_notices(framework, versions))
     report = ImportReport(
-        framework=framework, versions=_versions(framework), threshold=net_threshold, decay=net_decay,
+        framework=framework, versions=versions, threshold=net_threshold, decay=net_decay,
         firing=net_firing, dtype=np.dtype(np_dtype).name, input_shape=shape, steps=steps, layers=described,
         neurons=[{"name": n.name, "description": n.description, "detected_firing": f} for n, f in zip(neurons, probed)],
         notices=notices,
