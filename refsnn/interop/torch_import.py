@@ -773,7 +773,7 @@ def import_module(module, framework: str, input_shape: Optional[Sequence[int]] =
         raise ValueError("the validation needs inputs: n_random >= 1 or samples")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    module = module.eval()
+    module = copy.deepcopy(module).eval()  # the caller's module keeps its mode and state
     notices: List[str] = []
     neuron_args = {"threshold": AUTHORS_NEURON["threshold"] if threshold is None else float(threshold),
                    "decay": AUTHORS_NEURON["decay"] if decay is None else float(decay),
@@ -844,6 +844,10 @@ def import_module(module, framework: str, input_shape: Optional[Sequence[int]] =
         notices.append("the module's own forward() was not run (pass forward_fn=...; nn.Sequential models run "
                        "without it): the validation ran the framework's neurons along the layers in "
                        "registration order")
+    for k, fraction in enumerate(first["spike_fraction"]):
+        if fraction in (0.0, 1.0):
+            notices.append(f"stage {k} ({stage_names[k]}) {'(almost) never' if fraction == 0.0 else '(almost) always'} spiked on the "
+                           "validation inputs, which then say little about it; pass real samples (samples=...)")
     versions = _versions(framework)
     notices.extend(_version_notices(framework, versions))
     report = ImportReport(
