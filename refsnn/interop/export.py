@@ -93,9 +93,9 @@ def export_bounds(bound_fn: Callable, cases: Iterable[Any], out_path: Union[str,
         C = _as_numpy(fields.get("C"), f"{name}: C")
         if C is not None and C.ndim == 2:
             C = np.broadcast_to(C, (batch,) + C.shape).copy()
-        as_tensor = lambda array: None if array is None else torch.as_tensor(array, dtype=dtype, device=device)  # noqa: E731
+        tensors = [None if a is None else torch.as_tensor(a, dtype=dtype, device=device) for a in (x_lower, x_upper, C)]
         with torch.no_grad():
-            result = bound_fn(as_tensor(x_lower), as_tensor(x_upper), as_tensor(C))
+            result = bound_fn(*tensors)
         if isinstance(result, dict):
             unknown = set(result) - {"lower", "upper", "membranes_lower", "membranes_upper", "certified"}
             if unknown:
@@ -104,7 +104,8 @@ def export_bounds(bound_fn: Callable, cases: Iterable[Any], out_path: Union[str,
         elif isinstance(result, (tuple, list)) and len(result) == 2:
             claims = {"lower": result[0], "upper": result[1]}
         else:
-            raise TypeError(f"case {name!r}: bound_fn must return (lower, upper) or a dict, got {type(result).__name__}")
+            raise TypeError(f"case {name!r}: bound_fn must return (lower, upper) or a dict, "
+                            f"got {type(result).__name__}")
         returned = [v for v in (claims.get("lower"), claims.get("upper")) if isinstance(v, torch.Tensor)]
         certified = claims.get("certified")
         labels = fields.get("labels")

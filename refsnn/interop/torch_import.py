@@ -260,7 +260,8 @@ def _snntorch_neuron(name: str, module, notices: List[str]) -> Optional[_Neuron]
                 f"{getattr(module, attribute).detach().flatten()[:3].tolist()} to import it.")
     graded = _float_value(getattr(module, "graded_spikes_factor", 1.0), f"{name}: graded_spikes_factor")
     if graded != 1.0:
-        raise ImportRefused(f"{name}: snnTorch Leaky(graded_spikes_factor={graded}) is refused: refsnn's spikes are 0/1")
+        raise ImportRefused(f"{name}: snnTorch Leaky(graded_spikes_factor={graded}) is refused: "
+                            "refsnn's spikes are 0/1")
     if getattr(module, "inhibition", False):
         raise ImportRefused(f"{name}: snnTorch Leaky(inhibition=True) is refused: it suppresses all but the "
                             "strongest neuron, which refsnn's LIF does not model")
@@ -846,8 +847,9 @@ def import_module(module, framework: str, input_shape: Optional[Sequence[int]] =
                        "registration order")
     for k, fraction in enumerate(first["spike_fraction"]):
         if fraction in (0.0, 1.0):
-            notices.append(f"stage {k} ({stage_names[k]}) {'(almost) never' if fraction == 0.0 else '(almost) always'} spiked on the "
-                           "validation inputs, which then say little about it; pass real samples (samples=...)")
+            how = "(almost) never" if fraction == 0.0 else "(almost) always"
+            notices.append(f"stage {k} ({stage_names[k]}) {how} spiked on the validation inputs, which then say "
+                           "little about it; pass real samples (samples=...)")
     versions = _versions(framework)
     notices.extend(_version_notices(framework, versions))
     report = ImportReport(
