@@ -25,7 +25,7 @@ import numpy as np
 
 from .alpha import BoxConcretizer, backsub, stage_tables
 from .crown import crown_bounds, normalize_spec
-from .ibp import IntervalBounds, PreparedStage, ibp_spec_bounds, interval_bounds, prepare_stages
+from .ibp import IntervalBounds, PreparedStage, ibp_spec_bounds, prepare_stages
 from .input_sets import binary_box
 from .relaxations import Fire, Reset, RoundingRule
 

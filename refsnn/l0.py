@@ -26,7 +26,7 @@ verifier's l0 encoding, ``verify.sets.SpikeL0Set``).
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 
