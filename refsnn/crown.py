@@ -90,45 +90,80 @@ class CrownResult:
 
 def _backsub_stage_python(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, reset_hi, alpha,
                           mem_mag, carry_mag, fwd_scale, bias_vec, g, lam_cur, bias_out, err_out):
+    """Steps 1-3 of one stage for every (sample, spec) row, ``t = T'-1 .. 0`` (eqs. 8, 10, 17-18).
+
+    Loop order: sample, time, neuron, then the spec rows, so each neuron's tables and its state
+    branch are read once for all specs of the sample; per row the additions into ``bias`` and
+    ``err`` happen in the same order (t descending, neurons ascending) as a row-by-row loop.
+    """
     steps, batch, n_spec, n = lam_s.shape
-    for row in prange(batch * n_spec):
-        b = row // n_spec
-        s = row - b * n_spec
-        carry = np.zeros(n)
-        bias = 0.0
-        err = 0.0
+    for b in prange(batch):
+        # [neuron, spec] buffers: the spec loop runs over contiguous memory
+        carry = np.zeros((n, n_spec))
+        lam_in = np.empty((n, n_spec))
+        lam_out = np.empty((n, n_spec))
+        bias = np.zeros(n_spec)
+        err = np.zeros(n_spec)
         for t in range(steps - 1, -1, -1):
+            for s in range(n_spec):
+                for j in range(n):
+                    lam_in[j, s] = lam_s[t, b, s, j]
             for j in range(n):
-                ls = lam_s[t, b, s, j]
-                lz = carry[j]
                 st = state[t, b, j]
-                p = abs(ls)
+                cm = carry_mag[t, b, j]
+                fs = fwd_scale[t, b, j]
+                bv = bias_vec[j]
                 if st == 0:        # stable silent: s = 0, z = m
-                    lm = lz
-                elif st == 1:      # stable firing: s = 1, z = 0
-                    lm = 0.0
-                    bias += ls
+                    for s in range(n_spec):
+                        ls = lam_in[j, s]
+                        lm = carry[j, s]
+                        p = abs(ls) + abs(lm) * cm
+                        err[s] += g * p + abs(lm) * fs
+                        bias[s] += lm * bv
+                        lam_out[j, s] = lm
+                        carry[j, s] = alpha * lm
+                elif st == 1:      # stable firing: s = 1, z = 0 (the zero terms keep NaN/inf as the row loop)
+                    for s in range(n_spec):
+                        ls = lam_in[j, s]
+                        bias[s] += ls
+                        p = abs(ls) + 0.0 * cm
+                        err[s] += g * p + 0.0 * fs
+                        bias[s] += 0.0 * bv
+                        lam_out[j, s] = 0.0
+                        carry[j, s] = 0.0
                 else:              # unstable: eq. 10 then eq. 8
-                    r = reset_lo[t, b, j] if lz >= 0.0 else reset_hi[t, b, j]
-                    rz = lz * r
-                    bias += rz
-                    ls = ls - rz
-                    if ls >= 0.0:
-                        a = slope_lo[t, b, j]
-                        c = icpt_lo[t, b, j]
-                    else:
-                        a = slope_up[t, b, j]
-                        c = icpt_up[t, b, j]
-                    lm = ls * a
-                    bias += ls * c
-                    p += 2.0 * abs(rz) + abs(ls) * (abs(a) * mem_mag[t, b, j] + abs(c) + 1.0)
-                p += abs(lm) * carry_mag[t, b, j]
-                err += g * p + abs(lm) * fwd_scale[t, b, j]
-                bias += lm * bias_vec[j]
-                lam_cur[t, b, s, j] = lm
-                carry[j] = alpha * lm
-        bias_out[b, s] = bias
-        err_out[b, s] = err
+                    r_lo = reset_lo[t, b, j]
+                    r_hi = reset_hi[t, b, j]
+                    a_lo = slope_lo[t, b, j]
+                    c_lo = icpt_lo[t, b, j]
+                    a_up = slope_up[t, b, j]
+                    c_up = icpt_up[t, b, j]
+                    mm = mem_mag[t, b, j]
+                    for s in range(n_spec):
+                        ls = lam_in[j, s]
+                        lz = carry[j, s]
+                        p = abs(ls)
+                        r = r_lo if lz >= 0.0 else r_hi
+                        rz = lz * r
+                        bias[s] += rz
+                        ls = ls - rz
+                        positive = ls >= 0.0
+                        a = a_lo if positive else a_up
+                        c = c_lo if positive else c_up
+                        lm = ls * a
+                        bias[s] += ls * c
+                        p += 2.0 * abs(rz) + abs(ls) * (abs(a) * mm + abs(c) + 1.0)
+                        p += abs(lm) * cm
+                        err[s] += g * p + abs(lm) * fs
+                        bias[s] += lm * bv
+                        lam_out[j, s] = lm
+                        carry[j, s] = alpha * lm
+            for s in range(n_spec):
+                for j in range(n):
+                    lam_cur[t, b, s, j] = lam_out[j, s]
+        for s in range(n_spec):
+            bias_out[b, s] = bias[s]
+            err_out[b, s] = err[s]
 
 
 # Parallel over (sample, spec) rows for big stages; serial for small ones (a parallel launch costs
@@ -228,31 +263,24 @@ def _concretize_sparse(op, lam_cur: np.ndarray, center: np.ndarray, magnitude: n
     per (t, b), ``|lam W[:, F]| . rad_F`` over the free inputs ``F`` only (few for small eps).
 
     ``W mid`` is S-IBP's current centre minus the bias; ``magnitude >= |W| x_u + |b|`` (S-IBP's)
-    bounds the rounding terms. The free columns of every (t, b) are gathered into one padded stack
-    (padding points at an appended zero column) and multiplied in one batched product.
+    bounds the rounding terms. Per (t, b) one small product ``W.T[F] @ lam.T`` (``[|F|, rows]``)
+    over the free rows of the contiguous ``W.T``: no padding to the widest row and nothing
+    gathered beyond the cache (``chunk_bytes`` is kept for callers; the work is per row).
     """
+    del chunk_bytes
     steps, batch, rows, n = lam_cur.shape
     n_in = rad.shape[-1]
     at_mid = np.einsum("tbrn,tbn->br", lam_cur, center - op.bias)
     abs_bound = np.einsum("tbrn,tbn->br", np.abs(lam_cur), np.broadcast_to(magnitude, center.shape))
-    free = rad.reshape(steps * batch, n_in) != 0.0
-    counts = free.sum(axis=1)
-    width = int(counts.max(initial=0))
+    rad_flat = rad.reshape(steps * batch, n_in)
+    lam_flat = lam_cur.reshape(steps * batch, rows, n)
+    weight_t = np.ascontiguousarray(op.weight.T)                          # [n_in, n]
     at_rad = np.zeros((steps * batch, rows))
-    if width:
-        # Stable sort puts each row's free positions first (in order); the rest point at the zero column.
-        order = np.argsort(~free, axis=1, kind="stable")[:, :width]
-        index = np.where(np.arange(width)[None, :] < counts[:, None], order, n_in)
-        weight_t = np.concatenate([op.weight.T, np.zeros((1, n))])  # [n_in + 1, n]
-        rad_ext = np.concatenate([rad.reshape(steps * batch, n_in), np.zeros((steps * batch, 1))], axis=1)
-        rad_free = np.take_along_axis(rad_ext, index, axis=1)           # [T*B, width]
-        lam_flat = lam_cur.reshape(steps * batch, rows, n)
-        per_chunk = max(1, int(chunk_bytes // (8 * width * n)))
-        for start in range(0, steps * batch, per_chunk):
-            part = slice(start, start + per_chunk)
-            columns = weight_t[index[part]]                                # [c, width, n]
-            coef_free = np.matmul(lam_flat[part], columns.transpose(0, 2, 1))  # [c, rows, width]
-            at_rad[part] = np.einsum("crw,cw->cr", np.abs(coef_free), rad_free[part])
+    for index in range(steps * batch):
+        free = np.flatnonzero(rad_flat[index])
+        if free.size:
+            coef_free = weight_t[free] @ lam_flat[index].T                # [|F|, rows]
+            at_rad[index] = rad_flat[index, free] @ np.abs(coef_free)
     at_rad = at_rad.reshape(steps, batch, rows).sum(axis=0)
     return at_mid, at_rad, abs_bound
 
