@@ -250,6 +250,36 @@ def _col2im_serial(cols, image_cnhw, geometry):  # pragma: no cover
         _col2im_channel(cols, image_cnhw, c, *geometry)
 
 
+@numba.njit(cache=True)
+def _conv_transpose_fused(grad3, weight_t, image, geometry):  # pragma: no cover
+    """Adjoint of a convolution, one sample at a time: ``cols = W.T @ grad[n]`` (``[C*kh*kw, OH*OW]``,
+    cache-sized) then col2im into ``image[n]`` (zeroed by the caller).
+
+    ``grad3 [N, O, OH*OW]``, ``weight_t [C*kh*kw, O]`` (both contiguous), ``image [N, C, H, W]``.
+    Every input pixel receives its kernel offsets' contributions in the same order as
+    ``_col2im`` (channel, then kernel row, then kernel column), without the ``[O, N*OH*OW]`` and
+    ``[C, N, H, W]`` layout copies of the one-GEMM path.
+    """
+    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w = geometry
+    n, channels, height, width = image.shape
+    cols = np.empty((weight_t.shape[0], out_h * out_w), dtype=image.dtype)
+    for sample in range(n):
+        np.dot(weight_t, grad3[sample], cols)
+        dst_sample = image[sample]
+        for c in range(channels):
+            dst = dst_sample[c]
+            for i in range(kernel_h):
+                a_low, a_high = _valid_range(i, pad_h, stride_h, height, out_h)
+                for j in range(kernel_w):
+                    src = cols[(c * kernel_h + i) * kernel_w + j]
+                    b_low, b_high = _valid_range(j, pad_w, stride_w, width, out_w)
+                    for a in range(a_low, a_high):
+                        y = a * stride_h - pad_h + i
+                        start = a * out_w
+                        for b in range(b_low, b_high):
+                            dst[y, b * stride_w - pad_w + j] += src[start + b]
+
+
 def _im2col(x: np.ndarray, *geometry) -> np.ndarray:
     """``x [N, C, H, W]`` -> ``cols [C*kh*kw, N*OH*OW]``; ``geometry = (kh, kw, sh, sw, ph, pw, OH, OW)``."""
     kernel_h, kernel_w, out_h, out_w = geometry[0], geometry[1], geometry[6], geometry[7]
@@ -370,9 +400,20 @@ class Conv2d(Layer):
                        *self._geometry(input_shape))
 
     def transpose(self, coef):
+        """Adjoint ``[N, O, OH, OW] -> [N, C, H, W]`` of the linear part (per-sample GEMM + col2im)."""
         coef = np.asarray(coef)
         dtype = np.result_type(coef.dtype, self.weight.dtype)
-        return self._input_from_rows(self._rows(coef, dtype), coef.shape[0])
+        input_shape = self._require_input_shape()
+        expected = self.output_shape_of(input_shape)
+        if coef.ndim != 4 or tuple(coef.shape[1:]) != expected:
+            raise ValueError(f"Conv2d expects output-side arrays [N, *{expected}], got shape {coef.shape}")
+        n = coef.shape[0]
+        grad3 = np.ascontiguousarray(coef.reshape(n, expected[0], -1), dtype=dtype)
+        weight_t = np.ascontiguousarray(self.weight.reshape(self.weight.shape[0], -1).T, dtype=dtype)
+        image = np.zeros((n,) + tuple(input_shape), dtype=dtype)
+        if n:
+            _conv_transpose_fused(grad3, weight_t, image, tuple(int(g) for g in self._geometry(input_shape)))
+        return image
 
     def backward(self, x, grad_out):
         dtype = np.result_type(x.dtype, grad_out.dtype, self.weight.dtype)
