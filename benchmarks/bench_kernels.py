@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from refsnn import kernels  # noqa: E402
 from refsnn.neurons import Rectangular, lif_backward, lif_forward  # noqa: E402
 
-DENSITIES = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2)
+DENSITIES = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2)
 SHAPES = ((784, 512), (512, 256), (256, 10))
 ROWS = (640, 2560)
 

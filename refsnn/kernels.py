@@ -9,9 +9,9 @@ from the input's density and the crossover measured by ``benchmarks/bench_kernel
 (``results/perf/kernels.json``). The kernels are correct for any input (a non-zero entry other
 than 1 is multiplied), so the choice only affects speed.
 
-Numerics: the event-driven sums add the same products (``1 * w``) in input order and the bias
-last, in the layer's dtype (float32 or float64), so they differ from the BLAS result only by the
-summation order (``|error| <= gamma_n * sum |w|``), which the bounds already allow for (docs/BOUNDS.md,
+Numerics: the event-driven sums add the same products (``1 * w``) in the layer's dtype (float32
+or float64), four weight columns at a time (``(w_a + w_b) + (w_c + w_d)`` into the accumulator,
+in input order) and the bias last, so they differ from the BLAS result only by the summation order (``|error| <= gamma_n * sum |w|``), which the bounds already allow for (docs/BOUNDS.md,
 "any summation order"); spikes are identical unless a membrane lies within that of the threshold.
 
 Fused LIF loops: :func:`lif_forward_fused` and :func:`lif_backward_fused` run the recurrence of
@@ -31,10 +31,11 @@ import numpy as np
 # only wins for wide layers; the weight gradient loses to BLAS earlier than the forward. Measured
 # by ``python benchmarks/bench_kernels.py`` on the project's 2-core VM with one BLAS thread
 # (results/perf/kernels.json "crossovers": the smallest grid density at which BLAS was at least as
-# fast, min over time x batch = 640 and 2560 rows): 784x512 -> 0.10 / 0.075, 512x256 -> 0.02 /
-# 0.005, 256x10 -> BLAS always (noisy on a loaded VM: rerun the benchmark on the target machine). Override with REFSNN_EVENT_FORWARD / REFSNN_EVENT_WGRAD (one
-# density for every layer; 0 disables the path).
-CROSSOVERS = ((512, 0.10, 0.075), (256, 0.02, 0.005), (0, 0.0, 0.0))
+# fast, min over time x batch = 640 and 2560 rows, with the four-column forward kernel):
+# 784x512 -> 0.125 / 0.05, 512x256 -> 0.10 / 0.02, 256x10 -> BLAS always (noisy on a loaded VM,
+# +-0.025 between runs: rerun the benchmark on the target machine). Override with
+# REFSNN_EVENT_FORWARD / REFSNN_EVENT_WGRAD (one density for every layer; 0 disables the path).
+CROSSOVERS = ((512, 0.125, 0.05), (256, 0.10, 0.02), (0, 0.0, 0.0))
 _ENV = {"forward": "REFSNN_EVENT_FORWARD", "wgrad": "REFSNN_EVENT_WGRAD"}
 
 # Below this many input rows (time x batch) the density count is not worth it.
@@ -63,12 +64,39 @@ def density(x2d: np.ndarray) -> float:
     return np.count_nonzero(x2d) / x2d.size if x2d.size else 0.0
 
 
+# Above this many rows the density is estimated on an evenly strided subset of about this many
+# rows (a speed heuristic only: either path gives the same result up to the summation order).
+_DENSITY_SAMPLE_ROWS = 128
+
+
 def use_event_driven(x2d: np.ndarray, kind: str, out_features: int) -> bool:
     """True when ``x2d [N, in]`` is sparser than the measured crossover of ``kind`` for this width."""
     limit = crossover(kind, out_features)
     if limit <= 0.0 or x2d.ndim != 2 or x2d.shape[0] < _MIN_ROWS:
         return False
-    return density(x2d) < limit
+    step = max(1, x2d.shape[0] // _DENSITY_SAMPLE_ROWS)
+    return density(x2d[::step]) < limit
+
+
+@numba.njit(cache=True)
+def _transpose_blocked(matrix, out):  # pragma: no cover - compiled
+    """``out = matrix.T`` in 32 x 32 tiles (NumPy's strided copy is several times slower)."""
+    rows, cols = matrix.shape
+    for r0 in range(0, rows, 32):
+        r1 = min(rows, r0 + 32)
+        for c0 in range(0, cols, 32):
+            c1 = min(cols, c0 + 32)
+            for c in range(c0, c1):
+                for r in range(r0, r1):
+                    out[c, r] = matrix[r, c]
+
+
+def transpose_contiguous(matrix: np.ndarray) -> np.ndarray:
+    """``matrix.T`` as a new C-contiguous array (``[rows, cols] -> [cols, rows]``)."""
+    matrix = np.ascontiguousarray(matrix)
+    out = np.empty((matrix.shape[1], matrix.shape[0]), dtype=matrix.dtype)
+    _transpose_blocked(matrix, out)
+    return out
 
 
 @numba.njit(cache=True)
@@ -76,18 +104,41 @@ def _event_linear_forward(x2d, weight_t, bias, out):  # pragma: no cover - compi
     rows, n_in = x2d.shape
     n_out = weight_t.shape[1]
     acc = np.empty(n_out, dtype=out.dtype)
+    active = np.empty(n_in, dtype=np.int64)
     for n in range(rows):
         acc[:] = 0
+        count = 0
+        binary = True
         for i in range(n_in):
             value = x2d[n, i]
             if value != 0:
-                column = weight_t[i]
-                if value == 1:  # a spike: add the weight column (the product 1 * w is exact)
-                    for o in range(n_out):
-                        acc[o] += column[o]
-                else:
-                    for o in range(n_out):
-                        acc[o] += value * column[o]
+                active[count] = i
+                count += 1
+                if value != 1:
+                    binary = False
+        if binary:
+            # spikes: add the weight columns (each product 1 * w is exact), four per pass over
+            # the accumulator so that it is loaded and stored a quarter as often
+            q = 0
+            while q + 4 <= count:
+                c0 = weight_t[active[q]]
+                c1 = weight_t[active[q + 1]]
+                c2 = weight_t[active[q + 2]]
+                c3 = weight_t[active[q + 3]]
+                for o in range(n_out):
+                    acc[o] += (c0[o] + c1[o]) + (c2[o] + c3[o])
+                q += 4
+            while q < count:
+                c0 = weight_t[active[q]]
+                for o in range(n_out):
+                    acc[o] += c0[o]
+                q += 1
+        else:
+            for q in range(count):
+                value = x2d[n, active[q]]
+                column = weight_t[active[q]]
+                for o in range(n_out):
+                    acc[o] += value * column[o]
         for o in range(n_out):
             out[n, o] = acc[o] + bias[o]
 
@@ -98,7 +149,7 @@ def event_linear_forward(x2d: np.ndarray, weight: np.ndarray, bias: np.ndarray) 
     ``x2d [N, in]`` (spikes, or any values: non-binary entries are multiplied), ``weight [out, in]``,
     ``bias [out]``; returns ``[N, out]`` in ``weight``'s dtype.
     """
-    weight_t = np.ascontiguousarray(weight.T)
+    weight_t = transpose_contiguous(weight)
     x2d = np.ascontiguousarray(x2d, dtype=weight.dtype)
     out = np.empty((x2d.shape[0], weight.shape[0]), dtype=weight.dtype)
     _event_linear_forward(x2d, weight_t, bias, out)
@@ -130,7 +181,7 @@ def event_weight_grad(x2d: np.ndarray, grad_out: np.ndarray) -> np.ndarray:
     x2d = np.ascontiguousarray(x2d, dtype=grad_out.dtype)
     grad_weight_t = np.zeros((x2d.shape[1], grad_out.shape[1]), dtype=grad_out.dtype)
     _event_weight_grad(x2d, grad_out, grad_weight_t)
-    return np.ascontiguousarray(grad_weight_t.T)
+    return transpose_contiguous(grad_weight_t)
 
 
 # --- fused LIF recurrence (eqs. 1-2) and its BPTT -----------------------------------------------

@@ -122,3 +122,21 @@ def test_network_with_event_path_equals_dense_path(monkeypatch, dtype):
     for a, b in zip(dense[1], event[1]):
         assert a.dtype == b.dtype and np.array_equal(a, b)
     assert np.array_equal(dense[2], event[2])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (31, 33), (64, 65), (100, 7)])
+def test_transpose_contiguous(shape):
+    matrix = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    out = kernels.transpose_contiguous(matrix)
+    assert out.flags.c_contiguous and np.array_equal(out, matrix.T)
+
+
+def test_event_linear_mixed_rows_and_column_remainders():
+    """Rows with 0..9 active inputs (every remainder of the four-column pass) and one non-binary row."""
+    rng = np.random.default_rng(5)
+    x = np.zeros((10, 12))
+    for row in range(10):
+        x[row, rng.choice(12, size=row, replace=False)] = 1.0
+    x[3, 2] = 0.5
+    weight, bias = _dyadic(rng, (6, 12), np.float64), _dyadic(rng, 6, np.float64)
+    assert np.array_equal(kernels.event_linear_forward(x, weight, bias), x @ weight.T + bias)
