@@ -46,46 +46,86 @@ def _backsub_forward_py(lam_s, state, mem_lower, slope_lo, icpt_lo, slope_up, ic
 
     ``lam_s [T', B, S, n]`` in, ``lam_cur`` (coefficient on the current) and ``fire_coef`` out;
     ``bias_out [B, S]`` collects every constant. ``frozen``: read the sign choices instead of
-    recording them.
+    recording them. Loop order sample, time, neuron, spec over ``[neuron, spec]`` buffers, so a
+    neuron's state branch and tables are read once for all specs.
     """
     steps, batch, rows, n = lam_s.shape
-    for row in prange(batch * rows):
-        b = row // rows
-        s = row - b * rows
-        acc = 0.0
-        for j in range(n):
-            carry = 0.0
-            for t in range(steps - 1, -1, -1):
-                ls = lam_s[t, b, s, j]
-                lz = carry
+    for b in prange(batch):
+        carry = np.zeros((n, rows))  # float64, as the scalar carry of a row-by-row loop
+        lam_in = np.empty((n, rows), dtype=lam_s.dtype)
+        lam_out = np.empty((n, rows), dtype=lam_s.dtype)
+        coef_out = np.empty((n, rows), dtype=lam_s.dtype)
+        reset_buf = np.zeros((n, rows), dtype=np.bool_)
+        fire_buf = np.zeros((n, rows), dtype=np.bool_)
+        acc = np.zeros(rows)
+        for t in range(steps - 1, -1, -1):
+            for s in range(rows):
+                for j in range(n):
+                    lam_in[j, s] = lam_s[t, b, s, j]
+            if frozen:
+                for s in range(rows):
+                    for j in range(n):
+                        reset_buf[j, s] = reset_side[t, b, s, j]
+                        fire_buf[j, s] = fire_side[t, b, s, j]
+            for j in range(n):
                 st = state[t, b, j]
+                bv = bias_vec[j]
+                if st != 2 and not frozen:  # choices are only recorded for unstable neurons
+                    for s in range(rows):
+                        reset_buf[j, s] = False
+                        fire_buf[j, s] = False
                 if st == 0:      # stable silent: s = 0, z = m
-                    lm = lz
+                    for s in range(rows):
+                        lm = carry[j, s]
+                        coef_out[j, s] = lam_in[j, s]
+                        lam_out[j, s] = lm
+                        acc[s] += lm * bv
+                        carry[j, s] = alpha * lm
                 elif st == 1:    # stable firing: s = 1, z = 0
-                    lm = 0.0
-                    acc += ls
+                    for s in range(rows):
+                        ls = lam_in[j, s]
+                        acc[s] += ls
+                        coef_out[j, s] = ls
+                        lam_out[j, s] = 0.0
+                        acc[s] += 0.0 * bv
+                        carry[j, s] = 0.0
                 else:            # unstable: (1-s) m_l <= z <= (1-s) th, then the chord lines
+                    ml = mem_lower[t, b, j]
+                    a_lo = slope_lo[t, b, j]
+                    c_lo = icpt_lo[t, b, j]
+                    a_up = slope_up[t, b, j]
+                    c_up = icpt_up[t, b, j]
+                    for s in range(rows):
+                        lz = carry[j, s]
+                        if not frozen:
+                            reset_buf[j, s] = lz >= 0.0
+                        r = ml if reset_buf[j, s] else th
+                        rz = lz * r
+                        acc[s] += rz
+                        ls = lam_in[j, s] - rz
+                        if not frozen:
+                            fire_buf[j, s] = ls >= 0.0
+                        if fire_buf[j, s]:
+                            a = a_lo
+                            c = c_lo
+                        else:
+                            a = a_up
+                            c = c_up
+                        lm = ls * a
+                        acc[s] += ls * c
+                        coef_out[j, s] = ls
+                        lam_out[j, s] = lm
+                        acc[s] += lm * bv
+                        carry[j, s] = alpha * lm
+            for s in range(rows):
+                for j in range(n):
+                    lam_cur[t, b, s, j] = lam_out[j, s]
+                    fire_coef[t, b, s, j] = coef_out[j, s]
                     if not frozen:
-                        reset_side[t, b, s, j] = lz >= 0.0
-                    r = mem_lower[t, b, j] if reset_side[t, b, s, j] else th
-                    rz = lz * r
-                    acc += rz
-                    ls = ls - rz
-                    if not frozen:
-                        fire_side[t, b, s, j] = ls >= 0.0
-                    if fire_side[t, b, s, j]:
-                        a = slope_lo[t, b, j]
-                        c = icpt_lo[t, b, j]
-                    else:
-                        a = slope_up[t, b, j]
-                        c = icpt_up[t, b, j]
-                    lm = ls * a
-                    acc += ls * c
-                fire_coef[t, b, s, j] = ls
-                lam_cur[t, b, s, j] = lm
-                acc += lm * bias_vec[j]
-                carry = alpha * lm
-        bias_out[b, s] = acc
+                        reset_side[t, b, s, j] = reset_buf[j, s]
+                        fire_side[t, b, s, j] = fire_buf[j, s]
+        for s in range(rows):
+            bias_out[b, s] = acc[s]
 
 
 def _backsub_backward_py(grad_lam_cur, lam_cur, fire_coef, reset_side, fire_side, state, mem_lower, slope_lo,
@@ -94,42 +134,68 @@ def _backsub_backward_py(grad_lam_cur, lam_cur, fire_coef, reset_side, fire_side
     """Reverse of ``_backsub_forward`` (``t = 0 .. T'-1``), every choice held fixed.
 
     ``g_row [B, S]`` is dL/d(bound): every constant of the forward enters with that weight.
-    Parallel over samples; the per-(t, b, neuron) gradients sum over specs without races.
+    Parallel over samples; the per-(t, b, neuron) gradients sum over specs (in spec order) without
+    races. Loop order sample, time, neuron, spec over ``[neuron, spec]`` buffers.
     """
     steps, batch, rows, n = lam_cur.shape
     for b in prange(batch):
-        for s in range(rows):
-            g = g_row[b, s]
+        g_carry = np.zeros((n, rows))  # float64, as the scalar carry of a row-by-row loop
+        grad_in = np.empty((n, rows), dtype=lam_cur.dtype)
+        coef = np.empty((n, rows), dtype=lam_cur.dtype)
+        lam_next = np.zeros((n, rows), dtype=lam_cur.dtype)
+        reset_buf = np.empty((n, rows), dtype=np.bool_)
+        fire_buf = np.empty((n, rows), dtype=np.bool_)
+        grad_out = np.empty((n, rows), dtype=lam_cur.dtype)
+        for t in range(steps):
+            for s in range(rows):
+                for j in range(n):
+                    grad_in[j, s] = grad_lam_cur[t, b, s, j]
+                    coef[j, s] = fire_coef[t, b, s, j]
+                    reset_buf[j, s] = reset_side[t, b, s, j]
+                    fire_buf[j, s] = fire_side[t, b, s, j]
+                    lam_next[j, s] = lam_cur[t + 1, b, s, j] if t + 1 < steps else 0.0
             for j in range(n):
-                g_carry = 0.0
-                for t in range(steps):
-                    st = state[t, b, j]
-                    g_lm = grad_lam_cur[t, b, s, j] + g_carry + g * bias_vec[j]
-                    if st == 0:
-                        g_lz = g_lm
-                        grad_lam_s[t, b, s, j] = 0.0
-                    elif st == 1:
-                        g_lz = 0.0
-                        grad_lam_s[t, b, s, j] = g
-                    else:
-                        ls = fire_coef[t, b, s, j]
-                        if fire_side[t, b, s, j]:
-                            g_ls = g_lm * slope_lo[t, b, j] + g * icpt_lo[t, b, j]
+                st = state[t, b, j]
+                bv = bias_vec[j]
+                if st == 0:
+                    for s in range(rows):
+                        g_lm = grad_in[j, s] + g_carry[j, s] + g_row[b, s] * bv
+                        grad_out[j, s] = 0.0
+                        g_carry[j, s] = alpha * g_lm
+                elif st == 1:
+                    for s in range(rows):
+                        grad_out[j, s] = g_row[b, s]
+                        g_carry[j, s] = alpha * 0.0
+                else:
+                    ml = mem_lower[t, b, j]
+                    a_lo = slope_lo[t, b, j]
+                    c_lo = icpt_lo[t, b, j]
+                    a_up = slope_up[t, b, j]
+                    c_up = icpt_up[t, b, j]
+                    for s in range(rows):
+                        g = g_row[b, s]
+                        g_lm = grad_in[j, s] + g_carry[j, s] + g * bv
+                        ls = coef[j, s]
+                        if fire_buf[j, s]:
+                            g_ls = g_lm * a_lo + g * c_lo
                             g_slope_lo[t, b, j] += g_lm * ls
                             g_icpt_lo[t, b, j] += g * ls
                         else:
-                            g_ls = g_lm * slope_up[t, b, j] + g * icpt_up[t, b, j]
+                            g_ls = g_lm * a_up + g * c_up
                             g_slope_up[t, b, j] += g_lm * ls
                             g_icpt_up[t, b, j] += g * ls
                         g_rz = g - g_ls
-                        if reset_side[t, b, s, j]:
-                            lz = alpha * lam_cur[t + 1, b, s, j] if t + 1 < steps else 0.0
+                        if reset_buf[j, s]:
+                            lz = alpha * lam_next[j, s]
                             g_mem_lower[t, b, j] += g_rz * lz
-                            g_lz = g_rz * mem_lower[t, b, j]
+                            g_lz = g_rz * ml
                         else:
                             g_lz = g_rz * th
-                        grad_lam_s[t, b, s, j] = g_ls
-                    g_carry = alpha * g_lz
+                        grad_out[j, s] = g_ls
+                        g_carry[j, s] = alpha * g_lz
+            for s in range(rows):
+                for j in range(n):
+                    grad_lam_s[t, b, s, j] = grad_out[j, s]
 
 
 # Parallel kernels for big stages; serial ones for small work (a parallel launch costs
