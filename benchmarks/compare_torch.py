@@ -363,7 +363,7 @@ def check_and_time(arch, images, labels, batch, repeats, rows, checks):
         (tnet.forward(x_torch) * torch.from_numpy(grad_rates)).sum().backward()
 
     def refsnn_step():
-        net.backward(net.run(spikes), grad_rates)
+        net.backward(net.run(spikes), grad_rates, input_grad=False)  # as training (torch: no input grad)
 
     rows.append(("forward", arch, batch, 10, median_time(lambda: net.run(spikes), repeats),
                  median_time(torch_forward, repeats)))

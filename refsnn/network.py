@@ -196,13 +196,15 @@ class SNN:
         return np.argmax(self.forward(x), axis=1)
 
     # --- manual BPTT -----------------------------------------------------------------------
-    def backward(self, trace: Trace, grad_rates: np.ndarray, smooth: bool = False
-                 ) -> Tuple[List[np.ndarray], np.ndarray]:
+    def backward(self, trace: Trace, grad_rates: np.ndarray, smooth: bool = False, input_grad: bool = True
+                 ) -> Tuple[List[np.ndarray], Optional[np.ndarray]]:
         """Backpropagation through time from ``dL/d rates [B, n_out]``.
 
         Returns ``(param_grads, grad_inputs)``: gradients in the order of ``params()`` and
         ``dL/dx [T, B, *input_shape]`` (the input gradient used by attacks).
-        ``smooth`` must match the forward pass that produced ``trace``.
+        ``smooth`` must match the forward pass that produced ``trace``. ``input_grad=False``
+        (training): ``grad_inputs`` is None and the first layer's input-gradient product is
+        skipped (the parameter gradients are the same values).
         """
         del smooth  # the surrogate derivative is the derivative of the smooth forward
         steps, batch = trace.inputs.shape[:2]
@@ -216,6 +218,12 @@ class SNN:
             grad_current = lif_backward(trace.membranes[k], trace.spikes[k], grad_spike,
                                         self.threshold, self.decay, self.surrogate, self.reset_grad)
             grad = grad_current.reshape((steps * batch,) + stage.neuron_shape)
+            if k == 0 and not input_grad:
+                # only the affine op (last of the stage) has parameters; nothing flows further
+                for op, op_input in zip(stage.ops, trace.op_inputs[k]):
+                    grads_per_layer[id(op)] = op.param_grads(op_input, grad) if op is stage.ops[-1] else {}
+                grad_spike = None
+                break
             for op, op_input in zip(reversed(stage.ops), reversed(trace.op_inputs[k])):
                 grad, op_grads = op.backward(op_input, grad)
                 grads_per_layer[id(op)] = op_grads

@@ -656,7 +656,7 @@ def robust_loss(net, spikes: np.ndarray, labels: np.ndarray, x_lower: np.ndarray
     natural_value, grad_rates = natural_loss_fn(rates, labels)
     grads = [np.zeros_like(p) for p in net.params()]
     if kappa > 0.0:
-        natural_grads, _ = net.backward(trace, grad_rates)
+        natural_grads, _ = net.backward(trace, grad_rates, input_grad=False)
         grads = [g + kappa * ng for g, ng in zip(grads, natural_grads)]
     n_out = net.n_outputs
     C = margin_spec(labels, n_out).astype(net.dtype)  # rows e_y - e_j, j != y

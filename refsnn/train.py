@@ -135,7 +135,7 @@ def natural_step(net: SNN, batch: Batch, ctx: StepContext) -> StepResult:
     trace = net.run(batch.spikes, validate=False)  # encoder output is binary by construction
     rates = trace.rates
     loss, grad_rates = loss_fn(rates, batch.labels)
-    grads, _ = net.backward(trace, grad_rates)
+    grads, _ = net.backward(trace, grad_rates, input_grad=False)  # no dL/dx needed for training
     return StepResult(loss, grads, rates)
 
 

@@ -140,3 +140,19 @@ def test_event_linear_mixed_rows_and_column_remainders():
     x[3, 2] = 0.5
     weight, bias = _dyadic(rng, (6, 12), np.float64), _dyadic(rng, 6, np.float64)
     assert np.array_equal(kernels.event_linear_forward(x, weight, bias), x @ weight.T + bias)
+
+
+@pytest.mark.parametrize("arch", ["fc", "conv"])
+def test_backward_without_input_gradient_gives_the_same_parameter_gradients(arch):
+    from refsnn.architectures import build_network
+    net = build_network(arch, (1, 8, 8), seed=3, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    spikes = (rng.random((4, 5, 1, 8, 8)) < 0.3).astype(np.float32)
+    trace = net.run(spikes)
+    grad_rates = rng.normal(size=(5, 10)).astype(np.float32)
+    grads, grad_inputs = net.backward(trace, grad_rates)
+    grads_only, nothing = net.backward(trace, grad_rates, input_grad=False)
+    assert grad_inputs.shape == spikes.shape and nothing is None
+    assert len(grads) == len(grads_only)
+    for a, b in zip(grads, grads_only):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
