@@ -198,6 +198,59 @@ def _backsub_backward_py(grad_lam_cur, lam_cur, fire_coef, reset_side, fire_side
                     grad_lam_s[t, b, s, j] = grad_out[j, s]
 
 
+@njit(cache=True)
+def _ibp_time_kernel(cur_lower, cur_upper, alpha, alpha_dtype, th, th_dtype, zero, fire_ge, frozen, mem_lower,
+                     mem_upper, state, negative):  # pragma: no cover - compiled
+    """The S-IBP recurrence of one stage (eqs. 7, 9) for the training bounds, ``[T', B, n]`` arrays.
+
+    The same values as the NumPy loop it replaces, bit for bit: the lower carry in the network
+    dtype (``alpha_dtype``: alpha cast to it), the upper carry in float64 (``alpha`` and its reset
+    value ``th`` are Python floats), the threshold compared in the network dtype (``th_dtype``),
+    ``zero`` the network dtype's 0. ``frozen``: read ``state`` and ``negative`` instead of
+    recording them.
+    """
+    steps, batch, n = cur_lower.shape
+    carry_lower = np.zeros(n, dtype=cur_lower.dtype)
+    carry_upper = np.zeros(n)
+    for b in range(batch):
+        carry_lower[:] = 0
+        carry_upper[:] = 0.0
+        for t in range(steps):
+            for j in range(n):
+                ml = cur_lower[t, b, j] + carry_lower[j]
+                mu = cur_upper[t, b, j] + carry_upper[j]
+                mem_lower[t, b, j] = ml
+                mem_upper[t, b, j] = mu
+                ml = mem_lower[t, b, j]
+                mu = mem_upper[t, b, j]
+                if not frozen:
+                    if fire_ge:
+                        on = ml >= th_dtype
+                        off = mu < th_dtype
+                    else:
+                        on = ml > th_dtype
+                        off = mu <= th_dtype
+                    st = 2
+                    if on:
+                        st = 1
+                    if off:
+                        st = 0
+                    state[t, b, j] = st
+                    negative[t, b, j] = ml < 0.0
+                st = state[t, b, j]
+                if st == 0:
+                    rl = ml
+                    ru = np.float64(mu)
+                elif st == 2:
+                    rl = ml if negative[t, b, j] else zero
+                    ru = th
+                else:
+                    rl = zero
+                    ru = 0.0
+                carry_lower[j] = alpha_dtype * rl
+                carry_upper[j] = alpha * ru
+
+
 # Parallel kernels for big stages; serial ones for small work (a parallel launch costs
 # milliseconds when the cores are busy, which dominates small batches and the gradient tests).
 _PARALLEL_MIN_WORK = 1 << 18
@@ -346,20 +399,10 @@ class BoundGraph:
             mem_upper = np.empty_like(mem_lower)
             state = np.empty(mem_lower.shape, np.int8) if not self.frozen else self.choices.state[k]
             negative = np.empty(mem_lower.shape, bool) if not self.frozen else self.choices.negative_lower[k]
-            carried_lower = np.zeros((batch, n), dtype)
-            carried_upper = np.zeros((batch, n), dtype)
-            for t in range(steps):
-                mem_lower[t] = cur_lower[t] + carried_lower
-                mem_upper[t] = cur_upper[t] + carried_upper
-                if not self.frozen:
-                    state[t] = Fire.classify(mem_lower[t], mem_upper[t], self.rule, self.net.firing)
-                    negative[t] = mem_lower[t] < 0.0
-                # eq. 9 with the case held fixed
-                off, unstable = state[t] == STABLE_OFF, state[t] == UNSTABLE
-                reset_lower = np.where(off, mem_lower[t], np.where(unstable & negative[t], mem_lower[t], 0.0))
-                reset_upper = np.where(off, mem_upper[t], np.where(unstable, th, 0.0))
-                carried_lower = alpha * reset_lower
-                carried_upper = alpha * reset_upper
+            # eqs. 7, 9 over time with the case held fixed when frozen (one compiled loop)
+            _ibp_time_kernel(np.ascontiguousarray(cur_lower, dtype), np.ascontiguousarray(cur_upper, dtype),
+                             float(alpha), dtype.type(alpha), float(th), dtype.type(th), dtype.type(0),
+                             self.net.firing == ">=", self.frozen, mem_lower, mem_upper, state, negative)
             if self.smooth:
                 spike_lo = self.net.surrogate.smooth(mem_lower - th).astype(dtype)
                 spike_hi = self.net.surrogate.smooth(mem_upper - th).astype(dtype)
