@@ -156,3 +156,90 @@ def test_backward_without_input_gradient_gives_the_same_parameter_gradients(arch
     assert len(grads) == len(grads_only)
     for a, b in zip(grads, grads_only):
         assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def _ibp_recurrence_numpy(cur_lower, cur_upper, alpha, rule, firing):
+    """The S-IBP time loop as NumPy rules (RoundingRule, Fire.classify, Reset.interval), per step."""
+    from refsnn.relaxations import Fire, Reset
+    out = {name: np.empty_like(cur_lower) for name in ("ml", "mu", "margin", "rl", "ru")}
+    state = np.empty(cur_lower.shape, np.int8)
+    carried_lower = np.zeros(cur_lower.shape[1:])
+    carried_upper = np.zeros(cur_lower.shape[1:])
+    for t in range(cur_lower.shape[0]):
+        size = np.maximum(np.abs(cur_lower[t]), np.abs(cur_upper[t])) \
+            + np.maximum(np.abs(carried_lower), np.abs(carried_upper))
+        out["margin"][t] = rule.membrane_margin(size)
+        out["ml"][t] = cur_lower[t] + carried_lower - out["margin"][t]
+        out["mu"][t] = cur_upper[t] + carried_upper + out["margin"][t]
+        state[t] = Fire.classify(out["ml"][t], out["mu"][t], rule, firing)
+        out["rl"][t], out["ru"][t] = Reset.interval(out["ml"][t], out["mu"][t], state[t], rule)
+        carried_lower, carried_upper = alpha * out["rl"][t], alpha * out["ru"][t]
+    return out, state
+
+
+@pytest.mark.parametrize("firing", [">=", ">"])
+@pytest.mark.parametrize("net_dtype", [np.float32, np.float64])
+def test_ibp_time_kernel_is_bit_for_bit_the_numpy_rules(firing, net_dtype):
+    from refsnn.ibp import _ibp_time_kernel
+    from refsnn.relaxations import RoundingRule, gamma
+
+    class _Net:
+        threshold, dtype = 0.3, net_dtype
+
+    rule = RoundingRule.for_network(_Net)
+    rng = np.random.default_rng(11)
+    steps, batch, n = 4, 5, 64
+    cur_lower = rng.normal(0.2, 0.3, (steps, batch, n))
+    cur_lower[:, :, :8] = rule.th_hi  # ties at the threshold
+    cur_upper = cur_lower + np.abs(rng.normal(0, 0.2, (steps, batch, n))) * (rng.random((steps, batch, n)) < 0.7)
+    want, want_state = _ibp_recurrence_numpy(cur_lower, cur_upper, 0.7, rule, firing)
+    got = [np.empty_like(cur_lower) for _ in range(5)]
+    state = np.empty(cur_lower.shape, np.int8)
+    spikes = [np.empty_like(cur_lower) for _ in range(2)]
+    _ibp_time_kernel(cur_lower, cur_upper, 0.7, 2.0 * gamma(6, rule.u), rule.th_lo, rule.th_hi, firing == ">=",
+                     got[0], got[1], got[2], got[3], got[4], state, spikes[0], spikes[1])
+    for key, value in zip(("ml", "mu", "margin", "rl", "ru"), got):
+        assert np.array_equal(value, want[key]), key
+    assert np.array_equal(state, want_state)
+    assert np.array_equal(spikes[0], (want_state == 1).astype(float))
+    assert np.array_equal(spikes[1], (want_state != 0).astype(float))
+
+
+@pytest.mark.parametrize("firing", [">=", ">"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_training_ibp_kernel_is_bit_for_bit_the_numpy_loop(firing, dtype):
+    """refsnn.robust's S-IBP recurrence (training bounds, no margins) against its NumPy form."""
+    from refsnn.relaxations import STABLE_OFF, UNSTABLE, Fire, RoundingRule
+    from refsnn.robust import _ibp_time_kernel
+    alpha, th = 0.3, 0.3  # neither is a float32 number
+    rng = np.random.default_rng(12)
+    steps, batch, n = 4, 3, 40
+    cur_lower = rng.normal(0.2, 0.3, (steps, batch, n)).astype(dtype)
+    cur_lower[:, :, :6] = dtype(th)
+    cur_upper = (cur_lower + np.abs(rng.normal(0, 0.2, cur_lower.shape))).astype(dtype)
+    rule = RoundingRule(u=0.0, th_lo=th, th_hi=th, net_dtype=np.dtype(dtype).name)
+    ml_want, mu_want = np.empty_like(cur_lower), np.empty_like(cur_upper)
+    state_want = np.empty(cur_lower.shape, np.int8)
+    negative_want = np.empty(cur_lower.shape, bool)
+    carried_lower = np.zeros((batch, n), dtype)
+    carried_upper = np.zeros((batch, n), dtype)
+    for t in range(steps):
+        ml_want[t] = cur_lower[t] + carried_lower
+        mu_want[t] = cur_upper[t] + carried_upper
+        state_want[t] = Fire.classify(ml_want[t], mu_want[t], rule, firing)
+        negative_want[t] = ml_want[t] < 0.0
+        off, unstable = state_want[t] == STABLE_OFF, state_want[t] == UNSTABLE
+        reset_lower = np.where(off, ml_want[t], np.where(unstable & negative_want[t], ml_want[t], 0.0))
+        reset_upper = np.where(off, mu_want[t], np.where(unstable, th, 0.0))
+        carried_lower, carried_upper = alpha * reset_lower, alpha * reset_upper
+    ml, mu = np.empty_like(cur_lower), np.empty_like(cur_upper)
+    state, negative = np.empty(cur_lower.shape, np.int8), np.empty(cur_lower.shape, bool)
+    _ibp_time_kernel(cur_lower, cur_upper, alpha, dtype(alpha), th, dtype(th), dtype(0), firing == ">=", False,
+                     ml, mu, state, negative)
+    assert np.array_equal(ml, ml_want) and np.array_equal(mu, mu_want)
+    assert np.array_equal(state, state_want) and np.array_equal(negative, negative_want)
+    # frozen: the recorded choices are read back and give the same membranes
+    ml2, mu2 = np.empty_like(ml), np.empty_like(mu)
+    _ibp_time_kernel(cur_lower, cur_upper, alpha, dtype(alpha), th, dtype(th), dtype(0), firing == ">=", True,
+                     ml2, mu2, state, negative)
+    assert np.array_equal(ml2, ml) and np.array_equal(mu2, mu)
