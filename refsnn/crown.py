@@ -36,6 +36,7 @@ from numba import njit, prange
 from .ibp import (IntervalBounds, PreparedStage, interval_bounds, output_rounding_margin,
                   prepare_stages)
 from .input_sets import binary_box
+from .kernels import transpose_contiguous
 from .relaxations import UNIT_ROUNDOFF_FLOAT64, Fire, Reset, gamma
 
 U64 = UNIT_ROUNDOFF_FLOAT64
@@ -257,6 +258,43 @@ def _sparse_first_op(stage: PreparedStage) -> Optional[np.ndarray]:
     return None
 
 
+@njit(cache=True)
+def _free_abs_products(lam_flat, weight_t, rad_flat, at_rad):  # pragma: no cover - compiled
+    """``at_rad[k, r] = sum_{i free} rad[k, i] |(lam_k W)[r, i]|`` for each (t, b) row ``k``.
+
+    ``lam_flat [K, R, n]``, ``weight_t = W.T [n_in, n]``, ``rad_flat [K, n_in]`` (0 where the
+    input bit is fixed). Per row: the free columns are gathered into a cache-sized buffer and
+    multiplied in one BLAS product ``[|F|, n] @ [n, R]``.
+    """
+    count, rows, n = lam_flat.shape
+    n_in = weight_t.shape[0]
+    columns = np.empty((n_in, n))
+    lam_t = np.empty((n, rows))
+    coef = np.empty((n_in, rows))
+    radii = np.empty(n_in)
+    for k in range(count):
+        free = 0
+        for i in range(n_in):
+            if rad_flat[k, i] != 0.0:
+                columns[free] = weight_t[i]
+                radii[free] = rad_flat[k, i]
+                free += 1
+        if free == 0:
+            for r in range(rows):
+                at_rad[k, r] = 0.0
+            continue
+        for r in range(rows):
+            for j in range(n):
+                lam_t[j, r] = lam_flat[k, r, j]
+        product = coef[:free]
+        np.dot(columns[:free], lam_t, product)
+        for r in range(rows):
+            total = 0.0
+            for f in range(free):
+                total += radii[f] * abs(product[f, r])
+            at_rad[k, r] = total
+
+
 def _concretize_sparse(op, lam_cur: np.ndarray, center: np.ndarray, magnitude: np.ndarray, rad: np.ndarray,
                        chunk_bytes: int = 32 * 2 ** 20) -> Tuple[np.ndarray, ...]:
     """Box concretization of ``lam_cur W`` without forming it: ``lam . (W mid)`` for the fixed part and,
@@ -264,23 +302,18 @@ def _concretize_sparse(op, lam_cur: np.ndarray, center: np.ndarray, magnitude: n
 
     ``W mid`` is S-IBP's current centre minus the bias; ``magnitude >= |W| x_u + |b|`` (S-IBP's)
     bounds the rounding terms. Per (t, b) one small product ``W.T[F] @ lam.T`` (``[|F|, rows]``)
-    over the free rows of the contiguous ``W.T``: no padding to the widest row and nothing
-    gathered beyond the cache (``chunk_bytes`` is kept for callers; the work is per row).
+    over the free rows of ``W.T`` (``_free_abs_products``): no padding to the widest row and
+    nothing gathered beyond the cache (``chunk_bytes`` is kept for callers; the work is per row).
     """
     del chunk_bytes
     steps, batch, rows, n = lam_cur.shape
     n_in = rad.shape[-1]
     at_mid = np.einsum("tbrn,tbn->br", lam_cur, center - op.bias)
     abs_bound = np.einsum("tbrn,tbn->br", np.abs(lam_cur), np.broadcast_to(magnitude, center.shape))
-    rad_flat = rad.reshape(steps * batch, n_in)
-    lam_flat = lam_cur.reshape(steps * batch, rows, n)
-    weight_t = np.ascontiguousarray(op.weight.T)                          # [n_in, n]
-    at_rad = np.zeros((steps * batch, rows))
-    for index in range(steps * batch):
-        free = np.flatnonzero(rad_flat[index])
-        if free.size:
-            coef_free = weight_t[free] @ lam_flat[index].T                # [|F|, rows]
-            at_rad[index] = rad_flat[index, free] @ np.abs(coef_free)
+    rad_flat = np.ascontiguousarray(rad.reshape(steps * batch, n_in), dtype=np.float64)
+    lam_flat = np.ascontiguousarray(lam_cur.reshape(steps * batch, rows, n))
+    at_rad = np.empty((steps * batch, rows))
+    _free_abs_products(lam_flat, transpose_contiguous(op.weight), rad_flat, at_rad)
     at_rad = at_rad.reshape(steps, batch, rows).sum(axis=0)
     return at_mid, at_rad, abs_bound
 
