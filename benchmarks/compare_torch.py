@@ -322,18 +322,39 @@ NOTES = """## Notes
 - The event-driven Linear kernel is chosen per layer by the measured density crossover
   (results/perf/kernels.json); rate-coded MNIST input (density about 0.125) takes it in the
   784x512 layer, the hidden layers (density 0.12-0.14 here) use BLAS.
+- Certificates: whatever dtype a model is trained in, every certificate refsnn reports
+  (`python -m refsnn.certify`, the per-epoch certified errors of robust training) is computed
+  with the float64 outward-rounded bounds, never with the float32 training bounds
+  (docs/BOUNDS.md, "Training bounds (float32) and certificates (float64)").
+- Where the time goes in the sound rows: S-IBP does three float64 products per stage (W mid,
+  |W| rad, |W| l for the rounding magnitude) against PyTorch's four float32 ones, and a float64
+  GEMM runs at about half the float32 rate, so it stays behind on FC and CONV; S-CROWN's cost is
+  the float64 adjoint products (lam W through layers and time), the fused per-stage relaxation
+  kernel and the first-layer concretization over the free input bits only.
 - One shared 2-core VM under load from other jobs: expect +-20% between runs.
 """
 
 
+LOAD_AT_START: list = []
+
+
+class Timing(float):
+    """A median time in seconds that keeps the individual runs (``samples``) for the JSON."""
+
+    samples: list
+
+
 def median_time(fn, repeats):
+    """Median of ``repeats`` timed calls after one warm-up call (seconds, with the samples)."""
     fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    median = Timing(float(np.median(times)))
+    median.samples = times
+    return median
 
 
 def check_and_time(arch, images, labels, batch, repeats, rows, checks):
@@ -480,6 +501,7 @@ def main(argv=None):
     parser.add_argument("--out", default="results/perf.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    LOAD_AT_START[:] = os.getloadavg()
     started = time.time()
     images, labels = load_dataset("mnist-subset", "test")
     images = images.astype(np.float64)
@@ -504,7 +526,8 @@ def write_report(args, rows, checks, crown_ratio, seconds):
              f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} cores (shared VM, other jobs running), numpy {np.__version__}, torch {torch.__version__}. "
              f"Threads: torch.set_num_threads({args.threads}), OPENBLAS/OMP/MKL/NUMBA_NUM_THREADS={THREADS}. "
-             f"Load average at the end: {', '.join(f'{v:.2f}' for v in os.getloadavg())}.", "",
+             f"Load average (1, 5, 15 min) at the start: {', '.join(f'{v:.2f}' for v in LOAD_AT_START)}, "
+             f"at the end: {', '.join(f'{v:.2f}' for v in os.getloadavg())}.", "",
              f"Medians of {args.repeats} runs (FC) and {max(3, args.repeats // 2)} (CONV, robust step), float32, "
              "rate-coded embedded MNIST test images, weights of `refsnn.architectures.build_network(arch, (1, 28, 28), seed=0)`. "
              "Ratio = PyTorch time / refsnn time (> 1: refsnn faster).", "",
@@ -538,9 +561,20 @@ def write_report(args, rows, checks, crown_ratio, seconds):
     text = "\n".join(lines) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
+    json_rows = [{"row": name, "arch": arch, "batch": batch, "T": steps,
+                  "refsnn_median_s": float(ours), "refsnn_runs_s": list(getattr(ours, "samples", [])),
+                  "torch_median_s": None if theirs is None else float(theirs),
+                  "torch_runs_s": None if theirs is None else list(getattr(theirs, "samples", [])),
+                  "ratio_torch_over_refsnn": None if theirs is None else float(theirs) / float(ours)}
+                 for name, arch, batch, steps, ours, theirs in rows]
     Path(args.out).with_suffix(".json").write_text(json.dumps(
-        {"command": command, "threads": args.threads, "rows": rows, "checks": checks, "crown_ratio": crown_ratio},
-        indent=2) + "\n")
+        {"command": command, "seconds": seconds, "threads": args.threads, "repeats_fc": args.repeats,
+         "repeats_conv_and_robust_step": max(3, args.repeats // 2),
+         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                     "cpu_count": os.cpu_count(), "numpy": np.__version__, "torch": torch.__version__,
+                     "note": "shared VM, other jobs running"},
+         "load_average_at_start": list(LOAD_AT_START), "load_average_at_end": list(os.getloadavg()), "rows": json_rows, "checks": checks,
+         "crown_ratio_to_forward_T10": crown_ratio}, indent=2) + "\n")
     print(text)
 
 
