@@ -11,6 +11,10 @@
    holds, per layer width, the smaller crossover of the two row counts.
 3. The LIF recurrence and its BPTT: NumPy loop (refsnn.neurons) vs fused Numba loop (refsnn.kernels).
 4. The FC network's forward + BPTT on real spikes with the event path off vs on.
+5. Conv2d forward of the conv preset's two shapes (1->64 on 28x28, 64->128 on 14x14; 3x3, stride
+   2, padding 1; 640 rows): im2col/GEMM vs the event-driven kernels over a grid of densities; the
+   crossover of a shape is the smallest grid density at which im2col/GEMM was at least as fast
+   (refsnn.kernels.CONV_CROSSOVER: the smaller of the two).
 Writes kernels.json and kernels.md with the command and the machine.
 """
 from __future__ import annotations
@@ -158,6 +162,35 @@ def network_timings(repeats):
     return rows
 
 
+CONV_SHAPES = ((1, 64, 28), (64, 128, 14))   # (in channels, out channels, input size) of the conv preset
+CONV_DENSITIES = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
+
+
+def conv_grid(repeats, rows=640):
+    """Conv2d (3x3, stride 2, padding 1) forward: im2col/GEMM vs event-driven, per input density."""
+    from refsnn.layers import Conv2d
+    rng = np.random.default_rng(1)
+    cases = []
+    for channels, out_channels, size in CONV_SHAPES:
+        conv = Conv2d(rng.normal(0, 1 / np.sqrt(9 * channels), (out_channels, channels, 3, 3)).astype(np.float32),
+                      np.zeros(out_channels, np.float32), 2, 1)
+        conv.output_shape((channels, size, size))
+        geometry = conv._geometry((channels, size, size))
+        for density in CONV_DENSITIES:
+            x = (rng.random((rows, channels, size, size)) < density).astype(np.float32)
+            cases.append({"channels": channels, "out_channels": out_channels, "size": size, "rows": rows,
+                          "density": density,
+                          "dense_ms": 1e3 * median_time(lambda: conv._linear(x, conv.weight, conv.bias), repeats),
+                          "event_ms": 1e3 * median_time(
+                              lambda: kernels.event_conv_forward(x, conv.weight, conv.bias, geometry), repeats)})
+            print(cases[-1], flush=True)
+    per_shape = {}
+    for channels, out_channels, size in CONV_SHAPES:
+        losing = [c["density"] for c in cases if c["channels"] == channels and c["dense_ms"] <= c["event_ms"]]
+        per_shape[f"{channels}x{out_channels}@{size}"] = min(losing) if losing else None
+    return cases, per_shape
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -169,6 +202,8 @@ def main(argv=None):
     cases = kernel_grid(args.repeats)
     found = crossovers(cases)
     print("crossovers", json.dumps(found), flush=True)
+    conv_cases, conv_crossover = conv_grid(args.repeats)
+    print("conv crossovers", conv_crossover, flush=True)
     lif = lif_timings(args.repeats)
     network = network_timings(args.repeats)
     document = {
@@ -178,7 +213,9 @@ def main(argv=None):
                     "cpu_count": os.cpu_count(), "numpy": np.__version__,
                     "load_average_at_end": list(os.getloadavg()), "note": "2-core shared VM, under load"},
         "crossovers_in_code": [list(entry) for entry in kernels.CROSSOVERS],
-        "densities": densities, "crossovers": found, "kernels": cases, "lif": lif, "network_fc": network,
+        "conv_crossover_in_code": kernels.CONV_CROSSOVER,
+        "densities": densities, "crossovers": found, "kernels": cases,
+        "conv_crossover": conv_crossover, "conv_kernels": conv_cases, "lif": lif, "network_fc": network,
         "seconds": round(time.time() - started, 1)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

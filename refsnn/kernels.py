@@ -36,15 +36,21 @@ import numpy as np
 # +-0.025 between runs: rerun the benchmark on the target machine). Override with
 # REFSNN_EVENT_FORWARD / REFSNN_EVENT_WGRAD (one density for every layer; 0 disables the path).
 CROSSOVERS = ((512, 0.125, 0.05), (256, 0.10, 0.02), (0, 0.0, 0.0))
-_ENV = {"forward": "REFSNN_EVENT_FORWARD", "wgrad": "REFSNN_EVENT_WGRAD"}
+# Input density below which a Conv2d forward takes the event-driven kernel (both conv shapes of
+# the conv preset at time x batch = 640, results/perf/kernels.json "conv_crossover"; override
+# with REFSNN_EVENT_CONV, 0 disables).
+CONV_CROSSOVER = 0.2
+_ENV = {"forward": "REFSNN_EVENT_FORWARD", "wgrad": "REFSNN_EVENT_WGRAD", "conv": "REFSNN_EVENT_CONV"}
 
 # Below this many input rows (time x batch) the density count is not worth it.
 _MIN_ROWS = 32
 
 
-def crossover(kind: str, out_features: int) -> float:
-    """The density crossover in force for ``kind`` ("forward" or "wgrad") and a layer width."""
+def crossover(kind: str, out_features: int = 0) -> float:
+    """The density crossover in force for ``kind`` ("forward", "wgrad" or "conv") and a layer width."""
     value = os.environ.get(_ENV[kind])
+    if value is None and kind == "conv":
+        return CONV_CROSSOVER
     if value is None:
         for min_out, forward, wgrad in CROSSOVERS:
             if out_features >= min_out:
@@ -69,8 +75,9 @@ def density(x2d: np.ndarray) -> float:
 _DENSITY_SAMPLE_ROWS = 128
 
 
-def use_event_driven(x2d: np.ndarray, kind: str, out_features: int) -> bool:
-    """True when ``x2d [N, in]`` is sparser than the measured crossover of ``kind`` for this width."""
+def use_event_driven(x2d: np.ndarray, kind: str, out_features: int = 0) -> bool:
+    """True when ``x2d [N, in]`` is sparser than the measured crossover of ``kind`` for this width
+    (``kind="conv"``: a Conv2d input flattened to ``[N, C*H*W]``)."""
     limit = crossover(kind, out_features)
     if limit <= 0.0 or x2d.ndim != 2 or x2d.shape[0] < _MIN_ROWS:
         return False
@@ -153,6 +160,148 @@ def event_linear_forward(x2d: np.ndarray, weight: np.ndarray, bias: np.ndarray) 
     x2d = np.ascontiguousarray(x2d, dtype=weight.dtype)
     out = np.empty((x2d.shape[0], weight.shape[0]), dtype=weight.dtype)
     _event_linear_forward(x2d, weight_t, bias, out)
+    return out
+
+
+@numba.njit(cache=True)
+def _event_conv_forward(x, weight_t, bias, geometry, out):  # pragma: no cover - compiled
+    """Convolution visiting the non-zero inputs only; per sample an ``[OH, OW, O]`` accumulator.
+
+    ``x [N, C, H, W]``, ``weight_t [C, KH, KW, O]`` (``W`` with the output channel last),
+    ``out [N, O, OH, OW]``. An input ``x[n, c, y, x']`` meets the kernel offset ``(ky, kx)`` at the
+    output ``(oy, ox)`` with ``oy * sh + ky - ph = y`` (likewise for ``x'``).
+    """
+    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w = geometry
+    n_samples, channels, height, width = x.shape
+    n_out = weight_t.shape[3]
+    acc = np.empty((out_h, out_w, n_out), dtype=out.dtype)
+    for n in range(n_samples):
+        acc[:] = 0
+        for c in range(channels):
+            for y in range(height):
+                for xx in range(width):
+                    value = x[n, c, y, xx]
+                    if value == 0:
+                        continue
+                    for ky in range(kernel_h):
+                        shifted_y = y + pad_h - ky
+                        if shifted_y < 0 or shifted_y % stride_h != 0:
+                            continue
+                        oy = shifted_y // stride_h
+                        if oy >= out_h:
+                            continue
+                        for kx in range(kernel_w):
+                            shifted_x = xx + pad_w - kx
+                            if shifted_x < 0 or shifted_x % stride_w != 0:
+                                continue
+                            ox = shifted_x // stride_w
+                            if ox >= out_w:
+                                continue
+                            column = weight_t[c, ky, kx]
+                            target = acc[oy, ox]
+                            if value == 1:  # a spike: the product 1 * w is exact
+                                for o in range(n_out):
+                                    target[o] += column[o]
+                            else:
+                                for o in range(n_out):
+                                    target[o] += value * column[o]
+        for o in range(n_out):
+            for oy in range(out_h):
+                for ox in range(out_w):
+                    out[n, o, oy, ox] = acc[oy, ox, o] + bias[o]
+
+
+@numba.njit(cache=True)
+def _event_conv_forward_windows(x, weight_t, bias, geometry, out):  # pragma: no cover - compiled
+    """Output-stationary variant for many input channels: per output position, the weight
+    columns of the active inputs under its window are gathered and summed four at a time into
+    one ``[O]`` accumulator (as the event-driven Linear). Same arguments as ``_event_conv_forward``.
+    """
+    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w = geometry
+    n_samples, channels, height, width = x.shape
+    n_out = weight_t.shape[3]
+    active = np.empty((height, width, channels), np.int64)   # active channels per input pixel
+    count = np.empty((height, width), np.int64)
+    binary = np.empty((height, width), np.bool_)
+    picked = np.empty((kernel_h * kernel_w * channels, 3), np.int64)  # (c, ky, kx) under a window
+    acc = np.empty(n_out, dtype=out.dtype)
+    for n in range(n_samples):
+        count[:] = 0
+        binary[:] = True
+        for c in range(channels):
+            for y in range(height):
+                for xx in range(width):
+                    value = x[n, c, y, xx]
+                    if value != 0:
+                        active[y, xx, count[y, xx]] = c
+                        count[y, xx] += 1
+                        if value != 1:
+                            binary[y, xx] = False
+        for oy in range(out_h):
+            for ox in range(out_w):
+                k = 0
+                all_binary = True
+                for ky in range(kernel_h):
+                    y = oy * stride_h + ky - pad_h
+                    if y < 0 or y >= height:
+                        continue
+                    for kx in range(kernel_w):
+                        xx = ox * stride_w + kx - pad_w
+                        if xx < 0 or xx >= width:
+                            continue
+                        if not binary[y, xx]:
+                            all_binary = False
+                        for q in range(count[y, xx]):
+                            picked[k, 0] = active[y, xx, q]
+                            picked[k, 1] = ky
+                            picked[k, 2] = kx
+                            k += 1
+                acc[:] = 0
+                if all_binary:
+                    q = 0
+                    while q + 4 <= k:
+                        c0 = weight_t[picked[q, 0], picked[q, 1], picked[q, 2]]
+                        c1 = weight_t[picked[q + 1, 0], picked[q + 1, 1], picked[q + 1, 2]]
+                        c2 = weight_t[picked[q + 2, 0], picked[q + 2, 1], picked[q + 2, 2]]
+                        c3 = weight_t[picked[q + 3, 0], picked[q + 3, 1], picked[q + 3, 2]]
+                        for o in range(n_out):
+                            acc[o] += (c0[o] + c1[o]) + (c2[o] + c3[o])
+                        q += 4
+                    while q < k:
+                        c0 = weight_t[picked[q, 0], picked[q, 1], picked[q, 2]]
+                        for o in range(n_out):
+                            acc[o] += c0[o]
+                        q += 1
+                else:
+                    for q in range(k):
+                        c, ky, kx = picked[q, 0], picked[q, 1], picked[q, 2]
+                        value = x[n, c, oy * stride_h + ky - pad_h, ox * stride_w + kx - pad_w]
+                        c0 = weight_t[c, ky, kx]
+                        for o in range(n_out):
+                            acc[o] += value * c0[o]
+                for o in range(n_out):
+                    out[n, o, oy, ox] = acc[o] + bias[o]
+
+
+# Input channels from which the output-stationary event convolution is used (measured on the
+# conv preset: 64 channels -> windows, 1 channel -> scatter).
+EVENT_CONV_WINDOW_CHANNELS = 8
+
+
+def event_conv_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, geometry) -> np.ndarray:
+    """Cross-correlation ``x (*) weight + bias`` visiting only the non-zero inputs.
+
+    ``x [N, C, H, W]`` (spikes, or any values: non-binary entries are multiplied), ``weight
+    [O, C, KH, KW]``, ``bias [O]``, ``geometry = (kh, kw, sh, sw, ph, pw, OH, OW)`` as
+    ``refsnn.layers.Conv2d``; returns ``[N, O, OH, OW]`` in ``weight``'s dtype. Equal to the
+    im2col/GEMM convolution up to the summation order.
+    """
+    weight_t = np.ascontiguousarray(weight.transpose(1, 2, 3, 0))
+    x = np.ascontiguousarray(x, dtype=weight.dtype)
+    geometry = tuple(int(g) for g in geometry)
+    out = np.empty((x.shape[0], weight.shape[0], geometry[6], geometry[7]), dtype=weight.dtype)
+    kernel = _event_conv_forward_windows if x.shape[1] >= EVENT_CONV_WINDOW_CHANNELS else _event_conv_forward
+    kernel(x, weight_t, np.ascontiguousarray(bias, dtype=weight.dtype), geometry, out)
     return out
 
 

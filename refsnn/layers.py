@@ -395,6 +395,12 @@ class Conv2d(Layer):
         return self._nchw(rows, x.shape[0], out_h, out_w, bias)
 
     def forward(self, x):
+        """``x [N, C, H, W] -> [N, O, OH, OW]``. Sparse inputs (below the measured density crossover,
+        ``refsnn.kernels``) take the event-driven kernel: only active inputs' weight columns are summed."""
+        if (isinstance(x, np.ndarray) and x.ndim == 4 and x.dtype == self.weight.dtype
+                and x.shape[1] == self.weight.shape[1]
+                and kernels.use_event_driven(x.reshape(x.shape[0], -1), "conv")):
+            return kernels.event_conv_forward(x, self.weight, self.bias, self._geometry(x.shape))
         return self._linear(x, self.weight, self.bias)
 
     def _input_from_rows(self, grad_rows: np.ndarray, n: int) -> np.ndarray:

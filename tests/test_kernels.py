@@ -243,3 +243,41 @@ def test_training_ibp_kernel_is_bit_for_bit_the_numpy_loop(firing, dtype):
     _ibp_time_kernel(cur_lower, cur_upper, alpha, dtype(alpha), th, dtype(th), dtype(0), firing == ">=", True,
                      ml2, mu2, state, negative)
     assert np.array_equal(ml2, ml) and np.array_equal(mu2, mu)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 9])  # 9 >= EVENT_CONV_WINDOW_CHANNELS: the window kernel
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 2, 1), (3, 1, 0), (2, 3, 2), (1, 1, 0)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_event_conv_equals_im2col_gemm(channels, kernel, stride, padding, dtype):
+    from refsnn.layers import Conv2d
+    rng = np.random.default_rng(channels * 100 + kernel * 10 + stride)
+    # dyadic weights: every partial sum is exact, so any summation order gives the same bits
+    weight, bias = _dyadic(rng, (5, channels, kernel, kernel), dtype), _dyadic(rng, 5, dtype)
+    conv = Conv2d(weight, bias, stride, padding)
+    conv.output_shape((channels, 7, 8))
+    geometry = conv._geometry((channels, 7, 8))
+    for density in (0.0, 0.1, 0.5, 1.0):
+        x = (rng.random((6, channels, 7, 8)) < density).astype(dtype)
+        assert np.array_equal(kernels.event_conv_forward(x, weight, bias, geometry),
+                              conv._linear(x, conv.weight, conv.bias))
+    values = np.where(rng.random((6, channels, 7, 8)) < 0.3, rng.random((6, channels, 7, 8)), 0).astype(dtype)
+    np.testing.assert_allclose(kernels.event_conv_forward(values, weight, bias, geometry),
+                               conv._linear(values, conv.weight, conv.bias),
+                               rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_network_with_event_path_equals_dense_path(monkeypatch, dtype):
+    from refsnn.layers import Conv2d, Flatten
+    rng = np.random.default_rng(8)
+    layers = [Conv2d(_dyadic(rng, (4, 1, 3, 3), np.float64), _dyadic(rng, 4, np.float64), 2, 1),
+              Conv2d(_dyadic(rng, (9, 4, 3, 3), np.float64), _dyadic(rng, 9, np.float64), 1, 1),
+              Flatten(), Linear(_dyadic(rng, (3, 9 * 5 * 5), np.float64), _dyadic(rng, 3, np.float64))]
+    net = SNN(layers, dtype=dtype, input_shape=(1, 10, 10))
+    spikes = (rng.random((5, 8, 1, 10, 10)) < 0.15).astype(np.uint8)
+    traces = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("REFSNN_EVENT_CONV", mode)
+        traces[mode] = net.run(spikes)
+    for a, b in zip(traces["0"].membranes + traces["0"].spikes, traces["1"].membranes + traces["1"].spikes):
+        assert a.dtype == b.dtype == dtype and np.array_equal(a, b)
