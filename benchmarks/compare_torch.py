@@ -319,9 +319,11 @@ NOTES = """## Notes
   threshold can spike in one implementation and not in the other (different summation order),
   which moves that part of the loss and gradients, so the bound part (kappa = 0) is compared
   on its own as well (`robust_bound_part_*`).
-- The event-driven Linear kernel is chosen per layer by the measured density crossover
-  (results/perf/kernels.json); rate-coded MNIST input (density about 0.125) takes it in the
-  784x512 layer, the hidden layers (density 0.12-0.14 here) use BLAS.
+- Event-driven kernels are chosen per layer and call by the measured density crossovers
+  (refsnn/kernels.py, results/perf/kernels.json): rate-coded MNIST input (density about 0.125)
+  takes the event-driven Linear in the 784x512 layer and the event-driven Conv2d in both
+  convolutions (input densities about 0.16); other layers use BLAS. The sound bounds use the
+  same layers in float64, so their convolutions also go event-driven on sparse boxes.
 - Certificates: whatever dtype a model is trained in, every certificate refsnn reports
   (`python -m refsnn.certify`, the per-epoch certified errors of robust training) is computed
   with the float64 outward-rounded bounds, never with the float32 training bounds
