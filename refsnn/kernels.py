@@ -384,6 +384,44 @@ def _lif_backward(membrane, spike, grad_spike, surrogate_derivative, decay, rese
             grad_next[j] = grad_m
 
 
+@numba.njit(cache=True)
+def _lif_backward_rectangular(membrane, spike, grad_spike, threshold, half_width, height, decay, reset_grad,
+                              grad_current):  # pragma: no cover - compiled
+    """``_lif_backward`` with the rectangular surrogate evaluated inline: ``height`` where
+    ``|m - th| < half_width`` (all in the membrane dtype, as ``Rectangular.derivative``), else 0."""
+    steps, size = membrane.shape
+    grad_next = np.zeros(size, dtype=membrane.dtype)
+    one = membrane.dtype.type(1.0)
+    zero = membrane.dtype.type(0.0)
+    for t in range(steps - 1, -1, -1):
+        for j in range(size):
+            m = membrane[t, j]
+            derivative = height if abs(m - threshold) < half_width else zero
+            grad_s = grad_spike[t, j]
+            if reset_grad:
+                grad_s = grad_s - decay * m * grad_next[j]
+            grad_m = grad_s * derivative + decay * (one - spike[t, j]) * grad_next[j]
+            grad_current[t, j] = grad_m
+            grad_next[j] = grad_m
+
+
+def lif_backward_rectangular_fused(membrane: np.ndarray, spike: np.ndarray, grad_spike: np.ndarray,
+                                   threshold: float, width: float, height: float, decay: float,
+                                   reset_grad: bool = True) -> np.ndarray:
+    """``lif_backward_fused`` for ``refsnn.neurons.Rectangular(width, height)`` without the
+    ``[T, ...]`` derivative array (bit-for-bit the same result)."""
+    shape = membrane.shape
+    flat = (shape[0], -1)
+    membrane2 = np.ascontiguousarray(membrane).reshape(flat)
+    grad_current = np.empty_like(membrane2)
+    dtype = membrane.dtype.type
+    _lif_backward_rectangular(membrane2, np.ascontiguousarray(spike).reshape(flat),
+                              np.ascontiguousarray(grad_spike, dtype=membrane.dtype).reshape(flat),
+                              dtype(threshold), dtype(width / 2), dtype(height), dtype(decay), bool(reset_grad),
+                              grad_current)
+    return grad_current.reshape(shape)
+
+
 def lif_backward_fused(membrane: np.ndarray, spike: np.ndarray, grad_spike: np.ndarray,
                        surrogate_derivative: np.ndarray, decay: float, reset_grad: bool = True) -> np.ndarray:
     """Manual BPTT of eqs. 1-2 in one compiled loop; ``surrogate_derivative [T, ...]`` is

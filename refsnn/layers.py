@@ -449,7 +449,8 @@ class Conv2d(Layer):
         grad_rows = self._rows(grad_out, dtype)
         cols = self._cols(x, dtype)
         grads = self._param_grads(cols, grad_rows)
-        return self._input_from_rows(grad_rows, x.shape[0]), grads
+        # the input gradient by the fused per-sample adjoint (cache-sized GEMM + col2im)
+        return self.transpose(np.asarray(grad_out, dtype=dtype)), grads
 
     def interval(self, lower, upper):
         lower, upper = np.asarray(lower), np.asarray(upper)

@@ -145,6 +145,14 @@ def lif_backward(membrane: np.ndarray, spike: np.ndarray, grad_spike: np.ndarray
     (snnTorch). Arrays of one float dtype run the fused Numba loop of
     ``refsnn.kernels.lif_backward_fused`` (bit-for-bit the same result).
     """
+    if (type(surrogate) is Rectangular and membrane.dtype in (np.float32, np.float64) and membrane.size
+            and spike.dtype == membrane.dtype and _python_scalars(threshold, decay)
+            and _python_scalars(surrogate.width, surrogate.height)
+            and np.asarray(grad_spike).dtype == membrane.dtype):
+        from .kernels import lif_backward_rectangular_fused
+
+        return lif_backward_rectangular_fused(membrane, spike, grad_spike, threshold, surrogate.width,
+                                              surrogate.height, decay, reset_grad)
     derivative = surrogate.derivative(membrane - threshold)
     if (membrane.dtype in (np.float32, np.float64) and membrane.size and spike.dtype == membrane.dtype
             and _python_scalars(threshold, decay)

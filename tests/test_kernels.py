@@ -281,3 +281,25 @@ def test_conv_network_with_event_path_equals_dense_path(monkeypatch, dtype):
         traces[mode] = net.run(spikes)
     for a, b in zip(traces["0"].membranes + traces["0"].spikes, traces["1"].membranes + traces["1"].spikes):
         assert a.dtype == b.dtype == dtype and np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("width,height,threshold", [(1.0, 1.0, 0.25), (0.6, 0.7, 0.3)])
+@pytest.mark.parametrize("reset_grad", [True, False])
+def test_rectangular_bptt_kernel_is_bit_for_bit_the_derivative_array_path(dtype, width, height, threshold,
+                                                                           reset_grad):
+    from refsnn.neurons import Rectangular
+    rng = np.random.default_rng(4)
+    membrane = rng.normal(0.25, 0.5, (6, 4, 9)).astype(dtype)
+    half = dtype(width / 2)
+    edge = dtype(threshold) + half  # values on and next to the window's edges
+    membrane[0, 0, :3] = [edge, np.nextafter(edge, dtype(0)), np.nextafter(edge, dtype(2))]
+    membrane[1, 0, :2] = [dtype(threshold) - half, dtype(threshold)]
+    spike = (membrane >= dtype(threshold)).astype(dtype)
+    grad_spike = rng.normal(size=membrane.shape).astype(dtype)
+    surrogate = Rectangular(width, height)
+    want = kernels.lif_backward_fused(membrane, spike, grad_spike, surrogate.derivative(membrane - threshold),
+                                      0.3, reset_grad)
+    got = kernels.lif_backward_rectangular_fused(membrane, spike, grad_spike, threshold, width, height, 0.3,
+                                                 reset_grad)
+    assert got.dtype == dtype and np.array_equal(got, want)
