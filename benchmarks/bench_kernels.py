@@ -15,6 +15,8 @@
    2, padding 1; 640 rows): im2col/GEMM vs the event-driven kernels over a grid of densities; the
    crossover of a shape is the smallest grid density at which im2col/GEMM was at least as fast
    (refsnn.kernels.CONV_CROSSOVER: the smaller of the two).
+6. The sound S-IBP current bounds (eq. 11, float64) of the 784x512 stage on random 0/1 boxes:
+   GEMMs vs the event-driven kernel per upper density (refsnn.ibp.EVENT_INTERVAL_DENSITY).
 Writes kernels.json and kernels.md with the command and the machine.
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from refsnn import kernels  # noqa: E402
+from refsnn import ibp, kernels  # noqa: E402
 from refsnn.neurons import Rectangular, lif_backward, lif_forward  # noqa: E402
 
 DENSITIES = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2)
@@ -191,6 +193,40 @@ def conv_grid(repeats, rows=640):
     return cases, per_shape
 
 
+INTERVAL_DENSITIES = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35)
+
+
+def interval_grid(repeats, rows=192):
+    """Sound S-IBP eq. 11 of the 784x512 stage (float64): the event-driven kernel vs the GEMMs, on
+    random 0/1 boxes with the given upper density, half of the set bits free."""
+    from refsnn.layers import Linear
+
+    class _Stage:  # the attributes PreparedStage reads
+        def __init__(self, layer):
+            self.ops, self.input_shape, self.neuron_shape = [layer], (784,), (512,)
+
+    rng = np.random.default_rng(2)
+    layer = Linear(rng.normal(0, 1 / 28, (512, 784)).astype(np.float32), np.zeros(512, np.float32))
+    layer.input_shape = (784,)
+    stage = ibp.PreparedStage(_Stage(layer))
+    cases = []
+    saved = ibp.EVENT_INTERVAL_DENSITY
+    try:
+        for density in INTERVAL_DENSITIES:
+            upper = (rng.random((rows, 784)) < density).astype(np.float64)
+            lower = upper * (rng.random((rows, 784)) < 0.5)
+            timing = {}
+            for mode, limit in (("event", 1.0), ("dense", 0.0)):
+                ibp.EVENT_INTERVAL_DENSITY = limit
+                timing[mode] = 1e3 * median_time(lambda: stage.binary_interval(lower, upper, True), repeats)
+            cases.append({"rows": rows, "density": density, "event_ms": timing["event"], "dense_ms": timing["dense"]})
+            print(cases[-1], flush=True)
+    finally:
+        ibp.EVENT_INTERVAL_DENSITY = saved
+    losing = [c["density"] for c in cases if c["dense_ms"] <= c["event_ms"]]
+    return cases, (min(losing) if losing else None)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -204,6 +240,8 @@ def main(argv=None):
     print("crossovers", json.dumps(found), flush=True)
     conv_cases, conv_crossover = conv_grid(args.repeats)
     print("conv crossovers", conv_crossover, flush=True)
+    interval_cases, interval_crossover = interval_grid(args.repeats)
+    print("interval crossover", interval_crossover, flush=True)
     lif = lif_timings(args.repeats)
     network = network_timings(args.repeats)
     document = {
@@ -215,7 +253,10 @@ def main(argv=None):
         "crossovers_in_code": [list(entry) for entry in kernels.CROSSOVERS],
         "conv_crossover_in_code": kernels.CONV_CROSSOVER,
         "densities": densities, "crossovers": found, "kernels": cases,
-        "conv_crossover": conv_crossover, "conv_kernels": conv_cases, "lif": lif, "network_fc": network,
+        "conv_crossover": conv_crossover, "conv_kernels": conv_cases,
+        "interval_crossover_in_code": ibp.EVENT_INTERVAL_DENSITY,
+        "interval_crossover": interval_crossover, "interval_kernels": interval_cases,
+        "lif": lif, "network_fc": network,
         "seconds": round(time.time() - started, 1)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

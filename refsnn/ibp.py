@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit
 
 from .input_sets import binary_box
+from .kernels import transpose_contiguous
 from .layers import AvgPool2d, Conv2d, Flatten, Linear
 from .relaxations import STABLE_OFF, STABLE_ON, UNIT_ROUNDOFF_FLOAT64, UNSTABLE, Fire, Reset, RoundingRule, gamma
 
@@ -86,6 +87,80 @@ def _ibp_time_kernel(cur_lower, cur_upper, alpha, membrane_coef, th_lo, th_hi, f
                 carry_upper[j] = alpha * ru
 
 
+@njit(cache=True)
+def _add_columns(acc, matrix, index, count):  # pragma: no cover - compiled
+    """``acc += sum_q matrix[index[q]]`` for ``q < count``, four rows per pass over ``acc``."""
+    q = 0
+    while q + 4 <= count:
+        r0 = matrix[index[q]]
+        r1 = matrix[index[q + 1]]
+        r2 = matrix[index[q + 2]]
+        r3 = matrix[index[q + 3]]
+        for o in range(acc.shape[0]):
+            acc[o] += (r0[o] + r1[o]) + (r2[o] + r3[o])
+        q += 4
+    while q < count:
+        r0 = matrix[index[q]]
+        for o in range(acc.shape[0]):
+            acc[o] += r0[o]
+        q += 1
+
+
+@njit(cache=True)
+def _binary_interval_kernel(lower, upper, weight_t, weight_abs_t, with_magnitude, center, radius,
+                            magnitude):  # pragma: no cover - compiled
+    """Eq. 11 of a Linear layer on 0/1 bounds ``lower <= upper`` (``[N, in]``), set inputs only.
+
+    With ``F`` the fixed ones (both bounds 1) and ``V`` the free bits of a row:
+    ``center = W mid = sum_F W[:, i] + (1/2) sum_V W[:, i]``, ``radius = |W| rad = (1/2) sum_V |W[:, i]|``
+    and, if ``with_magnitude``, ``magnitude = |W| upper = sum_F |W[:, i]| + sum_V |W[:, i]|``
+    (``[N, out]`` each). Every product is exact; the sums differ from a GEMM's only in their
+    order, which the outward current margin covers.
+    """
+    rows, n_in = upper.shape
+    n = weight_t.shape[1]
+    fixed = np.empty(n_in, np.int64)
+    free = np.empty(n_in, np.int64)
+    abs_fixed = np.empty(n)
+    signed_free = np.empty(n)
+    abs_free = np.empty(n)
+    for r in range(rows):
+        n_fixed = 0
+        n_free = 0
+        for i in range(n_in):
+            if upper[r, i] != 0.0:
+                if lower[r, i] != 0.0:
+                    fixed[n_fixed] = i
+                    n_fixed += 1
+                else:
+                    free[n_free] = i
+                    n_free += 1
+        c = center[r]
+        c[:] = 0.0
+        signed_free[:] = 0.0
+        abs_free[:] = 0.0
+        _add_columns(c, weight_t, fixed, n_fixed)
+        _add_columns(signed_free, weight_t, free, n_free)
+        _add_columns(abs_free, weight_abs_t, free, n_free)
+        if with_magnitude:
+            abs_fixed[:] = 0.0
+            _add_columns(abs_fixed, weight_abs_t, fixed, n_fixed)
+        for o in range(n):
+            c[o] = c[o] + 0.5 * signed_free[o]
+            radius[r, o] = 0.5 * abs_free[o]
+            if with_magnitude:
+                magnitude[r, o] = abs_fixed[o] + abs_free[o]
+
+
+# Upper-bound density (set bits / inputs) of a [Flatten ->] Linear stage below which the
+# event-driven eq. 11 is used instead of the GEMMs: the smallest grid density at which the GEMMs
+# were at least as fast for the FC preset's 784x512 stage at T' x B = 192 with half the set bits
+# free (benchmarks/bench_kernels.py, results/perf/kernels.json "interval_crossover"; digital
+# sets at eps 0.05-0.3 have upper densities 0.14-0.26, with fewer free bits, where the kernel
+# is cheaper). Dense hidden spike bounds keep the GEMMs.
+EVENT_INTERVAL_DENSITY = 0.2
+
+
 class _PreparedOp:
     """One spatial op in float64 with ``|W|`` precomputed (per call: weights may change in place)."""
 
@@ -136,6 +211,13 @@ class _PreparedOp:
             return self._abs.forward(x)
         return self._layer.forward(x)
 
+    @property
+    def weight_t(self) -> Tuple[np.ndarray, np.ndarray]:
+        """``(W.T, |W|.T)`` contiguous ``[in, out]`` float64 of a Linear op (made once per prepared op)."""
+        if getattr(self, "_weight_t", None) is None:
+            self._weight_t = (transpose_contiguous(self.weight), transpose_contiguous(self.weight_abs))
+        return self._weight_t
+
     def transpose(self, coef: np.ndarray) -> np.ndarray:
         """Adjoint ``coef @ W`` of the linear part: ``[N, *out] -> [N, *in]``."""
         if self.kind == "linear":
@@ -176,6 +258,46 @@ class PreparedStage:
         center = center.reshape(count, -1) + self.bias
         radius = radius.reshape(count, -1)
         return center - radius, center + radius, center
+
+    @property
+    def linear_op(self) -> Optional["_PreparedOp"]:
+        """The Linear op of a ``[Flatten ->] Linear`` chain, else None."""
+        if self.ops[-1].kind == "linear" and all(op.kind == "flatten" for op in self.ops[:-1]):
+            return self.ops[-1]
+        return None
+
+    def binary_interval(self, lower: np.ndarray, upper: np.ndarray, tight_magnitude: bool
+                        ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Eq. 11 on 0/1 bounds ``[N, *in]``: ``(I_l, I_u, center, magnitude)``, flat ``[N, n]``.
+
+        ``magnitude`` is ``|W| upper + |b|`` if ``tight_magnitude``, else the input-free
+        ``magnitude(None)`` (``[1, n]``). A ``[Flatten ->] Linear`` chain whose upper bound is
+        sparser than ``EVENT_INTERVAL_DENSITY`` sums only the weight columns of set bits
+        (``_binary_interval_kernel``); otherwise the products of ``interval_with_magnitude``.
+        Equal up to the summation order.
+        """
+        op = self.linear_op
+        count = lower.shape[0]
+        flat_upper = upper.reshape(count, -1)
+        if op is None or count == 0 or np.count_nonzero(flat_upper) > EVENT_INTERVAL_DENSITY * flat_upper.size:
+            if tight_magnitude:
+                return self.interval_with_magnitude(lower, upper)
+            cur_lower, cur_upper, center = self.interval(lower, upper)
+            return cur_lower, cur_upper, center, self.magnitude(None)
+        weight_t, weight_abs_t = op.weight_t
+        n = weight_t.shape[1]
+        center = np.empty((count, n))
+        radius = np.empty((count, n))
+        magnitude = np.empty((count, n)) if tight_magnitude else np.empty((1, n))
+        _binary_interval_kernel(np.ascontiguousarray(lower.reshape(count, -1), dtype=np.float64),
+                                np.ascontiguousarray(flat_upper, dtype=np.float64), weight_t, weight_abs_t,
+                                tight_magnitude, center, radius, magnitude)
+        center += self.bias
+        if tight_magnitude:
+            magnitude += np.abs(self.bias)
+        else:
+            magnitude = self.magnitude(None)
+        return center - radius, center + radius, center, magnitude
 
     def interval_with_magnitude(self, lower: np.ndarray, upper: np.ndarray
                                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -316,11 +438,7 @@ def interval_bounds(net, x_lower, x_upper, stages: Optional[Sequence[PreparedSta
     spike_upper = box.x_upper.reshape(spike_lower.shape).astype(np.float64)
     for stage in stages:
         n = stage.n_neurons
-        if tight_magnitude:
-            cur_lower, cur_upper, center, magnitude = stage.interval_with_magnitude(spike_lower, spike_upper)
-        else:
-            cur_lower, cur_upper, center = stage.interval(spike_lower, spike_upper)
-            magnitude = stage.magnitude(None)
+        cur_lower, cur_upper, center, magnitude = stage.binary_interval(spike_lower, spike_upper, tight_magnitude)
         margin = rule.current_margin(magnitude, stage.n_terms)
         cur_lower = (cur_lower - margin).reshape(steps, batch, n)
         cur_upper = (cur_upper + margin).reshape(steps, batch, n)

@@ -32,16 +32,16 @@ import numpy as np
 # by ``python benchmarks/bench_kernels.py`` on the project's 2-core VM with one BLAS thread
 # (results/perf/kernels.json "crossovers": the smallest grid density at which BLAS was at least as
 # fast, min over time x batch = 640 and 2560 rows, with the four-column forward kernel):
-# 784x512 -> 0.15 / 0.10, 512x256 -> 0.125 / 0.05, 256x10 -> BLAS always. Noisy on a loaded VM:
-# three runs gave 0.125-0.15 for the 784x512 forward; rerun the benchmark on the target machine.
+# 784x512 -> 0.125 / 0.075, 512x256 -> 0.10 / 0.05, 256x10 -> BLAS always. Noisy on a loaded VM:
+# four runs gave 0.125-0.15 for the 784x512 forward; rerun the benchmark on the target machine.
 # Override with REFSNN_EVENT_FORWARD / REFSNN_EVENT_WGRAD (one density for every layer; 0
 # disables the path).
-CROSSOVERS = ((512, 0.15, 0.10), (256, 0.125, 0.05), (0, 0.0, 0.0))
+CROSSOVERS = ((512, 0.125, 0.075), (256, 0.10, 0.05), (0, 0.0, 0.0))
 # Input density below which a Conv2d forward takes the event-driven kernel (the smaller crossover
 # of the conv preset's two shapes at time x batch = 640, results/perf/kernels.json
-# "conv_crossover": 1->64 on 28x28 never reached it up to 0.4, 64->128 on 14x14 at 0.3; another
-# run gave 0.2). Override with REFSNN_EVENT_CONV (0 disables).
-CONV_CROSSOVER = 0.3
+# "conv_crossover": 1->64 on 28x28 at 0.4, 64->128 on 14x14 at 0.25; other runs gave 0.2-0.3).
+# Override with REFSNN_EVENT_CONV (0 disables).
+CONV_CROSSOVER = 0.25
 _ENV = {"forward": "REFSNN_EVENT_FORWARD", "wgrad": "REFSNN_EVENT_WGRAD", "conv": "REFSNN_EVENT_CONV"}
 
 # Below this many input rows (time x batch) the density count is not worth it.

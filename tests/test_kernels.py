@@ -303,3 +303,26 @@ def test_rectangular_bptt_kernel_is_bit_for_bit_the_derivative_array_path(dtype,
     got = kernels.lif_backward_rectangular_fused(membrane, spike, grad_spike, threshold, width, height, 0.3,
                                                  reset_grad)
     assert got.dtype == dtype and np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sound_ibp_event_interval_equals_gemm_path(monkeypatch, dtype):
+    """S-IBP with the event-driven eq. 11 forced on vs off: same bounds up to the summation order
+    (float32 weights: exactly), same stability states."""
+    from refsnn import ibp
+    from refsnn.architectures import build_network
+    from refsnn.input_sets import digital_linf_set
+    net = build_network("fc", (1, 8, 8), seed=5, dtype=dtype)
+    rng = np.random.default_rng(3)
+    images = rng.random((6, 1, 8, 8))
+    box = digital_linf_set(images, 0.1, rng.random((3, 6, 1, 8, 8)))
+    results = {}
+    for limit in (1.0, 0.0):
+        monkeypatch.setattr(ibp, "EVENT_INTERVAL_DENSITY", limit)
+        results[limit] = ibp.interval_bounds(net, box.x_lower, box.x_upper)
+    event, dense = results[1.0], results[0.0]
+    for name in ("current_lower", "current_upper", "current_center", "current_magnitude", "mem_lower", "mem_upper"):
+        for a, b in zip(getattr(event, name), getattr(dense, name)):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-13 * (1 + np.abs(b).max()))
+    for a, b in zip(event.state, dense.state):
+        assert np.array_equal(a, b)
