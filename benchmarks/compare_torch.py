@@ -328,11 +328,14 @@ NOTES = """## Notes
   (`python -m refsnn.certify`, the per-epoch certified errors of robust training) is computed
   with the float64 outward-rounded bounds, never with the float32 training bounds
   (docs/BOUNDS.md, "Training bounds (float32) and certificates (float64)").
-- Where the time goes in the sound rows: S-IBP does three float64 products per stage (W mid,
-  |W| rad, |W| l for the rounding magnitude) against PyTorch's four float32 ones, and a float64
-  GEMM runs at about half the float32 rate, so it stays behind on FC and CONV; S-CROWN's cost is
-  the float64 adjoint products (lam W through layers and time), the fused per-stage relaxation
-  kernel and the first-layer concretization over the free input bits only.
+- Where the time goes in the sound rows: S-IBP computes W mid, |W| rad and the rounding
+  magnitude |W| u in float64 (event-driven on the sparse input box of a fully connected first
+  layer, float64 GEMMs or im2col convolutions elsewhere, at about half the float32 rate), keeps
+  every intermediate bound (about ten [T', B, n] float64 arrays per stage) and widens each
+  interval by its rounding margin, against PyTorch's four float32 products; it stays behind on
+  FC and CONV. S-CROWN's cost is the float64 adjoint products (lam W through layers and time),
+  the fused per-stage relaxation kernel and the first-layer concretization over the free input
+  bits only.
 - One shared 2-core VM under load from other jobs: expect +-20% between runs.
 """
 
