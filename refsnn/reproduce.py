@@ -201,11 +201,12 @@ def _certify_step(path: Path, model: Path, dataset: str, eps: float, n: int, hor
     return json.loads(path.read_text())
 
 
-def attack_eps_for(dataset: str, arch: str) -> Tuple[List[float], str]:
+def attack_eps_for(dataset: str, arch: str, paper: Optional[Dict[str, Any]] = None) -> Tuple[List[float], str]:
     """The attack eps of a setting and where they come from (``paper`` or ``scaled``)."""
     key = f"{dataset}-{arch}"
-    if key in PAPER_REFERENCE["attack_eps"]:
-        return list(PAPER_REFERENCE["attack_eps"][key]), "paper"
+    reference = PAPER_REFERENCE if paper is None else paper
+    if key in reference.get("attack_eps", {}):
+        return [float(e) for e in reference["attack_eps"][key]], "paper"
     train_eps = DEFAULT_EPS[(dataset, arch)]
     return [round(train_eps * r, 6) for r in _MNIST_FC_ATTACK_RATIOS], "scaled"
 
@@ -231,7 +232,7 @@ def _limit_args(limit_train: Optional[int], limit_test: Optional[int]) -> List[s
 
 
 def run_setting(root: Path, dataset: str, arch: str, preset: ReproducePreset,
-                config: ReproduceConfig) -> Dict[str, Any]:
+                config: ReproduceConfig, paper: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Plain + robust training, attacks and certification of one (dataset, arch)."""
     data_name = preset.dataset_alias.get(dataset, dataset)
     setting_dir = root / f"{dataset}-{arch}"
@@ -250,7 +251,7 @@ def run_setting(root: Path, dataset: str, arch: str, preset: ReproducePreset,
     if dataset in preset.robust_lr:
         robust_argv += ["--lr", f"{preset.robust_lr[dataset]:g}"]   # the last --lr wins
     robust = _train_step(setting_dir / "robust", robust_argv)
-    eps, eps_source = attack_eps_for(dataset, arch)
+    eps, eps_source = attack_eps_for(dataset, arch, paper)
     models = {name: setting_dir / name / "model.h5" for name in ("plain", "robust")}
     # Small test splits (the N-MNIST subset has 100 recordings) are used whole.
     n_test = int(plain.get("n_test") or preset.attack_n)
@@ -555,7 +556,7 @@ def reproduce(config: ReproduceConfig, command: Optional[str] = None) -> Dict[st
             continue
         for arch in config.archs:
             started = time.perf_counter()
-            settings.append(run_setting(root, dataset, arch, preset, config))
+            settings.append(run_setting(root, dataset, arch, preset, config, paper))
             _log(f"{dataset}-{arch} done in {time.perf_counter() - started:.0f} s")
     outputs: Dict[str, Any] = {"skipped": skipped}
     if settings:

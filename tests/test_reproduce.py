@@ -71,6 +71,8 @@ def test_attack_eps_sources():
     assert source == "paper" and eps == [0.104, 0.124, 0.140, 0.154]
     eps, source = rp.attack_eps_for("fmnist", "fc")
     assert source == "scaled" and eps[0] == pytest.approx(0.01 * 0.104 / 0.12, abs=1e-6)
+    transcribed = {"attack_eps": {"fmnist-fc": [0.02, 0.03]}}
+    assert rp.attack_eps_for("fmnist", "fc", transcribed) == ([0.02, 0.03], "paper")
 
 
 def test_bad_arguments_are_refused(capsys):
