@@ -15,7 +15,7 @@ robust training use them).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from numba import njit
@@ -421,10 +421,41 @@ def _spec_interval(C: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> Tuple
     return out_lower, out_upper
 
 
-def interval_bounds(net, x_lower, x_upper, stages: Optional[Sequence[PreparedStage]] = None) -> IntervalBounds:
+def _stepwise_time_loop(result: IntervalBounds, k: int, rule: RoundingRule, firing: str, alpha: float,
+                        refine: Callable, cur_lower, cur_upper, mem_lower, mem_upper, mem_margin, reset_lower,
+                        reset_upper, state, spike_lo, spike_hi) -> None:
+    """``_ibp_time_kernel`` step by step in NumPy (the same rules, bit for bit), calling
+    ``refine(result, k, t) -> (m_l, m_u)`` (``[B, n]``) after each membrane interval; the returned
+    interval is intersected with it. ``result``'s stage ``k`` arrays are filled up to step ``t``."""
+    carried_lower = np.zeros(cur_lower.shape[1:])
+    carried_upper = np.zeros(cur_lower.shape[1:])
+    for t in range(cur_lower.shape[0]):
+        size = np.maximum(np.abs(cur_lower[t]), np.abs(cur_upper[t])) \
+            + np.maximum(np.abs(carried_lower), np.abs(carried_upper))
+        mem_margin[t] = rule.membrane_margin(size)
+        mem_lower[t] = cur_lower[t] + carried_lower - mem_margin[t]
+        mem_upper[t] = cur_upper[t] + carried_upper + mem_margin[t]
+        refined_lower, refined_upper = refine(result, k, t)
+        mem_lower[t] = np.maximum(mem_lower[t], refined_lower)
+        mem_upper[t] = np.minimum(mem_upper[t], refined_upper)
+        state[t] = Fire.classify(mem_lower[t], mem_upper[t], rule, firing)
+        reset_lower[t], reset_upper[t] = Reset.interval(mem_lower[t], mem_upper[t], state[t], rule)
+        carried_lower = alpha * reset_lower[t]
+        carried_upper = alpha * reset_upper[t]
+    spike_lo[...], spike_hi[...] = Fire.interval(state)
+
+
+def interval_bounds(net, x_lower, x_upper, stages: Optional[Sequence[PreparedStage]] = None, *,
+                    first_current: Optional[Callable] = None, refine: Optional[Callable] = None) -> IntervalBounds:
     """S-IBP over the box ``x_lower <= x <= x_upper`` (``[T', B, *input_shape]`` of 0/1).
 
     Returns every intermediate bound (``IntervalBounds``); the horizon is the box's ``T'``.
+    Two optional hooks (full S-CROWN and the any-k-flip set, ``refsnn.crown_full``, ``refsnn.l0``):
+    ``first_current(stage, spike_lower, spike_upper) -> (I_l, I_u)`` (flat ``[T' * B, n]``, before
+    the rounding margin) replaces eq. 11 at the first stage; ``refine(bounds, k, t) -> (m_l, m_u)``
+    (``[B, n]``) may tighten the widened membrane interval of stage ``k``, step ``t`` (during the
+    call, ``bounds`` holds every earlier stage and stage ``k`` up to step ``t``), which then feeds
+    eqs. 7 and 9.
     """
     box = binary_box(x_lower, x_upper, net)
     rule = RoundingRule.for_network(net)
@@ -436,9 +467,12 @@ def interval_bounds(net, x_lower, x_upper, stages: Optional[Sequence[PreparedSta
 
     spike_lower = box.x_lower.reshape((steps * batch,) + box.x_lower.shape[2:]).astype(np.float64)
     spike_upper = box.x_upper.reshape(spike_lower.shape).astype(np.float64)
-    for stage in stages:
+    for k, stage in enumerate(stages):
         n = stage.n_neurons
         cur_lower, cur_upper, center, magnitude = stage.binary_interval(spike_lower, spike_upper, tight_magnitude)
+        if k == 0 and first_current is not None:
+            cur_lower, cur_upper = first_current(stage, spike_lower, spike_upper)
+            center = (cur_lower + cur_upper) * 0.5
         margin = rule.current_margin(magnitude, stage.n_terms)
         cur_lower = (cur_lower - margin).reshape(steps, batch, n)
         cur_upper = (cur_upper + margin).reshape(steps, batch, n)
@@ -457,12 +491,8 @@ def interval_bounds(net, x_lower, x_upper, stages: Optional[Sequence[PreparedSta
         state = np.empty(cur_lower.shape, dtype=np.int8)
         spike_lo = np.empty_like(cur_lower)
         spike_hi = np.empty_like(cur_lower)
-        # eqs. 7, 9 per time step with the membrane margin (RoundingRule.membrane_margin,
-        # Fire.classify, Reset.interval fused; bit-for-bit the same values).
-        _ibp_time_kernel(cur_lower, cur_upper, float(alpha), 2.0 * gamma(6, rule.u), float(rule.th_lo),
-                         float(rule.th_hi), net.firing == ">=", mem_lower, mem_upper, mem_margin, reset_lower,
-                         reset_upper, state, spike_lo, spike_hi)
-
+        # Recorded before the recurrence fills them (views of the flat buffers): a refine hook reads
+        # this stage's bounds up to the current step.
         shape = (steps, batch) + stage.neuron_shape
         result.current_lower.append(cur_lower.reshape(shape))
         result.current_upper.append(cur_upper.reshape(shape))
@@ -477,6 +507,15 @@ def interval_bounds(net, x_lower, x_upper, stages: Optional[Sequence[PreparedSta
         result.current_magnitude.append(magnitude)
         result.current_center.append(center.reshape(steps, batch, n))
         result.mem_margin.append(mem_margin)
+        if refine is None:
+            # eqs. 7, 9 per time step with the membrane margin (RoundingRule.membrane_margin,
+            # Fire.classify, Reset.interval fused; bit-for-bit the same values).
+            _ibp_time_kernel(cur_lower, cur_upper, float(alpha), 2.0 * gamma(6, rule.u), float(rule.th_lo),
+                             float(rule.th_hi), net.firing == ">=", mem_lower, mem_upper, mem_margin, reset_lower,
+                             reset_upper, state, spike_lo, spike_hi)
+        else:
+            _stepwise_time_loop(result, k, rule, net.firing, alpha, refine, cur_lower, cur_upper, mem_lower,
+                                mem_upper, mem_margin, reset_lower, reset_upper, state, spike_lo, spike_hi)
         spike_lower = spike_lo.reshape((steps * batch,) + stage.neuron_shape)
         spike_upper = spike_hi.reshape(spike_lower.shape)
 

@@ -32,8 +32,8 @@ import numpy as np
 
 from .alpha import alpha_bounds, backsub, linear_chain, stage_tables
 from .crown import normalize_spec
-from .crown_full import interval_pass, membrane_refiner
-from .ibp import PreparedStage, ibp_spec_bounds, output_rounding_margin, prepare_stages
+from .crown_full import membrane_refiner
+from .ibp import PreparedStage, ibp_spec_bounds, interval_bounds, output_rounding_margin, prepare_stages
 from .input_sets import _as_binary
 from .relaxations import UNIT_ROUNDOFF_FLOAT64, gamma
 
@@ -163,7 +163,7 @@ def anyk_intermediate(net, clean, k: int, per_step: bool = True, refine: bool = 
         return current_lower.reshape(steps * batch, -1), current_upper.reshape(steps * batch, -1)
 
     hook = membrane_refiner(stages, L0Concretizer(clean, k, per_step)) if refine else None
-    bounds = interval_pass(net, x_lower, x_upper, stages=stages, first_current=first_current, refine=hook)
+    bounds = interval_bounds(net, x_lower, x_upper, stages=stages, first_current=first_current, refine=hook)
     bounds.method = "anyk-crown" if refine else "anyk-ibp"
     return bounds, stages
 
