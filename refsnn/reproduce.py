@@ -40,7 +40,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .io import atomic_write_text
 from .robust import DEFAULT_EPS
@@ -163,42 +163,47 @@ def _train_step(out_dir: Path, argv: List[str]) -> Dict[str, Any]:
     return json.loads(summary_path.read_text())
 
 
+def _json_step(result: Path, what: str, main: Callable[[List[str]], int], argv: List[str]) -> Dict[str, Any]:
+    """Runs ``main(argv)`` (a CLI entry point) unless its JSON output ``result`` exists; returns that JSON."""
+    if result.is_file():
+        _log(f"skip {what} (finished)")
+        return json.loads(result.read_text())
+    _log(f"{what}: {' '.join(argv)}")
+    code = main(argv)
+    if code != 0 or not result.is_file():
+        raise RuntimeError(f"{what} failed (exit code {code}); rerun the same command to continue")
+    return json.loads(result.read_text())
+
+
 def _attack_step(out_dir: Path, plain: Path, robust: Path, dataset: str, eps: Sequence[float],
                  preset: ReproducePreset, n: int, data_dir: Optional[str], seed: int) -> Dict[str, Any]:
     from .attack import main as attack_main
 
-    table = out_dir / "table.json"
-    if table.is_file():
-        _log(f"skip {out_dir} (finished)")
-        return json.loads(table.read_text())
     argv = ["--model", str(plain), "--name", "plain", "--model2", str(robust), "--name2", "robust",
             "--dataset", dataset, "--n", str(n), "--eps", ",".join(f"{e:g}" for e in eps),
             "--attack", ",".join(preset.attacks), "--seed", str(seed), "--out", str(out_dir), "--no-progress"]
-    if data_dir:
-        argv += ["--data-dir", data_dir]
-    _log(f"attack {out_dir}")
-    code = attack_main(argv)
-    if code != 0 or not table.is_file():
-        raise RuntimeError(f"attack evaluation into {out_dir} failed (exit code {code})")
-    return json.loads(table.read_text())
+    return _json_step(out_dir / "table.json", f"attack {out_dir}", attack_main, argv + _data_dir_args(data_dir))
 
 
 def _certify_step(path: Path, model: Path, dataset: str, eps: float, n: int, horizon: int,
                   data_dir: Optional[str]) -> Dict[str, Any]:
     from .certify import main as certify_main
 
-    if path.is_file():
-        _log(f"skip {path} (finished)")
-        return json.loads(path.read_text())
     argv = ["--model", str(model), "--dataset", dataset, "--eps", f"{eps:g}", "--n", str(n),
             "--horizon", str(horizon), "--method", "ibp,crown-ibp,best", "--out", str(path), "--no-progress"]
-    if data_dir:
-        argv += ["--data-dir", data_dir]
-    _log(f"certify {model} -> {path}")
-    code = certify_main(argv)
-    if code != 0 or not path.is_file():
-        raise RuntimeError(f"certification of {model} failed (exit code {code})")
-    return json.loads(path.read_text())
+    return _json_step(path, f"certify {model} -> {path}", certify_main, argv + _data_dir_args(data_dir))
+
+
+def _data_dir_args(data_dir: Optional[str]) -> List[str]:
+    return ["--data-dir", data_dir] if data_dir else []
+
+
+def _robust_recipe(preset: ReproducePreset, dataset: str) -> List[str]:
+    """The robust-training arguments shared by the main run and the T' sweep."""
+    args = list(preset.robust_args)
+    if dataset in preset.robust_lr:
+        args += ["--lr", f"{preset.robust_lr[dataset]:g}"]   # the last --lr wins
+    return args
 
 
 def attack_eps_for(dataset: str, arch: str, paper: Optional[Dict[str, Any]] = None) -> Tuple[List[float], str]:
@@ -236,7 +241,7 @@ def run_setting(root: Path, dataset: str, arch: str, preset: ReproducePreset,
     """Plain + robust training, attacks and certification of one (dataset, arch)."""
     data_name = preset.dataset_alias.get(dataset, dataset)
     setting_dir = root / f"{dataset}-{arch}"
-    data_args = ["--data-dir", config.data_dir] if config.data_dir else []
+    data_args = _data_dir_args(config.data_dir)
     limits = _limit_args(preset.limit_train if data_name != "mnist-subset" else None,
                          preset.limit_test if data_name != "mnist-subset" else None)
     train_eps = DEFAULT_EPS[(dataset, arch)]
@@ -247,9 +252,8 @@ def run_setting(root: Path, dataset: str, arch: str, preset: ReproducePreset,
                    "--init", str(setting_dir / "plain" / "model.h5"), "--eps", f"{train_eps:g}",
                    "--epochs", str(preset.robust_epochs), "--ramp-epochs", f"{preset.ramp_epochs:g}",
                    "--robust-T", str(preset.robust_T), "--seed", str(config.seed), "--checkpoint-every", "200",
-                   "--method-option", f"eval_n={preset.eval_n}", *preset.robust_args, *limits, *data_args]
-    if dataset in preset.robust_lr:
-        robust_argv += ["--lr", f"{preset.robust_lr[dataset]:g}"]   # the last --lr wins
+                   "--method-option", f"eval_n={preset.eval_n}", *_robust_recipe(preset, dataset), *limits,
+                   *data_args]
     robust = _train_step(setting_dir / "robust", robust_argv)
     eps, eps_source = attack_eps_for(dataset, arch, paper)
     models = {name: setting_dir / name / "model.h5" for name in ("plain", "robust")}
@@ -271,7 +275,7 @@ def run_sweep(root: Path, dataset: str, arch: str, preset: ReproducePreset,
     data_name = preset.dataset_alias.get(dataset, dataset)
     sweep_dir = root / "sweep" / f"{dataset}-{arch}"
     plain_model = root / f"{dataset}-{arch}" / "plain" / "model.h5"
-    data_args = ["--data-dir", config.data_dir] if config.data_dir else []
+    data_args = _data_dir_args(config.data_dir)
     limits = _limit_args(preset.sweep_limit_train, preset.limit_test if data_name != "mnist-subset" else None)
     common = ["--dataset", data_name, "--arch", arch, "--init", str(plain_model), "--seed", str(config.seed),
               "--epochs", str(preset.sweep_epochs), "--lr", "0.01", *limits, *data_args]
@@ -279,8 +283,8 @@ def run_sweep(root: Path, dataset: str, arch: str, preset: ReproducePreset,
     runs = {}
     for horizon in preset.sweep_T:
         argv = [*common, "--method", "robust", "--eps", f"{DEFAULT_EPS[(dataset, arch)]:g}", "--robust-T",
-                str(horizon), "--method-option", f"eval_n={min(preset.eval_n, 500)}",
-                "--method-option", "temperature=5", "--method-option", "kappa_end=0.5", *preset.sweep_args]
+                str(horizon), "--method-option", f"eval_n={min(preset.eval_n, 500)}", *_robust_recipe(preset, dataset),
+                *preset.sweep_args]
         if "--ramp-epochs" not in preset.sweep_args:
             argv += ["--ramp-epochs", f"{preset.sweep_epochs:g}"]
         runs[horizon] = _train_step(sweep_dir / f"T{horizon}", argv)
