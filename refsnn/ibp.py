@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit
 
 from .input_sets import binary_box
-from .kernels import transpose_contiguous
+from .kernels import add_rows, transpose_contiguous
 from .layers import AvgPool2d, Conv2d, Flatten, Linear
 from .relaxations import STABLE_OFF, STABLE_ON, UNIT_ROUNDOFF_FLOAT64, UNSTABLE, Fire, Reset, RoundingRule, gamma
 
@@ -88,25 +88,6 @@ def _ibp_time_kernel(cur_lower, cur_upper, alpha, membrane_coef, th_lo, th_hi, f
 
 
 @njit(cache=True)
-def _add_columns(acc, matrix, index, count):  # pragma: no cover - compiled
-    """``acc += sum_q matrix[index[q]]`` for ``q < count``, four rows per pass over ``acc``."""
-    q = 0
-    while q + 4 <= count:
-        r0 = matrix[index[q]]
-        r1 = matrix[index[q + 1]]
-        r2 = matrix[index[q + 2]]
-        r3 = matrix[index[q + 3]]
-        for o in range(acc.shape[0]):
-            acc[o] += (r0[o] + r1[o]) + (r2[o] + r3[o])
-        q += 4
-    while q < count:
-        r0 = matrix[index[q]]
-        for o in range(acc.shape[0]):
-            acc[o] += r0[o]
-        q += 1
-
-
-@njit(cache=True)
 def _binary_interval_kernel(lower, upper, weight_t, weight_abs_t, with_magnitude, center, radius,
                             magnitude):  # pragma: no cover - compiled
     """Eq. 11 of a Linear layer on 0/1 bounds ``lower <= upper`` (``[N, in]``), set inputs only.
@@ -139,12 +120,12 @@ def _binary_interval_kernel(lower, upper, weight_t, weight_abs_t, with_magnitude
         c[:] = 0.0
         signed_free[:] = 0.0
         abs_free[:] = 0.0
-        _add_columns(c, weight_t, fixed, n_fixed)
-        _add_columns(signed_free, weight_t, free, n_free)
-        _add_columns(abs_free, weight_abs_t, free, n_free)
+        add_rows(c, weight_t, fixed, n_fixed)
+        add_rows(signed_free, weight_t, free, n_free)
+        add_rows(abs_free, weight_abs_t, free, n_free)
         if with_magnitude:
             abs_fixed[:] = 0.0
-            _add_columns(abs_fixed, weight_abs_t, fixed, n_fixed)
+            add_rows(abs_fixed, weight_abs_t, fixed, n_fixed)
         for o in range(n):
             c[o] = c[o] + 0.5 * signed_free[o]
             radius[r, o] = 0.5 * abs_free[o]

@@ -109,6 +109,26 @@ def transpose_contiguous(matrix: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True)
+def add_rows(acc, matrix, index, count):  # pragma: no cover - compiled
+    """``acc += sum_q matrix[index[q]]`` for ``q < count``, four rows per pass over ``acc`` (loaded
+    and stored a quarter as often); the summation order every caller shares."""
+    q = 0
+    while q + 4 <= count:
+        r0 = matrix[index[q]]
+        r1 = matrix[index[q + 1]]
+        r2 = matrix[index[q + 2]]
+        r3 = matrix[index[q + 3]]
+        for o in range(acc.shape[0]):
+            acc[o] += (r0[o] + r1[o]) + (r2[o] + r3[o])
+        q += 4
+    while q < count:
+        r0 = matrix[index[q]]
+        for o in range(acc.shape[0]):
+            acc[o] += r0[o]
+        q += 1
+
+
+@numba.njit(cache=True)
 def _event_linear_forward(x2d, weight_t, bias, out):  # pragma: no cover - compiled
     rows, n_in = x2d.shape
     n_out = weight_t.shape[1]
@@ -126,22 +146,7 @@ def _event_linear_forward(x2d, weight_t, bias, out):  # pragma: no cover - compi
                 if value != 1:
                     binary = False
         if binary:
-            # spikes: add the weight columns (each product 1 * w is exact), four per pass over
-            # the accumulator so that it is loaded and stored a quarter as often
-            q = 0
-            while q + 4 <= count:
-                c0 = weight_t[active[q]]
-                c1 = weight_t[active[q + 1]]
-                c2 = weight_t[active[q + 2]]
-                c3 = weight_t[active[q + 3]]
-                for o in range(n_out):
-                    acc[o] += (c0[o] + c1[o]) + (c2[o] + c3[o])
-                q += 4
-            while q < count:
-                c0 = weight_t[active[q]]
-                for o in range(n_out):
-                    acc[o] += c0[o]
-                q += 1
+            add_rows(acc, weight_t, active, count)   # spikes: each product 1 * w is exact
         else:
             for q in range(count):
                 value = x2d[n, active[q]]
