@@ -120,8 +120,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.n < 1 or args.batch_size < 1 or args.fresh_draws < 0:
         parser.error("--n and --batch-size must be >= 1, --fresh-draws >= 0")
-    if args.workers is not None and args.workers < 1:
-        parser.error("--workers must be >= 1")
     from .data import load_dataset, to_time_major
 
     models, metadata = {}, {}

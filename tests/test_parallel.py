@@ -203,3 +203,13 @@ def test_dataset_verification_cli_with_workers_matches_serial(tmp_path):
                          document["summary"])
     assert outputs["cluster"] == outputs["serial"]
     assert len(outputs["serial"][0]) == 5
+
+
+@pytest.mark.parametrize("module", ["refsnn.attack", "verify.dataset", "refsnn.certify"])
+def test_cli_refuses_a_worker_count_below_one(module, capsys):
+    import importlib
+
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit):
+        main(["--model", "missing.h5", "--workers", "0"])
+    assert "--workers must be an integer >= 1" in capsys.readouterr().err

@@ -174,8 +174,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.n < 1 or args.chunk_size < 1 or args.horizon < 1:
         parser.error("--n, --chunk-size and --horizon must be >= 1")
-    if args.workers is not None and args.workers < 1:
-        parser.error("--workers must be >= 1")
     input_set = args.input_set or ("spike" if args.dataset in EVENT_DATASETS else "digital")
     try:
         config = DatasetVerifyConfig(eps=args.eps, input_set=input_set, convention=args.convention,
