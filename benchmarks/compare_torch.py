@@ -112,6 +112,16 @@ class TorchSNN:
             return F.avg_pool2d(x, op[1])
         return x.flatten(1)
 
+    def interval(self, op, lower, upper):
+        """Eq. 11 through one spatial op: W+ / W- on the bounds plus the bias (monotone ops as they are)."""
+        if op[0] not in ("linear", "conv"):
+            return self.apply(op, lower), self.apply(op, upper)
+        w_pos, w_neg = op[1].clamp(min=0), op[1].clamp(max=0)
+        new_lower = self.apply(op, lower, w_pos) + self.apply(op, upper, w_neg)
+        new_upper = self.apply(op, upper, w_pos) + self.apply(op, lower, w_neg)
+        bias = op[2].reshape((1, -1) + (1,) * (new_lower.dim() - 2))
+        return new_lower + bias, new_upper + bias
+
     def forward(self, spikes):
         """``spikes [T, B, *in]`` -> mean output rates ``[B, n_out]`` (time loop per stage, like refsnn)."""
         steps, batch = spikes.shape[:2]
@@ -139,14 +149,7 @@ class TorchSNN:
         th, alpha = self.threshold, self.decay
         for stage in self.stages():
             for op in stage:
-                if op[0] in ("linear", "conv"):
-                    w_pos, w_neg = op[1].clamp(min=0), op[1].clamp(max=0)
-                    new_lower = self.apply(op, lower, w_pos) + self.apply(op, upper, w_neg)
-                    new_upper = self.apply(op, upper, w_pos) + self.apply(op, lower, w_neg)
-                    bias = op[2].reshape((1, -1) + (1,) * (new_lower.dim() - 2))
-                    lower, upper = new_lower + bias, new_upper + bias
-                else:
-                    lower, upper = self.apply(op, lower), self.apply(op, upper)
+                lower, upper = self.interval(op, lower, upper)
             shape = (steps, batch) + tuple(lower.shape[1:])
             cur_lower, cur_upper = lower.reshape(shape), upper.reshape(shape)
             z_lower = torch.zeros_like(cur_lower[0])
@@ -200,14 +203,7 @@ class TorchSNN:
             in_shapes = []
             for op in stage:
                 in_shapes.append(tuple(lower.shape[1:]))
-                if op[0] in ("linear", "conv"):
-                    w_pos, w_neg = op[1].clamp(min=0), op[1].clamp(max=0)
-                    new_lower = self.apply(op, lower, w_pos) + self.apply(op, upper, w_neg)
-                    new_upper = self.apply(op, upper, w_pos) + self.apply(op, lower, w_neg)
-                    bias = op[2].reshape((1, -1) + (1,) * (new_lower.dim() - 2))
-                    lower, upper = new_lower + bias, new_upper + bias
-                else:
-                    lower, upper = self.apply(op, lower), self.apply(op, upper)
+                lower, upper = self.interval(op, lower, upper)
             neuron_shape = tuple(lower.shape[1:])
             cur_lower = lower.reshape(steps, batch, -1)
             cur_upper = upper.reshape(steps, batch, -1)
