@@ -7,6 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 snn = pytest.importorskip("snntorch")
 
+from dyadic import dyadic_  # noqa: E402
 from torch import nn  # noqa: E402
 
 from refsnn.interop import export_bounds, import_module  # noqa: E402
@@ -17,16 +18,10 @@ T_CERT, N_IN = 3, 6
 
 
 def small_model():
-    gen = torch.Generator().manual_seed(11)
     model = nn.Sequential(
         nn.Linear(N_IN, 5), snn.Leaky(beta=0.5, threshold=0.25, reset_mechanism="zero", init_hidden=True),
         nn.Linear(5, 3), snn.Leaky(beta=0.5, threshold=0.25, reset_mechanism="zero", init_hidden=True))
-    with torch.no_grad():
-        for m in model:
-            if isinstance(m, nn.Linear):
-                m.weight.copy_(torch.round(torch.randn(m.weight.shape, generator=gen) * 24) / 64)
-                m.bias.copy_(torch.round(torch.randn(m.bias.shape, generator=gen) * 8) / 64)
-    return model
+    return dyadic_(model, seed=11, scale=24, bias_scale=8)
 
 
 def rates_torch(model, x):

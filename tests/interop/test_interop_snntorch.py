@@ -5,24 +5,13 @@ import pytest
 torch = pytest.importorskip("torch")
 snn = pytest.importorskip("snntorch")
 
+from dyadic import dyadic_  # noqa: E402
 from torch import nn  # noqa: E402
 
 from refsnn.interop.torch_import import ImportRefused, import_module  # noqa: E402
 from refsnn.io import load_model, read_metadata  # noqa: E402
 
 TH, BETA = 0.25, 0.5
-
-
-def dyadic_(module, seed, grid=64, scale=16):
-    """Weights and biases on a 1/grid grid: float arithmetic is exact, so membranes land exactly
-    on the threshold often (the case where '>' and '>=' differ)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
-                m.weight.copy_(torch.round(torch.randn(m.weight.shape, generator=gen) * scale) / grid)
-                m.bias.copy_(torch.round(torch.randn(m.bias.shape, generator=gen) * scale / 2) / grid)
-    return module
 
 
 def leaky(**kwargs):

@@ -6,22 +6,13 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("spikingjelly")
 
 from spikingjelly.activation_based import functional, layer, neuron  # noqa: E402
+from dyadic import dyadic_  # noqa: E402
 from torch import nn  # noqa: E402
 
 from refsnn.interop.torch_import import ImportRefused, import_module  # noqa: E402
 from refsnn.io import load_model  # noqa: E402
 
 TH = 0.25
-
-
-def dyadic_(module, seed, grid=64, scale=16):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
-                m.weight.copy_(torch.round(torch.randn(m.weight.shape, generator=gen) * scale) / grid)
-                m.bias.copy_(torch.round(torch.randn(m.bias.shape, generator=gen) * scale / 2) / grid)
-    return module
 
 
 def lif(**kwargs):
