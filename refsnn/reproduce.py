@@ -444,7 +444,8 @@ def sweep_table(sweep: Dict[str, Any]) -> List[Dict[str, Any]]:
     return rows
 
 
-def render_figure5(sweep: Dict[str, Any], preset: ReproducePreset, paper: Dict[str, Any], out: Path) -> Optional[Path]:
+def render_figure5(sweep: Dict[str, Any], rows: List[Dict[str, Any]], preset: ReproducePreset,
+                   paper: Dict[str, Any], out: Path) -> Optional[Path]:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -452,7 +453,6 @@ def render_figure5(sweep: Dict[str, Any], preset: ReproducePreset, paper: Dict[s
     except ImportError:
         _log('figure5: matplotlib missing (pip install "refsnn[plot]"); table only')
         return None
-    rows = sweep_table(sweep)
     horizons = [r["T_prime"] for r in rows]
     figure, axes = plt.subplots(1, 4, figsize=(15, 3.3))
     panels = [("clean_accuracy", "clean test accuracy"), ("robust_loss", "S-CROWN (bound) loss, last epoch"),
@@ -480,7 +480,8 @@ def _sweep_ramp(preset: ReproducePreset) -> float:
     return float(args[args.index("--ramp-epochs") + 1]) if "--ramp-epochs" in args else float(preset.sweep_epochs)
 
 
-def render_sweep_md(sweep: Dict[str, Any], preset: ReproducePreset, paper: Dict[str, Any]) -> str:
+def render_sweep_md(sweep: Dict[str, Any], rows: List[Dict[str, Any]], preset: ReproducePreset,
+                    paper: Dict[str, Any]) -> str:
     ratios = paper.get("figure5_time_ratio", {})
     mark = "" if preset.name == "paper" else "*"
     lines = [f"# Figure 5 (refsnn, preset `{preset.name}`): T' sweep, {sweep['dataset']} {sweep['arch'].upper()}", "",
@@ -491,7 +492,7 @@ def render_sweep_md(sweep: Dict[str, Any], preset: ReproducePreset, paper: Dict[
              "CONV MNIST with its full schedule.", "",
              "| T' | clean acc. % | S-CROWN loss | S-CROWN certified error % | s/epoch | time / natural | paper time ratio |",
              "|---|---|---|---|---|---|---|"]
-    for row in sweep_table(sweep):
+    for row in rows:
         loss = "n/a" if row["robust_loss"] is None else f"{row['robust_loss']:.3f}"
         lines.append(f"| {row['T_prime']} | {_pct(row['clean_accuracy'], 2)}{mark} | {loss}{mark} | "
                      f"{_pct(row['cert_error_crown'])}{mark} | {row['seconds_per_epoch']:.0f} | "
@@ -569,14 +570,15 @@ def reproduce(config: ReproduceConfig, command: Optional[str] = None) -> Dict[st
         for dataset in dict.fromkeys(s["dataset"] for s in settings):
             figure = render_figure6(settings, dataset, root / f"figure6_{dataset}.png")
             outputs[f"figure6_{dataset}"] = str(figure) if figure else None
-    sweep = None
+    sweep_rows = None
     if config.sweep and settings:
         first = settings[0]
         arch = config.sweep_arch or first["arch"]
         if any(s["dataset"] == first["dataset"] and s["arch"] == arch for s in settings):
             sweep = run_sweep(root, first["dataset"], arch, preset, config)
-            atomic_write_text(root / "figure5.md", render_sweep_md(sweep, preset, paper))
-            figure = render_figure5(sweep, preset, paper, root / "figure5.png")
+            sweep_rows = sweep_table(sweep)
+            atomic_write_text(root / "figure5.md", render_sweep_md(sweep, sweep_rows, preset, paper))
+            figure = render_figure5(sweep, sweep_rows, preset, paper, root / "figure5.png")
             outputs["figure5"] = str(figure) if figure else None
     summary = {"preset": preset.name, "label": preset.label, "paper_reference": paper, "outputs": outputs,
                "settings": [{key: s[key] for key in ("dataset", "data", "arch", "train_eps", "attack_eps",
@@ -590,7 +592,7 @@ def reproduce(config: ReproduceConfig, command: Optional[str] = None) -> Dict[st
                                "certified_error_crown": {m: _crown_error(s["certify"][m]) for m in s["certify"]},
                                "certified_error_best": {m: _best_error(s["certify"][m]) for m in s["certify"]}}
                             for s in settings],
-               "figure5": sweep_table(sweep) if sweep else None}
+               "figure5": sweep_rows}
     atomic_write_text(root / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     _log(f"wrote {root}/table1.md, table2.md, summary.json"
          + (", figure5.png" if outputs.get("figure5") else "")
