@@ -101,27 +101,54 @@ def test_crossover_table_and_environment_override(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_network_with_event_path_equals_dense_path(monkeypatch, dtype):
-    """Forced event-driven vs forced dense Linear layers: same trace and gradients (dyadic weights
-    make every membrane exact, including ties at the threshold)."""
+    """Forced event-driven vs forced dense Linear layers.
+
+    The forward trace is bit-identical: dyadic weights make every membrane exact (ties at the
+    threshold included), so the summation order cannot matter. The backward deltas, input and bias
+    gradients come from the same code in both modes and are bit-identical too. The weight gradients
+    sum ``T * B`` products of surrogate-scaled deltas that need more mantissa bits than the dtype
+    has, in BLAS order on one side and the event kernel's order on the other; they agree within
+    the summation bound: each is within ``gamma_n * (|delta|^T |x|)`` of the exact sum,
+    ``gamma_n = n u / (1 - n u)``, so they are within twice that of each other.
+    """
     rng = np.random.default_rng(7)
     layers = [Linear(_dyadic(rng, (24, 40), np.float64), _dyadic(rng, 24, np.float64)),
               Linear(_dyadic(rng, (5, 24), np.float64), _dyadic(rng, 5, np.float64))]
     net = SNN(layers, dtype=dtype)
     spikes = (rng.random((6, 11, 40)) < 0.1).astype(np.uint8)
     grad_rates = _dyadic(rng, (11, 5), np.float64)
-    results = {}
+    original = Linear.param_grads
+    results, deltas = {}, {}
+
+    def recording(layer, x, grad_out):
+        deltas[mode].append((x, grad_out))
+        return original(layer, x, grad_out)
+
+    monkeypatch.setattr(Linear, "param_grads", recording)
     for mode in ("0", "1"):
         monkeypatch.setenv("REFSNN_EVENT_FORWARD", mode)
         monkeypatch.setenv("REFSNN_EVENT_WGRAD", mode)
+        deltas[mode] = []
         trace = net.run(spikes)
         grads, grad_inputs = net.backward(trace, grad_rates)
         results[mode] = (trace, grads, grad_inputs)
     dense, event = results["0"], results["1"]
     for a, b in zip(dense[0].membranes + dense[0].spikes, event[0].membranes + event[0].spikes):
         assert a.dtype == b.dtype == dtype and np.array_equal(a, b)
-    for a, b in zip(dense[1], event[1]):
-        assert a.dtype == b.dtype and np.array_equal(a, b)
     assert np.array_equal(dense[2], event[2])
+    assert len(deltas["0"]) == len(deltas["1"]) == len(layers)
+    unit = np.finfo(dtype).eps / 2
+    # params() order is (weight, bias) per layer; the backward pass visits the layers last to first
+    for index, ((x, delta), (x_event, delta_event)) in enumerate(zip(reversed(deltas["0"]), reversed(deltas["1"]))):
+        assert np.array_equal(x, x_event) and np.array_equal(delta, delta_event)
+        grad_weight_dense, grad_bias_dense = dense[1][2 * index], dense[1][2 * index + 1]
+        grad_weight_event, grad_bias_event = event[1][2 * index], event[1][2 * index + 1]
+        assert grad_weight_dense.dtype == grad_weight_event.dtype == dtype
+        assert np.array_equal(grad_bias_dense, grad_bias_event)
+        n = x.shape[0]
+        gamma = n * unit / (1 - n * unit)
+        bound = 2 * gamma * (np.abs(delta).astype(np.float64).T @ np.abs(x).astype(np.float64))
+        assert np.all(np.abs(grad_weight_dense.astype(np.float64) - grad_weight_event) <= bound)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (31, 33), (64, 65), (100, 7)])
