@@ -9,7 +9,7 @@ Input sets (``--set``):
 
 - ``digital``: the l-inf set through one seeded draw of rand maps per sample (``--convention
   paper``: ``xhat +- eps/2``; ``authors``: ``+- eps``); holds for that draw only. ``--encoder-draws
-  N --alpha A`` adds, for the first ``--encoder-images`` samples, a Clopper-Pearson statement over
+  N --confidence-alpha A`` adds, for the first ``--encoder-images`` samples, a Clopper-Pearson statement over
   N fresh draws (``refsnn.encoder_cert``, docs/CERTIFY.md);
 - ``spike``: the paper's l0 set (``round(size * eps)`` freed positions per step, seeded; ``--l0-mode
   authors``: each bit free with probability eps); holds for those positions only;
@@ -24,9 +24,10 @@ Every sample draws its randomness from ``SeedSequence([seed, index])``, so resul
 on how samples are split into chunks; ``--workers N`` / ``--scheduler ADDRESS`` run the chunks on
 Dask (``refsnn.parallel.map_chunks``) with results identical to the serial run.
 
-    python -m refsnn.certify --model runs/mnist-fc/model.h5 --dataset mnist --eps 0.12 --n 1000 --out cert.json
+    python -m refsnn.certify --model runs/mnist-fc/model.h5 --dataset mnist --eps 0.12 --n 1000 --out runs/cert
 
-``--out X.json`` also writes ``X.csv``, ``X.md`` and ``X_samples.json`` (per-sample certificates).
+writes ``certify.json``, ``certify.csv``, ``certify.md`` and ``certify_samples.json`` (per-sample
+certificates) into the ``--out`` folder (default ``runs/certify/<key arguments>``).
 """
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ class CertifyConfig:
     l0_mode: str = "paper"
     horizon: int = 3
     n: int = 1000
-    seed: int = 1234
+    seed: int = 0
     batch_size: int = 100
     data_dir: Optional[str] = None
     k: int = 1
@@ -238,68 +239,95 @@ def render_csv(result: Dict[str, object], methods: Sequence[str]) -> str:
     return buffer.getvalue()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+PROG = "python -m refsnn.certify"
+#: The files a run writes into its ``--out`` folder.
+OUTPUT_STEM = "certify"
+
+
+def output_files(out: Path) -> Dict[str, Path]:
+    """The files of one run in the folder ``out``: ``json`` (config + summary), ``csv``, ``md``, ``samples``."""
+    stem = Path(out) / OUTPUT_STEM
+    return {"json": stem.with_suffix(".json"), "csv": stem.with_suffix(".csv"), "md": stem.with_suffix(".md"),
+            "samples": Path(f"{stem}_samples.json")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m refsnn.certify`` parser (shared vocabulary of ``refsnn.cli``)."""
+    from . import cli
     from .parallel import add_cluster_arguments
 
-    parser = argparse.ArgumentParser(prog="python -m refsnn.certify", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--dataset", default="mnist", choices=("mnist", "fmnist", "nmnist", "mnist-subset"))
-    parser.add_argument("--eps", type=float, default=0.12)
+    parser = cli.make_parser(PROG, __doc__.splitlines()[0])
+    cli.add_model(parser)
+    cli.add_dataset(parser, default="mnist")
+    cli.add_eps(parser, 0.12, detail=" (digital: l-inf radius eps/2 under --convention paper; spike: fraction "
+                                     "of freed positions)")
     parser.add_argument("--set", dest="input_set", choices=INPUT_SETS, default=None,
-                        help="default: spike for nmnist, digital otherwise")
-    parser.add_argument("--k", type=int, default=1, help="flips for --set spike-any-k (default 1)")
+                        help="input set (default: spike for nmnist, digital otherwise)")
+    parser.add_argument("--k", type=cli.nonnegative_int, default=1, help="flips for --set spike-any-k")
     parser.add_argument("--budget", choices=("per-step", "total"), default="per-step",
-                        help="spike-any-k: at most k flips per time step (default) or in total")
-    parser.add_argument("--convention", choices=("paper", "authors"), default="paper")
-    parser.add_argument("--l0-mode", choices=("paper", "authors"), default="paper")
-    parser.add_argument("--horizon", "--robust-T", type=int, default=3, help="T' of the input set (default 3)")
+                        help="spike-any-k: at most k flips per time step or in total")
+    parser.add_argument("--convention", choices=("paper", "authors"), default="paper",
+                        help="digital l-inf radius: paper = eps/2, authors = eps")
+    parser.add_argument("--l0-mode", choices=("paper", "authors"), default="paper",
+                        help="spike set: paper = round(size * eps) freed positions, authors = each bit with "
+                             "probability eps")
+    cli.add_robust_T(parser, 3, detail="; T is the model's stored training T when it has one")
     parser.add_argument("--method", default="ibp,crown-ibp,best",
-                        help=f"comma list of {', '.join(METHODS)}, or all (default ibp,crown-ibp,best)")
-    parser.add_argument("--iterations", type=int, default=20, help="gradient steps of --method alpha (default 20)")
-    parser.add_argument("--n", type=int, default=1000, help="first N samples of the split")
-    parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--batch-size", type=int, default=100, help="samples per chunk (default 100)")
-    parser.add_argument("--encoder-draws", type=int, default=0,
-                        help="digital set: Clopper-Pearson certificate over N fresh rand-map draws")
-    parser.add_argument("--encoder-images", type=int, default=10, help="... for the first M samples (default 10)")
-    parser.add_argument("--alpha", type=float, default=0.001, help="Clopper-Pearson level (default 0.001)")
-    parser.add_argument("--data-dir")
-    parser.add_argument("--out", help="write X.json, X.csv, X.md and X_samples.json")
-    parser.add_argument("--no-progress", action="store_true")
+                        help=f"comma list of {', '.join(METHODS)}, or all")
+    parser.add_argument("--iterations", type=cli.nonnegative_int, default=20,
+                        help="gradient steps of --method alpha")
+    cli.add_n(parser, 1000, detail=" (the first N of the test split)")
+    cli.add_seed(parser, detail=" (per sample: SeedSequence([seed, index]))")
+    cli.add_batch_size(parser, 100, detail=" (one chunk of work)")
+    parser.add_argument("--encoder-draws", type=cli.nonnegative_int, default=0,
+                        help="digital set: Clopper-Pearson certificate over N fresh rand-map draws (0: off)")
+    parser.add_argument("--encoder-images", type=cli.nonnegative_int, default=10,
+                        help="... for the first M samples")
+    parser.add_argument("--confidence-alpha", type=cli.open_unit_float, default=0.001,
+                        help="Clopper-Pearson confidence level alpha of the encoder certificate, in (0, 1)")
+    cli.add_out(parser, "runs/certify/<dataset>-<set>-eps<eps>-robustT<T'>-n<n>-seed<seed>; writes "
+                        f"{OUTPUT_STEM}.json, .csv, .md and {OUTPUT_STEM}_samples.json")
+    cli.add_progress(parser)
     add_cluster_arguments(parser)
-    args = parser.parse_args(argv)
+    cli.add_deprecated(parser, "--horizon", "--robust-T", "robust_T", cli.positive_int)
+    cli.add_deprecated(parser, "--alpha", "--confidence-alpha", "confidence_alpha", cli.open_unit_float)
+    return parser
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
+    from . import cli
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    quiet = args.quiet
     methods = METHODS if args.method == "all" else tuple(m.strip() for m in args.method.split(","))
-    try:
-        unknown = [m for m in methods if m not in METHODS]
-        if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {METHODS} or 'all'")
-        if args.eps < 0 or args.n < 1 or args.horizon < 1 or args.batch_size < 1:
-            raise ValueError("--eps must be >= 0, --n, --horizon and --batch-size >= 1")
-        if args.k < 0 or args.iterations < 0 or args.encoder_draws < 0:
-            raise ValueError("--k, --iterations and --encoder-draws must be >= 0")
-        if not 0.0 < args.alpha < 1.0:
-            raise ValueError("--alpha must lie in (0, 1)")
-        input_set = args.input_set or ("spike" if args.dataset in EVENT_DATASETS else "digital")
-        config = CertifyConfig(args.model, args.dataset, "test", args.eps, input_set, args.convention,
-                               args.l0_mode, args.horizon, args.n, args.seed, args.batch_size, args.data_dir,
-                               args.k, args.budget, args.iterations, args.encoder_draws, args.encoder_images,
-                               args.alpha)
-        net = load_model(args.model)
-        x, y = load_dataset(args.dataset, "test", data_dir=args.data_dir, limit=args.n)
-        started = time.perf_counter()
-        records = certify_samples(net, x, y, config, methods, workers=args.workers, scheduler=args.scheduler,
-                                  progress=None if args.no_progress else True)
-        result = summarize(records, methods)
-    except (ValueError, FileNotFoundError, OSError, ImportError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise cli.CLIError(f"--method: unknown method(s) {unknown}; choose a comma list of {', '.join(METHODS)} "
+                           "or all")
+    input_set = args.input_set or ("spike" if args.dataset in EVENT_DATASETS else "digital")
+    out = cli.out_folder(PROG, args.out, cli.default_out(
+        "certify", args.dataset, input_set, f"k{args.k}" if input_set == "spike-any-k" else f"eps{args.eps:g}",
+        f"robustT{args.robust_T}", f"n{args.n}", f"seed{args.seed}"), file_suffixes=(".json",))
+    cli.check_out_dir(out)
+    config = CertifyConfig(args.model, args.dataset, "test", args.eps, input_set, args.convention,
+                           args.l0_mode, args.robust_T, args.n, args.seed, args.batch_size, args.data_dir,
+                           args.k, args.budget, args.iterations, args.encoder_draws, args.encoder_images,
+                           args.confidence_alpha)
+    net = load_model(args.model)
+    cli.check_robust_T(args.robust_T, cli.model_time_steps(args.model), "the model's training T")
+    x, y = load_dataset(args.dataset, "test", data_dir=args.data_dir, limit=args.n)
+    started = time.perf_counter()
+    records = certify_samples(net, x, y, config, methods, workers=args.workers, scheduler=args.scheduler,
+                              progress=None if (args.no_progress or quiet) else True)
+    result = summarize(records, methods)
     result["seconds"] = time.perf_counter() - started
     record = {"config": asdict(config), "result": result,
               "command": " ".join(["python -m refsnn.certify", *(argv if argv is not None else sys.argv[1:])]),
               "machine": {"platform": platform.platform(), "python": platform.python_version(),
                           "workers": args.workers, "scheduler": args.scheduler}}
     detail = {"digital": f"{args.convention}", "spike": args.l0_mode, "spike-any-k": f"k={args.k} {args.budget}"}
-    print(f"{args.model}: {args.dataset} {input_set} eps={args.eps} ({detail[input_set]}), T'={args.horizon}, "
+    print(f"{args.model}: {args.dataset} {input_set} eps={args.eps} ({detail[input_set]}), T'={args.robust_T}, "
           f"n={result['n']}, clean accuracy at T' {100 * result['clean_accuracy']:.1f}%")
     for method in methods:
         row = result[method]
@@ -310,15 +338,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         enc = result["encoder"]
         print(f"  encoder certificate (alpha {enc['alpha']:g}, {enc['draws']} draws): P(correct on every image in "
               f"the ball) >= {', '.join(f'{v:.4f}' for v in enc['probability_lower_bounds'])}")
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        stem = out.with_suffix("")
-        atomic_write_text(out, json.dumps(record, indent=2) + "\n")
-        atomic_write_text(stem.with_suffix(".csv"), render_csv(result, methods))
-        atomic_write_text(stem.with_suffix(".md"), render_markdown(record, methods))
-        atomic_write_text(Path(f"{stem}_samples.json"), json.dumps(records, indent=1) + "\n")
+    files = output_files(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(files["json"], json.dumps(record, indent=2) + "\n")
+    atomic_write_text(files["csv"], render_csv(result, methods))
+    atomic_write_text(files["md"], render_markdown(record, methods))
+    atomic_write_text(files["samples"], json.dumps(records, indent=1) + "\n")
+    if not quiet:
+        print(f"wrote {files['json']}, {files['csv'].name}, {files['md'].name}, {files['samples'].name}")
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m refsnn.certify``; returns the exit code (2 with one stderr line for bad input)."""
+    from .cli import run_main
+
+    return run_main(PROG)(_main)(argv)
 
 
 if __name__ == "__main__":

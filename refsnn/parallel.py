@@ -183,27 +183,17 @@ def dask_client(workers: Optional[int] = None, scheduler: Union[str, Any, None] 
             cluster.close()
 
 
-def _worker_count(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--workers must be an integer >= 1, got {text!r}")
-    return value
-
-
 def add_cluster_arguments(parser) -> None:
-    """``--workers N`` and ``--scheduler ADDRESS`` (mutually exclusive) on an argparse parser."""
+    """``--workers N`` (an integer >= 1) and ``--scheduler ADDRESS`` (mutually exclusive) on an argparse parser."""
+    from .cli import VOCABULARY, positive_int
+
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--workers", type=_worker_count, default=None,
-                       help="run the chunks on a local Dask cluster of N worker processes "
-                            "(needs refsnn[dask]; results identical to the serial run)")
+    group.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                       help=f"{VOCABULARY['--workers']} of N worker processes "
+                            "(needs refsnn[dask]; results identical to the serial run; default: serial)")
     group.add_argument("--scheduler", default=None, metavar="ADDRESS",
                        help="run the chunks on the Dask cluster at ADDRESS, e.g. tcp://head:8786 "
-                            "(see docs/SCALE.md)")
+                            "(see docs/SCALE.md; default: serial)")
 
 
 def single_thread_env() -> dict:

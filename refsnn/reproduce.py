@@ -7,7 +7,7 @@ For every (dataset, arch) it runs, in ``OUT/<preset>/<dataset>-<arch>/``:
    eps, eps ramped linearly, T' of the preset, the ``crown-ibp`` recipe);
 3. ``attack/``: the Table 2 protocol on both models at the attack eps (``python -m refsnn.attack``,
    paper attack and the ``strongest`` ensemble, 300 fixed test samples by default);
-4. ``certify_plain.json`` / ``certify_robust.json``: certified (S-IBP, S-CROWN, best) robust error of
+4. ``certify_plain/`` / ``certify_robust/``: certified (S-IBP, S-CROWN, best) robust error of
    both models at the training eps (``python -m refsnn.certify``);
 
 and once, on the first dataset, the T' sweep of Figure 5 (``sweep/``: one robust epoch per T' from
@@ -185,12 +185,13 @@ def _attack_step(out_dir: Path, plain: Path, robust: Path, dataset: str, eps: Se
     return _json_step(out_dir / "table.json", f"attack {out_dir}", attack_main, argv + _data_dir_args(data_dir))
 
 
-def _certify_step(path: Path, model: Path, dataset: str, eps: float, n: int, horizon: int,
+def _certify_step(out_dir: Path, model: Path, dataset: str, eps: float, n: int, horizon: int,
                   data_dir: Optional[str]) -> Dict[str, Any]:
-    from .certify import main as certify_main
+    from .certify import main as certify_main, output_files
 
     argv = ["--model", str(model), "--dataset", dataset, "--eps", f"{eps:g}", "--n", str(n),
-            "--horizon", str(horizon), "--method", "ibp,crown-ibp,best", "--out", str(path), "--no-progress"]
+            "--robust-T", str(horizon), "--method", "ibp,crown-ibp,best", "--out", str(out_dir), "--no-progress"]
+    path = output_files(out_dir)["json"]
     return _json_step(path, f"certify {model} -> {path}", certify_main, argv + _data_dir_args(data_dir))
 
 
@@ -261,7 +262,7 @@ def run_setting(root: Path, dataset: str, arch: str, preset: ReproducePreset,
     n_test = int(plain.get("n_test") or preset.attack_n)
     attack = _attack_step(setting_dir / "attack", models["plain"], models["robust"], data_name, eps, preset,
                           min(preset.attack_n, n_test), config.data_dir, config.seed)
-    certified = {name: _certify_step(setting_dir / f"certify_{name}.json", models[name], data_name, train_eps,
+    certified = {name: _certify_step(setting_dir / f"certify_{name}", models[name], data_name, train_eps,
                                      min(preset.certify_n, n_test), preset.robust_T, config.data_dir)
                  for name in models}
     return {"dataset": dataset, "data": data_name, "arch": arch, "train_eps": train_eps, "attack_eps": eps,
@@ -392,7 +393,7 @@ def render_table2(settings: List[Dict[str, Any]], preset: ReproducePreset, paper
             result = record.get("result", record)
             lines.append(f"| {'regular' if name == 'plain' else 'robust'} | {_pct(result.get('clean_accuracy'))}{mark} | "
                          f"{_pct(_crown_error(record))}{mark} | {_pct(_best_error(record))}{mark} |")
-        lines += ["", f"Raw: `{setting['dir']}/attack/table.json`, `certify_*.json`, runs in `plain/`, `robust/`.", ""]
+        lines += ["", f"Raw: `{setting['dir']}/attack/table.json`, `certify_*/certify.json`, runs in `plain/`, `robust/`.", ""]
     lines += [f"Paper headline (abstract): {paper['headline']}.", ""]
     return "\n".join(lines)
 

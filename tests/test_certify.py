@@ -70,32 +70,34 @@ def test_dask_workers_give_the_serial_result():
 def test_cli_writes_json(tmp_path):
     net = build_network("fc", (1, 28, 28), seed=2)
     save_model(tmp_path / "m.h5", net)
-    out = tmp_path / "cert.json"
+    out = tmp_path / "cert"
     assert main(["--model", str(tmp_path / "m.h5"), "--dataset", "mnist-subset", "--eps", "0.01", "--n", "12",
                  "--method", "ibp,best", "--out", str(out), "--no-progress"]) == 0
-    record = json.loads(out.read_text())
+    record = json.loads((out / "certify.json").read_text())
     assert record["result"]["n"] == 12 and set(record["result"]) >= {"ibp", "best", "clean_accuracy"}
-    assert (tmp_path / "cert.csv").read_text().startswith("method,n,clean_accuracy")
-    assert "| best |" in (tmp_path / "cert.md").read_text()
-    samples = json.loads((tmp_path / "cert_samples.json").read_text())
+    assert (out / "certify.csv").read_text().startswith("method,n,clean_accuracy")
+    assert "| best |" in (out / "certify.md").read_text()
+    samples = json.loads((out / "certify_samples.json").read_text())
     assert len(samples) == 12 and {"index", "label", "clean_correct", "ibp", "best"} <= set(samples[0])
     assert main(["--model", str(tmp_path / "missing.h5"), "--dataset", "mnist-subset", "--n", "3"]) == 2
     assert main(["--model", str(tmp_path / "m.h5"), "--dataset", "mnist-subset", "--method", "nonsense"]) == 2
-    assert main(["--model", str(tmp_path / "m.h5"), "--dataset", "mnist-subset", "--alpha", "2"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(tmp_path / "m.h5"), "--dataset", "mnist-subset", "--confidence-alpha", "2"])
+    assert exit_info.value.code == 2
 
 
 def test_cli_any_k_alpha_and_encoder_certificate(tmp_path):
     net = build_network("fc", (1, 28, 28), seed=2)
     save_model(tmp_path / "m.h5", net)
-    out = tmp_path / "anyk.json"
+    out = tmp_path / "anyk"
     assert main(["--model", str(tmp_path / "m.h5"), "--dataset", "mnist-subset", "--set", "spike-any-k", "--k", "2",
                  "--budget", "total", "--n", "4", "--method", "ibp,best,alpha", "--iterations", "2",
                  "--out", str(out), "--no-progress"]) == 0
-    result = json.loads(out.read_text())["result"]
+    result = json.loads((out / "certify.json").read_text())["result"]
     assert result["alpha"]["certified_accuracy"] >= result["best"]["certified_accuracy"] - 1e-12
-    out = tmp_path / "enc.json"
+    out = tmp_path / "enc"
     assert main(["--model", str(tmp_path / "m.h5"), "--dataset", "mnist-subset", "--eps", "0.01", "--n", "2",
                  "--method", "best", "--encoder-draws", "5", "--encoder-images", "1", "--out", str(out),
                  "--no-progress"]) == 0
-    encoder = json.loads(out.read_text())["result"]["encoder"]
+    encoder = json.loads((out / "certify.json").read_text())["result"]["encoder"]
     assert encoder["images"] == 1 and encoder["draws"] == 5 and 0.0 <= encoder["probability_lower_bounds"][0] <= 1.0

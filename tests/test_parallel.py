@@ -212,4 +212,4 @@ def test_cli_refuses_a_worker_count_below_one(module, capsys):
     main = importlib.import_module(module).main
     with pytest.raises(SystemExit):
         main(["--model", "missing.h5", "--workers", "0"])
-    assert "--workers must be an integer >= 1" in capsys.readouterr().err
+    assert "argument --workers: must be an integer >= 1" in capsys.readouterr().err

@@ -59,7 +59,7 @@ def test_end_to_end_resumable_and_missing_data(tmp_path, tiny_preset, capsys):
     robust_dir = root / "mnist-fc" / "robust"
     (robust_dir / "summary.json").unlink()
     (robust_dir / "model.h5").unlink()
-    for stale in (root / "mnist-fc" / "attack" / "table.json", root / "mnist-fc" / "certify_robust.json"):
+    for stale in (root / "mnist-fc" / "attack" / "table.json", root / "mnist-fc" / "certify_robust" / "certify.json"):
         stale.unlink()
     assert rp.main(["--preset", "quick", "--dataset", "mnist", "--arch", "fc", "--out", str(out), "--no-sweep"]) == 0
     assert "resume" in capsys.readouterr().out
