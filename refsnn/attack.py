@@ -8,7 +8,7 @@ Example (the paper's MNIST FC eps)::
 Prints one table per attack in the layout of the paper's Table 2 (eps, original error, attack
 error per model, difference of the two models' attack errors) and writes ``table.csv``,
 ``table.json`` (every setting, the sample indices, the machine, the command) and ``table.md``
-under ``--out``. The errors of the tables are measured on the evaluation rand maps (one fixed
+into the ``--out`` folder (default ``runs/attack/<dataset>-<model name>``). The errors of the tables are measured on the evaluation rand maps (one fixed
 seeded draw shared by every model, attack and eps); the ``*_fresh`` columns of the CSV/JSON
 re-score the same images on fresh draws. See docs/ATTACKS.md.
 """
@@ -34,16 +34,6 @@ from .attacks.protocol import (PROTOCOL_ATTACKS, ProtocolConfig, make_attack, ma
 EVENT_DATASETS = ("nmnist",)
 
 
-def _eps_list(text: str):
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--eps needs comma-separated numbers, got {text!r}") from None
-    if not values or any(not np.isfinite(v) or v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"--eps needs finite numbers >= 0, got {text!r}")
-    return values
-
-
 def _attack_list(text: str):
     names = [v.strip() for v in text.split(",") if v.strip()]
     bad = [name for name in names if name not in PROTOCOL_ATTACKS]
@@ -54,31 +44,36 @@ def _attack_list(text: str):
     return names
 
 
+PROG = "python -m refsnn.attack"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m refsnn.attack",
-        description="Table 2 protocol: original and attack error of one or two models at several eps.")
+    """The ``python -m refsnn.attack`` parser (shared vocabulary of ``refsnn.cli``)."""
+    from . import cli
+
+    parser = cli.make_parser(PROG, "Table 2 protocol: original and attack error of one or two models at several eps.")
     add = parser.add_argument
-    add("--model", required=True, help="model file (refsnn.io.save_model / python -m refsnn.train)")
-    add("--model2", help="second model, shown side by side (e.g. the robustly trained one)")
+    cli.add_model(parser, detail="; e.g. from python -m refsnn.train")
+    add("--model2", metavar="FILE", help="second model, shown side by side (e.g. the robustly trained one)")
     add("--name", default=None, help="label of --model in the tables (default: its file's parent folder)")
-    add("--name2", default=None, help="label of --model2")
-    add("--dataset", required=True, choices=("mnist", "fmnist", "nmnist", "mnist-subset"))
-    add("--data-dir", help="data folder (default: refsnn.data's lookup order)")
-    add("--n", type=int, default=300, help="number of test samples (fixed seeded selection, default 300)")
-    add("--eps", type=_eps_list, default=[0.104, 0.124, 0.140, 0.154], help="comma-separated attack eps")
+    add("--name2", default=None, help="label of --model2 (default: its file's parent folder)")
+    cli.add_dataset(parser, required=True)
+    cli.add_n(parser, 300, detail=" (fixed seeded selection)")
+    cli.add_eps(parser, [0.104, 0.124, 0.140, 0.154], several=True, detail=" (attack radii)")
     add("--attack", type=_attack_list, default=["paper"], help=f"comma-separated, from {PROTOCOL_ATTACKS}")
     add("--convention", choices=("paper", "authors"), default="paper",
-        help="digital l-inf radius: paper = eps/2 (the bounds' set, default), authors = eps")
-    add("--T", type=int, help="time steps (default: the model's training T, else 10)")
-    add("--seed", type=int, default=0, help="selection / rand maps / attack seed (default 0)")
-    add("--fresh-draws", type=int, default=5, help="fresh rand-map draws to re-score digital images (0: off)")
-    add("--steps", type=int, help="override the iterations of paper/pgd/greedy (default: each attack's own)")
-    add("--effort", type=float, default=1.0, help="strongest: scale of its components' step counts")
-    add("--batch-size", type=int, default=100, help="samples per attack chunk")
+        help="digital l-inf radius: paper = eps/2 (the bounds' set), authors = eps")
+    cli.add_T(parser, None, detail=" (default: the model's training T, else 10)")
+    cli.add_seed(parser, detail=" (selection, rand maps and attacks)")
+    add("--fresh-draws", type=cli.nonnegative_int, default=5,
+        help="fresh rand-map draws to re-score digital images (0: off)")
+    add("--steps", type=cli.positive_int, help="override the iterations of paper/pgd/greedy "
+                                                "(default: each attack's own)")
+    add("--effort", type=cli.positive_float, default=1.0, help="strongest: scale of its components' step counts")
+    cli.add_batch_size(parser, 100, detail=" (one attack chunk)")
     add("--dtype", choices=("float32", "float64"), help="compute dtype (default: the model's)")
-    add("--out", help="output folder (default results/attacks/<dataset>-<model name>)")
-    add("--no-progress", action="store_true", help="no progress bars")
+    cli.add_out(parser, "runs/attack/<dataset>-<model name>; writes table.csv, table.json, table.md")
+    cli.add_progress(parser)
     add_cluster_arguments(parser)
     return parser
 
@@ -115,12 +110,19 @@ def machine_description() -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m refsnn.attack``; returns the exit code (2 with one stderr line for bad input)."""
+    from .cli import run_main
+
+    return run_main(PROG)(_main)(argv)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
+    from . import cli
+    from .data import load_dataset, to_time_major
+
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.n < 1 or args.batch_size < 1 or args.fresh_draws < 0:
-        parser.error("--n and --batch-size must be >= 1, --fresh-draws >= 0")
-    from .data import load_dataset, to_time_major
 
     models, metadata = {}, {}
     names = [args.name or _default_name(args.model)]
@@ -136,7 +138,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except (OSError, ValueError) as error:
             parser.error(f"cannot load model {path}: {error}")
     stored_T = {_model_T(metadata[name]) for name in names} - {None}
-    T = args.T or (stored_T.pop() if len(stored_T) == 1 else 10)
+    T = args.T if args.T is not None else (stored_T.pop() if len(stored_T) == 1 else 10)
+    out = cli.check_out_dir(Path(args.out) if args.out else cli.default_out("attack", args.dataset, names[0]))
 
     kind = "spike" if args.dataset in EVENT_DATASETS else "digital"
     x_all, y_all = load_dataset(args.dataset, "test", data_dir=args.data_dir, T=T)
@@ -158,7 +161,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             seed=args.seed, fresh_draws=args.fresh_draws, batch_size=args.batch_size,
                             steps=args.steps, effort=args.effort)
     progress_factory = None
-    if not args.no_progress:
+    if not (args.no_progress or args.quiet):
         from tqdm import tqdm
 
         def progress_factory(description, total):
@@ -172,7 +175,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(str(error))
     seconds = time.perf_counter() - started
 
-    out = Path(args.out or f"results/attacks/{args.dataset}-{names[0]}")
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m refsnn.attack " + " ".join(shlex.quote(a) for a in argv)
     measured_on = ("the evaluation rand maps (one seeded draw shared by every model, attack and eps)"

@@ -75,6 +75,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         text = action.help or ""
         if "default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
             return text
+        if action.required:
+            return f"{text} (required)"
         if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
             return text
         default = action.default

@@ -5,7 +5,7 @@ measured once per *sampling seed* (``np.random.default_rng(seed)`` draws the ran
 reported as mean and sample standard deviation (``ddof=1``) over the seeds. Event data (N-MNIST
 frames) are deterministic: one pass, standard deviation 0.
 
-Command line: ``python -m refsnn.evaluate MODEL.h5 --dataset mnist [--seeds 5] [--T 10]``.
+Command line: ``python -m refsnn.evaluate --model MODEL.h5 --dataset mnist [--seeds 5] [--T 10]``.
 """
 from __future__ import annotations
 
@@ -94,23 +94,51 @@ def clean_accuracy(net: SNN, x: np.ndarray, y: np.ndarray, T: int = 10, seeds: S
     return Accuracy(float(np.mean(per_seed)), std, per_seed, seeds, len(x), encoding)
 
 
+PROG = "python -m refsnn.evaluate"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m refsnn.evaluate`` parser (shared vocabulary of ``refsnn.cli``)."""
+    from . import cli
+
+    parser = cli.make_parser(PROG, __doc__.split("\n\n")[0])
+    cli.add_model(parser, required=False, detail="; a checkpoint file works too")
+    parser.add_argument("model_positional", nargs="?", default=None, metavar="MODEL", help=argparse.SUPPRESS)
+    cli.add_dataset(parser, required=True)
+    parser.add_argument("--split", default="test", choices=("train", "test"), help="data split")
+    cli.add_T(parser, 10)
+    parser.add_argument("--seeds", type=cli.positive_int, default=5, help="number of sampling seeds (0..n-1)")
+    cli.add_n(parser, None, detail=" (the first N of --split; default: all)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                        help="compute dtype (default: the model's)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    cli.add_deprecated(parser, "--limit", "--n", "n", cli.positive_int)
+    return parser
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m refsnn.evaluate``; returns the exit code (2 with one stderr line for bad input)."""
+    from .cli import run_main
+
+    return run_main(PROG)(_main)(argv)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
+    from . import cli
     from .data import load_dataset
     from .io import load_model
 
-    parser = argparse.ArgumentParser(prog="python -m refsnn.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", help="model or checkpoint file (.h5)")
-    parser.add_argument("--dataset", required=True, choices=("mnist", "fmnist", "nmnist", "mnist-subset"))
-    parser.add_argument("--split", default="test", choices=("train", "test"))
-    parser.add_argument("--T", type=int, default=10)
-    parser.add_argument("--seeds", type=int, default=5, help="number of sampling seeds (0..n-1)")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--dtype", choices=("float32", "float64"), default=None)
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.model_positional is not None:
+        if args.model is not None:
+            parser.error("give the model once, as --model FILE")
+        cli.warn(PROG, "a positional MODEL is deprecated; use --model MODEL")
+        args.model = args.model_positional
+    if args.model is None:
+        parser.error("the following arguments are required: --model")
     net = load_model(args.model, dtype=args.dtype)
-    x, y = load_dataset(args.dataset, args.split, args.data_dir, T=args.T, limit=args.limit)
+    x, y = load_dataset(args.dataset, args.split, args.data_dir, T=args.T, limit=args.n)
     result = clean_accuracy(net, x, y, args.T, seeds=range(args.seeds))
     print(json.dumps(result.to_dict()) if args.json else f"{args.dataset} {args.split}: {result}")
     return 0

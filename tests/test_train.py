@@ -431,7 +431,7 @@ def test_evaluate_cli(tmp_path, capsys):
     from refsnn.evaluate import main as evaluate_main
     from refsnn.io import save_model
     save_model(tmp_path / "m.h5", build_network("fc", (1, 28, 28), seed=0))
-    assert evaluate_main([str(tmp_path / "m.h5"), "--dataset", "mnist-subset", "--limit", "20", "--seeds", "2",
+    assert evaluate_main(["--model", str(tmp_path / "m.h5"), "--dataset", "mnist-subset", "--n", "20", "--seeds", "2",
                           "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["n_samples"] == 20 and result["seeds"] == [0, 1] and result["encoding"] == "bernoulli"
