@@ -149,6 +149,10 @@ def gather_in_order(client, fn, chunks, callback=None, retries: int = 2) -> list
     return [results[index] for index in range(len(chunks))]
 
 
+#: Interface of every local cluster refsnn starts (scheduler, workers, dashboard).
+LOOPBACK = "127.0.0.1"
+
+
 @contextlib.contextmanager
 def dask_client(workers: Optional[int] = None, scheduler: Union[str, Any, None] = None):
     """A ``distributed.Client`` for several :func:`map_chunks` calls, or None (serial) without options.
@@ -170,8 +174,11 @@ def dask_client(workers: Optional[int] = None, scheduler: Union[str, Any, None] 
         return
     cluster = None
     if workers is not None:
+        # Loopback only: a local cluster serves nobody else, and its dashboard and scheduler
+        # accept unauthenticated connections (":0" would bind every interface).
         cluster = distributed.LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
-                                           dashboard_address=":0", env=dict(_SINGLE_THREAD_ENV))
+                                           host=LOOPBACK, dashboard_address=f"{LOOPBACK}:0",
+                                           env=dict(_SINGLE_THREAD_ENV))
         client = distributed.Client(cluster)
     else:
         client = distributed.Client(scheduler)

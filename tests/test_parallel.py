@@ -213,3 +213,18 @@ def test_cli_refuses_a_worker_count_below_one(module, capsys):
     with pytest.raises(SystemExit):
         main(["--model", "missing.h5", "--workers", "0"])
     assert "argument --workers: must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_local_cluster_listens_on_loopback_only():
+    """The scheduler, the workers and the dashboard of a local cluster bind 127.0.0.1, not every interface."""
+    pytest.importorskip("distributed")
+    from urllib.parse import urlparse
+
+    from refsnn.parallel import LOOPBACK, dask_client
+
+    with dask_client(workers=1) as client:
+        addresses = [client.scheduler.address] + list(client.scheduler_info()["workers"])
+        assert all(urlparse(address).hostname == LOOPBACK for address in addresses), addresses
+        assert urlparse(client.cluster.dashboard_link).hostname == LOOPBACK, client.cluster.dashboard_link
+        sockets = [sock.getsockname()[0] for sock in client.cluster.scheduler.http_server._sockets.values()]
+        assert sockets and all(host == LOOPBACK for host in sockets), sockets
