@@ -23,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .validation import (DataValidationError, check_event_fields, check_frames, check_h5_tree, check_images,
+                         check_labels, check_offsets, check_recording, check_unique_ids, verify_manifest)
+
 __all__ = [
     "DATASET_NAMES",
     "EVENT_DTYPE",
@@ -180,13 +183,14 @@ def read_nmnist_bin(path: PathLike) -> np.ndarray:
     Each event is 5 bytes: byte0 = x, byte1 = y, bit 7 of byte2 = polarity (1 = ON),
     the other 23 bits (byte2 bits 6..0, byte3, byte4, big-endian) = timestamp in us.
     Returns ``[n_events]`` with fields ``x, y, polarity, t_us`` in file order; no event
-    is dropped or reordered. Raises ValueError naming the file when its length is not a
-    multiple of 5 or a coordinate is outside the 34 x 34 sensor.
+    is dropped or reordered. Raises DataValidationError (a ValueError) naming the file when its
+    length is not a multiple of 5 (a truncated record), it holds no event, a coordinate is
+    outside the 34 x 34 sensor or a timestamp goes backwards (``refsnn.validation.check_recording``).
     """
     path = Path(path)
     raw = np.fromfile(path, dtype=np.uint8)
     if raw.size % 5 != 0:
-        raise ValueError(
+        raise DataValidationError(
             f"{path}: {raw.size} bytes is not a multiple of 5 (N-MNIST events are 40 bits); "
             "the file is truncated or not an N-MNIST .bin file"
         )
@@ -200,37 +204,8 @@ def read_nmnist_bin(path: PathLike) -> np.ndarray:
         | (rows[:, 3].astype(np.uint32) << 8)
         | rows[:, 4].astype(np.uint32)
     )
-    _check_event_coordinates(events, source=str(path))
+    check_recording(events, source=str(path))
     return events
-
-
-def _check_event_coordinates(events: np.ndarray, source: str) -> None:
-    size = NMNIST_SENSOR_SIZE
-    bad = (events["x"] >= size) | (events["y"] >= size)
-    if bad.any():
-        first = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"{source}: {int(bad.sum())} event(s) outside the {size}x{size} N-MNIST sensor, "
-            f"first at event index {first} (x={int(events['x'][first])}, "
-            f"y={int(events['y'][first])}); the file is corrupt or not N-MNIST"
-        )
-
-
-def _check_events(events: np.ndarray, source: str) -> None:
-    """Raise ValueError unless ``events`` is a valid 1-D event array (see EVENT_DTYPE)."""
-    missing = {"x", "y", "polarity", "t_us"} - set(events.dtype.names or ())
-    if missing:
-        raise ValueError(
-            f"{source}: events must be a structured array with fields x, y, polarity, t_us "
-            f"(see read_nmnist_bin); missing {sorted(missing)}"
-        )
-    if events.ndim != 1:
-        raise ValueError(f"{source}: events must be 1-D [n_events], got shape {events.shape}")
-    _check_event_coordinates(events, source=source)
-    if np.any(events["polarity"] > 1):
-        raise ValueError(f"{source}: polarity must be 0 (OFF) or 1 (ON)")
-    if np.issubdtype(events["t_us"].dtype, np.signedinteger) and np.any(events["t_us"] < 0):
-        raise ValueError(f"{source}: timestamps must be >= 0")
 
 
 def bin_recordings(
@@ -244,7 +219,7 @@ def bin_recordings(
     events of all samples.
     """
     _check_positive_int(T, "T")
-    _check_events(events, "bin_recordings")
+    check_event_fields(events, "bin_recordings")
     offsets = np.asarray(offsets, dtype=np.int64)
     well_formed = offsets.ndim == 1 and offsets.size >= 1
     if not (
@@ -356,7 +331,8 @@ def list_nmnist_files(split_dir: PathLike) -> tuple[list[Path], np.ndarray, np.n
     """List ``<split_dir>/<label>/<id>.bin`` sorted by id: ``(paths, labels [N], ids [N])``.
 
     Every sub-folder must be a label 0..9 (ValueError otherwise). Ids are the integer
-    file stems (the 1-based MNIST index in the official archive).
+    file stems (the 1-based MNIST index in the official archive); a non-numeric stem or an id
+    found twice (e.g. in two label folders) raises DataValidationError.
     """
     split_dir = Path(split_dir)
     entries: list[tuple[int, str, int, Path]] = []
@@ -370,12 +346,15 @@ def list_nmnist_files(split_dir: PathLike) -> tuple[list[Path], np.ndarray, np.n
         if not 0 <= label < NUM_CLASSES:
             raise ValueError(f"{label_dir}: label {label} out of range 0..{NUM_CLASSES - 1}")
         for file in label_dir.glob("*.bin"):
-            sample_id = int(file.stem) if file.stem.isdigit() else -1
-            entries.append((sample_id, file.name, label, file))
+            if not file.stem.isdigit():
+                raise DataValidationError(f"{file}: N-MNIST files must be named <id>.bin with a numeric id "
+                                          "(the 1-based MNIST index, e.g. 00001.bin)")
+            entries.append((int(file.stem), file.name, label, file))
     entries.sort(key=lambda e: (e[0], e[1], e[2]))
     paths = [e[3] for e in entries]
     labels = np.array([e[2] for e in entries], dtype=np.int64)
     ids = np.array([e[0] for e in entries], dtype=np.int64)
+    check_unique_ids(ids, str(split_dir), where=[p.relative_to(split_dir) for p in paths])
     return paths, labels, ids
 
 
@@ -474,12 +453,22 @@ def _check_positive_int(value: object, what: str) -> None:
         raise ValueError(f"{what} must be a positive integer, got {value!r}")
 
 
-def _check_labels(labels: np.ndarray, source: object) -> None:
-    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        bad = labels[(labels < 0) | (labels >= NUM_CLASSES)]
-        raise ValueError(
-            f"{source}: labels must be 0..{NUM_CLASSES - 1}, found {np.unique(bad)[:10].tolist()}"
-        )
+_IDX_CONTENT_BYTES = {"train-images-idx3-ubyte": 47_040_016, "train-labels-idx1-ubyte": 60_008,
+                      "t10k-images-idx3-ubyte": 7_840_016, "t10k-labels-idx1-ubyte": 10_008}
+
+
+def _check_published_md5(name: str | None, path: Path, array: np.ndarray, magic: int) -> None:
+    """A file with a canonical IDX name and the full split's size must have the published content."""
+    stem = path.name[:-3] if path.name.endswith(".gz") else path.name
+    expected = IDX_CONTENT_MD5.get((name, stem)) if name is not None else None
+    header = magic.to_bytes(4, "big") + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    if expected is None or len(header) + array.size != _IDX_CONTENT_BYTES[stem]:
+        return
+    actual = hashlib.md5(header + array.tobytes()).hexdigest()
+    if actual != expected:
+        raise DataValidationError(f"{path}: content MD5 {actual} differs from the published {expected} of "
+                                  f"{_PRETTY_NAMES[name]} {stem} (docs/DATA.md); the file is corrupt or another "
+                                  "data set's, copy it again")
 
 
 def _file_key(path: Path) -> tuple:
@@ -495,25 +484,31 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- loaders
 
 
-def _load_idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images [N, 28, 28] and labels [N], validated, cached read-only."""
-    key = ("idx", _file_key(images_path), _file_key(labels_path))
+def _load_idx_pair(
+    images_path: Path, labels_path: Path, name: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images [N, 28, 28] and labels [N], validated (manifest, published MD5), cached read-only."""
+    key = ("idx", name, _file_key(images_path), _file_key(labels_path))
     if key not in _CACHE:
+        verify_manifest(images_path.parent, [images_path])
+        verify_manifest(labels_path.parent, [labels_path])
         images = read_idx(images_path)
         labels = read_idx(labels_path)
         if images.ndim != 3 or images.shape[1:] != (28, 28):
-            raise ValueError(
+            raise DataValidationError(
                 f"{images_path}: expected an images file of shape [N, 28, 28], "
                 f"got {images.shape}"
             )
         if labels.ndim != 1:
-            raise ValueError(f"{labels_path}: expected a labels file [N], got {labels.shape}")
+            raise DataValidationError(f"{labels_path}: expected a labels file [N], got {labels.shape}")
         if labels.shape[0] != images.shape[0]:
-            raise ValueError(
+            raise DataValidationError(
                 f"{images_path} holds {images.shape[0]} images but {labels_path} holds "
                 f"{labels.shape[0]} labels; the files do not belong together"
             )
-        _check_labels(labels, labels_path)
+        check_labels(labels, str(labels_path))
+        _check_published_md5(name, images_path, images, IDX_MAGIC_IMAGES)
+        _check_published_md5(name, labels_path, labels, IDX_MAGIC_LABELS)
         _CACHE[key] = (_read_only(images), _read_only(labels))
     return _CACHE[key]  # type: ignore[return-value]
 
@@ -532,7 +527,8 @@ def _load_mnist_subset(split: str) -> tuple[np.ndarray, np.ndarray]:
         with resources.as_file(resource) as path, np.load(path, allow_pickle=False) as npz:
             images = npz[f"{split}_images"]
             labels = npz[f"{split}_labels"]
-        _check_labels(labels, "refsnn/_data/mnist_subset.npz")
+        check_images(images, f"refsnn/_data/mnist_subset.npz:{split}_images")
+        check_labels(labels, f"refsnn/_data/mnist_subset.npz:{split}_labels", count=images.shape[0])
         _CACHE[key] = (_read_only(images), _read_only(labels))
     return _CACHE[key]  # type: ignore[return-value]
 
@@ -546,6 +542,7 @@ def _read_nmnist_split(
         paths, labels = paths[:limit], labels[:limit]
     key = ("nmnist", tuple(_file_key(p) for p in paths))
     if key not in _CACHE:
+        verify_manifest(split_dir.parent, paths)
         per_file = [read_nmnist_bin(p) for p in paths]
         counts = np.array([len(e) for e in per_file], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -559,30 +556,85 @@ def _load_hdf5(
 ) -> tuple[np.ndarray, np.ndarray]:
     import h5py
 
+    verify_manifest(path.parent, [path])
+    try:
+        with h5py.File(path, "r") as h5:
+            check_h5_tree(h5, str(path), DataValidationError)
+            return _read_hdf5_split(h5, path, name, split, T, limit, duration_us)
+    except OSError as error:
+        raise DataValidationError(f"{path}: unreadable or corrupt HDF5 file ({error}); regenerate it with "
+                                  f"`{CONVERT_COMMAND} {name}`") from None
+
+
+def _h5_dataset(group, key: str, path: Path):
+    import h5py
+
+    if key not in group or not isinstance(group[key], h5py.Dataset):
+        raise DataValidationError(f"{path}: {group.name}/{key} is missing; regenerate the file with "
+                                  f"`{CONVERT_COMMAND}`")
+    return group[key]
+
+
+def _read_hdf5_split(h5, path: Path, name: str, split: str, T: int, limit: int | None,
+                     duration_us: int | None) -> tuple[np.ndarray, np.ndarray]:
     stop = limit  # slicing [:None] reads everything
-    with h5py.File(path, "r") as h5:
-        if h5.attrs.get("format") != HDF5_FORMAT or h5.attrs.get("dataset") != name:
-            raise ValueError(
-                f"{path}: not a refsnn {name} file (attrs format={h5.attrs.get('format')!r}, "
-                f"dataset={h5.attrs.get('dataset')!r}, expected {HDF5_FORMAT!r}, {name!r}); "
-                f"regenerate it with `{CONVERT_COMMAND} {name}`"
-            )
-        if split not in h5:
-            raise ValueError(f"{path}: has no group {split!r}; regenerate it")
-        group = h5[split]
-        labels = group["labels"][:stop].astype(np.int64)
-        _check_labels(labels, f"{path}:{split}/labels")
-        if name != "nmnist":
-            images = group["images"][:stop]
-            x, _ = _digital_output(images, labels)
-            return x, labels
-        stored_duration = int(h5.attrs["duration_us"])  # 0 = per-recording
-        same_binning = int(h5.attrs["T"]) == T and stored_duration == (duration_us or 0)
-        if same_binning:
-            return group["images"][:stop], labels
-        offsets = group["event_offsets"][: None if stop is None else stop + 1].astype(np.int64)
-        events = group["events"][offsets[0] : offsets[-1]]
-        return bin_recordings(events, offsets - offsets[0], T, duration_us), labels
+    if h5.attrs.get("format") != HDF5_FORMAT or h5.attrs.get("dataset") != name:
+        raise DataValidationError(
+            f"{path}: not a refsnn {name} file (attrs format={h5.attrs.get('format')!r}, "
+            f"dataset={h5.attrs.get('dataset')!r}, expected {HDF5_FORMAT!r}, {name!r}); "
+            f"regenerate it with `{CONVERT_COMMAND} {name}`"
+        )
+    if split not in h5:
+        raise DataValidationError(f"{path}: has no group {split!r}; regenerate it")
+    group = h5[split]
+    images_ds = _h5_dataset(group, "images", path)
+    source = f"{path}:{split}"
+    count = images_ds.shape[0] if images_ds.ndim else 0
+    labels = check_labels(_h5_dataset(group, "labels", path)[()], f"{source}/labels", count=count)
+    labels = labels[:stop].astype(np.int64)
+    if name != "nmnist":
+        if images_ds.dtype != np.uint8 or images_ds.shape[1:] != (28, 28):
+            check_images(np.empty((0,) + images_ds.shape[1:], images_ds.dtype), f"{source}/images")
+        x, _ = _digital_output(images_ds[:stop], labels)
+        return x, labels
+    stored_T = int(h5.attrs["T"])
+    if "ids" in group:
+        ids = group["ids"][()]
+        if ids.shape != (count,):
+            raise DataValidationError(f"{source}/ids: {ids.shape[0] if ids.ndim else 0} ids for {count} recordings")
+        check_unique_ids(ids, f"{source}/ids")
+    if images_ds.dtype != np.uint8 or images_ds.ndim != 5 or images_ds.shape[1:] != (
+            stored_T, 2, NMNIST_SENSOR_SIZE, NMNIST_SENSOR_SIZE):
+        raise DataValidationError(f"{source}/images: frames must be uint8 [N, T={stored_T}, 2, 34, 34], got "
+                                  f"{images_ds.dtype} {images_ds.shape}")
+    events_ds = _h5_dataset(group, "events", path)
+    offsets = check_offsets(_h5_dataset(group, "event_offsets", path)[()], events_ds.shape[0],
+                            f"{source}/event_offsets")
+    if offsets.shape[0] != count + 1:
+        raise DataValidationError(f"{source}/event_offsets: {offsets.shape[0]} offsets for {count} recordings "
+                                  f"(must be {count + 1})")
+    stored_duration = int(h5.attrs["duration_us"])  # 0 = per-recording
+    same_binning = stored_T == T and stored_duration == (duration_us or 0)
+    if same_binning:
+        return check_frames(images_ds[:stop], f"{source}/images", steps=T), labels
+    offsets = offsets[: None if stop is None else stop + 1].astype(np.int64)
+    events = events_ds[offsets[0] : offsets[-1]]
+    offsets = offsets - offsets[0]
+    _check_stored_recordings(events, offsets, f"{source}/events")
+    return bin_recordings(events, offsets, T, duration_us), labels
+
+
+def _check_stored_recordings(events: np.ndarray, offsets: np.ndarray, source: str) -> None:
+    """Every stored recording obeys the rules of a ``.bin`` file (``check_recording``), vectorized."""
+    check_event_fields(events, source)
+    backwards = np.diff(events["t_us"].astype(np.int64)) < 0
+    backwards[offsets[1:-1] - 1] = False  # a new recording may start earlier than the last one ended
+    if backwards.any():
+        i = int(np.flatnonzero(backwards)[0])
+        sample = int(np.searchsorted(offsets, i, side="right") - 1)
+        raise DataValidationError(f"{source}: timestamps of recording {sample} go backwards at event {i + 1} "
+                                  f"({int(events['t_us'][i + 1])} us after {int(events['t_us'][i])} us); "
+                                  "the file is corrupt")
 
 
 def load_dataset(
@@ -627,7 +679,7 @@ def load_dataset(
     if found["kind"] == "hdf5":
         return _load_hdf5(found["path"], name, split, T, limit, duration_us)
     if found["kind"] == "idx":
-        images, labels = _load_idx_pair(found["images"], found["labels"])
+        images, labels = _load_idx_pair(found["images"], found["labels"], name)
         return _digital_output(images[:limit], labels[:limit])
     events, offsets, labels = _read_nmnist_split(found["split_dir"], limit)
     frames = bin_recordings(events, offsets, T, duration_us)

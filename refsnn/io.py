@@ -11,8 +11,10 @@ leaves a partial file behind and never destroys the previous version.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ import numpy as np
 from .layers import LAYER_KINDS, AvgPool2d, Conv2d, Flatten, Layer, Linear
 from .network import SNN
 from .neurons import FIRING_MODES, SURROGATES, make_surrogate, surrogate_config
+from .runlock import pid_running
 
 PathLike = Union[str, os.PathLike]
 
@@ -39,51 +42,116 @@ class FormatError(ValueError):
 
 # --- atomic writes -------------------------------------------------------------------------------
 
-def atomic_write_h5(path: PathLike, write: Callable[[h5py.File], None]) -> Path:
-    """Runs ``write(h5file)`` on a temporary file next to ``path``, fsyncs it and renames it
-    onto ``path``. On any exception the temporary file is removed and ``path`` is untouched."""
+class OutputWriteError(OSError, ValueError):
+    """A file could not be written (disk full, read-only or unwritable folder); the previous
+    version of the file is unchanged and no temporary file is left behind."""
+
+
+class CheckpointVerifyError(FormatError):
+    """A checkpoint written to its temporary file did not read back identical; not installed."""
+
+
+class NonFiniteError(ValueError):
+    """Refused to write a checkpoint holding NaN or Inf values (it could not be trained on)."""
+
+
+# Temporary files are ``.<target name>.<writer PID>.<8 random characters>.tmp`` next to the
+# target: the PID lets a later writer of the same target remove those of writers that died.
+_TEMP_SUFFIX = ".tmp"
+
+
+def _temp_pattern(path: Path) -> "re.Pattern[str]":
+    return re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.[a-z0-9_]{{8}}{re.escape(_TEMP_SUFFIX)}$")
+
+
+def clean_orphan_temps(path: PathLike) -> List[Path]:
+    """Removes the temporary files of target ``path`` left by writers that are no longer
+    running on this host (killed mid-write); returns the removed paths. Only names of
+    :func:`_make_temp`'s pattern for this exact target are touched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp_name = _make_temp(path)
+    pattern = _temp_pattern(path)
+    removed = []
     try:
-        with h5py.File(temp_name, "w") as h5:
-            write(h5)
+        entries = list(os.scandir(path.parent))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid() or pid_running(pid):
+            continue
+        try:
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            continue
+        removed.append(Path(entry.path))
+    return removed
+
+
+def _write_error(path: Path, error: OSError) -> OutputWriteError:
+    reason = error.strerror or str(error) or type(error).__name__
+    hint = {errno.ENOSPC: "free disk space or write elsewhere", errno.EDQUOT: "free quota or write elsewhere",
+            errno.EROFS: "the file system is read-only: write elsewhere",
+            errno.EACCES: "no permission: write elsewhere", errno.EPERM: "no permission: write elsewhere"}
+    where = hint.get(error.errno, "check the folder and the disk")
+    unchanged = "the previous version is unchanged" if path.exists() else "nothing was written"
+    return OutputWriteError(error.errno, f"cannot write {path}: {reason}; {unchanged} ({where})")
+
+
+def _atomic_write(path: PathLike, fill: Callable[[str], None], verify: Optional[Callable[[str], None]]) -> Path:
+    path = Path(path)
+    temp_name = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean_orphan_temps(path)
+        temp_name = _make_temp(path)
+        fill(temp_name)
         with open(temp_name, "rb+") as raw:
             os.fsync(raw.fileno())
+        if verify is not None:
+            verify(temp_name)
         os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except FileNotFoundError:
-            pass
-        raise
+        temp_name = None
+    except OSError as error:
+        if isinstance(error, OutputWriteError):
+            raise
+        raise _write_error(path, error) from None
+    finally:
+        if temp_name is not None:
+            try:
+                os.unlink(temp_name)
+            except FileNotFoundError:
+                pass
     _fsync_directory(path.parent)
     return path
+
+
+def atomic_write_h5(path: PathLike, write: Callable[[h5py.File], None],
+                    verify: Optional[Callable[[str], None]] = None) -> Path:
+    """Runs ``write(h5file)`` on a temporary file next to ``path``, fsyncs it, runs
+    ``verify(temp_path)`` (which raises when the file is wrong) and renames it onto ``path``.
+    On any exception the temporary file is removed and ``path`` is untouched; an ``OSError``
+    (disk full, unwritable folder) comes out as :class:`OutputWriteError` with a one-line message."""
+    def fill(temp_name: str) -> None:
+        with h5py.File(temp_name, "w") as h5:
+            write(h5)
+
+    return _atomic_write(path, fill, verify)
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:
     """Writes a text file atomically (temp file + fsync + rename), as :func:`atomic_write_h5`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp_name = _make_temp(path)
-    try:
+    def fill(temp_name: str) -> None:
         with open(temp_name, "w", encoding="utf-8") as out:
             out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_directory(path.parent)
-    return path
+
+    return _atomic_write(path, fill, None)
 
 
 def _make_temp(path: Path) -> str:
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=_TEMP_SUFFIX, dir=path.parent)
     os.close(handle)
     # mkstemp creates the file 0600; give the final file the usual umask-based mode.
     umask = os.umask(0)
@@ -326,6 +394,13 @@ def save_checkpoint(path: PathLike, net: SNN, optimizer, config, history, rng_st
     config_dict = config if isinstance(config, dict) else config.to_dict()
     if isinstance(rng_state, np.random.Generator):
         rng_state = rng_state.bit_generator.state
+    arrays = dict(zip(net.param_names(), net.params()))
+    arrays.update({f"optimizer {name}[{i}]": array for name, buffers in optimizer_state["buffers"].items()
+                   for i, array in enumerate(buffers)})
+    bad = [name for name, array in arrays.items() if not np.all(np.isfinite(array))]
+    if bad:
+        raise NonFiniteError(f"refusing to write checkpoint {path}: {', '.join(bad)} hold NaN or Inf "
+                             "(the previous checkpoint is kept)")
     texts = {"config": _json(config_dict), "history": _json(list(history)), "rng_state": _json(rng_state),
              "extra": _json(extra or {}), "optimizer_hyperparams": _json(optimizer_state["hyperparams"])}
 
@@ -350,7 +425,33 @@ def save_checkpoint(path: PathLike, net: SNN, optimizer, config, history, rng_st
             for index, array in enumerate(arrays):
                 buffers.create_dataset(str(index), data=array)
 
-    return atomic_write_h5(path, write)
+    def verify(temp_name: str) -> None:
+        # Read the written file back before it replaces the previous checkpoint: a file that
+        # does not reload identical (bad disk, bad driver, full disk on close) is never installed.
+        try:
+            stored = load_checkpoint(temp_name)
+        except (FormatError, OSError) as error:
+            raise CheckpointVerifyError(f"checkpoint {path} did not read back after writing ({error}); "
+                                        "the previous checkpoint is kept") from None
+        stored_arrays = dict(zip(stored.net.param_names(), stored.net.params()))
+        stored_arrays.update({f"optimizer {name}[{i}]": array for name, buffers in stored.optimizer_state["buffers"].items()
+                              for i, array in enumerate(buffers)})
+        differ = [name for name in arrays if name not in stored_arrays
+                  or stored_arrays[name].dtype != arrays[name].dtype
+                  or not np.array_equal(stored_arrays[name], arrays[name])]
+        differ += [name for name in stored_arrays if name not in arrays]
+        position = (stored.epoch, stored.step, stored.global_step)
+        if position != (int(epoch), int(step), int(global_step)):
+            differ.append("epoch/step")
+        for key, value in (("config", stored.config), ("history", stored.history), ("rng_state", stored.rng_state),
+                           ("extra", stored.extra), ("optimizer_hyperparams", stored.optimizer_state["hyperparams"])):
+            if _json(value) != texts[key]:
+                differ.append(key)
+        if differ:
+            raise CheckpointVerifyError(f"checkpoint {path} read back different from what was written "
+                                        f"({', '.join(differ)}); the previous checkpoint is kept")
+
+    return atomic_write_h5(path, write, verify)
 
 
 def load_checkpoint(path: PathLike, dtype=None) -> Checkpoint:
@@ -382,10 +483,18 @@ def load_checkpoint(path: PathLike, dtype=None) -> Checkpoint:
                 if sorted(arrays.keys(), key=int) != [str(i) for i in range(count)]:
                     raise FormatError(f"{source}: optimizer buffer {buffer_name!r} is incomplete")
                 buffers[buffer_name] = [arrays[str(i)][()] for i in range(count)]
+        try:
+            hyperparams = json.loads(_attr(opt, "hyperparams", source))
+        except (TypeError, ValueError) as error:
+            raise FormatError(f"{source}: checkpoint/optimizer hyperparams must be JSON text: {error}") from None
+        if not all(isinstance(decoded[key], kind) for key, kind in
+                   (("config", dict), ("history", list), ("rng_state", dict), ("extra", dict))) \
+                or not isinstance(hyperparams, dict):
+            raise FormatError(f"{source}: checkpoint attributes config, rng_state, extra and optimizer hyperparams "
+                              "must be JSON objects and history a JSON list")
         optimizer_state = {"name": _attr(opt, "name", source), "lr": float(_attr(opt, "lr", source)),
                            "step_count": int(_attr(opt, "step_count", source)),
-                           "hyperparams": json.loads(_attr(opt, "hyperparams", source)),
-                           "buffers": buffers}
+                           "hyperparams": hyperparams, "buffers": buffers}
         return Checkpoint(net=net, optimizer_state=optimizer_state, config=decoded["config"],
                           history=decoded["history"], rng_state=decoded["rng_state"],
                           epoch=int(_attr(group, "epoch", source)), step=int(_attr(group, "step", source)),

@@ -22,29 +22,9 @@ import numba
 import numpy as np
 
 from . import kernels
+from .validation import ModelValidationError, check_int_pair, check_parameter_array
 
 Shape = Tuple[int, ...]
-
-
-def _as_float_array(value, name: str, ndim: int) -> np.ndarray:
-    array = np.asarray(value)
-    if array.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.number):
-        raise TypeError(f"{name} must be numeric, got dtype {array.dtype}")
-    array = array.astype(np.float64 if array.dtype != np.float32 else np.float32, copy=True)
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} contains NaN or infinite values; check the weights you loaded")
-    return array
-
-
-def _pair(value, name: str) -> Tuple[int, int]:
-    if np.isscalar(value):
-        value = (int(value), int(value))
-    pair = tuple(int(v) for v in value)
-    if len(pair) != 2:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    return pair
 
 
 class Layer:
@@ -98,13 +78,17 @@ class Linear(Layer):
     kind = "linear"
 
     def __init__(self, weight, bias=None):
-        self.weight = _as_float_array(weight, "Linear weight", 2)
+        self.weight = check_parameter_array(weight, "Linear weight", 2)
+        if min(self.weight.shape) < 1:
+            raise ModelValidationError(f"Linear weight must be [out >= 1, in >= 1], got shape {self.weight.shape}")
         out_features = self.weight.shape[0]
         if bias is None:
             bias = np.zeros(out_features, dtype=self.weight.dtype)
-        self.bias = _as_float_array(bias, "Linear bias", 1).astype(self.weight.dtype)
+        # the bias takes the weight's dtype; re-checked there (1e39 is finite in float64, not in float32)
+        self.bias = check_parameter_array(check_parameter_array(bias, "Linear bias", 1).astype(self.weight.dtype),
+                                          f"Linear bias as {self.weight.dtype}", 1)
         if self.bias.shape != (out_features,):
-            raise ValueError(f"Linear bias must have shape ({out_features},), got {self.bias.shape}")
+            raise ModelValidationError(f"Linear bias must have shape ({out_features},), got {self.bias.shape}")
 
     @property
     def in_features(self) -> int:
@@ -320,17 +304,18 @@ class Conv2d(Layer):
     kind = "conv2d"
 
     def __init__(self, weight, bias=None, stride=1, padding=0):
-        self.weight = _as_float_array(weight, "Conv2d weight", 4)
+        self.weight = check_parameter_array(weight, "Conv2d weight", 4)
         out_channels = self.weight.shape[0]
         if bias is None:
             bias = np.zeros(out_channels, dtype=self.weight.dtype)
-        self.bias = _as_float_array(bias, "Conv2d bias", 1).astype(self.weight.dtype)
+        self.bias = check_parameter_array(check_parameter_array(bias, "Conv2d bias", 1).astype(self.weight.dtype),
+                                          f"Conv2d bias as {self.weight.dtype}", 1)
         if self.bias.shape != (out_channels,):
-            raise ValueError(f"Conv2d bias must have shape ({out_channels},), got {self.bias.shape}")
-        self.stride = _pair(stride, "stride")
-        self.padding = _pair(padding, "padding")
-        if min(self.stride) < 1 or min(self.padding) < 0:
-            raise ValueError(f"stride must be >= 1 and padding >= 0, got {self.stride}, {self.padding}")
+            raise ModelValidationError(f"Conv2d bias must have shape ({out_channels},), got {self.bias.shape}")
+        if min(self.weight.shape) < 1:
+            raise ModelValidationError(f"Conv2d weight must have every axis >= 1, got shape {self.weight.shape}")
+        self.stride = check_int_pair(stride, "Conv2d stride", 1)
+        self.padding = check_int_pair(padding, "Conv2d padding", 0)
 
     @property
     def kernel_size(self) -> Tuple[int, int]:
@@ -477,10 +462,8 @@ class AvgPool2d(Layer):
     kind = "avgpool2d"
 
     def __init__(self, kernel_size, stride: Optional[int] = None):
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride if stride is not None else kernel_size, "stride")
-        if min(self.kernel_size) < 1 or min(self.stride) < 1:
-            raise ValueError("AvgPool2d kernel_size and stride must be >= 1")
+        self.kernel_size = check_int_pair(kernel_size, "AvgPool2d kernel_size", 1)
+        self.stride = check_int_pair(stride if stride is not None else kernel_size, "AvgPool2d stride", 1)
 
     def config(self):
         return {"kernel_size": list(self.kernel_size), "stride": list(self.stride)}

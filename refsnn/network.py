@@ -18,7 +18,9 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from .layers import Layer, Shape
-from .neurons import Rectangular, check_firing, lif_backward, lif_forward
+from .neurons import Rectangular, lif_backward, lif_forward
+from .validation import (ModelValidationError, check_decay, check_dtype, check_firing, check_input_shape,
+                         check_reset_grad, check_threshold, validate_network)
 
 
 @dataclass
@@ -89,13 +91,17 @@ class SNN:
     ----------
     layers: spatial layers in order; every ``Linear``/``Conv2d`` is followed by a LIF neuron,
         ``AvgPool2d``/``Flatten`` are not. The last layer must be ``Linear`` or ``Conv2d``.
-    threshold, decay: ``th`` and ``alpha`` of eqs. 1-2 (paper: 0.25 and 0.25).
+    threshold, decay: ``th`` and ``alpha`` of eqs. 1-2 (paper: 0.25 and 0.25); ``th > 0`` and
+        ``alpha`` in [0, 1], the range the bound rules cover (``refsnn.validation``).
     firing: ``">="`` fires at threshold (paper, eq. 2; SpikingJelly), ``">"`` only strictly above
         (the authors' released code, snnTorch).
     surrogate: derivative used for the Heaviside in BPTT (default: rectangular, 1 on |m - th| < 0.5).
     reset_grad: differentiate the reset path ``(1 - s_{t-1})`` (default True, as the authors' code).
     input_shape: per-sample input shape, e.g. ``(784,)`` or ``(1, 28, 28)``; inferred for a
         first ``Linear`` layer, required for convolutional nets.
+
+    Every setting is checked by ``refsnn.validation.validate_network``; a bad one raises
+    ``ModelValidationError`` (a ``ValueError``) naming the field and the allowed range.
     """
 
     def __init__(self, layers: Sequence[Layer], threshold: float = 0.25, decay: float = 0.25,
@@ -103,40 +109,39 @@ class SNN:
                  input_shape: Optional[Sequence[int]] = None, dtype=np.float64):
         layers = list(layers)
         if not layers:
-            raise ValueError("an SNN needs at least one Linear or Conv2d layer")
-        for layer in layers:
+            raise ModelValidationError("an SNN needs at least one Linear or Conv2d layer")
+        for index, layer in enumerate(layers):
             if not isinstance(layer, Layer):
-                raise TypeError(f"layers must be refsnn layers (Linear, Conv2d, AvgPool2d, Flatten), got {type(layer)}")
+                raise ModelValidationError(f"layer {index} must be a refsnn layer (Linear, Conv2d, AvgPool2d, "
+                                           f"Flatten), got {type(layer).__name__}")
         if not layers[-1].has_neuron:
-            raise ValueError("the last layer must be Linear or Conv2d (a LIF neuron follows it and "
-                             f"produces the output spikes), got {type(layers[-1]).__name__}")
-        if not np.isfinite(threshold) or not np.isfinite(decay):
-            raise ValueError("threshold and decay must be finite numbers")
-        if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"decay (alpha) must lie in [0, 1], got {decay}")
-        self.threshold = float(threshold)
-        self.decay = float(decay)
+            raise ModelValidationError("the last layer must be Linear or Conv2d (a LIF neuron follows it and "
+                                       f"produces the output spikes), got {type(layers[-1]).__name__}")
+        self.dtype = check_dtype(dtype)
+        self.threshold = check_threshold(threshold, self.dtype)
+        self.decay = check_decay(decay)
         self.firing = check_firing(firing)
         self.surrogate = surrogate if surrogate is not None else Rectangular()
-        self.reset_grad = bool(reset_grad)
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.reset_grad = check_reset_grad(reset_grad)
         self.layers = [layer.astype(self.dtype) for layer in layers]
         if input_shape is None and self.layers[0].kind == "linear":
             input_shape = (self.layers[0].in_features,)
         if input_shape is None:
-            raise ValueError("input_shape is required when the first layer is not Linear, "
-                             "e.g. SNN(layers, input_shape=(1, 28, 28))")
-        self.input_shape: Shape = tuple(int(v) for v in input_shape)
+            raise ModelValidationError("input_shape is required when the first layer is not Linear, "
+                                       "e.g. SNN(layers, input_shape=(1, 28, 28))")
+        self.input_shape: Shape = check_input_shape(input_shape)
         self.stages = self._build_stages()
+        validate_network(self)
 
     # --- structure -------------------------------------------------------------------------
     def _build_stages(self) -> List[Stage]:
         stages, ops, shapes = [], [], []
         shape = stage_input = self.input_shape
-        for layer in self.layers:
-            shape = tuple(layer.output_shape(shape))
+        for index, layer in enumerate(self.layers):
+            try:
+                shape = tuple(layer.output_shape(shape))
+            except ValueError as error:
+                raise ModelValidationError(f"layer {index} ({layer.kind}) does not chain: {error}") from None
             ops.append(layer)
             shapes.append(shape)
             if layer.has_neuron:

@@ -19,14 +19,7 @@ from typing import Tuple
 
 import numpy as np
 
-FIRING_MODES = (">=", ">")
-
-
-def check_firing(firing: str) -> str:
-    if firing not in FIRING_MODES:
-        raise ValueError(f"firing must be '>=' (the paper's eq. 2, fires at threshold) or '>' "
-                         f"(fires strictly above, as snnTorch and the authors' code), got {firing!r}")
-    return firing
+from .validation import FIRING_MODES, check_firing  # noqa: F401  (the firing rule lives there)
 
 
 def fire(membrane: np.ndarray, threshold: float, firing: str = ">=") -> np.ndarray:

@@ -106,7 +106,9 @@ def test_float32_network_bounds_contain_its_forward_near_threshold():
     x = (rng.random((3, 5, 30)) < 0.5).astype(np.uint8)
     net64 = SNN([Linear(weights.astype(np.float64))], threshold=0.3)
     # Thresholds placed on float32 membranes of the forward: ties in float32 arithmetic.
-    net32 = SNN([Linear(weights)], threshold=float(net64.run(x).membranes[0][0, 0, 0]), dtype=np.float32)
+    membranes = net64.run(x).membranes[0]
+    # (thresholds must be > 0: the first positive membrane of the run)
+    net32 = SNN([Linear(weights)], threshold=float(membranes[membranes > 0][0]), dtype=np.float32)
     lower, upper = compute_bounds(net32, x, x, method="best")
     rates = net32.forward(x)
     assert np.all(lower <= rates) and np.all(rates <= upper)

@@ -218,7 +218,7 @@ def test_read_idx_corrupt_gzip_and_tiny_file(tmp_path):
 
 
 def test_read_nmnist_bin_decodes_fields(tmp_path):
-    events = make_events([(0, 33, 1, 0), (33, 0, 0, 0x7FFFFF), (5, 7, 1, 0x012345), (5, 7, 0, 0x012345)])
+    events = make_events([(0, 33, 1, 0), (5, 7, 0, 0x012345), (5, 7, 1, 0x012345), (33, 0, 0, 0x7FFFFF)])
     path = tmp_path / "00001.bin"
     path.write_bytes(nmnist_bytes(events))
     # spot-check the layout by hand: byte2 bit 7 = polarity, then 23-bit big-endian time
@@ -229,11 +229,12 @@ def test_read_nmnist_bin_decodes_fields(tmp_path):
         np.testing.assert_array_equal(got[field], events[field])
 
 
-def test_read_nmnist_bin_keeps_unsorted_events(tmp_path):
+def test_read_nmnist_bin_refuses_unsorted_events(tmp_path):
     events = make_events([(1, 1, 0, 500), (2, 2, 1, 100), (3, 3, 0, 300)])
     path = tmp_path / "unsorted.bin"
     path.write_bytes(nmnist_bytes(events))
-    np.testing.assert_array_equal(read_nmnist_bin(path)["t_us"], [500, 100, 300])
+    with pytest.raises(ValueError, match=r"unsorted\.bin.*non-decreasing"):
+        read_nmnist_bin(path)
 
 
 def test_read_nmnist_bin_bad_length(tmp_path):
@@ -254,7 +255,8 @@ def test_read_nmnist_bin_out_of_range_coordinates(tmp_path, x, y):
 def test_read_nmnist_bin_empty_file(tmp_path):
     path = tmp_path / "empty.bin"
     path.write_bytes(b"")
-    assert read_nmnist_bin(path).shape == (0,)
+    with pytest.raises(ValueError, match=r"empty\.bin.*no events"):
+        read_nmnist_bin(path)
 
 
 # --------------------------------------------------------------------------- binning

@@ -45,6 +45,7 @@ import numpy as np
 from ..layers import AvgPool2d, Conv2d, Flatten, Linear
 from ..network import SNN
 from ..neurons import check_firing, lif_forward
+from ..validation import ModelValidationError, check_decay, check_threshold
 from . import TORCH_REQUIREMENT, require_torch
 
 FRAMEWORKS = ("snntorch", "spikingjelly", "plain")
@@ -795,6 +796,11 @@ def import_module(module, framework: str, input_shape: Optional[Sequence[int]] =
     rng = np.random.default_rng(seed)
     net_threshold = _unique([n.threshold for n in neurons], "threshold", neurons)
     net_decay = _unique([n.decay for n in neurons], "decay (alpha)", neurons)
+    try:  # refsnn's model rules (refsnn.validation), before any probing: e.g. a threshold <= 0 is refused
+        check_threshold(net_threshold, np_dtype)
+        check_decay(net_decay)
+    except ModelValidationError as error:
+        raise ImportRefused(f"{', '.join(n.name for n in neurons)}: {error}") from None
     probed = []
     for neuron in neurons:
         if neuron.module is None:
