@@ -240,10 +240,11 @@ def add_atol(parser: argparse.ArgumentParser, default: float = 0.0, detail: str 
                         help=f"{VOCABULARY['--atol']}, finite and >= 0{detail}")
 
 
-def add_progress(parser: argparse.ArgumentParser) -> None:
-    """``--quiet`` and ``--no-progress``."""
+def add_progress(parser: argparse.ArgumentParser, bars: bool = True) -> None:
+    """``--quiet``, and ``--no-progress`` for commands that show progress bars (``bars``)."""
     parser.add_argument("--quiet", action="store_true", help=VOCABULARY["--quiet"])
-    parser.add_argument("--no-progress", action="store_true", help=VOCABULARY["--no-progress"])
+    if bars:
+        parser.add_argument("--no-progress", action="store_true", help=VOCABULARY["--no-progress"])
 
 
 # --- old spellings -------------------------------------------------------------------------------
@@ -348,6 +349,17 @@ def check_out_dir(path: Path, option: str = "--out") -> Path:
     return path
 
 
+def check_out_file(path: Optional[str], option: str) -> Optional[Path]:
+    """Refuse (CLIError) an output FILE option that names a folder or whose folder cannot be written."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        raise CLIError(f"{option} {path} is a folder; {option} names a file")
+    check_out_dir(path.parent if str(path.parent) else Path("."), option=f"{option} {path}: its folder")
+    return path
+
+
 # --- main wrapper --------------------------------------------------------------------------------
 
 #: What a user can cause: bad values and files (ValueError, refsnn.io.FormatError, CLIError), missing,
@@ -388,5 +400,6 @@ __all__ = ["DATASETS", "SEED_DEFAULT", "VOCABULARY", "CLIError", "HelpFormatter"
            "int_at_least", "positive_int", "nonnegative_int", "positive_float", "nonnegative_float", "open_unit_float",
            "eps_value", "eps_list", "add_model", "add_dataset", "add_n", "add_seed", "add_T", "add_robust_T",
            "add_eps", "add_batch_size", "add_out", "add_time_limit", "add_atol", "add_progress", "add_deprecated",
-           "warn", "check_robust_T", "model_time_steps", "default_out", "out_folder", "check_out_dir", "run_main",
+           "warn", "check_robust_T", "model_time_steps", "default_out", "out_folder", "check_out_dir", "check_out_file",
+           "run_main",
            "USER_ERRORS"]

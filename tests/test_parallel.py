@@ -196,7 +196,7 @@ def test_dataset_verification_cli_with_workers_matches_serial(tmp_path):
     for mode, extra in (("serial", []), ("cluster", ["--workers", "2"])):
         out = tmp_path / mode
         assert main(["--model", str(path), "--dataset", "mnist-subset", "--n", "5", "--eps", "0.02",
-                     "--horizon", "2", "--time-limit", "60", "--chunk-size", "2", "--out", str(out),
+                     "--robust-T", "2", "--time-limit", "60", "--batch-size", "2", "--out", str(out),
                      "--no-progress"] + extra) == 0
         document = json.loads((out / "verify.json").read_text())
         outputs[mode] = ([{k: v for k, v in r.items() if k != "seconds"} for r in document["samples"]],

@@ -12,13 +12,13 @@ sample does not depend on which other samples run, in which order or on which ma
 The verdict per sample is ``verify.robust_query``'s: "robust" (every margin ``f_label - f_j``
 strictly positive over the set), "not_robust" (with the witness's prediction) or "unknown" (solver
 time limit). The sample selection is ``refsnn.attacks.protocol.select_samples`` (sorted, seeded).
-Chunks of ``--chunk-size`` samples run serially or, with ``--workers N`` / ``--scheduler ADDRESS``,
+Chunks of ``--batch-size`` samples run serially or, with ``--workers N`` / ``--scheduler ADDRESS``,
 as one Dask task each (``refsnn.parallel``): the per-sample records and the summary are identical
 to the serial run as long as no query reaches ``--time-limit`` (a time limit depends on the
 machine's speed; such samples say "unknown" with the reason).
 
     python -m verify.dataset --model runs/small/model.h5 --dataset mnist --n 100 --eps 0.02 \\
-        --horizon 3 --time-limit 60 --workers 8 --out results/verify/mnist-small
+        --robust-T 3 --time-limit 60 --workers 8 --out runs/verify/mnist-small
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from refsnn import cli
 from refsnn.encoders import bernoulli_encode, draw_rand_maps
 from refsnn.network import SNN
 from refsnn.parallel import add_cluster_arguments, chunk_ranges, dask_client, map_chunks
@@ -141,29 +142,36 @@ def verify_dataset(net: SNN, x: np.ndarray, labels: np.ndarray, indices: Sequenc
     return {"samples": samples, "summary": summary}
 
 
+PROG = "python -m verify.dataset"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m verify.dataset",
-                                     description="Exact MILP robustness of every selected sample of a test split.")
+    """The ``python -m verify.dataset`` parser (shared vocabulary of ``refsnn.cli``)."""
+    parser = cli.make_parser(PROG, "Exact MILP robustness of every selected sample of a test split.")
     add = parser.add_argument
-    add("--model", required=True, help="model file (refsnn HDF5 format, docs/FORMAT.md)")
-    add("--dataset", required=True, choices=("mnist", "fmnist", "nmnist", "mnist-subset"))
-    add("--data-dir", help="data folder (default: refsnn.data's lookup order)")
-    add("--split", choices=("train", "test"), default="test")
-    add("--n", type=int, default=20, help="number of samples (sorted seeded selection, default 20)")
-    add("--eps", type=float, default=0.02, help="radius parameter (digital: eps/2 under --convention paper)")
-    add("--set", dest="input_set", choices=("digital", "spike"), help="input set (default: by dataset)")
-    add("--convention", choices=("paper", "authors"), default="paper")
-    add("--horizon", type=int, default=3, help="time steps T' of the verified set (default 3)")
-    add("--seed", type=int, default=0, help="selection and per-sample rand-map seed (default 0)")
-    add("--time-limit", type=float, default=60.0, help="seconds per MILP (default 60)")
+    cli.add_model(parser)
+    cli.add_dataset(parser, required=True)
+    add("--split", choices=("train", "test"), default="test", help="data split")
+    cli.add_n(parser, 20, detail=" (sorted seeded selection of --split)")
+    cli.add_eps(parser, 0.02, detail=" (digital: l-inf radius eps/2 under --convention paper)")
+    add("--set", dest="input_set", choices=("digital", "spike"),
+        help="input set (default: spike for nmnist, digital otherwise)")
+    add("--convention", choices=("paper", "authors"), default="paper",
+        help="digital l-inf radius: paper = eps/2, authors = eps")
+    cli.add_robust_T(parser, 3, detail="; the verified set (T is the model's stored training T when it has one)")
+    cli.add_seed(parser, detail=" (selection and per-sample rand maps)")
+    cli.add_time_limit(parser, 60.0)
     add("--solver", default=None, help="PuLP solver (default: HiGHS when installed, else CBC)")
-    add("--chunk-size", type=int, default=4, help="samples per task (default 4)")
-    add("--out", help="output folder (default results/verify/<dataset>-<model name>)")
-    add("--no-progress", action="store_true")
+    cli.add_batch_size(parser, 4, detail=" (one task)")
+    cli.add_out(parser, "runs/verify/<dataset>-<model name>; writes verify.json and verify.csv")
+    cli.add_progress(parser)
     add_cluster_arguments(parser)
+    cli.add_deprecated(parser, "--horizon", "--robust-T", "robust_T", cli.positive_int)
+    cli.add_deprecated(parser, "--chunk-size", "--batch-size", "batch_size", cli.positive_int)
     return parser
 
 
+@cli.run_main(PROG)
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from refsnn.attacks.protocol import select_samples
     from refsnn.data import load_dataset
@@ -172,17 +180,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.n < 1 or args.chunk_size < 1 or args.horizon < 1:
-        parser.error("--n, --chunk-size and --horizon must be >= 1")
+    model_name = Path(args.model).parent.name if Path(args.model).stem == "model" else Path(args.model).stem
+    out = cli.check_out_dir(Path(args.out) if args.out else cli.default_out("verify", args.dataset, model_name))
     input_set = args.input_set or ("spike" if args.dataset in EVENT_DATASETS else "digital")
     try:
         config = DatasetVerifyConfig(eps=args.eps, input_set=input_set, convention=args.convention,
-                                     horizon=args.horizon, seed=args.seed, time_limit=args.time_limit,
-                                     solver=args.solver, chunk_size=args.chunk_size)
+                                     horizon=args.robust_T, seed=args.seed, time_limit=args.time_limit,
+                                     solver=args.solver, chunk_size=args.batch_size)
         net = load_model(args.model, dtype=np.float64)
     except (OSError, ValueError) as error:
         parser.error(str(error))
-    x_all, y_all = load_dataset(args.dataset, args.split, data_dir=args.data_dir, T=args.horizon)
+    cli.check_robust_T(args.robust_T, cli.model_time_steps(args.model), "the model's training T")
+    x_all, y_all = load_dataset(args.dataset, args.split, data_dir=args.data_dir, T=args.robust_T)
     try:
         indices = select_samples(len(y_all), args.n, args.seed)
     except ValueError as error:
@@ -192,7 +201,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if tuple(net.input_shape) != expected:
         parser.error(f"the model expects inputs {net.input_shape}, the dataset gives {expected}")
     bar = None
-    if not args.no_progress:
+    if not (args.no_progress or args.quiet):
         from tqdm import tqdm
 
         bar = tqdm(total=args.n, desc="verify", unit="sample", file=sys.stderr)
@@ -207,8 +216,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - started
-    model_name = Path(args.model).parent.name if Path(args.model).stem == "model" else Path(args.model).stem
-    out = Path(args.out or f"results/verify/{args.dataset}-{model_name}")
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m verify.dataset " + " ".join(shlex.quote(a) for a in argv)
     import os
