@@ -5,31 +5,46 @@
 
 MODEL: refsnn's HDF5 model format (docs/FORMAT.md). CASES: see ``verify.cases``.
 
+What "sound" means. The true value of a quantity (``c . f``, a membrane, a margin) for an input is
+the one computed in exact rational arithmetic from the model's stored float weights, threshold
+and decay (``verify.exact``): no rounding, and a membrane exactly on the threshold fires under
+``">="`` and not under ``">"``. A claimed bound ``[lo, hi]`` is sound iff for every member of the
+box the true value ``v`` satisfies ``lo - atol <= v <= hi + atol``, evaluated exactly (claims and
+``atol`` are the rationals their floats denote; ``atol = 0`` allows no slack). A claim off by one
+ulp is unsound.
+
 Per case and sample the checker:
 
 1. compares the claimed bounds of ``C f`` with refsnn's own S-IBP and S-CROWN (``looser``,
-   ``equal`` or ``tighter`` than the best of the two; tighter on the same relaxation is suspicious);
-   a claim at least as loose as refsnn's bound is implied sound by it;
-2. tries to refute every other claim with a real input: the exact MILP (``verify.milp``) on small
-   networks (``--method auto`` picks it when the model has few binaries), or sampling plus
-   near-threshold local search (``verify.search``) on large ones. A refuted claim is UNSOUND, with
-   the witness input and the output that the real forward pass gives for it;
+   ``equal`` or ``tighter`` than the best of the two, a statistic); a claim that refsnn's
+   outward-rounded bound implies in exact arithmetic is sound;
+2. decides every other claim: on sets of at most ``max_exact_members`` members (``--method
+   auto``) by running every member through the exact forward pass (complete and exact); on small
+   networks by the MILP (``verify.milp``), whose witness is replayed exactly and whose bound counts
+   as proof only as a rational bound (for integer rows the integer grid of ``T' c . f``); on large
+   ones by sampling plus near-threshold local search (``verify.search``), which can refute but not
+   prove. A refuted claim is UNSOUND, with a witness input whose exact output violates it;
 3. checks claimed membrane bounds the same way (claims tighter than refsnn's S-IBP only);
-4. refutes "certified" verdicts by finding a member whose margin ``f_label - f_j`` is <= 0 for
-   some ``j``: misclassified, or a tie (spike-rate outputs are multiples of 1/T', and a margin of
-   exactly 0 certifies nothing).
+4. refutes "certified" verdicts by finding a member whose exact margin ``f_label - f_j`` is <= 0
+   for some ``j``: misclassified, or a tie (a margin of exactly 0 certifies nothing).
 
 Status per case: UNSOUND (something refuted), SOUND (every claim proven: implied by refsnn's
-bounds or by an exact MILP), NOT_REFUTED (no counterexample found, some claim unproven).
-Exit code 1 if anything is UNSOUND, 2 for bad input (one-line message), else 0.
+bounds, by exact enumeration or by the MILP), NOT_REFUTED (no counterexample found, some claim
+unproven: search only, a solver time limit, or an unresolved tie gap).
+
+Exit codes: 0 every case SOUND; 1 some case UNSOUND; 2 usage or input error (a one-line message
+naming the file, case and field), nothing checked; 3 undecided: no case UNSOUND but some
+NOT_REFUTED.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from typing import List, Optional
 
 import numpy as np
@@ -38,17 +53,31 @@ from refsnn.network import SNN
 
 from .cases import Case, CasesError, read_cases
 from .encoding import VerifierError, float64_network
+from .exact import ExactNetwork, ExactTrace, excess, outside
 from .milp import SampleVerifier, robust_query
 from .search import closest_to_threshold, search_extremes, search_membranes
 from .sets import BoxSet
 from .specs import margin_specs, normalize_specs
 
 METHODS = ("auto", "milp", "search")
+EXIT_SOUND, EXIT_UNSOUND, EXIT_USAGE, EXIT_UNDECIDED = 0, 1, 2, 3
+EXIT_CODES_HELP = ("exit codes: 0 every case SOUND; 1 some claim refuted (UNSOUND, with a witness); "
+                   "2 usage or input error (one-line message); 3 undecided (no claim refuted, some "
+                   "not proven: search only, a time limit or a tie gap)")
+
+
+class CheckConfigError(ValueError):
+    """An option of the checker is out of range; the message names it and the allowed range."""
 
 
 @dataclass
 class CheckConfig:
-    """Options of the checker (saved in the report)."""
+    """Options of the checker (saved in the report); validated on construction (``CheckConfigError``).
+
+    ``atol``: tolerated excess of a claim over a true value, finite and >= 0 (0: none).
+    ``max_exact_members``: ``method="auto"`` decides sets of at most this many members by exact
+    enumeration (and at most ``max_exact_work`` member-weights of exact arithmetic).
+    """
 
     method: str = "auto"
     time_limit: float = 30.0
@@ -57,9 +86,34 @@ class CheckConfig:
     max_milp_binaries: int = 400
     max_membrane_targets: int = 200
     seed: int = 0
+    max_exact_members: int = 1024
+    max_exact_work: int = 50_000_000
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise CheckConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        for name in ("atol", "time_limit"):
+            value = getattr(self, name)
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise CheckConfigError(f"{name} must be a number, got {value!r}") from None
+            setattr(self, name, value)
+        if not math.isfinite(self.atol) or self.atol < 0:
+            raise CheckConfigError(f"atol (--atol) must be a finite number >= 0 (the slack allowed between a "
+                                   f"claim and a true value; 0 = none), got {self.atol!r}")
+        if not math.isfinite(self.time_limit) or self.time_limit <= 0:
+            raise CheckConfigError(f"time_limit (--time-limit) must be a finite number of seconds > 0, "
+                                   f"got {self.time_limit!r}")
+        for name, low in (("samples", 1), ("max_milp_binaries", 0), ("max_membrane_targets", 0), ("seed", 0),
+                          ("max_exact_members", 0), ("max_exact_work", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise CheckConfigError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def _relation(claimed: float, reference: float, side: str, tol: float = 1e-9) -> str:
+    """Statistic only (never a decision): ``equal`` within ``tol``, else tighter or looser."""
     if abs(claimed - reference) <= tol * (1 + abs(reference)):
         return "equal"
     tighter = claimed > reference if side == "lower" else claimed < reference
@@ -74,32 +128,76 @@ def _estimate_binaries(net: SNN, box: BoxSet) -> int:
     return box.n_free + unstable
 
 
-def _witness_record(net64: SNN, x: np.ndarray, net: Optional[SNN] = None) -> dict:
-    """The witness, its float64 output, and the membrane closest to the threshold on its trajectory
-    (a tiny gap there is where single-precision arithmetic can flip a spike)."""
-    rates = net64.forward(x[:, None])[0]
-    gap, where = closest_to_threshold(net64, x[:, None])
-    record = {"input": x.astype(int).tolist(), "rates": rates.tolist(), "prediction": int(np.argmax(rates)),
-              "closest_membrane_to_threshold": {"gap": gap, "stage": where[0], "t": where[1], "neuron": where[3]}}
-    if net is not None and net.dtype != np.float64:
-        own = net.forward(x[:, None])[0]
-        record[f"rates_{net.dtype.name}"] = own.tolist()
-        record["dtype_disagrees"] = bool(np.any(own != rates))
-    return record
+def _rational(value) -> dict:
+    """A rational (or +-inf) for the report: the nearest float and the exact ``p/q`` text."""
+    if isinstance(value, Fraction):
+        return {"float": float(value), "exact": str(value)}
+    return {"float": float(value), "exact": repr(float(value))}
+
+
+def _rate_bound(bound: Optional[float], coefs: np.ndarray, steps: int, sense: str) -> Optional[Fraction]:
+    """A MILP bound of ``c . f`` as a rational. For integer ``c``, ``T' c . f`` is an integer for every
+    input, so the bound rounds inward to the grid only past the solver's tolerance (1e-6)."""
+    if bound is None or not math.isfinite(bound):
+        return None
+    if np.all(coefs == np.round(coefs)):
+        scaled = bound * steps
+        return Fraction(math.ceil(scaled - 1e-6) if sense == "min" else math.floor(scaled + 1e-6), steps)
+    return Fraction(bound)
+
+
+def _margin(trace: ExactTrace, label: int) -> tuple:
+    """Smallest exact margin ``f_label - f_j`` over ``j != label`` and its ``j``."""
+    rates = trace.rates
+    others = [j for j in range(len(rates)) if j != label]
+    j = min(others, key=lambda c: rates[label] - rates[c])
+    return rates[label] - rates[j], j
 
 
 class Checker:
     def __init__(self, net: SNN, config: CheckConfig):
-        if config.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {config.method!r}")
+        if not isinstance(config, CheckConfig):
+            raise CheckConfigError(f"config must be a CheckConfig, got {type(config).__name__}")
         self.net = net
         self.net64 = float64_network(net)
+        self.exact = ExactNetwork(net)
         self.config = config
+        self.n_weights = sum(int(layer.weight.size) for layer in net.layers if hasattr(layer, "weight"))
+
+    def _witness_record(self, x: np.ndarray, trace: Optional[ExactTrace] = None) -> dict:
+        """The witness, its exact output (``rates``; ``rates_exact`` as fractions), the float64 and
+        own-dtype outputs, and the membrane closest to the threshold on its float64 trajectory."""
+        trace = trace if trace is not None else self.exact.run(x)
+        rates = trace.rates
+        float64 = self.net64.forward(x[:, None])[0]
+        gap, where = closest_to_threshold(self.net64, x[:, None])
+        record = {"input": x.astype(int).tolist(), "rates": [float(r) for r in rates],
+                  "rates_exact": [str(r) for r in rates], "prediction": int(np.argmax(trace.counts)),
+                  "rates_float64": float64.tolist(),
+                  "float64_disagrees": bool(np.any(float64 != np.array([float(r) for r in rates]))),
+                  "closest_membrane_to_threshold": {"gap": gap, "stage": where[0], "t": where[1], "neuron": where[3]}}
+        if self.net.dtype != np.float64:
+            own = self.net.forward(x[:, None])[0]
+            record[f"rates_{self.net.dtype.name}"] = own.tolist()
+            record["dtype_disagrees"] = bool(np.any(own != float64))
+        return record
+
+    def _choose(self, box: BoxSet) -> str:
+        config = self.config
+        if config.method == "auto":
+            members = box.count()
+            if members <= config.max_exact_members and members * max(self.n_weights, 1) <= config.max_exact_work:
+                return "exact"
+        if config.method == "milp" or (
+                config.method == "auto" and _estimate_binaries(self.net, box) <= config.max_milp_binaries):
+            return "milp"
+        return "search"
 
     def check_case(self, case: Case) -> dict:
         from refsnn.bounds import compute_bounds, interval_bounds
         start = time.perf_counter()
         net, config = self.net, self.config
+        atol = config.atol
         specs = normalize_specs(case.C, case.batch, net.n_outputs)
         ibp = compute_bounds(net, case.x_lower, case.x_upper, method="ibp", C=specs)
         crown = compute_bounds(net, case.x_lower, case.x_upper, method="crown-ibp", C=specs)
@@ -116,10 +214,12 @@ class Checker:
 
         for b in range(case.batch):
             box = BoxSet(case.x_lower[:, b], case.x_upper[:, b])
-            use_milp = config.method == "milp" or (
-                config.method == "auto" and _estimate_binaries(net, box) <= config.max_milp_binaries)
-            report["methods_used"].append("milp" if use_milp else "search")
-            verifier = SampleVerifier(net, box, "auto", config.time_limit) if use_milp else None
+            method = self._choose(box)
+            report["methods_used"].append(method)
+            verifier = SampleVerifier(net, box, "auto", config.time_limit) if method == "milp" else None
+            # exact enumeration: every member's exact trajectory, shared by all claims of the sample
+            members = ([(x, self.exact.run(x)) for batch in box.enumerate(256) for x in batch.swapaxes(0, 1)]
+                       if method == "exact" else None)
             rng = np.random.default_rng(config.seed + b)
             # --- output claims -----------------------------------------------------------
             for side, claims, sense in (("lower", case.claimed_lower, "min"), ("upper", case.claimed_upper, "max")):
@@ -129,32 +229,42 @@ class Checker:
                         "best": best[0 if side == "lower" else 1]}
                 for i in range(specs.shape[1]):
                     claim = float(claims[b, i])
+                    coefs = specs[b, i]
                     counts["claims"] += 1
                     for ref, values in refs.items():
                         comparison[side][ref][_relation(claim, float(values[b, i]), side)] += 1
-                    if _relation(claim, float(refs["best"][b, i]), side) != "tighter":
-                        counts["implied"] += 1
+                    reference = float(refs["best"][b, i])
+                    if math.isfinite(reference) and not outside(Fraction(reference), claim, side, atol):
+                        counts["implied"] += 1  # refsnn's bound contains every exact value
                         continue
-                    if use_milp:
-                        ext = verifier.rate_extreme(specs[b, i], sense)
-                        reached, witness, proven_bound = ext.attained, ext.witness, ext.bound
-                        how = f"milp ({ext.status})"
+                    witness, trace, proof, how = None, None, None, method
+                    if method == "exact":
+                        pick = min if sense == "min" else max
+                        witness, trace = pick(members, key=lambda item: item[1].value(coefs))
+                        proof = trace.value(coefs)  # the exact extreme over every member
+                    elif method == "milp":
+                        ext = verifier.rate_extreme(coefs, sense)
+                        witness, how = ext.witness, f"milp ({ext.status})"
+                        proof = _rate_bound(ext.bound, coefs, case.steps, sense)
                     else:
                         searched = search_extremes(net, box, specs[b, i:i + 1], samples=config.samples, rng=rng,
                                                    senses=(sense,))
-                        reached = float(searched.min[0] if sense == "min" else searched.max[0])
                         witness = searched.argmin[0] if sense == "min" else searched.argmax[0]
-                        proven_bound, how = None, "search"
-                    excess = (claim - reached) if side == "lower" else (reached - claim)
-                    if reached is not None and excess > config.atol:
+                    value = None
+                    if witness is not None:
+                        trace = trace if trace is not None else self.exact.run(witness)
+                        value = trace.value(coefs)
+                    if value is not None and outside(value, claim, side, atol):
                         counts["refuted"] += 1
                         report["violations"].append({
-                            "sample": b, "spec": i, "C_row": specs[b, i].tolist(), "side": side, "claimed": claim,
-                            "true_value": reached, "excess": excess, "found_by": how,
-                            "witness": _witness_record(self.net64, witness, self.net)})
-                    elif proven_bound is not None and (
-                            claim <= proven_bound + config.atol if side == "lower" else claim >= proven_bound - config.atol):
-                        counts["proven"] += 1
+                            "sample": b, "spec": i, "C_row": coefs.tolist(), "side": side, "claimed": claim,
+                            "true_value": float(value), "true_value_exact": str(value),
+                            "excess": _rational(excess(value, claim, side)), "atol": atol, "found_by": how,
+                            "witness": self._witness_record(witness, trace)})
+                    elif proof is not None and (value is None or not (proof > value if sense == "min"
+                                                                      else proof < value)) \
+                            and not outside(proof, claim, side, atol):
+                        counts["proven"] += 1  # a sound bound that no exact member value contradicts
                     else:
                         counts["unproven"] += 1
             # --- membrane claims ---------------------------------------------------------
@@ -163,32 +273,46 @@ class Checker:
                 for k, array in (stages or {}).items():
                     claim = array[:, b].reshape(case.steps, -1)
                     ref = (intervals.mem_lower if side == "lower" else intervals.mem_upper)[k][:, b].reshape(case.steps, -1)
-                    tighter = claim > ref if side == "lower" else claim < ref
                     mem_counts["claims"] += claim.size
-                    mem_counts["implied"] += int(claim.size - np.count_nonzero(tighter))
-                    for t, j in np.argwhere(tighter):
-                        margin = abs(claim[t, j] - ref[t, j])
-                        targets.append((margin, k, int(t), int(j), sense, float(claim[t, j])))
+                    for t, j in np.ndindex(*claim.shape):
+                        if math.isfinite(ref[t, j]) and not outside(Fraction(float(ref[t, j])), claim[t, j], side, atol):
+                            mem_counts["implied"] += 1
+                        else:
+                            margin = abs(claim[t, j] - ref[t, j]) if math.isfinite(claim[t, j]) else math.inf
+                            targets.append((margin, k, int(t), int(j), sense, float(claim[t, j])))
             targets.sort(key=lambda item: -item[0])  # the most aggressive claims first
-            mem_counts["unproven"] += max(0, len(targets) - config.max_membrane_targets)
-            targets = targets[:config.max_membrane_targets]
-            if targets and not use_milp:
+            if method != "exact":
+                mem_counts["unproven"] += max(0, len(targets) - config.max_membrane_targets)
+                targets = targets[:config.max_membrane_targets]
+            if targets and method == "search":
                 found = search_membranes(net, box, [(k, t, j, sense) for _, k, t, j, sense, _ in targets],
                                          samples=min(config.samples, 128), rng=rng)
             for index, (_, k, t, j, sense, claim) in enumerate(targets):
-                if use_milp:
+                side = "lower" if sense == "min" else "upper"
+                witness, trace, proof = None, None, None
+                if method == "exact":
+                    pick = min if sense == "min" else max
+                    witness, trace = pick(members, key=lambda item: item[1].membrane(k, t, j))
+                    proof = trace.membrane(k, t, j)
+                elif method == "milp":
                     ext = verifier.membrane_extreme(k, t, j, sense)
-                    reached, witness, bound = ext.attained, ext.witness, ext.bound
+                    witness = ext.witness
+                    proof = Fraction(ext.bound) if math.isfinite(ext.bound) else None
                 else:
-                    reached, witness, bound = found[index].value, found[index].x, None
-                excess = (claim - reached) if sense == "min" else (reached - claim)
-                if reached is not None and excess > config.atol:
+                    witness = found[index].x
+                value = None
+                if witness is not None:
+                    trace = trace if trace is not None else self.exact.run(witness)
+                    value = trace.membrane(k, t, j)
+                if value is not None and outside(value, claim, side, atol):
                     mem_counts["refuted"] += 1
                     report["membrane_violations"].append({
-                        "sample": b, "stage": k, "t": t, "neuron": j, "side": "lower" if sense == "min" else "upper",
-                        "claimed": claim, "true_value": reached, "excess": excess,
-                        "witness": _witness_record(self.net64, witness, self.net)})
-                elif bound is not None and (claim <= bound if sense == "min" else claim >= bound):
+                        "sample": b, "stage": k, "t": t, "neuron": j, "side": side, "claimed": claim,
+                        "true_value": float(value), "true_value_exact": str(value),
+                        "excess": _rational(excess(value, claim, side)), "atol": atol,
+                        "witness": self._witness_record(witness, trace)})
+                elif proof is not None and (value is None or not (proof > value if sense == "min" else proof < value)) \
+                        and not outside(proof, claim, side, atol):
                     mem_counts["proven"] += 1
                 else:
                     mem_counts["unproven"] += 1
@@ -199,30 +323,40 @@ class Checker:
                 detail = {"sample": b, "label": label}
                 refsnn_lower, _ = compute_bounds(net, case.x_lower[:, b:b + 1], case.x_upper[:, b:b + 1],
                                                  method="best", C=margin_specs([label], net.n_outputs))
+                witness, reason = None, ""
                 if np.all(refsnn_lower > 0):
                     verdicts["confirmed"] += 1
                     detail["result"] = "confirmed by refsnn's bounds"
-                elif use_milp:
+                elif method == "exact":
+                    x, trace = min(members, key=lambda item: _margin(item[1], label)[0])
+                    if _margin(trace, label)[0] <= 0:
+                        witness = x
+                    else:
+                        verdicts["confirmed"] += 1
+                        detail["result"] = "confirmed by exact enumeration"
+                elif method == "milp":
                     result = robust_query(net, box, label, time_limit=config.time_limit, rng=rng)
-                    if result.status == "not_robust":
-                        verdicts["refuted"] += 1
-                        detail.update(result="refuted", witness=_witness_record(self.net64, result.witness, self.net))
-                    elif result.status == "robust":
+                    if result.status == "robust":
                         verdicts["confirmed"] += 1
                         detail["result"] = "confirmed by the exact MILP"
+                    elif result.status == "not_robust":
+                        witness, reason = result.witness, "the MILP's witness does not replay exactly"
                     else:
-                        verdicts["not_refuted"] += 1
-                        detail["result"] = f"not refuted ({result.reason})"
+                        reason = result.reason
                 else:
                     rows = margin_specs([label], net.n_outputs)[0]
                     ext = search_extremes(net, box, rows, samples=config.samples, rng=rng, senses=("min",))
                     j = int(np.argmin(ext.min))
-                    if ext.min[j] <= 0:
+                    witness, reason = ext.argmin[j], f"search: smallest margin found {ext.min[j]}"
+                if "result" not in detail:
+                    trace = self.exact.run(witness) if witness is not None else None
+                    if trace is not None and _margin(trace, label)[0] <= 0:
                         verdicts["refuted"] += 1
-                        detail.update(result="refuted", witness=_witness_record(self.net64, ext.argmin[j], self.net))
+                        detail.update(result="refuted", margin_exact=str(_margin(trace, label)[0]),
+                                      witness=self._witness_record(witness, trace))
                     else:
                         verdicts["not_refuted"] += 1
-                        detail["result"] = f"not refuted by search (smallest margin found {ext.min[j]})"
+                        detail["result"] = f"not refuted ({reason})"
                 if detail["result"] != "confirmed by refsnn's bounds":
                     verdicts["details"].append(detail)
         if case.certified is not None:
@@ -238,13 +372,26 @@ class Checker:
 
     def check(self, cases: List[Case]) -> dict:
         reports = [self.check_case(case) for case in cases]
-        return {"config": asdict(self.config), "network": repr(self.net),
-                "unsound": any(r["status"] == "UNSOUND" for r in reports), "cases": reports}
+        unsound = any(r["status"] == "UNSOUND" for r in reports)
+        undecided = not unsound and any(r["status"] == "NOT_REFUTED" for r in reports)
+        return {"config": asdict(self.config), "network": repr(self.net), "unsound": unsound,
+                "undecided": undecided, "cases": reports}
 
 
 def check_cases(net: SNN, cases: List[Case], config: Optional[CheckConfig] = None) -> dict:
-    """Checks validated cases against ``net``; returns the report (a JSON-ready dict)."""
-    return Checker(net, config or CheckConfig()).check(cases)
+    """Checks validated cases against ``net``; returns the report (a JSON-ready dict).
+
+    ``report["unsound"]``: some case is UNSOUND; ``report["undecided"]``: none is, but some case
+    is NOT_REFUTED. ``exit_code(report)`` maps it to the CLI's exit code.
+    """
+    return Checker(net, config if config is not None else CheckConfig()).check(cases)
+
+
+def exit_code(report: dict) -> int:
+    """0 every case SOUND, 1 some case UNSOUND, 3 some NOT_REFUTED and none UNSOUND."""
+    if report["unsound"]:
+        return EXIT_UNSOUND
+    return EXIT_UNDECIDED if report.get("undecided") else EXIT_SOUND
 
 
 def summary(report: dict) -> str:
@@ -258,7 +405,7 @@ def summary(report: dict) -> str:
         if out["claims"]:
             cmp = case["comparison"]
             lines.append(f"    output bounds: {out['claims']} claims, {out['implied']} implied by refsnn's bounds, "
-                         f"{out['proven']} proven by MILP, {out['refuted']} refuted, {out['unproven']} unproven")
+                         f"{out['proven']} proven exactly, {out['refuted']} refuted, {out['unproven']} unproven")
             for side in ("lower", "upper"):
                 c = cmp[side]["best"]
                 if sum(c.values()):
@@ -274,17 +421,19 @@ def summary(report: dict) -> str:
         for violation in case["violations"][:5]:
             w = violation["witness"]
             lines.append(f"    UNSOUND sample {violation['sample']} spec {violation['spec']} {violation['side']}: "
-                         f"claimed {violation['claimed']!r}, a real input gives {violation['true_value']!r} "
+                         f"claimed {violation['claimed']!r}, a witness input gives exactly {violation['true_value_exact']} "
                          f"(rates {np.round(w['rates'], 6).tolist()})")
         for violation in case["membrane_violations"][:5]:
             lines.append(f"    UNSOUND membrane sample {violation['sample']} stage {violation['stage']} "
                          f"t {violation['t']} neuron {violation['neuron']} {violation['side']}: claimed "
-                         f"{violation['claimed']!r}, real {violation['true_value']!r}")
+                         f"{violation['claimed']!r}, a witness input gives exactly {violation['true_value_exact']}")
         for detail in (case["verdicts"] or {}).get("details", [])[:5]:
             if detail["result"] == "refuted":
                 lines.append(f"    WRONG CERTIFICATE sample {detail['sample']} (label {detail['label']}): a member "
                              f"has rates {np.round(detail['witness']['rates'], 6).tolist()}")
-    lines.append("UNSOUND claims found" if report["unsound"] else "no unsound claim found")
+    lines.append("UNSOUND claims found" if report["unsound"] else
+                 "no claim refuted, some not proven (undecided)" if report.get("undecided") else
+                 "every claim proven sound")
     return "\n".join(lines)
 
 
@@ -299,7 +448,8 @@ def _json_default(value):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m verify.check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m verify.check", description=__doc__.split("\n\n")[0],
+                                     epilog=EXIT_CODES_HELP)
     parser.add_argument("--model", required=True, help="model file (refsnn HDF5 format, docs/FORMAT.md)")
     parser.add_argument("--cases", required=True, help="cases file (format in verify/cases.py, verify/README.md)")
     parser.add_argument("--json", help="write the machine-readable report here")
@@ -312,21 +462,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
+        config = CheckConfig(method=args.method, time_limit=args.time_limit, atol=args.atol, samples=args.samples,
+                             seed=args.seed)
         from refsnn.io import FormatError, load_model
         try:
             net = load_model(args.model)
         except (FormatError, OSError, ValueError) as error:
             raise CasesError(f"model {args.model}: {error}") from None
         cases = read_cases(args.cases, net)
-        config = CheckConfig(method=args.method, time_limit=args.time_limit, atol=args.atol, samples=args.samples,
-                             seed=args.seed)
         report = check_cases(net, cases, config)
-    except (CasesError, FileNotFoundError) as error:
+    except (CasesError, CheckConfigError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except VerifierError as error:
         print(f"error: the verifier could not give a trustworthy answer: {error}", file=sys.stderr)
-        return 2
+        return EXIT_UNDECIDED
     except (ValueError, TypeError, KeyError) as error:  # anything else malformed in the inputs
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
@@ -335,7 +485,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         with open(args.json, "w") as handle:
             json.dump(report, handle, indent=1, default=_json_default)
     print(summary(report))
-    return 1 if report["unsound"] else 0
+    return exit_code(report)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ from .sets import InputSet
 BIGM_CHOICES = ("ibp", "naive", "auto")
 MIN_BIGM_GAP = 1e-4
 TINY_COEF = 1e-7  # terms below this enter as a range, not as coefficients (LP presolve trouble)
+FIXED_TIE_BAND = 1e-9  # relative: a fixed membrane this close to th is not decided by its float value
 
 
 class VerifierError(RuntimeError):
@@ -380,6 +381,7 @@ class SNNMilp:
                 prev_t = previous[t]
                 for j in range(n_out):
                     constant = float(c[j])
+                    magnitude = abs(constant)  # sum of |terms| of the constant: scale of its rounding error
                     terms: Dict = {}
                     slack_lo = slack_hi = 0.0  # range of the tiny terms left out (see TINY_COEF)
                     index, coefs = rows[j]
@@ -387,6 +389,7 @@ class SNNMilp:
                         v = prev_t[i]
                         if _is_const(v):
                             constant += a * float(v)
+                            magnitude += abs(a * float(v))
                         elif abs(a) < TINY_COEF:
                             slack_lo, slack_hi = slack_lo + min(a, 0.0), slack_hi + max(a, 0.0)
                         else:
@@ -394,10 +397,15 @@ class SNNMilp:
                     z = carried[j]
                     if _is_const(z):
                         constant += alpha * float(z)
+                        magnitude += abs(alpha * float(z))
                     elif alpha != 0:
                         terms[z] = terms.get(z, 0.0) + alpha
-                    if not terms and slack_lo == slack_hi == 0.0:
-                        # Fixed input: exact value, true firing rule.
+                    near_tie = abs(constant - th) <= FIXED_TIE_BAND * (1.0 + magnitude + abs(th))
+                    if not terms and slack_lo == slack_hi == 0.0 and not near_tie:
+                        # Fixed input, far from the threshold: the float value decides the spike as the
+                        # exact one does. Near a tie the float sum (rounded, and A itself is read off
+                        # a float forward) can lie on the other side of th than the exact rational
+                        # membrane: such a neuron keeps a binary below, so both spikes stay feasible.
                         fires = constant >= th if firing == ">=" else constant > th
                         membranes[t, j] = constant
                         spikes[t, j] = int(fires)
