@@ -1,9 +1,9 @@
 """Tightness report: S-IBP, S-CROWN and their intersection against the exact MILP bounds.
 
-    python -m verify.tightness [--quick] [--out results/verify/tightness.json]
+    python -m verify.tightness [--quick] [--out runs/verify/tightness]
 
 Networks: small random FC nets (PyTorch initialisation, X-H-10) and a small FC net trained here
-for a few epochs on the embedded MNIST subset downsampled to 7x7 (49 inputs), both at T' = 4 (``--steps``).
+for a few epochs on the embedded MNIST subset downsampled to 7x7 (49 inputs), both at T' = 4 (``--robust-T``).
 Input sets: digital l-inf sets (paper convention, radius eps/2) of real images around fixed rand
 maps; their enclosing spike box is what S-IBP/S-CROWN bound, and the exact bounds are computed
 over the same box (so all methods answer the same question).
@@ -23,10 +23,10 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
+from refsnn import cli
 from refsnn.architectures import linear_layer
 from refsnn.bounds import compute_bounds, digital_linf_set, margin_spec
 from refsnn.encoders import bernoulli_encode, draw_rand_maps
@@ -99,26 +99,42 @@ def evaluate(net: SNN, images: np.ndarray, eps: float, steps: int, rng, time_lim
     return row
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--samples", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--time-limit", type=float, default=20.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="results/verify/tightness.json")
-    args = parser.parse_args(argv)
+PROG = "python -m verify.tightness"
+#: The file written into the ``--out`` folder.
+REPORT_NAME = "tightness.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m verify.tightness`` parser (shared vocabulary of ``refsnn.cli``)."""
+    parser = cli.make_parser(PROG, __doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one eps and one training epoch")
+    cli.add_n(parser, 20, detail=" (downsampled mnist-subset images)")
+    cli.add_robust_T(parser, 4, detail="; the small networks run for T' steps too")
+    cli.add_time_limit(parser, 20.0)
+    cli.add_seed(parser, detail=" (networks, training, rand maps)")
+    cli.add_out(parser, f"runs/verify/tightness; writes {REPORT_NAME}")
+    cli.add_deprecated(parser, "--samples", "--n", "n", cli.positive_int)
+    cli.add_deprecated(parser, "--steps", "--robust-T", "robust_T", cli.positive_int)
+    return parser
+
+
+@cli.run_main(PROG)
+def main(argv=None) -> int:
+    """``python -m verify.tightness``; returns the exit code (2 with one stderr line for bad input)."""
+    args = build_parser().parse_args(argv)
+    out_dir = cli.check_out_dir(cli.out_folder(PROG, args.out, cli.default_out("verify", "tightness"),
+                                               file_suffixes=(".json",)))
     from refsnn.data import load_dataset
     rng = np.random.default_rng(args.seed)
     x_train, y_train = load_dataset("mnist-subset", "train")
     x_test, _ = load_dataset("mnist-subset", "test")
     train_small_x = downsample(np.asarray(x_train, dtype=np.float64))
-    test_small_x = downsample(np.asarray(x_test, dtype=np.float64))[: args.samples]
+    test_small_x = downsample(np.asarray(x_test, dtype=np.float64))[: args.n]
     epsilons = [0.01, 0.03, 0.1] if not args.quick else [0.03]
     hidden = 16
     nets = {"random-49-16-10": SNN([linear_layer(rng, 49, hidden), linear_layer(rng, hidden, 10)])}
     start = time.perf_counter()
-    nets["trained-49-16-10"] = train_small(train_small_x, np.asarray(y_train), hidden, args.steps,
+    nets["trained-49-16-10"] = train_small(train_small_x, np.asarray(y_train), hidden, args.robust_T,
                                            epochs=1 if args.quick else 5, seed=args.seed)
     train_seconds = time.perf_counter() - start
     rows = []
@@ -126,23 +142,24 @@ def main(argv=None):
           f"{'ibp_cert':>8} {'crown_cert':>10} {'best_cert':>9} {'robust':>7} {'unknown':>7} {'clean>0':>7}")
     for name, net in nets.items():
         for eps in epsilons:
-            row = evaluate(net, test_small_x, eps, args.steps, np.random.default_rng(args.seed + 1), args.time_limit)
+            row = evaluate(net, test_small_x, eps, args.robust_T, np.random.default_rng(args.seed + 1), args.time_limit)
             row["network"] = name
             rows.append(row)
             print(f"{name:<18} {eps:>5} {row['exact_width']:>8.3f} {row['ibp_width']:>7.3f} "
                   f"{row['crown-ibp_width']:>8.3f} {row['best_width']:>7.3f} {row['ibp_certified']:>8.2f} "
                   f"{row['crown-ibp_certified']:>10.2f} {row['best_certified']:>9.2f} {row['exactly_robust']:>7.2f} "
                   f"{row['robust_unknown']:>7.2f} {row['clean_margin_positive']:>7.2f}", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / REPORT_NAME
     from .encoding import highs_available
     report = {"command": " ".join(["python -m verify.tightness"] + (argv if argv is not None else sys.argv[1:])),
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-              "solver": "highs" if highs_available() else "cbc", "steps": args.steps, "samples": args.samples,
+              "solver": "highs" if highs_available() else "cbc", "steps": args.robust_T, "samples": args.n,
               "train_seconds": round(train_seconds, 1), "rows": rows}
     out.write_text(json.dumps(report, indent=1))
     print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
