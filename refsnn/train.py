@@ -28,6 +28,7 @@ import argparse
 import csv
 import io as _io
 import json
+import os
 import platform
 import signal
 import sys
@@ -43,11 +44,12 @@ from .architectures import build_network
 from .config import DATASETS, PRESETS, TrainConfig, preset_config
 from .encoders import rate_encode
 from .evaluate import Accuracy, clean_accuracy
-from .io import atomic_write_text, load_checkpoint, load_model, save_checkpoint, save_model
+from .io import atomic_write_text, clean_orphan_temps, load_checkpoint, load_model, save_checkpoint, save_model
 from .losses import make_loss
 from .network import SNN
 from .neurons import make_surrogate
 from .optim import clip_grad_norm, make_optimizer, make_schedule
+from .runlock import RunLock, host_name
 
 SHUFFLE_STREAM = 1
 RANDMAP_STREAM = 2
@@ -217,12 +219,77 @@ class _DeferredInterrupt:
         return False
 
 
+# --- the run folder -------------------------------------------------------------------------------
+
+#: Files a run writes into its folder (besides ``run.lock`` while it runs); ``--overwrite`` removes them.
+RUN_FILES = ("checkpoint.h5", "model.h5", "config.json", "metrics.jsonl", "metrics.csv", "summary.json",
+             "status.json", "failure.json")
+
+
+class RunExistsError(ValueError):
+    """A new run was pointed at the folder of an earlier one without ``--resume`` or ``--overwrite``."""
+
+
+class TrainingDiverged(FloatingPointError):
+    """A step produced NaN or Inf; the run is marked failed and its last good checkpoint kept.
+
+    ``diagnostics``: the record written to ``failure.json`` (epoch, batch, lr, non-finite tensors,
+    norms, loss parts)."""
+
+    def __init__(self, message: str, diagnostics: Dict[str, Any]):
+        super().__init__(message)
+        self.diagnostics = diagnostics
+
+
+def check_new_run_folder(out_dir, overwrite: bool = False) -> None:
+    """Refuses (:class:`RunExistsError`) to start a new run in a folder holding an earlier one,
+    unless ``overwrite``, which removes the earlier run's files."""
+    out_dir = Path(out_dir)
+    existing = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if not existing:
+        return
+    if not overwrite:
+        raise RunExistsError(f"--out {out_dir} already holds a training run ({', '.join(existing)}); continue it "
+                             "with --resume, replace it with --overwrite, or choose another --out")
+    for name in existing:
+        (out_dir / name).unlink()
+
+
+def _finite(arrays: Sequence[np.ndarray]) -> bool:
+    # One reduction per array: a sum is finite exactly when no element is NaN/Inf, except that a
+    # sum of huge finite values can overflow, which the exact check below then clears.
+    for array in arrays:
+        if not np.isfinite(array.sum()) and not np.isfinite(array).all():
+            return False
+    return True
+
+
+def _finite_number(value: float) -> Any:
+    value = float(value)
+    return value if np.isfinite(value) else str(value)  # JSON has no NaN/Inf
+
+
+def _tensor_report(kind: str, names: Sequence[str], arrays: Sequence[np.ndarray]) -> tuple:
+    """``(non-finite entries, norms)`` of named arrays for the failure diagnostics."""
+    bad, norms = [], {}
+    for name, array in zip(names, arrays):
+        with np.errstate(over="ignore", invalid="ignore"):
+            norms[f"{kind} {name}"] = _finite_number(np.linalg.norm(array.ravel().astype(np.float64)))
+        nan = int(np.isnan(array).sum())
+        inf = int(np.isinf(array).sum())
+        if nan or inf:
+            bad.append({"tensor": f"{kind} {name}", "nan": nan, "inf": inf, "size": int(array.size)})
+    return bad, norms
+
+
 class Trainer:
     """Runs ``config`` and writes into ``out_dir`` (``None``: nothing written)."""
 
     def __init__(self, config: TrainConfig, out_dir=None, progress: bool = True, verbose: bool = True,
-                 data=None, net: Optional[SNN] = None):
+                 data=None, net: Optional[SNN] = None, overwrite: bool = False):
         self.config = config.validate()
+        self.overwrite = overwrite
+        self.resumed = False  # set by resume(): the folder's run continues instead of a new one
         self.method = get_method(config.method)
         self.options = self.method.options(dict(config.method_options), config) if self.method.options else None
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -283,6 +350,7 @@ class Trainer:
             config = config.replace(epochs=epochs)
         net = checkpoint.net
         trainer = cls(config, out_dir if out_dir is not None else Path(path).parent, progress, verbose, data, net)
+        trainer.resumed = True
         trainer.optimizer.load_state_dict(checkpoint.optimizer_state)
         trainer.rng.bit_generator.state = checkpoint.rng_state
         trainer.epoch, trainer.step, trainer.global_step = checkpoint.epoch, checkpoint.step, checkpoint.global_step
@@ -317,7 +385,50 @@ class Trainer:
 
     def fit(self, stop_after_steps: Optional[int] = None) -> TrainResult:
         """Trains until ``config.epochs``; with ``stop_after_steps`` stops (and checkpoints) once
-        ``global_step`` reaches it, as an interruption would."""
+        ``global_step`` reaches it, as an interruption would.
+
+        With an ``out_dir`` the folder is locked for the run (:class:`refsnn.runlock.RunLock`), a new
+        run refuses a folder holding an earlier one (:func:`check_new_run_folder`) and ``status.json``
+        says ``running``, ``stopped``, ``interrupted``, ``done`` or ``failed``. Raises
+        :class:`TrainingDiverged` when a step gives NaN/Inf."""
+        if self.out_dir is None:
+            return self._fit(stop_after_steps)
+        with RunLock(self.out_dir) as lock:
+            if lock.notice:
+                self.log(lock.notice)
+            if not self.resumed:
+                check_new_run_folder(self.out_dir, self.overwrite)
+            for name in RUN_FILES:
+                clean_orphan_temps(self.out_dir / name)
+            self._write_status("running")
+            try:
+                return self._fit(stop_after_steps)
+            except TrainingDiverged:
+                raise  # its status was written with the diagnostics
+            except KeyboardInterrupt:
+                self._write_status("interrupted", quiet=True)
+                raise
+            except BaseException as error:
+                self._write_status("failed", f"{type(error).__name__}: {error}", quiet=True)
+                raise
+
+    def _write_status(self, state: str, message: Optional[str] = None, quiet: bool = False) -> None:
+        """``status.json``: the run's state and position; ``quiet`` swallows write errors (used
+        while another error is on its way out, which must not be masked)."""
+        if self.out_dir is None:
+            return
+        record = {"state": state, "epoch": self.epoch + 1, "batch": self.step, "global_step": self.global_step,
+                  "epochs": self.config.epochs, "pid": os.getpid(), "host": host_name(),
+                  "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if message:
+            record["message"] = message
+        try:
+            atomic_write_text(self.out_dir / "status.json", json.dumps(record, indent=2) + "\n")
+        except (OSError, ValueError):
+            if not quiet:
+                raise
+
+    def _fit(self, stop_after_steps: Optional[int] = None) -> TrainResult:
         from tqdm import tqdm
 
         config = self.config
@@ -356,12 +467,13 @@ class Trainer:
         batch = self.make_batch(order[start:start + config.batch_size])
         ctx = StepContext(config, self.options, self.epoch, self.step, self.steps_per_epoch, self.global_step, self.rng)
         result = self.method.step(self.net, batch, ctx)
-        if not np.isfinite(result.loss):
-            raise FloatingPointError(f"loss became {result.loss} at epoch {self.epoch + 1}, batch {self.step}; "
-                                     "lower the learning rate or clip gradients (--grad-clip)")
+        if not (np.isfinite(result.loss) and _finite(result.grads)):
+            self._diverged(result, updated=False)  # the weights are still those of the last good step
         if config.grad_clip is not None:
             clip_grad_norm(result.grads, config.grad_clip)
         self.optimizer.step(result.grads)
+        if not _finite(self.net.params()):
+            self._diverged(result, updated=True)
         size = len(batch.labels)
         running = self.running
         running["loss_sum"] += float(result.loss) * size
@@ -371,6 +483,42 @@ class Trainer:
             running["metrics"][key] = running["metrics"].get(key, 0.0) + float(value) * size
         self.step += 1
         self.global_step += 1
+
+    def _diverged(self, result: StepResult, updated: bool) -> None:
+        """Writes ``failure.json`` and ``status.json`` (failed) and raises :class:`TrainingDiverged`;
+        the checkpoint on disk, the last good state, is not touched."""
+        names = self.net.param_names()
+        bad, norms = _tensor_report("gradient", names, result.grads)
+        if updated:
+            bad_weights, weight_norms = _tensor_report("weight", names, self.net.params())
+            bad += bad_weights
+            norms.update(weight_norms)
+        loss_ok = bool(np.isfinite(result.loss))
+        if not loss_ok:
+            bad.insert(0, {"tensor": "loss", "value": str(float(result.loss))})
+        where = f"epoch {self.epoch + 1}, batch {self.step} (step {self.global_step + 1})"
+        what = ", ".join(entry["tensor"] + ("" if entry["tensor"] == "loss" else f" ({entry['nan']} NaN, {entry['inf']} Inf)")
+                         for entry in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        diagnostics = {"epoch": self.epoch + 1, "batch": self.step, "global_step": self.global_step + 1,
+                       "lr": self.optimizer.lr, "update_applied": updated, "non_finite": bad, "norms": norms,
+                       "loss": _finite_number(result.loss),
+                       "loss_parts": {key: _finite_number(value) for key, value in result.metrics.items()
+                                      if np.isscalar(value)},
+                       "grad_clip": self.config.grad_clip}
+        message = f"training failed at {where}: non-finite {what}"
+        if self.out_dir is not None:
+            checkpoint = self.checkpoint_path
+            kept = (f"last good checkpoint {checkpoint} left unchanged" if checkpoint.exists()
+                    else "no checkpoint was written yet")
+            diagnostics["checkpoint"] = str(checkpoint) if checkpoint.exists() else None
+            failure = self.out_dir / "failure.json"
+            try:
+                atomic_write_text(failure, json.dumps(diagnostics, indent=2) + "\n")
+                message += f"; {kept}; diagnostics in {failure}"
+            except (OSError, ValueError) as error:
+                message += f"; {kept}; could not write {failure}: {error}"
+            self._write_status("failed", message, quiet=True)
+        raise TrainingDiverged(message + "; lower the learning rate or clip gradients (--grad-clip)", diagnostics)
 
     def _postfix(self) -> Dict[str, str]:
         running = self.running
@@ -402,6 +550,7 @@ class Trainer:
 
     def _stop(self, interrupted: bool) -> TrainResult:
         self._checkpoint()
+        self._write_status("interrupted" if interrupted else "stopped")
         where = f"epoch {self.epoch + 1}, batch {self.step} (step {self.global_step})"
         self.log(("interrupted" if interrupted else "stopped") + f" at {where}"
                  + (f"; checkpoint {self.checkpoint_path}, continue with --resume" if self.out_dir else ""))
@@ -441,6 +590,7 @@ class Trainer:
             save_model(self.out_dir / "model.h5", self.net, config=config.to_dict(),
                        test_accuracy=accuracy.to_dict(), history=self.history)
             atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            self._write_status("done")
         self.log(f"done: {config.dataset} {config.arch} ({config.method}), {len(self.history)} epochs, "
                  f"{summary['seconds_per_epoch']:.1f} s/epoch; test accuracy {accuracy}"
                  + (f"\nwrote {self.out_dir / 'model.h5'} and {self.checkpoint_path}" if self.out_dir else ""))
@@ -455,14 +605,15 @@ def machine_description() -> Dict[str, Any]:
 
 
 def train(config: TrainConfig, out_dir=None, resume: bool = False, progress: bool = False, verbose: bool = False,
-          stop_after_steps: Optional[int] = None) -> TrainResult:
-    """Trains ``config`` (or resumes ``out_dir/checkpoint.h5``) and returns the result."""
+          stop_after_steps: Optional[int] = None, overwrite: bool = False) -> TrainResult:
+    """Trains ``config`` (or resumes ``out_dir/checkpoint.h5``) and returns the result. A new run
+    refuses an ``out_dir`` holding an earlier one unless ``overwrite``."""
     if resume:
         if out_dir is None:
             raise ValueError("resume needs the out_dir that holds checkpoint.h5")
         trainer = Trainer.resume(Path(out_dir) / "checkpoint.h5", out_dir, progress, verbose, epochs=config.epochs)
     else:
-        trainer = Trainer(config, out_dir, progress, verbose)
+        trainer = Trainer(config, out_dir, progress, verbose, overwrite=overwrite)
     return trainer.fit(stop_after_steps)
 
 
@@ -522,6 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--init", help="start from the weights of this model file")
     add("--out", help="output directory (default runs/default without arguments, else runs/<dataset>-<arch>-<method>-seed<seed>)")
     add("--resume", action="store_true", help="continue the run in --out from its checkpoint.h5")
+    add("--overwrite", action="store_true", help="replace the earlier run in --out (its checkpoint, model and metrics)")
     add("--stop-after-steps", type=int, help="stop and checkpoint after this many steps in total")
     add("--no-progress", action="store_true", help="no progress bars")
     add("--quiet", action="store_true", help="print nothing but errors")
@@ -558,6 +710,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             given = sorted(name for name in CONFIG_ARGS
                            if getattr(args, name) is not None and name not in ("epochs", "data_dir"))
             robust_given = any(getattr(args, name) is not None for name in ("eps", "robust_T", "recipe", "ramp_epochs"))
+            if args.overwrite:
+                parser.error("--resume continues the run in --out and --overwrite replaces it; pass one of them")
             if given or args.method_option or robust_given or args.detach_reset or args.preset != "default":
                 parser.error(f"--resume continues the stored config; drop {['--' + g.replace('_', '-') for g in given]}"
                              " (only --epochs and --data-dir may change)")
@@ -568,10 +722,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             config = config_from_args(args)
             out = Path(args.out) if args.out else (Path("runs/default") if not argv else
                                                      Path(f"runs/{config.dataset}-{config.arch}-{config.method}-seed{config.seed}"))
-            trainer = Trainer(config, out, progress, not args.quiet)
-            if (out / "checkpoint.h5").exists():
-                trainer.log(f"note: starting a new run in {out}; its previous checkpoint will be replaced "
-                            "(use --resume to continue it instead)")
+            if not args.overwrite:
+                check_new_run_folder(out)  # refuse in a second, before the data are loaded
+            trainer = Trainer(config, out, progress, not args.quiet, overwrite=args.overwrite)
             trainer.log(f"training {trainer.net!r}\non {config.dataset} ({len(trainer.y_train)} train / "
                         f"{len(trainer.y_test)} test), T = {config.T}, batch {config.batch_size}, {config.optimizer} "
                         f"lr {config.lr}, {config.epochs} epochs, loss {config.loss}, dtype {config.dtype}, "
@@ -579,6 +732,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result = trainer.fit(args.stop_after_steps)
     except KeyboardInterrupt:
         return 130
+    except TrainingDiverged as error:  # a failed run (1), not a usage error (2)
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
