@@ -10,7 +10,7 @@ official archive has no stable direct link); its files are checked against a SHA
 file when the nmnist/ folder has one. When files are missing, the script prints exactly
 which files to put where and exits with status 2.
 
-The output <out-dir>/<name>.h5 is found by load_dataset before any raw files in the same
+The output <--out folder>/<name>.h5 is found by load_dataset before any raw files in the same
 folder; the layout is documented in docs/DATA.md. Examples:
 
     python data_scripts/convert_to_hdf5.py mnist fmnist
@@ -36,7 +36,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from refsnn import data  # noqa: E402
+from refsnn import cli, data  # noqa: E402
 
 #: Canonical download locations, tried in order (MNIST's own site now often answers 403).
 DOWNLOAD_URLS: dict[str, list[str]] = {
@@ -311,31 +311,44 @@ def convert(name: str, args: argparse.Namespace) -> Path:
     return out
 
 
+PROG = "python data_scripts/convert_to_hdf5.py"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    """The parser of this script (shared vocabulary of ``refsnn.cli``)."""
+    parser = cli.make_parser(PROG, __doc__)
+    parser.formatter_class = _RawHelpFormatter
     parser.add_argument("datasets", nargs="+", choices=ALL_NAMES + ("all",), help="what to convert")
-    parser.add_argument("--data-dir", type=Path, help="search only this root for raw files "
-                        "(<dir>/mnist, <dir>/fashion-mnist, <dir>/nmnist); downloads go here too")
-    parser.add_argument("--out-dir", type=Path, help="where <name>.h5 goes "
-                        "(default: --data-dir, else ~/.refsnn/data)")
+    parser.add_argument("--data-dir", type=Path, metavar="FOLDER",
+                        help=f"{cli.VOCABULARY['--data-dir']} to search alone for raw files "
+                        "(<dir>/mnist, <dir>/fashion-mnist, <dir>/nmnist); downloads go here too "
+                        "(default: refsnn.data's lookup order)")
+    # dest out_dir: where load_dataset looks, not a run folder, so no runs/ default here.
+    parser.add_argument("--out", dest="out_dir", type=Path, metavar="FOLDER",
+                        help=f"{cli.VOCABULARY['--out']}, created if missing; <name>.h5 goes there "
+                        "(default: --data-dir, else ~/.refsnn/data, where load_dataset finds it)")
     parser.add_argument("--no-download", action="store_true", help="never touch the network")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per download attempt")
-    parser.add_argument("--T", type=int, default=10, help="N-MNIST time bins stored as frames (default 10)")
-    parser.add_argument("--duration-us", type=int, default=None,
+    parser.add_argument("--timeout", type=cli.positive_float, default=10.0, help="seconds per download attempt")
+    cli.add_T(parser, 10, detail=": N-MNIST time bins stored as frames")
+    parser.add_argument("--duration-us", type=cli.positive_int, default=None,
                         help="N-MNIST fixed window in us (default: each recording's last timestamp + 1)")
     parser.add_argument("--compression", choices=("none", "gzip", "lzf"), default="none",
                         help="HDF5 filter (default none: fastest to load, ~55 MB per dataset; "
                         "gzip: ~4x smaller, slower to load; lzf: between, h5py-only)")
     parser.add_argument("--skip-verify", action="store_true", help="skip MD5/SHA256 checks")
+    cli.add_deprecated(parser, "--out-dir", "--out", "out_dir", Path)
     return parser
 
 
+class _RawHelpFormatter(argparse.RawDescriptionHelpFormatter, cli.HelpFormatter):
+    """The module docstring as written, and every option's default."""
+
+
+@cli.run_main(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.T < 1 or (args.duration_us is not None and args.duration_us < 1):
-        sys.exit("error: --T and --duration-us must be positive")
+    if args.out_dir is not None:
+        cli.check_out_dir(args.out_dir.expanduser())
     names = ALL_NAMES if "all" in args.datasets else tuple(dict.fromkeys(args.datasets))
     status = 0
     for name in names:

@@ -8,7 +8,10 @@ ascending original-index order, and writes images (uint8), labels (uint8) and th
 and the full index lists.
 
     python data_scripts/make_mnist_subset.py                 # finds MNIST like load_dataset
-    python data_scripts/make_mnist_subset.py --mnist-dir /path/to/mnist
+    python data_scripts/make_mnist_subset.py --mnist-dir /path/to/mnist --out refsnn/_data
+
+writes ``mnist_subset.npz`` and ``README.md`` into the ``--out`` folder (default
+``runs/data/mnist-subset``; ``--out refsnn/_data`` replaces the shipped files).
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from refsnn import data  # noqa: E402
+from refsnn import cli, data  # noqa: E402
 
 DEFAULT_SEED = 20_150_437  # fixed; any change gives a different subset
-DEFAULT_OUT = REPO_ROOT / "refsnn" / "_data" / "mnist_subset.npz"
+DEFAULT_OUT = Path("runs/data/mnist-subset")
+SUBSET_NAME = "mnist_subset.npz"
+PROG = "python data_scripts/make_mnist_subset.py"
 
 
 def locate_mnist(mnist_dir: Path | None) -> dict[str, tuple[Path, Path]]:
@@ -36,14 +41,12 @@ def locate_mnist(mnist_dir: Path | None) -> dict[str, tuple[Path, Path]]:
             images = data.find_idx_file(mnist_dir, image_stem)
             labels = data.find_idx_file(mnist_dir, label_stem)
             if images is None or labels is None:
-                sys.exit(f"error: {mnist_dir} lacks {image_stem}[.gz] or {label_stem}[.gz]")
+                raise cli.CLIError(f"{mnist_dir} lacks {image_stem}[.gz] or {label_stem}[.gz]")
         else:
             hit = data.locate_dataset("mnist", split)
             if hit is None or hit["kind"] != "idx":
-                sys.exit(
-                    "error: raw MNIST IDX files not found; pass --mnist-dir.\n"
-                    + data._not_found_message("mnist", split, None)
-                )
+                raise cli.CLIError("raw MNIST IDX files not found; pass --mnist-dir. "
+                                   + data._not_found_message("mnist", split, None))
             images, labels = hit["images"], hit["labels"]
         found[split] = (images, labels)
     return found
@@ -56,7 +59,7 @@ def verify_md5(paths: list[Path]) -> None:
         expected = data.IDX_CONTENT_MD5[("mnist", stem)]
         actual = data.content_md5(path)
         if actual != expected:
-            sys.exit(f"error: {path}: content md5 {actual}, expected {expected} (canonical MNIST)")
+            raise cli.CLIError(f"{path}: content md5 {actual}, expected {expected} (canonical MNIST)")
 
 
 def stratified_indices(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
@@ -65,7 +68,7 @@ def stratified_indices(labels: np.ndarray, per_class: int, rng: np.random.Genera
     for digit in range(data.NUM_CLASSES):
         candidates = np.flatnonzero(labels == digit)
         if candidates.size < per_class:
-            sys.exit(f"error: only {candidates.size} images of digit {digit}, need {per_class}")
+            raise cli.CLIError(f"only {candidates.size} images of digit {digit}, need {per_class}")
         chosen.append(rng.choice(candidates, size=per_class, replace=False))
     return np.sort(np.concatenate(chosen)).astype(np.int32)
 
@@ -138,20 +141,33 @@ def write_readme(path: Path, arrays: dict[str, np.ndarray], seed: int, sources: 
     path.write_text("\n".join(lines))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mnist-dir", type=Path, help="folder with the 4 MNIST IDX files (.gz or raw)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output .npz (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="RNG seed (default: %(default)s)")
-    parser.add_argument("--train-per-class", type=int, default=200)
-    parser.add_argument("--test-per-class", type=int, default=50)
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of this script (shared vocabulary of ``refsnn.cli``)."""
+    parser = cli.make_parser(PROG, __doc__.split("\n\n")[0])
+    parser.add_argument("--mnist-dir", type=Path, metavar="FOLDER",
+                        help="folder with the 4 MNIST IDX files, .gz or raw (default: found like load_dataset)")
+    cli.add_out(parser, f"{DEFAULT_OUT}; writes {SUBSET_NAME} and README.md")
+    # Not --seed: this number is part of the shipped subset's identity, not a run's random seed.
+    parser.add_argument("--subset-seed", type=int, default=DEFAULT_SEED,
+                        help=f"selection seed of the subset (default: {DEFAULT_SEED}, which gives the shipped subset)")
+    parser.add_argument("--train-per-class", type=cli.positive_int, default=200, help="training images per digit")
+    parser.add_argument("--test-per-class", type=cli.positive_int, default=50, help="test images per digit")
     parser.add_argument("--skip-md5", action="store_true", help="do not check the canonical MD5s")
-    args = parser.parse_args(argv)
+    cli.add_deprecated(parser, "--seed", "--subset-seed", "subset_seed", int)
+    return parser
+
+
+@cli.run_main(PROG)
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    folder = cli.check_out_dir(cli.out_folder(PROG, None if args.out is None else str(args.out), DEFAULT_OUT,
+                                              file_suffixes=(".npz",)))
+    out = folder / SUBSET_NAME
 
     paths = locate_mnist(args.mnist_dir)
     if not args.skip_md5:
         verify_md5([p for pair in paths.values() for p in pair])
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(args.subset_seed)
     arrays: dict[str, np.ndarray] = {}
     sources: dict[str, str] = {}
     for split, per_class in (("train", args.train_per_class), ("test", args.test_per_class)):
@@ -164,11 +180,11 @@ def main(argv: list[str] | None = None) -> int:
         for path in (images_path, labels_path):
             sources[str(path)] = data.content_md5(path)
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(args.out, **arrays)
-    write_readme(args.out.with_name("README.md"), arrays, args.seed, sources)
-    size_kb = args.out.stat().st_size / 1024
-    print(f"wrote {args.out} ({size_kb:.0f} KiB) and {args.out.with_name('README.md')}")
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, **arrays)
+    write_readme(out.with_name("README.md"), arrays, args.subset_seed, sources)
+    size_kb = out.stat().st_size / 1024
+    print(f"wrote {out} ({size_kb:.0f} KiB) and {out.with_name('README.md')}")
     return 0
 
 

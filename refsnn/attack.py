@@ -8,9 +8,10 @@ Example (the paper's MNIST FC eps)::
 Prints one table per attack in the layout of the paper's Table 2 (eps, original error, attack
 error per model, difference of the two models' attack errors) and writes ``table.csv``,
 ``table.json`` (every setting, the sample indices, the machine, the command) and ``table.md``
-into the ``--out`` folder (default ``runs/attack/<dataset>-<model name>``). The errors of the tables are measured on the evaluation rand maps (one fixed
-seeded draw shared by every model, attack and eps); the ``*_fresh`` columns of the CSV/JSON
-re-score the same images on fresh draws. See docs/ATTACKS.md.
+into the ``--out`` folder (default ``runs/attack/<dataset>-<model name>``). The errors of the
+tables are measured on the evaluation rand maps (one fixed seeded draw shared by every model,
+attack and eps); the ``*_fresh`` columns of the CSV/JSON re-score the same images on fresh
+draws. See docs/ATTACKS.md.
 """
 from __future__ import annotations
 

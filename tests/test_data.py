@@ -499,7 +499,7 @@ def test_convert_to_hdf5_round_trip(isolated_lookup, capsys):
     raw_root, out_root = isolated_lookup / "raw", isolated_lookup / "out"
     write_digital_dataset(raw_root, "mnist", 20, 10)
     write_nmnist_dataset(raw_root, 5, 2)
-    argv = ["mnist", "nmnist", "--data-dir", str(raw_root), "--out-dir", str(out_root),
+    argv = ["mnist", "nmnist", "--data-dir", str(raw_root), "--out", str(out_root),
             "--no-download", "--skip-verify", "--T", "4"]
     assert convert.main(argv) == 0
     assert data.locate_dataset("mnist", "train", out_root)["kind"] == "hdf5"

@@ -111,8 +111,8 @@ def test_cli_authors_state_dict(tmp_path):
     import import_torch
     state = authors_state_dict("MNIST_FC", seed=3)
     torch.save(state, tmp_path / "mnist_FC.pth.tar")
-    out = tmp_path / "m.h5"
-    base = ["--framework", "plain", "--model", str(tmp_path / "mnist_FC.pth.tar"), "--out", str(out),
+    out = tmp_path / "imported" / "model.h5"
+    base = ["--framework", "plain", "--model", str(tmp_path / "mnist_FC.pth.tar"), "--out", str(out.parent),
             "--n-random", "8"]
     assert import_torch.main(base) == 2  # a state_dict needs its architecture
     assert import_torch.main(base + ["--arch", "MNIST_FC"]) == 0

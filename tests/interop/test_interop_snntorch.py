@@ -189,8 +189,8 @@ def test_cli_state_dict_with_module_class(tmp_path, monkeypatch):
     import tiny_snntorch_model
     model = dyadic_(tiny_snntorch_model.TinyNet(), seed=5)
     torch.save(model.state_dict(), tmp_path / "weights.pt")
-    out = tmp_path / "model.h5"
-    args = ["--framework", "snntorch", "--model", str(tmp_path / "weights.pt"), "--out", str(out)]
+    out = tmp_path / "imported" / "model.h5"
+    args = ["--framework", "snntorch", "--model", str(tmp_path / "weights.pt"), "--out", str(out.parent)]
     assert import_torch.main(args) == 2  # a state_dict alone does not say which module it belongs to
     assert not out.exists()
     assert import_torch.main(args + ["--module-class", "tiny_snntorch_model:TinyNet"]) == 0

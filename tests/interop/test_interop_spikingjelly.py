@@ -95,8 +95,8 @@ def test_cli_full_module(tmp_path):
     import import_torch
     model = dyadic_(nn.Sequential(layer.Flatten(), layer.Linear(16, 6), lif(), layer.Linear(6, 3), lif()), seed=6)
     torch.save(model, tmp_path / "model.pt")
-    out = tmp_path / "model.h5"
-    args = ["--framework", "spikingjelly", "--model", str(tmp_path / "model.pt"), "--out", str(out),
+    out = tmp_path / "imported" / "model.h5"
+    args = ["--framework", "spikingjelly", "--model", str(tmp_path / "model.pt"), "--out", str(out.parent),
             "--input-shape", "1,4,4"]
     assert import_torch.main(args) == 2  # a pickled module is loaded only with --full-module
     assert not out.exists()
