@@ -206,12 +206,19 @@ def certify_dataset(net, x: np.ndarray, labels: np.ndarray, config: CertifyConfi
     return summarize(certify_samples(net, x, labels, config, methods, **kwargs), methods)
 
 
+def set_label(config: Dict[str, object]) -> str:
+    """The input set as printed and written: spike-any-k by its k (eps has no effect on that set),
+    the others by eps and their convention or l0 mode."""
+    if config["input_set"] == "spike-any-k":
+        return f"spike-any-k k={config['k']} ({config['budget']})"
+    detail = config["convention"] if config["input_set"] == "digital" else config["l0_mode"]
+    return f"{config['input_set']} eps={config['eps']:g} ({detail})"
+
+
 def render_markdown(record: Dict[str, object], methods: Sequence[str]) -> str:
     config, result = record["config"], record["result"]
-    set_label = config["input_set"] + (f" k={config['k']} ({config['budget']})" if config["input_set"] == "spike-any-k"
-                                       else f" eps={config['eps']:g}")
     lines = [f"# Certified accuracy: {config['model']}", "",
-             f"{config['dataset']} {config['split']}, first {result['n']} samples, {set_label}, T'={config['horizon']}, "
+             f"{config['dataset']} {config['split']}, first {result['n']} samples, {set_label(config)}, T'={config['horizon']}, "
              f"seed {config['seed']}. Clean accuracy at T': {100 * result['clean_accuracy']:.1f}%.", "",
              "| method | certified accuracy % | certified error % | mean min margin lower bound | s/sample |",
              "|---|---|---|---|---|"]
@@ -273,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "probability eps")
     cli.add_robust_T(parser, 3, detail="; T is the model's stored training T when it has one")
     parser.add_argument("--method", default="ibp,crown-ibp,best",
-                        help=f"comma list of {', '.join(METHODS)}, or all")
+                        help=f"bound methods: comma list of {', '.join(METHODS)}, or all")
     parser.add_argument("--iterations", type=cli.nonnegative_int, default=20,
                         help="gradient steps of --method alpha")
     cli.add_n(parser, 1000, detail=" (the first N of the test split)")
@@ -317,17 +324,20 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     net = load_model(args.model)
     cli.check_robust_T(args.robust_T, cli.model_time_steps(args.model), "the model's training T")
     x, y = load_dataset(args.dataset, "test", data_dir=args.data_dir, limit=args.n)
+    from .progress import Progress, compile_notice
+
+    compile_notice(quiet=quiet)
     started = time.perf_counter()
-    records = certify_samples(net, x, y, config, methods, workers=args.workers, scheduler=args.scheduler,
-                              progress=None if (args.no_progress or quiet) else True)
+    with Progress(len(y), "certify", "sample", quiet=quiet, bar=not args.no_progress) as bar:
+        records = certify_samples(net, x, y, config, methods, workers=args.workers, scheduler=args.scheduler,
+                                  progress=lambda index, chunk: bar.update(len(chunk)))
     result = summarize(records, methods)
     result["seconds"] = time.perf_counter() - started
     record = {"config": asdict(config), "result": result,
               "command": " ".join(["python -m refsnn.certify", *(argv if argv is not None else sys.argv[1:])]),
               "machine": {"platform": platform.platform(), "python": platform.python_version(),
                           "workers": args.workers, "scheduler": args.scheduler}}
-    detail = {"digital": f"{args.convention}", "spike": args.l0_mode, "spike-any-k": f"k={args.k} {args.budget}"}
-    print(f"{args.model}: {args.dataset} {input_set} eps={args.eps} ({detail[input_set]}), T'={args.robust_T}, "
+    print(f"{args.model}: {args.dataset} {set_label(asdict(config))}, T'={args.robust_T}, "
           f"n={result['n']}, clean accuracy at T' {100 * result['clean_accuracy']:.1f}%")
     for method in methods:
         row = result[method]

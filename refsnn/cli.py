@@ -267,11 +267,12 @@ class _Deprecated(argparse.Action):
 
 
 def add_deprecated(parser: argparse.ArgumentParser, old: str, new: str, dest: str,
-                   type: Optional[Callable[[str], Any]] = None, flag: bool = False) -> None:
-    """Accept ``old`` as a hidden alias of ``new`` (same ``dest``, same validation ``type``)."""
+                   type: Optional[Callable[[str], Any]] = None, flag: bool = False, const: Any = True) -> None:
+    """Accept ``old`` as a hidden alias of ``new`` (same ``dest``, same validation ``type``); a ``flag``
+    alias takes no value and stores ``const``."""
     if flag:
-        parser.add_argument(old, dest=dest, nargs=0, action=_FlagDeprecated, new=new, default=argparse.SUPPRESS,
-                            help=argparse.SUPPRESS)
+        parser.add_argument(old, dest=dest, nargs=0, action=_FlagDeprecated, new=new, convert=lambda _: const,
+                            default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     else:
         parser.add_argument(old, dest=dest, action=_Deprecated, new=new, convert=type, default=argparse.SUPPRESS,
                             help=argparse.SUPPRESS)
@@ -280,7 +281,7 @@ def add_deprecated(parser: argparse.ArgumentParser, old: str, new: str, dest: st
 class _FlagDeprecated(_Deprecated):
     def __call__(self, parser, namespace, values, option_string=None):
         print(f"{parser.prog}: warning: {option_string} is deprecated; use {self.new}", file=sys.stderr)
-        setattr(namespace, self.dest, True)
+        setattr(namespace, self.dest, self.convert(None))
 
 
 def warn(prog: str, message: str) -> None:

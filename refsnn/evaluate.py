@@ -5,7 +5,7 @@ measured once per *sampling seed* (``np.random.default_rng(seed)`` draws the ran
 reported as mean and sample standard deviation (``ddof=1``) over the seeds. Event data (N-MNIST
 frames) are deterministic: one pass, standard deviation 0.
 
-Command line: ``python -m refsnn.evaluate --model MODEL.h5 --dataset mnist [--seeds 5] [--T 10]``.
+Command line: ``python -m refsnn.evaluate --model MODEL.h5 --dataset mnist [--seeds 5] [--T 10] [--format json]``.
 """
 from __future__ import annotations
 
@@ -111,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_n(parser, None, detail=" (the first N of --split; default: all)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default=None,
                         help="compute dtype (default: the model's)")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--format", choices=("text", "json"), default="text", help="how the result is printed")
     cli.add_deprecated(parser, "--limit", "--n", "n", cli.positive_int)
+    cli.add_deprecated(parser, "--json", "--format json", "format", flag=True, const="json")
     return parser
 
 
@@ -140,7 +141,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     net = load_model(args.model, dtype=args.dtype)
     x, y = load_dataset(args.dataset, args.split, args.data_dir, T=args.T, limit=args.n)
     result = clean_accuracy(net, x, y, args.T, seeds=range(args.seeds))
-    print(json.dumps(result.to_dict()) if args.json else f"{args.dataset} {args.split}: {result}")
+    print(json.dumps(result.to_dict()) if args.format == "json" else f"{args.dataset} {args.split}: {result}")
     return 0
 
 

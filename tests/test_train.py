@@ -360,8 +360,10 @@ def test_cli_tiny_run_and_resume(tmp_path, capsys):
 
 
 def test_cli_errors(tmp_path, capsys):
-    assert main(["--epochs", "0", "--out", str(tmp_path), "--quiet"]) == 2
-    assert "epochs must be a positive integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--epochs", "0", "--out", str(tmp_path), "--quiet"])
+    assert exit_info.value.code == 2
+    assert "argument --epochs: must be an integer >= 1" in capsys.readouterr().err
     assert main(["--resume", "--out", str(tmp_path / "missing"), "--quiet"]) == 2
     with pytest.raises(SystemExit):
         main(["--resume", "--lr", "0.1", "--out", str(tmp_path)])
@@ -432,6 +434,6 @@ def test_evaluate_cli(tmp_path, capsys):
     from refsnn.io import save_model
     save_model(tmp_path / "m.h5", build_network("fc", (1, 28, 28), seed=0))
     assert evaluate_main(["--model", str(tmp_path / "m.h5"), "--dataset", "mnist-subset", "--n", "20", "--seeds", "2",
-                          "--json"]) == 0
+                          "--format", "json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["n_samples"] == 20 and result["seeds"] == [0, 1] and result["encoding"] == "bernoulli"
