@@ -110,7 +110,10 @@ def _binary(name: str, field_name: str, value) -> np.ndarray:
     return array.astype(np.uint8)
 
 
-def _finite(name: str, field_name: str, value, shape=None) -> np.ndarray:
+CLAIM_VALUES = "allowed: real numbers, -inf/+inf for no bound"
+
+
+def _finite(name: str, field_name: str, value, shape=None, allowed: str = CLAIM_VALUES) -> np.ndarray:
     try:
         array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
@@ -119,7 +122,7 @@ def _finite(name: str, field_name: str, value, shape=None) -> np.ndarray:
         raise _fail(name, field_name, f"has shape {array.shape}, expected {tuple(shape)}")
     if np.any(np.isnan(array)):
         index = tuple(int(v) for v in np.argwhere(np.isnan(array))[0])
-        raise _fail(name, field_name, f"contains NaN (first at index {list(index)})")
+        raise _fail(name, field_name, f"contains NaN (first at index {list(index)}); {allowed}")
     return array
 
 
@@ -144,7 +147,7 @@ def validate_case(case: Case, net=None) -> Case:
     n_out = net.n_outputs if net is not None else None
     C = None
     if case.C is not None:
-        C = _finite(name, "C", case.C)
+        C = _finite(name, "C", case.C, allowed="allowed: finite numbers")
         if not np.all(np.isfinite(C)):
             raise _fail(name, "C", "contains infinite values")
         if C.ndim == 2:
@@ -163,7 +166,10 @@ def validate_case(case: Case, net=None) -> Case:
         array = _finite(name, side, value)
         if array.ndim != 2 or array.shape[0] != batch or (n_spec is not None and array.shape[1] != n_spec):
             expected = f"[B={batch}, n_spec={n_spec if n_spec is not None else '?'}]"
-            raise _fail(name, side, f"has shape {array.shape}, expected {expected}")
+            source = (f"the {C.shape[1]} rows of C" if C is not None else
+                      f"the model's {n_out} outputs" if n_out is not None else "the rows of C")
+            raise _fail(name, side, f"has shape {array.shape}, expected {expected} (B: samples of x_lower; "
+                                    f"n_spec: {source})")
         claims[side] = array
     if claims["claimed_lower"] is not None and claims["claimed_upper"] is not None:
         if claims["claimed_lower"].shape != claims["claimed_upper"].shape:
@@ -176,7 +182,7 @@ def validate_case(case: Case, net=None) -> Case:
             for k, array in stages.items():
                 field_name = f"claimed_membranes/{side[12:]}/{k}"
                 if np.any(np.isnan(array)):
-                    raise _fail(name, field_name, "contains NaN")
+                    raise _fail(name, field_name, f"contains NaN; {CLAIM_VALUES}")
                 if net is not None:
                     if not 0 <= k < len(net.stages):
                         raise _fail(name, field_name, f"stage {k} does not exist (the model has {len(net.stages)})")
