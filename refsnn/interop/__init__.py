@@ -5,7 +5,10 @@
   refsnn :class:`~refsnn.network.SNN`, validated by running both forward passes and refused unless
   their spikes agree exactly;
 - :func:`export_bounds` (``refsnn.interop.export``): runs another implementation's bound routine
-  over input cases and writes the CASES.h5 file that ``python -m verify.check`` reads.
+  over input cases and writes the CASES.h5 file that ``python -m verify.check`` reads;
+- :func:`from_nir` / :func:`to_nir` / :func:`write_nir` (``refsnn.interop.nir``, extra ``refsnn[nir]``):
+  NIR graphs in and out, forward Euler with an explicit ``dt``; :func:`load_any_model` reads a
+  refsnn HDF5 model or converts a ``.nir`` file in memory (what the command-line tools call).
 
 Importing this package does not import torch; the functions do, and say how to install it
 (``pip install "refsnn[torch]"``, which pins ``torch==2.13.0``) when it is missing.
@@ -14,7 +17,8 @@ See docs/INTEROP.md.
 from __future__ import annotations
 
 __all__ = ["import_module", "import_state_dict", "load_torch_model", "export_bounds", "ImportRefused",
-           "ImportReport", "require_torch", "TORCH_REQUIREMENT"]
+           "ImportReport", "require_torch", "TORCH_REQUIREMENT", "from_nir", "to_nir", "write_nir",
+           "load_any_model", "NIRRefused"]
 
 TORCH_REQUIREMENT = "torch==2.13.0"
 
@@ -25,6 +29,11 @@ _LAZY = {
     "ImportRefused": "torch_import",
     "ImportReport": "torch_import",
     "export_bounds": "export",
+    "from_nir": "nir",
+    "to_nir": "nir",
+    "write_nir": "nir",
+    "load_any_model": "nir",
+    "NIRRefused": "nir",
 }
 
 
