@@ -629,54 +629,71 @@ def _parse_option(text: str):
         return key, value
 
 
+PROG = "python -m refsnn.train"
+
+
+def _milestones(text: str) -> tuple:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = (-1,)
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"needs comma-separated epoch numbers >= 0, e.g. 55 or 30,60; got {text!r}")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m refsnn.train",
-        description="Train a LIF spiking network with manual BPTT. With no arguments: the FC network "
-                    "on the embedded MNIST subset (30 epochs, about 1 s each on 2 cores), written to runs/default/.")
+    """The ``python -m refsnn.train`` parser (shared vocabulary of ``refsnn.cli``). Options left out take
+    the value of ``--preset`` (see refsnn/config.py), hence their default ``none`` here."""
+    from . import cli
+
+    parser = cli.make_parser(
+        PROG, "Train a LIF spiking network with manual BPTT. With no arguments: the FC network on the embedded "
+              "MNIST subset (30 epochs, about 1 s each on 2 cores), written to runs/default/. Options whose "
+              "default reads 'none' take the --preset's value.")
     add = parser.add_argument
     add("--preset", choices=sorted(PRESETS), default="default",
         help="named schedule (default: the embedded quick job; paper: 80 epochs, lr 0.01 -> 0.001 at 55)")
-    add("--dataset", choices=DATASETS)
-    add("--arch", choices=("fc", "conv"))
+    cli.add_dataset(parser)
+    add("--arch", choices=("fc", "conv"), help="architecture (refsnn.architectures)")
     add("--method", help="training method: natural (default) or robust (S-IBP/S-CROWN bound loss)")
-    add("--eps", type=float, help="robust: final eps (default: the paper's Table 2 value)")
-    add("--robust-T", type=int, help="robust: horizon T' of the bound set (default 3)")
+    cli.add_eps(parser, None, detail="; robust: final eps (default: the paper's Table 2 value)")
+    cli.add_robust_T(parser, None, detail="; robust: the bound set (default 3)")
     add("--recipe", choices=("crown-ibp", "authors"), help="robust: loss/ramp recipe (default crown-ibp)")
-    add("--ramp-epochs", type=float, help="robust: epochs of the linear eps ramp (default 250/300 of --epochs)")
+    add("--ramp-epochs", type=cli.positive_float,
+        help="robust: epochs of the linear eps ramp (default 250/300 of --epochs)")
     add("--method-option", action="append", type=_parse_option, default=None, metavar="KEY=VALUE",
         help="method-specific setting (JSON value), repeatable")
-    add("--epochs", type=int)
-    add("--lr", type=float)
-    add("--batch-size", type=int)
-    add("--T", type=int, help="time steps (default 10)")
-    add("--seed", type=int)
-    add("--optimizer", choices=("sgd", "adam"))
-    add("--momentum", type=float)
-    add("--weight-decay", type=float)
-    add("--schedule", choices=("constant", "multistep", "step"))
-    add("--milestones", type=lambda s: tuple(int(v) for v in s.split(",") if v), help="e.g. 55 or 30,60")
-    add("--step-size", type=int)
-    add("--gamma", type=float)
-    add("--grad-clip", type=float)
-    add("--loss", choices=("ce", "mse"))
-    add("--loss-scale", type=float, help="logit scale on rates for the ce loss (default: 5 for fc, 2 for conv)")
-    add("--firing", choices=(">=", ">"))
-    add("--surrogate", choices=("rectangular", "sigmoid", "atan"))
+    add("--epochs", type=cli.positive_int, help="training epochs")
+    add("--lr", type=cli.positive_float, help="base learning rate")
+    cli.add_batch_size(parser, None)
+    cli.add_T(parser, None, detail=" (the preset's: 10)")
+    cli.add_seed(parser, detail=" (initial weights, shuffling, rand maps)")
+    add("--optimizer", choices=("sgd", "adam"), help="optimizer")
+    add("--momentum", type=cli.nonnegative_float, help="SGD momentum")
+    add("--weight-decay", type=cli.nonnegative_float, help="L2 weight decay")
+    add("--schedule", choices=("constant", "multistep", "step"), help="learning-rate schedule")
+    add("--milestones", type=_milestones, help="multistep: epochs where lr is multiplied by --gamma, e.g. 55 or 30,60")
+    add("--step-size", type=cli.positive_int, help="step schedule: epochs between decays")
+    add("--gamma", type=cli.positive_float, help="learning-rate decay factor")
+    add("--grad-clip", type=cli.positive_float, help="clip the gradient norm to this value")
+    add("--loss", choices=("ce", "mse"), help="loss on the output rates")
+    add("--loss-scale", type=cli.positive_float,
+        help="logit scale on rates for the ce loss (default: 5 for fc, 2 for conv)")
+    add("--firing", choices=(">=", ">"), help="firing rule m >= th (the paper) or m > th (the authors' code)")
+    add("--surrogate", choices=("rectangular", "sigmoid", "atan"), help="surrogate derivative of the spike")
     add("--detach-reset", action="store_true", default=None, help="do not differentiate the reset path")
-    add("--dtype", choices=("float32", "float64"))
-    add("--data-dir")
-    add("--limit-train", type=int)
-    add("--limit-test", type=int)
-    add("--eval-seeds", type=int, help="sampling seeds of the final test evaluation (digital data)")
-    add("--checkpoint-every", type=int, help="also checkpoint every N steps")
-    add("--init", help="start from the weights of this model file")
-    add("--out", help="output directory (default runs/default without arguments, else runs/<dataset>-<arch>-<method>-seed<seed>)")
+    add("--dtype", choices=("float32", "float64"), help="training dtype")
+    add("--limit-train", type=cli.positive_int, help="use the first N training samples")
+    add("--limit-test", type=cli.positive_int, help="use the first N test samples")
+    add("--eval-seeds", type=cli.positive_int, help="sampling seeds of the final test evaluation (digital data)")
+    add("--checkpoint-every", type=cli.nonnegative_int, help="also checkpoint every N steps (0: per epoch only)")
+    add("--init", metavar="FILE", help="start from the weights of this model file")
+    cli.add_out(parser, "runs/default without arguments, else runs/<dataset>-<arch>-<method>-seed<seed>")
     add("--resume", action="store_true", help="continue the run in --out from its checkpoint.h5")
     add("--overwrite", action="store_true", help="replace the earlier run in --out (its checkpoint, model and metrics)")
-    add("--stop-after-steps", type=int, help="stop and checkpoint after this many steps in total")
-    add("--no-progress", action="store_true", help="no progress bars")
-    add("--quiet", action="store_true", help="print nothing but errors")
+    add("--stop-after-steps", type=cli.positive_int, help="stop and checkpoint after this many steps in total")
+    cli.add_progress(parser)
     return parser
 
 
@@ -700,6 +717,15 @@ def config_from_args(args) -> TrainConfig:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m refsnn.train``; returns the exit code (2 with one stderr line for bad input)."""
+    from .cli import run_main
+
+    return run_main(PROG)(_main)(argv)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
+    from . import cli
+
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -708,7 +734,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.resume:
             out = Path(args.out or "runs/default")
             given = sorted(name for name in CONFIG_ARGS
-                           if getattr(args, name) is not None and name not in ("epochs", "data_dir"))
+                           if getattr(args, name) != parser.get_default(name) and name not in ("epochs", "data_dir"))
             robust_given = any(getattr(args, name) is not None for name in ("eps", "robust_T", "recipe", "ramp_epochs"))
             if args.overwrite:
                 parser.error("--resume continues the run in --out and --overwrite replaces it; pass one of them")
@@ -720,8 +746,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             trainer.log(f"resuming {out / 'checkpoint.h5'} at epoch {trainer.epoch + 1}, batch {trainer.step}")
         else:
             config = config_from_args(args)
+            cli.check_robust_T(config.method_options.get("robust_T"), config.T, "--T")
             out = Path(args.out) if args.out else (Path("runs/default") if not argv else
                                                      Path(f"runs/{config.dataset}-{config.arch}-{config.method}-seed{config.seed}"))
+            cli.check_out_dir(out)
             if not args.overwrite:
                 check_new_run_folder(out)  # refuse in a second, before the data are loaded
             trainer = Trainer(config, out, progress, not args.quiet, overwrite=args.overwrite)
@@ -733,11 +761,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         return 130
     except TrainingDiverged as error:  # a failed run (1), not a usage error (2)
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     return 130 if result.interrupted else 0
 
 
