@@ -70,8 +70,9 @@ def check_threshold(value: Any, dtype: Any = np.float64) -> float:
         raise ModelValidationError(
             f"threshold must be a finite number > 0, got {threshold!r} (the bound rules need a reset value "
             "of 0 below the threshold; a threshold <= 0 is outside refsnn's LIF model)")
-    as_run = np.dtype(dtype).type(threshold)
-    if not np.isfinite(as_run) or as_run <= 0:
+    with np.errstate(over="ignore"):
+        as_run = float(np.dtype(dtype).type(threshold))
+    if not math.isfinite(as_run) or as_run <= 0.0:
         raise ModelValidationError(f"threshold {threshold!r} becomes {as_run!r} in {np.dtype(dtype).name}; "
                                    f"it must stay a finite number > 0 in the network's dtype")
     return threshold
