@@ -50,6 +50,7 @@ from .data import load_dataset
 from .encoders import rate_encode
 from .input_sets import digital_linf_set, spike_l0_set
 from .io import atomic_write_text, load_model
+from .runlock import file_sha256, guard_result, result_key
 
 EVENT_DATASETS = ("nmnist",)
 INPUT_SETS = ("digital", "spike", "spike-any-k")
@@ -292,13 +293,28 @@ def build_parser() -> argparse.ArgumentParser:
                         help="... for the first M samples")
     parser.add_argument("--confidence-alpha", type=cli.open_unit_float, default=0.001,
                         help="Clopper-Pearson confidence level alpha of the encoder certificate, in (0, 1)")
-    cli.add_out(parser, "runs/certify/<dataset>-<set>-eps<eps>-robustT<T'>-n<n>-seed<seed>; writes "
-                        f"{OUTPUT_STEM}.json, .csv, .md and {OUTPUT_STEM}_samples.json")
+    cli.add_out(parser, "runs/certify/<dataset>-<set>-eps<eps>-robustT<T'>-n<n>-seed<seed>-<methods>-<key of all "
+                        f"arguments and the model>; writes {OUTPUT_STEM}.json, .csv, .md and {OUTPUT_STEM}_samples.json")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a different result already in --out (a rerun of the same result is always allowed)")
     cli.add_progress(parser)
     add_cluster_arguments(parser)
     cli.add_deprecated(parser, "--horizon", "--robust-T", "robust_T", cli.positive_int)
     cli.add_deprecated(parser, "--alpha", "--confidence-alpha", "confidence_alpha", cli.open_unit_float)
     return parser
+
+
+def result_identity(args: argparse.Namespace, input_set: str, methods: Sequence[str]) -> Dict[str, object]:
+    """Every argument that changes a certify result, and the model file's SHA-256: two runs write
+    the same ``--out`` only when these agree (``refsnn.runlock.guard_result``). Not in it: the
+    batch size and the workers (results do not depend on chunking) and the data folder."""
+    model = Path(args.model)
+    return {"model": model.name, "model_sha256": file_sha256(model) if model.is_file() else None,
+            "dataset": args.dataset, "split": "test", "input_set": input_set, "eps": args.eps,
+            "convention": args.convention, "l0_mode": args.l0_mode, "robust_T": args.robust_T, "n": args.n,
+            "seed": args.seed, "k": args.k, "budget": args.budget, "iterations": args.iterations,
+            "encoder_draws": args.encoder_draws, "encoder_images": args.encoder_images,
+            "confidence_alpha": args.confidence_alpha, "methods": list(methods)}
 
 
 def _main(argv: Optional[Sequence[str]] = None) -> int:
@@ -313,10 +329,13 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         raise cli.CLIError(f"--method: unknown method(s) {unknown}; choose a comma list of {', '.join(METHODS)} "
                            "or all")
     input_set = args.input_set or ("spike" if args.dataset in EVENT_DATASETS else "digital")
+    identity = result_identity(args, input_set, methods)
     out = cli.out_folder(PROG, args.out, cli.default_out(
         "certify", args.dataset, input_set, f"k{args.k}" if input_set == "spike-any-k" else f"eps{args.eps:g}",
-        f"robustT{args.robust_T}", f"n{args.n}", f"seed{args.seed}"), file_suffixes=(".json",))
+        f"robustT{args.robust_T}", f"n{args.n}", f"seed{args.seed}", "+".join(methods), result_key(identity)),
+        file_suffixes=(".json",))
     cli.check_out_dir(out)
+    guard_result(output_files(out)["json"], identity, args.overwrite)  # before the work, not after it
     config = CertifyConfig(args.model, args.dataset, "test", args.eps, input_set, args.convention,
                            args.l0_mode, args.robust_T, args.n, args.seed, args.batch_size, args.data_dir,
                            args.k, args.budget, args.iterations, args.encoder_draws, args.encoder_images,
@@ -333,7 +352,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
                                   progress=lambda index, chunk: bar.update(len(chunk)))
     result = summarize(records, methods)
     result["seconds"] = time.perf_counter() - started
-    record = {"config": asdict(config), "result": result,
+    record = {"identity": identity, "config": asdict(config), "result": result,
               "command": " ".join(["python -m refsnn.certify", *(argv if argv is not None else sys.argv[1:])]),
               "machine": {"platform": platform.platform(), "python": platform.python_version(),
                           "workers": args.workers, "scheduler": args.scheduler}}

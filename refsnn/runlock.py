@@ -155,3 +155,56 @@ def read_lock_quietly(path: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]
         return read_lock(path)
     except (OSError, RunLockError):
         return None
+
+
+# --- results that are never silently replaced ------------------------------------------------------
+
+class ResultExistsError(ValueError):
+    """An output file holds a different result and ``--overwrite`` was not given."""
+
+
+def file_sha256(path: Union[str, os.PathLike]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def guard_result(path: Union[str, os.PathLike], identity: Dict[str, Any], overwrite: bool = False,
+                 option: str = "--out") -> None:
+    """Refuses (:class:`ResultExistsError`) to replace the JSON result ``path`` unless its stored
+    ``"identity"`` (every argument that changes the result) equals ``identity``, or ``overwrite``.
+
+    A rerun of the same result may rewrite it; a different one (another eps, set, model, ...) or a
+    file that is not a readable result is never replaced silently."""
+    path = Path(path)
+    if overwrite or not path.exists():
+        return
+    wanted = json.loads(json.dumps(identity, sort_keys=True, default=str))
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ResultExistsError(f"{path} exists and is not a readable result ({' '.join(str(error).split())}); "
+                                f"choose another {option} or pass --overwrite to replace it") from None
+    previous = stored.get("identity") if isinstance(stored, dict) else None
+    if previous == wanted:
+        return
+    if isinstance(previous, dict):
+        keys = [key for key in sorted(set(previous) | set(wanted)) if previous.get(key) != wanted.get(key)]
+        what = ", ".join(f"{key} {previous.get(key)!r} there, {wanted.get(key)!r} now" for key in keys[:4])
+    else:
+        what = "written without the arguments that identify it"
+    raise ResultExistsError(f"{path} holds a different result ({what}); choose another {option} or pass "
+                            "--overwrite to replace it")
+
+
+def result_key(identity: Dict[str, Any]) -> str:
+    """8 hex digits of the SHA-256 of ``identity`` (canonical JSON): a short name part that differs
+    whenever any argument that changes the result differs."""
+    import hashlib
+
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]

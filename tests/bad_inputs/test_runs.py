@@ -283,3 +283,32 @@ def test_writer_killed_mid_checkpoint_keeps_the_previous_one(run, tmp_path, caps
     assert main(RESUME + ["--out", str(run), "--quiet"]) == 0  # its lock is stale, its temp file an orphan
     assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp"))
     assert load_checkpoint(run / "checkpoint.h5").epoch == 2
+
+
+# --- certify: results never replace each other --------------------------------------------------
+
+def _certify(finished_run, out, eps, *extra):
+    from refsnn.certify import main as certify_main
+    return certify_main(["--model", str(finished_run / "model.h5"), "--dataset", "mnist-subset", "--n", "3",
+                         "--eps", str(eps), "--method", "ibp", "--no-progress", "--out", str(out), *extra])
+
+
+def test_certify_two_eps_into_one_out_do_not_collide(finished_run, tmp_path, capsys):
+    out = tmp_path / "cert"
+    assert _certify(finished_run, out, 0.05) == 0
+    before = _digests(out)
+    assert _certify(finished_run, out, 0.1) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(r"holds a different result .*eps.*--overwrite", err), err
+    assert _digests(out) == before
+    assert _certify(finished_run, out, 0.05) == 0  # the same result again may be rewritten
+    assert _certify(finished_run, out, 0.1, "--overwrite") == 0
+    assert json.loads((out / "certify.json").read_text())["config"]["eps"] == 0.1
+
+
+def test_certify_old_file_names_for_two_eps_do_not_collide(finished_run, tmp_path):
+    for eps in ("0.05", "0.10"):
+        assert _certify(finished_run, tmp_path / f"cert_eps{eps}.json", eps) == 0
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert len(written) == 8 and len({json.loads(p.read_text())["config"]["eps"]
+                                      for p in tmp_path.rglob("certify.json")}) == 2
