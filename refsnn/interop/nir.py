@@ -191,7 +191,7 @@ def _param(node, name: str, node_name: str, shape: Tuple[int, ...], source: str)
                          f"the {shape} neurons of the layer before it") from None
     if not np.all(np.isfinite(array)):
         raise NIRRefused(f"{source}: node {node_name!r} field {name} holds a non-finite value "
-                         f"({array[~np.isfinite(array)].ravel()[0]!r}); the Euler step is undefined")
+                         f"({float(array[~np.isfinite(array)].ravel()[0])!r}); the Euler step is undefined")
     return array
 
 
@@ -199,7 +199,7 @@ def _one_value(array: np.ndarray, what: str, node_name: str, source: str, why: s
     values = np.unique(array)
     if values.size != 1:
         raise NIRRefused(f"{source}: node {node_name!r} has per-neuron {what} ({values.size} distinct values, "
-                         f"{values[0]!r} to {values[-1]!r}); {why}")
+                         f"{float(values[0])!r} to {float(values[-1])!r}); {why}")
     return float(values[0])
 
 
@@ -209,14 +209,14 @@ def _neuron(node, node_name: str, nir, shape, dt: float, source: str):
     reset = _param(node, "v_reset", node_name, shape, source) if getattr(node, "v_reset", None) is not None \
         else np.zeros(shape)
     if np.any(reset != 0):
-        raise NIRRefused(f"{source}: node {node_name!r} has v_reset = {reset[reset != 0].ravel()[0]!r}; refsnn "
+        raise NIRRefused(f"{source}: node {node_name!r} has v_reset = {float(reset[reset != 0].ravel()[0])!r}; refsnn "
                          "resets the membrane to 0 after a spike (a subtractive or other reset is not its LIF)")
     if isinstance(node, nir.LIF):
         tau = _param(node, "tau", node_name, shape, source)
         r = _param(node, "r", node_name, shape, source)
         v_leak = _param(node, "v_leak", node_name, shape, source)
         if np.any(tau <= 0):
-            raise NIRRefused(f"{source}: node {node_name!r} has tau <= 0 ({tau[tau <= 0].ravel()[0]!r})")
+            raise NIRRefused(f"{source}: node {node_name!r} has tau <= 0 ({float(tau[tau <= 0].ravel()[0])!r})")
         decay_array = 1 - dt / tau
         scale = (dt * r) / tau
         leak = (dt * v_leak) / tau
