@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model", required=True, metavar="FILE",
         help=f"{cli.VOCABULARY['--model']} to import: what torch.save wrote (a module or a state_dict)")
     cli.add_out(parser, f"runs/import/<framework>-<model file name>; writes {MODEL_NAME}")
-    add("--arch", help="plain state_dict: MNIST_FC | MNIST_CONV | NMNIST_FC | NMNIST_CONV or a "
-                       "JSON file with the layer list (default: none)")
+    add("--arch", help="architecture of a plain state_dict: MNIST_FC | MNIST_CONV | NMNIST_FC | NMNIST_CONV "
+                       "or a JSON file with the layer list (default: none)")
     add("--module-class", help="state_dict of any framework: package.module:ClassName")
     add("--full-module", action="store_true",
         help="FILE holds a pickled module (torch.load with weights_only=False; trusted files only)")
@@ -69,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="float32 models: set aside validation samples whose first differing spike sits within "
              "ULPS float32 spacings of the threshold (default 0: every spike must agree; the "
              "float64 comparison is always exact)")
-    add("--threshold", type=float, help="plain only (default: the authors' 0.25)")
-    add("--decay", type=float, help="plain only (default: the authors' 0.25)")
-    add("--firing", choices=(">=", ">"), help="plain only (default: the authors' '>')")
+    add("--threshold", type=float, help="firing threshold, plain only (default: the authors' 0.25)")
+    add("--decay", type=float, help="membrane decay, plain only (default: the authors' 0.25)")
+    add("--firing", choices=(">=", ">"), help="firing rule, plain only (default: the authors' '>')")
     cli.add_deprecated(parser, "--steps", "--T", "T", cli.positive_int)
     cli.add_deprecated(parser, "--samples", "--inputs", "inputs")
     return parser

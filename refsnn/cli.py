@@ -45,6 +45,7 @@ RUNS_ROOT = Path("runs")
 #: another meaning (tests/test_cli_vocabulary.py checks every parser against this table).
 VOCABULARY = {
     "--model": "model file",
+    "--dt": "time step dt of a .nir model",
     "--dataset": "data set",
     "--data-dir": "data folder",
     "--n": "number of test samples",
@@ -59,7 +60,21 @@ VOCABULARY = {
     "--workers": "run the chunks on a local Dask cluster",
     "--quiet": "print nothing but results and errors",
     "--no-progress": "no progress bars",
+    # flags of a few commands, same meaning wherever they appear
+    "--arch": "architecture",
+    "--convention": "digital l-inf radius",
+    "--dtype": "compute dtype",
+    "--firing": "firing rule",
+    "--overwrite": "replace",
+    "--preset": "named preset",
+    "--scheduler": "run the chunks on the Dask cluster",
+    "--set": "input set",
+    "--split": "data split",
 }
+
+#: Flags whose meaning is the command's own (each help says which kind): ``--method`` is the
+#: training method of train, the bound methods of certify and the decision method of verify.check.
+COMMAND_SPECIFIC = ("--method",)
 
 
 class CLIError(ValueError):
@@ -170,10 +185,16 @@ def eps_list(text: str) -> list:
 
 # --- shared options -------------------------------------------------------------------------------
 
-def add_model(parser: argparse.ArgumentParser, required: bool = True, detail: str = "") -> None:
-    """``--model FILE`` (refsnn HDF5 model, docs/FORMAT.md)."""
+def add_model(parser: argparse.ArgumentParser, required: bool = True, detail: str = "", nir: bool = False) -> None:
+    """``--model FILE`` (refsnn HDF5 model, docs/FORMAT.md); with ``nir``, also a ``.nir`` graph and its
+    ``--dt`` (the command loads it with ``refsnn.interop.nir.load_any_model``)."""
+    kinds = "refsnn HDF5, docs/FORMAT.md, or a .nir graph with --dt" if nir else "refsnn HDF5, docs/FORMAT.md"
     parser.add_argument("--model", required=required, metavar="FILE",
-                        help=f"{VOCABULARY['--model']} (refsnn HDF5, docs/FORMAT.md){detail}")
+                        help=f"{VOCABULARY['--model']} ({kinds}){detail}")
+    if nir:
+        parser.add_argument("--dt", type=positive_float, default=None, metavar="SECONDS",
+                            help=f"{VOCABULARY['--dt']} (NIR neurons are continuous-time; forward Euler, "
+                                 "docs/INTEROP.md), e.g. 1e-4 for snnTorch's exports; required for .nir only")
 
 
 def add_dataset(parser: argparse.ArgumentParser, required: bool = False, default: Optional[str] = None,
@@ -397,7 +418,8 @@ def run_main(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
     return decorate
 
 
-__all__ = ["DATASETS", "SEED_DEFAULT", "VOCABULARY", "CLIError", "HelpFormatter", "Parser", "make_parser",
+__all__ = ["DATASETS", "SEED_DEFAULT", "VOCABULARY", "COMMAND_SPECIFIC", "CLIError", "HelpFormatter", "Parser",
+           "make_parser",
            "int_at_least", "positive_int", "nonnegative_int", "positive_float", "nonnegative_float", "open_unit_float",
            "eps_value", "eps_list", "add_model", "add_dataset", "add_n", "add_seed", "add_T", "add_robust_T",
            "add_eps", "add_batch_size", "add_out", "add_time_limit", "add_atol", "add_progress", "add_deprecated",

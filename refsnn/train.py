@@ -653,7 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
               "default reads 'none' take the --preset's value.")
     add = parser.add_argument
     add("--preset", choices=sorted(PRESETS), default="default",
-        help="named schedule (default: the embedded quick job; paper: 80 epochs, lr 0.01 -> 0.001 at 55)")
+        help="named preset of the training schedule (default: the embedded quick job; paper: 80 epochs, "
+             "lr 0.01 -> 0.001 at 55)")
     cli.add_dataset(parser)
     add("--arch", choices=("fc", "conv"), help="architecture (refsnn.architectures)")
     add("--method", help="training method: natural (default) or robust (S-IBP/S-CROWN bound loss)")
@@ -683,7 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--firing", choices=(">=", ">"), help="firing rule m >= th (the paper) or m > th (the authors' code)")
     add("--surrogate", choices=("rectangular", "sigmoid", "atan"), help="surrogate derivative of the spike")
     add("--detach-reset", action="store_true", default=None, help="do not differentiate the reset path")
-    add("--dtype", choices=("float32", "float64"), help="training dtype")
+    add("--dtype", choices=("float32", "float64"), help="compute dtype of training")
     add("--limit-train", type=cli.positive_int, help="use the first N training samples")
     add("--limit-test", type=cli.positive_int, help="use the first N test samples")
     add("--eval-seeds", type=cli.positive_int, help="sampling seeds of the final test evaluation (digital data)")
