@@ -49,7 +49,7 @@ from .bounds import compute_bounds, margin_spec
 from .data import load_dataset
 from .encoders import rate_encode
 from .input_sets import digital_linf_set, spike_l0_set
-from .io import atomic_write_text, load_model
+from .io import atomic_write_text
 from .runlock import file_sha256, guard_result, result_key
 
 EVENT_DATASETS = ("nmnist",)
@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .parallel import add_cluster_arguments
 
     parser = cli.make_parser(PROG, __doc__.splitlines()[0])
-    cli.add_model(parser)
+    cli.add_model(parser, nir=True)
     cli.add_dataset(parser, default="mnist")
     cli.add_eps(parser, 0.12, detail=" (digital: l-inf radius eps/2 under --convention paper; spike: fraction "
                                      "of freed positions)")
@@ -340,7 +340,9 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
                            args.l0_mode, args.robust_T, args.n, args.seed, args.batch_size, args.data_dir,
                            args.k, args.budget, args.iterations, args.encoder_draws, args.encoder_images,
                            args.confidence_alpha)
-    net = load_model(args.model)
+    from .interop.nir import load_any_model
+
+    net = load_any_model(args.model, dt=args.dt)
     cli.check_robust_T(args.robust_T, cli.model_time_steps(args.model), "the model's training T")
     x, y = load_dataset(args.dataset, "test", data_dir=args.data_dir, limit=args.n)
     from .progress import Progress, compile_notice

@@ -450,7 +450,10 @@ def _json_default(value):
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m verify.check", description=__doc__.split("\n\n")[0],
                                      epilog=EXIT_CODES_HELP)
-    parser.add_argument("--model", required=True, help="model file (refsnn HDF5 format, docs/FORMAT.md)")
+    parser.add_argument("--model", required=True,
+                        help="model file (refsnn HDF5 format, docs/FORMAT.md, or a .nir graph with --dt)")
+    parser.add_argument("--dt", type=float, default=None,
+                        help="time step dt of a .nir model in seconds (forward Euler, docs/INTEROP.md)")
     parser.add_argument("--cases", required=True, help="cases file (format in verify/cases.py, verify/README.md)")
     parser.add_argument("--json", help="write the machine-readable report here")
     parser.add_argument("--method", choices=METHODS, default="auto",
@@ -464,10 +467,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         config = CheckConfig(method=args.method, time_limit=args.time_limit, atol=args.atol, samples=args.samples,
                              seed=args.seed)
-        from refsnn.io import FormatError, load_model
+        from refsnn.interop.nir import load_any_model
+        from refsnn.io import FormatError
         try:
-            net = load_model(args.model)
-        except (FormatError, OSError, ValueError) as error:
+            net = load_any_model(args.model, dt=args.dt)
+        except (FormatError, OSError, ValueError, ImportError) as error:
             raise CasesError(f"model {args.model}: {error}") from None
         cases = read_cases(args.cases, net)
         report = check_cases(net, cases, config)

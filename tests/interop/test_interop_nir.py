@@ -288,3 +288,38 @@ def test_load_any_model(tmp_path):
         load_any_model(nir_path)
     with pytest.raises(NIRError, match="applies to .nir models only"):
         load_any_model(h5_path, dt=DT)
+
+
+# --- the command-line tools take .nir models with --dt ------------------------------------------------
+
+def test_verify_check_reads_nir(tmp_path, capsys):
+    from verify.cases import Case, write_cases
+    from verify.check import main as check_main
+
+    net = fc_net()
+    model = write_nir(net, tmp_path / "m.nir", DT)
+    rng = np.random.default_rng(6)
+    x_lower = binary(rng, (3, 4, 16))
+    x_upper = np.maximum(x_lower, binary(rng, (3, 4, 16), 0.3))
+    rates = net.forward(x_lower)                       # claimed for the whole box: unsound
+    cases = write_cases(tmp_path / "cases.h5", [Case("corner", x_lower, x_upper, claimed_lower=rates,
+                                                      claimed_upper=rates)], producer="tests")
+    assert check_main(["--model", str(model), "--dt", str(DT), "--cases", str(cases)]) == 1
+    assert "[UNSOUND]" in capsys.readouterr().out
+    assert check_main(["--model", str(model), "--cases", str(cases)]) == 2
+    err = capsys.readouterr().err
+    assert "give the time step with --dt" in err and len(err.strip().splitlines()) == 1
+
+
+def test_certify_reads_nir(tmp_path, capsys):
+    from refsnn.certify import main as certify_main
+
+    rng = np.random.default_rng(7)
+    net = SNN([Flatten(), Linear(dyadic(rng, 8, 784), dyadic(rng, 8)), Linear(dyadic(rng, 10, 8), dyadic(rng, 10))],
+              threshold=0.25, decay=0.5, firing=">", input_shape=(1, 28, 28))
+    model = write_nir(net, tmp_path / "m.nir", DT)
+    args = ["--model", str(model), "--dataset", "mnist-subset", "--eps", "0.01", "--n", "4", "--method", "ibp",
+            "--out", str(tmp_path / "cert"), "--quiet"]
+    assert certify_main(args + ["--dt", str(DT)]) == 0
+    assert certify_main(args) == 2
+    assert "give the time step with --dt" in capsys.readouterr().err
