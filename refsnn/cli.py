@@ -60,7 +60,21 @@ VOCABULARY = {
     "--workers": "run the chunks on a local Dask cluster",
     "--quiet": "print nothing but results and errors",
     "--no-progress": "no progress bars",
+    # flags of a few commands, same meaning wherever they appear
+    "--arch": "architecture",
+    "--convention": "digital l-inf radius",
+    "--dtype": "compute dtype",
+    "--firing": "firing rule",
+    "--overwrite": "replace",
+    "--preset": "named preset",
+    "--scheduler": "run the chunks on the Dask cluster",
+    "--set": "input set",
+    "--split": "data split",
 }
+
+#: Flags whose meaning is the command's own (each help says which kind): ``--method`` is the
+#: training method of train, the bound methods of certify and the decision method of verify.check.
+COMMAND_SPECIFIC = ("--method",)
 
 
 class CLIError(ValueError):
@@ -404,7 +418,8 @@ def run_main(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
     return decorate
 
 
-__all__ = ["DATASETS", "SEED_DEFAULT", "VOCABULARY", "CLIError", "HelpFormatter", "Parser", "make_parser",
+__all__ = ["DATASETS", "SEED_DEFAULT", "VOCABULARY", "COMMAND_SPECIFIC", "CLIError", "HelpFormatter", "Parser",
+           "make_parser",
            "int_at_least", "positive_int", "nonnegative_int", "positive_float", "nonnegative_float", "open_unit_float",
            "eps_value", "eps_list", "add_model", "add_dataset", "add_n", "add_seed", "add_T", "add_robust_T",
            "add_eps", "add_batch_size", "add_out", "add_time_limit", "add_atol", "add_progress", "add_deprecated",
