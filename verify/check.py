@@ -49,6 +49,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from refsnn import cli
 from refsnn.network import SNN
 
 from .cases import Case, CasesError, read_cases
@@ -447,31 +448,39 @@ def _json_default(value):
     raise TypeError(f"cannot serialize {type(value).__name__}")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m verify.check", description=__doc__.split("\n\n")[0],
-                                     epilog=EXIT_CODES_HELP)
-    parser.add_argument("--model", required=True,
-                        help="model file (refsnn HDF5 format, docs/FORMAT.md, or a .nir graph with --dt)")
-    parser.add_argument("--dt", type=float, default=None,
-                        help="time step dt of a .nir model in seconds (forward Euler, docs/INTEROP.md)")
-    parser.add_argument("--cases", required=True, help="cases file (format in verify/cases.py, verify/README.md)")
-    parser.add_argument("--json", help="write the machine-readable report here")
+PROG = "python -m verify.check"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m verify.check`` parser (shared vocabulary of ``refsnn.cli``)."""
+    parser = cli.make_parser(PROG, __doc__.split("\n\n")[0])
+    parser.epilog = EXIT_CODES_HELP
+    cli.add_model(parser)
+    parser.add_argument("--cases", required=True, metavar="FILE",
+                        help="cases file (format in verify/cases.py, verify/README.md)")
+    parser.add_argument("--json", metavar="FILE", help="write the machine-readable report to this file")
     parser.add_argument("--method", choices=METHODS, default="auto",
-                        help="milp: exact (small nets); search: sampling + near-threshold search; auto: by size")
-    parser.add_argument("--time-limit", type=float, default=30.0, help="seconds per MILP (default 30)")
-    parser.add_argument("--atol", type=float, default=0.0,
-                        help="tolerated excess of a claim over a real value (default 0: exact)")
-    parser.add_argument("--samples", type=int, default=256, help="random members per search (default 256)")
-    parser.add_argument("--seed", type=int, default=0)
+                        help="decision method: milp exact (small nets); search: sampling + near-threshold "
+                             "search; auto: by size")
+    cli.add_time_limit(parser, 30.0)
+    cli.add_atol(parser, 0.0, detail=": tolerated excess of a claim over a real value (0: exact)")
+    parser.add_argument("--samples", type=cli.positive_int, default=256, help="random members per search")
+    cli.add_seed(parser, detail=" (sampling and search)")
+    return parser
+
+
+@cli.run_main(PROG)
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    cli.check_out_file(args.json, "--json")
     try:
         config = CheckConfig(method=args.method, time_limit=args.time_limit, atol=args.atol, samples=args.samples,
                              seed=args.seed)
-        from refsnn.interop.nir import load_any_model
-        from refsnn.io import FormatError
+        from refsnn.io import FormatError, load_model
         try:
-            net = load_any_model(args.model, dt=args.dt)
-        except (FormatError, OSError, ValueError, ImportError) as error:
+            net = load_model(args.model)
+        except (FormatError, OSError, ValueError) as error:
             raise CasesError(f"model {args.model}: {error}") from None
         cases = read_cases(args.cases, net)
         report = check_cases(net, cases, config)
