@@ -1,6 +1,7 @@
 """``python -m refsnn.reproduce``: the paper's Table 1, Table 2, Figure 5 and Figure 6 from one command.
 
-For every (dataset, arch) it runs, in ``OUT/<preset>/<dataset>-<arch>/``:
+For every (dataset, arch) it runs, in ``OUT/<preset>/<dataset>-<arch>/`` (``OUT`` is ``--out``,
+default ``runs/reproduce``; the committed ``results/`` only when passed as ``--out``):
 
 1. ``plain/``: natural training (``python -m refsnn.train``);
 2. ``robust/``: robust training from the plain model (``--method robust``, the paper's training
@@ -13,14 +14,17 @@ For every (dataset, arch) it runs, in ``OUT/<preset>/<dataset>-<arch>/``:
 and once, on the first dataset, the T' sweep of Figure 5 (``sweep/``: one robust epoch per T' from
 the plain model, and one natural epoch on the same samples as the time reference). It then writes
 ``table1.md``, ``table2.md``, ``figure5.png``, ``figure6_<dataset>.png``, ``summary.json`` and
-``reproduce_config.json``. Every step is resumable: a finished step (its result file exists) is
-skipped, an interrupted training resumes from its checkpoint, so rerunning the same command after a
-crash or on a bigger machine continues where it stopped and then only re-renders the tables.
+``reproduce_config.json``. Tables already in the folder are merged into: the rows of the settings
+run now are replaced, the rows of every other setting are kept. Every step is resumable: a
+finished step (its result file exists) is skipped, an interrupted training resumes from its
+checkpoint, so rerunning the same command after a crash or on a bigger machine continues where it
+stopped and then only re-renders the tables. One overall bar counts the steps (``--quiet``: no output).
 
-Presets (``PRESETS``): ``quick`` is a smoke run of minutes on the embedded MNIST subset (and
-small slices of the other data sets when they are present) and is NOT a reproduction; ``budget``
-is the largest schedule that completes MNIST FC in about an hour on 2 CPU cores; ``paper`` is the
-paper's schedule (80 natural epochs; 300 robust epochs with the 250-epoch ramp).
+Presets (``PRESETS``): ``quick`` (MNIST FC) and ``quick-conv`` (MNIST CONV) are smoke runs of
+about two minutes on 2 cores on the embedded MNIST subset; every table they write says it is a
+smoke run and NOT the paper's protocol. ``budget`` is the largest schedule that completes MNIST FC
+in about an hour on 2 CPU cores; ``paper`` is the paper's schedule (80 natural epochs; 300 robust
+epochs with the 250-epoch ramp).
 
 The published numbers that are compared against are in ``PAPER_REFERENCE``: only values that are
 stated in the paper's text or tables AND transcribed here; every other paper cell is shown as
@@ -38,7 +42,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -47,6 +51,8 @@ from .robust import DEFAULT_EPS
 
 DATASETS = ("mnist", "fmnist", "nmnist")
 ARCHS = ("fc", "conv")
+#: Output root when --out is not given (git-ignored; the committed results/ only through --out).
+DEFAULT_OUT = "runs/reproduce"
 
 #: What the paper states and this module compares against (Liang et al., NeurIPS 2022). Keys are
 #: ``(dataset, arch)``. Only transcribed values; a missing key renders as ``n/t``.
@@ -99,17 +105,33 @@ class ReproducePreset:
     sweep_limit_train: Optional[int] = 5000
     sweep_args: Tuple[str, ...] = ()
     dataset_alias: Dict[str, str] = field(default_factory=dict)   # e.g. quick: mnist -> mnist-subset
+    datasets: Tuple[str, ...] = DATASETS   # the settings this preset may run (default: all of them)
+    archs: Tuple[str, ...] = ARCHS
+    smoke: bool = False                    # a smoke run: every table says it is not the paper's protocol
     # Robust-training learning rate per dataset where it differs from robust_args' (FMNIST FC at lr 0.01
     # lost every spike within 5 epochs: results/budget/fmnist-fc/robust_lr0.01_collapsed/).
     robust_lr: Dict[str, float] = field(default_factory=lambda: {"fmnist": 0.001})
 
 
 PRESETS: Dict[str, ReproducePreset] = {
+    # The smoke presets check that every step runs end to end in about two minutes on 2 cores:
+    # the embedded MNIST subset, one arch each, tiny schedules. Their numbers are not results.
     "quick": ReproducePreset(
-        name="quick", label="quick smoke run (NOT a reproduction: embedded 2,000-image MNIST subset, minutes)",
-        plain_epochs=8, plain_args=("--milestones", "100"), robust_epochs=2, ramp_epochs=1.0, eval_n=100,
-        limit_train=2000, limit_test=500, attack_n=100, attacks=("paper",), certify_n=200,
-        sweep_T=(1, 2, 3), sweep_limit_train=500, dataset_alias={"mnist": "mnist-subset"}),
+        name="quick", label="quick smoke run (NOT a reproduction: embedded MNIST subset, FC, tiny schedule)",
+        plain_epochs=3, plain_args=("--milestones", "100", "--eval-seeds", "1"), robust_epochs=1, ramp_epochs=1.0,
+        eval_n=50, limit_train=1000, limit_test=200, attack_n=50, attacks=("paper",), certify_n=100,
+        sweep_T=(1, 2), sweep_limit_train=256, dataset_alias={"mnist": "mnist-subset"},
+        robust_args=("--lr", "0.01", "--method-option", "temperature=5", "--method-option", "kappa_end=0.5",
+                     "--eval-seeds", "1"),
+        datasets=("mnist",), archs=("fc",), smoke=True),
+    "quick-conv": ReproducePreset(
+        name="quick-conv", label="quick CONV smoke run (NOT a reproduction: embedded MNIST subset, CONV, tiny schedule)",
+        plain_epochs=1, plain_args=("--milestones", "100", "--eval-seeds", "1"), robust_epochs=1, ramp_epochs=1.0,
+        eval_n=20, limit_train=256, limit_test=100, attack_n=20, attacks=("paper",), certify_n=20,
+        sweep_T=(1,), sweep_limit_train=64, dataset_alias={"mnist": "mnist-subset"},
+        robust_args=("--lr", "0.01", "--method-option", "temperature=5", "--method-option", "kappa_end=0.5",
+                     "--eval-seeds", "1"),
+        datasets=("mnist",), archs=("conv",), smoke=True),
     "budget": ReproducePreset(
         name="budget", label="budget CPU schedule (10 natural + 20 robust epochs, eps ramp over 15)",
         plain_epochs=10, plain_args=("--milestones", "7"), robust_epochs=20, ramp_epochs=15.0, eval_n=1000,
@@ -127,21 +149,50 @@ class ReproduceConfig:
     """The command's settings; saved as ``reproduce_config.json``."""
 
     preset: str = "budget"
-    datasets: Tuple[str, ...] = ("mnist", "fmnist", "nmnist")
-    archs: Tuple[str, ...] = ("fc", "conv")
-    out: str = "results"
+    datasets: Optional[Tuple[str, ...]] = None   # None: the preset's datasets
+    archs: Optional[Tuple[str, ...]] = None      # None: the preset's archs
+    out: str = DEFAULT_OUT
     data_dir: Optional[str] = None
     sweep: bool = True
     sweep_arch: Optional[str] = None      # default: the first of archs
     paper_values: Optional[str] = None
     seed: int = 0
+    quiet: bool = False
 
 
 # --- steps --------------------------------------------------------------------------------------
 
 
+# Where the status lines of the running ``reproduce`` go: its overall bar (``refsnn.progress``), or
+# nowhere when quiet. Set for the duration of one ``reproduce`` call.
+_OUTPUT: Dict[str, Any] = {"quiet": False, "bar": None}
+
+
 def _log(message: str) -> None:
-    print(f"[reproduce {time.strftime('%H:%M:%S')}] {message}", flush=True)
+    if _OUTPUT["quiet"]:
+        return
+    line = f"[reproduce {time.strftime('%H:%M:%S')}] {message}"
+    if _OUTPUT["bar"] is not None:
+        _OUTPUT["bar"].write(line)
+    else:
+        print(line, flush=True)
+
+
+def _step_done() -> None:
+    if _OUTPUT["bar"] is not None:
+        _OUTPUT["bar"].update(1)
+
+
+def _run_cli(main: Callable[[List[str]], int], argv: List[str]) -> int:
+    """Runs a CLI entry point without its own bars; its printed output is dropped when quiet
+    (errors on stderr still show)."""
+    import contextlib
+    import io
+
+    if not _OUTPUT["quiet"]:
+        return main(argv)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return main(argv)
 
 
 def _train_step(out_dir: Path, argv: List[str]) -> Dict[str, Any]:
@@ -149,17 +200,20 @@ def _train_step(out_dir: Path, argv: List[str]) -> Dict[str, Any]:
     from .train import main as train_main
 
     summary_path = out_dir / "summary.json"
+    quiet = ["--quiet"] if _OUTPUT["quiet"] else []
     if summary_path.is_file() and (out_dir / "model.h5").is_file():
         _log(f"skip {out_dir} (finished)")
+        _step_done()
         return json.loads(summary_path.read_text())
     if (out_dir / "checkpoint.h5").is_file():
         _log(f"resume {out_dir}")
-        code = train_main(["--resume", "--out", str(out_dir), "--no-progress"])
+        code = _run_cli(train_main, ["--resume", "--out", str(out_dir), "--no-progress", *quiet])
     else:
         _log(f"train {out_dir}: {' '.join(argv)}")
-        code = train_main([*argv, "--out", str(out_dir), "--no-progress"])
+        code = _run_cli(train_main, [*argv, "--out", str(out_dir), "--no-progress", *quiet])
     if code != 0 or not summary_path.is_file():
         raise RuntimeError(f"training in {out_dir} failed (exit code {code}); rerun the same command to resume")
+    _step_done()
     return json.loads(summary_path.read_text())
 
 
@@ -167,11 +221,13 @@ def _json_step(result: Path, what: str, main: Callable[[List[str]], int], argv: 
     """Runs ``main(argv)`` (a CLI entry point) unless its JSON output ``result`` exists; returns that JSON."""
     if result.is_file():
         _log(f"skip {what} (finished)")
+        _step_done()
         return json.loads(result.read_text())
     _log(f"{what}: {' '.join(argv)}")
-    code = main(argv)
+    code = _run_cli(main, argv)
     if code != 0 or not result.is_file():
         raise RuntimeError(f"{what} failed (exit code {code}); rerun the same command to continue")
+    _step_done()
     return json.loads(result.read_text())
 
 
@@ -243,8 +299,7 @@ def run_setting(root: Path, dataset: str, arch: str, preset: ReproducePreset,
     data_name = preset.dataset_alias.get(dataset, dataset)
     setting_dir = root / f"{dataset}-{arch}"
     data_args = _data_dir_args(config.data_dir)
-    limits = _limit_args(preset.limit_train if data_name != "mnist-subset" else None,
-                         preset.limit_test if data_name != "mnist-subset" else None)
+    limits = _limit_args(preset.limit_train, preset.limit_test)
     train_eps = DEFAULT_EPS[(dataset, arch)]
     plain_argv = ["--dataset", data_name, "--arch", arch, "--epochs", str(preset.plain_epochs),
                   "--seed", str(config.seed), *preset.plain_args, *limits, *data_args]
@@ -277,7 +332,7 @@ def run_sweep(root: Path, dataset: str, arch: str, preset: ReproducePreset,
     sweep_dir = root / "sweep" / f"{dataset}-{arch}"
     plain_model = root / f"{dataset}-{arch}" / "plain" / "model.h5"
     data_args = _data_dir_args(config.data_dir)
-    limits = _limit_args(preset.sweep_limit_train, preset.limit_test if data_name != "mnist-subset" else None)
+    limits = _limit_args(preset.sweep_limit_train, preset.limit_test)
     common = ["--dataset", data_name, "--arch", arch, "--init", str(plain_model), "--seed", str(config.seed),
               "--epochs", str(preset.sweep_epochs), "--lr", "0.01", *limits, *data_args]
     reference = _train_step(sweep_dir / "natural", [*common, "--milestones", "100000"])
@@ -326,8 +381,16 @@ def _label_for(setting: Dict[str, Any]) -> str:
     return label
 
 
+def smoke_line(preset: ReproducePreset) -> List[str]:
+    """The line every table of a smoke preset starts with (empty for the others)."""
+    if not preset.smoke:
+        return []
+    return [f"**Smoke run** (preset `{preset.name}`): checks that every step runs end to end on a tiny schedule; "
+            "this is NOT the paper's protocol and its numbers are not results.", ""]
+
+
 def render_table2(settings: List[Dict[str, Any]], preset: ReproducePreset, paper: Dict[str, Any]) -> str:
-    lines = [f"# Table 2 (refsnn, preset `{preset.name}`)", "",
+    lines = [f"# Table 2 (refsnn, preset `{preset.name}`)", "", *smoke_line(preset),
              f"Schedule: {preset.label}. Every number below comes from this schedule (marked *), not the paper's "
              "80 + 300 epochs, unless the preset is `paper`.", "",
              "Errors in % on the Table 2 protocol (`python -m refsnn.attack`): "
@@ -400,7 +463,7 @@ def render_table2(settings: List[Dict[str, Any]], preset: ReproducePreset, paper
 
 def render_table1(settings: List[Dict[str, Any]], preset: ReproducePreset, paper: Dict[str, Any]) -> str:
     mark = "" if preset.name == "paper" else "*"
-    lines = [f"# Table 1 (refsnn, preset `{preset.name}`): clean test accuracy", "",
+    lines = [f"# Table 1 (refsnn, preset `{preset.name}`): clean test accuracy", "", *smoke_line(preset),
              f"Schedule: {preset.label} (cells marked * come from it). Accuracy at T = 10 over the whole test split "
              "of the data used, mean over sampling seeds (`summary.json` of each run). Paper cells `n/t` are not "
              "transcribed (docs/REPRODUCTION.md).", "",
@@ -486,6 +549,7 @@ def render_sweep_md(sweep: Dict[str, Any], rows: List[Dict[str, Any]], preset: R
     ratios = paper.get("figure5_time_ratio", {})
     mark = "" if preset.name == "paper" else "*"
     lines = [f"# Figure 5 (refsnn, preset `{preset.name}`): T' sweep, {sweep['dataset']} {sweep['arch'].upper()}", "",
+             *smoke_line(preset),
              f"{preset.sweep_epochs} robust epoch(s) per T' from the same natural model"
              + (f" on the first {preset.sweep_limit_train} training images" if preset.sweep_limit_train else "")
              + f", eps ramped linearly to the training eps over {_sweep_ramp(preset):g} epoch(s); time reference: "
@@ -501,17 +565,105 @@ def render_sweep_md(sweep: Dict[str, Any], rows: List[Dict[str, Any]], preset: R
     return "\n".join(lines) + "\n"
 
 
-def render_figure6(settings: List[Dict[str, Any]], dataset: str, out: Path) -> Optional[Path]:
+def render_figure6(settings: List[Dict[str, Any]], dataset: str, out: Path,
+                   preset: Optional[ReproducePreset] = None) -> Optional[Path]:
     from .report import plot_runs
 
-    runs = [Path(s["dir"]) / "robust" for s in settings if s["dataset"] == dataset]
-    if not runs:
+    chosen = [s for s in settings if s["dataset"] == dataset]
+    if not chosen:
         return None
     try:
-        return plot_runs(runs, out)
+        return plot_runs([Path(s["dir"]) / "robust" for s in chosen], out,
+                         labels=[f"{s['arch'].upper()} robust" for s in chosen],
+                         title=f"Figure 6 (refsnn): robust training on {_label_for(chosen[0])}"
+                               + (f"; {preset.label}" if preset is not None else ""))
     except RuntimeError as error:
         _log(f"figure6: {error}")
         return None
+
+
+# --- merging into existing tables ----------------------------------------------------------------
+
+# The first word of a setting's label in the tables (``_label_for``) names its dataset.
+_LABEL_DATASETS = {"MNIST": "mnist", "FMNIST": "fmnist", "N-MNIST": "nmnist"}
+
+
+def _setting_key(label: str, arch: str) -> Optional[Tuple[str, str]]:
+    words = label.split()
+    dataset = _LABEL_DATASETS.get(words[0]) if words else None
+    arch = arch.strip().lower()
+    return (dataset, arch) if dataset is not None and arch in ARCHS else None
+
+
+def _order(key: Optional[Tuple[str, str]]) -> Tuple[int, int]:
+    if key is None:   # a row refsnn cannot attribute: kept, after the known settings
+        return (len(DATASETS), len(ARCHS))
+    return (DATASETS.index(key[0]), ARCHS.index(key[1]))
+
+
+def _table1_rows(text: str) -> Tuple[List[str], List[str], List[str]]:
+    """``(before, rows, after)`` of the first markdown table in ``text`` (rows without header and rule)."""
+    lines = text.split("\n")
+    start = next((i for i, line in enumerate(lines) if line.startswith("|")), None)
+    if start is None:
+        return lines, [], []
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return lines[:start + 2], lines[start + 2:end], lines[end:]
+
+
+def _table1_key(row: str) -> Optional[Tuple[str, str]]:
+    cells = [c.strip() for c in row.strip().strip("|").split("|")]
+    return _setting_key(cells[0], cells[1]) if len(cells) > 1 else None
+
+
+def merge_table1(new: str, old: Optional[str]) -> str:
+    """``new`` Table 1 plus the rows of ``old`` for settings ``new`` has no row for, in setting order."""
+    before, rows, after = _table1_rows(new)
+    if old:
+        keys = {_table1_key(row) for row in rows}
+        rows = rows + [row for row in _table1_rows(old)[1] if _table1_key(row) not in keys or _table1_key(row) is None]
+        rows.sort(key=lambda row: _order(_table1_key(row)))
+    return "\n".join(before + rows + after)
+
+
+def _table2_sections(text: str) -> Tuple[List[str], List[List[str]], List[str]]:
+    """``(preamble, sections, tail)``: each section runs from its ``## `` line to the next one or
+    to the closing ``Paper headline`` line."""
+    preamble: List[str] = []
+    sections: List[List[str]] = []
+    tail: List[str] = []
+    for line in text.split("\n"):
+        if tail or line.startswith("Paper headline"):
+            tail.append(line)
+        elif line.startswith("## "):
+            sections.append([line])
+        elif sections:
+            sections[-1].append(line)
+        else:
+            preamble.append(line)
+    return preamble, sections, tail
+
+
+def _table2_key(section: List[str]) -> Optional[Tuple[str, str]]:
+    title = section[0][3:].split(" (training eps")[0].split()
+    return _setting_key(" ".join(title[:-1]), title[-1]) if len(title) > 1 else None
+
+
+def merge_table2(new: str, old: Optional[str]) -> str:
+    """``new`` Table 2 plus the sections of ``old`` for settings ``new`` has none for, in setting order."""
+    preamble, sections, tail = _table2_sections(new)
+    if old:
+        keys = {_table2_key(section) for section in sections}
+        sections = sections + [section for section in _table2_sections(old)[1]
+                               if _table2_key(section) not in keys or _table2_key(section) is None]
+        sections.sort(key=lambda section: _order(_table2_key(section)))
+    return "\n".join(preamble + [line for section in sections for line in section] + tail)
+
+
+def _read_text(path: Path) -> Optional[str]:
+    return path.read_text() if path.is_file() else None
 
 
 # --- entry points ---------------------------------------------------------------------------------
@@ -532,17 +684,47 @@ def load_paper_values(path: Optional[str]) -> Dict[str, Any]:
     return merged
 
 
+def _selection(config: ReproduceConfig, preset: ReproducePreset) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """The datasets and archs to run: the config's, else the preset's; refused outside the preset's."""
+    chosen = []
+    for field_name, given, allowed, known in (("datasets", config.datasets, preset.datasets, DATASETS),
+                                               ("archs", config.archs, preset.archs, ARCHS)):
+        values = tuple(allowed if given is None else given)
+        unknown = [v for v in values if v not in known]
+        if unknown:
+            raise ValueError(f"{field_name}: unknown {unknown}; choose from {', '.join(known)}")
+        outside = [v for v in values if v not in allowed]
+        if outside:
+            other = " (use --preset quick-conv for CONV)" if field_name == "archs" and preset.name == "quick" else ""
+            raise ValueError(f"{field_name}: preset {preset.name!r} runs only {', '.join(allowed)}, "
+                             f"not {', '.join(outside)}{other}")
+        chosen.append(values)
+    return chosen[0], chosen[1]
+
+
+def _summary_setting(s: Dict[str, Any]) -> Dict[str, Any]:
+    return ({key: s[key] for key in ("dataset", "data", "arch", "train_eps", "attack_eps", "attack_eps_source", "dir")}
+            | {"plain_accuracy": s["plain"]["test_accuracy"]["mean"],
+               "robust_accuracy": s["robust"]["test_accuracy"]["mean"],
+               "plain_seconds_per_epoch": s["plain"]["seconds_per_epoch"],
+               "robust_seconds_per_epoch": s["robust"]["seconds_per_epoch"],
+               "attack_rows": [{k: row[k] for k in ("model", "attack", "eps", "original_error", "attack_error")}
+                               for row in s["attack"]["rows"]],
+               "certified_error_crown": {m: _crown_error(s["certify"][m]) for m in s["certify"]},
+               "certified_error_best": {m: _best_error(s["certify"][m]) for m in s["certify"]}})
+
+
 def reproduce(config: ReproduceConfig, command: Optional[str] = None) -> Dict[str, Any]:
-    """Runs every step of ``config`` (skipping finished ones) and writes the tables and figures."""
+    """Runs every step of ``config`` (skipping finished ones) and writes the tables and figures.
+
+    Tables and ``summary.json`` already in the output folder are merged into: the settings run now
+    replace their rows, the rows of every other setting are kept.
+    """
     if config.preset not in PRESETS:
-        raise ValueError(f"unknown preset {config.preset!r}; choose from {sorted(PRESETS)}")
-    for dataset in config.datasets:
-        if dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {dataset!r}; choose from {DATASETS}")
-    for arch in config.archs:
-        if arch not in ARCHS:
-            raise ValueError(f"unknown arch {arch!r}; choose from {ARCHS}")
+        raise ValueError(f"preset: unknown {config.preset!r}; choose from {', '.join(sorted(PRESETS))}")
     preset = PRESETS[config.preset]
+    datasets, archs = _selection(config, preset)
+    config = replace(config, datasets=datasets, archs=archs)
     paper = load_paper_values(config.paper_values)
     root = Path(config.out) / preset.name
     root.mkdir(parents=True, exist_ok=True)
@@ -552,48 +734,64 @@ def reproduce(config: ReproduceConfig, command: Optional[str] = None) -> Dict[st
                           "threads": {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS",
                                                                       "OMP_NUM_THREADS")}}}
     atomic_write_text(root / "reproduce_config.json", json.dumps(record, indent=2, default=str) + "\n")
-    settings, skipped = [], []
+    _OUTPUT.update(quiet=config.quiet, bar=None)
+    try:
+        return _run_and_render(config, preset, paper, root)
+    finally:
+        if _OUTPUT["bar"] is not None:
+            _OUTPUT["bar"].close()
+        _OUTPUT.update(quiet=False, bar=None)
+
+
+def _run_and_render(config: ReproduceConfig, preset: ReproducePreset, paper: Dict[str, Any],
+                    root: Path) -> Dict[str, Any]:
+    from .progress import Progress, compile_notice
+
+    skipped, available = [], []
     for dataset in config.datasets:
-        data_name = preset.dataset_alias.get(dataset, dataset)
-        missing = _data_available(data_name, config.data_dir)
+        missing = _data_available(preset.dataset_alias.get(dataset, dataset), config.data_dir)
         if missing:
             _log(f"skipping {dataset}: no data ({missing})")
             skipped.append({"dataset": dataset, "reason": missing})
-            continue
+        else:
+            available.append(dataset)
+    sweep_arch = config.sweep_arch or config.archs[0]
+    run_sweep_now = bool(config.sweep and available and sweep_arch in config.archs)
+    # Steps: plain, robust, attack and two certifications per setting; the sweep's natural reference and each T'.
+    total = 5 * len(available) * len(config.archs) + (1 + len(preset.sweep_T) if run_sweep_now else 0)
+    compile_notice(quiet=config.quiet)
+    _OUTPUT["bar"] = Progress(total, f"reproduce {preset.name}", "step", quiet=config.quiet)
+    settings = []
+    for dataset in available:
         for arch in config.archs:
             started = time.perf_counter()
             settings.append(run_setting(root, dataset, arch, preset, config, paper))
             _log(f"{dataset}-{arch} done in {time.perf_counter() - started:.0f} s")
     outputs: Dict[str, Any] = {"skipped": skipped}
     if settings:
-        atomic_write_text(root / "table1.md", render_table1(settings, preset, paper))
-        atomic_write_text(root / "table2.md", render_table2(settings, preset, paper))
+        atomic_write_text(root / "table1.md", merge_table1(render_table1(settings, preset, paper),
+                                                           _read_text(root / "table1.md")))
+        atomic_write_text(root / "table2.md", merge_table2(render_table2(settings, preset, paper),
+                                                           _read_text(root / "table2.md")))
         for dataset in dict.fromkeys(s["dataset"] for s in settings):
-            figure = render_figure6(settings, dataset, root / f"figure6_{dataset}.png")
+            figure = render_figure6(settings, dataset, root / f"figure6_{dataset}.png", preset)
             outputs[f"figure6_{dataset}"] = str(figure) if figure else None
     sweep_rows = None
-    if config.sweep and settings:
-        first = settings[0]
-        arch = config.sweep_arch or first["arch"]
-        if any(s["dataset"] == first["dataset"] and s["arch"] == arch for s in settings):
-            sweep = run_sweep(root, first["dataset"], arch, preset, config)
-            sweep_rows = sweep_table(sweep)
-            atomic_write_text(root / "figure5.md", render_sweep_md(sweep, sweep_rows, preset, paper))
-            figure = render_figure5(sweep, sweep_rows, preset, paper, root / "figure5.png")
-            outputs["figure5"] = str(figure) if figure else None
-    summary = {"preset": preset.name, "label": preset.label, "paper_reference": paper, "outputs": outputs,
-               "settings": [{key: s[key] for key in ("dataset", "data", "arch", "train_eps", "attack_eps",
-                                                     "attack_eps_source", "dir")}
-                            | {"plain_accuracy": s["plain"]["test_accuracy"]["mean"],
-                               "robust_accuracy": s["robust"]["test_accuracy"]["mean"],
-                               "plain_seconds_per_epoch": s["plain"]["seconds_per_epoch"],
-                               "robust_seconds_per_epoch": s["robust"]["seconds_per_epoch"],
-                               "attack_rows": [{k: row[k] for k in ("model", "attack", "eps", "original_error",
-                                                                    "attack_error")} for row in s["attack"]["rows"]],
-                               "certified_error_crown": {m: _crown_error(s["certify"][m]) for m in s["certify"]},
-                               "certified_error_best": {m: _best_error(s["certify"][m]) for m in s["certify"]}}
-                            for s in settings],
-               "figure5": sweep_rows}
+    if run_sweep_now:
+        sweep = run_sweep(root, available[0], sweep_arch, preset, config)
+        sweep_rows = sweep_table(sweep)
+        atomic_write_text(root / "figure5.md", render_sweep_md(sweep, sweep_rows, preset, paper))
+        figure = render_figure5(sweep, sweep_rows, preset, paper, root / "figure5.png")
+        outputs["figure5"] = str(figure) if figure else None
+    summary_rows = [_summary_setting(s) for s in settings]
+    previous = json.loads(_read_text(root / "summary.json") or "{}")
+    ran = {(s["dataset"], s["arch"]) for s in summary_rows}
+    kept = [s for s in previous.get("settings", []) if (s.get("dataset"), s.get("arch")) not in ran]
+    summary = {"preset": preset.name, "label": preset.label, "smoke": preset.smoke, "paper_reference": paper,
+               "outputs": outputs,
+               "settings": sorted(summary_rows + kept, key=lambda s: _order((s["dataset"], s["arch"]))
+                                  if s.get("dataset") in DATASETS and s.get("arch") in ARCHS else _order(None)),
+               "figure5": sweep_rows if sweep_rows is not None else previous.get("figure5")}
     atomic_write_text(root / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     _log(f"wrote {root}/table1.md, table2.md, summary.json"
          + (", figure5.png" if outputs.get("figure5") else "")
@@ -611,25 +809,53 @@ def _csv(kind: str, choices: Sequence[str]):
     return parse
 
 
+PROG = "python -m refsnn.reproduce"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m refsnn.reproduce`` parser (shared vocabulary of ``refsnn.cli``)."""
+    from . import cli
+
+    parser = cli.make_parser(PROG, __doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--preset", choices=sorted(PRESETS), default="quick",
+        help="named preset of the reproduction: quick / quick-conv (smoke runs of ~2 min, MNIST subset, "
+             "FC / CONV), budget (~1 h for "
+             "MNIST FC on 2 cores) or paper (full schedule)")
+    add("--dataset", type=_csv("--dataset", DATASETS), default=None,
+        help="data sets, comma-separated (default: the preset's; quick: mnist; budget, paper: all)")
+    add("--arch", type=_csv("--arch", ARCHS), default=None,
+        help="architectures, comma-separated (default: the preset's; quick: fc; quick-conv: conv; budget, paper: both)")
+    cli.add_out(parser, f"{DEFAULT_OUT}; the preset's folder is created in it and existing tables there are "
+                        "merged into", default=str(DEFAULT_OUT))
+    add("--data-dir", metavar="FOLDER", help=f"{cli.VOCABULARY['--data-dir']} (default: refsnn.data's lookup order)")
+    add("--no-sweep", action="store_true", help="skip the T' sweep of Figure 5")
+    add("--sweep-arch", choices=ARCHS, help="arch of the T' sweep (default: the first --arch)")
+    add("--paper-values", metavar="FILE",
+        help="JSON file with more transcribed paper cells (docs/REPRODUCTION.md; default: none)")
+    cli.add_seed(parser, detail=" (training, attacks)")
+    cli.add_progress(parser, bars=False)
+    return parser
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m refsnn.reproduce", description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                        help="quick (smoke, minutes), budget (~1 h for MNIST FC on 2 cores) or paper (full schedule)")
-    parser.add_argument("--dataset", type=_csv("--dataset", DATASETS), default=DATASETS)
-    parser.add_argument("--arch", type=_csv("--arch", ARCHS), default=ARCHS)
-    parser.add_argument("--out", default="results", help="results root; the preset's folder is created in it")
-    parser.add_argument("--data-dir", help="data folder (default: refsnn.data's lookup order)")
-    parser.add_argument("--no-sweep", action="store_true", help="skip the T' sweep of Figure 5")
-    parser.add_argument("--sweep-arch", choices=ARCHS, help="arch of the T' sweep (default: the first --arch)")
-    parser.add_argument("--paper-values", help="JSON file with more transcribed paper cells (docs/REPRODUCTION.md)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    """``python -m refsnn.reproduce``; returns the exit code (2 with one stderr line for bad input)."""
+    from .cli import run_main
+
+    return run_main(PROG)(_main)(argv)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
+    from . import cli
+
+    args = build_parser().parse_args(argv)
+    cli.check_out_dir(Path(args.out))
     config = ReproduceConfig(args.preset, args.dataset, args.arch, args.out, args.data_dir, not args.no_sweep,
-                             args.sweep_arch, args.paper_values, args.seed)
+                             args.sweep_arch, args.paper_values, args.seed, getattr(args, "quiet", False))
     try:
         reproduce(config, command="python -m refsnn.reproduce " + " ".join(sys.argv[1:] if argv is None else argv))
-    except (ValueError, RuntimeError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except RuntimeError as error:   # a step failed; its own message says how to continue
+        print(f"{PROG}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to continue", file=sys.stderr)

@@ -429,33 +429,33 @@ class Trainer:
                 raise
 
     def _fit(self, stop_after_steps: Optional[int] = None) -> TrainResult:
-        from tqdm import tqdm
+        from .progress import Progress, compile_notice
 
         config = self.config
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
-        with _DeferredInterrupt() as interrupt:
+        compile_notice(quiet=not (self.verbose or self.progress))
+        # One bar over every remaining batch of the run, so its ETA is the whole run's.
+        bar = Progress(config.epochs * self.steps_per_epoch, f"{config.method} {config.dataset} {config.arch}", "batch",
+                       quiet=not self.progress, initial=min(self.epoch, config.epochs) * self.steps_per_epoch + self.step)
+        with _DeferredInterrupt() as interrupt, bar:
             while self.epoch < config.epochs:
                 order = self.epoch_order(self.epoch)
                 self.optimizer.lr = self.schedule.lr_at(self.epoch)
-                bar = tqdm(total=self.steps_per_epoch, initial=self.step, desc=f"epoch {self.epoch + 1}/{config.epochs}",
-                           unit="batch", disable=not self.progress, leave=False, dynamic_ncols=True)
-                try:
-                    while self.step < self.steps_per_epoch:
-                        if interrupt.requested or (stop_after_steps is not None and self.global_step >= stop_after_steps):
-                            return self._stop(interrupted=interrupt.requested)
-                        started = time.perf_counter()
-                        self._train_step(order)
-                        self.running["seconds"] += time.perf_counter() - started
-                        bar.update(1)
-                        if self.step % 5 == 0 or self.step == self.steps_per_epoch:
-                            bar.set_postfix(self._postfix(), refresh=False)
-                        if config.checkpoint_every and self.global_step % config.checkpoint_every == 0 \
-                                and self.step < self.steps_per_epoch:
-                            self._checkpoint()
-                finally:
-                    bar.close()
+                bar.set_description(f"epoch {self.epoch + 1}/{config.epochs}")
+                while self.step < self.steps_per_epoch:
+                    if interrupt.requested or (stop_after_steps is not None and self.global_step >= stop_after_steps):
+                        return self._stop(interrupted=interrupt.requested)
+                    started = time.perf_counter()
+                    self._train_step(order)
+                    self.running["seconds"] += time.perf_counter() - started
+                    bar.update(1)
+                    if self.step % 5 == 0 or self.step == self.steps_per_epoch:
+                        bar.set_postfix(**self._postfix())
+                    if config.checkpoint_every and self.global_step % config.checkpoint_every == 0 \
+                            and self.step < self.steps_per_epoch:
+                        self._checkpoint()
                 self._end_epoch()
                 if interrupt.requested:
                     return self._stop(interrupted=True)
@@ -539,9 +539,7 @@ class Trainer:
         if self.method.epoch_metrics is not None:
             record.update(self.method.epoch_metrics(self))
         self.history.append(record)
-        self.log(f"epoch {record['epoch']}/{self.config.epochs}: loss {record['train_loss']:.4f}, "
-                 f"train acc {100 * record['train_acc']:.2f}%, test acc {100 * record['test_acc']:.2f}% "
-                 f"(seed 0), {record['train_seconds']:.1f} s, {record['samples_per_s']:.0f} samples/s, lr {record['lr']:g}")
+        self.log(epoch_line(record, self.config.epochs))
         self.epoch += 1
         self.step = 0
         self.running = self._zero_running()
@@ -595,6 +593,28 @@ class Trainer:
                  f"{summary['seconds_per_epoch']:.1f} s/epoch; test accuracy {accuracy}"
                  + (f"\nwrote {self.out_dir / 'model.h5'} and {self.checkpoint_path}" if self.out_dir else ""))
         return self._result(finished=True, accuracy=accuracy)
+
+
+def epoch_line(record: Dict[str, Any], epochs: int) -> str:
+    """The status line of one finished epoch (a ``metrics.jsonl`` record): loss, accuracies, time
+    and, for robust training, the eps reached, the loss parts and the certified errors."""
+    line = (f"epoch {record['epoch']}/{epochs}: loss {record['train_loss']:.4f}, "
+            f"train acc {100 * record['train_acc']:.2f}%, test acc {100 * record['test_acc']:.2f}% "
+            f"(seed 0), {record['train_seconds']:.1f} s, {record['samples_per_s']:.0f} samples/s, lr {record['lr']:g}")
+    if "eps" in record:
+        line += f"; eps {record['eps']:.4g}"
+        if "kappa" in record and "beta" in record:
+            line += f" (kappa {record['kappa']:.3g}, beta {record['beta']:.3g})"
+    parts = [f"{name} {record['train_' + key]:.4f}" for key, name in
+             (("natural_loss", "natural"), ("robust_loss", "robust")) if "train_" + key in record]
+    if parts:
+        line += "; loss parts: " + ", ".join(parts)
+    certified = [f"{100 * record[f'cert_error_{method}_{when}']:.1f}% {label} at {'eps now' if when == 'now' else 'final eps'}"
+                 for when in ("now", "final") for method, label in (("crown-ibp", "S-CROWN"), ("best", "best"))
+                 if f"cert_error_{method}_{when}" in record]
+    if certified:
+        line += f"; certified error ({record.get('cert_n', '?')} test samples): " + ", ".join(certified)
+    return line
 
 
 def machine_description() -> Dict[str, Any]:

@@ -13,18 +13,32 @@ from refsnn import reproduce as rp
 def tiny_preset(monkeypatch):
     """The quick preset shrunk to seconds (embedded MNIST subset)."""
     tiny = replace(rp.PRESETS["quick"], name="quick", plain_epochs=2, robust_epochs=1, ramp_epochs=1.0, eval_n=20,
-                   attack_n=20, certify_n=20, sweep_T=(1, 2), sweep_limit_train=128,
-                   plain_args=("--milestones", "100", "--limit-train", "256", "--limit-test", "100",
-                               "--eval-seeds", "1"),
-                   robust_args=("--lr", "0.01", "--limit-train", "256", "--limit-test", "100", "--eval-seeds", "1"))
+                   attack_n=20, certify_n=20, sweep_T=(1, 2), sweep_limit_train=128, limit_train=256, limit_test=100,
+                   plain_args=("--milestones", "100", "--eval-seeds", "1"),
+                   robust_args=("--lr", "0.01", "--eval-seeds", "1"), datasets=("mnist", "nmnist"))
     monkeypatch.setitem(rp.PRESETS, "quick", tiny)
     return tiny
+
+
+FMNIST_ROW = "| FMNIST | FC | 87.96* | 86.08* | 1.88* | n/t | n/t | n/t | 90 | 122 |"
+
+
+def _seed_other_setting(root):
+    """Tables of an earlier run in ``root`` with an FMNIST FC row and a stale MNIST FC row."""
+    root.mkdir(parents=True)
+    (root / "table1.md").write_text("# Table 1\n\n| data set | arch | regular |\n|---|---|---|\n"
+                                    "| MNIST | FC | 11.11* |\n" + FMNIST_ROW + "\n\nfootnote\n")
+    (root / "table2.md").write_text("# Table 2\n\n## MNIST FC (training eps 0.12)\n\nstale mnist section\n\n"
+                                    "## FMNIST FC (training eps 0.01)\n\nkept fmnist section\n\n"
+                                    "Paper headline (abstract): old.\n")
+    (root / "summary.json").write_text(json.dumps({"settings": [{"dataset": "fmnist", "arch": "fc", "dir": "x"}]}))
 
 
 def test_end_to_end_resumable_and_missing_data(tmp_path, tiny_preset, capsys):
     out = tmp_path / "results"
     empty = tmp_path / "no-data"
     empty.mkdir()
+    _seed_other_setting(out / "quick")
     # nmnist has no files under the empty data dir: it must be skipped with the reason, not invented.
     code = rp.main(["--preset", "quick", "--dataset", "mnist,nmnist", "--arch", "fc", "--out", str(out),
                     "--data-dir", str(empty)])
@@ -35,7 +49,16 @@ def test_end_to_end_resumable_and_missing_data(tmp_path, tiny_preset, capsys):
     assert (root / "figure5.png").stat().st_size > 1000
     assert (root / "figure6_mnist.png").stat().st_size > 1000
     summary = json.loads((root / "summary.json").read_text())
-    assert [s["dataset"] for s in summary["settings"]] == ["mnist"]
+    # Rows of the setting run now are replaced, the FMNIST row of the earlier run is kept (after MNIST).
+    assert [(s["dataset"], s["arch"]) for s in summary["settings"]] == [("mnist", "fc"), ("fmnist", "fc")]
+    table1 = (root / "table1.md").read_text()
+    assert FMNIST_ROW in table1 and "11.11" not in table1
+    assert table1.index("| MNIST (mnist-subset) | FC |") < table1.index(FMNIST_ROW)
+    table2 = (root / "table2.md").read_text()
+    assert "kept fmnist section" in table2 and "stale mnist section" not in table2
+    assert table2.index("## MNIST (mnist-subset) FC") < table2.index("## FMNIST FC") < table2.index("Paper headline")
+    for name in ("table1.md", "table2.md", "figure5.md"):
+        assert "**Smoke run**" in (root / name).read_text(), name
     assert summary["outputs"]["skipped"][0]["dataset"] == "nmnist"
     assert "skipping nmnist: no data" in capsys.readouterr().out
     setting = summary["settings"][0]
@@ -54,6 +77,9 @@ def test_end_to_end_resumable_and_missing_data(tmp_path, tiny_preset, capsys):
     assert rp.main(["--preset", "quick", "--dataset", "mnist", "--arch", "fc", "--out", str(out)]) == 0
     assert {p: p.stat().st_mtime_ns for p in models} == stamps
     assert "skip" in capsys.readouterr().out
+    # quiet: nothing printed at all, not even the overall bar.
+    rp.reproduce(rp.ReproduceConfig("quick", ("mnist",), ("fc",), str(out), quiet=True))
+    assert capsys.readouterr() == ("", "")
 
     # An interrupted training resumes from its checkpoint: drop the robust run's result files.
     robust_dir = root / "mnist-fc" / "robust"
@@ -91,3 +117,37 @@ def test_paper_values_file_merges(tmp_path):
     bad.write_text("[1, 2]")
     with pytest.raises(ValueError, match="JSON object"):
         rp.load_paper_values(str(bad))
+
+
+def test_default_output_is_under_runs_not_results(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(rp, "reproduce", lambda config, command=None: seen.setdefault("config", config))
+    assert rp.main(["--preset", "budget", "--dataset", "mnist"]) == 0
+    assert seen["config"].out == "runs/reproduce"
+
+
+def test_quick_presets_are_smoke_runs_of_one_setting(monkeypatch, tmp_path, capsys):
+    quick, conv = rp.PRESETS["quick"], rp.PRESETS["quick-conv"]
+    assert quick.smoke and conv.smoke and not rp.PRESETS["budget"].smoke
+    assert (quick.datasets, quick.archs, conv.archs) == (("mnist",), ("fc",), ("conv",))
+    assert quick.dataset_alias["mnist"] == "mnist-subset"
+    ran = []
+    monkeypatch.setattr(rp, "run_setting", lambda root, dataset, arch, *rest: ran.append((dataset, arch)) or 1 / 0)
+    # Without --dataset/--arch the quick preset runs MNIST FC only (it used to run every dataset and both archs).
+    with pytest.raises(ZeroDivisionError):
+        rp.main(["--preset", "quick", "--out", str(tmp_path), "--no-sweep"])
+    assert ran == [("mnist", "fc")]
+    capsys.readouterr()
+    assert rp.main(["--preset", "quick", "--arch", "conv", "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "archs: preset 'quick' runs only fc, not conv" in error and "quick-conv" in error
+    assert error.count("\n") == 1
+
+
+def test_merge_tables_keep_unknown_and_other_settings():
+    new = "# T\n\n| data set | arch |\n|---|---|\n| N-MNIST 1k-subset (1000 train recordings) | FC |\n\nnote"
+    old = "| data set | arch |\n|---|---|\n| MNIST | CONV |\n| N-MNIST | FC |\n| something else | FC |\n"
+    merged = rp.merge_table1(new, old)
+    assert merged.split("\n")[4:7] == ["| MNIST | CONV |", "| N-MNIST 1k-subset (1000 train recordings) | FC |",
+                                        "| something else | FC |"]
+    assert merged.endswith("\n\nnote") and rp.merge_table1(new, None) == new
