@@ -8,7 +8,9 @@ Example (the paper's MNIST FC eps)::
 Prints one table per attack in the layout of the paper's Table 2 (eps, original error, attack
 error per model, difference of the two models' attack errors) and writes ``table.csv``,
 ``table.json`` (every setting, the sample indices, the machine, the command) and ``table.md``
-into the ``--out`` folder (default ``runs/attack/<dataset>-<model name>``). The errors of the
+into the ``--out`` folder (default ``runs/attack/<dataset>-<model name>-n<n>-seed<seed>-<key>``, the key
+a hash of every argument that changes the tables and of the models' SHA-256). A different result
+already in ``--out`` is refused unless ``--overwrite``; the same result may be rewritten. The errors of the
 tables are measured on the evaluation rand maps (one fixed seeded draw shared by every model,
 attack and eps); the ``*_fresh`` columns of the CSV/JSON re-score the same images on fresh
 draws. See docs/ATTACKS.md.
@@ -28,7 +30,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .io import atomic_write_text
 from .parallel import add_cluster_arguments, dask_client
+from .runlock import file_sha256, guard_result, result_key
 from .attacks.protocol import (PROTOCOL_ATTACKS, ProtocolConfig, make_attack, markdown_table, rows_to_dicts,
                                run_protocol, select_samples)
 
@@ -73,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--effort", type=cli.positive_float, default=1.0, help="strongest: scale of its components' step counts")
     cli.add_batch_size(parser, 100, detail=" (one attack chunk)")
     add("--dtype", choices=("float32", "float64"), help="compute dtype (default: the model's)")
-    cli.add_out(parser, "runs/attack/<dataset>-<model name>; writes table.csv, table.json, table.md")
+    cli.add_out(parser, "runs/attack/<dataset>-<model name>-n<n>-seed<seed>-<key of all arguments and the models>; "
+                        "writes table.csv, table.json, table.md")
+    add("--overwrite", action="store_true",
+        help="replace a different result already in --out (a rerun of the same result is always allowed)")
     cli.add_progress(parser)
     add_cluster_arguments(parser)
     return parser
@@ -100,6 +107,18 @@ def _model_T(metadata: dict) -> Optional[int]:
     if isinstance(config, dict) and isinstance(config.get("T"), int):
         return config["T"]
     return None
+
+
+def result_identity(args: argparse.Namespace, names: Sequence[str], paths: Sequence[str], models: dict,
+                    T: int) -> dict:
+    """Every argument that changes the tables, and each model file's SHA-256: two runs write the same
+    ``--out`` only when these agree (``refsnn.runlock.guard_result``). Not in it: the workers and the
+    data folder. The batch size is in it: chunk ``c`` draws its attack seed from ``[seed, 3, c]``."""
+    return {"models": [{"name": name, "file": Path(path).name, "sha256": file_sha256(path),
+                        "dtype": models[name].dtype.name} for name, path in zip(names, paths)],
+            "dataset": args.dataset, "split": "test", "n": args.n, "eps": list(args.eps), "attacks": list(args.attack),
+            "convention": args.convention, "T": T, "seed": args.seed, "fresh_draws": args.fresh_draws,
+            "steps": args.steps, "effort": args.effort, "batch_size": args.batch_size}
 
 
 def machine_description() -> dict:
@@ -140,7 +159,10 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f"cannot load model {path}: {error}")
     stored_T = {_model_T(metadata[name]) for name in names} - {None}
     T = args.T if args.T is not None else (stored_T.pop() if len(stored_T) == 1 else 10)
-    out = cli.check_out_dir(Path(args.out) if args.out else cli.default_out("attack", args.dataset, names[0]))
+    identity = result_identity(args, names, paths, models, T)
+    out = cli.check_out_dir(Path(args.out) if args.out else cli.default_out(
+        "attack", args.dataset, names[0], f"n{args.n}", f"seed{args.seed}", result_key(identity)))
+    guard_result(out / "table.json", identity, args.overwrite)  # before the work, not after it
 
     kind = "spike" if args.dataset in EVENT_DATASETS else "digital"
     x_all, y_all = load_dataset(args.dataset, "test", data_dir=args.data_dir, T=T)
@@ -161,16 +183,22 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     config = ProtocolConfig(attacks=args.attack, eps=args.eps, kind=kind, convention=args.convention, T=T,
                             seed=args.seed, fresh_draws=args.fresh_draws, batch_size=args.batch_size,
                             steps=args.steps, effort=args.effort)
-    progress_factory = None
-    if not (args.no_progress or args.quiet):
-        from tqdm import tqdm
+    from .progress import Progress, compile_notice
 
-        def progress_factory(description, total):
-            return tqdm(total=total, desc=description, unit="sample", leave=False, file=sys.stderr)
+    compile_notice(quiet=args.quiet)
+    # One bar over every (model, eps, attack) pass of every sample, so its ETA is the whole table's.
+    bar = Progress(len(models) * len(config.eps) * len(config.attacks) * int(labels.size), "attack", "sample",
+                   quiet=args.quiet, bar=not args.no_progress)
+
+    def progress_factory(description, total):
+        import types
+
+        bar.set_description(description)
+        return types.SimpleNamespace(update=bar.update, close=lambda: None)   # the one bar stays open
 
     started = time.perf_counter()
     try:
-        with dask_client(args.workers, args.scheduler) as client:
+        with dask_client(args.workers, args.scheduler) as client, bar:
             rows = run_protocol(models, x, labels, config, progress_factory=progress_factory, scheduler=client)
     except ImportError as error:
         parser.error(str(error))
@@ -204,9 +232,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(records)
-    (out / "table.csv").write_text(buffer.getvalue())
-    (out / "table.md").write_text(markdown)
-    summary = {"command": command, "dataset": args.dataset, "kind": kind, "n": args.n, "T": T,
+    summary = {"identity": identity, "command": command, "dataset": args.dataset, "kind": kind, "n": args.n, "T": T,
                "sample_indices": indices.tolist(),
                "selection": f"sorted(default_rng([{args.seed}, 0]).permutation({len(y_all)})[:{args.n}])",
                "evaluation_maps": f"draw_rand_maps(default_rng([{args.seed}, 1]), T, images.shape)"
@@ -214,20 +240,17 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
                "tables_use": "evaluation rand maps" if kind == "digital" else "spike inputs",
                "protocol": {k: (list(v) if isinstance(v, (list, tuple)) else v)
                             for k, v in vars(config).items()},
-               "models": {name: {"path": path, "sha256": _sha256(path), "metadata": _brief(metadata[name])}
+               "models": {name: {"path": path, "sha256": file_sha256(path), "metadata": _brief(metadata[name])}
                           for name, path in zip(names, paths)},
                "attack_configs": {name: make_attack(name, next(iter(models.values())), config.eps[0], config,
                                                     [args.seed, 3, 0]).config() for name in args.attack},
                "rows": records, "seconds_total": seconds, "machine": machine_description()}
-    (out / "table.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+    # table.json first: it carries the identity that guard_result compares on the next run
+    atomic_write_text(out / "table.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
+    atomic_write_text(out / "table.csv", buffer.getvalue())
+    atomic_write_text(out / "table.md", markdown)
     print(f"wrote {out / 'table.md'}, {out / 'table.csv'}, {out / 'table.json'} ({seconds:.0f} s)")
     return 0
-
-
-def _sha256(path: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _brief(metadata: dict) -> dict:

@@ -19,6 +19,10 @@ machine's speed; such samples say "unknown" with the reason).
 
     python -m verify.dataset --model runs/small/model.h5 --dataset mnist --n 100 --eps 0.02 \\
         --robust-T 3 --time-limit 60 --workers 8 --out runs/verify/mnist-small
+
+The default ``--out`` folder names the data set, the model, the set, eps, T', n, the seed and a key
+of every argument that changes the result and of the model's SHA-256; a different result already
+in ``--out`` is refused unless ``--overwrite`` (the same result may be rewritten).
 """
 from __future__ import annotations
 
@@ -39,8 +43,10 @@ import numpy as np
 
 from refsnn import cli
 from refsnn.encoders import bernoulli_encode, draw_rand_maps
+from refsnn.io import atomic_write_text
 from refsnn.network import SNN
 from refsnn.parallel import add_cluster_arguments, chunk_ranges, dask_client, map_chunks
+from refsnn.runlock import file_sha256, guard_result, result_key
 
 from .milp import robust_query
 from .sets import DigitalLinfSet, SpikeL0Set
@@ -163,12 +169,26 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_time_limit(parser, 60.0)
     add("--solver", default=None, help="PuLP solver (default: HiGHS when installed, else CBC)")
     cli.add_batch_size(parser, 4, detail=" (one task)")
-    cli.add_out(parser, "runs/verify/<dataset>-<model name>; writes verify.json and verify.csv")
+    cli.add_out(parser, "runs/verify/<dataset>-<model name>-<set>-eps<eps>-robustT<T'>-n<n>-seed<seed>-<key of all "
+                        "arguments and the model>; writes verify.json and verify.csv")
+    add("--overwrite", action="store_true",
+        help="replace a different result already in --out (a rerun of the same result is always allowed)")
     cli.add_progress(parser)
     add_cluster_arguments(parser)
     cli.add_deprecated(parser, "--horizon", "--robust-T", "robust_T", cli.positive_int)
     cli.add_deprecated(parser, "--chunk-size", "--batch-size", "batch_size", cli.positive_int)
     return parser
+
+
+def result_identity(args: argparse.Namespace, config: DatasetVerifyConfig) -> Dict[str, object]:
+    """Every argument that changes a verify.dataset result, and the model file's SHA-256: two runs
+    write the same ``--out`` only when these agree (``refsnn.runlock.guard_result``). Not in it: the
+    batch size and the workers (per-sample seeds) and the data folder."""
+    model = Path(args.model)
+    return {"model": model.name, "model_sha256": file_sha256(model), "dataset": args.dataset, "split": args.split,
+            "n": args.n, "input_set": config.input_set, "eps": config.eps, "convention": config.convention,
+            "robust_T": config.horizon, "seed": config.seed, "time_limit": config.time_limit, "bigm": config.bigm,
+            "solver": config.solver, "attack_samples": config.attack_samples}
 
 
 @cli.run_main(PROG)
@@ -181,7 +201,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     model_name = Path(args.model).parent.name if Path(args.model).stem == "model" else Path(args.model).stem
-    out = cli.check_out_dir(Path(args.out) if args.out else cli.default_out("verify", args.dataset, model_name))
     input_set = args.input_set or ("spike" if args.dataset in EVENT_DATASETS else "digital")
     try:
         config = DatasetVerifyConfig(eps=args.eps, input_set=input_set, convention=args.convention,
@@ -190,6 +209,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         net = load_model(args.model, dtype=np.float64)
     except (OSError, ValueError) as error:
         parser.error(str(error))
+    identity = result_identity(args, config)
+    out = cli.check_out_dir(Path(args.out) if args.out else cli.default_out(
+        "verify", args.dataset, model_name, input_set, f"eps{args.eps:g}", f"robustT{args.robust_T}", f"n{args.n}",
+        f"seed{args.seed}", result_key(identity)))
+    guard_result(out / "verify.json", identity, args.overwrite)  # before the work, not after it
     cli.check_robust_T(args.robust_T, cli.model_time_steps(args.model), "the model's training T")
     x_all, y_all = load_dataset(args.dataset, args.split, data_dir=args.data_dir, T=args.robust_T)
     try:
@@ -200,38 +224,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     expected = tuple(x.shape[1:]) if input_set == "digital" else tuple(x.shape[2:])
     if tuple(net.input_shape) != expected:
         parser.error(f"the model expects inputs {net.input_shape}, the dataset gives {expected}")
-    bar = None
-    if not (args.no_progress or args.quiet):
-        from tqdm import tqdm
+    from refsnn.progress import Progress
 
-        bar = tqdm(total=args.n, desc="verify", unit="sample", file=sys.stderr)
     started = time.perf_counter()
     try:
-        with dask_client(args.workers, args.scheduler) as client:
-            report = verify_dataset(net, x, labels, indices, config, scheduler=client,
-                                    progress=bar.update if bar is not None else None)
+        with dask_client(args.workers, args.scheduler) as client, \
+                Progress(args.n, "verify", "sample", quiet=args.quiet, bar=not args.no_progress) as bar:
+            report = verify_dataset(net, x, labels, indices, config, scheduler=client, progress=bar.update)
     except ImportError as error:
         parser.error(str(error))
-    finally:
-        if bar is not None:
-            bar.close()
     seconds = time.perf_counter() - started
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m verify.dataset " + " ".join(shlex.quote(a) for a in argv)
     import os
 
-    document = {"command": command, "model": args.model, "dataset": args.dataset, "split": args.split,
-                "config": asdict(config), "summary": report["summary"], "samples": report["samples"],
-                "seconds_total": round(seconds, 3),
+    document = {"identity": identity, "command": command, "model": args.model, "dataset": args.dataset,
+                "split": args.split, "config": asdict(config), "summary": report["summary"],
+                "samples": report["samples"], "seconds_total": round(seconds, 3),
                 "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                             "python": platform.python_version(),
                             "workers": args.workers, "scheduler": args.scheduler}}
-    (out / "verify.json").write_text(json.dumps(document, indent=2) + "\n")
+    # verify.json first: it carries the identity that guard_result compares on the next run
+    atomic_write_text(out / "verify.json", json.dumps(document, indent=2) + "\n")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(report["samples"][0]))
     writer.writeheader()
     writer.writerows(report["samples"])
-    (out / "verify.csv").write_text(buffer.getvalue())
+    atomic_write_text(out / "verify.csv", buffer.getvalue())
     s = report["summary"]
     print(f"{s['n']} samples: {s['robust']} robust, {s['not_robust']} not robust, {s['unknown']} unknown; "
           f"clean correct {s['clean_correct']}; verified robust accuracy {s['verified_robust_accuracy']:.3f} "
