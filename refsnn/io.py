@@ -16,6 +16,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
@@ -25,19 +26,25 @@ import numpy as np
 
 from .layers import LAYER_KINDS, AvgPool2d, Conv2d, Flatten, Layer, Linear
 from .network import SNN
-from .neurons import FIRING_MODES, SURROGATES, make_surrogate, surrogate_config
+from .neurons import SURROGATES, make_surrogate, surrogate_config
+from .validation import FIRING_MODES, check_h5_tree
 from .runlock import pid_running
 
 PathLike = Union[str, os.PathLike]
 
 FORMAT_NAME = "refsnn-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # major version written (as the int 1, read as 1.0)
+FORMAT_MINOR = 0
 CHECKPOINT_FORMAT = "refsnn-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
 class FormatError(ValueError):
     """A model or checkpoint file is unreadable, corrupt or incompatible."""
+
+
+class FormatNotice(UserWarning):
+    """A file written by a newer minor version of the format, read because everything in it is known."""
 
 
 # --- atomic writes -------------------------------------------------------------------------------
@@ -191,6 +198,19 @@ def _json_default(value):
                     "lists or dicts)")
 
 
+def _create_dataset(group: h5py.Group, name: str, data) -> h5py.Dataset:
+    """Creates a dataset with a Fletcher-32 checksum (verified by HDF5 on every read).
+
+    Every array refsnn writes (models, checkpoints) goes through here. HDF5 can checksum only
+    chunked data, so a scalar or an empty array is stored plainly (nothing to corrupt silently
+    in the latter; refsnn writes no scalar datasets).
+    """
+    array = np.asarray(data)
+    if array.ndim == 0 or array.size == 0:
+        return group.create_dataset(name, data=array)
+    return group.create_dataset(name, data=array, fletcher32=True)
+
+
 def write_model(h5: h5py.Group, net: SNN) -> None:
     """Writes the network into an open file or group: root attributes + ``layers/<i>``."""
     h5.attrs["format"] = FORMAT_NAME
@@ -215,7 +235,7 @@ def write_model(h5: h5py.Group, net: SNN) -> None:
             group.attrs["kernel_size"] = np.asarray(layer.kernel_size, dtype=np.int64)
             group.attrs["stride"] = np.asarray(layer.stride, dtype=np.int64)
         for name, array in layer.params().items():
-            group.create_dataset(name, data=array)
+            _create_dataset(group, name, array)
 
 
 def save_model(path: PathLike, net: SNN, **metadata) -> Path:
@@ -234,14 +254,76 @@ def save_model(path: PathLike, net: SNN, **metadata) -> Path:
 
 # --- reading -------------------------------------------------------------------------------------
 
+_ROOT_ATTRS = {"format", "format_version", "threshold", "decay", "firing", "input_shape", "dtype", "surrogate",
+               "reset_grad"}
+_ROOT_MEMBERS = {"layers", "metadata", "checkpoint"}
+_LAYER_ATTRS = {"linear": {"kind"}, "conv2d": {"kind", "stride", "padding", "kernel_size"},
+                "avgpool2d": {"kind", "kernel_size", "stride"}, "flatten": {"kind"}}
+_LAYER_MEMBERS = {"linear": {"weight", "bias"}, "conv2d": {"weight", "bias"}, "avgpool2d": set(), "flatten": set()}
+
+
 def _open(path: PathLike) -> h5py.File:
+    """Opens a model or checkpoint file for reading, after checking it holds only its own data.
+
+    External links, soft links, virtual datasets and external raw storage are refused
+    (``refsnn.validation.check_h5_tree``), so a file cannot make refsnn read another file.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such model or checkpoint file: {path}")
     try:
-        return h5py.File(path, "r")
+        h5 = h5py.File(path, "r")
     except OSError as error:
         raise FormatError(f"{path} is not a readable HDF5 file (truncated or corrupt?): {error}") from None
+    try:
+        check_h5_tree(h5, str(path), FormatError)
+    except OSError as error:
+        h5.close()
+        raise FormatError(f"{path} is corrupt (HDF5 error while listing its objects): {error}") from None
+    except BaseException:
+        h5.close()
+        raise
+    return h5
+
+
+def _read_array(dataset: h5py.Dataset, source: str) -> np.ndarray:
+    """A dataset's values; a failed Fletcher-32 checksum or any HDF5 read error is a FormatError."""
+    try:
+        return dataset[()]
+    except OSError as error:
+        raise FormatError(f"{source}: {dataset.name} cannot be read (checksum mismatch or corrupt data: "
+                          f"{error}); the file is damaged, restore it") from None
+
+
+def _check_version(group: h5py.Group, source: str, what: str, supported: tuple) -> tuple:
+    """Parses ``format_version`` as ``(major, minor)`` (docs/FORMAT.md, "Versions").
+
+    An int ``N`` (or an integral float) is ``N.0``; a string must be ``"MAJOR.MINOR"``. A newer
+    major is refused; the same major with a newer minor is read with a ``FormatNotice`` (minor
+    versions only add items, and every unknown item is refused anyway). ``1.9`` as a float is
+    refused, never truncated to 1.
+    """
+    value = _attr(group, "format_version", source)
+    major = minor = None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        major, minor = int(value), 0
+    elif isinstance(value, (float, np.floating)) and float(value).is_integer():
+        major, minor = int(value), 0
+    elif isinstance(value, str) and re.fullmatch(r"\d+\.\d+", value.strip()):
+        major, minor = (int(part) for part in value.strip().split("."))
+    if major is None:
+        raise FormatError(f"{source}: {what} format_version must be an integer or a 'MAJOR.MINOR' string, got "
+                          f"{value!r} ({type(value).__name__})")
+    if major < 1:
+        raise FormatError(f"{source}: invalid {what} format version {major}.{minor}")
+    if major > supported[0]:
+        raise FormatError(f"{source}: {what} format version {major}.{minor} is newer than this refsnn supports "
+                          f"({supported[0]}.{supported[1]}); upgrade refsnn")
+    if major == supported[0] and minor > supported[1]:
+        warnings.warn(f"{source}: {what} format version {major}.{minor} is newer than {supported[0]}."
+                      f"{supported[1]}; every item in the file is known to this refsnn, so it is read",
+                      FormatNotice, stacklevel=3)
+    return major, minor
 
 
 def _attr(group: h5py.Group, name: str, source: str):
@@ -251,6 +333,26 @@ def _attr(group: h5py.Group, name: str, source: str):
     if isinstance(value, bytes):
         value = value.decode("utf-8")
     return value
+
+
+def _known_items(group: h5py.Group, source: str, attrs: set, members: set) -> None:
+    """Refuses attributes and members this reader does not know (they could change the meaning)."""
+    unknown_attrs = sorted(set(group.attrs) - attrs)
+    unknown_members = sorted(set(group) - members)
+    if unknown_attrs or unknown_members:
+        parts = ([f"attribute(s) {unknown_attrs}"] if unknown_attrs else []) + \
+                ([f"member(s) {unknown_members}"] if unknown_members else [])
+        raise FormatError(f"{source}: {group.name} has unknown {' and '.join(parts)}; allowed attributes "
+                          f"{sorted(attrs)}, members {sorted(members)} (an unknown setting may change the network's "
+                          "meaning, so it is refused, not ignored)")
+
+
+def _number_attr(group: h5py.Group, name: str, source: str) -> float:
+    value = _attr(group, name, source)
+    array = np.asarray(value)
+    if isinstance(value, str) or array.shape != () or array.dtype.kind not in "iuf":
+        raise FormatError(f"{source}: attribute {name!r} must be a number, got {value!r}")
+    return float(array)
 
 
 def _int_pair(group: h5py.Group, name: str, source: str) -> tuple:
@@ -265,17 +367,20 @@ def _dataset(group: h5py.Group, name: str, source: str) -> np.ndarray:
     if name not in group or not isinstance(group[name], h5py.Dataset):
         raise FormatError(f"{source}: layer {group.name} ({group.attrs.get('kind')!r}) has no "
                           f"{name!r} dataset")
-    array = group[name][()]
+    array = _read_array(group[name], source)
     if not np.issubdtype(array.dtype, np.floating):
         raise FormatError(f"{source}: {group.name}/{name} must be a float array, got {array.dtype}")
     return array
 
 
 def _read_layer(group: h5py.Group, source: str) -> Layer:
+    if not isinstance(group, h5py.Group):
+        raise FormatError(f"{source}: {group.name} must be a group (one per layer)")
     kind = _attr(group, "kind", source)
     if kind not in LAYER_KINDS:
         raise FormatError(f"{source}: layer {group.name} has unknown kind {kind!r}; "
                           f"known kinds: {sorted(LAYER_KINDS)}")
+    _known_items(group, source, _LAYER_ATTRS[kind], _LAYER_MEMBERS[kind])
     try:
         if kind == "linear":
             return Linear(_dataset(group, "weight", source), _dataset(group, "bias", source))
@@ -298,21 +403,28 @@ def _read_layer(group: h5py.Group, source: str) -> Layer:
 
 
 def read_model(h5: h5py.Group, source: str = "model", dtype=None) -> SNN:
-    """Builds the ``SNN`` stored in an open file or group (see :func:`write_model`)."""
+    """Builds the ``SNN`` stored in an open file or group (see :func:`write_model`).
+
+    Every rule of docs/FORMAT.md is checked and the network is validated by ``SNN(...)``
+    (``refsnn.validation``); any problem, HDF5 read errors included, is a :class:`FormatError`.
+    """
+    try:
+        return _read_model(h5, source, dtype)
+    except OSError as error:
+        raise FormatError(f"{source}: the file is corrupt (HDF5 read error: {error}); restore it") from None
+
+
+def _read_model(h5: h5py.Group, source: str, dtype) -> SNN:
     file_format = _attr(h5, "format", source)
     if file_format != FORMAT_NAME:
         raise FormatError(f"{source}: root attribute format is {file_format!r}, expected {FORMAT_NAME!r}")
-    version = int(_attr(h5, "format_version", source))
-    if version > FORMAT_VERSION:
-        raise FormatError(f"{source}: format version {version} is newer than this refsnn supports "
-                          f"({FORMAT_VERSION}); upgrade refsnn")
-    if version < 1:
-        raise FormatError(f"{source}: invalid format version {version}")
+    _check_version(h5, source, "model", (FORMAT_VERSION, FORMAT_MINOR))
+    _known_items(h5, source, _ROOT_ATTRS, _ROOT_MEMBERS)
     firing = _attr(h5, "firing", source)
     if firing not in FIRING_MODES:
         raise FormatError(f"{source}: firing must be one of {FIRING_MODES}, got {firing!r}")
     input_shape = np.atleast_1d(np.asarray(_attr(h5, "input_shape", source)))
-    if not np.issubdtype(input_shape.dtype, np.integer) or np.any(input_shape < 1):
+    if input_shape.ndim != 1 or not np.issubdtype(input_shape.dtype, np.integer) or np.any(input_shape < 1):
         raise FormatError(f"{source}: input_shape must be positive integers, got {input_shape.tolist()}")
     surrogate = make_surrogate()
     if "surrogate" in h5.attrs:
@@ -327,21 +439,28 @@ def read_model(h5: h5py.Group, source: str = "model", dtype=None) -> SNN:
     file_dtype = _attr(h5, "dtype", source) if "dtype" in h5.attrs else "float64"
     if file_dtype not in ("float32", "float64"):
         raise FormatError(f"{source}: dtype must be 'float32' or 'float64', got {file_dtype!r}")
+    reset_grad = True
+    if "reset_grad" in h5.attrs:
+        reset_grad = h5.attrs["reset_grad"]
+        if not isinstance(reset_grad, (bool, np.bool_)):
+            raise FormatError(f"{source}: attribute 'reset_grad' must be a boolean, got {reset_grad!r}")
+    threshold = _number_attr(h5, "threshold", source)
+    decay = _number_attr(h5, "decay", source)
     if "layers" not in h5 or not isinstance(h5["layers"], h5py.Group):
         raise FormatError(f"{source}: missing group 'layers'; see docs/FORMAT.md")
     layers_group = h5["layers"]
     names = sorted(layers_group.keys(), key=lambda key: (not key.isdigit(), int(key) if key.isdigit() else 0))
     if names != [str(i) for i in range(len(names))] or not names:
         raise FormatError(f"{source}: 'layers' must hold groups named 0..n-1 (n >= 1), found {list(layers_group)}")
+    if set(layers_group.attrs) - {"count"}:
+        raise FormatError(f"{source}: /layers has unknown attribute(s) {sorted(set(layers_group.attrs) - {'count'})}")
     if "count" in layers_group.attrs and int(layers_group.attrs["count"]) != len(names):
         raise FormatError(f"{source}: layers/count says {int(layers_group.attrs['count'])} layers, "
                           f"the file holds {len(names)} (truncated write?)")
     layers = [_read_layer(layers_group[name], source) for name in names]
-    reset_grad = bool(h5.attrs["reset_grad"]) if "reset_grad" in h5.attrs else True
     try:
-        return SNN(layers, threshold=float(_attr(h5, "threshold", source)),
-                   decay=float(_attr(h5, "decay", source)), firing=firing, surrogate=surrogate,
-                   reset_grad=reset_grad, input_shape=tuple(int(v) for v in input_shape),
+        return SNN(layers, threshold=threshold, decay=decay, firing=firing, surrogate=surrogate,
+                   reset_grad=bool(reset_grad), input_shape=tuple(int(v) for v in input_shape),
                    dtype=np.dtype(dtype if dtype is not None else file_dtype))
     except (ValueError, TypeError) as error:
         raise FormatError(f"{source}: the stored layers do not form a valid network: {error}") from None
@@ -362,6 +481,8 @@ def read_metadata(path: PathLike) -> Dict[str, Any]:
             return {key: json.loads(value) for key, value in h5["metadata"].attrs.items()}
         except (TypeError, ValueError) as error:
             raise FormatError(f"{path}: metadata attributes must be JSON text: {error}") from None
+        except OSError as error:
+            raise FormatError(f"{path}: metadata cannot be read (corrupt file: {error})") from None
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
