@@ -87,6 +87,33 @@ DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 HDF5_FORMAT = "refsnn-dataset-1"
 CONVERT_COMMAND = "python data_scripts/convert_to_hdf5.py"
 
+
+def source_checkout() -> Path | None:
+    """The repository root when refsnn runs from a source checkout (it has ``data_scripts/``),
+    None for an installed wheel, which ships neither ``data_scripts/`` and ``docs/`` nor ``../shared/data``."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "data_scripts" / "convert_to_hdf5.py").is_file() else None
+
+
+def repo_path(relative: str) -> str:
+    """A repository file (e.g. ``docs/FORMAT.md``) for a message: its absolute path in a source
+    checkout, else named as a file of the source repository that the installed package lacks."""
+    root = source_checkout()
+    if root is not None:
+        return str(root / relative)
+    return f"{relative} of the refsnn source repository (not installed with the package)"
+
+
+def convert_hint(arguments: str = "") -> str:
+    """How to run the HDF5 converter with ``arguments``: by the script's absolute path in a source
+    checkout (right from any working directory), else where the script is found."""
+    root = source_checkout()
+    command = f"{CONVERT_COMMAND} {arguments}".strip()
+    if root is not None:
+        return f"`{command.replace('data_scripts/', str(root / 'data_scripts') + os.sep, 1)}`"
+    return (f"`{command}` from a checkout of the refsnn source repository (an installed refsnn package "
+            "does not ship data_scripts/)")
+
 #: Folder of each dataset under a data root (``<root>/<folder>/...``).
 DATASET_FOLDERS = {"mnist": "mnist", "fmnist": "fashion-mnist", "nmnist": "nmnist"}
 #: IDX file names (without .gz) per split: (images, labels).
@@ -293,7 +320,7 @@ def candidate_data_dirs(data_dir: PathLike | None = None) -> list[tuple[Path, st
     """Data roots searched by :func:`load_dataset`, in order, as ``(path, why)`` pairs.
 
     An explicit ``data_dir`` is searched alone. Otherwise: $REFSNN_DATA_DIR,
-    ``./../shared/data`` (from the current directory), ``<repo>/../shared/data``,
+    ``./../shared/data`` (from the current directory), ``<repo>/../shared/data`` (source checkouts only),
     ``~/.refsnn/data``. Each root holds ``mnist/``, ``fashion-mnist/``, ``nmnist/`` folders
     and/or ``<name>.h5`` files. (Fashion-MNIST is also looked for in Debian's
     /usr/share/datasets/fashion-mnist, see :func:`locate_dataset`.)
@@ -305,8 +332,9 @@ def candidate_data_dirs(data_dir: PathLike | None = None) -> list[tuple[Path, st
     if env_value:
         candidates.append((Path(env_value).expanduser(), f"${ENV_DATA_DIR}"))
     candidates.append((Path.cwd() / ".." / "shared" / "data", "../shared/data from the working dir"))
-    repo_root = Path(__file__).resolve().parent.parent
-    candidates.append((repo_root / ".." / "shared" / "data", "../shared/data from the repo root"))
+    repo_root = source_checkout()
+    if repo_root is not None:   # an installed package has no repository around it
+        candidates.append((repo_root / ".." / "shared" / "data", "../shared/data from the repo root"))
     candidates.append((HOME_DATA_DIR.expanduser(), "home data dir"))
     unique: list[tuple[Path, str]] = []
     seen: set[str] = set()
@@ -422,7 +450,7 @@ def _not_found_message(name: str, split: str, data_dir: PathLike | None) -> str:
         lines.append(f"Fix: put the N-MNIST recordings in {split_folder}/<label>/<id>.bin")
         lines.append(
             "  (original ATIS .bin files from the N-MNIST archive, label folders 0..9), or "
-            f"run `{CONVERT_COMMAND} nmnist --data-dir {target}` to pack them into "
+            f"run {convert_hint(f'nmnist --data-dir {target}')} to pack them into "
             f"{target / 'nmnist.h5'}."
         )
     else:
@@ -431,7 +459,7 @@ def _not_found_message(name: str, split: str, data_dir: PathLike | None) -> str:
         for stem in IDX_FILE_STEMS[split]:
             lines.append(f"  {folder / (stem + '.gz')}")
         lines.append(
-            f"  or run `{CONVERT_COMMAND} {name} --data-dir {target}` (downloads them with checksum checks when "
+            f"  or run {convert_hint(f'{name} --data-dir {target}')} (downloads them with checksum checks when "
             f"online, else tells you where to get them, and writes {target / (name + '.h5')})."
         )
     if data_dir is None:
@@ -563,7 +591,7 @@ def _load_hdf5(
             return _read_hdf5_split(h5, path, name, split, T, limit, duration_us)
     except OSError as error:
         raise DataValidationError(f"{path}: unreadable or corrupt HDF5 file ({error}); regenerate it with "
-                                  f"`{CONVERT_COMMAND} {name}`") from None
+                                  f"{convert_hint(name)}") from None
 
 
 def _h5_dataset(group, key: str, path: Path):
@@ -571,7 +599,7 @@ def _h5_dataset(group, key: str, path: Path):
 
     if key not in group or not isinstance(group[key], h5py.Dataset):
         raise DataValidationError(f"{path}: {group.name}/{key} is missing; regenerate the file with "
-                                  f"`{CONVERT_COMMAND}`")
+                                  f"{convert_hint()}")
     return group[key]
 
 
@@ -582,7 +610,7 @@ def _read_hdf5_split(h5, path: Path, name: str, split: str, T: int, limit: int |
         raise DataValidationError(
             f"{path}: not a refsnn {name} file (attrs format={h5.attrs.get('format')!r}, "
             f"dataset={h5.attrs.get('dataset')!r}, expected {HDF5_FORMAT!r}, {name!r}); "
-            f"regenerate it with `{CONVERT_COMMAND} {name}`"
+            f"regenerate it with {convert_hint(name)}"
         )
     if split not in h5:
         raise DataValidationError(f"{path}: has no group {split!r}; regenerate it")

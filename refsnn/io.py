@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import h5py
 import numpy as np
 
+from .data import repo_path
 from .layers import LAYER_KINDS, AvgPool2d, Conv2d, Flatten, Layer, Linear
 from .network import SNN
 from .neurons import SURROGATES, make_surrogate, surrogate_config
@@ -328,7 +329,7 @@ def _check_version(group: h5py.Group, source: str, what: str, supported: tuple) 
 
 def _attr(group: h5py.Group, name: str, source: str):
     if name not in group.attrs:
-        raise FormatError(f"{source}: missing attribute {name!r} on {group.name}; see docs/FORMAT.md")
+        raise FormatError(f"{source}: missing attribute {name!r} on {group.name}; see {repo_path('docs/FORMAT.md')}")
     value = group.attrs[name]
     if isinstance(value, bytes):
         value = value.decode("utf-8")
@@ -447,7 +448,7 @@ def _read_model(h5: h5py.Group, source: str, dtype) -> SNN:
     threshold = _number_attr(h5, "threshold", source)
     decay = _number_attr(h5, "decay", source)
     if "layers" not in h5 or not isinstance(h5["layers"], h5py.Group):
-        raise FormatError(f"{source}: missing group 'layers'; see docs/FORMAT.md")
+        raise FormatError(f"{source}: missing group 'layers'; see {repo_path('docs/FORMAT.md')}")
     layers_group = h5["layers"]
     names = sorted(layers_group.keys(), key=lambda key: (not key.isdigit(), int(key) if key.isdigit() else 0))
     if names != [str(i) for i in range(len(names))] or not names:
