@@ -37,7 +37,8 @@ FORMAT_NAME = "refsnn-model"
 FORMAT_VERSION = 1  # major version written (as the int 1, read as 1.0)
 FORMAT_MINOR = 0
 CHECKPOINT_FORMAT = "refsnn-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 1  # major version written (as the int 1, read as 1.0)
+CHECKPOINT_MINOR = 0
 
 
 class FormatError(ValueError):
@@ -199,17 +200,18 @@ def _json_default(value):
                     "lists or dicts)")
 
 
-def _create_dataset(group: h5py.Group, name: str, data) -> h5py.Dataset:
+def _create_dataset(group: h5py.Group, name: str, data, **options) -> h5py.Dataset:
     """Creates a dataset with a Fletcher-32 checksum (verified by HDF5 on every read).
 
-    Every array refsnn writes (models, checkpoints) goes through here. HDF5 can checksum only
-    chunked data, so a scalar or an empty array is stored plainly (nothing to corrupt silently
-    in the latter; refsnn writes no scalar datasets).
+    Every array refsnn writes (models, checkpoints, converted data sets) goes through here.
+    ``options`` (``compression``, ``chunks``) go to ``create_dataset``. HDF5 can checksum only
+    chunked data, so a scalar or an empty array is stored plainly, without ``options`` (nothing to
+    corrupt silently in the latter; refsnn writes no scalar datasets).
     """
     array = np.asarray(data)
     if array.ndim == 0 or array.size == 0:
         return group.create_dataset(name, data=array)
-    return group.create_dataset(name, data=array, fletcher32=True)
+    return group.create_dataset(name, data=array, fletcher32=True, **options)
 
 
 def write_model(h5: h5py.Group, net: SNN) -> None:
@@ -313,8 +315,9 @@ def _check_version(group: h5py.Group, source: str, what: str, supported: tuple) 
     elif isinstance(value, str) and re.fullmatch(r"\d+\.\d+", value.strip()):
         major, minor = (int(part) for part in value.strip().split("."))
     if major is None:
+        shown = value.item() if isinstance(value, np.generic) else value  # 1.9, not np.float64(1.9)
         raise FormatError(f"{source}: {what} format_version must be an integer or a 'MAJOR.MINOR' string, got "
-                          f"{value!r} ({type(value).__name__})")
+                          f"{shown!r} ({type(value).__name__})")
     if major < 1:
         raise FormatError(f"{source}: invalid {what} format version {major}.{minor}")
     if major > supported[0]:
@@ -545,7 +548,7 @@ def save_checkpoint(path: PathLike, net: SNN, optimizer, config, history, rng_st
             buffers = opt.create_group(f"buffers/{buffer_name}")
             buffers.attrs["count"] = len(arrays)
             for index, array in enumerate(arrays):
-                buffers.create_dataset(str(index), data=array)
+                _create_dataset(buffers, str(index), array)
 
     def verify(temp_name: str) -> None:
         # Read the written file back before it replaces the previous checkpoint: a file that
@@ -586,10 +589,7 @@ def load_checkpoint(path: PathLike, dtype=None) -> Checkpoint:
         group = h5["checkpoint"]
         if _attr(group, "format", source) != CHECKPOINT_FORMAT:
             raise FormatError(f"{source}: checkpoint/format must be {CHECKPOINT_FORMAT!r}")
-        version = int(_attr(group, "format_version", source))
-        if version > CHECKPOINT_VERSION:
-            raise FormatError(f"{source}: checkpoint version {version} is newer than this refsnn supports "
-                              f"({CHECKPOINT_VERSION}); upgrade refsnn")
+        _check_version(group, source, "checkpoint", (CHECKPOINT_VERSION, CHECKPOINT_MINOR))
         try:
             decoded = {key: json.loads(_attr(group, key, source))
                        for key in ("config", "history", "rng_state", "extra")}
@@ -604,7 +604,7 @@ def load_checkpoint(path: PathLike, dtype=None) -> Checkpoint:
                 count = int(arrays.attrs.get("count", len(arrays)))
                 if sorted(arrays.keys(), key=int) != [str(i) for i in range(count)]:
                     raise FormatError(f"{source}: optimizer buffer {buffer_name!r} is incomplete")
-                buffers[buffer_name] = [arrays[str(i)][()] for i in range(count)]
+                buffers[buffer_name] = [_read_array(arrays[str(i)], source) for i in range(count)]
         try:
             hyperparams = json.loads(_attr(opt, "hyperparams", source))
         except (TypeError, ValueError) as error:

@@ -31,6 +31,9 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = ["--dataset", "mnist-subset", "--arch", "fc", "--batch-size", "16", "--limit-train", "48",
         "--limit-test", "24", "--eval-seeds", "1", "--seed", "3", "--no-progress"]
 RESUME = ["--resume", "--epochs", "2", "--no-progress"]
+ROBUST = ["--method", "robust", "--dataset", "mnist-subset", "--arch", "fc", "--eps", "0.05", "--ramp-epochs", "1",
+          "--batch-size", "16", "--limit-train", "48", "--limit-test", "16", "--eval-seeds", "1",
+          "--method-option", "eval_n=4", "--seed", "3", "--no-progress"]
 
 
 def _digests(folder: Path) -> dict:
@@ -68,11 +71,11 @@ def sleeper():
 
 # --- how each row spoils the run ---------------------------------------------------------------
 
-def _wrap_step(monkeypatch, spoil):
-    """Replaces the natural method's step by one that spoils its result from the 5th step on
+def _wrap_step(monkeypatch, spoil, method="natural"):
+    """Replaces the method's step by one that spoils its result from the 5th step on
     (the second epoch: the first checkpoint is already written)."""
-    from refsnn.train import Method
-    original = METHODS["natural"]
+    from refsnn.train import Method, get_method
+    original = get_method(method)
 
     def step(net, batch, ctx):
         result = original.step(net, batch, ctx)
@@ -80,13 +83,25 @@ def _wrap_step(monkeypatch, spoil):
             spoil(net, result)
         return result
 
-    monkeypatch.setitem(METHODS, "natural", Method(step, original.options, original.epoch_metrics))
+    monkeypatch.setitem(METHODS, method, Method(step, original.options, original.epoch_metrics))
 
 
 def nan_loss(run, monkeypatch, sleeper):
     def spoil(net, result):
         result.loss = float("nan")
     _wrap_step(monkeypatch, spoil)
+    return RESUME
+
+
+def robust_nan_loss(run, monkeypatch, sleeper):
+    """A robust (bound-loss) run instead of the natural one, whose bound loss turns NaN."""
+    shutil.rmtree(run)
+    assert main(ROBUST + ["--epochs", "1", "--out", str(run), "--quiet"]) == 0
+    assert json.loads((run / "config.json").read_text())["method"] == "robust"
+
+    def spoil(net, result):
+        result.loss = float("nan")
+    _wrap_step(monkeypatch, spoil, "robust")
     return RESUME
 
 
@@ -144,6 +159,32 @@ def checkpoint_json_wrong_type(run, monkeypatch, sleeper):
     return RESUME
 
 
+def checkpoint_corrupt_byte(run, monkeypatch, sleeper):
+    """One flipped byte in the stored momentum of the optimizer (a bad disk block)."""
+    import h5py
+    with h5py.File(run / "checkpoint.h5", "r") as h5:
+        stored = h5["checkpoint/optimizer/buffers/momentum/3"].id
+        offset = stored.get_offset() if stored.get_offset() is not None else stored.get_chunk_info(0).byte_offset
+    with open(run / "checkpoint.h5", "r+b") as handle:
+        handle.seek(offset + 5)
+        byte = handle.read(1)
+        handle.seek(offset + 5)
+        handle.write(bytes([byte[0] ^ 0x10]))
+    return RESUME
+
+
+def checkpoint_newer_major(run, monkeypatch, sleeper):
+    _edit_checkpoint(run, "checkpoint", "format_version", "2.0")
+    return RESUME
+
+
+def checkpoint_version_float(run, monkeypatch, sleeper):
+    import h5py
+    with h5py.File(run / "checkpoint.h5", "r+") as h5:
+        h5["checkpoint"].attrs["format_version"] = 1.9  # never truncated to 1
+    return RESUME
+
+
 def disk_full(run, monkeypatch, sleeper):
     original = os.fsync
 
@@ -182,6 +223,8 @@ RESULTS = ("checkpoint.h5", "model.h5", "summary.json", "metrics.jsonl", "metric
 # id, spoil, exit code, stderr pattern, files that must keep their bytes (None: all that were there)
 ROWS = [
     ("nan-loss", nan_loss, 1, r"epoch 2, batch 1 .*non-finite loss.*checkpoint .* left unchanged", RESULTS),
+    ("robust-nan-loss", robust_nan_loss, 1, r"epoch 2, batch 1 .*non-finite loss.*checkpoint .* left unchanged",
+     RESULTS),
     ("inf-gradient", inf_gradient, 1, r"epoch 2, batch 1 .*non-finite gradient layer1\.bias \(0 NaN, 1 Inf\)",
      RESULTS),
     ("nan-weight", nan_weight, 1, r"epoch 2, batch 1 .*non-finite weight layer2\.weight \(1 NaN, 0 Inf\)", RESULTS),
@@ -191,6 +234,12 @@ ROWS = [
     ("lock-malformed", lock_malformed, 2, r"lock file .*run\.lock is malformed", None),
     ("checkpoint-bad-json", checkpoint_bad_json, 2, r"hyperparams must be JSON text", None),
     ("checkpoint-json-wrong-type", checkpoint_json_wrong_type, 2, r"history a JSON list", None),
+    ("checkpoint-corrupt-byte", checkpoint_corrupt_byte, 2, r"checkpoint\.h5: /checkpoint/optimizer/buffers/momentum/3 "
+                                                            r"cannot be read \(checksum mismatch", None),
+    ("checkpoint-newer-major", checkpoint_newer_major, 2, r"checkpoint format version 2\.0 is newer than this refsnn "
+                                                          r"supports \(1\.0\); upgrade refsnn", None),
+    ("checkpoint-version-float", checkpoint_version_float, 2, r"checkpoint format_version must be an integer or a "
+                                                              r"'MAJOR\.MINOR' string, got 1\.9", None),
     ("disk-full", disk_full, 2, r"cannot write .*checkpoint\.h5: No space left on device; the previous version is "
                                 r"unchanged", RESULTS),
     ("unwritable-folder", unwritable_folder, 2, r"cannot write .*: Permission denied", None),
