@@ -163,6 +163,8 @@ CLAIM_ROWS = [  # (id, build, extra argv, exit code, status of the case)
     ("tight-dyadic", tight_dyadic, [], 0, "SOUND"),
     ("tight-at-float-tie", tight_at_float_tie, [], 0, "SOUND"),
     ("other-firing-convention-at-tie", other_convention_at_tie, [], 1, "UNSOUND"),
+    # true and tighter than refsnn's bounds: search can refute but never prove, so undecided
+    ("tight-dyadic-search-undecided", tight_dyadic, ["--method", "search"], 3, "NOT_REFUTED"),
 ]
 
 BAD_FILES = [  # (id, build raw fields or a file writer, fragments)
@@ -225,6 +227,12 @@ def test_claims_are_decided_exactly(tmp_path, capsys, build, extra, code, status
     if status == "SOUND":
         assert case_report["outputs"]["refuted"] == case_report["outputs"]["unproven"] == 0
         assert case_report["membranes"]["unproven"] == 0
+        return
+    if status == "NOT_REFUTED":
+        assert not case_report["violations"] and not case_report["membrane_violations"]
+        assert case_report["outputs"]["refuted"] == case_report["membranes"]["refuted"] == 0
+        assert case_report["outputs"]["unproven"] > 0 and report["undecided"] and not report["unsound"]
+        assert "undecided" in captured.out
         return
     assert case_report["violations"]
     for violation in case_report["violations"]:
