@@ -156,7 +156,7 @@ def test_report_draws_the_curves(tmp_path):
     records = [{"epoch": e, "test_acc": 0.9, "train_robust_loss": 2.0 / e, "cert_error_crown-ibp_now": 0.5,
                 "cert_error_crown-ibp_final": 0.9} for e in (1, 2, 3)]
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    out = tmp_path / "curves.png"
+    out = tmp_path / "figures"
     assert main([str(run), "--out", str(out)]) == 0
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main([str(tmp_path / "missing"), "--out", str(out)]) == 2
