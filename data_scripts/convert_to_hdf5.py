@@ -11,7 +11,9 @@ file when the nmnist/ folder has one. When files are missing, the script prints 
 which files to put where and exits with status 2.
 
 The output <--out folder>/<name>.h5 is found by load_dataset before any raw files in the same
-folder; the layout is documented in docs/DATA.md. Examples:
+folder; the layout is documented in docs/DATA.md. Every array is stored with a Fletcher-32
+checksum, the file is written atomically, and its SHA-256 is entered in <--out folder>/SHA256SUMS
+(other lines of an existing manifest are kept), which load_dataset checks. Examples:
 
     python data_scripts/convert_to_hdf5.py mnist fmnist
     python data_scripts/convert_to_hdf5.py nmnist --T 20 --duration-us 300000
@@ -37,6 +39,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from refsnn import cli, data  # noqa: E402
+from refsnn.io import _create_dataset, atomic_write_h5, atomic_write_text  # noqa: E402
+from refsnn.validation import MANIFEST_NAME, format_manifest, read_manifest, sha256_file  # noqa: E402
 
 #: Canonical download locations, tried in order (MNIST's own site now often answers 403).
 DOWNLOAD_URLS: dict[str, list[str]] = {
@@ -166,22 +170,20 @@ def verify_idx(name: str, paths: dict[str, tuple[Path, Path]]) -> dict[str, str]
 
 
 def write_idx_hdf5(name: str, paths: dict[str, tuple[Path, Path]], out: Path, compression: str | None) -> None:
-    import h5py
-
-    partial = out.with_suffix(".h5.part")
-    with h5py.File(partial, "w") as h5:
+    def write(h5) -> None:
         write_common_attrs(h5, name)
         for split, (images_path, labels_path) in paths.items():
             images, labels = data._load_idx_pair(images_path, labels_path)
             group = h5.create_group(split)
-            group.create_dataset("images", data=images, compression=compression)
-            group.create_dataset("labels", data=labels, compression=compression)
+            _create_dataset(group, "images", images, compression=compression)
+            _create_dataset(group, "labels", labels, compression=compression)
             group.attrs["images_file"] = str(images_path)
             group.attrs["labels_file"] = str(labels_path)
             group.attrs["images_content_md5"] = data.content_md5(images_path)
             group.attrs["labels_content_md5"] = data.content_md5(labels_path)
             log(f"  {split}: images {images.shape} uint8, labels {labels.shape}")
-    os.replace(partial, out)
+
+    atomic_write_h5(out, write)
 
 
 # --------------------------------------------------------------------------- N-MNIST
@@ -238,10 +240,7 @@ def write_nmnist_hdf5(
     split_dirs: dict[str, Path], out: Path, T: int, duration_us: int | None,
     compression: str | None, verification: str,
 ) -> None:
-    import h5py
-
-    partial = out.with_suffix(".h5.part")
-    with h5py.File(partial, "w") as h5:
+    def write(h5) -> None:
         write_common_attrs(h5, "nmnist")
         h5.attrs["T"] = T
         h5.attrs["duration_us"] = 0 if duration_us is None else duration_us
@@ -260,17 +259,38 @@ def write_nmnist_hdf5(
             events = np.concatenate(per_file)
             frames = data.bin_recordings(events, offsets, T, duration_us)
             group = h5.create_group(split)
-            group.create_dataset(
-                "images", data=frames, compression=compression,
-                chunks=(1,) + frames.shape[1:] if compression else None,
-            )
-            group.create_dataset("labels", data=labels.astype(np.uint8), compression=compression)
-            group.create_dataset("ids", data=ids.astype(np.int64))
-            group.create_dataset("events", data=events, compression=compression)
-            group.create_dataset("event_offsets", data=offsets)
+            _create_dataset(group, "images", frames, compression=compression,
+                            chunks=(1,) + frames.shape[1:] if compression else None)
+            _create_dataset(group, "labels", labels.astype(np.uint8), compression=compression)
+            _create_dataset(group, "ids", ids.astype(np.int64))
+            _create_dataset(group, "events", events, compression=compression)
+            _create_dataset(group, "event_offsets", offsets)
             group.attrs["source_dir"] = str(split_dir)
             log(f"  {split}: {len(paths)} recordings, {len(events)} events, frames {frames.shape}")
-    os.replace(partial, out)
+
+    atomic_write_h5(out, write)
+
+
+def read_out_manifest(out_dir: Path) -> dict[str, str]:
+    """The entries of ``<out_dir>/SHA256SUMS`` (empty when there is none); a malformed one is refused
+    before anything is converted, never overwritten."""
+    path = out_dir / MANIFEST_NAME
+    return read_manifest(path) if path.is_file() else {}
+
+
+def record_in_manifest(out: Path, entries: dict[str, str]) -> Path:
+    """Enters ``out``'s SHA-256 in ``SHA256SUMS`` beside it, keeping the other ``entries``.
+
+    load_dataset refuses a file of a folder with a manifest that does not list it, so the other
+    data-set files already in the folder and not listed (converted before manifests existed) are
+    entered as they are now, each with a notice."""
+    entries = {**entries, out.name: sha256_file(out)}
+    for name in ALL_NAMES:
+        earlier = out.parent / f"{name}.h5"
+        if earlier.name not in entries and earlier.is_file():
+            entries[earlier.name] = sha256_file(earlier)
+            log(f"  note: {MANIFEST_NAME} now also lists {earlier} as it is now (written earlier, not checked here)")
+    return atomic_write_text(out.parent / MANIFEST_NAME, format_manifest(entries))
 
 
 # --------------------------------------------------------------------------- common
@@ -291,6 +311,7 @@ def convert(name: str, args: argparse.Namespace) -> Path:
     out = out_dir / f"{name}.h5"
     compression = None if args.compression == "none" else args.compression
     log(f"{name}:")
+    read_out_manifest(out_dir)  # a malformed manifest is refused before the work, not after it
     if name == "nmnist":
         split_dirs = locate_nmnist(data_dir, download_root)
         for split, split_dir in split_dirs.items():
@@ -307,7 +328,8 @@ def convert(name: str, args: argparse.Namespace) -> Path:
             log("  content md5 ok for all 4 files")
         out_dir.mkdir(parents=True, exist_ok=True)
         write_idx_hdf5(name, paths, out, compression)
-    log(f"  wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    manifest_path = record_in_manifest(out, read_out_manifest(out_dir))
+    log(f"  wrote {out} ({out.stat().st_size / 2**20:.1f} MiB), its SHA-256 in {manifest_path}")
     return out
 
 

@@ -325,6 +325,17 @@ def read_manifest(path: Path) -> Dict[str, str]:
     return entries
 
 
+def format_manifest(entries: Dict[str, str]) -> str:
+    """The text of a ``SHA256SUMS`` file holding ``{relative path: sha256 hex}`` (sorted by path),
+    in the format :func:`read_manifest` reads and ``sha256sum -c`` checks."""
+    for name, digest in entries.items():
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", digest) or name.startswith(("/", "\\")) or ".." in Path(name).parts \
+                or not name.strip() or "\n" in name:
+            raise DataValidationError(f"manifest entry {name!r}: needs a relative path without '..' and a SHA-256 "
+                                      f"of 64 hex digits, got {digest!r}")
+    return "".join(f"{entries[name].lower()}  {name}\n" for name in sorted(entries))
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

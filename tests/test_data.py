@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import io
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -518,6 +519,58 @@ def test_convert_to_hdf5_round_trip(isolated_lookup, capsys):
         assert h5.attrs["T"] == 4 and h5.attrs["duration_us"] == 0
         assert h5["train/images"].shape == (5, 4, 2, 34, 34)
         assert h5["train/event_offsets"].shape == (6,)
+
+
+def test_convert_to_hdf5_checksums_every_array_and_writes_a_manifest(isolated_lookup, capsys):
+    import h5py
+
+    from refsnn.validation import read_manifest
+
+    convert = load_script("convert_to_hdf5")
+    raw_root, out_root = isolated_lookup / "raw", isolated_lookup / "out"
+    write_digital_dataset(raw_root, "mnist", 20, 10)
+    write_nmnist_dataset(raw_root, 5, 2)
+    out_root.mkdir()
+    other = "0" * 64
+    (out_root / "SHA256SUMS").write_text(f"{other}  fmnist.h5\n")  # a line of someone else's: kept
+    argv = ["--data-dir", str(raw_root), "--out", str(out_root), "--no-download", "--skip-verify", "--T", "4"]
+    assert convert.main(["mnist", "nmnist", "--compression", "gzip"] + argv) == 0
+    manifest = read_manifest(out_root / "SHA256SUMS")
+    assert manifest == {"fmnist.h5": other, **{name: hashlib.sha256((out_root / name).read_bytes()).hexdigest()
+                                                for name in ("mnist.h5", "nmnist.h5")}}
+    for name in ("mnist.h5", "nmnist.h5"):
+        with h5py.File(out_root / name) as h5:
+            arrays = []
+            h5.visititems(lambda key, item: arrays.append(item) if isinstance(item, h5py.Dataset) else None)
+            assert arrays and all(item.fletcher32 for item in arrays if item.size), name
+    assert not [p.name for p in out_root.iterdir() if p.name.endswith((".tmp", ".part"))]
+    load_dataset("nmnist", "test", data_dir=out_root, T=4)  # the manifest lists what load_dataset reads
+    with open(out_root / "mnist.h5", "r+b") as handle:  # a changed byte is caught
+        handle.seek(-100, os.SEEK_END)
+        byte = handle.read(1)
+        handle.seek(-100, os.SEEK_END)
+        handle.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(ValueError, match=r"SHA-256 .* differs .*SHA256SUMS"):
+        load_dataset("mnist", "test", data_dir=out_root)
+    (out_root / "SHA256SUMS").write_text("not a manifest\n")  # refused before converting, never overwritten
+    assert convert.main(["mnist"] + argv) == 3
+    assert "line 1 is not" in capsys.readouterr().err
+    assert (out_root / "SHA256SUMS").read_text() == "not a manifest\n"
+
+
+def test_convert_to_hdf5_manifest_lists_earlier_files_with_a_notice(isolated_lookup, capsys):
+    from refsnn.validation import read_manifest
+
+    convert = load_script("convert_to_hdf5")
+    raw_root, out_root = isolated_lookup / "raw", isolated_lookup / "out"
+    write_digital_dataset(raw_root, "mnist", 20, 10)
+    out_root.mkdir()
+    (out_root / "fmnist.h5").write_bytes(b"converted before manifests existed")
+    assert convert.main(["mnist", "--data-dir", str(raw_root), "--out", str(out_root), "--no-download",
+                         "--skip-verify"]) == 0
+    assert read_manifest(out_root / "SHA256SUMS")["fmnist.h5"] == \
+        hashlib.sha256(b"converted before manifests existed").hexdigest()
+    assert re.search(r"note: SHA256SUMS now also lists .*fmnist\.h5 as it is now", capsys.readouterr().out)
 
 
 def test_convert_to_hdf5_offline_lists_missing_files(isolated_lookup, capsys):
