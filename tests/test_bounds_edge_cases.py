@@ -338,3 +338,19 @@ def test_margin_spec_rows():
     C = margin_spec(np.array([2, 0]), 3)
     np.testing.assert_array_equal(C[0], [[-1, 0, 1], [0, -1, 1]])
     np.testing.assert_array_equal(C[1], [[1, -1, 0], [1, 0, -1]])
+
+
+
+def test_a_margin_bound_of_exactly_zero_is_not_a_certificate(monkeypatch):
+    """Outputs are multiples of 1/T', so a margin bound of exactly 0 (a tie) is common: not robust.
+
+    Outward rounding rarely leaves a bound at exactly 0, so the bounds are set here: rows whose
+    margin lower bounds are (0.5, 0.0), (0.5, 1e-300) and (-0.0, 0.25).
+    """
+    import refsnn.bounds as bounds_module
+
+    lower = np.array([[0.5, 0.0], [0.5, 1e-300], [-0.0, 0.25]])
+    monkeypatch.setattr(bounds_module, "compute_bounds", lambda *args, **kwargs: (lower, lower + 1.0))
+    net = SNN([Linear(np.eye(3))])
+    x = np.zeros((1, 3, 3), dtype=np.uint8)
+    assert bounds_module.certify(net, x, x, np.array([0, 1, 2])).tolist() == [False, True, False]
