@@ -127,8 +127,9 @@ PRESETS: Dict[str, ReproducePreset] = {
     "quick-conv": ReproducePreset(
         name="quick-conv", label="quick CONV smoke run (NOT a reproduction: embedded MNIST subset, CONV, tiny schedule)",
         plain_epochs=1, plain_args=("--milestones", "100", "--eval-seeds", "1"), robust_epochs=1, ramp_epochs=1.0,
-        eval_n=20, limit_train=256, limit_test=100, attack_n=20, attacks=("paper",), certify_n=20,
-        sweep_T=(1,), sweep_limit_train=64, dataset_alias={"mnist": "mnist-subset"},
+        eval_n=10, limit_train=128, limit_test=50, attack_n=10, attacks=("paper",), certify_n=10,
+        # T' = 3 only: the kernels of the robust run are reused instead of compiling T' = 1 ones.
+        sweep_T=(3,), sweep_limit_train=64, dataset_alias={"mnist": "mnist-subset"},
         robust_args=("--lr", "0.01", "--method-option", "temperature=5", "--method-option", "kappa_end=0.5",
                      "--eval-seeds", "1"),
         datasets=("mnist",), archs=("conv",), smoke=True),
