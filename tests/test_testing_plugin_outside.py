@@ -42,3 +42,19 @@ def test_outside_project_passes_with_plain_pytest(tmp_path):
     assert result.returncode == 0, output[-4000:]
     assert "1 passed" in output
     assert "refsnn.testing: compiling kernels (first run only)" in output
+
+
+def test_plugin_warms_up_only_for_sessions_that_use_refsnn_testing():
+    import types
+    from unittest import mock
+
+    from refsnn.testing import plugin, snn_strategy
+
+    def item(**names):
+        return types.SimpleNamespace(module=types.SimpleNamespace(**names))
+
+    odd = mock.Mock()
+    del odd.__module__   # an attribute that raises must not break another project's collection
+    assert not plugin._uses_refsnn_testing([item(np=types.ModuleType("numpy"), odd=odd), object()])
+    assert plugin._uses_refsnn_testing([item(x=1), item(strategy=snn_strategy)])
+    assert plugin._uses_refsnn_testing([item(rt=__import__("refsnn.testing").testing)])
