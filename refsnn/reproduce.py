@@ -51,6 +51,10 @@ from .robust import DEFAULT_EPS
 
 DATASETS = ("mnist", "fmnist", "nmnist")
 ARCHS = ("fc", "conv")
+class ReproduceConfigError(ValueError):
+    """A ``ReproduceConfig`` field out of its allowed values (the message names the field and them)."""
+
+
 #: Output root when --out is not given (git-ignored; the committed results/ only through --out).
 DEFAULT_OUT = "runs/reproduce"
 
@@ -676,7 +680,7 @@ def load_paper_values(path: Optional[str]) -> Dict[str, Any]:
     if path:
         extra = json.loads(Path(path).read_text())
         if not isinstance(extra, dict):
-            raise ValueError(f"{path}: expected a JSON object with keys like 'clean_accuracy', 'table2_cells'")
+            raise ReproduceConfigError(f"paper_values: {path}: expected a JSON object with keys like 'clean_accuracy', 'table2_cells'")
         for key, value in extra.items():
             if isinstance(value, dict) and isinstance(merged.get(key), dict):
                 merged[key].update(value)
@@ -693,11 +697,11 @@ def _selection(config: ReproduceConfig, preset: ReproducePreset) -> Tuple[Tuple[
         values = tuple(allowed if given is None else given)
         unknown = [v for v in values if v not in known]
         if unknown:
-            raise ValueError(f"{field_name}: unknown {unknown}; choose from {', '.join(known)}")
+            raise ReproduceConfigError(f"{field_name}: unknown {unknown}; choose from {', '.join(known)}")
         outside = [v for v in values if v not in allowed]
         if outside:
             other = " (use --preset quick-conv for CONV)" if field_name == "archs" and preset.name == "quick" else ""
-            raise ValueError(f"{field_name}: preset {preset.name!r} runs only {', '.join(allowed)}, "
+            raise ReproduceConfigError(f"{field_name}: preset {preset.name!r} runs only {', '.join(allowed)}, "
                              f"not {', '.join(outside)}{other}")
         chosen.append(values)
     return chosen[0], chosen[1]
@@ -722,7 +726,7 @@ def reproduce(config: ReproduceConfig, command: Optional[str] = None) -> Dict[st
     replace their rows, the rows of every other setting are kept.
     """
     if config.preset not in PRESETS:
-        raise ValueError(f"preset: unknown {config.preset!r}; choose from {', '.join(sorted(PRESETS))}")
+        raise ReproduceConfigError(f"preset: unknown {config.preset!r}; choose from {', '.join(sorted(PRESETS))}")
     preset = PRESETS[config.preset]
     datasets, archs = _selection(config, preset)
     config = replace(config, datasets=datasets, archs=archs)

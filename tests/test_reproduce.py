@@ -151,3 +151,19 @@ def test_merge_tables_keep_unknown_and_other_settings():
     assert merged.split("\n")[4:7] == ["| MNIST | CONV |", "| N-MNIST 1k-subset (1000 train recordings) | FC |",
                                         "| something else | FC |"]
     assert merged.endswith("\n\nnote") and rp.merge_table1(new, None) == new
+
+
+@pytest.mark.parametrize("preset, datasets, archs, message", [
+    ("nope", None, None, "preset: unknown 'nope'; choose from budget, paper, quick, quick-conv"),
+    ("budget", ("cifar",), None, "datasets: unknown ['cifar']; choose from mnist, fmnist, nmnist"),
+    ("budget", None, ("rnn",), "archs: unknown ['rnn']; choose from fc, conv"),
+    ("quick", ("fmnist",), None, "datasets: preset 'quick' runs only mnist, not fmnist"),
+    ("quick", None, ("conv",), "archs: preset 'quick' runs only fc, not conv (use --preset quick-conv"),
+    ("quick-conv", None, ("fc", "conv"), "archs: preset 'quick-conv' runs only conv, not fc"),
+])
+def test_bad_config_is_refused_before_any_work(tmp_path, preset, datasets, archs, message):
+    config = rp.ReproduceConfig(preset, datasets, archs, str(tmp_path / "out"))
+    with pytest.raises(rp.ReproduceConfigError) as info:
+        rp.reproduce(config)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()
