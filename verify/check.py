@@ -455,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``python -m verify.check`` parser (shared vocabulary of ``refsnn.cli``)."""
     parser = cli.make_parser(PROG, __doc__.split("\n\n")[0])
     parser.epilog = EXIT_CODES_HELP
-    cli.add_model(parser)
+    cli.add_model(parser, nir=True)
     parser.add_argument("--cases", required=True, metavar="FILE",
                         help="cases file (format in verify/cases.py, verify/README.md)")
     parser.add_argument("--json", metavar="FILE", help="write the machine-readable report to this file")
@@ -477,9 +477,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         config = CheckConfig(method=args.method, time_limit=args.time_limit, atol=args.atol, samples=args.samples,
                              seed=args.seed)
-        from refsnn.io import FormatError, load_model
+        from refsnn.interop.nir import load_any_model
+        from refsnn.io import FormatError
         try:
-            net = load_model(args.model)
+            net = load_any_model(args.model, dt=args.dt)
         except (FormatError, OSError, ValueError) as error:
             raise CasesError(f"model {args.model}: {error}") from None
         cases = read_cases(args.cases, net)
