@@ -2,67 +2,58 @@
 
 Every long command (train, certify, attack, reproduce, verify.dataset) shows ONE bar over its
 whole work (``Progress``), writes its status lines (epochs, steps) above it, and prints
-``compiling kernels (first run only)`` before the first call of Numba kernels that are neither
-compiled in this process nor found in Numba's on-disk cache (``compile_notice``). ``quiet=True``
-silences all of it; ``bar=False`` keeps the lines and drops the bar (``--no-progress``).
+``compiling kernels (first run only)`` when Numba starts compiling one of refsnn's kernels, which
+happens only when it is not in Numba's on-disk cache (``compile_notice`` listens for Numba's
+``numba:compile`` event, which a cache load does not fire). ``quiet=True`` silences all of it;
+``bar=False`` keeps the lines and drops the bar (``--no-progress``).
 """
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, List, Optional
-
-#: Modules whose ``numba.njit(cache=True)`` kernels the commands call.
-KERNEL_MODULES = ("refsnn.kernels", "refsnn.ibp", "refsnn.crown")
+from typing import IO, Any, Callable, Optional
 
 COMPILE_MESSAGE = "compiling kernels (first run only; later runs load them from Numba's cache)"
 
-_notice_shown = False
+
+def _is_refsnn_kernel(dispatcher: Any) -> bool:
+    module = getattr(getattr(dispatcher, "py_func", None), "__module__", "") or ""
+    return module.startswith(("refsnn.", "verify."))
 
 
-def _dispatchers() -> Iterator[Any]:
-    import importlib
+def compile_listener(say: Callable[[str], None]) -> Any:
+    """A Numba event listener that calls ``say(COMPILE_MESSAGE)`` once, when Numba starts
+    compiling a refsnn kernel. Numba fires ``numba:compile`` only for a real compile, never for a
+    load from its on-disk cache, so the message is said exactly when compiling happens."""
+    from numba.core import event
 
-    from numba.core.dispatcher import Dispatcher
+    class CompileNotice(event.Listener):
+        said = False
 
-    for name in KERNEL_MODULES:
-        module = importlib.import_module(name)
-        for value in vars(module).values():
-            if isinstance(value, Dispatcher):
-                yield value
+        def on_start(self, ev: Any) -> None:
+            if not self.said and _is_refsnn_kernel((getattr(ev, "data", None) or {}).get("dispatcher")):
+                self.said = True
+                say(COMPILE_MESSAGE)
 
+        def on_end(self, ev: Any) -> None:
+            pass
 
-def uncompiled_kernels(exclude: Iterable[str] = ()) -> Optional[List[str]]:
-    """Names of the kernels (less ``exclude``) that would be compiled on their first call: not
-    compiled in this process and without an index file in Numba's cache. None when that cannot be told."""
-    skip = set(exclude)
-    try:
-        missing = []
-        for dispatcher in _dispatchers():
-            if dispatcher.signatures or dispatcher.py_func.__qualname__ in skip:
-                continue
-            cache = getattr(dispatcher, "_cache", None)
-            index = getattr(getattr(cache, "_cache_file", None), "_index_path", None)
-            if index is None or not Path(index).is_file():
-                missing.append(dispatcher.py_func.__qualname__)
-        return missing
-    except Exception:  # noqa: BLE001 - numba internals differ between versions; then it is unknown
-        return None
+    return CompileNotice()
 
 
-def compile_notice(quiet: bool = False, file: Optional[IO[str]] = None) -> bool:
-    """Prints ``COMPILE_MESSAGE`` once per process when kernels still need compiling; returns
-    whether it printed. When the cache cannot be inspected, says the kernels may be compiled."""
-    global _notice_shown
-    if quiet or _notice_shown:
-        return False
-    missing = uncompiled_kernels()
-    if missing == []:
-        return False
-    _notice_shown = True
-    message = COMPILE_MESSAGE if missing else "loading kernels (compiled on the first run only)"
-    print(message, file=file or sys.stderr, flush=True)
-    return True
+_listener: Any = None
+
+
+def compile_notice(quiet: bool = False) -> None:
+    """From now on in this process, prints ``COMPILE_MESSAGE`` to stderr (above any running bar)
+    once, when Numba starts compiling a refsnn kernel. ``quiet`` installs nothing."""
+    global _listener
+    if quiet or _listener is not None:
+        return
+    from numba.core import event
+    from tqdm import tqdm
+
+    _listener = compile_listener(lambda message: tqdm.write(message, file=sys.stderr))
+    event.register("numba:compile", _listener)
 
 
 class Progress:

@@ -6,7 +6,8 @@
 - Compiles refsnn's Numba kernels once at the start of a session whose collected tests use
   ``refsnn.testing`` (``refsnn.testing.warmup``), so hypothesis' default 200 ms deadline is not
   spent on the first example's compile. It says ``refsnn.testing: compiling kernels (first run
-  only)`` when they are not yet in Numba's cache. Disable with ``-p no:refsnn``.
+  only; ...)`` when Numba compiles one (not when it loads them from its cache). Disable with
+  ``-p no:refsnn``.
 """
 from __future__ import annotations
 
@@ -45,12 +46,14 @@ def _uses_refsnn_testing(items) -> bool:
 def pytest_collection_finish(session) -> None:
     if session.config.getoption("collectonly", False) or not _uses_refsnn_testing(session.items):
         return
-    from ..progress import uncompiled_kernels
-    from .warmup import UNUSED_BY_TESTING, warm_kernels
+    from numba.core import event
+
+    from ..progress import compile_listener
+    from .warmup import warm_kernels
 
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None and uncompiled_kernels(exclude=UNUSED_BY_TESTING) != []:
-        reporter.write_line("refsnn.testing: compiling kernels (first run only)")
-    seconds = warm_kernels()
+    say = (lambda message: reporter.write_line(f"refsnn.testing: {message}")) if reporter is not None else print
+    with event.install_listener("numba:compile", compile_listener(say)):
+        seconds = warm_kernels()
     if reporter is not None and seconds > 5:
         reporter.write_line(f"refsnn.testing: kernels ready ({seconds:.0f} s)")

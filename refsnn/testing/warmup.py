@@ -15,13 +15,6 @@ import numpy as np
 # Rows of a batch from which the event-driven kernels are considered (refsnn.kernels._MIN_ROWS is 32).
 _ROWS = 40
 
-#: Kernels the small networks of ``refsnn.testing`` never reach: training-only ones, and the
-#: event-driven Linear / windowed Conv2d forward (only for >= 256 outputs / many input channels,
-#: see refsnn.kernels.CROSSOVERS and EVENT_CONV_WINDOW_CHANNELS).
-UNUSED_BY_TESTING = ("_lif_backward", "_lif_backward_rectangular", "_event_weight_grad", "_event_linear_forward",
-                     "_event_conv_forward_windows")
-
-
 def _networks():
     from ..layers import AvgPool2d, Conv2d, Flatten, Linear
     from ..network import SNN
