@@ -476,3 +476,177 @@ def stack_boxes(sets: Sequence[InputSet]) -> Tuple[np.ndarray, np.ndarray]:
     """Enclosing boxes of several sets, time-major ``[T', B, *in]``."""
     boxes = [s.box() for s in sets]
     return np.stack([b[0] for b in boxes], axis=1), np.stack([b[1] for b in boxes], axis=1)
+
+
+class LevelSet(InputSet):
+    """Spike trains decided by integer levels, one per variable, each within a range ``[lo_v, hi_v]``.
+
+    Bit ``(t, i)`` is on when it is always on, or when it belongs to variable ``v`` and its rank is
+    below ``v``'s level: the bits of one variable turn on in rank order (equal ranks together), so a
+    variable with ``m_v`` ranks has ``m_v + 1`` patterns. ``BoxSet`` is the case of one bit per
+    variable (``m_v = 1``), ``DigitalLinfSet`` one variable per pixel (its free rand values in
+    increasing order are the ranks). Narrowing a variable's range (``restrict``) gives a subset of
+    the same kind, which is how ``verify.bab`` branches: the children of a node partition it.
+
+    ``base [T', *in]`` 0/1 (always-on bits), ``variable [T', *in]`` int (-1: bit fixed by ``base``),
+    ``rank [T', *in]`` int, ``n_levels [V]`` (``m_v``), optional ``lo, hi [V]`` (default ``0, m_v``).
+    """
+
+    def __init__(self, base, variable, rank, n_levels, lo=None, hi=None):
+        base = _binary_array(base, "base")
+        variable, rank = np.asarray(variable, np.int64), np.asarray(rank, np.int64)
+        n_levels = np.asarray(n_levels, np.int64).reshape(-1)
+        if base.ndim < 2 or variable.shape != base.shape or rank.shape != base.shape:
+            raise ValueError(f"base, variable and rank must share one shape [T', *in], got {base.shape}, "
+                             f"{variable.shape}, {rank.shape}")
+        flat_var, flat_rank = variable.reshape(-1), rank.reshape(-1)
+        free = flat_var >= 0
+        if np.any(flat_var >= n_levels.size) or np.any(base.reshape(-1)[free] != 0):
+            raise ValueError("variable indices must lie in [-1, len(n_levels)) and bits of a variable must be 0 in base")
+        if np.any((flat_rank[free] < 0) | (flat_rank[free] >= n_levels[flat_var[free]])):
+            raise ValueError("every rank must lie in [0, n_levels[variable])")
+        lo = np.zeros_like(n_levels) if lo is None else np.asarray(lo, np.int64).reshape(-1)
+        hi = n_levels.copy() if hi is None else np.asarray(hi, np.int64).reshape(-1)
+        if lo.shape != n_levels.shape or hi.shape != n_levels.shape or np.any(lo < 0) or np.any(lo > hi) \
+                or np.any(hi > n_levels):
+            raise ValueError("level ranges must satisfy 0 <= lo <= hi <= n_levels, one per variable")
+        self.base, self.variable, self.rank, self.n_levels = base, variable, rank, n_levels
+        self.lo, self.hi = lo, hi
+        self.steps = base.shape[0]
+        self.input_shape = tuple(base.shape[1:])
+        self._flat_var = flat_var
+        self._flat_rank = np.where(free, flat_rank, 0)
+        self._free_bits = np.flatnonzero(free)
+
+    @classmethod
+    def of(cls, input_set: InputSet) -> "LevelSet":
+        """The ``LevelSet`` holding exactly the members of a ``BoxSet`` or ``DigitalLinfSet``."""
+        if isinstance(input_set, LevelSet):
+            return input_set
+        if isinstance(input_set, BoxSet):
+            lower, upper = input_set.box()
+            free = (lower != upper).reshape(-1)
+            variable = np.full(free.size, -1, np.int64)
+            variable[free] = np.arange(int(free.sum()))
+            return cls(lower, variable.reshape(lower.shape), np.zeros(lower.shape, np.int64),
+                       np.ones(int(free.sum()), np.int64))
+        if isinstance(input_set, DigitalLinfSet):
+            shape = (input_set.steps,) + input_set.input_shape
+            variable = np.where(input_set._free, np.arange(input_set.n_inputs)[None, :], -1)
+            n_levels = np.array([values.size for values in input_set._levels], np.int64)
+            return cls(input_set._always_on.astype(np.uint8).reshape(shape), variable.reshape(shape),
+                       np.where(input_set._free, input_set._rank, 0).reshape(shape), n_levels)
+        raise TypeError(f"no level form for {type(input_set).__name__}; BoxSet and DigitalLinfSet have one")
+
+    def restrict(self, v: int, lo: int, hi: int) -> "LevelSet":
+        """The members whose variable ``v`` has a level in ``[lo, hi]`` (inside the current range)."""
+        if not self.lo[v] <= lo <= hi <= self.hi[v]:
+            raise ValueError(f"range [{lo}, {hi}] of variable {v} is not inside [{self.lo[v]}, {self.hi[v]}]")
+        new_lo, new_hi = self.lo.copy(), self.hi.copy()
+        new_lo[v], new_hi[v] = lo, hi
+        out = object.__new__(LevelSet)
+        out.__dict__.update(self.__dict__)
+        out.lo, out.hi = new_lo, new_hi
+        return out
+
+    @property
+    def open_variables(self) -> np.ndarray:
+        """Indices of the variables whose level is not fixed (``lo < hi``)."""
+        return np.flatnonzero(self.lo < self.hi)
+
+    def free_bits_per_variable(self) -> np.ndarray:
+        """``[V]``: bits of each variable whose value the node leaves open (rank in ``[lo, hi)``)."""
+        bits = self._free_bits
+        var, rank = self._flat_var[bits], self._flat_rank[bits]
+        open_bit = (rank >= self.lo[var]) & (rank < self.hi[var])
+        return np.bincount(var[open_bit], minlength=self.n_levels.size)
+
+    def from_levels(self, levels: np.ndarray) -> np.ndarray:
+        """``levels [b, V]`` -> members ``[T', b, *in]``."""
+        levels = np.asarray(levels, np.int64)
+        flat = np.broadcast_to(self.base.reshape(1, -1), (levels.shape[0], self.base.size)).copy()
+        bits = self._free_bits
+        flat[:, bits] = (self._flat_rank[bits][None, :] < levels[:, self._flat_var[bits]]).astype(np.uint8)
+        return flat.reshape((levels.shape[0],) + self.base.shape).swapaxes(0, 1)
+
+    def levels_of(self, x) -> np.ndarray:
+        """``[V]``: the level each variable shows in ``x`` (the highest rank on, plus one)."""
+        flat = np.asarray(x).reshape(-1)
+        bits = self._free_bits[flat[self._free_bits] == 1]
+        levels = np.zeros(self.n_levels.size, np.int64)
+        np.maximum.at(levels, self._flat_var[bits], self._flat_rank[bits] + 1)
+        return levels
+
+    def box(self):
+        lower = self.from_levels(self.lo[None])[:, 0]
+        upper = self.from_levels(self.hi[None])[:, 0]
+        return lower, upper
+
+    @property
+    def n_free(self) -> int:
+        return int(self.free_bits_per_variable().sum())
+
+    def contains(self, x) -> bool:
+        x = self._check_member_shape(x)
+        if not np.all((x == 0) | (x == 1)):
+            return False
+        levels = self.levels_of(x)
+        if np.any(levels < self.lo) or np.any(levels > self.hi):
+            return False
+        return bool(np.array_equal(self.from_levels(levels[None])[:, 0], x.astype(np.uint8)))
+
+    def count(self) -> int:
+        return math.prod(int(h - l + 1) for l, h in zip(self.lo, self.hi))
+
+    def enumerate(self, batch: int = 4096):
+        open_vars = self.open_variables
+        sizes = (self.hi - self.lo + 1)[open_vars]
+        total = self.count()
+        for start in range(0, total, batch):
+            codes = np.arange(start, min(total, start + batch), dtype=object if total >= 2 ** 62 else np.int64)
+            levels = np.broadcast_to(self.lo, (len(codes), self.lo.size)).copy()
+            for v, size in zip(open_vars, sizes):
+                levels[:, v] += np.asarray(codes % int(size), np.int64)
+                codes = codes // int(size)
+            yield self.from_levels(levels)
+
+    def sample(self, rng, n):
+        levels = self.lo[None, :] + np.floor(rng.random((n, self.lo.size)) * (self.hi - self.lo + 1)).astype(np.int64)
+        return self.from_levels(np.minimum(levels, self.hi[None, :]))
+
+    def neighbors(self, x):
+        x = self._check_member_shape(x)
+        levels = self.levels_of(x)
+        moves = []
+        for v in self.open_variables:
+            for step in (-1, 1):
+                if self.lo[v] <= levels[v] + step <= self.hi[v]:
+                    moved = levels.copy()
+                    moved[v] += step
+                    moves.append(moved)
+        if not moves:
+            return np.zeros((self.steps, 0) + self.input_shape, dtype=np.uint8)
+        return self.from_levels(np.stack(moves))
+
+    def build(self, prob, name):
+        flat_var, flat_rank = self._flat_var.reshape(self.steps, -1), self._flat_rank.reshape(self.steps, -1)
+        out = np.empty(flat_var.shape, dtype=object)
+        out[:] = self.from_levels(self.lo[None])[:, 0].reshape(self.steps, -1).astype(int)
+        level_vars = {}
+        for v in self.open_variables:
+            # y_j = 1[level > j] for j in [lo, hi): a monotone chain, exact for the range
+            chain = [_add_binary(prob, f"{name}_y_{v}_{j}") for j in range(self.lo[v], self.hi[v])]
+            for j in range(1, len(chain)):
+                prob += chain[j] - chain[j - 1] <= 0, f"{name}_mono_{v}_{j}"
+            level_vars[int(v)] = chain
+        for t, i in zip(*np.nonzero(flat_var >= 0)):
+            v, r = int(flat_var[t, i]), int(flat_rank[t, i])
+            if v in level_vars and self.lo[v] <= r < self.hi[v]:
+                out[t, i] = level_vars[v][r - self.lo[v]]
+        return out
+
+    def describe(self):
+        info = super().describe()
+        info.update(variables=int(self.n_levels.size), open_variables=int(self.open_variables.size),
+                    members=self.count())
+        return info

@@ -1,0 +1,151 @@
+"""Branch and bound (``verify.bab``) against exhaustive enumeration, and its node sets (``LevelSet``).
+
+The complete verdict must equal enumeration on every random small net (FC and CONV, both firing
+rules, dyadic weights that put membranes exactly on the threshold), the returned margins must
+bracket the exact minimum margin, and every witness must be a member with an exact margin <= 0.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from refsnn import SNN, Linear
+from refsnn.testing import input_set_strategy, snn_strategy
+from verify import BoxSet, DigitalLinfSet, SpikeL0Set, enumerate_bounds, enumerate_robust, exact_bounds
+from verify.bab import BabConfig, BabConfigError, robust_bab
+from verify.exact import ExactNetwork
+from verify.sets import LevelSet
+
+
+def _members(input_set) -> list:
+    return sorted(bytes(row) for xs in input_set.enumerate(64)
+                  for row in xs.swapaxes(0, 1).reshape(xs.shape[1], -1))
+
+
+@st.composite
+def _problem(draw):
+    arch = draw(st.sampled_from(["fc", "conv"]))
+    net = draw(snn_strategy(arch, max_inputs=6, dyadic=draw(st.booleans())))
+    input_set = draw(input_set_strategy(net, steps=(1, 3), kinds=("box", "digital", "l0"),
+                                        max_members=draw(st.sampled_from([64, 1024]))))
+    if draw(st.booleans()):  # a label the net gives some member: robust cases, not only misclassified ones
+        label = int(np.argmax(net.forward(input_set.sample(np.random.default_rng(0), 1))[0]))
+    else:
+        label = draw(st.integers(0, net.n_outputs - 1))
+    config = BabConfig(method=draw(st.sampled_from(["ibp", "crown-ibp", "best", "alpha"])),
+                       branching=draw(st.sampled_from(["first", "widest", "smear"])),
+                       enumerate_max=draw(st.sampled_from([1, 2, 16])), milp_max_free=draw(st.sampled_from([0, 3])),
+                       attack_samples=draw(st.sampled_from([0, 8])), search_starts=draw(st.sampled_from([0, 1])),
+                       batch=draw(st.sampled_from([1, 4])), time_limit=None)
+    return net, input_set, label, config
+
+
+@settings(max_examples=300)
+@given(problem=_problem())
+def test_complete_verdict_equals_enumeration(problem):
+    net, input_set, label, config = problem
+    result = robust_bab(net, input_set, label, config)
+    robust, exact_min, _ = enumerate_robust(net, input_set, label)
+    assert result.status == ("robust" if robust else "not_robust"), (result, exact_min)
+    # margins are multiples of 1/T' and dyadic nets compute them exactly: no slack needed
+    assert result.margin_lower <= exact_min <= result.attack_margin, (result, exact_min)
+    if result.status == "not_robust":
+        assert input_set.contains(result.witness)
+        counts = ExactNetwork(net).run(result.witness).counts
+        assert min(counts[label] - counts[j] for j in range(net.n_outputs) if j != label) <= 0
+    else:
+        assert result.margin_lower > 0
+
+
+def _tie_net(firing: str) -> SNN:
+    # both outputs see the input with weight exactly th: equal spike counts whenever x = 1
+    return SNN([Linear(np.array([[0.25], [0.25]]), np.array([0.0, -0.125]))], firing=firing)
+
+
+@pytest.mark.parametrize("firing", [">=", ">"])
+def test_a_tie_is_not_robust_even_when_no_attack_runs(firing):
+    net = _tie_net(firing)
+    box = BoxSet(np.zeros((2, 1), np.uint8), np.ones((2, 1), np.uint8))
+    result = robust_bab(net, box, 0, BabConfig(attack_samples=0, search_starts=0, enumerate_max=1, milp_max_free=0,
+                                               time_limit=None))
+    robust, exact_min, _ = enumerate_robust(net, box, 0)
+    assert not robust and result.status == "not_robust"
+    assert result.margin_lower <= exact_min <= result.attack_margin <= 0
+
+
+def test_node_limit_gives_unknown_with_a_bracket():
+    rng = np.random.default_rng(3)
+    net = SNN([Linear(rng.integers(-4, 5, (4, 6)) / 8.0, np.full(4, 0.125)),
+               Linear(rng.integers(-4, 5, (3, 4)) / 8.0, np.array([0.25, 0.0, 0.0]))])
+    box = BoxSet(np.zeros((2, 6), np.uint8), np.ones((2, 6), np.uint8))
+    robust, exact_min, _ = enumerate_robust(net, box, 0)
+    result = robust_bab(net, box, 0, BabConfig(max_nodes=1, enumerate_max=0, milp_max_free=0, attack_samples=4,
+                                               time_limit=None, method="ibp"))
+    assert result.status in ("unknown", "not_robust")
+    if result.status == "unknown":
+        assert result.reason == "node limit"
+    assert result.margin_lower <= exact_min <= result.attack_margin
+
+
+@settings(max_examples=60)
+@given(data=st.data())
+def test_level_set_holds_the_members_and_restrict_partitions(data):
+    net = data.draw(snn_strategy("fc", max_inputs=4))
+    input_set = data.draw(input_set_strategy(net, kinds=("box", "digital"), max_members=256))
+    level = LevelSet.of(input_set)
+    assert _members(level) == _members(input_set)
+    assert level.count() == input_set.count()
+    for got, want in zip(level.box(), input_set.box()):
+        np.testing.assert_array_equal(got, want)
+    if level.open_variables.size:
+        v = int(data.draw(st.sampled_from(level.open_variables.tolist())))
+        cut = data.draw(st.integers(int(level.lo[v]), int(level.hi[v]) - 1))
+        left, right = level.restrict(v, int(level.lo[v]), cut), level.restrict(v, cut + 1, int(level.hi[v]))
+        assert sorted(_members(left) + _members(right)) == _members(level)
+        assert not set(_members(left)) & set(_members(right))
+        # the MILP encoding of a restricted node is exact too
+        lower, upper = exact_bounds(net, input_sets=[right], time_limit=20)
+        want_lower, want_upper = enumerate_bounds(net, input_sets=[right])
+        np.testing.assert_array_equal(lower, want_lower)
+        np.testing.assert_array_equal(upper, want_upper)
+        x = right.sample(np.random.default_rng(0), 1)[:, 0]
+        assert right.contains(x) and not left.contains(x)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"method": "crown"}, "method"),
+    ({"branching": "random"}, "branching"),
+    ({"time_limit": 0.0}, "time_limit"),
+    ({"time_limit": -1.0}, "time_limit"),
+    ({"time_limit": float("nan")}, "time_limit"),
+    ({"time_limit": float("inf")}, "time_limit"),
+    ({"milp_time_limit": 0.0}, "milp_time_limit"),
+    ({"enumerate_max": -1}, "enumerate_max"),
+    ({"milp_max_free": 1.5}, "milp_max_free"),
+    ({"attack_samples": -3}, "attack_samples"),
+    ({"batch": 0}, "batch"),
+    ({"max_nodes": 0}, "max_nodes"),
+])
+def test_bad_config_is_refused_naming_the_field(kwargs, field):
+    with pytest.raises(BabConfigError, match=field):
+        BabConfig(**kwargs)
+    assert issubclass(BabConfigError, ValueError)
+
+
+def test_bad_queries_are_refused():
+    net = _tie_net(">=")
+    box = BoxSet(np.zeros((2, 1), np.uint8), np.ones((2, 1), np.uint8))
+    with pytest.raises(ValueError, match="label"):
+        robust_bab(net, box, 2)
+    with pytest.raises(ValueError, match="shape"):
+        robust_bab(net, BoxSet(np.zeros((2, 3), np.uint8), np.ones((2, 3), np.uint8)), 0)
+    level = LevelSet.of(box)
+    with pytest.raises(ValueError, match="inside"):
+        level.restrict(0, 0, 2)
+    with pytest.raises(ValueError, match="lo <= hi"):
+        LevelSet(level.base, level.variable, level.rank, level.n_levels, lo=[1, 0], hi=[0, 1])
+    with pytest.raises(TypeError, match="SpikeL0Set"):
+        LevelSet.of(SpikeL0Set(np.zeros((2, 1), np.uint8), 1))
+    assert isinstance(LevelSet.of(DigitalLinfSet(np.array([0.5]), 0.5, np.array([[0.4], [0.6]]))), LevelSet)

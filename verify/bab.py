@@ -1,0 +1,496 @@
+"""Complete robustness verification by branch and bound over the input set (``robust_bab``).
+
+A node is a subset of the sample's input set: a ``LevelSet`` whose variables (a free bit of a box,
+or a pixel of the digital l-inf set) each keep a range of levels. Branching halves one variable's
+range, so the two children partition the node and each is again a set that the bound operators
+take (its enclosing box) and the exact MILP takes (its exact encoding).
+
+Why input splits and not neuron splits: splitting an unstable spike ``s`` into ``s = 1`` and ``s = 0``
+needs the operators to take a constraint on a membrane. The public operators
+(``refsnn.bounds.compute_bounds``, ``crown_bounds``, ``alpha_bounds``) take only input boxes, and
+the silent side of a ``>=`` neuron is the open half-line ``m < th``, which no closed interval
+bound makes stable. Input splits need nothing from the operators and every child is sound by
+construction; unstable spikes are left to the MILP at the leaves, which encodes them exactly.
+
+Per node and per margin row ``f_label - f_j`` still open, the node's box gets a sound float64
+lower bound (``method``: ``"ibp"``, ``"crown-ibp"``, ``"best"``, ``"alpha"``); a row whose bound
+is > 0 is closed for the whole subtree, a node with every row closed is robust. Nodes are
+expanded worst bound first, so the smallest open bound (the proven margin lower bound) rises.
+A node small enough is a leaf: enumerated when it has at most ``enumerate_max`` members, given
+to the exact MILP (``verify.milp.robust_query``) when it has at most ``milp_max_free`` open bits.
+A MILP leaf that reaches its time limit is split further.
+
+Falsification first and throughout: random members, near-threshold local search
+(``verify.search``) and, at every bounded node, the member that minimizes S-CROWN's linear lower
+bound over the node. Every candidate witness is replayed in exact rational arithmetic
+(``verify.exact.ExactNetwork``); only an exact margin ``<= 0`` makes a sample ``"not_robust"``.
+An enumerated leaf whose float64 membranes come near the threshold has those members replayed
+exactly too, so no leaf is closed on a rounded comparison.
+
+Answers are anytime: ``"robust"``, ``"not_robust"`` (with the witness), or ``"unknown"`` at the
+time limit, always with ``margin_lower`` (a proven lower bound of the smallest margin over the
+set) and ``attack_margin`` (the smallest exact margin a member reached).
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import List, Optional
+
+import numpy as np
+
+from refsnn.network import SNN
+
+from .encoding import FIXED_TIE_BAND, VerifierError, float64_network
+from .exact import ExactNetwork
+from .search import local_search
+from .sets import BoxSet, DigitalLinfSet, InputSet, LevelSet
+from .specs import other_classes
+
+BOUND_METHODS = ("ibp", "crown-ibp", "best", "alpha")
+BRANCHING = ("first", "widest", "smear")
+VERDICTS = ("robust", "not_robust", "unknown")
+
+
+class BabConfigError(ValueError):
+    """An invalid branch-and-bound setting (the message names the field and the allowed range)."""
+
+
+@dataclass
+class BabConfig:
+    """Settings of ``robust_bab``.
+
+    ``method``: node bound; ``branching``: ``"first"`` (lowest-index open variable), ``"widest"``
+    (most open bits) or ``"smear"`` (largest ``sum |A|`` over its open bits, ``A`` = S-CROWN's input
+    coefficients of the node's worst row: the split that can move that linear bound most);
+    ``time_limit`` seconds per sample (None: no limit); ``enumerate_max`` members and
+    ``milp_max_free`` open bits make a leaf; ``milp_time_limit`` seconds per MILP leaf;
+    ``batch`` nodes expanded per bound call; ``attack_samples`` random members and
+    ``search_starts`` local searches before branching; ``solver`` for the MILP (None: HiGHS).
+    """
+
+    method: str = "best"
+    branching: str = "smear"
+    time_limit: Optional[float] = 60.0
+    enumerate_max: int = 64
+    milp_max_free: int = 48
+    milp_time_limit: float = 30.0
+    batch: int = 8
+    attack_samples: int = 64
+    search_starts: int = 2
+    max_nodes: Optional[int] = None
+    solver: Optional[str] = None
+
+    def __post_init__(self):
+        if self.method not in BOUND_METHODS:
+            raise BabConfigError(f"method must be one of {BOUND_METHODS}, got {self.method!r}")
+        if self.branching not in BRANCHING:
+            raise BabConfigError(f"branching must be one of {BRANCHING}, got {self.branching!r}")
+        if self.time_limit is not None and not (math.isfinite(self.time_limit) and self.time_limit > 0):
+            raise BabConfigError(f"time_limit must be a finite number of seconds > 0 or None, got {self.time_limit!r}")
+        if not (math.isfinite(self.milp_time_limit) and self.milp_time_limit > 0):
+            raise BabConfigError(f"milp_time_limit must be a finite number of seconds > 0, got {self.milp_time_limit!r}")
+        for name in ("enumerate_max", "milp_max_free", "attack_samples", "search_starts"):
+            value = getattr(self, name)
+            if int(value) != value or value < 0:
+                raise BabConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        if int(self.batch) != self.batch or self.batch < 1:
+            raise BabConfigError(f"batch must be an integer >= 1, got {self.batch!r}")
+        if self.max_nodes is not None and (int(self.max_nodes) != self.max_nodes or self.max_nodes < 1):
+            raise BabConfigError(f"max_nodes must be an integer >= 1 or None, got {self.max_nodes!r}")
+
+
+@dataclass
+class BabResult:
+    """Verdict of one sample. ``margin_lower``: proven lower bound of ``min_j f_label - f_j`` over the
+    set (float, sound); ``attack_margin``: the smallest exact margin a member reached (``witness``
+    reaches it; ``<= 0`` when not robust). ``witness_rates``: its exact rates (floats of fractions).
+    ``stats``: nodes bounded, leaves closed by bound / enumeration / MILP, splits, depth."""
+
+    status: str
+    label: int
+    margin_lower: float
+    attack_margin: float
+    witness: Optional[np.ndarray] = None
+    witness_rates: Optional[np.ndarray] = None
+    witness_prediction: Optional[int] = None
+    seconds: float = 0.0
+    reason: str = ""
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def robust(self) -> bool:
+        return self.status == "robust"
+
+
+@dataclass(order=True)
+class _Node:
+    priority: float
+    serial: int
+    subset: LevelSet = field(compare=False)
+    rows: np.ndarray = field(compare=False)           # classes j still open
+    lower: np.ndarray = field(compare=False)          # lower bound of each open row
+    floor: float = field(compare=False)               # smallest bound of the rows closed above it
+    depth: int = field(compare=False, default=0)
+    milp_tried: bool = field(compare=False, default=False)
+    coefs: Optional[np.ndarray] = field(compare=False, default=None)  # [T', *in] of the worst row
+
+
+class _Done(Exception):
+    """Raised inside the search when a witness is found (carries nothing; the state has it)."""
+
+
+class _Search:
+    """State of one sample's branch and bound."""
+
+    def __init__(self, net: SNN, input_set: InputSet, label: int, config: BabConfig, rng: np.random.Generator):
+        self.net, self.net64 = net, float64_network(net)
+        self.exact = ExactNetwork(net)
+        self.input_set, self.label, self.config, self.rng = input_set, label, config, rng
+        self.n_out, self.steps = net.n_outputs, input_set.steps
+        self.others = np.array(other_classes(label, net.n_outputs))
+        self.start = time.perf_counter()
+        self.best_margin: Optional[Fraction] = None
+        self.best_x: Optional[np.ndarray] = None
+        self.closed_floor = math.inf
+        self.in_flight: List[_Node] = []  # popped, not yet replaced by children or closed
+        self.root_bounded = False
+        self.stats = {"nodes": 0, "splits": 0, "closed_by_bound": 0, "enumerated": 0, "milp": 0,
+                      "milp_timeouts": 0, "max_depth": 0, "exact_replays": 0}
+        self.serial = itertools.count()
+
+    # --- time ---------------------------------------------------------------------------------
+    def remaining(self) -> float:
+        limit = self.config.time_limit
+        return math.inf if limit is None else limit - (time.perf_counter() - self.start)
+
+    # --- falsification --------------------------------------------------------------------------
+    def exact_margin(self, x: np.ndarray) -> Fraction:
+        """``min_j f_label - f_j`` of one member, exactly."""
+        self.stats["exact_replays"] += 1
+        counts = self.exact.run(x).counts
+        return Fraction(int(counts[self.label] - counts[self.others].max()), self.steps)
+
+    def offer(self, xs: np.ndarray) -> None:
+        """Candidates ``xs [T', b, *in]`` (members of the set): the best by float64 is replayed
+        exactly; raises ``_Done`` when its exact margin is <= 0."""
+        if xs.shape[1] == 0:
+            return
+        rates = self.net64.forward(xs)
+        margins = rates[:, self.label] - rates[:, self.others].max(axis=1)
+        order = np.argsort(margins, kind="stable")
+        # a float64 margin within rounding of 0 may be <= 0 exactly: replay a few of those too
+        near = [i for i in order[:4] if margins[i] <= 1.0 / (2 * self.steps)]
+        for i in ([order[0]] + [i for i in near if i != order[0]]):
+            x = np.ascontiguousarray(xs[:, i])
+            if self.best_margin is not None and margins[i] > float(self.best_margin) + 1.0 / (2 * self.steps):
+                break
+            exact = self.exact_margin(x)
+            if self.best_margin is None or exact < self.best_margin:
+                if not self.input_set.contains(x):
+                    raise VerifierError("a candidate witness is not a member of the input set; the node sets are broken")
+                self.best_margin, self.best_x = exact, x
+            if exact <= 0:
+                raise _Done()
+
+    def falsify_root(self, subset: InputSet) -> None:
+        cfg = self.config
+        if cfg.attack_samples == 0:
+            return
+        pool = subset.sample(self.rng, cfg.attack_samples)
+        self.offer(pool)
+        if cfg.search_starts == 0:
+            return
+        rates = self.net64.forward(pool)
+        margins = rates[:, self.label][:, None] - rates[:, self.others]
+        worst_class = int(np.argmin(margins.min(axis=0)))
+        coefs = np.zeros(self.n_out)
+        coefs[self.label], coefs[self.others[worst_class]] = 1.0, -1.0
+        for start in np.argsort(margins.min(axis=1), kind="stable")[:cfg.search_starts]:
+            if self.remaining() <= 0:
+                return
+            x, _ = local_search(self.net64, subset, pool[:, start], coefs, -1.0)
+            self.offer(x[:, None])
+
+    # --- bounds ---------------------------------------------------------------------------------
+    def specs(self, nodes_rows: List[np.ndarray]) -> np.ndarray:
+        """Margin rows ``[B, S, n_out]`` of each node's open classes (padded by repeating the first)."""
+        width = max(len(r) for r in nodes_rows)
+        C = np.zeros((len(nodes_rows), width, self.n_out))
+        for b, rows in enumerate(nodes_rows):
+            padded = np.concatenate([rows, np.repeat(rows[:1], width - len(rows))])
+            C[b, :, self.label] = 1.0
+            C[b, np.arange(width), padded] = -1.0
+        return C
+
+    def bound(self, subsets: List[LevelSet], nodes_rows: List[np.ndarray]):
+        """``(lower [B, S], coefficients [B, S, T', *in] or None)`` of each node's open rows."""
+        from refsnn.bounds import compute_bounds, crown_bounds
+
+        boxes = [s.box() for s in subsets]
+        x_lower = np.stack([b[0] for b in boxes], axis=1)
+        x_upper = np.stack([b[1] for b in boxes], axis=1)
+        C = self.specs(nodes_rows)
+        coefs = None
+        if self.config.method == "crown-ibp" or self.config.branching == "smear":
+            crown = crown_bounds(self.net, x_lower, x_upper, C, return_coefficients=True)
+            coefs = np.moveaxis(crown.A_lower, 0, 2)  # [B, S, T', *in]
+        if self.config.method == "crown-ibp":
+            lower = crown.lower
+        else:
+            lower, _ = compute_bounds(self.net, x_lower, x_upper, method=self.config.method, C=C)
+        return lower, coefs
+
+    def make_nodes(self, subsets: List[LevelSet], rows: List[np.ndarray], floors: List[float],
+                   depths: List[int]) -> List[_Node]:
+        """Bounds the subsets; closes rows with a bound > 0; offers each node's S-CROWN minimizer."""
+        lower, coefs = self.bound(subsets, rows)
+        self.stats["nodes"] += len(subsets)
+        nodes, candidates = [], []
+        for b, (subset, open_rows, floor, depth) in enumerate(zip(subsets, rows, floors, depths)):
+            low = lower[b, :len(open_rows)]
+            proven = low > 0
+            floor = min([floor] + low[proven].tolist())
+            keep = ~proven
+            worst = int(np.argmin(low))
+            coef = None if coefs is None else coefs[b, worst]
+            if coef is not None:
+                candidates.append(minimizer(subset, coef))
+            if not keep.any():
+                self.stats["closed_by_bound"] += 1
+                self.closed_floor = min(self.closed_floor, floor)
+                continue
+            node = _Node(float(low[keep].min()), next(self.serial), subset, open_rows[keep], low[keep], floor, depth,
+                         coefs=coef)
+            nodes.append(node)
+        if candidates:
+            self.offer(np.stack(candidates, axis=1))
+        return nodes
+
+    # --- leaves -----------------------------------------------------------------------------------
+    def enumerate_leaf(self, node: _Node) -> None:
+        """Closes the node exactly: every member's margin (float64; near-ties replayed exactly)."""
+        self.stats["enumerated"] += 1
+        th = float(self.net.threshold)
+        lowest = math.inf
+        for xs in node.subset.enumerate(1024):
+            trace = self.net64.run(xs)
+            counts = trace.spikes[-1].reshape(self.steps, xs.shape[1], -1).sum(axis=0)
+            margins = (counts[:, self.label] - counts[:, node.rows].max(axis=1)) / self.steps
+            near = np.zeros(xs.shape[1], dtype=bool)
+            for mem in trace.membranes:
+                mem = mem.reshape(self.steps, xs.shape[1], -1)
+                band = FIXED_TIE_BAND * (1.0 + abs(th) + np.abs(mem))
+                near |= (np.abs(mem - th) <= band).any(axis=(0, 2))
+            suspicious = np.flatnonzero(near | (margins <= 0))
+            for i in suspicious:
+                self.stats["exact_replays"] += 1
+                counts_exact = self.exact.run(np.ascontiguousarray(xs[:, i])).counts
+                margins[i] = (int(counts_exact[self.label]) - int(counts_exact[node.rows].max())) / self.steps
+            i = int(np.argmin(margins))
+            lowest = min(lowest, float(margins[i]))
+            if margins[i] <= 0:
+                self.offer(np.ascontiguousarray(xs[:, i:i + 1]))
+        self.closed_floor = min(self.closed_floor, node.floor, lowest)
+
+    def milp_leaf(self, node: _Node) -> bool:
+        """Tries the exact MILP on the node; True when it decided the node (robust), False to split on."""
+        from .milp import robust_query
+
+        budget = min(self.config.milp_time_limit, self.remaining())
+        if budget <= 0:
+            return False
+        self.stats["milp"] += 1
+        result = robust_query(self.net, node.subset, self.label, time_limit=budget, solver=self.config.solver,
+                              attack_samples=0, rng=np.random.default_rng(0))
+        if result.status == "not_robust" and result.witness is not None:
+            # returns only when the exact replay does not confirm the float64 witness (a near tie):
+            # the node is split on, down to enumerated leaves
+            self.offer(np.ascontiguousarray(result.witness)[:, None])
+            return False
+        if result.status != "robust":
+            self.stats["milp_timeouts"] += 1
+            return False
+        solved = result.margins[node.rows]
+        lowest = float(np.nanmin(solved)) if np.isfinite(solved).any() else math.inf
+        if np.isnan(solved).any():
+            lowest = min(lowest, 1.0 / self.steps)  # proven > 0 on the 1/T' grid
+        self.closed_floor = min(self.closed_floor, node.floor, lowest)
+        return True
+
+    # --- branching --------------------------------------------------------------------------------
+    def choose(self, node: _Node) -> int:
+        subset = node.subset
+        open_vars = subset.open_variables
+        if self.config.branching == "first":
+            return int(open_vars[0])
+        widths = subset.free_bits_per_variable()
+        if self.config.branching == "widest" or node.coefs is None:
+            return int(open_vars[np.argmax(widths[open_vars])])
+        return int(open_vars[np.argmax(smear(subset, node.coefs)[open_vars] + 1e-12 * widths[open_vars])])
+
+    def split(self, node: _Node) -> List[LevelSet]:
+        v = self.choose(node)
+        lo, hi = int(node.subset.lo[v]), int(node.subset.hi[v])
+        mid = (lo + hi) // 2
+        self.stats["splits"] += 1
+        return [node.subset.restrict(v, lo, mid), node.subset.restrict(v, mid + 1, hi)]
+
+
+def _open_bits(subset: LevelSet):
+    bits = subset._free_bits
+    var, rank = subset._flat_var[bits], subset._flat_rank[bits]
+    keep = (rank >= subset.lo[var]) & (rank < subset.hi[var])
+    return bits[keep], var[keep], rank[keep]
+
+
+def smear(subset: LevelSet, coefs: np.ndarray) -> np.ndarray:
+    """``[V]``: ``sum |A|`` over each variable's open bits (``coefs [T', *in]``, a linear bound's input
+    coefficients): how far fixing that variable can move the bound."""
+    bits, var, _ = _open_bits(subset)
+    return np.bincount(var, weights=np.abs(coefs.reshape(-1)[bits]), minlength=subset.n_levels.size)
+
+
+def minimizer(subset: LevelSet, coefs: np.ndarray) -> np.ndarray:
+    """The member ``[T', *in]`` minimizing ``sum A . x`` over the set (``coefs [T', *in]``): per
+    variable, the level where the running sum of its rank contributions is smallest."""
+    bits, var, rank = _open_bits(subset)
+    levels = subset.lo.copy()
+    if bits.size:
+        width = int(subset.n_levels.max())
+        table = np.zeros((subset.n_levels.size, width))
+        np.add.at(table, (var, rank), coefs.reshape(-1)[bits])
+        ranks = np.arange(width)[None, :]
+        inside = (ranks >= subset.lo[:, None]) & (ranks < subset.hi[:, None])
+        running = np.cumsum(np.where(inside, table, 0.0), axis=1)
+        running = np.where(inside, running, np.inf)
+        best = np.argmin(running, axis=1)
+        improves = running[np.arange(running.shape[0]), best] < 0
+        levels = np.where(improves, best + 1, subset.lo)
+    return subset.from_levels(levels[None])[:, 0]
+
+
+def robust_bab(net: SNN, input_set: InputSet, label: int, config: Optional[BabConfig] = None,
+               rng: Optional[np.random.Generator] = None) -> BabResult:
+    """Decides whether every member ``x [T', *in]`` of ``input_set`` has ``f_label(x) - f_j(x) > 0`` for
+    all ``j != label`` (see the module docstring). ``BoxSet`` and ``DigitalLinfSet`` are split;
+    other sets (``SpikeL0Set``) get the root bound, falsification and one MILP on the whole set."""
+    config = config if config is not None else BabConfig()
+    label = int(label)
+    if not 0 <= label < net.n_outputs:
+        raise ValueError(f"label must lie in [0, {net.n_outputs}), got {label}")
+    if tuple(input_set.input_shape) != tuple(net.input_shape):
+        raise ValueError(f"the input set holds shape {tuple(input_set.input_shape)}, the network expects "
+                         f"{tuple(net.input_shape)}")
+    search = _Search(net, input_set, label, config, rng if rng is not None else np.random.default_rng(0))
+    splittable = isinstance(input_set, (BoxSet, DigitalLinfSet, LevelSet))
+    queue: List[_Node] = []
+    try:
+        search.falsify_root(input_set)
+        if splittable:
+            root = LevelSet.of(input_set)
+            queue = search.make_nodes([root], [search.others], [math.inf], [0])
+            search.root_bounded = True
+            _expand(search, queue)
+        else:
+            queue = _root_only(search, input_set)
+    except _Done:
+        return _result(search, "not_robust", queue, f"exact margin {search.best_margin} <= 0")
+    if not queue:
+        return _result(search, "robust", queue, "every node closed")
+    return _result(search, "unknown", queue, "time limit" if search.remaining() <= 0 else "node limit")
+
+
+def _expand(search: _Search, queue: List[_Node]) -> None:
+    """Best-first branch and bound until the queue is empty, a witness, or the time or node limit."""
+    cfg = search.config
+    heapq.heapify(queue)
+    while queue:
+        if search.remaining() <= 0 or (cfg.max_nodes is not None and search.stats["nodes"] >= cfg.max_nodes):
+            return
+        picked = [heapq.heappop(queue) for _ in range(min(cfg.batch, len(queue)))]
+        search.in_flight = list(picked)
+        subsets, rows, floors, depths = [], [], [], []
+        for node in picked:
+            count = node.subset.count()
+            if count <= cfg.enumerate_max:
+                search.enumerate_leaf(node)
+                continue
+            if not node.milp_tried and node.subset.n_free <= cfg.milp_max_free:
+                node.milp_tried = True
+                if search.milp_leaf(node):
+                    continue
+                if search.remaining() <= 0:
+                    heapq.heappush(queue, node)
+                    continue
+            for child in search.split(node):
+                subsets.append(child)
+                rows.append(node.rows)
+                floors.append(node.floor)
+                depths.append(node.depth + 1)
+        if subsets:
+            search.stats["max_depth"] = max(search.stats["max_depth"], max(depths))
+            for start in range(0, len(subsets), 2 * cfg.batch):
+                part = slice(start, start + 2 * cfg.batch)
+                for node in search.make_nodes(subsets[part], rows[part], floors[part], depths[part]):
+                    heapq.heappush(queue, node)
+        search.in_flight = []
+
+
+def _root_only(search: _Search, input_set: InputSet) -> List[_Node]:
+    """A set the search cannot split: bound its box, then one MILP on the whole set."""
+    from refsnn.bounds import compute_bounds
+
+    from .milp import robust_query
+
+    lower_box, upper_box = input_set.box()
+    C = search.specs([search.others])
+    method = "best" if search.config.method == "crown-ibp" else search.config.method
+    lower, _ = compute_bounds(search.net, lower_box[:, None], upper_box[:, None], method=method, C=C)
+    search.stats["nodes"] += 1
+    search.root_bounded = True
+    low = lower[0, :len(search.others)]
+    if (low > 0).all():
+        search.closed_floor = float(low.min())
+        return []
+    node = _Node(float(low.min()), 0, None, search.others, low, math.inf)
+    search.in_flight = [node]
+    budget = search.remaining()
+    if budget > 0:
+        search.stats["milp"] += 1
+        result = robust_query(search.net, input_set, search.label, time_limit=budget, solver=search.config.solver,
+                              attack_samples=0, rng=np.random.default_rng(0))
+        if result.witness is not None:
+            search.offer(np.ascontiguousarray(result.witness)[:, None])
+        if result.status == "robust":
+            solved = result.margins[search.others]
+            finite = solved[np.isfinite(solved)]
+            search.closed_floor = float(finite.min()) if finite.size else math.inf
+            if np.isnan(solved).any():
+                search.closed_floor = min(search.closed_floor, 1.0 / search.steps)
+            search.in_flight = []
+            return []
+    search.in_flight = []
+    return [node]
+
+
+def _result(search: _Search, status: str, queue: List[_Node], reason: str) -> BabResult:
+    open_lower = min((min(node.priority, node.floor) for node in queue + search.in_flight), default=math.inf)
+    margin_lower = min(open_lower, search.closed_floor)
+    if not search.root_bounded:
+        margin_lower = -1.0  # nothing bounded yet: the trivial range of a rate difference
+    if not math.isfinite(margin_lower):
+        margin_lower = 1.0 / search.steps  # robust with every row closed and no value seen: the grid step
+    rates = prediction = None
+    if search.best_x is not None:
+        trace = search.exact.run(search.best_x)
+        rates = np.array([float(r) for r in trace.rates])
+        prediction = int(np.argmax(trace.counts))
+    attack = math.inf if search.best_margin is None else float(search.best_margin)
+    return BabResult(status, search.label, float(margin_lower), attack,
+                     search.best_x if status == "not_robust" or search.best_x is not None else None, rates,
+                     prediction, time.perf_counter() - search.start, reason, dict(search.stats))
