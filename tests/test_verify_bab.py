@@ -149,3 +149,37 @@ def test_bad_queries_are_refused():
     with pytest.raises(TypeError, match="SpikeL0Set"):
         LevelSet.of(SpikeL0Set(np.zeros((2, 1), np.uint8), 1))
     assert isinstance(LevelSet.of(DigitalLinfSet(np.array([0.5]), 0.5, np.array([[0.4], [0.6]]))), LevelSet)
+
+
+def test_dataset_complete_method_agrees_with_the_milp_method():
+    from verify.dataset import DatasetVerifyConfig, sample_set, verify_dataset
+
+    rng = np.random.default_rng(4)
+    images = rng.random((7, 16))
+    indices = np.arange(100, 107)
+    net_rng = np.random.default_rng(2)
+    net = SNN([Linear(net_rng.normal(0, 0.6 / np.sqrt(a), (b, a)), net_rng.normal(0.05, 0.05, b))
+               for a, b in ((16, 12), (12, 10), (10, 3))])
+    reports = {}
+    for method in ("milp", "complete"):
+        config = DatasetVerifyConfig(eps=0.2, horizon=2, time_limit=30.0, attack_samples=8, method=method)
+        labels = np.array([net.predict(sample_set(image, index, config)[1][:, None])[0]
+                           for image, index in zip(images, indices)])
+        reports[method] = verify_dataset(net, images, labels, indices, config)
+    statuses = {m: [r["status"] for r in reports[m]["samples"]] for m in reports}
+    assert statuses["complete"] == statuses["milp"]
+    assert "unknown" not in statuses["complete"] and len(set(statuses["complete"])) == 2
+    for record in reports["complete"]["samples"]:
+        assert (record["margin_lower"] > 0) == (record["status"] == "robust")
+    with pytest.raises(ValueError, match="method"):
+        DatasetVerifyConfig(method="bab")
+
+
+def test_dataset_cli_refuses_an_unknown_method(capsys):
+    from verify.dataset import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--model", "missing.h5", "--dataset", "mnist", "--method", "bab"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "argument --method: invalid choice: 'bab'" in err[0]

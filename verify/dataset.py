@@ -9,9 +9,12 @@ sample does not depend on which other samples run, in which order or on which ma
 - ``--set spike`` (event datasets): ``SpikeL0Set(frames[:T'], k, per_step=True)`` with
   ``k = round(prod(input_shape) * eps)`` flips per time step.
 
-The verdict per sample is ``verify.robust_query``'s: "robust" (every margin ``f_label - f_j``
-strictly positive over the set), "not_robust" (with the witness's prediction) or "unknown" (solver
-time limit). The sample selection is ``refsnn.attacks.protocol.select_samples`` (sorted, seeded).
+The verdict per sample is ``verify.robust_query``'s (``--method milp``: one MILP per class) or
+``verify.robust_bab``'s (``--method complete``: branch and bound with falsification, MILP leaves
+and ``--time-limit`` seconds per sample; records add ``margin_lower``, the proven lower bound of
+the smallest margin, and ``attack_margin``, the smallest exact margin a member reached):
+"robust" (every margin ``f_label - f_j`` strictly positive over the set), "not_robust" (with the
+witness's prediction) or "unknown" (time limit). The sample selection is ``refsnn.attacks.protocol.select_samples`` (sorted, seeded).
 Chunks of ``--batch-size`` samples run serially or, with ``--workers N`` / ``--scheduler ADDRESS``,
 as one Dask task each (``refsnn.parallel``): the per-sample records and the summary are identical
 to the serial run as long as no query reaches ``--time-limit`` (a time limit depends on the
@@ -48,10 +51,12 @@ from refsnn.network import SNN
 from refsnn.parallel import add_cluster_arguments, chunk_ranges, dask_client, map_chunks
 from refsnn.runlock import file_sha256, guard_result, result_key
 
+from .bab import BabConfig, robust_bab
 from .milp import robust_query
 from .sets import DigitalLinfSet, SpikeL0Set
 
 EVENT_DATASETS = ("nmnist",)
+METHODS = ("milp", "complete")
 
 
 @dataclass
@@ -68,10 +73,13 @@ class DatasetVerifyConfig:
     solver: Optional[str] = None
     attack_samples: int = 64
     chunk_size: int = 4
+    method: str = "milp"
 
     def __post_init__(self):
         if self.input_set not in ("digital", "spike"):
             raise ValueError(f"input_set must be 'digital' or 'spike', got {self.input_set!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.convention not in ("paper", "authors"):
             raise ValueError(f"convention must be 'paper' or 'authors', got {self.convention!r}")
         if not np.isfinite(self.eps) or self.eps < 0:
@@ -108,6 +116,9 @@ def verify_samples(net: SNN, config: DatasetVerifyConfig, chunk) -> List[dict]:
     for index, x_sample, label in zip(indices, x_chunk, labels):
         input_set, clean = sample_set(x_sample, int(index), config)
         clean_prediction = int(net.predict(clean[:, None])[0])
+        if config.method == "complete":
+            records.append(_complete_record(net, config, input_set, int(index), int(label), clean_prediction))
+            continue
         result = robust_query(net, input_set, int(label), time_limit=config.time_limit, bigm=config.bigm,
                               solver=config.solver, attack_samples=config.attack_samples,
                               rng=np.random.default_rng([config.seed, int(index), 1]))
@@ -118,6 +129,18 @@ def verify_samples(net: SNN, config: DatasetVerifyConfig, chunk) -> List[dict]:
                         "witness_prediction": result.witness_prediction,
                         "seconds": round(result.seconds, 4)})
     return records
+
+
+def _complete_record(net: SNN, config: DatasetVerifyConfig, input_set, index: int, label: int,
+                     clean_prediction: int) -> dict:
+    """One sample's record under ``--method complete`` (``verify.robust_bab``)."""
+    bab = BabConfig(time_limit=config.time_limit, solver=config.solver, attack_samples=config.attack_samples)
+    result = robust_bab(net, input_set, label, bab, rng=np.random.default_rng([config.seed, index, 1]))
+    finite = (lambda v: float(v) if np.isfinite(v) else None)
+    return {"index": index, "label": label, "clean_prediction": clean_prediction, "status": result.status,
+            "reason": result.reason, "margin_lower": finite(result.margin_lower),
+            "attack_margin": finite(result.attack_margin), "witness_prediction": result.witness_prediction,
+            "nodes": result.stats["nodes"], "milp_leaves": result.stats["milp"], "seconds": round(result.seconds, 4)}
 
 
 def verify_dataset(net: SNN, x: np.ndarray, labels: np.ndarray, indices: Sequence[int],
@@ -153,7 +176,8 @@ PROG = "python -m verify.dataset"
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m verify.dataset`` parser (shared vocabulary of ``refsnn.cli``)."""
-    parser = cli.make_parser(PROG, "Exact MILP robustness of every selected sample of a test split.")
+    parser = cli.make_parser(PROG, "Exact robustness (MILP or complete branch and bound) of every selected sample "
+                                   "of a test split.")
     add = parser.add_argument
     cli.add_model(parser)
     cli.add_dataset(parser, required=True)
@@ -167,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_robust_T(parser, 3, detail="; the verified set (T is the model's stored training T when it has one)")
     cli.add_seed(parser, detail=" (selection and per-sample rand maps)")
     cli.add_time_limit(parser, 60.0)
+    add("--method", choices=METHODS, default="milp",
+        help="decision method (command-specific): milp = one exact MILP per class (--time-limit per MILP), "
+             "complete = branch and bound with falsification and MILP leaves (--time-limit per sample)")
     add("--solver", default=None, help="PuLP solver (default: HiGHS when installed, else CBC)")
     cli.add_batch_size(parser, 4, detail=" (one task)")
     cli.add_out(parser, "runs/verify/<dataset>-<model name>-<set>-eps<eps>-robustT<T'>-n<n>-seed<seed>-<key of all "
@@ -188,7 +215,7 @@ def result_identity(args: argparse.Namespace, config: DatasetVerifyConfig) -> Di
     return {"model": model.name, "model_sha256": file_sha256(model), "dataset": args.dataset, "split": args.split,
             "n": args.n, "input_set": config.input_set, "eps": config.eps, "convention": config.convention,
             "robust_T": config.horizon, "seed": config.seed, "time_limit": config.time_limit, "bigm": config.bigm,
-            "solver": config.solver, "attack_samples": config.attack_samples}
+            "solver": config.solver, "attack_samples": config.attack_samples, "method": config.method}
 
 
 @cli.run_main(PROG)
@@ -205,7 +232,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         config = DatasetVerifyConfig(eps=args.eps, input_set=input_set, convention=args.convention,
                                      horizon=args.robust_T, seed=args.seed, time_limit=args.time_limit,
-                                     solver=args.solver, chunk_size=args.batch_size)
+                                     solver=args.solver, chunk_size=args.batch_size, method=args.method)
         net = load_model(args.model, dtype=np.float64)
     except (OSError, ValueError) as error:
         parser.error(str(error))
