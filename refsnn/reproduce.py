@@ -189,15 +189,15 @@ def _step_done() -> None:
 
 
 def _run_cli(main: Callable[[List[str]], int], argv: List[str]) -> int:
-    """Runs a CLI entry point without its own bars; its printed output is dropped when quiet
-    (errors on stderr still show)."""
+    """Runs a CLI entry point (``argv`` turns its bars off); when quiet, with ``--quiet`` and its
+    printed results dropped (errors on stderr still show)."""
     import contextlib
     import io
 
     if not _OUTPUT["quiet"]:
         return main(argv)
     with contextlib.redirect_stdout(io.StringIO()):
-        return main(argv)
+        return main([*argv, "--quiet"])
 
 
 def _train_step(out_dir: Path, argv: List[str]) -> Dict[str, Any]:
@@ -205,17 +205,16 @@ def _train_step(out_dir: Path, argv: List[str]) -> Dict[str, Any]:
     from .train import main as train_main
 
     summary_path = out_dir / "summary.json"
-    quiet = ["--quiet"] if _OUTPUT["quiet"] else []
     if summary_path.is_file() and (out_dir / "model.h5").is_file():
         _log(f"skip {out_dir} (finished)")
         _step_done()
         return json.loads(summary_path.read_text())
     if (out_dir / "checkpoint.h5").is_file():
         _log(f"resume {out_dir}")
-        code = _run_cli(train_main, ["--resume", "--out", str(out_dir), "--no-progress", *quiet])
+        code = _run_cli(train_main, ["--resume", "--out", str(out_dir), "--no-progress"])
     else:
         _log(f"train {out_dir}: {' '.join(argv)}")
-        code = _run_cli(train_main, [*argv, "--out", str(out_dir), "--no-progress", *quiet])
+        code = _run_cli(train_main, [*argv, "--out", str(out_dir), "--no-progress"])
     if code != 0 or not summary_path.is_file():
         raise RuntimeError(f"training in {out_dir} failed (exit code {code}); rerun the same command to resume")
     _step_done()

@@ -167,3 +167,20 @@ def test_bad_config_is_refused_before_any_work(tmp_path, preset, datasets, archs
         rp.reproduce(config)
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_quiet_reaches_every_step(monkeypatch, capsys):
+    """Quiet: each step's command gets --quiet (no compile notice, no lines) and its results are not printed."""
+    seen = []
+
+    def step(argv):
+        seen.append(argv)
+        print("a result line")
+        return 0
+
+    monkeypatch.setitem(rp._OUTPUT, "quiet", True)
+    assert rp._run_cli(step, ["--no-progress"]) == 0
+    monkeypatch.setitem(rp._OUTPUT, "quiet", False)
+    assert rp._run_cli(step, ["--no-progress"]) == 0
+    assert seen == [["--no-progress", "--quiet"], ["--no-progress"]]
+    assert capsys.readouterr().out == "a result line\n"
