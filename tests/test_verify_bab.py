@@ -6,6 +6,8 @@ bracket the exact minimum margin, and every witness must be a member with an exa
 """
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -38,7 +40,8 @@ def _problem(draw):
                        branching=draw(st.sampled_from(["first", "widest", "smear"])),
                        enumerate_max=draw(st.sampled_from([1, 2, 16])), milp_max_free=draw(st.sampled_from([0, 3])),
                        attack_samples=draw(st.sampled_from([0, 8])), search_starts=draw(st.sampled_from([0, 1])),
-                       batch=draw(st.sampled_from([1, 4])), time_limit=None)
+                       batch=draw(st.sampled_from([1, 4])), root_milp=draw(st.sampled_from([0.0, 0.5])),
+                       time_limit=None)
     return net, input_set, label, config
 
 
@@ -49,8 +52,12 @@ def test_complete_verdict_equals_enumeration(problem):
     result = robust_bab(net, input_set, label, config)
     robust, exact_min, _ = enumerate_robust(net, input_set, label)
     assert result.status == ("robust" if robust else "not_robust"), (result, exact_min)
-    # margins are multiples of 1/T' and dyadic nets compute them exactly: no slack needed
-    assert result.margin_lower <= exact_min <= result.attack_margin, (result, exact_min)
+    # margins are multiples of 1/T': compare exactly on that grid, without slack
+    steps = input_set.steps
+    exact = Fraction(round(exact_min * steps), steps)
+    assert Fraction(result.margin_lower) <= exact, (result, exact)
+    if result.attack_margin != float("inf"):  # inf: no member was evaluated (closed by a bound alone)
+        assert exact <= Fraction(round(result.attack_margin * steps), steps), (result, exact)
     if result.status == "not_robust":
         assert input_set.contains(result.witness)
         counts = ExactNetwork(net).run(result.witness).counts
@@ -73,6 +80,7 @@ def test_a_tie_is_not_robust_even_when_no_attack_runs(firing):
     robust, exact_min, _ = enumerate_robust(net, box, 0)
     assert not robust and result.status == "not_robust"
     assert result.margin_lower <= exact_min <= result.attack_margin <= 0
+    assert result.attack_margin == 0.0  # a tie: SNN.predict would say the label, robust it is not
 
 
 def test_node_limit_gives_unknown_with_a_bracket():
@@ -127,6 +135,8 @@ def test_level_set_holds_the_members_and_restrict_partitions(data):
     ({"attack_samples": -3}, "attack_samples"),
     ({"batch": 0}, "batch"),
     ({"max_nodes": 0}, "max_nodes"),
+    ({"root_milp": 1.5}, "root_milp"),
+    ({"root_milp": float("nan")}, "root_milp"),
 ])
 def test_bad_config_is_refused_naming_the_field(kwargs, field):
     with pytest.raises(BabConfigError, match=field):

@@ -18,7 +18,8 @@ is > 0 is closed for the whole subtree, a node with every row closed is robust. 
 expanded worst bound first, so the smallest open bound (the proven margin lower bound) rises.
 A node small enough is a leaf: enumerated when it has at most ``enumerate_max`` members, given
 to the exact MILP (``verify.milp.robust_query``) when it has at most ``milp_max_free`` open bits.
-A MILP leaf that reaches its time limit is split further.
+The root, when too large for a leaf, gets one MILP with a share (``root_milp``) of the sample's
+time first. A MILP that reaches its time limit leaves its node to be split further.
 
 Falsification first and throughout: random members, near-threshold local search
 (``verify.search``) and, at every bounded node, the member that minimizes S-CROWN's linear lower
@@ -46,7 +47,7 @@ import numpy as np
 from refsnn.network import SNN
 
 from .encoding import FIXED_TIE_BAND, VerifierError, float64_network
-from .exact import ExactNetwork
+from .exact import ExactNetwork, float_outward
 from .search import local_search
 from .sets import BoxSet, DigitalLinfSet, InputSet, LevelSet
 from .specs import other_classes
@@ -69,7 +70,8 @@ class BabConfig:
     coefficients of the node's worst row: the split that can move that linear bound most);
     ``time_limit`` seconds per sample (None: no limit); ``enumerate_max`` members and
     ``milp_max_free`` open bits make a leaf; ``milp_time_limit`` seconds per MILP leaf;
-    ``batch`` nodes expanded per bound call; ``attack_samples`` random members and
+    ``root_milp``: share of ``time_limit`` (of ``milp_time_limit`` without a limit) given to one MILP
+    on the root when it is too large for a leaf (0: none); ``batch`` nodes expanded per bound call; ``attack_samples`` random members and
     ``search_starts`` local searches before branching; ``solver`` for the MILP (None: HiGHS).
     """
 
@@ -84,6 +86,7 @@ class BabConfig:
     search_starts: int = 2
     max_nodes: Optional[int] = None
     solver: Optional[str] = None
+    root_milp: float = 0.5
 
     def __post_init__(self):
         if self.method not in BOUND_METHODS:
@@ -94,6 +97,8 @@ class BabConfig:
             raise BabConfigError(f"time_limit must be a finite number of seconds > 0 or None, got {self.time_limit!r}")
         if not (math.isfinite(self.milp_time_limit) and self.milp_time_limit > 0):
             raise BabConfigError(f"milp_time_limit must be a finite number of seconds > 0, got {self.milp_time_limit!r}")
+        if not (math.isfinite(self.root_milp) and 0 <= self.root_milp <= 1):
+            raise BabConfigError(f"root_milp must be a fraction in [0, 1] of the time limit, got {self.root_milp!r}")
         for name in ("enumerate_max", "milp_max_free", "attack_samples", "search_starts"):
             value = getattr(self, name)
             if int(value) != value or value < 0:
@@ -159,6 +164,7 @@ class _Search:
         self.closed_floor = math.inf
         self.in_flight: List[_Node] = []  # popped, not yet replaced by children or closed
         self.root_bounded = False
+        self.fresh: List[_Node] = []  # bounded, not yet in the queue
         self.stats = {"nodes": 0, "splits": 0, "closed_by_bound": 0, "enumerated": 0, "milp": 0,
                       "milp_timeouts": 0, "max_depth": 0, "exact_replays": 0}
         self.serial = itertools.count()
@@ -167,6 +173,10 @@ class _Search:
     def remaining(self) -> float:
         limit = self.config.time_limit
         return math.inf if limit is None else limit - (time.perf_counter() - self.start)
+
+    def grid_lower(self, k: int) -> float:
+        """``k / T'`` as the largest float not above it (a sound margin lower bound)."""
+        return float_outward(Fraction(k, self.steps), "lower")
 
     # --- falsification --------------------------------------------------------------------------
     def exact_margin(self, x: np.ndarray) -> Fraction:
@@ -267,8 +277,11 @@ class _Search:
             node = _Node(float(low[keep].min()), next(self.serial), subset, open_rows[keep], low[keep], floor, depth,
                          coefs=coef)
             nodes.append(node)
+        # a witness found now ends the search: these nodes must still count in the margin bracket
+        self.fresh, self.root_bounded = nodes, True
         if candidates:
             self.offer(np.stack(candidates, axis=1))
+        self.fresh = []
         return nodes
 
     # --- leaves -----------------------------------------------------------------------------------
@@ -280,7 +293,7 @@ class _Search:
         for xs in node.subset.enumerate(1024):
             trace = self.net64.run(xs)
             counts = trace.spikes[-1].reshape(self.steps, xs.shape[1], -1).sum(axis=0)
-            margins = (counts[:, self.label] - counts[:, node.rows].max(axis=1)) / self.steps
+            margins = counts[:, self.label] - counts[:, node.rows].max(axis=1)  # T' * margin, integers
             near = np.zeros(xs.shape[1], dtype=bool)
             for mem in trace.membranes:
                 mem = mem.reshape(self.steps, xs.shape[1], -1)
@@ -290,23 +303,24 @@ class _Search:
             for i in suspicious:
                 self.stats["exact_replays"] += 1
                 counts_exact = self.exact.run(np.ascontiguousarray(xs[:, i])).counts
-                margins[i] = (int(counts_exact[self.label]) - int(counts_exact[node.rows].max())) / self.steps
+                margins[i] = int(counts_exact[self.label]) - int(counts_exact[node.rows].max())
             i = int(np.argmin(margins))
-            lowest = min(lowest, float(margins[i]))
+            lowest = min(lowest, self.grid_lower(int(margins[i])))
             if margins[i] <= 0:
                 self.offer(np.ascontiguousarray(xs[:, i:i + 1]))
         self.closed_floor = min(self.closed_floor, node.floor, lowest)
 
-    def milp_leaf(self, node: _Node) -> bool:
-        """Tries the exact MILP on the node; True when it decided the node (robust), False to split on."""
+    def milp_leaf(self, node: _Node, budget: float) -> bool:
+        """Tries the exact MILP on the node's open rows for at most ``budget`` seconds; True when it
+        decided the node (robust), False to split on."""
         from .milp import robust_query
 
-        budget = min(self.config.milp_time_limit, self.remaining())
+        budget = min(budget, self.remaining())
         if budget <= 0:
             return False
         self.stats["milp"] += 1
         result = robust_query(self.net, node.subset, self.label, time_limit=budget, solver=self.config.solver,
-                              attack_samples=0, rng=np.random.default_rng(0))
+                              attack_samples=0, rng=np.random.default_rng(0), classes=node.rows)
         if result.status == "not_robust" and result.witness is not None:
             # returns only when the exact replay does not confirm the float64 witness (a near tie):
             # the node is split on, down to enumerated leaves
@@ -316,9 +330,11 @@ class _Search:
             self.stats["milp_timeouts"] += 1
             return False
         solved = result.margins[node.rows]
-        lowest = float(np.nanmin(solved)) if np.isfinite(solved).any() else math.inf
+        # exact MILP margins lie within the solver's 1e-6 of the 1/T' grid; a margin proven > 0 is >= 1/T'
+        lowest = self.grid_lower(int(round(float(np.nanmin(solved)) * self.steps))) if np.isfinite(solved).any() \
+            else math.inf
         if np.isnan(solved).any():
-            lowest = min(lowest, 1.0 / self.steps)  # proven > 0 on the 1/T' grid
+            lowest = min(lowest, self.grid_lower(1))
         self.closed_floor = min(self.closed_floor, node.floor, lowest)
         return True
 
@@ -420,9 +436,14 @@ def _expand(search: _Search, queue: List[_Node]) -> None:
             if count <= cfg.enumerate_max:
                 search.enumerate_leaf(node)
                 continue
-            if not node.milp_tried and node.subset.n_free <= cfg.milp_max_free:
+            small = node.subset.n_free <= cfg.milp_max_free
+            if not node.milp_tried and (small or (node.depth == 0 and cfg.root_milp > 0)):
                 node.milp_tried = True
-                if search.milp_leaf(node):
+                if small:
+                    budget = cfg.milp_time_limit
+                else:  # the root's MILP: a share of the sample's time, the rest for branching
+                    budget = cfg.root_milp * (cfg.time_limit if cfg.time_limit is not None else cfg.milp_time_limit)
+                if search.milp_leaf(node, budget):
                     continue
                 if search.remaining() <= 0:
                     heapq.heappush(queue, node)
@@ -457,21 +478,24 @@ def _root_only(search: _Search, input_set: InputSet) -> List[_Node]:
     if (low > 0).all():
         search.closed_floor = float(low.min())
         return []
-    node = _Node(float(low.min()), 0, None, search.others, low, math.inf)
+    open_rows = low <= 0
+    node = _Node(float(low[open_rows].min()), 0, None, search.others[open_rows], low[open_rows],
+                 float(np.min(low[~open_rows], initial=math.inf)))
     search.in_flight = [node]
     budget = search.remaining()
     if budget > 0:
         search.stats["milp"] += 1
         result = robust_query(search.net, input_set, search.label, time_limit=budget, solver=search.config.solver,
-                              attack_samples=0, rng=np.random.default_rng(0))
+                              attack_samples=0, rng=np.random.default_rng(0), classes=node.rows)
         if result.witness is not None:
             search.offer(np.ascontiguousarray(result.witness)[:, None])
         if result.status == "robust":
             solved = result.margins[search.others]
             finite = solved[np.isfinite(solved)]
-            search.closed_floor = float(finite.min()) if finite.size else math.inf
+            search.closed_floor = min(node.floor, search.grid_lower(int(round(float(finite.min()) * search.steps)))
+                                      if finite.size else math.inf)
             if np.isnan(solved).any():
-                search.closed_floor = min(search.closed_floor, 1.0 / search.steps)
+                search.closed_floor = min(search.closed_floor, search.grid_lower(1))
             search.in_flight = []
             return []
     search.in_flight = []
@@ -479,12 +503,13 @@ def _root_only(search: _Search, input_set: InputSet) -> List[_Node]:
 
 
 def _result(search: _Search, status: str, queue: List[_Node], reason: str) -> BabResult:
-    open_lower = min((min(node.priority, node.floor) for node in queue + search.in_flight), default=math.inf)
+    pending = queue + search.in_flight + search.fresh
+    open_lower = min((min(node.priority, node.floor) for node in pending), default=math.inf)
     margin_lower = min(open_lower, search.closed_floor)
     if not search.root_bounded:
         margin_lower = -1.0  # nothing bounded yet: the trivial range of a rate difference
     if not math.isfinite(margin_lower):
-        margin_lower = 1.0 / search.steps  # robust with every row closed and no value seen: the grid step
+        margin_lower = search.grid_lower(1)  # robust with every row closed and no value seen: the grid step
     rates = prediction = None
     if search.best_x is not None:
         trace = search.exact.run(search.best_x)
