@@ -200,12 +200,16 @@ def _run_cli(main: Callable[[List[str]], int], argv: List[str]) -> int:
         return main([*argv, "--quiet"])
 
 
-def _train_step(out_dir: Path, argv: List[str]) -> Dict[str, Any]:
-    """Runs (or resumes, or skips) one ``refsnn.train`` run; returns its summary.json."""
+def _train_step(out_dir: Path, argv: List[str], need_model: bool = True) -> Dict[str, Any]:
+    """Runs (or resumes, or skips) one ``refsnn.train`` run; returns its summary.json.
+
+    ``summary.json`` is written only when a run finishes. ``need_model=False`` (the T' sweep, whose
+    model files are not kept in ``results/``) skips a finished run whose ``model.h5`` is gone.
+    """
     from .train import main as train_main
 
     summary_path = out_dir / "summary.json"
-    if summary_path.is_file() and (out_dir / "model.h5").is_file():
+    if summary_path.is_file() and (not need_model or (out_dir / "model.h5").is_file()):
         _log(f"skip {out_dir} (finished)")
         _step_done()
         return json.loads(summary_path.read_text())
@@ -339,7 +343,7 @@ def run_sweep(root: Path, dataset: str, arch: str, preset: ReproducePreset,
     limits = _limit_args(preset.sweep_limit_train, preset.limit_test)
     common = ["--dataset", data_name, "--arch", arch, "--init", str(plain_model), "--seed", str(config.seed),
               "--epochs", str(preset.sweep_epochs), "--lr", "0.01", *limits, *data_args]
-    reference = _train_step(sweep_dir / "natural", [*common, "--milestones", "100000"])
+    reference = _train_step(sweep_dir / "natural", [*common, "--milestones", "100000"], need_model=False)
     runs = {}
     for horizon in preset.sweep_T:
         argv = [*common, "--method", "robust", "--eps", f"{DEFAULT_EPS[(dataset, arch)]:g}", "--robust-T",
@@ -347,7 +351,7 @@ def run_sweep(root: Path, dataset: str, arch: str, preset: ReproducePreset,
                 *preset.sweep_args]
         if "--ramp-epochs" not in preset.sweep_args:
             argv += ["--ramp-epochs", f"{preset.sweep_epochs:g}"]
-        runs[horizon] = _train_step(sweep_dir / f"T{horizon}", argv)
+        runs[horizon] = _train_step(sweep_dir / f"T{horizon}", argv, need_model=False)
     return {"dataset": dataset, "arch": arch, "reference": reference, "runs": runs, "dir": str(sweep_dir)}
 
 
