@@ -184,3 +184,24 @@ def test_quiet_reaches_every_step(monkeypatch, capsys):
     assert rp._run_cli(step, ["--no-progress"]) == 0
     assert seen == [["--no-progress", "--quiet"], ["--no-progress"]]
     assert capsys.readouterr().out == "a result line\n"
+
+
+def test_finished_sweep_run_without_its_model_file_is_skipped(tmp_path, monkeypatch):
+    """results/ keeps the T' sweep's summaries but not its model files: a rerun skips those runs
+    (the main runs still need model.h5, which later steps read)."""
+    import json
+
+    from refsnn import reproduce, train
+
+    calls = []
+    monkeypatch.setattr(train, "main", lambda argv: calls.append(argv) or 1)
+    run = tmp_path / "sweep" / "T1"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"seconds_per_epoch": 1.5}))
+    before = sorted(p.name for p in run.iterdir())
+    assert reproduce._train_step(run, ["--not-a-flag"], need_model=False) == {"seconds_per_epoch": 1.5}
+    assert sorted(p.name for p in run.iterdir()) == before
+    assert calls == []
+    with pytest.raises(RuntimeError, match="failed"):
+        reproduce._train_step(run, ["--not-a-flag"])  # a main run without model.h5 is not finished
+    assert len(calls) == 1
