@@ -63,12 +63,13 @@ def main(argv=None) -> int:
     parser.add_argument("--problems", type=int, default=40)
     parser.add_argument("--out", default="runs/bench_bab")
     parser.add_argument("--methods", default="ibp,best")
+    parser.add_argument("--branching", default="first,widest,smear")
     args = parser.parse_args(argv)
     cases = problems(args.problems)
     truth = {name: enumerate_robust(net, s, label)[0] for name, net, s, label in cases}
     rows = []
     for method in args.methods.split(","):
-        for branching in ("first", "widest", "smear"):
+        for branching in args.branching.split(","):
             nodes, seconds, robust, robust_nodes = [], [], 0, []
             for name, net, input_set, label in cases:
                 config = BabConfig(method=method, branching=branching, milp_max_free=0, root_milp=0.0,

@@ -1,8 +1,9 @@
 """Branch and bound (``verify.bab``) against exhaustive enumeration, and its node sets (``LevelSet``).
 
-The complete verdict must equal enumeration on every random small net (FC and CONV, both firing
-rules, dyadic weights that put membranes exactly on the threshold), the returned margins must
-bracket the exact minimum margin, and every witness must be a member with an exact margin <= 0.
+The complete verdict must equal enumeration in exact semantics on every random small net (FC and
+CONV, both firing rules, dyadic weights that put membranes exactly on the threshold, float weights
+whose sums round onto it), the returned margins must bracket the exact minimum margin, and every
+witness must be a member with an exact margin <= 0.
 """
 from __future__ import annotations
 
@@ -26,6 +27,29 @@ def _members(input_set) -> list:
                   for row in xs.swapaxes(0, 1).reshape(xs.shape[1], -1))
 
 
+def _exact_min_margin(net, input_set, label: int) -> Fraction:
+    """Smallest ``f_label - f_j`` over every member, in exact semantics: float64 enumeration, with
+    every member whose membranes come within 1e-6 of the threshold replayed in rational arithmetic
+    (non-dyadic weights can round a membrane onto the threshold that lies above it exactly)."""
+    from verify.encoding import float64_network
+
+    net64, exact = float64_network(net), ExactNetwork(net)
+    others = [j for j in range(net.n_outputs) if j != label]
+    lowest = None
+    for xs in input_set.enumerate(1024):
+        trace = net64.run(xs)
+        batch = xs.shape[1]
+        counts = trace.spikes[-1].reshape(input_set.steps, batch, -1).sum(axis=0).astype(np.int64)
+        near = np.zeros(batch, dtype=bool)
+        for mem in trace.membranes:
+            near |= (np.abs(mem.reshape(input_set.steps, batch, -1) - net.threshold) <= 1e-6).any(axis=(0, 2))
+        for i in np.flatnonzero(near):
+            counts[i] = exact.run(xs[:, i]).counts
+        value = int((counts[:, label] - counts[:, others].max(axis=1)).min())
+        lowest = value if lowest is None else min(lowest, value)
+    return Fraction(lowest, input_set.steps)
+
+
 @st.composite
 def _problem(draw):
     arch = draw(st.sampled_from(["fc", "conv"]))
@@ -41,6 +65,7 @@ def _problem(draw):
                        enumerate_max=draw(st.sampled_from([1, 2, 16])), milp_max_free=draw(st.sampled_from([0, 3])),
                        attack_samples=draw(st.sampled_from([0, 8])), search_starts=draw(st.sampled_from([0, 1])),
                        batch=draw(st.sampled_from([1, 4])), root_milp=draw(st.sampled_from([0.0, 0.5])),
+                       root_milp_after=draw(st.sampled_from([0, 8])),
                        time_limit=None)
     return net, input_set, label, config
 
@@ -50,11 +75,10 @@ def _problem(draw):
 def test_complete_verdict_equals_enumeration(problem):
     net, input_set, label, config = problem
     result = robust_bab(net, input_set, label, config)
-    robust, exact_min, _ = enumerate_robust(net, input_set, label)
-    assert result.status == ("robust" if robust else "not_robust"), (result, exact_min)
+    exact = _exact_min_margin(net, input_set, label)
+    assert result.status == ("robust" if exact > 0 else "not_robust"), (result, exact)
     # margins are multiples of 1/T': compare exactly on that grid, without slack
     steps = input_set.steps
-    exact = Fraction(round(exact_min * steps), steps)
     assert Fraction(result.margin_lower) <= exact, (result, exact)
     if result.attack_margin != float("inf"):  # inf: no member was evaluated (closed by a bound alone)
         assert exact <= Fraction(round(result.attack_margin * steps), steps), (result, exact)
@@ -136,6 +160,7 @@ def test_level_set_holds_the_members_and_restrict_partitions(data):
     ({"batch": 0}, "batch"),
     ({"max_nodes": 0}, "max_nodes"),
     ({"root_milp": 1.5}, "root_milp"),
+    ({"root_milp_after": -1}, "root_milp_after"),
     ({"root_milp": float("nan")}, "root_milp"),
 ])
 def test_bad_config_is_refused_naming_the_field(kwargs, field):
@@ -193,3 +218,26 @@ def test_dataset_cli_refuses_an_unknown_method(capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "argument --method: invalid choice: 'bab'" in err[0]
+
+
+def test_milp_query_past_its_deadline_says_unknown_and_only_asked_classes_count():
+    import time
+
+    from verify.milp import robust_query
+
+    rng = np.random.default_rng(7)
+    net = SNN([Linear(rng.integers(-4, 5, (4, 5)) / 8.0, np.full(4, 0.125)),
+               Linear(rng.integers(-4, 5, (3, 4)) / 8.0, np.array([0.5, 0.0, 0.0]))])
+    box = BoxSet(np.zeros((2, 5), np.uint8), np.ones((2, 5), np.uint8))
+    late = robust_query(net, box, 0, attack_samples=0, deadline=time.perf_counter() - 1.0)
+    assert late.status == "unknown" and "deadline" in late.reason
+    _, exact_min, _ = enumerate_robust(net, box, 0)
+    for j in (1, 2):
+        one = robust_query(net, box, 0, attack_samples=0, classes=[j], time_limit=20)
+        rows = np.zeros((1, 3))
+        rows[0, 0], rows[0, j] = 1.0, -1.0
+        lowest = enumerate_bounds(net, box.lower[:, None], box.upper[:, None], rows)[0][0, 0]
+        assert one.status == ("robust" if lowest > 0 else "not_robust")
+        assert np.isnan(one.margins[3 - j])  # the class not asked stays unsolved
+    with pytest.raises(ValueError, match="classes"):
+        robust_query(net, box, 0, classes=[0])

@@ -18,8 +18,9 @@ is > 0 is closed for the whole subtree, a node with every row closed is robust. 
 expanded worst bound first, so the smallest open bound (the proven margin lower bound) rises.
 A node small enough is a leaf: enumerated when it has at most ``enumerate_max`` members, given
 to the exact MILP (``verify.milp.robust_query``) when it has at most ``milp_max_free`` open bits.
-The root, when too large for a leaf, gets one MILP with a share (``root_milp``) of the sample's
-time first. A MILP that reaches its time limit leaves its node to be split further.
+After a short branching phase (``root_milp_after`` nodes, where witnesses are often found) the whole
+set gets one MILP with a share (``root_milp``) of the sample's time. A MILP that reaches its time
+limit leaves its node to be split further.
 
 Falsification first and throughout: random members, near-threshold local search
 (``verify.search``) and, at every bounded node, the member that minimizes S-CROWN's linear lower
@@ -71,7 +72,7 @@ class BabConfig:
     ``time_limit`` seconds per sample (None: no limit); ``enumerate_max`` members and
     ``milp_max_free`` open bits make a leaf; ``milp_time_limit`` seconds per MILP leaf;
     ``root_milp``: share of ``time_limit`` (of ``milp_time_limit`` without a limit) given to one MILP
-    on the root when it is too large for a leaf (0: none); ``batch`` nodes expanded per bound call; ``attack_samples`` random members and
+    on the whole set once ``root_milp_after`` nodes have been bounded (0: none); ``batch`` nodes expanded per bound call; ``attack_samples`` random members and
     ``search_starts`` local searches before branching; ``solver`` for the MILP (None: HiGHS).
     """
 
@@ -87,6 +88,7 @@ class BabConfig:
     max_nodes: Optional[int] = None
     solver: Optional[str] = None
     root_milp: float = 0.5
+    root_milp_after: int = 64
 
     def __post_init__(self):
         if self.method not in BOUND_METHODS:
@@ -99,7 +101,7 @@ class BabConfig:
             raise BabConfigError(f"milp_time_limit must be a finite number of seconds > 0, got {self.milp_time_limit!r}")
         if not (math.isfinite(self.root_milp) and 0 <= self.root_milp <= 1):
             raise BabConfigError(f"root_milp must be a fraction in [0, 1] of the time limit, got {self.root_milp!r}")
-        for name in ("enumerate_max", "milp_max_free", "attack_samples", "search_starts"):
+        for name in ("root_milp_after", "enumerate_max", "milp_max_free", "attack_samples", "search_starts"):
             value = getattr(self, name)
             if int(value) != value or value < 0:
                 raise BabConfigError(f"{name} must be an integer >= 0, got {value!r}")
@@ -320,7 +322,8 @@ class _Search:
             return False
         self.stats["milp"] += 1
         result = robust_query(self.net, node.subset, self.label, time_limit=budget, solver=self.config.solver,
-                              attack_samples=0, rng=np.random.default_rng(0), classes=node.rows)
+                              attack_samples=0, rng=np.random.default_rng(0), classes=node.rows,
+                              deadline=time.perf_counter() + budget)
         if result.status == "not_robust" and result.witness is not None:
             # returns only when the exact replay does not confirm the float64 witness (a near tie):
             # the node is split on, down to enumerated leaves
@@ -425,9 +428,22 @@ def _expand(search: _Search, queue: List[_Node]) -> None:
     """Best-first branch and bound until the queue is empty, a witness, or the time or node limit."""
     cfg = search.config
     heapq.heapify(queue)
+    root = queue[0] if len(queue) == 1 else None
+    root_pending = root is not None and cfg.root_milp > 0
     while queue:
         if search.remaining() <= 0 or (cfg.max_nodes is not None and search.stats["nodes"] >= cfg.max_nodes):
             return
+        if root_pending and search.stats["nodes"] >= cfg.root_milp_after:
+            # one MILP on the whole set, after a short branching phase that often finds the witness
+            root_pending = False
+            search.in_flight = [root]
+            if search.milp_leaf(root, cfg.root_milp * (cfg.time_limit if cfg.time_limit is not None
+                                                       else cfg.milp_time_limit)):
+                queue.clear()
+                search.in_flight = []
+                return
+            search.in_flight = []
+            continue
         picked = [heapq.heappop(queue) for _ in range(min(cfg.batch, len(queue)))]
         search.in_flight = list(picked)
         subsets, rows, floors, depths = [], [], [], []
@@ -436,14 +452,9 @@ def _expand(search: _Search, queue: List[_Node]) -> None:
             if count <= cfg.enumerate_max:
                 search.enumerate_leaf(node)
                 continue
-            small = node.subset.n_free <= cfg.milp_max_free
-            if not node.milp_tried and (small or (node.depth == 0 and cfg.root_milp > 0)):
+            if not node.milp_tried and node.depth > 0 and node.subset.n_free <= cfg.milp_max_free:
                 node.milp_tried = True
-                if small:
-                    budget = cfg.milp_time_limit
-                else:  # the root's MILP: a share of the sample's time, the rest for branching
-                    budget = cfg.root_milp * (cfg.time_limit if cfg.time_limit is not None else cfg.milp_time_limit)
-                if search.milp_leaf(node, budget):
+                if search.milp_leaf(node, cfg.milp_time_limit):
                     continue
                 if search.remaining() <= 0:
                     heapq.heappush(queue, node)
@@ -463,10 +474,12 @@ def _expand(search: _Search, queue: List[_Node]) -> None:
 
 
 def _root_only(search: _Search, input_set: InputSet) -> List[_Node]:
-    """A set the search cannot split: bound its box, then one MILP on the whole set."""
+    """A set the search cannot split: bound its box, then enumeration when small, else one MILP
+    (and enumeration after all when the MILP leaves it undecided and the set has at most
+    ``verify.enumerate.DEFAULT_MAX_MEMBERS`` members)."""
     from refsnn.bounds import compute_bounds
 
-    from .milp import robust_query
+    from .enumerate import DEFAULT_MAX_MEMBERS
 
     lower_box, upper_box = input_set.box()
     C = search.specs([search.others])
@@ -479,27 +492,20 @@ def _root_only(search: _Search, input_set: InputSet) -> List[_Node]:
         search.closed_floor = float(low.min())
         return []
     open_rows = low <= 0
-    node = _Node(float(low[open_rows].min()), 0, None, search.others[open_rows], low[open_rows],
+    node = _Node(float(low[open_rows].min()), 0, input_set, search.others[open_rows], low[open_rows],
                  float(np.min(low[~open_rows], initial=math.inf)))
     search.in_flight = [node]
-    budget = search.remaining()
-    if budget > 0:
-        search.stats["milp"] += 1
-        result = robust_query(search.net, input_set, search.label, time_limit=budget, solver=search.config.solver,
-                              attack_samples=0, rng=np.random.default_rng(0), classes=node.rows)
-        if result.witness is not None:
-            search.offer(np.ascontiguousarray(result.witness)[:, None])
-        if result.status == "robust":
-            solved = result.margins[search.others]
-            finite = solved[np.isfinite(solved)]
-            search.closed_floor = min(node.floor, search.grid_lower(int(round(float(finite.min()) * search.steps)))
-                                      if finite.size else math.inf)
-            if np.isnan(solved).any():
-                search.closed_floor = min(search.closed_floor, search.grid_lower(1))
-            search.in_flight = []
-            return []
+    count = input_set.count()
+    decided = True
+    if count <= search.config.enumerate_max:
+        search.enumerate_leaf(node)
+    elif not search.milp_leaf(node, search.remaining()):
+        if count <= DEFAULT_MAX_MEMBERS:
+            search.enumerate_leaf(node)
+        else:
+            decided = False
     search.in_flight = []
-    return [node]
+    return [] if decided else [node]
 
 
 def _result(search: _Search, status: str, queue: List[_Node], reason: str) -> BabResult:

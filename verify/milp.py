@@ -344,9 +344,12 @@ class RobustResult:
 def robust_query(net: SNN, input_set: InputSet, label: int, *, time_limit: Optional[float] = 60.0,
                  bigm: str = "auto", solver: Optional[str] = None, strict_margin: float = 1e-5,
                  attack_samples: int = 64, early_stop: bool = True,
-                 rng: Optional[np.random.Generator] = None, classes: Optional[Sequence[int]] = None) -> RobustResult:
+                 rng: Optional[np.random.Generator] = None, classes: Optional[Sequence[int]] = None,
+                 deadline: Optional[float] = None) -> RobustResult:
     """Robustness of one sample's set (see ``verify_robust``); ``classes``: only the margins to these
-    classes (default: every class but the label), e.g. those a bound has not already proven."""
+    classes (default: every class but the label), e.g. those a bound has not already proven;
+    ``deadline`` (a ``time.perf_counter()`` value): each MILP gets at most the time left, and the
+    query says "unknown" at the first class it cannot decide."""
     start = time.perf_counter()
     n_out = net.n_outputs
     label = int(label)
@@ -382,6 +385,11 @@ def robust_query(net: SNN, input_set: InputSet, label: int, *, time_limit: Optio
     unknown = []
     witness = None
     for j in others:
+        if deadline is not None:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                return result("unknown", None, f"class {j}: deadline")
+            verifier.time_limit = left if time_limit is None else min(time_limit, left)
         coefs = np.zeros(n_out)
         coefs[label], coefs[j] = 1.0, -1.0
         ext = verifier.rate_extreme(coefs, "min")
@@ -399,6 +407,8 @@ def robust_query(net: SNN, input_set: InputSet, label: int, *, time_limit: Optio
             margins[j] = np.nan  # proven positive, value not exact
         else:
             unknown.append((j, ext.status))
+            if deadline is not None and witness is None:
+                return result("unknown", None, f"class {j}: {ext.status}")
     if witness is not None:
         return result("not_robust", witness, "some margin <= 0")
     if unknown:
