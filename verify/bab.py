@@ -70,7 +70,9 @@ class BabConfig:
     (most open bits) or ``"smear"`` (largest ``sum |A|`` over its open bits, ``A`` = S-CROWN's input
     coefficients of the node's worst row: the split that can move that linear bound most);
     ``time_limit`` seconds per sample (None: no limit); ``enumerate_max`` members and
-    ``milp_max_free`` open bits make a leaf; ``milp_time_limit`` seconds per MILP leaf;
+    ``milp_max_free`` open bits make a leaf (MILP leaves are off by default: on the plain MNIST FC
+    model a MILP on 16 open bits did not finish in 5 s, enumerating 1,024 members takes a fraction
+    of that); ``milp_time_limit`` seconds per MILP leaf;
     ``root_milp``: share of ``time_limit`` (of ``milp_time_limit`` without a limit) given to one MILP
     on the whole set once ``root_milp_after`` nodes have been bounded (0: none); ``batch`` nodes expanded per bound call; ``attack_samples`` random members and
     ``search_starts`` local searches before branching; ``solver`` for the MILP (None: HiGHS).
@@ -79,8 +81,8 @@ class BabConfig:
     method: str = "best"
     branching: str = "smear"
     time_limit: Optional[float] = 60.0
-    enumerate_max: int = 64
-    milp_max_free: int = 48
+    enumerate_max: int = 1024
+    milp_max_free: int = 0
     milp_time_limit: float = 30.0
     batch: int = 8
     attack_samples: int = 64
@@ -116,7 +118,8 @@ class BabResult:
     """Verdict of one sample. ``margin_lower``: proven lower bound of ``min_j f_label - f_j`` over the
     set (float, sound); ``attack_margin``: the smallest exact margin a member reached (``witness``
     reaches it; ``<= 0`` when not robust). ``witness_rates``: its exact rates (floats of fractions).
-    ``stats``: nodes bounded, leaves closed by bound / enumeration / MILP, splits, depth."""
+    ``stats``: nodes bounded, leaves closed by bound / enumeration / MILP, splits, depth, and
+    ``decided_fraction``: the share of the set's members in closed nodes (robust: 1)."""
 
     status: str
     label: int
@@ -168,8 +171,14 @@ class _Search:
         self.root_bounded = False
         self.fresh: List[_Node] = []  # bounded, not yet in the queue
         self.stats = {"nodes": 0, "splits": 0, "closed_by_bound": 0, "enumerated": 0, "milp": 0,
-                      "milp_timeouts": 0, "max_depth": 0, "exact_replays": 0}
+                      "milp_timeouts": 0, "max_depth": 0, "exact_replays": 0, "decided_fraction": 0.0}
         self.serial = itertools.count()
+        self.total_members, self.decided_members = input_set.count(), 0
+
+    def decided(self, subset: InputSet) -> None:
+        """Counts a closed node's members in ``stats["decided_fraction"]`` (of the whole set)."""
+        self.decided_members += subset.count()
+        self.stats["decided_fraction"] = float(Fraction(self.decided_members, self.total_members))
 
     # --- time ---------------------------------------------------------------------------------
     def remaining(self) -> float:
@@ -274,6 +283,7 @@ class _Search:
                 candidates.append(minimizer(subset, coef))
             if not keep.any():
                 self.stats["closed_by_bound"] += 1
+                self.decided(subset)
                 self.closed_floor = min(self.closed_floor, floor)
                 continue
             node = _Node(float(low[keep].min()), next(self.serial), subset, open_rows[keep], low[keep], floor, depth,
@@ -311,6 +321,7 @@ class _Search:
             if margins[i] <= 0:
                 self.offer(np.ascontiguousarray(xs[:, i:i + 1]))
         self.closed_floor = min(self.closed_floor, node.floor, lowest)
+        self.decided(node.subset)
 
     def milp_leaf(self, node: _Node, budget: float) -> bool:
         """Tries the exact MILP on the node's open rows for at most ``budget`` seconds; True when it
@@ -339,6 +350,7 @@ class _Search:
         if np.isnan(solved).any():
             lowest = min(lowest, self.grid_lower(1))
         self.closed_floor = min(self.closed_floor, node.floor, lowest)
+        self.decided(node.subset)
         return True
 
     # --- branching --------------------------------------------------------------------------------
@@ -441,6 +453,8 @@ def _expand(search: _Search, queue: List[_Node]) -> None:
                                                        else cfg.milp_time_limit)):
                 queue.clear()
                 search.in_flight = []
+                search.decided_members = search.total_members  # the MILP closed the whole set
+                search.stats["decided_fraction"] = 1.0
                 return
             search.in_flight = []
             continue
