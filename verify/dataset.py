@@ -140,7 +140,8 @@ def _complete_record(net: SNN, config: DatasetVerifyConfig, input_set, index: in
     return {"index": index, "label": label, "clean_prediction": clean_prediction, "status": result.status,
             "reason": result.reason, "margin_lower": finite(result.margin_lower),
             "attack_margin": finite(result.attack_margin), "witness_prediction": result.witness_prediction,
-            "nodes": result.stats["nodes"], "milp_leaves": result.stats["milp"], "seconds": round(result.seconds, 4)}
+            "nodes": result.stats["nodes"], "milp_leaves": result.stats["milp"],
+            "decided_fraction": result.stats["decided_fraction"], "seconds": round(result.seconds, 4)}
 
 
 def verify_dataset(net: SNN, x: np.ndarray, labels: np.ndarray, indices: Sequence[int],
