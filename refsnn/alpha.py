@@ -36,10 +36,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .crown import normalize_spec
+from .crown import crown_bounds
 from .ibp import IntervalBounds, PreparedStage, ibp_spec_bounds, interval_bounds, output_rounding_margin, prepare_stages
 from .input_sets import binary_box
 from .relaxations import STABLE_OFF, STABLE_ON, UNIT_ROUNDOFF_FLOAT64, UNSTABLE, Fire, gamma
+from .spec import best_bounds, normalize_spec
 
 U64 = UNIT_ROUNDOFF_FLOAT64
 SLOPE_SAFETY = 1.0 - 16.0 * U64
@@ -410,9 +411,6 @@ def alpha_bounds(net, x_lower, x_upper, C=None, iterations: int = 20, lr: float 
     minimized at the input (default: the box; ``refsnn.l0`` passes the any-k-flips ball).
     ``iterations`` Adam steps of size ``lr`` on the fractions; samples in chunks of ``chunk``.
     """
-    from .bounds import trivial_bounds
-    from .crown import crown_bounds
-
     box = binary_box(x_lower, x_upper, net)
     steps, batch = box.x_lower.shape[:2]
     if int(iterations) != iterations or iterations < 0:
@@ -439,14 +437,11 @@ def alpha_bounds(net, x_lower, x_upper, C=None, iterations: int = 20, lr: float 
     margin = output_rounding_margin(C, intermediate.rule, steps)
     alpha_lower = rows[:, :n_spec] - margin
     alpha_upper = -rows[:, n_spec:] + margin
-    ibp_lower, ibp_upper = ibp_spec_bounds(intermediate, C)
-    trivial_lower, trivial_upper = trivial_bounds(C)
-    lower = np.maximum(np.maximum(ibp_lower, alpha_lower), trivial_lower - margin)
-    upper = np.minimum(np.minimum(ibp_upper, alpha_upper), trivial_upper + margin)
+    candidates = [ibp_spec_bounds(intermediate, C), (alpha_lower, alpha_upper)]
     if isinstance(concretizer, BoxConcretizer):
         crown = crown_bounds(net, box.x_lower, box.x_upper, C, intermediate=intermediate, return_coefficients=False)
-        lower = np.maximum(lower, crown.lower)
-        upper = np.minimum(upper, crown.upper)
+        candidates.append((crown.lower, crown.upper))
+    lower, upper = best_bounds(C, margin, candidates)
     return AlphaResult("alpha", lower, upper, alpha_lower, alpha_upper, history.tolist(), intermediate)
 
 

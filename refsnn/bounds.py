@@ -24,43 +24,19 @@ from typing import Tuple
 
 import numpy as np
 
-from .crown import CrownResult, crown_bounds, normalize_spec
+from .alpha import alpha_bounds
+from .crown import CrownResult, crown_bounds
+from .crown_full import full_crown_bounds
 from .ibp import IntervalBounds, ibp_spec_bounds, interval_bounds, output_rounding_margin
 from .input_sets import (BinaryBox, DigitalLinfSet, SpikeL0Set, binary_box, digital_linf_set,
                          spike_l0_set)
+from .spec import best_bounds, margin_spec, normalize_spec, trivial_bounds
 
 METHODS = ("ibp", "crown-ibp", "best", "alpha", "crown")
 
 __all__ = ["compute_bounds", "interval_bounds", "crown_bounds", "trivial_bounds", "margin_spec", "certify",
            "IntervalBounds", "CrownResult", "binary_box", "digital_linf_set", "spike_l0_set", "BinaryBox",
            "DigitalLinfSet", "SpikeL0Set", "METHODS"]
-
-
-def margin_spec(labels, n_out: int) -> np.ndarray:
-    """Specification ``C [B, n_out - 1, n_out]`` whose rows are ``e_y - e_j`` for every ``j != y``.
-
-    ``C f`` holds the margins ``f_y - f_j``; a sample is certified when every lower bound is > 0.
-    """
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be a 1-D integer array, got shape {labels.shape} and dtype {labels.dtype}")
-    if n_out < 2:
-        raise ValueError("margins need at least two outputs")
-    if labels.size and (labels.min() < 0 or labels.max() >= n_out):
-        raise ValueError(f"labels must lie in [0, {n_out}), got range [{labels.min()}, {labels.max()}]")
-    batch = labels.shape[0]
-    others = np.array([[j for j in range(n_out) if j != y] for y in range(n_out)])  # [n_out, n_out-1]
-    C = np.zeros((batch, n_out - 1, n_out))
-    rows = np.arange(n_out - 1)
-    samples = np.arange(batch)[:, None]
-    C[samples, rows[None, :], labels[:, None]] = 1.0
-    C[samples, rows[None, :], others[labels]] = -1.0
-    return C
-
-
-def trivial_bounds(C: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Range of ``C f`` over all rates ``f`` in ``[0, 1]^n``: ``(sum min(C, 0), sum max(C, 0))``."""
-    return np.minimum(C, 0.0).sum(axis=-1), np.maximum(C, 0.0).sum(axis=-1)
 
 
 def compute_bounds(net, x_lower, x_upper, method: str = "ibp", C=None) -> Tuple[np.ndarray, np.ndarray]:
@@ -79,11 +55,9 @@ def compute_bounds(net, x_lower, x_upper, method: str = "ibp", C=None) -> Tuple[
     batch = box.x_lower.shape[1]
     C = normalize_spec(C, batch, net.n_outputs)
     if method == "alpha":
-        from .alpha import alpha_bounds
         result = alpha_bounds(net, box.x_lower, box.x_upper, C)
         return result.lower, result.upper
     if method == "crown":
-        from .crown_full import full_crown_bounds
         lower, upper, _ = full_crown_bounds(net, box.x_lower, box.x_upper, C)
         return lower, upper
     intermediate = interval_bounds(net, box.x_lower, box.x_upper)
@@ -93,11 +67,8 @@ def compute_bounds(net, x_lower, x_upper, method: str = "ibp", C=None) -> Tuple[
     crown = crown_bounds(net, box.x_lower, box.x_upper, C, intermediate=intermediate, return_coefficients=False)
     if method == "crown-ibp":
         return crown.lower, crown.upper
-    trivial_lower, trivial_upper = trivial_bounds(C)
     margin = output_rounding_margin(C, intermediate.rule, intermediate.steps)
-    lower = np.maximum(np.maximum(ibp_lower, crown.lower), trivial_lower - margin)
-    upper = np.minimum(np.minimum(ibp_upper, crown.upper), trivial_upper + margin)
-    return lower, upper
+    return best_bounds(C, margin, [(ibp_lower, ibp_upper), (crown.lower, crown.upper)])
 
 
 def certify(net, x_lower, x_upper, labels, method: str = "best") -> np.ndarray:

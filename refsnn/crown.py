@@ -38,27 +38,10 @@ from .ibp import (IntervalBounds, PreparedStage, interval_bounds, output_roundin
 from .input_sets import binary_box
 from .kernels import transpose_contiguous
 from .relaxations import UNIT_ROUNDOFF_FLOAT64, Fire, Reset, gamma
+from .spec import normalize_spec
 
 U64 = UNIT_ROUNDOFF_FLOAT64
 DEFAULT_CHUNK_BYTES = 512 * 2 ** 20
-
-
-def normalize_spec(C, batch: int, n_out: int) -> np.ndarray:
-    """``C`` as float64 ``[B, n_spec, n_out]``: None -> identity; ``[n_spec, n_out]`` is broadcast."""
-    if C is None:
-        return np.broadcast_to(np.eye(n_out), (batch, n_out, n_out)).astype(np.float64)
-    C = np.asarray(C)
-    if not np.issubdtype(C.dtype, np.number) or np.iscomplexobj(C):
-        raise TypeError(f"C must be a real numeric array, got dtype {C.dtype}")
-    C = C.astype(np.float64)
-    if C.ndim == 2:
-        C = np.broadcast_to(C, (batch,) + C.shape)
-    if C.ndim != 3 or C.shape[0] != batch or C.shape[2] != n_out or C.shape[1] < 1:
-        raise ValueError(f"C must be [n_spec, n_out] or [B, n_spec, n_out] with B={batch}, n_out={n_out} "
-                         f"(one row per linear function of the output rates), got shape {C.shape}")
-    if not np.all(np.isfinite(C)):
-        raise ValueError("C contains NaN or infinite values")
-    return np.ascontiguousarray(C)
 
 
 @dataclass

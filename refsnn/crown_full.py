@@ -24,10 +24,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .alpha import BoxConcretizer, backsub, stage_tables
-from .crown import crown_bounds, normalize_spec
-from .ibp import IntervalBounds, PreparedStage, ibp_spec_bounds, interval_bounds, prepare_stages
+from .crown import crown_bounds
+from .ibp import (IntervalBounds, PreparedStage, ibp_spec_bounds, interval_bounds, output_rounding_margin,
+                  prepare_stages)
 from .input_sets import binary_box
 from .relaxations import Fire
+from .spec import best_bounds, normalize_spec
 
 
 class _FlatView:
@@ -107,19 +109,13 @@ def full_crown_intermediate(net, x_lower, x_upper, concretizer=None, first_curre
 def full_crown_bounds(net, x_lower, x_upper, C=None):
     """``method="crown"``: ``(lower, upper) [B, S]``, S-CROWN on full-S-CROWN intermediate bounds,
     intersected with S-IBP on the same (refined) intermediates and the trivial range."""
-    from .bounds import trivial_bounds
-    from .ibp import output_rounding_margin
-
     box = binary_box(x_lower, x_upper, net)
     batch = box.x_lower.shape[1]
     C = normalize_spec(C, batch, net.n_outputs)
     intermediate = full_crown_intermediate(net, box.x_lower, box.x_upper)
     crown = crown_bounds(net, box.x_lower, box.x_upper, C, intermediate=intermediate, return_coefficients=False)
-    ibp_lower, ibp_upper = ibp_spec_bounds(intermediate, C)
-    trivial_lower, trivial_upper = trivial_bounds(C)
     margin = output_rounding_margin(C, intermediate.rule, intermediate.steps)
-    lower = np.maximum(np.maximum(ibp_lower, crown.lower), trivial_lower - margin)
-    upper = np.minimum(np.minimum(ibp_upper, crown.upper), trivial_upper + margin)
+    lower, upper = best_bounds(C, margin, [ibp_spec_bounds(intermediate, C), (crown.lower, crown.upper)])
     return lower, upper, intermediate
 
 

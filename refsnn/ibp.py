@@ -24,6 +24,7 @@ from .input_sets import binary_box
 from .kernels import add_rows, transpose_contiguous
 from .layers import AvgPool2d, Conv2d, Flatten, Linear
 from .relaxations import STABLE_OFF, STABLE_ON, UNIT_ROUNDOFF_FLOAT64, UNSTABLE, Fire, Reset, RoundingRule, gamma
+from .spec import spec_interval
 
 
 # --- spatial ops in float64 (eq. 11 and the adjoint used by S-CROWN) ----------------------------
@@ -394,14 +395,6 @@ class IntervalBounds:
         return picked
 
 
-def _spec_interval(C: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Interval of ``C f`` for ``f`` in ``[lower, upper]``: ``C [B, S, n]``, bounds ``[B, n]`` -> ``[B, S]``."""
-    c_pos, c_neg = np.maximum(C, 0.0), np.minimum(C, 0.0)
-    out_lower = np.einsum("bsn,bn->bs", c_pos, lower) + np.einsum("bsn,bn->bs", c_neg, upper)
-    out_upper = np.einsum("bsn,bn->bs", c_pos, upper) + np.einsum("bsn,bn->bs", c_neg, lower)
-    return out_lower, out_upper
-
-
 def _stepwise_time_loop(result: IntervalBounds, k: int, rule: RoundingRule, firing: str, alpha: float,
                         refine: Callable, cur_lower, cur_upper, mem_lower, mem_upper, mem_margin, reset_lower,
                         reset_upper, state, spike_lo, spike_hi) -> None:
@@ -519,6 +512,6 @@ def output_rounding_margin(C: np.ndarray, rule: RoundingRule, steps: int) -> np.
 
 def ibp_spec_bounds(bounds: IntervalBounds, C: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """S-IBP bounds of ``C f`` (``C [B, S, n_out]``), outward rounded: ``(lower, upper)`` ``[B, S]``."""
-    lower, upper = _spec_interval(C, bounds.rate_lower, bounds.rate_upper)
+    lower, upper = spec_interval(C, bounds.rate_lower, bounds.rate_upper)
     margin = output_rounding_margin(C, bounds.rule, bounds.steps)
     return lower - margin, upper + margin

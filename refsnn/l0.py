@@ -31,11 +31,11 @@ from typing import Tuple
 import numpy as np
 
 from .alpha import alpha_bounds, backsub, linear_chain, stage_tables
-from .crown import normalize_spec
 from .crown_full import membrane_refiner
 from .ibp import PreparedStage, ibp_spec_bounds, interval_bounds, output_rounding_margin, prepare_stages
 from .input_sets import _as_binary
 from .relaxations import UNIT_ROUNDOFF_FLOAT64, gamma
+from .spec import best_bounds, margin_spec, normalize_spec
 
 U64 = UNIT_ROUNDOFF_FLOAT64
 ANYK_METHODS = ("ibp", "crown-ibp", "best", "alpha", "crown")
@@ -177,8 +177,6 @@ def anyk_bounds(net, clean, k: int, C=None, method: str = "best", per_step: bool
     over the ball), ``"best"`` (intersection of both and the trivial range), ``"alpha"`` (optimized
     relaxations, intersected with ``best``), ``"crown"`` (full S-CROWN intermediates, then as ``best``).
     """
-    from .bounds import trivial_bounds
-
     if method not in ANYK_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {ANYK_METHODS}")
     clean, k = check_ball(clean, k)
@@ -208,15 +206,11 @@ def anyk_bounds(net, clean, k: int, C=None, method: str = "best", per_step: bool
         upper = -rows[:, n_spec:] + margin
         if method == "crown-ibp":
             return lower, upper
-    trivial_lower, trivial_upper = trivial_bounds(C)
-    lower = np.maximum(np.maximum(ibp_lower, lower), trivial_lower - margin)
-    upper = np.minimum(np.minimum(ibp_upper, upper), trivial_upper + margin)
-    return lower, upper
+    return best_bounds(C, margin, [(ibp_lower, ibp_upper), (lower, upper)])
 
 
 def certify_anyk(net, clean, labels, k: int, method: str = "best", per_step: bool = True, **kwargs) -> np.ndarray:
     """``[B]`` bool: every margin ``f_y - f_j`` is STRICTLY positive for every train within ``k`` flips."""
-    from .bounds import margin_spec
     lower, _ = anyk_bounds(net, clean, k, margin_spec(np.asarray(labels), net.n_outputs), method, per_step, **kwargs)
     return np.all(lower > 0.0, axis=1)
 

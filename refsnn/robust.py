@@ -31,9 +31,9 @@ import numpy as np
 from numba import njit, prange
 
 from .layers import Conv2d, Linear
-from .bounds import margin_spec
 from .losses import softmax_cross_entropy
 from .relaxations import STABLE_OFF, STABLE_ON, UNSTABLE, Fire, RoundingRule
+from .spec import margin_spec, other_classes, spec_interval
 
 
 SPARSE_INPUT_FRACTION = 16
@@ -422,8 +422,7 @@ class BoundGraph:
 
     def _ibp_spec_lower(self) -> np.ndarray:
         """Interval bound of ``C f`` from the rate bounds: ``C+ f_l + C- f_u`` ``[B, S]``."""
-        c_pos, c_neg = np.maximum(self.C, 0.0), np.minimum(self.C, 0.0)
-        return np.einsum("bsn,bn->bs", c_pos, self.rate_lower) + np.einsum("bsn,bn->bs", c_neg, self.rate_upper)
+        return spec_interval(self.C, self.rate_lower, self.rate_upper)[0]
 
     # --- S-CROWN (Alg. 2) --------------------------------------------------------------------
     def _relaxation(self, k):
@@ -658,13 +657,6 @@ class BoundGraph:
 
 # --- the loss --------------------------------------------------------------------------------------
 
-def _other_classes(labels: np.ndarray, n_out: int) -> np.ndarray:
-    """``[B, n_out - 1]``: the classes ``j != y`` in the row order of ``refsnn.bounds.margin_spec``."""
-    classes = np.arange(n_out)
-    table = np.array([np.delete(classes, y) for y in range(n_out)])
-    return table[labels]
-
-
 @dataclass
 class RobustLoss:
     """Value and gradients of the robust loss of one batch (see the module docstring)."""
@@ -708,7 +700,7 @@ def robust_loss(net, spikes: np.ndarray, labels: np.ndarray, x_lower: np.ndarray
     if beta > 0.0:
         lower = lower + beta * graph.crown_lower
     rows = np.arange(len(labels))[:, None]
-    others = _other_classes(labels, n_out)
+    others = other_classes(labels, n_out)
     logits = np.zeros((len(labels), n_out), dtype=lower.dtype)  # the true class's margin is 0
     logits[rows, others] = -temperature * lower
     robust_value, grad_logits = softmax_cross_entropy(logits, labels)
