@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit
 
 from .input_sets import binary_box
+from .firing import fires_at_threshold, fires_compiled
 from .kernels import add_rows, transpose_contiguous
 from .layers import AvgPool2d, Conv2d, Flatten, Linear
 from .relaxations import STABLE_OFF, STABLE_ON, UNIT_ROUNDOFF_FLOAT64, UNSTABLE, Fire, Reset, RoundingRule, gamma
@@ -61,12 +62,8 @@ def _ibp_time_kernel(cur_lower, cur_upper, alpha, membrane_coef, th_lo, th_hi, f
                 mem_margin[t, b, j] = margin
                 mem_lower[t, b, j] = ml
                 mem_upper[t, b, j] = mu
-                if fire_ge:
-                    on = ml >= th_hi
-                    off = mu < th_lo
-                else:
-                    on = ml > th_hi
-                    off = mu <= th_lo
+                on = fires_compiled(ml, th_hi, fire_ge)
+                off = not fires_compiled(mu, th_lo, fire_ge)
                 if off:
                     st = STABLE_OFF
                     rl = ml
@@ -485,7 +482,7 @@ def interval_bounds(net, x_lower, x_upper, stages: Optional[Sequence[PreparedSta
             # eqs. 7, 9 per time step with the membrane margin (RoundingRule.membrane_margin,
             # Fire.classify, Reset.interval fused; bit-for-bit the same values).
             _ibp_time_kernel(cur_lower, cur_upper, float(alpha), 2.0 * gamma(6, rule.u), float(rule.th_lo),
-                             float(rule.th_hi), net.firing == ">=", mem_lower, mem_upper, mem_margin, reset_lower,
+                             float(rule.th_hi), fires_at_threshold(net.firing), mem_lower, mem_upper, mem_margin, reset_lower,
                              reset_upper, state, spike_lo, spike_hi)
         else:
             _stepwise_time_loop(result, k, rule, net.firing, alpha, refine, cur_lower, cur_upper, mem_lower,

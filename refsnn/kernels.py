@@ -25,6 +25,8 @@ import os
 import numba
 import numpy as np
 
+from .firing import fires_at_threshold, fires_compiled
+
 # Densities (fraction of non-zero entries of a layer input) below which the event-driven kernels
 # are used, per output width of the layer: (smallest out_features, forward crossover, weight-
 # gradient crossover). The event path pays per active input a pass over the ``out`` outputs, so it
@@ -352,10 +354,7 @@ def _lif_forward(current, threshold, decay, fire_at_threshold, membrane, spike):
         for j in range(size):
             m = current[t, j] + carried[j]
             membrane[t, j] = m
-            if fire_at_threshold:
-                s = one if m >= threshold else zero
-            else:
-                s = one if m > threshold else zero
+            s = one if fires_compiled(m, threshold, fire_at_threshold) else zero
             spike[t, j] = s
             carried[j] = decay * m * (one - s)
 
@@ -369,7 +368,7 @@ def lif_forward_fused(current: np.ndarray, threshold: float, decay: float, firin
     membrane = np.empty_like(flat)
     spike = np.empty_like(flat)
     dtype = flat.dtype.type
-    _lif_forward(flat, dtype(threshold), dtype(decay), firing == ">=", membrane, spike)
+    _lif_forward(flat, dtype(threshold), dtype(decay), fires_at_threshold(firing), membrane, spike)
     return membrane.reshape(current.shape), spike.reshape(current.shape)
 
 

@@ -19,14 +19,13 @@ from typing import Tuple
 
 import numpy as np
 
+from .firing import fires, fires_at_threshold
 from .validation import FIRING_MODES, check_firing  # noqa: F401  (the firing rule lives there)
 
 
 def fire(membrane: np.ndarray, threshold: float, firing: str = ">=") -> np.ndarray:
     """Heaviside fire function of eq. 2: ``1[m >= th]`` (or ``1[m > th]``), same dtype as ``membrane``."""
-    if firing == ">=":
-        return (membrane >= threshold).astype(membrane.dtype)
-    return (membrane > threshold).astype(membrane.dtype)
+    return fires(membrane, threshold, fires_at_threshold(firing)).astype(membrane.dtype)
 
 
 # --- surrogate derivatives ---------------------------------------------------------------------

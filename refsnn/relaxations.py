@@ -43,6 +43,8 @@ from typing import Tuple
 
 import numpy as np
 
+from .firing import fires, fires_at_threshold
+
 UNIT_ROUNDOFF_FLOAT64 = float(np.finfo(np.float64).eps) / 2.0
 
 STABLE_OFF = 0   # stable non-firing: s = 0, z = m
@@ -121,12 +123,9 @@ class Fire:
 
         ``mem_lower/upper`` must already be widened by the rounding margin.
         """
-        if firing == ">=":
-            stable_on = mem_lower >= rule.th_hi
-            stable_off = mem_upper < rule.th_lo
-        else:
-            stable_on = mem_lower > rule.th_hi
-            stable_off = mem_upper <= rule.th_lo
+        at_threshold = fires_at_threshold(firing)
+        stable_on = fires(mem_lower, rule.th_hi, at_threshold)
+        stable_off = ~fires(mem_upper, rule.th_lo, at_threshold)
         state = np.full(mem_lower.shape, UNSTABLE, dtype=np.int8)
         state[stable_on] = STABLE_ON
         state[stable_off] = STABLE_OFF

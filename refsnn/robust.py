@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 from numba import njit, prange
 
+from .firing import fires_at_threshold, fires_compiled
 from .layers import Conv2d, Linear
 from .losses import softmax_cross_entropy
 from .relaxations import STABLE_OFF, STABLE_ON, UNSTABLE, Fire, RoundingRule
@@ -224,12 +225,8 @@ def _ibp_time_kernel(cur_lower, cur_upper, alpha, alpha_dtype, th, th_dtype, zer
                 ml = mem_lower[t, b, j]
                 mu = mem_upper[t, b, j]
                 if not frozen:
-                    if fire_ge:
-                        on = ml >= th_dtype
-                        off = mu < th_dtype
-                    else:
-                        on = ml > th_dtype
-                        off = mu <= th_dtype
+                    on = fires_compiled(ml, th_dtype, fire_ge)
+                    off = not fires_compiled(mu, th_dtype, fire_ge)
                     st = 2
                     if on:
                         st = 1
@@ -402,7 +399,7 @@ class BoundGraph:
             # eqs. 7, 9 over time with the case held fixed when frozen (one compiled loop)
             _ibp_time_kernel(np.ascontiguousarray(cur_lower, dtype), np.ascontiguousarray(cur_upper, dtype),
                              float(alpha), dtype.type(alpha), float(th), dtype.type(th), dtype.type(0),
-                             self.net.firing == ">=", self.frozen, mem_lower, mem_upper, state, negative)
+                             fires_at_threshold(self.net.firing), self.frozen, mem_lower, mem_upper, state, negative)
             if self.smooth:
                 spike_lo = self.net.surrogate.smooth(mem_lower - th).astype(dtype)
                 spike_hi = self.net.surrogate.smooth(mem_upper - th).astype(dtype)

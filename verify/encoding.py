@@ -60,6 +60,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from refsnn.network import SNN
+from refsnn.firing import fires, fires_at_threshold
 
 from .sets import InputSet
 
@@ -366,6 +367,7 @@ class SNNMilp:
         self.inputs = input_set.build(self.prob, "in")
         maps = maps if maps is not None else stage_affine_maps(net)
         th, alpha, firing, delta = net.threshold, net.decay, net.firing, self.strict_margin
+        at_threshold = fires_at_threshold(firing)
         self.spikes, self.membranes = [], []
         self.n_binaries = sum(1 for v in self.inputs.ravel() if not _is_const(v))
         previous = self.inputs
@@ -406,10 +408,10 @@ class SNNMilp:
                         # exact one does. Near a tie the float sum (rounded, and A itself is read off
                         # a float forward) can lie on the other side of th than the exact rational
                         # membrane: such a neuron keeps a binary below, so both spikes stay feasible.
-                        fires = constant >= th if firing == ">=" else constant > th
+                        fired = fires(constant, th, at_threshold)
                         membranes[t, j] = constant
-                        spikes[t, j] = int(fires)
-                        carried[j] = 0.0 if fires else constant
+                        spikes[t, j] = int(fired)
+                        carried[j] = 0.0 if fired else constant
                         continue
                     L, U = float(lower[t, j]), float(upper[t, j])
                     m = _add_var(prob, f"m_{k}_{t}_{j}", L, U)
@@ -427,8 +429,8 @@ class SNNMilp:
                         prob += residual >= -slack_hi, f"memlo_{k}_{t}_{j}"
                         prob += residual <= -slack_lo, f"memup_{k}_{t}_{j}"
                     membranes[t, j] = m
-                    always = L >= th if firing == ">=" else L > th
-                    never = U < th if firing == ">=" else U <= th
+                    always = fires(L, th, at_threshold)
+                    never = not fires(U, th, at_threshold)
                     if always:
                         spikes[t, j] = 1
                         carried[j] = 0.0
@@ -438,8 +440,8 @@ class SNNMilp:
                         carried[j] = m
                         continue
                     if delta > 0:   # strict model: the strict side of the comparison keeps a margin
-                        on_level = th + delta if firing == ">" else th     # s = 1  =>  m >= on_level
-                        off_level = th - delta if firing == ">=" else th   # s = 0  =>  m <= off_level
+                        on_level = th if at_threshold else th + delta      # s = 1  =>  m >= on_level
+                        off_level = th - delta if at_threshold else th     # s = 0  =>  m <= off_level
                     else:           # relaxed model, widened by -delta so no solver tolerance cuts a tie
                         on_level, off_level = th + delta, th - delta
                     # Keep every big-M coefficient >= MIN_BIGM_GAP: widening a bound is sound, while

@@ -23,6 +23,7 @@ import numpy as np
 
 from refsnn.layers import AvgPool2d, Conv2d, Flatten, Linear
 from refsnn.network import SNN
+from refsnn.firing import fires, fires_at_threshold
 
 Number = Union[float, Fraction]
 
@@ -127,7 +128,7 @@ class ExactNetwork:
         self.net = net
         self.threshold = Fraction(float(net.threshold))
         self.decay = Fraction(float(net.decay))
-        self.fires_at_tie = net.firing == ">="
+        self.fires_at_tie = fires_at_threshold(net.firing)
         self.stages = []
         for stage in net.stages:
             ops = []
@@ -143,7 +144,7 @@ class ExactNetwork:
             self.stages.append((ops, tuple(stage.input_shape)))
 
     def _fires(self, membrane: Fraction) -> bool:
-        return membrane >= self.threshold if self.fires_at_tie else membrane > self.threshold
+        return fires(membrane, self.threshold, self.fires_at_tie)
 
     def run(self, x: np.ndarray) -> ExactTrace:
         """Exact trajectory of one input ``x [T', *input_shape]`` of 0/1."""

@@ -21,6 +21,7 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 
 from refsnn.network import SNN
+from refsnn.firing import fires, fires_at_threshold
 
 from .encoding import (MembraneBounds, SNNMilp, VerifierError, check_bounds_on_samples, dyadic_margin,
                        float64_network, membrane_bounds, pad_bounds, stage_affine_maps)
@@ -112,8 +113,9 @@ class SampleVerifier:
         """Sound bound of ``sum_j coefs_j sum_t s_t[j]`` from the big-M bounds alone."""
         th, firing = self.net.threshold, self.net.firing
         lower, upper = self.bounds.lower[-1], self.bounds.upper[-1]
-        spike_lower = (lower >= th if firing == ">=" else lower > th).astype(float).sum(axis=0)
-        spike_upper = (~(upper < th if firing == ">=" else upper <= th)).astype(float).sum(axis=0)
+        at_threshold = fires_at_threshold(firing)
+        spike_lower = fires(lower, th, at_threshold).astype(float).sum(axis=0)
+        spike_upper = fires(upper, th, at_threshold).astype(float).sum(axis=0)
         pos, neg = np.maximum(coefs, 0), np.minimum(coefs, 0)
         if sense == "min":
             return float(pos @ spike_lower + neg @ spike_upper)

@@ -44,6 +44,7 @@ import numpy as np
 
 from ..layers import AvgPool2d, Conv2d, Flatten, Linear
 from ..network import SNN
+from ..firing import fires, fires_at_threshold
 from ..neurons import check_firing, lif_forward
 from ..validation import ModelValidationError, check_decay, check_threshold
 from . import TORCH_REQUIREMENT, require_torch
@@ -343,7 +344,7 @@ class _PlainRunner:
 
     def step(self, current):
         membrane = current if self.carried is None else current + self.carried
-        fired = membrane > self.threshold if self.firing == ">" else membrane >= self.threshold
+        fired = fires(membrane, self.threshold, fires_at_threshold(self.firing))
         spike = fired.to(current.dtype)
         self.carried = membrane * (1 - spike) * self.decay
         return spike
