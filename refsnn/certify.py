@@ -48,7 +48,7 @@ import numpy as np
 from .bounds import compute_bounds, margin_spec
 from .data import load_dataset
 from .encoders import rate_encode
-from .input_sets import digital_linf_set, spike_l0_set
+from .input_sets import DEFAULT_ROBUST_T, digital_linf_set, spike_l0_set
 from .io import atomic_write_text
 from .runlock import file_sha256, guard_result, result_key
 
@@ -69,7 +69,7 @@ class CertifyConfig:
     input_set: str = "digital"
     convention: str = "paper"
     l0_mode: str = "paper"
-    horizon: int = 3
+    horizon: int = DEFAULT_ROBUST_T
     n: int = 1000
     seed: int = 0
     batch_size: int = 100

@@ -37,6 +37,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
+from .input_sets import DEFAULT_ROBUST_T
+
 DATASETS = ("mnist", "fmnist", "nmnist", "mnist-subset")
 SEED_DEFAULT = 0
 RUNS_ROOT = Path("runs")
@@ -224,7 +226,7 @@ def add_T(parser: argparse.ArgumentParser, default: Optional[int], detail: str =
                         help=f"{VOCABULARY['--T']}{detail}")
 
 
-def add_robust_T(parser: argparse.ArgumentParser, default: Optional[int] = 3, detail: str = "") -> None:
+def add_robust_T(parser: argparse.ArgumentParser, default: Optional[int] = DEFAULT_ROBUST_T, detail: str = "") -> None:
     """``--robust-T T'``: time steps of the input set the bounds cover (1..T, see :func:`check_robust_T`)."""
     parser.add_argument("--robust-T", dest="robust_T", type=positive_int, default=default, metavar="T'",
                         help=f"{VOCABULARY['--robust-T']} (1..T){detail}")

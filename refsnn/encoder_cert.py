@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .input_sets import DEFAULT_ROBUST_T
+
 DEFAULT_ALPHA = 0.001
 
 
@@ -89,7 +91,8 @@ class EncoderCertificate:
                 "probability_lower_bound": self.lower, "clean_correct_draws": self.clean_correct}
 
 
-def certify_encoder(net, image, label: int, eps: float, draws: int, rng: np.random.Generator, horizon: int = 3,
+def certify_encoder(net, image, label: int, eps: float, draws: int, rng: np.random.Generator,
+                    horizon: int = DEFAULT_ROBUST_T,
                     alpha: float = DEFAULT_ALPHA, method: str = "best", convention: str = "paper",
                     batch: int = 100) -> EncoderCertificate:
     """Draws ``draws`` independent rand maps for ``image [*shape]``, certifies the digital l-inf box of

@@ -30,8 +30,32 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+# The conventions of the input sets, defined once (bounds, attacks, certify, training read them here).
+DEFAULT_ROBUST_T = 3     # T': time steps of the bound set (the paper trains and certifies on 3)
 CONVENTIONS = ("paper", "authors")
 L0_MODES = ("paper", "authors")
+
+
+def check_eps(eps: float) -> float:
+    """``eps`` as a float; a finite number ``>= 0`` (else ``ValueError``)."""
+    eps = float(eps)
+    if not np.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
+    return eps
+
+
+def check_convention(convention: str) -> str:
+    """The digital l-inf convention: ``"paper"`` (radius eps/2) or ``"authors"`` (radius eps)."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be 'paper' (l-inf radius eps/2, the paper's text and the bounds' set) "
+                         f"or 'authors' (radius eps, liangling76/certify_snn), got {convention!r}")
+    return convention
+
+
+def linf_radius(eps: float, convention: str = "paper") -> float:
+    """l-inf radius of the digital set for ``eps``: ``eps / 2`` (paper, eq. 14) or ``eps`` (authors)."""
+    eps = check_eps(eps)
+    return eps / 2.0 if check_convention(convention) == "paper" else eps
 
 
 def _as_binary(value, name: str) -> np.ndarray:
@@ -123,12 +147,8 @@ def digital_linf_set(images, eps: float, rand_maps, convention: str = "paper") -
     """
     from .encoders import check_images
 
-    if convention not in CONVENTIONS:
-        raise ValueError(f"convention must be 'paper' (radius eps/2, the paper's text) or 'authors' "
-                         f"(radius eps, the authors' code), got {convention!r}")
+    radius = linf_radius(eps, convention)
     eps = float(eps)
-    if not np.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
     images = check_images(images)
     rand_maps = np.asarray(rand_maps, dtype=np.float64)
     if rand_maps.ndim != images.ndim + 1 or rand_maps.shape[1:] != images.shape:
@@ -137,7 +157,6 @@ def digital_linf_set(images, eps: float, rand_maps, convention: str = "paper") -
         raise ValueError("rand_maps need at least one time step")
     if rand_maps.size and (rand_maps.min() < 0.0 or rand_maps.max() >= 1.0):
         raise ValueError("rand_maps must lie in [0, 1) (draw them with refsnn.encoders.draw_rand_maps)")
-    radius = eps / 2.0 if convention == "paper" else eps
     x_upper = (images[None] + radius > rand_maps).astype(np.uint8)
     x_lower = (images[None] - radius > rand_maps).astype(np.uint8)
     x_clean = (images[None] > rand_maps).astype(np.uint8)

@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from .input_sets import DEFAULT_ROBUST_T
 from .io import atomic_write_text
 from .robust import DEFAULT_EPS
 
@@ -95,7 +96,7 @@ class ReproducePreset:
     plain_args: Tuple[str, ...]      # extra ``refsnn.train`` arguments of the natural run
     robust_epochs: int
     ramp_epochs: float
-    robust_T: int = 3
+    robust_T: int = DEFAULT_ROBUST_T
     robust_args: Tuple[str, ...] = ("--lr", "0.01", "--method-option", "temperature=5",
                                     "--method-option", "kappa_end=0.5")
     eval_n: int = 1000               # per-epoch certified error during robust training

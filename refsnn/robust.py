@@ -31,6 +31,7 @@ import numpy as np
 from numba import njit, prange
 
 from .firing import fires_at_threshold, fires_compiled
+from .input_sets import DEFAULT_ROBUST_T
 from .layers import Conv2d, Linear
 from .losses import softmax_cross_entropy
 from .relaxations import STABLE_OFF, STABLE_ON, UNSTABLE, Fire, RoundingRule
@@ -744,7 +745,7 @@ class RobustOptions:
     recipe: str = "crown-ibp"
     eps: Optional[float] = None
     ramp_epochs: Optional[float] = None
-    robust_T: int = 3
+    robust_T: int = DEFAULT_ROBUST_T
     kappa_start: float = 1.0
     kappa_end: float = 0.0
     beta_start: float = 1.0

@@ -46,6 +46,7 @@ import numpy as np
 
 from refsnn import cli
 from refsnn.encoders import bernoulli_encode, draw_rand_maps
+from refsnn.input_sets import DEFAULT_ROBUST_T
 from refsnn.io import atomic_write_text
 from refsnn.network import SNN
 from refsnn.parallel import add_cluster_arguments, chunk_ranges, dask_client, map_chunks
@@ -66,7 +67,7 @@ class DatasetVerifyConfig:
     eps: float = 0.02
     input_set: str = "digital"
     convention: str = "paper"
-    horizon: int = 3
+    horizon: int = DEFAULT_ROBUST_T
     seed: int = 0
     time_limit: Optional[float] = 60.0
     bigm: str = "auto"

@@ -25,29 +25,8 @@ from typing import Tuple
 
 import numpy as np
 
+from ..input_sets import CONVENTIONS, check_convention, check_eps, linf_radius  # noqa: F401  (defined there)
 from ..network import SNN
-
-CONVENTIONS = ("paper", "authors")
-
-
-def check_eps(eps: float) -> float:
-    eps = float(eps)
-    if not np.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
-    return eps
-
-
-def check_convention(convention: str) -> str:
-    if convention not in CONVENTIONS:
-        raise ValueError(f"convention must be 'paper' (l-inf radius eps/2, the bounds' set) or "
-                         f"'authors' (radius eps, liangling76/certify_snn), got {convention!r}")
-    return convention
-
-
-def linf_radius(eps: float, convention: str = "paper") -> float:
-    """l-inf radius of the digital threat model: ``eps / 2`` (paper) or ``eps`` (authors)."""
-    return check_eps(eps) / 2.0 if check_convention(convention) == "paper" else check_eps(eps)
-
 
 @dataclass(frozen=True)
 class DigitalBox:
