@@ -28,7 +28,7 @@ from .alpha import alpha_bounds
 from .crown import CrownResult, crown_bounds
 from .crown_full import full_crown_bounds
 from .ibp import IntervalBounds, ibp_spec_bounds, interval_bounds, output_rounding_margin
-from .input_sets import (BinaryBox, DigitalLinfSet, SpikeL0Set, binary_box, digital_linf_set,
+from .input_sets import (BinaryBox, DigitalLinfBox, SpikeL0Box, binary_box, digital_linf_set,
                          spike_l0_set)
 from .spec import best_bounds, margin_spec, normalize_spec, trivial_bounds
 
@@ -36,7 +36,7 @@ METHODS = ("ibp", "crown-ibp", "best", "alpha", "crown")
 
 __all__ = ["compute_bounds", "interval_bounds", "crown_bounds", "trivial_bounds", "margin_spec", "certify",
            "IntervalBounds", "CrownResult", "binary_box", "digital_linf_set", "spike_l0_set", "BinaryBox",
-           "DigitalLinfSet", "SpikeL0Set", "METHODS"]
+           "DigitalLinfBox", "SpikeL0Box", "METHODS"]
 
 
 def compute_bounds(net, x_lower, x_upper, method: str = "ibp", C=None) -> Tuple[np.ndarray, np.ndarray]:

@@ -117,8 +117,10 @@ def binary_box(x_lower, x_upper, net=None, description: str = "binary box") -> B
 
 
 @dataclass(frozen=True)
-class DigitalLinfSet:
-    """Eqs. 13-14 box; iterates as ``(x_lower, x_upper, x_clean)``. ``radius`` is what was applied."""
+class DigitalLinfBox:
+    """Eqs. 13-14 box; iterates as ``(x_lower, x_upper, x_clean)``. ``radius`` is what was applied.
+
+    The box of spike trains of a digital l-inf set (``verify.sets.DigitalLinfSet`` is the exact set)."""
 
     x_lower: np.ndarray
     x_upper: np.ndarray
@@ -138,7 +140,7 @@ class DigitalLinfSet:
                          f"digital l-inf eps={self.eps} ({self.convention}: radius {self.radius})")
 
 
-def digital_linf_set(images, eps: float, rand_maps, convention: str = "paper") -> DigitalLinfSet:
+def digital_linf_set(images, eps: float, rand_maps, convention: str = "paper") -> DigitalLinfBox:
     """Box of spike trains reachable from ``images [B, *shape]`` in [0, 1] within l-inf ``eps``.
 
     ``rand_maps [T', B, *shape]`` in ``[0, 1)`` are the Bernoulli draws shared with the clean
@@ -160,12 +162,14 @@ def digital_linf_set(images, eps: float, rand_maps, convention: str = "paper") -
     x_upper = (images[None] + radius > rand_maps).astype(np.uint8)
     x_lower = (images[None] - radius > rand_maps).astype(np.uint8)
     x_clean = (images[None] > rand_maps).astype(np.uint8)
-    return DigitalLinfSet(x_lower, x_upper, x_clean, eps, radius, convention)
+    return DigitalLinfBox(x_lower, x_upper, x_clean, eps, radius, convention)
 
 
 @dataclass(frozen=True)
-class SpikeL0Set:
-    """Spike-domain set (eq. 12); iterates as ``(x_lower, x_upper)``; ``free`` marks the freed bits."""
+class SpikeL0Box:
+    """Spike-domain set (eq. 12) as a box; iterates as ``(x_lower, x_upper)``; ``free`` marks the freed bits.
+
+    (``verify.sets.SpikeL0Set`` is a different set: the whole l0 ball around a clean train.)"""
 
     x_lower: np.ndarray
     x_upper: np.ndarray
@@ -188,7 +192,7 @@ def l0_count(size: int, eps: float) -> int:
     return int(np.floor(size * eps + 0.5))
 
 
-def spike_l0_set(spikes, eps: float, rng: np.random.Generator, mode: str = "paper") -> SpikeL0Set:
+def spike_l0_set(spikes, eps: float, rng: np.random.Generator, mode: str = "paper") -> SpikeL0Box:
     """Frees bits of the clean spike trains ``spikes [T', B, *shape]`` (eq. 12 / Alg. 1).
 
     ``mode="paper"``: per time step and sample exactly ``round(size(x_t) * eps)`` positions
@@ -225,4 +229,4 @@ def spike_l0_set(spikes, eps: float, rng: np.random.Generator, mode: str = "pape
     free = free.reshape(spikes.shape)
     x_lower = np.where(free, 0, spikes).astype(np.uint8)
     x_upper = np.where(free, 1, spikes).astype(np.uint8)
-    return SpikeL0Set(x_lower, x_upper, free, eps, mode, count)
+    return SpikeL0Box(x_lower, x_upper, free, eps, mode, count)
