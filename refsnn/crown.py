@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from .ibp import (IntervalBounds, PreparedStage, interval_bounds, output_rounding_margin,
-                  prepare_stages)
+from .ibp import IntervalBounds, PreparedStage, interval_bounds, prepare_stages
 from .input_sets import binary_box
 from .kernels import transpose_contiguous
-from .relaxations import UNIT_ROUNDOFF_FLOAT64, Fire, Reset, gamma
+from .operator import backsub_step, backsub_step_parallel
+from .relaxations import UNIT_ROUNDOFF_FLOAT64, Fire, Reset, gamma, output_rounding_margin
 from .spec import normalize_spec
 
 U64 = UNIT_ROUNDOFF_FLOAT64
@@ -72,88 +72,27 @@ class CrownResult:
 
 # --- one stage of the back-substitution: steps 1-3 -------------------------------------------------
 
-def _backsub_stage_python(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, reset_hi, alpha,
-                          mem_mag, carry_mag, fwd_scale, bias_vec, g, lam_cur, bias_out, err_out):
-    """Steps 1-3 of one stage for every (sample, spec) row, ``t = T'-1 .. 0`` (eqs. 8, 10, 17-18).
-
-    Loop order: sample, time, neuron, then the spec rows, so each neuron's tables and its state
-    branch are read once for all specs of the sample; per row the additions into ``bias`` and
-    ``err`` happen in the same order (t descending, neurons ascending) as a row-by-row loop.
-    """
-    steps, batch, n_spec, n = lam_s.shape
-    for b in prange(batch):
-        # [neuron, spec] buffers: the spec loop runs over contiguous memory
-        carry = np.zeros((n, n_spec))
-        lam_in = np.empty((n, n_spec))
-        lam_out = np.empty((n, n_spec))
-        bias = np.zeros(n_spec)
-        err = np.zeros(n_spec)
-        for t in range(steps - 1, -1, -1):
-            for s in range(n_spec):
-                for j in range(n):
-                    lam_in[j, s] = lam_s[t, b, s, j]
-            for j in range(n):
-                st = state[t, b, j]
-                cm = carry_mag[t, b, j]
-                fs = fwd_scale[t, b, j]
-                bv = bias_vec[j]
-                if st == 0:        # stable silent: s = 0, z = m
-                    for s in range(n_spec):
-                        ls = lam_in[j, s]
-                        lm = carry[j, s]
-                        p = abs(ls) + abs(lm) * cm
-                        err[s] += g * p + abs(lm) * fs
-                        bias[s] += lm * bv
-                        lam_out[j, s] = lm
-                        carry[j, s] = alpha * lm
-                elif st == 1:      # stable firing: s = 1, z = 0 (the zero terms keep NaN/inf as the row loop)
-                    for s in range(n_spec):
-                        ls = lam_in[j, s]
-                        bias[s] += ls
-                        p = abs(ls) + 0.0 * cm
-                        err[s] += g * p + 0.0 * fs
-                        bias[s] += 0.0 * bv
-                        lam_out[j, s] = 0.0
-                        carry[j, s] = 0.0
-                else:              # unstable: eq. 10 then eq. 8
-                    r_lo = reset_lo[t, b, j]
-                    r_hi = reset_hi[t, b, j]
-                    a_lo = slope_lo[t, b, j]
-                    c_lo = icpt_lo[t, b, j]
-                    a_up = slope_up[t, b, j]
-                    c_up = icpt_up[t, b, j]
-                    mm = mem_mag[t, b, j]
-                    for s in range(n_spec):
-                        ls = lam_in[j, s]
-                        lz = carry[j, s]
-                        p = abs(ls)
-                        r = r_lo if lz >= 0.0 else r_hi
-                        rz = lz * r
-                        bias[s] += rz
-                        ls = ls - rz
-                        positive = ls >= 0.0
-                        a = a_lo if positive else a_up
-                        c = c_lo if positive else c_up
-                        lm = ls * a
-                        bias[s] += ls * c
-                        p += 2.0 * abs(rz) + abs(ls) * (abs(a) * mm + abs(c) + 1.0)
-                        p += abs(lm) * cm
-                        err[s] += g * p + abs(lm) * fs
-                        bias[s] += lm * bv
-                        lam_out[j, s] = lm
-                        carry[j, s] = alpha * lm
-            for s in range(n_spec):
-                for j in range(n):
-                    lam_cur[t, b, s, j] = lam_out[j, s]
-        for s in range(n_spec):
-            bias_out[b, s] = bias[s]
-            err_out[b, s] = err[s]
+def _backsub_stage(kernel, lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, reset_hi, alpha, mem_mag,
+                   carry_mag, fwd_scale, bias_vec, g, lam_cur, bias_out, err_out) -> None:
+    """Steps 1-3 of one stage under the sound policy (eqs. 8, 10, 17-18): ``refsnn.operator``'s
+    back-substitution step with its rounding bound tracked, nothing recorded."""
+    unused_coef = np.empty((1, 1, 1, 1), dtype=lam_s.dtype)
+    unused_side = np.empty((1, 1, 1, 1), dtype=np.bool_)
+    kernel(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, reset_hi, alpha, mem_mag, carry_mag,
+           fwd_scale, bias_vec, g, True, False, False, lam_cur, unused_coef, unused_side, unused_side, bias_out,
+           err_out)
 
 
-# Parallel over (sample, spec) rows for big stages; serial for small ones (a parallel launch costs
+def _backsub_stage_parallel(*args) -> None:
+    _backsub_stage(backsub_step_parallel, *args)
+
+
+def _backsub_stage_serial(*args) -> None:
+    _backsub_stage(backsub_step, *args)
+
+
+# Parallel over samples for big stages; serial for small ones (a parallel launch costs
 # milliseconds when the cores are busy).
-_backsub_stage_parallel = njit(parallel=True, cache=True)(_backsub_stage_python)
-_backsub_stage_serial = njit(cache=True)(_backsub_stage_python)
 PARALLEL_MIN_WORK = 1 << 20
 
 

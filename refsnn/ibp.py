@@ -21,10 +21,11 @@ import numpy as np
 from numba import njit
 
 from .input_sets import binary_box
-from .firing import fires_at_threshold, fires_compiled
+from .firing import fires_at_threshold
 from .kernels import add_rows, transpose_contiguous
 from .layers import AvgPool2d, Conv2d, Flatten, Linear
-from .relaxations import STABLE_OFF, STABLE_ON, UNIT_ROUNDOFF_FLOAT64, UNSTABLE, Fire, Reset, RoundingRule, gamma
+from .operator import interval_step
+from .relaxations import UNSTABLE, Fire, Reset, RoundingRule, gamma, output_rounding_margin  # noqa: F401
 from .spec import spec_interval
 
 
@@ -32,57 +33,15 @@ from .spec import spec_interval
 
 # --- Numba kernel: the S-IBP time recurrence of one stage ----------------------------------------
 
-@njit(cache=True)
 def _ibp_time_kernel(cur_lower, cur_upper, alpha, membrane_coef, th_lo, th_hi, fire_ge, mem_lower, mem_upper,
-                     mem_margin, reset_lower, reset_upper, state, spike_lower, spike_upper):  # pragma: no cover
-    """The S-IBP recurrence of one stage (eqs. 7, 9 with the membrane margin), ``[T', B, n]`` arrays.
-
-    Per element the same operations in the same order as the NumPy loop it replaces
-    (``RoundingRule.membrane_margin``, ``Fire.classify``, ``Reset.interval``), so the results are
-    bit-for-bit equal.
-    """
-    steps, batch, n = cur_lower.shape
-    carry_lower = np.empty(n)
-    carry_upper = np.empty(n)
-    for b in range(batch):
-        carry_lower[:] = 0.0
-        carry_upper[:] = 0.0
-        for t in range(steps):
-            for j in range(n):
-                carried_lower = carry_lower[j]
-                carried_upper = carry_upper[j]
-                cl = cur_lower[t, b, j]
-                cu = cur_upper[t, b, j]
-                low = cl + carried_lower
-                high = cu + carried_upper
-                size = max(abs(cl), abs(cu)) + max(abs(carried_lower), abs(carried_upper))
-                margin = membrane_coef * size
-                ml = low - margin
-                mu = high + margin
-                mem_margin[t, b, j] = margin
-                mem_lower[t, b, j] = ml
-                mem_upper[t, b, j] = mu
-                on = fires_compiled(ml, th_hi, fire_ge)
-                off = not fires_compiled(mu, th_lo, fire_ge)
-                if off:
-                    st = STABLE_OFF
-                    rl = ml
-                    ru = mu
-                elif on:
-                    st = STABLE_ON
-                    rl = 0.0
-                    ru = 0.0
-                else:
-                    st = UNSTABLE
-                    rl = min(0.0, ml)
-                    ru = th_hi
-                state[t, b, j] = st
-                reset_lower[t, b, j] = rl
-                reset_upper[t, b, j] = ru
-                spike_lower[t, b, j] = 1.0 if st == STABLE_ON else 0.0
-                spike_upper[t, b, j] = 0.0 if st == STABLE_OFF else 1.0
-                carry_lower[j] = alpha * rl
-                carry_upper[j] = alpha * ru
+                     mem_margin, reset_lower, reset_upper, state, spike_lower, spike_upper) -> None:
+    """The S-IBP recurrence of one stage under the sound policy (eqs. 7, 9 with the membrane margin),
+    ``[T', B, n]`` float64 arrays: ``refsnn.operator.interval_step`` with rounding tracked and the
+    reset and spike bounds recorded."""
+    negative = np.empty(cur_lower.shape, dtype=np.bool_)
+    interval_step(cur_lower, cur_upper, alpha, alpha, membrane_coef, th_hi, th_lo, th_hi, 0.0, fire_ge, True, True,
+                  False, mem_lower, mem_upper, mem_margin, reset_lower, reset_upper, state, negative, spike_lower,
+                  spike_upper)
 
 
 @njit(cache=True)
@@ -496,15 +455,6 @@ def interval_bounds(net, x_lower, x_upper, stages: Optional[Sequence[PreparedSta
     result.rate_lower = last_lower.sum(axis=0) / steps
     result.rate_upper = last_upper.sum(axis=0) / steps
     return result
-
-
-def output_rounding_margin(C: np.ndarray, rule: RoundingRule, steps: int) -> np.ndarray:
-    """Outward margin for a bound of ``C f`` (``[B, S]``): the network's own rounding of the rate
-    ``f = sum_t s_t / T'`` (an exact integer count divided once: relative error ``<= u_net``) and
-    the float64 rounding of ``C f``, both ``<= (u_net + gamma) * sum |C|`` since rates lie in [0, 1]."""
-    n_out = C.shape[-1]
-    u_net = rule.u - UNIT_ROUNDOFF_FLOAT64
-    return (2.0 * (u_net + gamma(n_out + steps + 8, UNIT_ROUNDOFF_FLOAT64))) * np.abs(C).sum(axis=-1)
 
 
 def ibp_spec_bounds(bounds: IntervalBounds, C: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

@@ -39,11 +39,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Tuple
+from typing import Optional, Tuple
 
+import numba
 import numpy as np
 
-from .firing import fires, fires_at_threshold
+from .firing import fires_at_threshold, fires_compiled
 
 UNIT_ROUNDOFF_FLOAT64 = float(np.finfo(np.float64).eps) / 2.0
 
@@ -66,26 +67,49 @@ def gamma(n: float, u: float) -> float:
 
 
 @dataclass(frozen=True)
-class RoundingRule:
-    """Outward-rounding parameters of one network (see the module docstring).
+class Precision:
+    """The precision policy of a bound computation (see the module docstring).
 
-    ``u``: unit roundoff used for the network's float relations (``u_net + u_float64``);
-    ``th_lo``/``th_hi``: the two thresholds the network may effectively compare against.
+    ``u``: unit roundoff used for the network's float relations (``u_net + u_float64``; 0 under
+    the exact policy); ``th_lo``/``th_hi``: the two thresholds the network may effectively compare
+    against; ``net_dtype``: the network's dtype; ``name``: ``"sound"`` (float64 bound arithmetic,
+    outward rounding, the chord case decided exactly: certification and the checker) or
+    ``"exact"`` (plain arithmetic in the network's dtype, no margins: robust training's loss).
     """
 
     u: float
     th_lo: float
     th_hi: float
     net_dtype: str
+    name: str = "sound"
 
     @classmethod
-    def for_network(cls, net) -> "RoundingRule":
+    def sound(cls, net) -> "Precision":
+        """Float64 bounds rounded outward so that they contain what ``net`` computes in its dtype."""
         dtype = np.dtype(net.dtype)
         threshold_as_run = float(dtype.type(net.threshold))
         return cls(u=unit_roundoff(dtype) + UNIT_ROUNDOFF_FLOAT64,
                    th_lo=min(net.threshold, threshold_as_run),
                    th_hi=max(net.threshold, threshold_as_run),
                    net_dtype=dtype.name)
+
+    for_network = sound
+
+    @classmethod
+    def exact(cls, net) -> "Precision":
+        """Plain arithmetic in ``net``'s dtype: no margins, one threshold, the float chord case."""
+        threshold = float(net.threshold)
+        return cls(u=0.0, th_lo=threshold, th_hi=threshold, net_dtype=np.dtype(net.dtype).name, name="exact")
+
+    @property
+    def track_rounding(self) -> bool:
+        """Whether bounds carry rounding margins and S-CROWN its rounding bound (the sound policy)."""
+        return self.name == "sound"
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype of the bound arithmetic: float64 (sound) or the network's (exact)."""
+        return np.dtype(np.float64) if self.track_rounding else np.dtype(self.net_dtype)
 
     def current_margin(self, magnitude: np.ndarray, n_terms: int) -> np.ndarray:
         """Outward margin of a current whose terms have absolute sum ``<= magnitude``."""
@@ -94,6 +118,22 @@ class RoundingRule:
     def membrane_margin(self, magnitude: np.ndarray) -> np.ndarray:
         """Outward margin of ``m = I + alpha z`` (rounded product and sum, alpha cast to the dtype)."""
         return (2.0 * gamma(6, self.u)) * magnitude
+
+    def membrane_margin_coef(self) -> float:
+        """The factor of ``membrane_margin``: ``2 gamma(6, u)``."""
+        return 2.0 * gamma(6, self.u)
+
+
+RoundingRule = Precision  # the sound policy's former name
+
+
+def output_rounding_margin(C: np.ndarray, rule: Precision, steps: int) -> np.ndarray:
+    """Outward margin for a bound of ``C f`` (``[B, S]``): the network's own rounding of the rate
+    ``f = sum_t s_t / T'`` (an exact integer count divided once: relative error ``<= u_net``) and
+    the float64 rounding of ``C f``, both ``<= (u_net + gamma) * sum |C|`` since rates lie in [0, 1]."""
+    n_out = C.shape[-1]
+    u_net = rule.u - UNIT_ROUNDOFF_FLOAT64
+    return (2.0 * (u_net + gamma(n_out + steps + 8, UNIT_ROUNDOFF_FLOAT64))) * np.abs(C).sum(axis=-1)
 
 
 def _exact_less(above: np.ndarray, below: np.ndarray, mem_upper: np.ndarray, mem_lower: np.ndarray,
@@ -114,22 +154,63 @@ def _exact_less(above: np.ndarray, below: np.ndarray, mem_upper: np.ndarray, mem
     return result
 
 
+# --- per-neuron interval rules (eqs. 7, 9): one scalar source, compiled for the kernels of
+# ``refsnn.operator`` and vectorized (the same compiled rule) for array callers --------------------
+
+def fire_state(mem_lower, mem_upper, th_on, th_off, at_threshold):
+    """Eq. 7 for one neuron: ``STABLE_OFF`` if it cannot fire anywhere on ``[m_l, m_u]`` (tested
+    against ``th_off``), ``STABLE_ON`` if it fires everywhere (against ``th_on``), else ``UNSTABLE``.
+    The spike interval is ``[state == STABLE_ON, state != STABLE_OFF]``."""
+    if not fires_compiled(mem_upper, th_off, at_threshold):
+        return STABLE_OFF
+    if fires_compiled(mem_lower, th_on, at_threshold):
+        return STABLE_ON
+    return UNSTABLE
+
+
+def reset_lower_bound(state, mem_lower, negative, zero):
+    """Eq. 9, lower end of ``z = m (1 - s)``: ``m_l`` (silent), 0 (firing), ``min(0, m_l)`` (unstable;
+    ``negative`` is ``m_l < 0``, ``zero`` the dtype's 0)."""
+    if state == STABLE_OFF:
+        return mem_lower
+    if state == UNSTABLE and negative:
+        return mem_lower
+    return zero
+
+
+def reset_upper_bound(state, mem_upper, threshold):
+    """Eq. 9, upper end: ``m_u`` (silent), 0 (firing), the threshold ``th_hi`` (unstable)."""
+    if state == STABLE_OFF:
+        return float(mem_upper)
+    if state == UNSTABLE:
+        return threshold
+    return 0.0
+
+
+fire_state_compiled = numba.njit(cache=True)(fire_state)
+reset_lower_compiled = numba.njit(cache=True)(reset_lower_bound)
+_fire_state_array = numba.vectorize(cache=True)(fire_state)
+_reset_lower_array = numba.vectorize(cache=True)(reset_lower_bound)
+_reset_upper_array = numba.vectorize(cache=True)(reset_upper_bound)
+
+
 class Fire:
     """``s = fire(m - th)``: interval rule (eq. 7) and chord relaxation (eq. 8), for both firing modes."""
 
     @staticmethod
-    def classify(mem_lower: np.ndarray, mem_upper: np.ndarray, rule: RoundingRule, firing: str) -> np.ndarray:
-        """Stability of each neuron: ``STABLE_OFF``, ``STABLE_ON`` or ``UNSTABLE`` (int8, same shape).
+    def classify(mem_lower: np.ndarray, mem_upper: np.ndarray, rule: Precision, firing: str) -> np.ndarray:
+        """Stability of each neuron (``fire_state``): ``STABLE_OFF``, ``STABLE_ON`` or ``UNSTABLE`` (int8).
 
-        ``mem_lower/upper`` must already be widened by the rounding margin.
+        ``mem_lower/upper`` must already be widened by the rounding margin (sound policy).
         """
-        at_threshold = fires_at_threshold(firing)
-        stable_on = fires(mem_lower, rule.th_hi, at_threshold)
-        stable_off = ~fires(mem_upper, rule.th_lo, at_threshold)
-        state = np.full(mem_lower.shape, UNSTABLE, dtype=np.int8)
-        state[stable_on] = STABLE_ON
-        state[stable_off] = STABLE_OFF
-        return state
+        mem_lower = np.asarray(mem_lower)
+        if mem_lower.size == 0:
+            return np.full(mem_lower.shape, UNSTABLE, dtype=np.int8)
+        # thresholds in the membranes' dtype, as NumPy compares an array with a Python float
+        as_dtype = mem_lower.dtype.type
+        state = _fire_state_array(mem_lower, mem_upper, as_dtype(rule.th_hi), as_dtype(rule.th_lo),
+                                  fires_at_threshold(firing))
+        return np.asarray(state).astype(np.int8)
 
     @staticmethod
     def interval(state: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -137,13 +218,33 @@ class Fire:
         return (state == STABLE_ON).astype(np.float64), (state != STABLE_OFF).astype(np.float64)
 
     @staticmethod
+    def chords(mem_lower: np.ndarray, mem_upper: np.ndarray, state: np.ndarray, threshold: float,
+               rule: Precision) -> Tuple[np.ndarray, np.ndarray]:
+        """Eq. 8's case per unstable neuron: ``(upper_chord, lower_chord)`` masks.
+
+        The upper chord where ``m_u - th < th - m_l`` (decided exactly under the sound policy,
+        ``_exact_less``; in the network's dtype under the exact policy), the lower chord
+        otherwise; a chord whose denominator is not positive falls back to the constant line.
+        """
+        unstable = state == UNSTABLE
+        if rule.track_rounding:
+            upper_case = unstable & _exact_less(mem_upper - threshold, threshold - mem_lower,
+                                                mem_upper, mem_lower, threshold, unstable)
+        else:
+            upper_case = unstable & ((mem_upper - threshold) < (threshold - mem_lower))
+        upper_chord = upper_case & (rule.th_lo - mem_lower > 0.0)
+        lower_chord = unstable & ~upper_case & (mem_upper - rule.th_hi > 0.0)
+        return upper_chord, lower_chord
+
+    @staticmethod
     def relaxation(mem_lower: np.ndarray, mem_upper: np.ndarray, state: np.ndarray, threshold: float,
-                   rule: RoundingRule) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                   rule: Precision, chords: Optional[Tuple[np.ndarray, np.ndarray]] = None
+                   ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Eq. 8: lines ``slope_lower m + icpt_lower <= s <= slope_upper m + icpt_upper`` on ``[m_l, m_u]``.
 
-        Stable neurons: constant lines (0 or 1). Unstable, case ``m_u - th < th - m_l`` (decided
-        exactly, see ``_exact_less``):
-        ``0 <= s <= (m - m_l)/(th_lo - m_l)``; otherwise ``(m - th_hi)/(m_u - th_hi) <= s <= 1``.
+        Stable neurons: constant lines (0 or 1). Unstable, case ``m_u - th < th - m_l``
+        (``chords``, or ``Fire.chords``): ``0 <= s <= (m - m_l)/(th_lo - m_l)``; otherwise
+        ``(m - th_hi)/(m_u - th_hi) <= s <= 1``. In the dtype of ``mem_lower``.
         Soundness on the whole interval (both firing modes, including ``m = th``): the upper
         chord is ``>= 1`` wherever ``m >= th_lo`` (where the neuron may fire) and ``>= 0`` for
         ``m >= m_l``; the lower chord is ``<= 0`` wherever ``m <= th_hi`` (where it may stay
@@ -151,16 +252,13 @@ class Fire:
         rounding margin, guarded anyway) falls back to the constant line, which is always sound.
         """
         unstable = state == UNSTABLE
-        on = (state == STABLE_ON).astype(np.float64)
+        upper_chord, lower_chord = Fire.chords(mem_lower, mem_upper, state, threshold, rule) \
+            if chords is None else chords
+        on = (state == STABLE_ON).astype(mem_lower.dtype)
         icpt_lower = on  # constant lines: 1 for firing neurons, 0 otherwise ...
         icpt_upper = on + unstable  # ... and 1 above unstable neurons
-        upper_chord = unstable & _exact_less(mem_upper - threshold, threshold - mem_lower,
-                                             mem_upper, mem_lower, threshold, unstable)
-        lower_chord = unstable & ~upper_chord
         denom_upper = rule.th_lo - mem_lower
-        upper_chord &= denom_upper > 0.0
         lower_denom = mem_upper - rule.th_hi
-        lower_chord &= lower_denom > 0.0
         # Divide only where the chord applies (elsewhere by 1), so no division by zero happens.
         slope_upper = np.where(upper_chord, 1.0 / np.where(upper_chord, denom_upper, 1.0), 0.0)
         icpt_upper = np.where(upper_chord, -mem_lower * slope_upper, icpt_upper)
@@ -174,27 +272,30 @@ class Reset:
 
     @staticmethod
     def interval(mem_lower: np.ndarray, mem_upper: np.ndarray, state: np.ndarray,
-                 rule: RoundingRule) -> Tuple[np.ndarray, np.ndarray]:
-        """Eq. 9: stable non-firing ``[m_l, m_u]``, stable firing ``[0, 0]``, unstable ``[min(0, m_l), th]``.
+                 rule: Precision) -> Tuple[np.ndarray, np.ndarray]:
+        """Eq. 9 (``reset_lower_bound``, ``reset_upper_bound``): stable non-firing ``[m_l, m_u]``,
+        stable firing ``[0, 0]``, unstable ``[min(0, m_l), th]``.
 
         ``th`` is ``th_hi``: a silent neuron's membrane is below the threshold the network
         actually compares against.
         """
-        off = state == STABLE_OFF
-        unstable = state == UNSTABLE
-        reset_lower = np.where(off, mem_lower, np.where(unstable, np.minimum(0.0, mem_lower), 0.0))
-        reset_upper = np.where(off, mem_upper, np.where(unstable, rule.th_hi, 0.0))
-        return reset_lower, reset_upper
+        mem_lower = np.asarray(mem_lower, dtype=np.float64)
+        if mem_lower.size == 0:
+            return mem_lower.copy(), np.asarray(mem_upper, dtype=np.float64).copy()
+        lower = _reset_lower_array(state, mem_lower, mem_lower < 0.0, 0.0)
+        upper = _reset_upper_array(state, mem_upper, rule.th_hi)
+        return np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
 
     @staticmethod
-    def relaxation(mem_lower: np.ndarray, state: np.ndarray, rule: RoundingRule
+    def relaxation(mem_lower: np.ndarray, state: np.ndarray, rule: Precision
                    ) -> Tuple[np.ndarray, np.ndarray]:
         """Eq. 10 for unstable neurons: ``(1 - s) r_lower <= z <= (1 - s) r_upper``.
 
-        Returns ``(r_lower, r_upper) = (m_l, th_hi)`` (zero where the neuron is stable; stable
-        neurons are exact: ``z = m`` when silent, ``z = 0`` when firing, handled by ``state``).
-        Sound: with ``s = 1`` both sides are 0 = z; with ``s = 0`` the neuron is silent, so
-        ``z = m`` lies in ``[m_l, th_hi]``.
+        Returns ``(r_lower, r_upper) = (m_l, th_hi)`` in ``mem_lower``'s dtype (zero where the
+        neuron is stable; stable neurons are exact: ``z = m`` when silent, ``z = 0`` when firing,
+        handled by ``state``). Sound: with ``s = 1`` both sides are 0 = z; with ``s = 0`` the
+        neuron is silent, so ``z = m`` lies in ``[m_l, th_hi]``.
         """
         unstable = state == UNSTABLE
-        return np.where(unstable, mem_lower, 0.0), np.where(unstable, rule.th_hi, 0.0)
+        th_hi = mem_lower.dtype.type(rule.th_hi)
+        return np.where(unstable, mem_lower, 0.0), np.where(unstable, th_hi, mem_lower.dtype.type(0.0))

@@ -1,0 +1,517 @@
+"""The training bound graph: S-IBP and S-CROWN lower bounds of ``C f`` under the ``exact`` precision
+policy (plain arithmetic in the network's dtype, no rounding margins) with a hand-written reverse pass.
+
+The forward computation is ``refsnn.operator``'s stage operator (``interval_step``,
+``backsub_step``) with the rules of ``refsnn.relaxations`` (eqs. 7-11, 15-18), the same operator
+the certified bounds run under the ``sound`` policy; a loss needs no certificate, and every
+certified number refsnn reports is recomputed with ``refsnn.bounds.compute_bounds``. A test checks
+that both agree up to the margins.
+
+The reverse pass (``BoundGraph.backward``) runs the forward computation backwards, one rule at
+a time, in this order: concretization at the input box -> the S-CROWN back-substitution from
+the first stage to the last (eqs. 17-18 reversed: coefficients, relaxation slopes and
+intercepts, stage biases and the weights inside ``lam W``) -> slopes and intercepts to the
+membrane bounds (eq. 8 differentiated, case held fixed) -> S-IBP backwards from the last stage
+to the first (eqs. 7, 9, 11). Every discrete choice is held fixed (stability cases, chord case,
+the sign choices of eqs. 17-18); the step functions of eq. 7 get the network's surrogate
+derivative, as in BPTT. With ``smooth=True`` eq. 7 fires through ``surrogate.smooth``, which
+makes the manual gradient the exact gradient of a smooth function (finite-difference test).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+from numba import njit, prange
+
+from .firing import fires_at_threshold
+from .layers import Conv2d, Linear
+from .operator import backsub_step, backsub_step_parallel, interval_step
+from .relaxations import STABLE_OFF, STABLE_ON, UNSTABLE, Fire, Precision, Reset
+from .spec import spec_interval
+
+SPARSE_INPUT_FRACTION = 16
+
+# --- the operator under the exact policy, and the reverse of its back-substitution step -------------
+
+def _ibp_time_kernel(cur_lower, cur_upper, alpha, alpha_dtype, th, th_dtype, zero, fire_ge, frozen, mem_lower,
+                     mem_upper, state, negative) -> None:
+    """The S-IBP recurrence of one stage for the training bounds (eqs. 7, 9), ``[T', B, n]`` arrays:
+    ``refsnn.operator.interval_step`` without rounding. The lower carry is in the network dtype
+    (``alpha_dtype``: alpha cast to it), the upper carry in float64 (``alpha`` and its reset value
+    ``th`` are Python floats), the threshold compared in the network dtype (``th_dtype``), ``zero``
+    the network dtype's 0. Records ``state`` and ``negative`` (``m_l < 0``), or reads them if ``frozen``."""
+    unused = np.empty((1, 1, 1))
+    interval_step(cur_lower, cur_upper, alpha_dtype, alpha, 0.0, th_dtype, th_dtype, th, zero, fire_ge, False, True,
+                  frozen, mem_lower, mem_upper, unused, unused, unused, state, negative, unused, unused)
+
+
+def _backsub_forward(lam_s, state, reset_lo, reset_hi, slope_lo, icpt_lo, slope_up, icpt_up, bias_vec, alpha, frozen,
+                     reset_side, fire_side, lam_cur, fire_coef, bias_out) -> None:
+    """Steps 1-3 of Alg. 2 for one stage under the exact policy (``refsnn.operator.backsub_step``):
+    no rounding bound; records the sides chosen and the coefficient on ``s_t`` (or reads the sides
+    if ``frozen``)."""
+    kernel = backsub_step_parallel if lam_s.size >= _PARALLEL_MIN_WORK else backsub_step
+    unused = np.empty((1, 1, 1))
+    kernel(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, reset_hi, alpha, unused, unused, unused,
+           bias_vec, 0.0, False, True, frozen, lam_cur, fire_coef, reset_side, fire_side, bias_out,
+           np.empty((1, 1)))
+
+
+def _backsub_backward(grad_lam_cur, *args):
+    kernel = _backsub_backward_parallel if grad_lam_cur.size >= _PARALLEL_MIN_WORK else _backsub_backward_serial
+    kernel(grad_lam_cur, *args)
+
+
+def _backsub_backward_py(grad_lam_cur, lam_cur, fire_coef, reset_side, fire_side, state, mem_lower, slope_lo,
+                      icpt_lo, slope_up, icpt_up, bias_vec, g_row, th, alpha, grad_lam_s, g_slope_lo,
+                      g_slope_up, g_icpt_lo, g_icpt_up, g_mem_lower):  # pragma: no cover
+    """Reverse of ``_backsub_forward`` (``t = 0 .. T'-1``), every choice held fixed.
+
+    ``g_row [B, S]`` is dL/d(bound): every constant of the forward enters with that weight.
+    Parallel over samples; the per-(t, b, neuron) gradients sum over specs (in spec order) without
+    races. Loop order sample, time, neuron, spec over ``[neuron, spec]`` buffers.
+    """
+    steps, batch, rows, n = lam_cur.shape
+    for b in prange(batch):
+        g_carry = np.zeros((n, rows))  # float64, as the scalar carry of a row-by-row loop
+        grad_in = np.empty((n, rows), dtype=lam_cur.dtype)
+        coef = np.empty((n, rows), dtype=lam_cur.dtype)
+        lam_next = np.zeros((n, rows), dtype=lam_cur.dtype)
+        reset_buf = np.empty((n, rows), dtype=np.bool_)
+        fire_buf = np.empty((n, rows), dtype=np.bool_)
+        grad_out = np.empty((n, rows), dtype=lam_cur.dtype)
+        for t in range(steps):
+            for s in range(rows):
+                for j in range(n):
+                    grad_in[j, s] = grad_lam_cur[t, b, s, j]
+                    coef[j, s] = fire_coef[t, b, s, j]
+                    reset_buf[j, s] = reset_side[t, b, s, j]
+                    fire_buf[j, s] = fire_side[t, b, s, j]
+                    lam_next[j, s] = lam_cur[t + 1, b, s, j] if t + 1 < steps else 0.0
+            for j in range(n):
+                st = state[t, b, j]
+                bv = bias_vec[j]
+                if st == 0:
+                    for s in range(rows):
+                        g_lm = grad_in[j, s] + g_carry[j, s] + g_row[b, s] * bv
+                        grad_out[j, s] = 0.0
+                        g_carry[j, s] = alpha * g_lm
+                elif st == 1:
+                    for s in range(rows):
+                        grad_out[j, s] = g_row[b, s]
+                        g_carry[j, s] = alpha * 0.0
+                else:
+                    ml = mem_lower[t, b, j]
+                    a_lo = slope_lo[t, b, j]
+                    c_lo = icpt_lo[t, b, j]
+                    a_up = slope_up[t, b, j]
+                    c_up = icpt_up[t, b, j]
+                    for s in range(rows):
+                        g = g_row[b, s]
+                        g_lm = grad_in[j, s] + g_carry[j, s] + g * bv
+                        ls = coef[j, s]
+                        if fire_buf[j, s]:
+                            g_ls = g_lm * a_lo + g * c_lo
+                            g_slope_lo[t, b, j] += g_lm * ls
+                            g_icpt_lo[t, b, j] += g * ls
+                        else:
+                            g_ls = g_lm * a_up + g * c_up
+                            g_slope_up[t, b, j] += g_lm * ls
+                            g_icpt_up[t, b, j] += g * ls
+                        g_rz = g - g_ls
+                        if reset_buf[j, s]:
+                            lz = alpha * lam_next[j, s]
+                            g_mem_lower[t, b, j] += g_rz * lz
+                            g_lz = g_rz * ml
+                        else:
+                            g_lz = g_rz * th
+                        grad_out[j, s] = g_ls
+                        g_carry[j, s] = alpha * g_lz
+            for s in range(rows):
+                for j in range(n):
+                    grad_lam_s[t, b, s, j] = grad_out[j, s]
+
+
+# Parallel kernels for big stages; serial ones for small work (a parallel launch costs
+# milliseconds when the cores are busy, which dominates small batches and the gradient tests).
+_PARALLEL_MIN_WORK = 1 << 18
+_backsub_backward_parallel = njit(cache=True, parallel=True)(_backsub_backward_py)
+_backsub_backward_serial = njit(cache=True)(_backsub_backward_py)
+
+
+# --- the stage's spatial ops in the three variants the bounds need ---------------------------------
+
+class _StageMaps:
+    """The linear chain of one spiking stage as bias-free copies with ``W`` and with ``|W|``."""
+
+    def __init__(self, stage, dtype):
+        self.ops = stage.ops
+        self.signed, self.absolute = [], []
+        for op in stage.ops:
+            if isinstance(op, (Linear, Conv2d)):
+                zeros = np.zeros_like(op.bias, dtype=dtype)
+                extra = {"stride": op.stride, "padding": op.padding} if isinstance(op, Conv2d) else {}
+                signed = type(op)(op.weight.astype(dtype), zeros, **extra)
+                absolute = type(op)(np.abs(op.weight).astype(dtype), zeros, **extra)
+                signed.input_shape = absolute.input_shape = op.input_shape
+                self.signed.append(signed)
+                self.absolute.append(absolute)
+            else:
+                self.signed.append(op)
+                self.absolute.append(op)
+        self.affine = stage.ops[-1]
+        self.weight_sign = np.sign(self.affine.weight).astype(dtype)
+        self.neuron_shape = tuple(stage.neuron_shape)
+        self.input_shape = tuple(stage.input_shape)
+        self.n_neurons = int(np.prod(self.neuron_shape))
+        bias = self.affine.bias.astype(dtype)
+        self.bias = np.broadcast_to(bias.reshape((-1,) + (1,) * (len(self.neuron_shape) - 1)),
+                                    self.neuron_shape).reshape(-1)
+
+    @staticmethod
+    def chain(ops, x):
+        """Applies ``ops`` in order; returns the output and the input of every op."""
+        inputs = []
+        for op in ops:
+            inputs.append(x)
+            x = op.forward(x)
+        return x, inputs
+
+    def reduce_bias_grad(self, grad_flat: np.ndarray) -> np.ndarray:
+        """Gradient w.r.t. the per-channel bias from a per-neuron gradient ``[n]``."""
+        return grad_flat.reshape(self.affine.bias.shape[0], -1).sum(axis=1)
+
+    @staticmethod
+    def weight_grad(op, x, grad_out) -> np.ndarray:
+        """``dL/dW`` of an affine op with input ``x`` and ``dL/d(output)`` (no input gradient needed)."""
+        if isinstance(op, Linear):
+            return grad_out.T @ x
+        return op.backward(x, grad_out)[1]["weight"]
+
+    def transpose(self, coef: np.ndarray) -> np.ndarray:
+        """Adjoint of the chain: ``[N, n] -> [N, *input_shape]`` (back-substitution, eq. 17)."""
+        coef = coef.reshape((coef.shape[0],) + self.neuron_shape)
+        for op in reversed(self.signed):
+            coef = op.transpose(coef)
+        return coef
+
+
+@dataclass
+class Choices:
+    """Every discrete choice of one bound computation (held fixed by the finite-difference test)."""
+
+    state: List[np.ndarray] = field(default_factory=list)          # eq. 7 stability, [T', B, n]
+    negative_lower: List[np.ndarray] = field(default_factory=list)  # eq. 9: min(0, m_l) picks m_l
+    # per stage index k:
+    upper_chord: Dict[int, np.ndarray] = field(default_factory=dict)    # eq. 8 case
+    lower_chord: Dict[int, np.ndarray] = field(default_factory=dict)
+    reset_lower_side: Dict[int, np.ndarray] = field(default_factory=dict)  # eq. 17: lam_z >= 0, [T', B, S, n]
+    fire_lower_side: Dict[int, np.ndarray] = field(default_factory=dict)   # eq. 17: lam_s' >= 0
+    input_sign: Optional[np.ndarray] = None                          # sign of lam_x at the input
+
+
+class BoundGraph:
+    """S-IBP and S-CROWN lower bounds of ``C f`` with a hand-written reverse pass.
+
+    ``x_lower/x_upper [T', B, *in]`` 0/1 box, ``C [B, S, n_out]``. Call ``forward`` once, then
+    ``backward(grad_ibp [B, S], grad_crown [B, S])`` for the parameter gradients (``net.params()``
+    order). ``choices`` (from a previous graph) freezes every discrete choice.
+    """
+
+    def __init__(self, net, x_lower, x_upper, C, smooth: bool = False, choices: Optional[Choices] = None,
+                 with_crown: bool = True):
+        self.net = net
+        self.dtype = net.dtype
+        self.threshold = float(net.threshold)
+        self.decay = float(net.decay)
+        self.rule = Precision.exact(net)
+        self.smooth = smooth
+        self.frozen = choices is not None
+        self.choices = choices if choices is not None else Choices()
+        self.maps = [_StageMaps(stage, self.dtype) for stage in net.stages]
+        self.x_lower = np.asarray(x_lower, dtype=self.dtype)
+        self.x_upper = np.asarray(x_upper, dtype=self.dtype)
+        self.steps, self.batch = self.x_lower.shape[:2]
+        self.C = np.asarray(C, dtype=self.dtype)
+        self.with_crown = with_crown
+        first = net.stages[0].ops
+        # A first stage [Flatten*, Linear] lets the concretization skip the dense lam W product;
+        # it pays off when few bits are free (measured crossover on the FC preset, one core:
+        # gathered columns beat one dense GEMM below about 1/16 of the input free per step).
+        free = (self.x_upper != self.x_lower).reshape(self.steps * self.batch, -1)
+        few_free = free.sum(axis=1).max(initial=0) * SPARSE_INPUT_FRACTION <= free.shape[1]
+        self.sparse_input = (isinstance(first[-1], Linear) and all(op.kind == "flatten" for op in first[:-1])
+                             and few_free)
+        self._ibp_forward()
+        self.ibp_lower = self._ibp_spec_lower()
+        self.crown_lower = self._crown_forward() if with_crown else None
+
+    # --- S-IBP (Alg. 1) ----------------------------------------------------------------------
+    def _ibp_forward(self):
+        steps, batch, dtype = self.steps, self.batch, self.dtype
+        alpha, th = self.decay, self.threshold
+        spike_lower = self.x_lower.reshape((steps * batch,) + self.x_lower.shape[2:])
+        spike_upper = self.x_upper.reshape(spike_lower.shape)
+        self.records = []
+        for k, maps in enumerate(self.maps):
+            center = (spike_lower + spike_upper) * 0.5
+            radius = (spike_upper - spike_lower) * 0.5
+            center_out, center_inputs = maps.chain(maps.signed, center)
+            if k == 0:
+                self.first_linear_mid = center_out.reshape(steps, batch, -1)  # W mid (no bias)
+            radius_out, radius_inputs = maps.chain(maps.absolute, radius)
+            center_out = center_out.reshape(steps, batch, -1) + maps.bias
+            radius_out = radius_out.reshape(steps, batch, -1)
+            cur_lower, cur_upper = center_out - radius_out, center_out + radius_out
+            n = maps.n_neurons
+            mem_lower = np.empty((steps, batch, n), dtype)
+            mem_upper = np.empty_like(mem_lower)
+            state = np.empty(mem_lower.shape, np.int8) if not self.frozen else self.choices.state[k]
+            negative = np.empty(mem_lower.shape, bool) if not self.frozen else self.choices.negative_lower[k]
+            # eqs. 7, 9 over time with the case held fixed when frozen (one compiled loop)
+            _ibp_time_kernel(np.ascontiguousarray(cur_lower, dtype), np.ascontiguousarray(cur_upper, dtype),
+                             float(alpha), dtype.type(alpha), float(th), dtype.type(th), dtype.type(0),
+                             fires_at_threshold(self.net.firing), self.frozen, mem_lower, mem_upper, state, negative)
+            if self.smooth:
+                spike_lo = self.net.surrogate.smooth(mem_lower - th).astype(dtype)
+                spike_hi = self.net.surrogate.smooth(mem_upper - th).astype(dtype)
+            else:
+                spike_lo = (state == STABLE_ON).astype(dtype)
+                spike_hi = (state != STABLE_OFF).astype(dtype)
+            if not self.frozen:
+                self.choices.state.append(state)
+                self.choices.negative_lower.append(negative)
+            self.records.append(dict(center_inputs=center_inputs, radius_inputs=radius_inputs,
+                                     mem_lower=mem_lower, mem_upper=mem_upper, state=state, negative=negative,
+                                     spike_lower=spike_lo, spike_upper=spike_hi))
+            spike_lower = spike_lo.reshape((steps * batch,) + maps.neuron_shape)
+            spike_upper = spike_hi.reshape(spike_lower.shape)
+        self.rate_lower = self.records[-1]["spike_lower"].mean(axis=0)
+        self.rate_upper = self.records[-1]["spike_upper"].mean(axis=0)
+
+    def _ibp_spec_lower(self) -> np.ndarray:
+        """Interval bound of ``C f`` from the rate bounds: ``C+ f_l + C- f_u`` ``[B, S]``."""
+        return spec_interval(self.C, self.rate_lower, self.rate_upper)[0]
+
+    # --- S-CROWN (Alg. 2) --------------------------------------------------------------------
+    def _relaxation(self, k):
+        record = self.records[k]
+        mem_lower, mem_upper, state = record["mem_lower"], record["mem_upper"], record["state"]
+        if self.frozen:
+            upper_chord, lower_chord = self.choices.upper_chord[k], self.choices.lower_chord[k]
+        else:
+            upper_chord, lower_chord = Fire.chords(mem_lower, mem_upper, state, self.threshold, self.rule)
+            self.choices.upper_chord[k] = upper_chord
+            self.choices.lower_chord[k] = lower_chord
+        slope_lower, icpt_lower, slope_upper, icpt_upper = Fire.relaxation(
+            mem_lower, mem_upper, state, self.threshold, self.rule, chords=(upper_chord, lower_chord))
+        reset_lower, reset_upper = Reset.relaxation(mem_lower, state, self.rule)
+        record.update(upper_chord=upper_chord, lower_chord=lower_chord, inv_up=slope_upper, inv_lo=slope_lower,
+                      slope_lower=slope_lower, icpt_lower=icpt_lower, slope_upper=slope_upper,
+                      icpt_upper=icpt_upper, reset_lower=reset_lower, reset_upper=reset_upper)
+
+    def _crown_forward(self) -> np.ndarray:
+        steps, batch, alpha = self.steps, self.batch, self.decay
+        rows = self.C.shape[1]
+        lam_s = np.broadcast_to(self.C[None] / steps, (steps,) + self.C.shape).astype(self.dtype)
+        bias = np.zeros((batch, rows), self.dtype)
+        self.crown_records = [None] * len(self.maps)
+        for k in range(len(self.maps) - 1, -1, -1):
+            maps, record = self.maps[k], self.records[k]
+            self._relaxation(k)
+            n = maps.n_neurons
+            lam_s = np.ascontiguousarray(lam_s.reshape(steps, batch, rows, n))
+            lam_cur = np.empty((steps, batch, rows, n), self.dtype)
+            fixed = self.frozen
+            reset_side = self.choices.reset_lower_side[k] if fixed else np.zeros(lam_cur.shape, bool)
+            fire_side = self.choices.fire_lower_side[k] if fixed else np.zeros(lam_cur.shape, bool)
+            fire_coef = np.empty_like(lam_cur)  # ls' (coefficient on s after the reset step)
+            stage_bias = np.zeros((batch, rows), self.dtype)
+            _backsub_forward(lam_s, record["state"], record["reset_lower"], record["reset_upper"],
+                             record["slope_lower"], record["icpt_lower"], record["slope_upper"], record["icpt_upper"],
+                             maps.bias.astype(self.dtype), self.dtype.type(alpha), fixed, reset_side, fire_side,
+                             lam_cur, fire_coef, stage_bias)
+            bias += stage_bias
+            if not fixed:
+                self.choices.reset_lower_side[k] = reset_side
+                self.choices.fire_lower_side[k] = fire_side
+            self.crown_records[k] = dict(lam_s=lam_s, lam_cur=lam_cur, fire_coef=fire_coef,
+                                         reset_side=reset_side, fire_side=fire_side)
+            if k == 0 and self.sparse_input:
+                return self._first_stage_concretize(lam_cur, bias)
+            lam_s = maps.transpose(lam_cur.reshape(steps * batch * rows, n)).reshape((steps, batch, rows, -1))
+        mid = ((self.x_lower + self.x_upper) * 0.5).reshape(steps, batch, -1)
+        rad = ((self.x_upper - self.x_lower) * 0.5).reshape(steps, batch, -1)
+        if self.frozen and self.choices.input_sign is not None:
+            sign = self.choices.input_sign
+        else:
+            sign = np.sign(lam_s)
+            self.choices.input_sign = sign
+        self.input_mid, self.input_rad, self.input_sign = mid, rad, sign
+        return (np.einsum("tbrj,tbj->br", lam_s, mid) - np.einsum("tbrj,tbj->br", sign * lam_s, rad) + bias)
+
+    def _first_stage_concretize(self, lam_cur, bias):
+        """Eq. 17 at the input for a fully connected first stage, without forming ``lam W`` densely.
+
+        ``min_x sum_t (lam_t W) . x_t = sum_t lam_t . (W mid_t) - sum_t |lam_t W| . rad_t``; the
+        first term reuses S-IBP's ``W mid``, the second only needs the columns of ``W`` at the
+        free input bits (``rad > 0``), a few percent of the input for the paper's eps.
+        """
+        steps, batch, rows, n = lam_cur.shape
+        weight = self.maps[0].affine.weight.astype(self.dtype)
+        rad = ((self.x_upper - self.x_lower) * 0.5).reshape(steps * batch, -1)
+        free_count = (rad > 0).sum(axis=1)
+        width = max(1, int(free_count.max()))
+        # indices of the free bits per (t, b), padded with bit 0 and a zero radius
+        order = np.argsort(rad <= 0, axis=1, kind="stable")[:, :width]
+        free_rad = np.take_along_axis(rad, order, axis=1)                     # [T'B, F]
+        free_cols = weight.T[order]                                           # [T'B, F, n]
+        lam_flat = lam_cur.reshape(steps * batch, rows, n)
+        lam_free = lam_flat @ free_cols.transpose(0, 2, 1)                    # [T'B, S, F]
+        if self.frozen and self.choices.input_sign is not None:
+            sign = self.choices.input_sign
+        else:
+            sign = np.sign(lam_free)
+            self.choices.input_sign = sign
+        at_mid = np.einsum("tbsn,tbn->bs", lam_cur, self.first_linear_mid)
+        at_rad = np.einsum("ksf,kf->ks", sign * lam_free, free_rad).reshape(steps, batch, rows).sum(axis=0)
+        self.sparse = dict(order=order, free_rad=free_rad, free_cols=free_cols, sign=sign)
+        return at_mid - at_rad + bias
+
+    def _first_stage_backward(self, g_row, lam_cur, grad_w):
+        """Reverse of ``_first_stage_concretize``: ``dL/d lam_cur`` of stage 0 and its ``dL/dW``."""
+        steps, batch, rows, n = lam_cur.shape
+        sp = self.sparse
+        mid = ((self.x_lower + self.x_upper) * 0.5).reshape(steps * batch, -1)
+        # d/d lam of lam . (W mid) and of -|lam W_free| . rad
+        grad_free = -(g_row[None, :, :, None] * (sp["sign"] * sp["free_rad"][:, None, :]).reshape(
+            steps, batch, rows, -1)).reshape(steps * batch, rows, -1)          # [T'B, S, F]
+        grad_lam = g_row[None, :, :, None] * self.first_linear_mid[:, :, None, :]
+        grad_lam = grad_lam + (grad_free @ sp["free_cols"]).reshape(steps, batch, rows, n)
+        lam_flat = lam_cur.reshape(steps * batch * rows, n)
+        weighted = np.einsum("bs,tbsn->tbn", g_row, lam_cur).reshape(steps * batch, n)
+        grad_weight = weighted.T @ mid                                         # from W mid
+        # from the free bits: scatter into a dense [T'B, S, n_in] and one GEMM (each row of
+        # ``order`` is a permutation prefix, so no index repeats within a row)
+        dense = np.zeros((steps * batch, rows, mid.shape[1]), self.dtype)
+        np.put_along_axis(dense, np.broadcast_to(sp["order"][:, None, :], grad_free.shape), grad_free, axis=2)
+        grad_weight += lam_flat.T @ dense.reshape(steps * batch * rows, -1)
+        grad_w[0] += grad_weight.astype(self.dtype)
+        return grad_lam
+
+    # --- reverse pass -------------------------------------------------------------------------
+    def backward(self, grad_ibp: Optional[np.ndarray] = None, grad_crown: Optional[np.ndarray] = None
+                 ) -> List[np.ndarray]:
+        """Gradients of ``sum(grad_ibp * ibp_lower) + sum(grad_crown * crown_lower)`` w.r.t. ``net.params()``."""
+        steps = self.steps
+        n_stages = len(self.maps)
+        grad_w = [np.zeros_like(m.affine.weight, dtype=self.dtype) for m in self.maps]
+        grad_b = [np.zeros(m.n_neurons, self.dtype) for m in self.maps]
+        grad_mem_lower = [np.zeros_like(r["mem_lower"]) for r in self.records]
+        grad_mem_upper = [np.zeros_like(r["mem_upper"]) for r in self.records]
+        if grad_crown is not None and self.with_crown:
+            self._crown_backward(np.asarray(grad_crown, self.dtype), grad_w, grad_b, grad_mem_lower, grad_mem_upper)
+        # S-IBP spec bound -> last stage's spike bounds
+        grad_spike_lower = np.zeros_like(self.records[-1]["spike_lower"])
+        grad_spike_upper = np.zeros_like(grad_spike_lower)
+        if grad_ibp is not None:
+            grad_ibp = np.asarray(grad_ibp, self.dtype)
+            c_pos, c_neg = np.maximum(self.C, 0.0), np.minimum(self.C, 0.0)
+            grad_spike_lower += np.einsum("bs,bsn->bn", grad_ibp, c_pos)[None] / steps
+            grad_spike_upper += np.einsum("bs,bsn->bn", grad_ibp, c_neg)[None] / steps
+        for k in range(n_stages - 1, -1, -1):
+            grad_spike_lower, grad_spike_upper = self._ibp_stage_backward(
+                k, grad_spike_lower, grad_spike_upper, grad_mem_lower[k], grad_mem_upper[k], grad_w, grad_b)
+        grads = []
+        for layer in self.net.layers:
+            if layer.has_neuron:
+                k = next(i for i, m in enumerate(self.maps) if m.affine is layer)
+                grads.append(grad_w[k].astype(self.dtype))
+                grads.append(self.maps[k].reduce_bias_grad(grad_b[k]).astype(self.dtype))
+        return grads
+
+    def _crown_backward(self, grad_lower, grad_w, grad_b, grad_mem_lower, grad_mem_upper):
+        steps, batch, alpha = self.steps, self.batch, self.decay
+        rows = self.C.shape[1]
+        g_row = grad_lower  # [B, S]: every bias term enters the bound with coefficient 1
+        # concretization: sum_t lam . mid - |lam| . rad
+        grad_lam = None if self.sparse_input else g_row[None, :, :, None] * (
+            self.input_mid[:, :, None, :] - self.input_sign * self.input_rad[:, :, None, :])
+        for k in range(len(self.maps)):
+            maps, record, crec = self.maps[k], self.records[k], self.crown_records[k]
+            n = maps.n_neurons
+            lam_cur = crec["lam_cur"]
+            if k == 0 and self.sparse_input:
+                grad_lam_cur = self._first_stage_backward(g_row, lam_cur, grad_w)
+            else:
+                # lam_s_prev = transpose(lam_cur): reverse = the chain's forward on grad_lam (no bias)
+                flat_grad = grad_lam.reshape((steps * batch * rows,) + maps.input_shape)
+                out, inputs = maps.chain(maps.signed, flat_grad)
+                grad_w[k] += maps.weight_grad(maps.signed[-1], inputs[-1],
+                                              lam_cur.reshape((steps * batch * rows,) + maps.neuron_shape))
+                grad_lam_cur = out.reshape(steps, batch, rows, n)
+            # time loop reversed (forward ran t = T'-1 .. 0)
+            grad_lam_s = np.empty_like(grad_lam_cur)
+            g_slope_lo = np.zeros((steps, batch, n), self.dtype)
+            g_slope_up = np.zeros_like(g_slope_lo)
+            g_icpt_lo = np.zeros_like(g_slope_lo)
+            g_icpt_up = np.zeros_like(g_slope_lo)
+            g_mem_lower_r = np.zeros_like(g_slope_lo)
+            _backsub_backward(np.ascontiguousarray(grad_lam_cur, dtype=self.dtype), lam_cur, crec["fire_coef"],
+                              crec["reset_side"], crec["fire_side"], record["state"], record["mem_lower"],
+                              record["slope_lower"], record["icpt_lower"], record["slope_upper"],
+                              record["icpt_upper"], maps.bias.astype(self.dtype), g_row.astype(self.dtype),
+                              self.dtype.type(self.threshold), self.dtype.type(alpha), grad_lam_s, g_slope_lo,
+                              g_slope_up, g_icpt_lo, g_icpt_up, g_mem_lower_r)
+            grad_b[k] += np.einsum("bs,tbsn->n", g_row, lam_cur)  # bias += lm . b
+            # eq. 8 slopes/intercepts -> membrane bounds (case held fixed)
+            th = self.threshold
+            inv_up, inv_lo = record["inv_up"], record["inv_lo"]
+            grad_mem_lower[k] += g_mem_lower_r + np.where(
+                record["upper_chord"], (g_slope_up - th * g_icpt_up) * inv_up * inv_up, 0.0)
+            grad_mem_upper[k] += np.where(
+                record["lower_chord"], (-g_slope_lo + th * g_icpt_lo) * inv_lo * inv_lo, 0.0)
+            grad_lam = grad_lam_s  # d lam_s of stage k = d of stage k+1's transpose output
+
+    def _ibp_stage_backward(self, k, grad_spike_lower, grad_spike_upper, grad_mem_lower, grad_mem_upper,
+                            grad_w, grad_b):
+        steps, batch, alpha, th = self.steps, self.batch, self.decay, self.threshold
+        maps, record = self.maps[k], self.records[k]
+        mem_lower, mem_upper = record["mem_lower"], record["mem_upper"]
+        surrogate = self.net.surrogate
+        grad_spike_lower = grad_spike_lower.reshape(mem_lower.shape)
+        grad_spike_upper = grad_spike_upper.reshape(mem_upper.shape)
+        # eq. 7 with the surrogate derivative (exact derivative of the smooth variant)
+        g_ml = grad_mem_lower + grad_spike_lower * surrogate.derivative(mem_lower - th)
+        g_mu = grad_mem_upper + grad_spike_upper * surrogate.derivative(mem_upper - th)
+        state, negative = record["state"], record["negative"]
+        g_cur_lower = np.empty_like(g_ml)
+        g_cur_upper = np.empty_like(g_mu)
+        g_next_lower = np.zeros_like(g_ml[0])
+        g_next_upper = np.zeros_like(g_mu[0])
+        for t in range(steps - 1, -1, -1):
+            off, unstable = state[t] == STABLE_OFF, state[t] == UNSTABLE
+            # reset bound of step t (eq. 9) feeds the membrane bound of step t + 1 times alpha
+            g_reset_lower = alpha * g_next_lower
+            g_reset_upper = alpha * g_next_upper
+            total_lower = g_ml[t] + np.where(off | (unstable & negative[t]), g_reset_lower, 0.0)
+            total_upper = g_mu[t] + np.where(off, g_reset_upper, 0.0)
+            g_cur_lower[t] = total_lower
+            g_cur_upper[t] = total_upper
+            g_next_lower, g_next_upper = total_lower, total_upper
+        g_center = (g_cur_lower + g_cur_upper).reshape((steps * batch,) + maps.neuron_shape)
+        g_radius = (g_cur_upper - g_cur_lower).reshape(g_center.shape)
+        grad_b[k] += (g_cur_lower + g_cur_upper).sum(axis=(0, 1))
+        center_inputs, radius_inputs = record["center_inputs"], record["radius_inputs"]
+        last = len(maps.ops) - 1
+        grad_w[k] += maps.weight_grad(maps.signed[last], center_inputs[last], g_center) \
+            + maps.weight_sign * maps.weight_grad(maps.absolute[last], radius_inputs[last], g_radius)
+        if k == 0:
+            return None, None  # the input box does not depend on the parameters
+        for j in range(last, -1, -1):
+            g_center = maps.signed[j].transpose(g_center)
+            g_radius = maps.absolute[j].transpose(g_radius)
+        # center = (l + u) / 2, radius = (u - l) / 2
+        return 0.5 * (g_center - g_radius), 0.5 * (g_center + g_radius)
