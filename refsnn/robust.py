@@ -205,10 +205,9 @@ def bound_set(net, options: RobustOptions, eps: float, spikes: np.ndarray, image
     return box.x_lower, box.x_upper
 
 
-def robust_step(net, batch, ctx):
-    """One robust-training batch (registered as ``--method robust`` in ``refsnn.train``)."""
+def robust_step(net, batch, ctx) -> Tuple[float, List[np.ndarray], np.ndarray, Dict[str, float]]:
+    """One robust-training batch (``--method robust`` of ``refsnn.train``): ``(loss, grads, rates, metrics)``."""
     from .losses import make_loss
-    from .train import StepResult
     options: RobustOptions = ctx.options
     progress = ramp_progress(options, ctx.epoch, ctx.step, ctx.steps_per_epoch)
     eps, kappa, beta = schedule_values(options, progress)
@@ -218,7 +217,7 @@ def robust_step(net, batch, ctx):
                          natural_loss_fn=make_loss(ctx.config.loss, ctx.config.loss_scale))
     metrics = {"natural_loss": result.natural_loss, "robust_loss": result.robust_loss,
                "bound_robust_error": result.robust_error, "eps": eps, "kappa": kappa, "beta": beta}
-    return StepResult(result.loss, result.grads, result.rates, metrics)
+    return result.loss, result.grads, result.rates, metrics
 
 
 def certified_errors(net, x, labels, options: RobustOptions, eps: float, T: int) -> Dict[str, float]:
@@ -261,17 +260,3 @@ def robust_epoch_metrics(trainer) -> Dict[str, float]:
         for method, error in certified_errors(trainer.net, x, y, options, eps, trainer.config.T).items():
             metrics[f"cert_error_{method}_{label}"] = error
     return metrics
-
-
-def _register() -> None:
-    from .train import register_method
-
-    def options(values: Dict[str, Any], config=None) -> RobustOptions:
-        if config is None:
-            return robust_options(values)
-        return robust_options(values, config.dataset, config.arch, config.epochs)
-
-    register_method("robust", robust_step, options=options, epoch_metrics=robust_epoch_metrics)
-
-
-_register()

@@ -9,8 +9,8 @@ With arguments it trains any preset on any dataset; ``--help`` lists them.
 Structure
 ---------
 - A *method* turns one batch into ``(loss, parameter gradients, output rates)``; ``natural``
-  (cross-entropy or MSE on the clean output rates, manual BPTT through ``SNN.backward``) is
-  registered here. Other methods (robust training on bound losses) plug in with
+  (cross-entropy or MSE on the clean output rates, manual BPTT through ``SNN.backward``) and
+  ``robust`` (bound losses, ``refsnn.robust``) are registered here; other methods plug in with
   :func:`register_method` and read their settings from ``TrainConfig.method_options``.
 - :class:`Trainer` owns the network, optimizer, schedule and the run's random generator; it
   shuffles with a per-epoch generator, draws fresh Bernoulli rand maps for every batch from the
@@ -48,6 +48,7 @@ from .io import atomic_write_text, clean_orphan_temps, load_checkpoint, load_mod
 from .losses import make_loss
 from .network import SNN
 from .neurons import make_surrogate
+from . import robust
 from .optim import clip_grad_norm, make_optimizer, make_schedule
 from .runlock import RunLock, host_name
 
@@ -110,10 +111,6 @@ class Method:
 METHODS: Dict[str, Method] = {}
 
 
-# Methods defined in other modules, imported on first use (they import this module).
-METHOD_MODULES = {"robust": "refsnn.robust"}
-
-
 def register_method(name: str, step: StepFn, options=None, epoch_metrics=None) -> None:
     """Makes ``--method name`` available to the trainer and the CLI.
 
@@ -123,11 +120,8 @@ def register_method(name: str, step: StepFn, options=None, epoch_metrics=None) -
 
 
 def get_method(name: str) -> Method:
-    if name not in METHODS and name in METHOD_MODULES:
-        import importlib
-        importlib.import_module(METHOD_MODULES[name])
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; available: {sorted(set(METHODS) | set(METHOD_MODULES))}")
+        raise ValueError(f"unknown method {name!r}; available: {sorted(METHODS)}")
     return METHODS[name]
 
 
@@ -148,6 +142,21 @@ def _no_options(options: Dict[str, Any], config: Optional[TrainConfig] = None):
 
 
 register_method("natural", natural_step, options=_no_options)
+
+
+def robust_step(net: SNN, batch: Batch, ctx: StepContext) -> StepResult:
+    """Robust training (``refsnn.robust``): the bound loss of the batch and its hand-written gradients."""
+    loss, grads, rates, metrics = robust.robust_step(net, batch, ctx)
+    return StepResult(loss, grads, rates, metrics)
+
+
+def _robust_options(values: Dict[str, Any], config: Optional[TrainConfig] = None) -> robust.RobustOptions:
+    if config is None:
+        return robust.robust_options(values)
+    return robust.robust_options(values, config.dataset, config.arch, config.epochs)
+
+
+register_method("robust", robust_step, options=_robust_options, epoch_metrics=robust.robust_epoch_metrics)
 
 
 # --- the trainer ---------------------------------------------------------------------------------
@@ -788,7 +797,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the imported module's main, not this __main__ copy, so that methods registered by other
-    # modules (refsnn.robust imports refsnn.train) land in the registry main reads.
+    # Run the imported module's main, not this __main__ copy, so that methods registered from
+    # other modules land in the registry main reads.
     from refsnn.train import main as _main
     sys.exit(_main())
