@@ -36,9 +36,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .crown import crown_bounds
-from .ibp import IntervalBounds, PreparedStage, ibp_spec_bounds, interval_bounds, output_rounding_margin, prepare_stages
-from .input_sets import binary_box
+from .crown import crown_bounds_of_box
+from .ibp import (IntervalBounds, PreparedStage, ibp_spec_bounds, interval_bounds_of_box, output_rounding_margin,
+                  prepare_stages)
+from .input_sets import BinaryBox, binary_box
 from .relaxations import STABLE_OFF, STABLE_ON, UNIT_ROUNDOFF_FLOAT64, UNSTABLE, Fire, gamma
 from .spec import best_bounds, normalize_spec
 
@@ -412,15 +413,21 @@ def alpha_bounds(net, x_lower, x_upper, C=None, iterations: int = 20, lr: float 
     ``iterations`` Adam steps of size ``lr`` on the fractions; samples in chunks of ``chunk``.
     """
     box = binary_box(x_lower, x_upper, net)
+    C = normalize_spec(C, box.x_lower.shape[1], net.n_outputs)
+    return alpha_bounds_of_box(net, box, C, prepare_stages(net), iterations, lr, intermediate, concretizer, chunk)
+
+
+def alpha_bounds_of_box(net, box: BinaryBox, C: np.ndarray, stages: Sequence[PreparedStage], iterations: int = 20,
+                        lr: float = 0.25, intermediate: Optional[IntervalBounds] = None, concretizer=None,
+                        chunk: int = 32) -> AlphaResult:
+    """``alpha_bounds`` of an already validated box, normalized ``C [B, S, n_out]`` and prepared stages."""
     steps, batch = box.x_lower.shape[:2]
     if int(iterations) != iterations or iterations < 0:
         raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
-    stages = prepare_stages(net)
     if intermediate is None:
-        intermediate = interval_bounds(net, box.x_lower, box.x_upper, stages=stages)
-    C = normalize_spec(C, batch, net.n_outputs)
+        intermediate = interval_bounds_of_box(net, box, stages)
     n_spec = C.shape[1]
     spec = np.concatenate([C, -C], axis=1)
     if concretizer is None:
@@ -439,7 +446,7 @@ def alpha_bounds(net, x_lower, x_upper, C=None, iterations: int = 20, lr: float 
     alpha_upper = -rows[:, n_spec:] + margin
     candidates = [ibp_spec_bounds(intermediate, C), (alpha_lower, alpha_upper)]
     if isinstance(concretizer, BoxConcretizer):
-        crown = crown_bounds(net, box.x_lower, box.x_upper, C, intermediate=intermediate, return_coefficients=False)
+        crown = crown_bounds_of_box(net, box, C, stages, intermediate=intermediate, return_coefficients=False)
         candidates.append((crown.lower, crown.upper))
     lower, upper = best_bounds(C, margin, candidates)
     return AlphaResult("alpha", lower, upper, alpha_lower, alpha_upper, history.tolist(), intermediate)

@@ -24,10 +24,11 @@ from typing import Tuple
 
 import numpy as np
 
-from .alpha import alpha_bounds
-from .crown import CrownResult, crown_bounds
-from .crown_full import full_crown_bounds
-from .ibp import IntervalBounds, ibp_spec_bounds, interval_bounds, output_rounding_margin
+from .alpha import alpha_bounds_of_box
+from .crown import CrownResult, crown_bounds, crown_bounds_of_box
+from .crown_full import full_crown_bounds_of_box
+from .ibp import (IntervalBounds, ibp_spec_bounds, interval_bounds, interval_bounds_of_box, output_rounding_margin,
+                  prepare_stages)
 from .input_sets import (BinaryBox, DigitalLinfBox, SpikeL0Box, binary_box, digital_linf_set,
                          spike_l0_set)
 from .spec import best_bounds, margin_spec, normalize_spec, trivial_bounds
@@ -51,20 +52,21 @@ def compute_bounds(net, x_lower, x_upper, method: str = "ibp", C=None) -> Tuple[
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS} "
                          "('best' = intersection of S-IBP, S-CROWN and the trivial range)")
-    box = binary_box(x_lower, x_upper, net)
+    box = binary_box(x_lower, x_upper, net)  # validated once per call, stages prepared once
     batch = box.x_lower.shape[1]
     C = normalize_spec(C, batch, net.n_outputs)
+    stages = prepare_stages(net)
     if method == "alpha":
-        result = alpha_bounds(net, box.x_lower, box.x_upper, C)
+        result = alpha_bounds_of_box(net, box, C, stages)
         return result.lower, result.upper
     if method == "crown":
-        lower, upper, _ = full_crown_bounds(net, box.x_lower, box.x_upper, C)
+        lower, upper, _ = full_crown_bounds_of_box(net, box, C, stages)
         return lower, upper
-    intermediate = interval_bounds(net, box.x_lower, box.x_upper)
+    intermediate = interval_bounds_of_box(net, box, stages)
     ibp_lower, ibp_upper = ibp_spec_bounds(intermediate, C)
     if method == "ibp":
         return ibp_lower, ibp_upper
-    crown = crown_bounds(net, box.x_lower, box.x_upper, C, intermediate=intermediate, return_coefficients=False)
+    crown = crown_bounds_of_box(net, box, C, stages, intermediate=intermediate, return_coefficients=False)
     if method == "crown-ibp":
         return crown.lower, crown.upper
     margin = output_rounding_margin(C, intermediate.rule, intermediate.steps)

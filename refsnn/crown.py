@@ -28,13 +28,13 @@ cancellation dangerous. ``method="crown-ibp"`` is exactly the paper's S-CROWN up
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from numba import njit
 
-from .ibp import IntervalBounds, PreparedStage, interval_bounds, prepare_stages
-from .input_sets import binary_box
+from .ibp import IntervalBounds, PreparedStage, interval_bounds_of_box, prepare_stages
+from .input_sets import BinaryBox, binary_box
 from .kernels import transpose_contiguous
 from .operator import backsub_step, backsub_step_parallel
 from .relaxations import UNIT_ROUNDOFF_FLOAT64, Fire, Reset, gamma, output_rounding_margin
@@ -311,14 +311,21 @@ def crown_bounds(net, x_lower, x_upper, C=None, intermediate: Optional[IntervalB
     stay below ``max_chunk_bytes``. ``return_coefficients=False`` drops ``A_lower/A_upper``.
     """
     box = binary_box(x_lower, x_upper, net)
+    C = normalize_spec(C, box.x_lower.shape[1], net.n_outputs)
+    return crown_bounds_of_box(net, box, C, prepare_stages(net), intermediate, return_coefficients,
+                               max_chunk_bytes, use_numba)
+
+
+def crown_bounds_of_box(net, box: BinaryBox, C: np.ndarray, stages: Sequence[PreparedStage],
+                        intermediate: Optional[IntervalBounds] = None, return_coefficients: bool = True,
+                        max_chunk_bytes: int = DEFAULT_CHUNK_BYTES, use_numba: bool = True) -> CrownResult:
+    """``crown_bounds`` of an already validated box, normalized ``C [B, S, n_out]`` and prepared stages."""
     steps, batch = box.x_lower.shape[:2]
-    stages = prepare_stages(net)
     if intermediate is None:
-        intermediate = interval_bounds(net, box.x_lower, box.x_upper, stages=stages)
+        intermediate = interval_bounds_of_box(net, box, stages)
     elif intermediate.steps != steps or intermediate.batch != batch:
         raise ValueError(f"intermediate bounds are for T'={intermediate.steps}, B={intermediate.batch} "
                          f"but the box has T'={steps}, B={batch}")
-    C = normalize_spec(C, batch, net.n_outputs)
     n_spec = C.shape[1]
     spec = np.concatenate([C, -C], axis=1)  # upper bound of C f = -(lower bound of -C f)
     x_lo = box.x_lower.astype(np.float64)

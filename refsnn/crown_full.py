@@ -24,10 +24,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .alpha import BoxConcretizer, backsub, stage_tables
-from .crown import crown_bounds
-from .ibp import (IntervalBounds, PreparedStage, ibp_spec_bounds, interval_bounds, output_rounding_margin,
+from .crown import crown_bounds_of_box
+from .ibp import (IntervalBounds, PreparedStage, ibp_spec_bounds, interval_bounds_of_box, output_rounding_margin,
                   prepare_stages)
-from .input_sets import binary_box
+from .input_sets import BinaryBox, binary_box
 from .relaxations import Fire
 from .spec import best_bounds, normalize_spec
 
@@ -96,12 +96,16 @@ def _select_sample(tab, b: int):
 def full_crown_intermediate(net, x_lower, x_upper, concretizer=None, first_current=None) -> IntervalBounds:
     """Intermediate bounds of full S-CROWN (every unstable membrane also bounded by back-substitution)."""
     box = binary_box(x_lower, x_upper, net)
-    stages = prepare_stages(net)
+    return full_crown_intermediate_of_box(net, box, prepare_stages(net), concretizer, first_current)
+
+
+def full_crown_intermediate_of_box(net, box: BinaryBox, stages: Sequence[PreparedStage], concretizer=None,
+                                   first_current=None) -> IntervalBounds:
+    """``full_crown_intermediate`` of an already validated box with prepared stages."""
     if concretizer is None:
         concretizer = BoxConcretizer(box.x_lower.astype(np.float64), box.x_upper.astype(np.float64))
     refine = membrane_refiner(stages, concretizer)
-    bounds = interval_bounds(net, box.x_lower, box.x_upper, stages=stages, first_current=first_current,
-                             refine=refine)
+    bounds = interval_bounds_of_box(net, box, stages, first_current=first_current, refine=refine)
     bounds.method = "crown"
     return bounds
 
@@ -110,10 +114,14 @@ def full_crown_bounds(net, x_lower, x_upper, C=None):
     """``method="crown"``: ``(lower, upper) [B, S]``, S-CROWN on full-S-CROWN intermediate bounds,
     intersected with S-IBP on the same (refined) intermediates and the trivial range."""
     box = binary_box(x_lower, x_upper, net)
-    batch = box.x_lower.shape[1]
-    C = normalize_spec(C, batch, net.n_outputs)
-    intermediate = full_crown_intermediate(net, box.x_lower, box.x_upper)
-    crown = crown_bounds(net, box.x_lower, box.x_upper, C, intermediate=intermediate, return_coefficients=False)
+    C = normalize_spec(C, box.x_lower.shape[1], net.n_outputs)
+    return full_crown_bounds_of_box(net, box, C, prepare_stages(net))
+
+
+def full_crown_bounds_of_box(net, box: BinaryBox, C: np.ndarray, stages: Sequence[PreparedStage]):
+    """``full_crown_bounds`` of an already validated box, normalized ``C`` and prepared stages."""
+    intermediate = full_crown_intermediate_of_box(net, box, stages)
+    crown = crown_bounds_of_box(net, box, C, stages, intermediate=intermediate, return_coefficients=False)
     margin = output_rounding_margin(C, intermediate.rule, intermediate.steps)
     lower, upper = best_bounds(C, margin, [ibp_spec_bounds(intermediate, C), (crown.lower, crown.upper)])
     return lower, upper, intermediate

@@ -20,7 +20,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 from numba import njit
 
-from .input_sets import binary_box
+from .input_sets import BinaryBox, binary_box
 from .firing import fires_at_threshold
 from .kernels import add_rows, transpose_contiguous
 from .layers import AvgPool2d, Conv2d, Flatten, Linear
@@ -388,8 +388,16 @@ def interval_bounds(net, x_lower, x_upper, stages: Optional[Sequence[PreparedSta
     eqs. 7 and 9.
     """
     box = binary_box(x_lower, x_upper, net)
-    rule = RoundingRule.for_network(net)
     stages = prepare_stages(net) if stages is None else stages
+    return interval_bounds_of_box(net, box, stages, first_current=first_current, refine=refine)
+
+
+def interval_bounds_of_box(net, box: BinaryBox, stages: Sequence[PreparedStage], *,
+                           first_current: Optional[Callable] = None, refine: Optional[Callable] = None
+                           ) -> IntervalBounds:
+    """``interval_bounds`` of an already validated box with the stages already prepared (drivers that
+    validate once per call use this)."""
+    rule = RoundingRule.for_network(net)
     steps, batch = box.x_lower.shape[:2]
     alpha = net.decay
     tight_magnitude = rule.net_dtype != "float64"
