@@ -9,8 +9,10 @@ certified = (lower > 0).all(axis=1)     # strictly positive: a margin bound of 0
 Methods (all bound ``C f`` where ``f`` is the vector of output rates over the box's ``T'`` steps):
 
 - ``"ibp"``: S-IBP (Alg. 1; eqs. 7, 9, 11), interval arithmetic on ``C`` and the rate intervals;
-- ``"crown-ibp"``: the paper's S-CROWN (Alg. 2; eqs. 8, 10, 15-18) on S-IBP's intermediate bounds;
-  exactly the paper's relaxation, never silently improved (other implementations compare to it);
+- ``"crown-ibp"``: the paper's S-CROWN (Alg. 2; eqs. 8, 10, 15-18) on S-IBP's intermediate bounds,
+  with every stability and chord decision made on the outward-rounded membrane interval (sound for
+  the network as executed; occasionally tighter than the paper's formulas in exact arithmetic,
+  docs/BOUNDS.md);
 - ``"best"``: the intersection of S-IBP, S-CROWN and the trivial range of ``C f`` (rates lie in
   ``[0, 1]``), what a user certifying a model wants: S-CROWN's chord lines of a step function
   reach below 0 and above 1 and are often looser than S-IBP.

@@ -23,7 +23,8 @@ Rounding: the kernel also accumulates, per sample and spec, a bound on (a) its o
 rounding error and (b) the mismatch between the network's float relations and the exact ones
 (the current/membrane rounding margins of S-IBP, times ``|lam|``); the sum is subtracted from
 the lower bound. It is ~1e-13 in ordinary cases and grows where huge chord slopes would make
-cancellation dangerous. ``method="crown-ibp"`` is exactly the paper's S-CROWN up to that.
+cancellation dangerous. ``method="crown-ibp"`` is the paper's S-CROWN up to that and up to its
+decisions being made on the outward-rounded intervals (docs/BOUNDS.md).
 """
 from __future__ import annotations
 
