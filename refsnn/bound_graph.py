@@ -27,7 +27,7 @@ from numba import njit, prange
 
 from .firing import fires_at_threshold
 from .layers import Conv2d, Linear
-from .operator import backsub_step, backsub_step_parallel, interval_step
+from .operator import backsub_kernel, interval_kernel
 from .relaxations import STABLE_OFF, STABLE_ON, UNSTABLE, Fire, Precision, Reset
 from .spec import spec_interval
 
@@ -43,8 +43,9 @@ def _ibp_time_kernel(cur_lower, cur_upper, alpha, alpha_dtype, th, th_dtype, zer
     ``th`` are Python floats), the threshold compared in the network dtype (``th_dtype``), ``zero``
     the network dtype's 0. Records ``state`` and ``negative`` (``m_l < 0``), or reads them if ``frozen``."""
     unused = np.empty((1, 1, 1))
-    interval_step(cur_lower, cur_upper, alpha_dtype, alpha, 0.0, th_dtype, th_dtype, th, zero, fire_ge, False, True,
-                  frozen, mem_lower, mem_upper, unused, unused, unused, state, negative, unused, unused)
+    interval_kernel(track_rounding=False, record=True, frozen=bool(frozen))(
+        cur_lower, cur_upper, alpha_dtype, alpha, 0.0, th_dtype, th_dtype, th, zero, fire_ge, mem_lower, mem_upper,
+        unused, unused, unused, state, negative, unused, unused)
 
 
 def _backsub_forward(lam_s, state, reset_lo, reset_hi, slope_lo, icpt_lo, slope_up, icpt_up, bias_vec, alpha, frozen,
@@ -52,11 +53,11 @@ def _backsub_forward(lam_s, state, reset_lo, reset_hi, slope_lo, icpt_lo, slope_
     """Steps 1-3 of Alg. 2 for one stage under the exact policy (``refsnn.operator.backsub_step``):
     no rounding bound; records the sides chosen and the coefficient on ``s_t`` (or reads the sides
     if ``frozen``)."""
-    kernel = backsub_step_parallel if lam_s.size >= _PARALLEL_MIN_WORK else backsub_step
+    kernel = backsub_kernel(track_rounding=False, record=True, frozen=bool(frozen),
+                            parallel=lam_s.size >= _PARALLEL_MIN_WORK)
     unused = np.empty((1, 1, 1))
     kernel(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, reset_hi, alpha, unused, unused, unused,
-           bias_vec, 0.0, False, True, frozen, lam_cur, fire_coef, reset_side, fire_side, bias_out,
-           np.empty((1, 1)))
+           bias_vec, 0.0, lam_cur, fire_coef, reset_side, fire_side, bias_out, np.empty((1, 1)))
 
 
 def _backsub_backward(grad_lam_cur, *args):

@@ -37,7 +37,7 @@ from numba import njit
 from .ibp import IntervalBounds, PreparedStage, interval_bounds_of_box, prepare_stages
 from .input_sets import BinaryBox, binary_box
 from .kernels import transpose_contiguous
-from .operator import backsub_step, backsub_step_parallel
+from .operator import backsub_kernel
 from .relaxations import UNIT_ROUNDOFF_FLOAT64, Fire, Reset, gamma, output_rounding_margin
 from .spec import normalize_spec
 
@@ -80,16 +80,15 @@ def _backsub_stage(kernel, lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, r
     unused_coef = np.empty((1, 1, 1, 1), dtype=lam_s.dtype)
     unused_side = np.empty((1, 1, 1, 1), dtype=np.bool_)
     kernel(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, reset_hi, alpha, mem_mag, carry_mag,
-           fwd_scale, bias_vec, g, True, False, False, lam_cur, unused_coef, unused_side, unused_side, bias_out,
-           err_out)
+           fwd_scale, bias_vec, g, lam_cur, unused_coef, unused_side, unused_side, bias_out, err_out)
 
 
 def _backsub_stage_parallel(*args) -> None:
-    _backsub_stage(backsub_step_parallel, *args)
+    _backsub_stage(backsub_kernel(track_rounding=True, record=False, frozen=False, parallel=True), *args)
 
 
 def _backsub_stage_serial(*args) -> None:
-    _backsub_stage(backsub_step, *args)
+    _backsub_stage(backsub_kernel(track_rounding=True, record=False, frozen=False), *args)
 
 
 # Parallel over samples for big stages; serial for small ones (a parallel launch costs

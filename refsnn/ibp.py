@@ -24,7 +24,7 @@ from .input_sets import BinaryBox, binary_box
 from .firing import fires_at_threshold
 from .kernels import add_rows, transpose_contiguous
 from .layers import AvgPool2d, Conv2d, Flatten, Linear
-from .operator import interval_step
+from .operator import interval_kernel
 from .relaxations import UNSTABLE, Fire, Reset, RoundingRule, gamma, output_rounding_margin  # noqa: F401
 from .spec import spec_interval
 
@@ -39,9 +39,9 @@ def _ibp_time_kernel(cur_lower, cur_upper, alpha, membrane_coef, th_lo, th_hi, f
     ``[T', B, n]`` float64 arrays: ``refsnn.operator.interval_step`` with rounding tracked and the
     reset and spike bounds recorded."""
     negative = np.empty(cur_lower.shape, dtype=np.bool_)
-    interval_step(cur_lower, cur_upper, alpha, alpha, membrane_coef, th_hi, th_lo, th_hi, 0.0, fire_ge, True, True,
-                  False, mem_lower, mem_upper, mem_margin, reset_lower, reset_upper, state, negative, spike_lower,
-                  spike_upper)
+    interval_kernel(track_rounding=True, record=True, frozen=False)(
+        cur_lower, cur_upper, alpha, alpha, membrane_coef, th_hi, th_lo, th_hi, 0.0, fire_ge, mem_lower, mem_upper,
+        mem_margin, reset_lower, reset_upper, state, negative, spike_lower, spike_upper)
 
 
 @njit(cache=True)

@@ -1,10 +1,10 @@
 """The LIF stage operator: the two kernels every bound method runs through one spiking stage.
 
-``interval_step``  S-IBP over time (Alg. 1; eqs. 7, 9 after the current interval of eq. 11):
+``interval_step``  (``interval_kernel``) S-IBP over time (Alg. 1; eqs. 7, 9 after the current interval of eq. 11):
     ``m = I + alpha z_{t-1}`` (widened by the membrane margin when the precision policy tracks
     rounding), the stability of ``s = fire(m - th)`` (eq. 7) and the interval of the reset term
     ``z = m (1 - s)`` (eq. 9), carried to the next step times alpha.
-``backsub_step``  one stage of the S-CROWN back-substitution (Alg. 2; eqs. 8, 10, 17-18), time
+``backsub_step``  (``backsub_kernel``) one stage of the S-CROWN back-substitution (Alg. 2; eqs. 8, 10, 17-18), time
     ``T'-1 .. 0``: the reset relaxation (eq. 10) on the coefficient of ``z_t``, the fire
     relaxation (eq. 8) on the coefficient of ``s_t``, then the membrane ``m_t = I_t + alpha z_{t-1}``;
     returns the coefficients on the currents and the accumulated constant.
@@ -27,28 +27,34 @@ The per-neuron decisions are the rules of ``refsnn.relaxations`` (``fire_state``
 """
 from __future__ import annotations
 
+import types
+
 import numpy as np
 from numba import njit, prange
 
 from .relaxations import STABLE_OFF, STABLE_ON, UNSTABLE, fire_state_compiled, reset_lower_compiled
 
-__all__ = ["interval_step", "backsub_step", "backsub_step_parallel"]
+__all__ = ["interval_kernel", "backsub_kernel"]
+
+# The flags of a compiled variant: ``_variant`` gives each compilation its own values, which Numba
+# treats as constants. The sources below are only run through ``interval_kernel``/``backsub_kernel``.
+TRACK_ROUNDING = RECORD = FROZEN = None
 
 
-@njit(cache=True)
-def interval_step(cur_lower, cur_upper, alpha_lower, alpha_upper, margin_coef, th_on, th_off, th_reset, zero,
-                  fire_at_threshold, track_rounding, record, frozen, mem_lower, mem_upper, mem_margin,
-                  reset_lower, reset_upper, state, negative, spike_lower, spike_upper):  # pragma: no cover
+def _interval_step(cur_lower, cur_upper, alpha_lower, alpha_upper, margin_coef, th_on, th_off, th_reset, zero,
+                   fire_at_threshold, mem_lower, mem_upper, mem_margin, reset_lower, reset_upper, state, negative,
+                   spike_lower, spike_upper):  # pragma: no cover - compiled
     """S-IBP recurrence of one stage over ``[T', B, n]`` current bounds (see the module docstring).
 
     ``alpha_lower``/``alpha_upper``: the decay applied to the lower (carried in ``cur_lower``'s
     dtype) and the upper reset bound (carried in float64). ``margin_coef``: ``2 gamma(6, u)`` of
-    the membrane margin (``track_rounding``). ``th_on``/``th_off``: the thresholds of the stable
+    the membrane margin (``TRACK_ROUNDING``). ``th_on``/``th_off``: the thresholds of the stable
     firing / stable silent tests (``th_hi``/``th_lo`` under the sound policy), ``th_reset`` the
     upper reset bound of an unstable neuron, ``zero`` its lower bound when ``m_l >= 0``.
-    Outputs ``mem_*``, ``state`` (int8) always; ``mem_margin`` with ``track_rounding``;
-    ``reset_*``, ``spike_*`` and ``negative`` with ``record``; ``frozen`` reads ``state`` and
-    ``negative``. Unused outputs may be ``[1, 1, 1]`` dummies.
+    Outputs ``mem_*``, ``state`` (int8) always; ``mem_margin`` with ``TRACK_ROUNDING``;
+    ``reset_*``, ``spike_*`` and ``negative`` with ``RECORD``; ``FROZEN`` reads ``state`` and
+    ``negative``. Unused outputs may be ``[1, 1, 1]`` dummies. The flags ``TRACK_ROUNDING``,
+    ``RECORD``, ``FROZEN`` are compile-time constants of each compiled variant (``interval_kernel``).
     """
     steps, batch, n = cur_lower.shape
     carry_lower = np.zeros(n, dtype=cur_lower.dtype)
@@ -64,7 +70,7 @@ def interval_step(cur_lower, cur_upper, alpha_lower, alpha_upper, margin_coef, t
                 cu = cur_upper[t, b, j]
                 low = cl + carried_lower
                 high = cu + carried_upper
-                if track_rounding:
+                if TRACK_ROUNDING:
                     size = max(abs(cl), abs(cu)) + max(abs(carried_lower), abs(carried_upper))
                     margin = margin_coef * size
                     mem_margin[t, b, j] = margin
@@ -74,14 +80,14 @@ def interval_step(cur_lower, cur_upper, alpha_lower, alpha_upper, margin_coef, t
                 mem_upper[t, b, j] = high
                 ml = mem_lower[t, b, j]   # as stored: the training dtype rounds here
                 mu = mem_upper[t, b, j]
-                if frozen:
+                if FROZEN:
                     st = state[t, b, j]
                     neg = negative[t, b, j]
                 else:
                     st = fire_state_compiled(ml, mu, th_on, th_off, fire_at_threshold)
                     neg = ml < 0.0
                     state[t, b, j] = st
-                    if record:
+                    if RECORD:
                         negative[t, b, j] = neg
                 rl = reset_lower_compiled(st, ml, neg, zero)
                 if st == STABLE_OFF:
@@ -90,7 +96,7 @@ def interval_step(cur_lower, cur_upper, alpha_lower, alpha_upper, margin_coef, t
                     ru = th_reset
                 else:
                     ru = 0.0
-                if record and track_rounding:
+                if RECORD and TRACK_ROUNDING:
                     reset_lower[t, b, j] = rl
                     reset_upper[t, b, j] = ru
                     spike_lower[t, b, j] = 1.0 if st == STABLE_ON else 0.0
@@ -100,8 +106,8 @@ def interval_step(cur_lower, cur_upper, alpha_lower, alpha_upper, margin_coef, t
 
 
 def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, reset_hi, alpha, mem_mag,
-                  carry_mag, fwd_scale, bias_vec, g, track_rounding, record, frozen, lam_cur, fire_coef,
-                  reset_side, fire_side, bias_out, err_out):  # pragma: no cover - compiled
+                  carry_mag, fwd_scale, bias_vec, g, lam_cur, fire_coef, reset_side, fire_side, bias_out,
+                  err_out):  # pragma: no cover - compiled
     """Steps 1-3 of Alg. 2 for one stage, every (sample, spec) row, ``t = T'-1 .. 0`` (eqs. 8, 10, 17-18).
 
     ``lam_s [T', B, R, n]``: coefficients on the spikes; tables ``[T', B, n]``: ``state``, the fire
@@ -109,13 +115,14 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
     reset relaxation (``reset_lo`` if the coefficient on ``z`` is ``>= 0``, else ``reset_hi``,
     eq. 10); ``alpha`` the decay; ``bias_vec [n]`` the stage bias. Outputs: ``lam_cur [T', B, R, n]``
     (coefficients on the currents), ``bias_out [B, R]`` (accumulated constant, float64) and, with
-    ``track_rounding``, ``err_out [B, R]``: ``g * sum |terms|`` of every product and sum plus
+    ``TRACK_ROUNDING``, ``err_out [B, R]``: ``g * sum |terms|`` of every product and sum plus
     ``|lam_m| fwd_scale`` (the network-vs-exact margins), ``mem_mag``/``carry_mag`` bounding the
-    magnitudes. ``record``: ``fire_coef`` (the coefficient on ``s_t`` after the reset step) and
+    magnitudes. ``RECORD``: ``fire_coef`` (the coefficient on ``s_t`` after the reset step) and
     the sides chosen (``reset_side``, ``fire_side``, bool ``[T', B, R, n]``, False where stable);
-    ``frozen`` reads the sides instead. Loop order sample, time, neuron, spec over ``[neuron, spec]``
+    ``FROZEN`` reads the sides instead. Loop order sample, time, neuron, spec over ``[neuron, spec]``
     buffers: a neuron's tables and branch are read once for all specs; per row the additions into
-    ``bias``/``err`` run in a fixed order (t descending, neurons ascending).
+    ``bias``/``err`` run in a fixed order (t descending, neurons ascending). The flags
+    ``TRACK_ROUNDING``, ``RECORD``, ``FROZEN`` are compile-time constants (``backsub_kernel``).
     """
     steps, batch, rows, n = lam_s.shape
     for b in prange(batch):
@@ -131,7 +138,7 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
             for s in range(rows):
                 for j in range(n):
                     lam_in[j, s] = lam_s[t, b, s, j]
-            if frozen:
+            if FROZEN:
                 for s in range(rows):
                     for j in range(n):
                         reset_buf[j, s] = reset_side[t, b, s, j]
@@ -139,31 +146,33 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
             for j in range(n):
                 st = state[t, b, j]
                 bv = bias_vec[j]
-                if record and not frozen and st != UNSTABLE:  # sides are only recorded for unstable neurons
+                if RECORD and not FROZEN and st != UNSTABLE:  # sides are only recorded for unstable neurons
                     for s in range(rows):
                         reset_buf[j, s] = False
                         fire_buf[j, s] = False
                 if st == STABLE_OFF:       # s = 0, z = m
-                    cm = carry_mag[t, b, j] if track_rounding else 0.0
-                    fs = fwd_scale[t, b, j] if track_rounding else 0.0
+                    cm = carry_mag[t, b, j] if TRACK_ROUNDING else 0.0
+                    fs = fwd_scale[t, b, j] if TRACK_ROUNDING else 0.0
                     for s in range(rows):
                         ls = lam_in[j, s]
                         lm = carry[j, s]
-                        if track_rounding:
+                        if TRACK_ROUNDING:
                             err[s] += g * (abs(ls) + abs(lm) * cm) + abs(lm) * fs
-                        coef_out[j, s] = ls
+                        if RECORD:
+                            coef_out[j, s] = ls
                         bias[s] += lm * bv
                         lam_out[j, s] = lm
                         carry[j, s] = alpha * lm
                 elif st == STABLE_ON:      # s = 1, z = 0 (the zero terms keep NaN/inf as a row-by-row loop)
-                    cm = carry_mag[t, b, j] if track_rounding else 0.0
-                    fs = fwd_scale[t, b, j] if track_rounding else 0.0
+                    cm = carry_mag[t, b, j] if TRACK_ROUNDING else 0.0
+                    fs = fwd_scale[t, b, j] if TRACK_ROUNDING else 0.0
                     for s in range(rows):
                         ls = lam_in[j, s]
                         bias[s] += ls
-                        if track_rounding:
+                        if TRACK_ROUNDING:
                             err[s] += g * (abs(ls) + 0.0 * cm) + 0.0 * fs
-                        coef_out[j, s] = ls
+                        if RECORD:
+                            coef_out[j, s] = ls
                         bias[s] += 0.0 * bv
                         lam_out[j, s] = 0.0
                         carry[j, s] = 0.0
@@ -174,20 +183,20 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
                     c_lo = icpt_lo[t, b, j]
                     a_up = slope_up[t, b, j]
                     c_up = icpt_up[t, b, j]
-                    mm = mem_mag[t, b, j] if track_rounding else 0.0
-                    cm = carry_mag[t, b, j] if track_rounding else 0.0
-                    fs = fwd_scale[t, b, j] if track_rounding else 0.0
+                    mm = mem_mag[t, b, j] if TRACK_ROUNDING else 0.0
+                    cm = carry_mag[t, b, j] if TRACK_ROUNDING else 0.0
+                    fs = fwd_scale[t, b, j] if TRACK_ROUNDING else 0.0
                     for s in range(rows):
                         ls = lam_in[j, s]
                         lz = carry[j, s]
-                        if not frozen:
+                        if not FROZEN:
                             reset_buf[j, s] = lz >= 0.0
                         r = r_lo if reset_buf[j, s] else r_hi
                         rz = lz * r
                         bias[s] += rz
                         p = abs(ls)
                         ls = ls - rz
-                        if not frozen:
+                        if not FROZEN:
                             fire_buf[j, s] = ls >= 0.0
                         if fire_buf[j, s]:
                             a = a_lo
@@ -197,29 +206,54 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
                             c = c_up
                         lm = ls * a
                         bias[s] += ls * c
-                        if track_rounding:
+                        if TRACK_ROUNDING:
                             p += 2.0 * abs(rz) + abs(ls) * (abs(a) * mm + abs(c) + 1.0)
                             p += abs(lm) * cm
                             err[s] += g * p + abs(lm) * fs
-                        coef_out[j, s] = ls
+                        if RECORD:
+                            coef_out[j, s] = ls
                         bias[s] += lm * bv
                         lam_out[j, s] = lm
                         carry[j, s] = alpha * lm
             for s in range(rows):
                 for j in range(n):
                     lam_cur[t, b, s, j] = lam_out[j, s]
-                    if record:
+                    if RECORD:
                         fire_coef[t, b, s, j] = coef_out[j, s]
-                        if not frozen:
+                        if not FROZEN:
                             reset_side[t, b, s, j] = reset_buf[j, s]
                             fire_side[t, b, s, j] = fire_buf[j, s]
         for s in range(rows):
             bias_out[b, s] = bias[s]
-            if track_rounding:
+            if TRACK_ROUNDING:
                 err_out[b, s] = err[s]
 
 
-# One source, two compilations: parallel over samples for big stages, serial for small ones (a
-# parallel launch costs milliseconds when the cores are busy).
-backsub_step = njit(cache=True)(_backsub_step)
-backsub_step_parallel = njit(cache=True, parallel=True)(_backsub_step)
+# --- compiled variants ---------------------------------------------------------------------------------
+# Each kernel is one Python function; a variant is that function compiled with its flags as
+# constants (Numba folds the branches a caller does not need) and its own cache entry.
+
+_VARIANTS: dict = {}
+
+
+def _variant(func, track_rounding: bool, record: bool, frozen: bool, parallel: bool = False):
+    key = (func.__name__, track_rounding, record, frozen, parallel)
+    if key not in _VARIANTS:
+        flags = {"TRACK_ROUNDING": track_rounding, "RECORD": record, "FROZEN": frozen}
+        specialized = types.FunctionType(func.__code__, {**func.__globals__, **flags}, func.__name__,
+                                         func.__defaults__)
+        specialized.__qualname__ = "{}_{}{}{}{}".format(func.__name__, *(int(v) for v in key[1:]))
+        _VARIANTS[key] = njit(cache=True, parallel=parallel)(specialized)
+    return _VARIANTS[key]
+
+
+def interval_kernel(track_rounding: bool, record: bool, frozen: bool):
+    """``interval_step`` compiled for these flags (see the module docstring)."""
+    return _variant(_interval_step, track_rounding, record, frozen)
+
+
+def backsub_kernel(track_rounding: bool, record: bool, frozen: bool, parallel: bool = False):
+    """``backsub_step`` compiled for these flags, parallel over samples or serial (a parallel launch
+    costs milliseconds when the cores are busy: callers pick it for big stages)."""
+    return _variant(_backsub_step, track_rounding, record, frozen, parallel)
+
