@@ -32,7 +32,8 @@ import types
 import numpy as np
 from numba import njit, prange
 
-from .relaxations import STABLE_OFF, STABLE_ON, UNSTABLE, fire_state_compiled, reset_lower_compiled
+from .relaxations import (STABLE_OFF, STABLE_ON, UNSTABLE, fire_state_compiled, reset_lower_compiled,
+                          reset_upper_compiled)
 
 __all__ = ["interval_kernel", "backsub_kernel"]
 
@@ -90,12 +91,7 @@ def _interval_step(cur_lower, cur_upper, alpha_lower, alpha_upper, margin_coef, 
                     if RECORD:
                         negative[t, b, j] = neg
                 rl = reset_lower_compiled(st, ml, neg, zero)
-                if st == STABLE_OFF:
-                    ru = np.float64(mu)
-                elif st == UNSTABLE:
-                    ru = th_reset
-                else:
-                    ru = 0.0
+                ru = reset_upper_compiled(st, mu, th_reset)
                 if RECORD and TRACK_ROUNDING:
                     reset_lower[t, b, j] = rl
                     reset_upper[t, b, j] = ru

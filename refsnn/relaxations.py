@@ -189,6 +189,7 @@ def reset_upper_bound(state, mem_upper, threshold):
 
 fire_state_compiled = numba.njit(cache=True)(fire_state)
 reset_lower_compiled = numba.njit(cache=True)(reset_lower_bound)
+reset_upper_compiled = numba.njit(cache=True)(reset_upper_bound)
 _fire_state_array = numba.vectorize(cache=True)(fire_state)
 _reset_lower_array = numba.vectorize(cache=True)(reset_lower_bound)
 _reset_upper_array = numba.vectorize(cache=True)(reset_upper_bound)
