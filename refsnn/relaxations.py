@@ -13,10 +13,17 @@ Each operation keeps its two rules side by side (the paper, section 3):
     relaxation (eq. 10): stable non-firing ``z = m``, stable firing ``z = 0``, unstable
     ``(1 - s) m_l <= z <= (1 - s) th`` (linear in ``s``).
 
-Floating point (the rounding rule, see docs/BOUNDS.md)
-------------------------------------------------------
-The bounds must contain what the network *as executed* computes: its own dtype (float32 or
-float64), any summation order. Three measures make that hold:
+Each per-neuron interval rule is one scalar function (``fire_state``, ``reset_lower_bound``,
+``reset_upper_bound``), compiled into the kernels of ``refsnn.operator`` and vectorized for the
+array callers (``Fire.classify``, ``Reset.interval``); the relaxations (``Fire.chords``,
+``Fire.relaxation``, ``Reset.relaxation``) are array rules shared by S-CROWN, alpha and training.
+
+Precision policy (``Precision``; the rounding rule, see docs/BOUNDS.md)
+----------------------------------------------------------------------
+``Precision.exact(net)``: plain arithmetic in the network's dtype, no margins, one threshold, the
+chord case decided in that dtype (robust training's loss). ``Precision.sound(net)`` (the former
+``RoundingRule.for_network``): the bounds must contain what the network *as executed* computes:
+its own dtype (float32 or float64), any summation order. Three measures make that hold:
 
 1. Every current and membrane interval is widened outward by ``2 * gamma(n, u) * magnitude``
    where ``gamma(n, u) = n u / (1 - n u)`` is the classic bound on the rounding error of an
