@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .crown import crown_bounds_of_box
+from .crown import crown_bounds_of_box, stage_magnitudes
 from .ibp import (IntervalBounds, PreparedStage, ibp_spec_bounds, interval_bounds_of_box, output_rounding_margin,
                   prepare_stages)
 from .input_sets import BinaryBox, binary_box
@@ -101,20 +101,7 @@ def stage_tables(bounds: IntervalBounds, k: int, stage: PreparedStage, steps: Op
     ok_upper = unstable & (upper_denom > 0.0)
     lam_max = np.where(ok_lower, SLOPE_SAFETY / np.where(ok_lower, lower_denom, 1.0), 0.0)
     mu_max = np.where(ok_upper, SLOPE_SAFETY / np.where(ok_upper, upper_denom, 1.0), 0.0)
-    mem_mag = np.maximum(np.abs(mem_lower), np.abs(mem_upper))
-    reset_lower = bounds.reset_lower[k].reshape(flat)[:steps]
-    reset_upper = bounds.reset_upper[k].reshape(flat)[:steps]
-    reset_mag = np.maximum(np.abs(reset_lower), np.abs(reset_upper))
-    carry_mag = mem_mag + np.abs(stage.bias)
-    carry_mag[1:] += bounds.decay * reset_mag[:-1]
-    transpose_gamma = gamma(stage.n_transpose_terms + 8, U64)
-
-    def steps_of(value):
-        value = np.broadcast_to(value, flat)
-        return value[:steps]
-
-    fwd_scale = (steps_of(bounds.mem_margin[k]) + steps_of(bounds.current_margin[k])
-                 + transpose_gamma * steps_of(bounds.current_magnitude[k]))
+    mem_mag, carry_mag, fwd_scale = stage_magnitudes(bounds, k, stage, steps)
     return StageTables(state=np.ascontiguousarray(state), mem_lower=mem_lower, mem_upper=mem_upper,
                        lam_max=lam_max, mu_max=mu_max,
                        default_lower=(slope_lo > 0.0).astype(np.float64),

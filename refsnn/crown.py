@@ -145,6 +145,30 @@ def _backsub_stage_numpy(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, res
     err_out[...] = err
 
 
+def stage_magnitudes(bounds: IntervalBounds, k: int, stage: PreparedStage, steps: Optional[int] = None
+                     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the back-substitution's rounding bound multiplies (sound policy), flat ``[steps, B, n]``
+    for the first ``steps`` time steps: ``mem_mag >= |m|``, ``carry_mag`` (``|m| + |b|`` plus
+    ``alpha |z_{t-1}|``) and ``fwd_scale`` (S-IBP's network-vs-exact margins plus the rounding of
+    the adjoint product ``lam_I W``, per unit of ``|lam|``)."""
+    flat = (bounds.steps, bounds.batch, stage.n_neurons)
+    steps = bounds.steps if steps is None else steps
+
+    def first_steps(value):
+        return np.broadcast_to(value, flat)[:steps]
+
+    mem_mag = np.maximum(np.abs(first_steps(bounds.mem_lower[k].reshape(flat))),
+                         np.abs(first_steps(bounds.mem_upper[k].reshape(flat))))
+    reset_mag = np.maximum(np.abs(first_steps(bounds.reset_lower[k].reshape(flat))),
+                           np.abs(first_steps(bounds.reset_upper[k].reshape(flat))))
+    carry_mag = mem_mag + np.abs(stage.bias)
+    carry_mag[1:] += bounds.decay * reset_mag[:-1]
+    transpose_gamma = gamma(stage.n_transpose_terms + 8, U64)
+    fwd_scale = (first_steps(bounds.mem_margin[k]) + first_steps(bounds.current_margin[k])
+                 + transpose_gamma * first_steps(bounds.current_magnitude[k]))
+    return mem_mag, carry_mag, fwd_scale
+
+
 def _stage_tables(bounds: IntervalBounds, k: int, stage: PreparedStage):
     """Per ``(t, b, neuron)`` tables the kernel reads (shared by all specs), flat ``[T', B, n]``."""
     steps, batch, n = bounds.steps, bounds.batch, stage.n_neurons
@@ -155,14 +179,7 @@ def _stage_tables(bounds: IntervalBounds, k: int, stage: PreparedStage):
     state = np.ascontiguousarray(bounds.state[k].reshape(flat))
     slope_lo, icpt_lo, slope_up, icpt_up = Fire.relaxation(mem_lower, mem_upper, state, bounds.threshold, rule)
     reset_lo, reset_hi = Reset.relaxation(mem_lower, state, rule)
-    mem_mag = np.maximum(np.abs(mem_lower), np.abs(mem_upper))
-    reset_mag = np.maximum(np.abs(bounds.reset_lower[k].reshape(flat)), np.abs(bounds.reset_upper[k].reshape(flat)))
-    carry_mag = mem_mag + np.abs(stage.bias)
-    carry_mag[1:] += bounds.decay * reset_mag[:-1]
-    transpose_gamma = gamma(stage.n_transpose_terms + 8, U64)
-    # |lam| times these: the network's float relations vs the exact ones (S-IBP's margins) and the
-    # rounding of the adjoint product lam_I W.
-    fwd_scale = bounds.mem_margin[k] + bounds.current_margin[k] + transpose_gamma * bounds.current_magnitude[k]
+    mem_mag, carry_mag, fwd_scale = stage_magnitudes(bounds, k, stage)
     return (state, np.ascontiguousarray(slope_lo), np.ascontiguousarray(icpt_lo), np.ascontiguousarray(slope_up),
             np.ascontiguousarray(icpt_up), np.ascontiguousarray(reset_lo), np.ascontiguousarray(reset_hi),
             float(bounds.decay),
