@@ -80,6 +80,8 @@ def test_complete_verdict_equals_enumeration(problem):
     # margins are multiples of 1/T': compare exactly on that grid, without slack
     steps = input_set.steps
     assert Fraction(result.margin_lower) <= exact, (result, exact)
+    grid = Fraction(result.margin_lower) * steps  # the bound is rounded up onto the 1/T' grid (then down one ulp)
+    assert abs(grid - round(grid)) < Fraction(1, 10 ** 12), result
     if result.attack_margin != float("inf"):  # inf: no member was evaluated (closed by a bound alone)
         assert exact <= Fraction(round(result.attack_margin * steps), steps), (result, exact)
     if result.status == "not_robust":

@@ -116,7 +116,7 @@ class BabConfig:
 @dataclass
 class BabResult:
     """Verdict of one sample. ``margin_lower``: proven lower bound of ``min_j f_label - f_j`` over the
-    set (float, sound); ``attack_margin``: the smallest exact margin a member reached (``witness``
+    set, on the ``1/T'`` grid (the largest float not above ``k / T'``); ``attack_margin``: the smallest exact margin a member reached (``witness``
     reaches it; ``<= 0`` when not robust). ``witness_rates``: its exact rates (floats of fractions).
     ``stats``: nodes bounded, leaves closed by bound / enumeration / MILP, splits, depth, and
     ``decided_fraction``: the share of the set's members in closed nodes (robust: 1)."""
@@ -530,6 +530,8 @@ def _result(search: _Search, status: str, queue: List[_Node], reason: str) -> Ba
         margin_lower = -1.0  # nothing bounded yet: the trivial range of a rate difference
     if not math.isfinite(margin_lower):
         margin_lower = search.grid_lower(1)  # robust with every row closed and no value seen: the grid step
+    # every margin is a multiple of 1/T': a bound L proves the margin >= ceil(L T') / T' (exact arithmetic)
+    margin_lower = search.grid_lower(math.ceil(Fraction(margin_lower) * search.steps))
     rates = prediction = None
     if search.best_x is not None:
         trace = search.exact.run(search.best_x)
