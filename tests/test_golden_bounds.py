@@ -1,7 +1,14 @@
 """The bound, certify and robust-training values of the golden corpus (tests/golden/bounds.npz,
-recorded by ``benchmarks/golden_bounds.py record``) are reproduced bit for bit on the platform that
-recorded them, and within a tight tolerance elsewhere (BLAS summation order differs by machine)."""
+recorded by ``benchmarks/golden_bounds.py record``) are reproduced within a tight tolerance.
+
+Bit identity is what a refactor of the bound code must keep, and ``benchmarks/golden_bounds.py
+check`` (or ``REFSNN_GOLDEN_EXACT=1`` here) asks for it on the recording platform. The suite does not:
+BLAS sums in an order that depends on the machine and on the number of threads
+(``OPENBLAS_NUM_THREADS=1`` changes some float64 bounds in the last bits on the recording machine
+itself), and the suite must pass on any fresh clone.
+"""
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +29,7 @@ def test_golden_corpus_reproduced():
         golden = {key: data[key] for key in data.files if key != "_fingerprint"}
         recorded_on = str(data["_fingerprint"])
     current = golden_bounds.pack(golden_bounds.record_all())
-    problems = golden_bounds.compare(golden, current, exact=recorded_on == golden_bounds.fingerprint())
+    exact = os.environ.get("REFSNN_GOLDEN_EXACT") == "1" and recorded_on == golden_bounds.fingerprint()
+    problems = golden_bounds.compare(golden, current, exact=exact)
     assert not problems, f"{len(problems)} golden values changed, e.g. " + "; ".join(
         f"{key}: {reason}" for key, reason in list(problems.items())[:5])
