@@ -208,8 +208,9 @@ class _Search:
         near = [i for i in order[:4] if margins[i] <= 1.0 / (2 * self.steps)]
         for i in ([order[0]] + [i for i in near if i != order[0]]):
             x = np.ascontiguousarray(xs[:, i])
-            if self.best_margin is not None and margins[i] > float(self.best_margin) + 1.0 / (2 * self.steps):
-                break
+            half = 1.0 / (2 * self.steps)
+            if self.best_margin is not None and margins[i] > float(self.best_margin) - half and margins[i] > half:
+                continue  # not better than the best by a grid step, and not near 0: no replay needed
             exact = self.exact_margin(x)
             if self.best_margin is None or exact < self.best_margin:
                 if not self.input_set.contains(x):
