@@ -12,7 +12,8 @@ sample does not depend on which other samples run, in which order or on which ma
 The verdict per sample is ``verify.robust_query``'s (``--method milp``: one MILP per class) or
 ``verify.robust_bab``'s (``--method complete``: branch and bound with falsification, MILP leaves
 and ``--time-limit`` seconds per sample; records add ``margin_lower``, the proven lower bound of
-the smallest margin, and ``attack_margin``, the smallest exact margin a member reached):
+the smallest margin, ``attack_margin``, the smallest exact margin a member reached, and
+``decided_fraction``, the share of the set's members in closed nodes):
 "robust" (every margin ``f_label - f_j`` strictly positive over the set), "not_robust" (with the
 witness's prediction) or "unknown" (time limit). The sample selection is ``refsnn.attacks.protocol.select_samples`` (sorted, seeded).
 Chunks of ``--batch-size`` samples run serially or, with ``--workers N`` / ``--scheduler ADDRESS``,
