@@ -1,7 +1,8 @@
 """Branching heuristics of ``verify.bab`` on a fixed set of small random nets.
 
 Each problem: an FC net ``n_in-H-H-n_out`` (seeded normal weights), a spike box with ``free`` free
-bits or a digital l-inf set of a random image, the label the net gives the clean input (problems whose clean margin is below 2/T' are redrawn). Every
+bits or a digital l-inf set of a random image, the label the net gives the clean input (problems
+whose clean margin is below 2/T' are redrawn). Every
 heuristic (x node bound) decides every problem with MILP leaves switched off (``milp_max_free=0``,
 ``root_milp=0``) and leaves of at most ``enumerate_max`` members, so the count of bounded nodes
 measures the branching alone; every verdict is checked against exhaustive enumeration.
@@ -86,7 +87,8 @@ def main(argv=None) -> int:
             rows.append({"method": method, "branching": branching, "problems": len(cases), "robust": robust,
                          "nodes_total": int(sum(nodes)), "nodes_median": statistics.median(nodes),
                          "nodes_max": int(max(nodes)), "nodes_robust_total": int(sum(robust_nodes)),
-                         "nodes_not_robust_total": int(sum(nodes) - sum(robust_nodes)), "seconds_total": round(sum(seconds), 2),
+                         "nodes_not_robust_total": int(sum(nodes) - sum(robust_nodes)),
+                         "seconds_total": round(sum(seconds), 2),
                          "seconds_median": round(statistics.median(seconds), 4)})
             print(json.dumps(rows[-1]), flush=True)
     out = Path(args.out)

@@ -72,10 +72,11 @@ class BabConfig:
     ``time_limit`` seconds per sample (None: no limit); ``enumerate_max`` members and
     ``milp_max_free`` open bits make a leaf (MILP leaves are off by default: on the plain MNIST FC
     model a MILP on 16 open bits did not finish in 5 s, enumerating 1,024 members takes a fraction
-    of that); ``milp_time_limit`` seconds per MILP leaf;
-    ``root_milp``: share of ``time_limit`` (of ``milp_time_limit`` without a limit) given to one MILP
-    on the whole set once ``root_milp_after`` nodes have been bounded (0: none); ``batch`` nodes expanded per bound call; ``attack_samples`` random members and
-    ``search_starts`` local searches before branching; ``solver`` for the MILP (None: HiGHS).
+    of that); ``milp_time_limit`` seconds per MILP leaf; ``root_milp``: share of ``time_limit`` (of
+    ``milp_time_limit`` without a limit) given to one MILP on the whole set once ``root_milp_after``
+    nodes have been bounded (0: none); ``batch`` nodes expanded per bound call; ``attack_samples``
+    random members and ``search_starts`` local searches before branching; ``max_nodes`` bounded
+    nodes at most; ``solver`` for the MILP (None: HiGHS).
     """
 
     method: str = "best"
@@ -100,7 +101,8 @@ class BabConfig:
         if self.time_limit is not None and not (math.isfinite(self.time_limit) and self.time_limit > 0):
             raise BabConfigError(f"time_limit must be a finite number of seconds > 0 or None, got {self.time_limit!r}")
         if not (math.isfinite(self.milp_time_limit) and self.milp_time_limit > 0):
-            raise BabConfigError(f"milp_time_limit must be a finite number of seconds > 0, got {self.milp_time_limit!r}")
+            raise BabConfigError(f"milp_time_limit must be a finite number of seconds > 0, "
+                                 f"got {self.milp_time_limit!r}")
         if not (math.isfinite(self.root_milp) and 0 <= self.root_milp <= 1):
             raise BabConfigError(f"root_milp must be a fraction in [0, 1] of the time limit, got {self.root_milp!r}")
         for name in ("root_milp_after", "enumerate_max", "milp_max_free", "attack_samples", "search_starts"):
@@ -116,8 +118,10 @@ class BabConfig:
 @dataclass
 class BabResult:
     """Verdict of one sample. ``margin_lower``: proven lower bound of ``min_j f_label - f_j`` over the
-    set, on the ``1/T'`` grid (the largest float not above ``k / T'``); ``attack_margin``: the smallest exact margin a member reached (``witness``
-    reaches it; ``<= 0`` when not robust). ``witness_rates``: its exact rates (floats of fractions).
+    set, on the ``1/T'`` grid (the largest float not above ``k / T'``); ``attack_margin``: the
+    smallest exact margin a member reached (``witness [T', *in]`` reaches it; ``<= 0`` when not
+    robust; ``inf`` when no member was evaluated). ``witness_rates [n_out]``: its exact rates (as
+    floats), ``witness_prediction`` their argmax (a tie goes to the lowest index).
     ``stats``: nodes bounded, leaves closed by bound / enumeration / MILP, splits, depth, and
     ``decided_fraction``: the share of the set's members in closed nodes (robust: 1)."""
 
@@ -214,7 +218,8 @@ class _Search:
             exact = self.exact_margin(x)
             if self.best_margin is None or exact < self.best_margin:
                 if not self.input_set.contains(x):
-                    raise VerifierError("a candidate witness is not a member of the input set; the node sets are broken")
+                    raise VerifierError("a candidate witness is not a member of the input set; "
+                                        "the node sets are broken")
                 self.best_margin, self.best_x = exact, x
             if exact <= 0:
                 raise _Done()
@@ -539,6 +544,5 @@ def _result(search: _Search, status: str, queue: List[_Node], reason: str) -> Ba
         rates = np.array([float(r) for r in trace.rates])
         prediction = int(np.argmax(trace.counts))
     attack = math.inf if search.best_margin is None else float(search.best_margin)
-    return BabResult(status, search.label, float(margin_lower), attack,
-                     search.best_x if status == "not_robust" or search.best_x is not None else None, rates,
-                     prediction, time.perf_counter() - search.start, reason, dict(search.stats))
+    return BabResult(status, search.label, float(margin_lower), attack, search.best_x, rates, prediction,
+                     time.perf_counter() - search.start, reason, dict(search.stats))

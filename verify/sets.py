@@ -502,7 +502,8 @@ class LevelSet(InputSet):
         flat_var, flat_rank = variable.reshape(-1), rank.reshape(-1)
         free = flat_var >= 0
         if np.any(flat_var >= n_levels.size) or np.any(base.reshape(-1)[free] != 0):
-            raise ValueError("variable indices must lie in [-1, len(n_levels)) and bits of a variable must be 0 in base")
+            raise ValueError("variable indices must lie in [-1, len(n_levels)) and bits of a variable "
+                             "must be 0 in base")
         if np.any((flat_rank[free] < 0) | (flat_rank[free] >= n_levels[flat_var[free]])):
             raise ValueError("every rank must lie in [0, n_levels[variable])")
         lo = np.zeros_like(n_levels) if lo is None else np.asarray(lo, np.int64).reshape(-1)
