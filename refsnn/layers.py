@@ -92,8 +92,8 @@ class Linear(Layer):
         if bias is None:
             bias = np.zeros(out_features, dtype=self.weight.dtype)
         # the bias takes the weight's dtype; re-checked there (1e39 is finite in float64, not in float32)
-        self.bias = check_parameter_array(_cast_checked(check_parameter_array(bias, "Linear bias", 1), self.weight.dtype),
-                                          f"Linear bias as {self.weight.dtype}", 1)
+        bias = _cast_checked(check_parameter_array(bias, "Linear bias", 1), self.weight.dtype)
+        self.bias = check_parameter_array(bias, f"Linear bias as {self.weight.dtype}", 1)
         if self.bias.shape != (out_features,):
             raise ModelValidationError(f"Linear bias must have shape ({out_features},), got {self.bias.shape}")
 
@@ -315,8 +315,8 @@ class Conv2d(Layer):
         out_channels = self.weight.shape[0]
         if bias is None:
             bias = np.zeros(out_channels, dtype=self.weight.dtype)
-        self.bias = check_parameter_array(_cast_checked(check_parameter_array(bias, "Conv2d bias", 1), self.weight.dtype),
-                                          f"Conv2d bias as {self.weight.dtype}", 1)
+        bias = _cast_checked(check_parameter_array(bias, "Conv2d bias", 1), self.weight.dtype)
+        self.bias = check_parameter_array(bias, f"Conv2d bias as {self.weight.dtype}", 1)
         if self.bias.shape != (out_channels,):
             raise ModelValidationError(f"Conv2d bias must have shape ({out_channels},), got {self.bias.shape}")
         if min(self.weight.shape) < 1:
