@@ -1,4 +1,4 @@
-"""The NIR example of docs/INTEROP.md runs as written and gives the same network back."""
+"""The NIR examples of docs/INTEROP.md and of the README run as written and give the same network back."""
 import re
 from pathlib import Path
 
@@ -6,12 +6,16 @@ import pytest
 
 pytest.importorskip("nir")
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "INTEROP.md"
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = {"docs": (ROOT / "docs" / "INTEROP.md", "## NIR", "### Discretization"),
+            "readme": (ROOT / "README.md", "## NIR graphs", "## Scale-out")}
 
 
-def test_nir_example_runs(tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", sorted(EXAMPLES))
+def test_nir_example_runs(where, tmp_path, monkeypatch):
+    DOC, begin, end = EXAMPLES[where]
     text = DOC.read_text()
-    section = text[text.index("## NIR"):text.index("### Discretization")]
+    section = text[text.index(begin):text.index(end)]
     code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
     monkeypatch.chdir(tmp_path)
     scope = {"__name__": "nir_doc_example"}
