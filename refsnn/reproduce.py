@@ -26,9 +26,11 @@ smoke run and NOT the paper's protocol. ``budget`` is the largest schedule that 
 in about an hour on 2 CPU cores; ``paper`` is the paper's schedule (80 natural epochs; 300 robust
 epochs with the 250-epoch ramp).
 
-The published numbers that are compared against are in ``PAPER_REFERENCE``: only values that are
-stated in the paper's text or tables AND transcribed here; every other paper cell is shown as
-``n/t`` (not transcribed), never guessed. ``--paper-values FILE`` adds more cells (see
+The published numbers that are compared against are in ``PAPER_REFERENCE`` (the paper's Table 1,
+Table 2 for all six settings, training eps and Figure 5 ratios; a cell not there is shown as
+``n/t``, never guessed). Every preset attacks at the paper's four eps per setting; a paper cell is
+printed only beside a row attacked at the same eps, and a finished attack run at other eps is
+rendered as run, labelled with its eps. ``--paper-values FILE`` adds or corrects cells (see
 docs/REPRODUCTION.md for the format).
 
     python -m refsnn.reproduce --preset budget --dataset mnist,fmnist --arch fc
@@ -59,31 +61,84 @@ class ReproduceConfigError(ValueError):
 #: Output root when --out is not given (git-ignored; the committed results/ only through --out).
 DEFAULT_OUT = "runs/reproduce"
 
-#: What the paper states and this module compares against (Liang et al., NeurIPS 2022). Keys are
-#: ``(dataset, arch)``. Only transcribed values; a missing key renders as ``n/t``.
+# Table 2 of the paper, row by row as printed: (setting, attack eps, regular original err., regular
+# attack err., robust original err., robust attack err.), errors in %. ``PAPER_REFERENCE``'s attack
+# eps and Table 2 cells are built from these rows only.
+_PAPER_TABLE2_ROWS: Tuple[Tuple[str, float, float, float, float, float], ...] = (
+    ("mnist-fc", 0.104, 0.3, 19.3, 4.7, 16.6),
+    ("mnist-fc", 0.124, 0.3, 29.7, 4.7, 20.3),
+    ("mnist-fc", 0.140, 0.3, 39.0, 4.7, 23.3),
+    ("mnist-fc", 0.154, 0.3, 50.0, 5.0, 24.3),
+    ("mnist-conv", 0.120, 0.3, 18.7, 3.7, 8.3),
+    ("mnist-conv", 0.140, 0.3, 29.0, 4.0, 9.0),
+    ("mnist-conv", 0.170, 0.3, 40.7, 3.3, 10.7),
+    ("mnist-conv", 0.190, 0.3, 50.7, 4.0, 13.0),
+    ("fmnist-fc", 0.040, 13.0, 20.7, 13.6, 20.0),
+    ("fmnist-fc", 0.070, 13.0, 29.7, 13.3, 24.0),
+    ("fmnist-fc", 0.100, 11.7, 41.3, 14.0, 32.0),
+    ("fmnist-fc", 0.114, 13.3, 49.7, 13.6, 38.7),
+    ("fmnist-conv", 0.040, 10.0, 19.7, 13.7, 22.0),
+    ("fmnist-conv", 0.060, 10.3, 28.3, 17.3, 23.0),
+    ("fmnist-conv", 0.080, 10.0, 41.3, 17.0, 25.7),
+    ("fmnist-conv", 0.100, 10.3, 52.3, 16.7, 34.3),
+    ("nmnist-fc", 0.0007, 3.7, 21.0, 3.7, 10.0),
+    ("nmnist-fc", 0.0009, 3.7, 30.7, 3.7, 12.3),
+    ("nmnist-fc", 0.0012, 3.7, 41.3, 3.7, 16.7),
+    ("nmnist-fc", 0.0014, 3.7, 48.7, 3.7, 18.3),
+    ("nmnist-conv", 0.0008, 1.3, 20.0, 4.3, 7.0),
+    ("nmnist-conv", 0.0010, 1.3, 33.7, 4.3, 11.0),
+    ("nmnist-conv", 0.0012, 1.3, 41.0, 4.3, 11.0),
+    ("nmnist-conv", 0.0015, 1.3, 49.0, 4.3, 12.0),
+)
+_TABLE2_FIELDS = ("regular_original_error", "regular_attack_error", "robust_original_error", "robust_attack_error")
+
+
+def eps_key(eps: float) -> str:
+    """The key of an attack eps in ``PAPER_REFERENCE['table2_cells'][setting]`` (``f"{eps:g}"``: 0.140 -> "0.14")."""
+    return f"{eps:g}"
+
+
+#: What the paper states and this module compares against (Liang et al., NeurIPS 2022), transcribed
+#: from its Table 1, Table 2 and Figure 5 (``tests/test_paper_reference.py`` checks every value
+#: against ../shared/docs/paper-tables.md). Setting keys are ``"<dataset>-<arch>"``; errors and
+#: accuracies in %. A missing key renders as ``n/t``.
 PAPER_REFERENCE: Dict[str, Any] = {
     "source": "Liang et al., Toward Robust Spiking Neural Network Against Adversarial Perturbation, NeurIPS 2022",
     # Table 2 header: the training eps of each setting.
     "train_eps": {f"{d}-{a}": eps for (d, a), eps in DEFAULT_EPS.items() if d in DATASETS},
-    # Table 2: the attack eps of the MNIST FC row.
-    "attack_eps": {"mnist-fc": [0.104, 0.124, 0.140, 0.154]},
-    # Table 2, MNIST FC: attack-error reduction of robust over regular training over the row (points),
-    # and the clean-error cost of robust training (points).
-    "attack_reduction_range_pp": {"mnist-fc": [2.7, 25.7]},
-    "clean_error_cost_pp": {"mnist-fc": 4.4},
-    # Abstract: the best reduction over all settings, for the clean-accuracy cost stated with it.
+    # Table 2: the four attack eps of each setting, as printed.
+    "attack_eps": {key: [row[1] for row in _PAPER_TABLE2_ROWS if row[0] == key]
+                   for key in dict.fromkeys(row[0] for row in _PAPER_TABLE2_ROWS)},
+    # Abstract: the best reduction over all settings (MNIST CONV, eps 0.19: 50.7 - 13.0), for the
+    # clean-accuracy cost stated with it (4.0 - 0.3).
     "headline": "up to 37.7 points less attack error for 3.7 points of clean accuracy",
-    # Figure 5 (CONV, MNIST, eps 0.12): time per robust epoch relative to natural training.
+    # Figure 5 (CONV, MNIST, eps 0.12): time per robust epoch relative to natural training, per T'.
     "figure5_time_ratio": {"1": 2.6, "3": 7.7, "5": 12.9},
-    # Table 1: clean accuracies per setting (none transcribed here; add them with --paper-values).
-    "clean_accuracy": {},
-    # Table 2: per-eps original / attack errors (none transcribed here; add them with --paper-values).
+    # Table 1: clean accuracy (%) of the original (naturally trained) networks; the paper's Table 1
+    # has no robust-network column.
+    "clean_accuracy": {"mnist-fc": {"regular": 98.45}, "fmnist-fc": {"regular": 87.58},
+                       "nmnist-fc": {"regular": 98.30}, "mnist-conv": {"regular": 99.09},
+                       "fmnist-conv": {"regular": 89.53}, "nmnist-conv": {"regular": 99.05}},
+    # Table 2: per setting and attack eps (``eps_key``), the original and attack errors (%) of the
+    # regular and the robust network.
     "table2_cells": {},
 }
+for _key, _eps, *_values in _PAPER_TABLE2_ROWS:
+    PAPER_REFERENCE["table2_cells"].setdefault(_key, {})[eps_key(_eps)] = dict(zip(_TABLE2_FIELDS, _values))
 
-# The MNIST FC attack eps relative to its training eps; used for settings whose attack eps are not
-# transcribed (clearly labelled in the tables).
-_MNIST_FC_ATTACK_RATIOS = tuple(e / 0.12 for e in PAPER_REFERENCE["attack_eps"]["mnist-fc"])
+
+def paper_reduction(cells: Dict[str, Dict[str, float]], eps: Sequence[float]) -> Optional[Tuple[float, float, float]]:
+    """``(min, max, clean cost)`` in points of the paper's Table 2 over ``eps`` (None when a cell is missing).
+
+    Reduction = regular - robust attack error per eps; clean cost = robust - regular original error
+    at the first eps (the rule of refsnn's own summary line).
+    """
+    rows = [cells.get(eps_key(e)) for e in eps]
+    if not rows or any(row is None or any(row.get(f) is None for f in _TABLE2_FIELDS) for row in rows):
+        return None
+    reductions = [round(row["regular_attack_error"] - row["robust_attack_error"], 6) for row in rows]
+    cost = round(rows[0]["robust_original_error"] - rows[0]["regular_original_error"], 6)
+    return min(reductions), max(reductions), cost
 
 
 @dataclass(frozen=True)
@@ -273,13 +328,21 @@ def _robust_recipe(preset: ReproducePreset, dataset: str) -> List[str]:
 
 
 def attack_eps_for(dataset: str, arch: str, paper: Optional[Dict[str, Any]] = None) -> Tuple[List[float], str]:
-    """The attack eps of a setting and where they come from (``paper`` or ``scaled``)."""
+    """The attack eps of a setting: the paper's four as printed in its Table 2, and their source ``"paper"``."""
     key = f"{dataset}-{arch}"
     reference = PAPER_REFERENCE if paper is None else paper
-    if key in reference.get("attack_eps", {}):
-        return [float(e) for e in reference["attack_eps"][key]], "paper"
-    train_eps = DEFAULT_EPS[(dataset, arch)]
-    return [round(train_eps * r, 6) for r in _MNIST_FC_ATTACK_RATIOS], "scaled"
+    attack_eps = reference.get("attack_eps")
+    if not isinstance(attack_eps, dict) or not attack_eps.get(key):
+        raise ReproduceConfigError(f"paper_values: attack_eps has no eps for {key!r}; give a list of positive "
+                                   f"floats like {PAPER_REFERENCE['attack_eps'][key]}")
+    return [float(e) for e in attack_eps[key]], "paper"
+
+
+def attacked_eps(table: Path) -> Optional[List[float]]:
+    """The eps (sorted, rounded to 1e-6) a finished attack ``table.json`` was run at; None when there is none."""
+    if not table.is_file():
+        return None
+    return sorted({round(float(row["eps"]), 6) for row in json.loads(table.read_text())["rows"]})
 
 
 def _data_available(dataset: str, data_dir: Optional[str]) -> Optional[str]:
@@ -321,6 +384,15 @@ def run_setting(root: Path, dataset: str, arch: str, preset: ReproducePreset,
                    *data_args]
     robust = _train_step(setting_dir / "robust", robust_argv)
     eps, eps_source = attack_eps_for(dataset, arch, paper)
+    paper_eps = list(eps)
+    # A finished attack is never rerun by itself: when it was run at other eps than the paper's, its
+    # rows are shown at the eps they were run at, without paper cells (never compared across eps).
+    ran = attacked_eps(setting_dir / "attack" / "table.json")
+    if ran is not None and ran != sorted(round(e, 6) for e in eps):
+        _log(f"{dataset}-{arch}: the finished attack in {setting_dir / 'attack'} was run at eps "
+             f"{', '.join(f'{e:g}' for e in ran)}, not the paper's {', '.join(f'{e:g}' for e in eps)}; shown as run, "
+             "without paper cells (move that folder aside and rerun to attack at the paper's eps)")
+        eps, eps_source = ran, "earlier run"
     models = {name: setting_dir / name / "model.h5" for name in ("plain", "robust")}
     # Small test splits (the N-MNIST subset has 100 recordings) are used whole.
     n_test = int(plain.get("n_test") or preset.attack_n)
@@ -330,7 +402,7 @@ def run_setting(root: Path, dataset: str, arch: str, preset: ReproducePreset,
                                      min(preset.certify_n, n_test), preset.robust_T, config.data_dir)
                  for name in models}
     return {"dataset": dataset, "data": data_name, "arch": arch, "train_eps": train_eps, "attack_eps": eps,
-            "attack_eps_source": eps_source, "plain": plain, "robust": robust, "attack": attack,
+            "attack_eps_source": eps_source, "paper_attack_eps": paper_eps, "plain": plain, "robust": robust, "attack": attack,
             "certify": certified, "dir": str(setting_dir)}
 
 
@@ -379,9 +451,15 @@ def _best_error(record: Dict[str, Any]) -> Optional[float]:
     return entry.get("certified_error")
 
 
-def _label_for(setting: Dict[str, Any]) -> str:
+def _nmnist_subset(setting: Dict[str, Any]) -> Optional[int]:
+    """The number of train recordings when an N-MNIST run used a subset of the 60,000 (else None)."""
     n_train = setting["plain"].get("n_train")
-    if setting["dataset"] == "nmnist" and n_train is not None and n_train < 60000:
+    return n_train if setting["dataset"] == "nmnist" and n_train is not None and n_train < 60000 else None
+
+
+def _label_for(setting: Dict[str, Any]) -> str:
+    n_train = _nmnist_subset(setting)
+    if n_train is not None:
         return f"N-MNIST 1k-subset ({n_train} train recordings)"
     names = {"mnist": "MNIST", "fmnist": "FMNIST", "nmnist": "N-MNIST"}
     label = names[setting["dataset"]]
@@ -406,21 +484,27 @@ def render_table2(settings: List[Dict[str, Any]], preset: ReproducePreset, paper
              f"{preset.attack_n} fixed test samples (or the whole test split when smaller), one shared draw of evaluation rand maps, digital l-inf radius "
              "eps/2 (the bounds' set), spike inputs an l0 budget of round(size * eps) bits. `paper` = the paper's "
              "attack (25 iterations as the authors' code), `strongest` = refsnn's ensemble (includes the paper "
-             "attack). Reduction = regular attack error - robust attack error (points). Paper cells marked `n/t` "
-             "are not transcribed in refsnn (see docs/REPRODUCTION.md).", ""]
+             "attack). Reduction = regular attack error - robust attack error (points). Paper cells are the "
+             "paper's Table 2 at the same eps (`PAPER_REFERENCE`); `-` where this row's eps is not one of the "
+             "paper's (numbers at different eps are never compared), `n/t` where not transcribed "
+             "(docs/REPRODUCTION.md).", ""]
     mark = "" if preset.name == "paper" else "*"
     for setting in settings:
         key = f"{setting['dataset']}-{setting['arch']}"
         attack = setting["attack"]
         lines += [f"## {_label_for(setting)} {setting['arch'].upper()} (training eps {setting['train_eps']:g})", ""]
-        if setting["attack_eps_source"] != "paper":
-            lines += ["Attack eps: not transcribed from the paper for this setting; refsnn uses the training eps "
-                      "times the MNIST FC row's ratios (0.104, 0.124, 0.140, 0.154) / 0.12.", ""]
-        cells = paper.get("table2_cells", {}).get(key, {})
+        paper_eps = [float(e) for e in setting.get("paper_attack_eps") or paper.get("attack_eps", {}).get(key, [])]
+        at_paper_eps = setting["attack_eps_source"] == "paper"
+        if not at_paper_eps:
+            lines += [f"Attack eps: this setting's attack was run at eps {', '.join(f'{e:g}' for e in setting['attack_eps'])}, "
+                      f"NOT at the paper's eps ({', '.join(f'{e:g}' for e in paper_eps)}); the paper's cells are at "
+                      f"other eps and are not shown. To attack at the paper's eps, move `{setting['dir']}/attack` aside and "
+                      "rerun (docs/REPRODUCTION.md).", ""]
+        cells = paper.get("table2_cells", {}).get(key, {}) if at_paper_eps else {}
         header = ("| attack eps | regular: original err. | regular: attack err. (paper atk) | robust: original err. | "
                   "robust: attack err. (paper atk) | reduction (pp) | regular / robust: strongest atk err. | "
-                  "paper: regular attack err. | paper: robust attack err. | paper: reduction (pp) | "
-                  "ours - paper reduction (pp) |")
+                  "paper: regular / robust original err. | paper: regular attack err. | paper: robust attack err. | "
+                  "paper: reduction (pp) | ours - paper reduction (pp) |")
         lines += [header, "|" + "---|" * (header.count("|") - 1)]
         plain_rows, robust_rows = _rows(attack, "plain", "paper"), _rows(attack, "robust", "paper")
         plain_strong, robust_strong = _rows(attack, "plain", "strongest"), _rows(attack, "robust", "strongest")
@@ -432,28 +516,36 @@ def render_table2(settings: List[Dict[str, Any]], preset: ReproducePreset, paper
             reduction = 100 * (p["attack_error"] - r["attack_error"])
             strong = (f"{_pct(plain_strong[e]['attack_error'])} / {_pct(robust_strong[e]['attack_error'])}"
                       if e in plain_strong and e in robust_strong else "-")
-            cell = cells.get(f"{eps:g}", {})
+            cell = cells.get(eps_key(eps), {})
+            missing = "n/t" if at_paper_eps else "-"
+            shown = {f: (f"{cell[f]:.1f}" if cell.get(f) is not None else missing) for f in _TABLE2_FIELDS}
             paper_reg, paper_rob = cell.get("regular_attack_error"), cell.get("robust_attack_error")
             paper_red = (paper_reg - paper_rob) if paper_reg is not None and paper_rob is not None else None
-            ours_minus = f"{reduction - paper_red:+.1f}" if paper_red is not None else "n/t"
+            ours_minus = f"{reduction - paper_red:+.1f}" if paper_red is not None else missing
             lines.append(f"| {eps:g} | {_pct(p['original_error'])}{mark} | {_pct(p['attack_error'])}{mark} | "
                          f"{_pct(r['original_error'])}{mark} | {_pct(r['attack_error'])}{mark} | {reduction:.1f}{mark} | "
-                         f"{strong}{mark} | {paper_reg if paper_reg is not None else 'n/t'} | "
-                         f"{paper_rob if paper_rob is not None else 'n/t'} | "
-                         f"{f'{paper_red:.1f}' if paper_red is not None else 'n/t'} | {ours_minus} |")
+                         f"{strong}{mark} | {shown['regular_original_error']} / {shown['robust_original_error']} | "
+                         f"{shown['regular_attack_error']} | {shown['robust_attack_error']} | "
+                         f"{f'{paper_red:.1f}' if paper_red is not None else missing} | {ours_minus} |")
         reductions = [100 * (plain_rows[round(e, 6)]["attack_error"] - robust_rows[round(e, 6)]["attack_error"])
                       for e in setting["attack_eps"] if round(e, 6) in plain_rows and round(e, 6) in robust_rows]
         clean_cost = None
         if plain_rows and robust_rows:
             first = round(setting["attack_eps"][0], 6)
             clean_cost = 100 * (robust_rows[first]["original_error"] - plain_rows[first]["original_error"])
-        paper_range = paper.get("attack_reduction_range_pp", {}).get(key)
-        paper_cost = paper.get("clean_error_cost_pp", {}).get(key)
+        paper_summary = paper_reduction(paper.get("table2_cells", {}).get(key, {}), paper_eps)
+        if paper_summary is None:
+            paper_line = "Paper: n/t for this setting."
+        elif at_paper_eps:
+            paper_line = (f"Paper: {paper_summary[0]:.1f} to {paper_summary[1]:.1f} points for {paper_summary[2]:.1f} "
+                          "points of clean error.")
+        else:
+            paper_line = (f"Paper: its rows for this setting are at eps {', '.join(f'{e:g}' for e in paper_eps)}, "
+                          "not this table's; not compared.")
         lines += ["", f"Summary: attack-error reduction {min(reductions):.1f} to {max(reductions):.1f} points "
                   f"for {clean_cost:.1f} points of clean error{mark}" if reductions and clean_cost is not None
                   else "Summary: incomplete rows.",
-                  f"Paper: {paper_range[0]} to {paper_range[1]} points for {paper_cost} points of clean error."
-                  if paper_range else "Paper: n/t for this setting.", ""]
+                  paper_line, ""]
         cert = setting["certify"]
         lines += [f"Certified robust error at the training eps {setting['train_eps']:g} (T' = {preset.robust_T}, "
                   f"`python -m refsnn.certify`, first {cert['plain'].get('result', {}).get('n', preset.certify_n)} "
@@ -474,8 +566,9 @@ def render_table1(settings: List[Dict[str, Any]], preset: ReproducePreset, paper
     mark = "" if preset.name == "paper" else "*"
     lines = [f"# Table 1 (refsnn, preset `{preset.name}`): clean test accuracy", "", *smoke_line(preset),
              f"Schedule: {preset.label} (cells marked * come from it). Accuracy at T = 10 over the whole test split "
-             "of the data used, mean over sampling seeds (`summary.json` of each run). Paper cells `n/t` are not "
-             "transcribed (docs/REPRODUCTION.md).", "",
+             "of the data used, mean over sampling seeds (`summary.json` of each run). Paper cells: the paper's Table 1 "
+             "(`PAPER_REFERENCE`), which reports the natural networks only (robust: `n/r`, not reported); "
+             "ours - paper is `other data` where refsnn's data is not the paper's (a subset).", "",
              "| data set | arch | regular (natural) acc. % | robust acc. % | clean-acc. cost (pp) | paper: regular | "
              "paper: robust | ours - paper (regular, pp) | natural s/epoch | robust s/epoch |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -485,11 +578,13 @@ def render_table1(settings: List[Dict[str, Any]], preset: ReproducePreset, paper
         robust_acc = setting["robust"]["test_accuracy"]["mean"]
         ref = paper.get("clean_accuracy", {}).get(key, {})
         paper_plain, paper_robust = ref.get("regular"), ref.get("robust")
-        diff = f"{100 * plain_acc - paper_plain:+.1f}" if paper_plain is not None else "n/t"
+        same_data = setting["data"] == setting["dataset"] and _nmnist_subset(setting) is None
+        diff = ("n/t" if paper_plain is None else f"{100 * plain_acc - paper_plain:+.2f}" if same_data
+                else "other data")
         lines.append(f"| {_label_for(setting)} | {setting['arch'].upper()} | {_pct(plain_acc, 2)}{mark} | "
                      f"{_pct(robust_acc, 2)}{mark} | {100 * (plain_acc - robust_acc):.2f}{mark} | "
-                     f"{paper_plain if paper_plain is not None else 'n/t'} | "
-                     f"{paper_robust if paper_robust is not None else 'n/t'} | {diff} | "
+                     f"{f'{paper_plain:.2f}' if paper_plain is not None else 'n/t'} | "
+                     f"{f'{paper_robust:.2f}' if paper_robust is not None else 'n/r'} | {diff} | "
                      f"{setting['plain']['seconds_per_epoch']:.0f} | {setting['robust']['seconds_per_epoch']:.0f} |")
     lines += ["", "Seconds per epoch are wall-clock on the machine in `reproduce_config.json` (shared, loaded 2-core VM "
               "for the committed runs), training only (evaluation excluded).", ""]
@@ -712,7 +807,8 @@ def _selection(config: ReproduceConfig, preset: ReproducePreset) -> Tuple[Tuple[
 
 
 def _summary_setting(s: Dict[str, Any]) -> Dict[str, Any]:
-    return ({key: s[key] for key in ("dataset", "data", "arch", "train_eps", "attack_eps", "attack_eps_source", "dir")}
+    return ({key: s[key] for key in ("dataset", "data", "arch", "train_eps", "attack_eps", "attack_eps_source",
+                                       "paper_attack_eps", "dir")}
             | {"plain_accuracy": s["plain"]["test_accuracy"]["mean"],
                "robust_accuracy": s["robust"]["test_accuracy"]["mean"],
                "plain_seconds_per_epoch": s["plain"]["seconds_per_epoch"],

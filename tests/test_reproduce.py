@@ -92,13 +92,71 @@ def test_end_to_end_resumable_and_missing_data(tmp_path, tiny_preset, capsys):
     assert (robust_dir / "model.h5").is_file()
 
 
-def test_attack_eps_sources():
-    eps, source = rp.attack_eps_for("mnist", "fc")
-    assert source == "paper" and eps == [0.104, 0.124, 0.140, 0.154]
-    eps, source = rp.attack_eps_for("fmnist", "fc")
-    assert source == "scaled" and eps[0] == pytest.approx(0.01 * 0.104 / 0.12, abs=1e-6)
+def test_attack_eps_are_the_papers_for_every_setting():
+    # FMNIST and N-MNIST used to get MNIST FC's eps ratios times their training eps.
+    assert rp.attack_eps_for("mnist", "fc") == ([0.104, 0.124, 0.140, 0.154], "paper")
+    assert rp.attack_eps_for("fmnist", "fc") == ([0.040, 0.070, 0.100, 0.114], "paper")
+    assert rp.attack_eps_for("nmnist", "fc") == ([0.0007, 0.0009, 0.0012, 0.0014], "paper")
+    assert rp.attack_eps_for("fmnist", "conv") == ([0.04, 0.06, 0.08, 0.10], "paper")
     transcribed = {"attack_eps": {"fmnist-fc": [0.02, 0.03]}}
     assert rp.attack_eps_for("fmnist", "fc", transcribed) == ([0.02, 0.03], "paper")
+    with pytest.raises(rp.ReproduceConfigError, match="paper_values: attack_eps has no eps for 'mnist-fc'"):
+        rp.attack_eps_for("mnist", "fc", {"attack_eps": {}})
+
+
+def _attack_table(path, eps_values, error=0.25):
+    rows = [{"model": m, "attack": a, "eps": e, "original_error": 0.1, "attack_error": error}
+            for m in ("plain", "robust") for a in ("paper", "strongest") for e in eps_values]
+    path.mkdir(parents=True)
+    (path / "table.json").write_text(json.dumps({"rows": rows}))
+
+
+def _run_setting_on_finished_attack(tmp_path, monkeypatch, dataset, eps_values):
+    """``run_setting`` of a setting whose training and certification are stubbed and whose attack
+    ``table.json`` exists at ``eps_values`` (the attack step must skip it)."""
+    _attack_table(tmp_path / f"{dataset}-fc" / "attack", eps_values)
+    summary = {"n_test": 300, "n_train": 60000, "test_accuracy": {"mean": 0.9}, "seconds_per_epoch": 1.0}
+    monkeypatch.setattr(rp, "_train_step", lambda *args, **kwargs: summary)
+    monkeypatch.setattr(rp, "_certify_step", lambda *args, **kwargs: {"result": {"n": 10}})
+    config = rp.ReproduceConfig("budget", out=str(tmp_path))
+    return rp.run_setting(tmp_path, dataset, "fc", rp.PRESETS["budget"], config, rp.PAPER_REFERENCE)
+
+
+def test_attack_run_at_other_eps_is_shown_as_run_without_paper_cells(tmp_path, monkeypatch):
+    """The committed FMNIST attack ran at 0.01 x MNIST FC's ratios: it is neither rerun nor compared
+    with the paper's cells at 0.04 .. 0.114."""
+    old_eps = [0.008667, 0.010333, 0.011667, 0.012833]
+    setting = _run_setting_on_finished_attack(tmp_path, monkeypatch, "fmnist", old_eps)
+    assert setting["attack_eps"] == old_eps and setting["attack_eps_source"] == "earlier run"
+    assert setting["paper_attack_eps"] == [0.04, 0.07, 0.1, 0.114]
+    table2 = rp.render_table2([setting], rp.PRESETS["budget"], rp.PAPER_REFERENCE)
+    assert "NOT at the paper's eps (0.04, 0.07, 0.1, 0.114)" in table2
+    rows = [line for line in table2.split("\n") if line.startswith("| 0.0")]
+    assert len(rows) == 4 and all(line.endswith("| - / - | - | - | - | - |") for line in rows)
+    for paper_number in ("20.7", "29.7", "41.3", "49.7", "38.7"):
+        assert paper_number not in table2
+    assert "Paper: its rows for this setting are at eps 0.04, 0.07, 0.1, 0.114, not this table's" in table2
+
+
+def test_attack_at_the_paper_eps_gets_the_paper_cells(tmp_path, monkeypatch):
+    setting = _run_setting_on_finished_attack(tmp_path, monkeypatch, "fmnist", [0.04, 0.07, 0.1, 0.114])
+    assert setting["attack_eps_source"] == "paper"
+    table2 = rp.render_table2([setting], rp.PRESETS["budget"], rp.PAPER_REFERENCE)
+    # ours: 25.0 - 25.0 = 0 points; the paper's FMNIST FC row at 0.04: 20.7 - 20.0 = 0.7
+    assert "| 0.04 | 10.0* | 25.0* | 10.0* | 25.0* | 0.0* | 25.0 / 25.0* | 13.0 / 13.6 | 20.7 | 20.0 | 0.7 | -0.7 |" in table2
+    assert "| 0.114 |" in table2 and "| 13.3 / 13.6 | 49.7 | 38.7 | 11.0 | -11.0 |" in table2
+    assert "Paper: 0.7 to 11.0 points for 0.6 points of clean error." in table2
+    assert "NOT at the paper's eps" not in table2
+
+
+def test_table1_shows_the_papers_clean_accuracy():
+    summary = {"n_test": 10000, "n_train": 60000, "test_accuracy": {"mean": 0.9812}, "seconds_per_epoch": 1.0}
+    mnist = {"dataset": "mnist", "data": "mnist", "arch": "conv", "plain": summary, "robust": summary}
+    subset = {**mnist, "dataset": "nmnist", "data": "nmnist", "arch": "fc", "plain": {**summary, "n_train": 1000}}
+    table1 = rp.render_table1([mnist, subset], rp.PRESETS["budget"], rp.PAPER_REFERENCE)
+    assert "| MNIST | CONV | 98.12* | 98.12* | 0.00* | 99.09 | n/r | -0.97 |" in table1
+    # the N-MNIST 1k-subset is not the paper's data: its cell is shown, no difference is taken
+    assert "| FC | 98.12* | 98.12* | 0.00* | 98.30 | n/r | other data |" in table1
 
 
 def test_bad_arguments_are_refused(capsys):
