@@ -12,7 +12,6 @@ import json
 import math
 from fractions import Fraction
 
-import h5py
 import numpy as np
 import pytest
 
@@ -23,6 +22,8 @@ from verify.cases import Case, write_cases
 from verify.check import CheckConfig, CheckConfigError, check_cases, main
 from verify.exact import ExactNetwork
 from verify.sets import BoxSet
+
+from test_verify_check import _raw_cases  # the raw CASES-file writer (tests/ is on sys.path)
 
 STEPS = 4  # rates are multiples of 1/4: exact in float64, so "tight" claims are representable
 
@@ -131,15 +132,6 @@ def valid_cases():
     x_lower, x_upper = dyadic_box()
     return net, [Case("c1", x_lower, x_upper)]
 
-
-def _raw_cases(path, fields):
-    with h5py.File(path, "w") as h5:
-        h5.attrs["format"] = "refsnn-cases"
-        h5.attrs["format_version"] = 1
-        group = h5.create_group("cases/c1")
-        for name, value in fields.items():
-            group.create_dataset(name, data=value)
-    return path
 
 
 def _snapshot(folder):
