@@ -309,9 +309,9 @@ class BoundGraph:
         slope_lower, icpt_lower, slope_upper, icpt_upper = Fire.relaxation(
             mem_lower, mem_upper, state, self.threshold, self.rule, chords=(upper_chord, lower_chord))
         reset_lower, reset_upper = Reset.relaxation(mem_lower, state, self.rule)
-        record.update(upper_chord=upper_chord, lower_chord=lower_chord, inv_up=slope_upper, inv_lo=slope_lower,
-                      slope_lower=slope_lower, icpt_lower=icpt_lower, slope_upper=slope_upper,
-                      icpt_upper=icpt_upper, reset_lower=reset_lower, reset_upper=reset_upper)
+        record.update(upper_chord=upper_chord, lower_chord=lower_chord, slope_lower=slope_lower,
+                      icpt_lower=icpt_lower, slope_upper=slope_upper, icpt_upper=icpt_upper,
+                      reset_lower=reset_lower, reset_upper=reset_upper)
 
     def _crown_forward(self) -> np.ndarray:
         steps, batch, alpha = self.steps, self.batch, self.decay
@@ -469,7 +469,8 @@ class BoundGraph:
             grad_b[k] += np.einsum("bs,tbsn->n", g_row, lam_cur)  # bias += lm . b
             # eq. 8 slopes/intercepts -> membrane bounds (case held fixed)
             th = self.threshold
-            inv_up, inv_lo = record["inv_up"], record["inv_lo"]
+            # on a chord, the slope is 1 / (th - m) (eq. 8): its derivative in m is the slope squared
+            inv_up, inv_lo = record["slope_upper"], record["slope_lower"]
             grad_mem_lower[k] += g_mem_lower_r + np.where(
                 record["upper_chord"], (g_slope_up - th * g_icpt_up) * inv_up * inv_up, 0.0)
             grad_mem_upper[k] += np.where(

@@ -25,7 +25,7 @@ from .firing import fires_at_threshold
 from .kernels import add_rows, transpose_contiguous
 from .layers import AvgPool2d, Conv2d, Flatten, Linear
 from .operator import interval_kernel
-from .relaxations import UNSTABLE, Fire, Reset, RoundingRule, gamma, output_rounding_margin  # noqa: F401
+from .relaxations import UNSTABLE, Fire, Reset, RoundingRule, output_rounding_margin  # noqa: F401
 from .spec import spec_interval
 
 
@@ -448,7 +448,7 @@ def interval_bounds_of_box(net, box: BinaryBox, stages: Sequence[PreparedStage],
         if refine is None:
             # eqs. 7, 9 per time step with the membrane margin (RoundingRule.membrane_margin,
             # Fire.classify, Reset.interval fused; bit-for-bit the same values).
-            _ibp_time_kernel(cur_lower, cur_upper, float(alpha), 2.0 * gamma(6, rule.u), float(rule.th_lo),
+            _ibp_time_kernel(cur_lower, cur_upper, float(alpha), rule.membrane_margin_coef(), float(rule.th_lo),
                              float(rule.th_hi), fires_at_threshold(net.firing), mem_lower, mem_upper, mem_margin, reset_lower,
                              reset_upper, state, spike_lo, spike_hi)
         else:

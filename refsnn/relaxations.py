@@ -124,7 +124,7 @@ class Precision:
 
     def membrane_margin(self, magnitude: np.ndarray) -> np.ndarray:
         """Outward margin of ``m = I + alpha z`` (rounded product and sum, alpha cast to the dtype)."""
-        return (2.0 * gamma(6, self.u)) * magnitude
+        return self.membrane_margin_coef() * magnitude
 
     def membrane_margin_coef(self) -> float:
         """The factor of ``membrane_margin``: ``2 gamma(6, u)``."""

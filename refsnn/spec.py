@@ -34,12 +34,12 @@ def margin_spec(labels, n_out: int) -> np.ndarray:
     if labels.size and (labels.min() < 0 or labels.max() >= n_out):
         raise ValueError(f"labels must lie in [0, {n_out}), got range [{labels.min()}, {labels.max()}]")
     batch = labels.shape[0]
-    others = np.array([[j for j in range(n_out) if j != y] for y in range(n_out)])  # [n_out, n_out-1]
+    others = other_classes(labels, n_out)  # [B, n_out - 1]
     C = np.zeros((batch, n_out - 1, n_out))
     rows = np.arange(n_out - 1)
     samples = np.arange(batch)[:, None]
     C[samples, rows[None, :], labels[:, None]] = 1.0
-    C[samples, rows[None, :], others[labels]] = -1.0
+    C[samples, rows[None, :], others] = -1.0
     return C
 
 
