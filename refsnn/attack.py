@@ -32,7 +32,8 @@ import numpy as np
 
 from .io import atomic_write_text
 from .parallel import add_cluster_arguments, dask_client
-from .runlock import file_sha256, guard_result, result_key
+from .runlock import guard_result, result_key
+from .validation import sha256_file
 from .attacks.protocol import (PROTOCOL_ATTACKS, ProtocolConfig, make_attack, markdown_table, rows_to_dicts,
                                run_protocol, select_samples)
 
@@ -114,7 +115,7 @@ def result_identity(args: argparse.Namespace, names: Sequence[str], paths: Seque
     """Every argument that changes the tables, and each model file's SHA-256: two runs write the same
     ``--out`` only when these agree (``refsnn.runlock.guard_result``). Not in it: the workers and the
     data folder. The batch size is in it: chunk ``c`` draws its attack seed from ``[seed, 3, c]``."""
-    return {"models": [{"name": name, "file": Path(path).name, "sha256": file_sha256(path),
+    return {"models": [{"name": name, "file": Path(path).name, "sha256": sha256_file(path),
                         "dtype": models[name].dtype.name} for name, path in zip(names, paths)],
             "dataset": args.dataset, "split": "test", "n": args.n, "eps": list(args.eps), "attacks": list(args.attack),
             "convention": args.convention, "T": T, "seed": args.seed, "fresh_draws": args.fresh_draws,
@@ -240,7 +241,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
                "tables_use": "evaluation rand maps" if kind == "digital" else "spike inputs",
                "protocol": {k: (list(v) if isinstance(v, (list, tuple)) else v)
                             for k, v in vars(config).items()},
-               "models": {name: {"path": path, "sha256": file_sha256(path), "metadata": _brief(metadata[name])}
+               "models": {name: {"path": path, "sha256": sha256_file(path), "metadata": _brief(metadata[name])}
                           for name, path in zip(names, paths)},
                "attack_configs": {name: make_attack(name, next(iter(models.values())), config.eps[0], config,
                                                     [args.seed, 3, 0]).config() for name in args.attack},

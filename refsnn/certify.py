@@ -50,7 +50,8 @@ from .data import load_dataset
 from .encoders import rate_encode
 from .input_sets import DEFAULT_ROBUST_T, digital_linf_set, spike_l0_set
 from .io import atomic_write_text
-from .runlock import file_sha256, guard_result, result_key
+from .runlock import guard_result, result_key
+from .validation import sha256_file
 
 EVENT_DATASETS = ("nmnist",)
 INPUT_SETS = ("digital", "spike", "spike-any-k")
@@ -309,7 +310,7 @@ def result_identity(args: argparse.Namespace, input_set: str, methods: Sequence[
     the same ``--out`` only when these agree (``refsnn.runlock.guard_result``). Not in it: the
     batch size and the workers (results do not depend on chunking) and the data folder."""
     model = Path(args.model)
-    return {"model": model.name, "model_sha256": file_sha256(model) if model.is_file() else None,
+    return {"model": model.name, "model_sha256": sha256_file(model) if model.is_file() else None,
             "dataset": args.dataset, "split": "test", "input_set": input_set, "eps": args.eps,
             "convention": args.convention, "l0_mode": args.l0_mode, "robust_T": args.robust_T, "n": args.n,
             "seed": args.seed, "k": args.k, "budget": args.budget, "iterations": args.iterations,

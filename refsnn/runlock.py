@@ -163,16 +163,6 @@ class ResultExistsError(ValueError):
     """An output file holds a different result and ``--overwrite`` was not given."""
 
 
-def file_sha256(path: Union[str, os.PathLike]) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def guard_result(path: Union[str, os.PathLike], identity: Dict[str, Any], overwrite: bool = False,
                  option: str = "--out") -> None:
     """Refuses (:class:`ResultExistsError`) to replace the JSON result ``path`` unless its stored

@@ -216,18 +216,6 @@ def check_images(images: np.ndarray, source: str, shape: Tuple[int, ...] = (28, 
     return images
 
 
-def check_unit_images(x: np.ndarray, source: str) -> np.ndarray:
-    """Float images with every value in [0, 1] (NaN refused), as the encoders expect."""
-    x = np.asarray(x)
-    if x.dtype.kind != "f":
-        raise DataValidationError(f"{source}: images must be floats in [0, 1], got dtype {x.dtype}")
-    bad = ~((x >= 0.0) & (x <= 1.0))
-    if bad.any():
-        raise DataValidationError(f"{source}: image values must lie in [0, 1] (no NaN), found "
-                                  f"{x[bad].ravel()[:3].tolist()}")
-    return x
-
-
 def check_frames(frames: np.ndarray, source: str, steps: Optional[int] = None) -> np.ndarray:
     """N-MNIST frames: uint8 ``[N, T, 2, 34, 34]`` holding only 0 and 1."""
     frames = np.asarray(frames)
@@ -337,6 +325,7 @@ def format_manifest(entries: Dict[str, str]) -> str:
 
 
 def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (data manifests, result identities)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -56,6 +56,7 @@ from .cases import Case, CasesError, read_cases
 from .encoding import VerifierError, float64_network
 from .exact import ExactNetwork, ExactTrace, excess, outside
 from .milp import SampleVerifier, robust_query
+from .specs import spec_grid
 from .search import closest_to_threshold, search_extremes, search_membranes
 from .sets import BoxSet
 from .specs import margin_specs, normalize_specs
@@ -141,7 +142,7 @@ def _rate_bound(bound: Optional[float], coefs: np.ndarray, steps: int, sense: st
     input, so the bound rounds inward to the grid only past the solver's tolerance (1e-6)."""
     if bound is None or not math.isfinite(bound):
         return None
-    if np.all(coefs == np.round(coefs)):
+    if spec_grid(coefs, steps) is not None:
         scaled = bound * steps
         return Fraction(math.ceil(scaled - 1e-6) if sense == "min" else math.floor(scaled + 1e-6), steps)
     return Fraction(bound)

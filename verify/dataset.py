@@ -51,7 +51,8 @@ from refsnn.input_sets import DEFAULT_ROBUST_T
 from refsnn.io import atomic_write_text
 from refsnn.network import SNN
 from refsnn.parallel import add_cluster_arguments, chunk_ranges, dask_client, map_chunks
-from refsnn.runlock import file_sha256, guard_result, result_key
+from refsnn.runlock import guard_result, result_key
+from refsnn.validation import sha256_file
 
 from .bab import BabConfig, robust_bab
 from .milp import robust_query
@@ -215,7 +216,7 @@ def result_identity(args: argparse.Namespace, config: DatasetVerifyConfig) -> Di
     write the same ``--out`` only when these agree (``refsnn.runlock.guard_result``). Not in it: the
     batch size and the workers (per-sample seeds) and the data folder."""
     model = Path(args.model)
-    return {"model": model.name, "model_sha256": file_sha256(model), "dataset": args.dataset, "split": args.split,
+    return {"model": model.name, "model_sha256": sha256_file(model), "dataset": args.dataset, "split": args.split,
             "n": args.n, "input_set": config.input_set, "eps": config.eps, "convention": config.convention,
             "robust_T": config.horizon, "seed": config.seed, "time_limit": config.time_limit, "bigm": config.bigm,
             "solver": config.solver, "attack_samples": config.attack_samples, "method": config.method}

@@ -197,11 +197,6 @@ def outside(value: Fraction, claim: float, side: str, atol: float) -> bool:
     return excess(value, claim, side) > Fraction(float(atol))
 
 
-def as_fraction(value: float) -> Fraction:
-    """A finite float as the exact rational it denotes."""
-    return Fraction(float(value))
-
-
 def float_outward(value: Fraction, side: str) -> float:
     """The float closest to ``value`` on the sound side: the largest float ``<= value`` for a lower
     bound (``side="lower"``), the smallest ``>= value`` for an upper bound. ``float(value)`` rounds
