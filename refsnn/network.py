@@ -20,7 +20,7 @@ import numpy as np
 from .layers import Layer, Shape
 from .neurons import Rectangular, lif_backward, lif_forward
 from .validation import (ModelValidationError, check_decay, check_dtype, check_firing, check_input_shape,
-                         check_reset_grad, check_threshold, validate_network)
+                         check_reset_grad, check_surrogate, check_threshold)
 
 
 @dataclass
@@ -100,8 +100,9 @@ class SNN:
     input_shape: per-sample input shape, e.g. ``(784,)`` or ``(1, 28, 28)``; inferred for a
         first ``Linear`` layer, required for convolutional nets.
 
-    Every setting is checked by ``refsnn.validation.validate_network``; a bad one raises
-    ``ModelValidationError`` (a ``ValueError``) naming the field and the allowed range.
+    Every setting is checked here with the rules of ``refsnn.validation`` (the layers check their
+    own arrays in the network's dtype); a bad one raises ``ModelValidationError`` (a ``ValueError``)
+    naming the field and the allowed range. ``validate_network`` re-checks a built network.
     """
 
     def __init__(self, layers: Sequence[Layer], threshold: float = 0.25, decay: float = 0.25,
@@ -130,8 +131,8 @@ class SNN:
             raise ModelValidationError("input_shape is required when the first layer is not Linear, "
                                        "e.g. SNN(layers, input_shape=(1, 28, 28))")
         self.input_shape: Shape = check_input_shape(input_shape)
+        check_surrogate(self.surrogate)
         self.stages = self._build_stages()
-        validate_network(self)
 
     # --- structure -------------------------------------------------------------------------
     def _build_stages(self) -> List[Stage]:

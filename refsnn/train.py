@@ -627,8 +627,6 @@ def epoch_line(record: Dict[str, Any], epochs: int) -> str:
 
 
 def machine_description() -> Dict[str, Any]:
-    import os
-
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__}
 

@@ -50,7 +50,7 @@ from refsnn.network import SNN
 from .encoding import FIXED_TIE_BAND, VerifierError, float64_network
 from .exact import ExactNetwork, float_outward
 from .search import local_search
-from .sets import BoxSet, DigitalLinfSet, InputSet, LevelSet
+from .sets import BoxSet, DigitalLinfSet, InputSet, LevelSet, stack_boxes
 from .specs import other_classes
 
 BOUND_METHODS = ("ibp", "crown-ibp", "best", "alpha")
@@ -258,9 +258,7 @@ class _Search:
         """``(lower [B, S], coefficients [B, S, T', *in] or None)`` of each node's open rows."""
         from refsnn.bounds import compute_bounds, crown_bounds
 
-        boxes = [s.box() for s in subsets]
-        x_lower = np.stack([b[0] for b in boxes], axis=1)
-        x_upper = np.stack([b[1] for b in boxes], axis=1)
+        x_lower, x_upper = stack_boxes(subsets)
         C = self.specs(nodes_rows)
         coefs = None
         if self.config.method == "crown-ibp" or self.config.branching == "smear":
