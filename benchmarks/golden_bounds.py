@@ -5,7 +5,7 @@ Cases: float64 and float32 networks, both firing modes, Gaussian and dyadic weig
 exactly on the threshold), random boxes, eps = 0 (lower == upper), T' = 1, all-free boxes, and the
 committed MNIST FC model on three embedded test images (digital l-inf set, eps 0.12, T' = 3).
 Recorded per case: ``compute_bounds`` for every method, every field of ``interval_bounds``,
-``crown_bounds`` with its coefficients (Numba and NumPy paths), the full-S-CROWN intermediates,
+``crown_bounds`` with its coefficients, the full-S-CROWN intermediates,
 ``alpha_bounds``, the any-k ball bounds, ``certify`` decisions, and the robust-training bound
 graph, loss and gradients (plain, smooth, and re-run with frozen choices).
 
@@ -135,12 +135,10 @@ def _record_bounds(out: Dict[str, np.ndarray], name: str, net: SNN, x_lower, x_u
         for k, value in enumerate(getattr(ib, field)):
             out[f"{name}/ibp/{field}/{k}"] = np.asarray(value)
     out[f"{name}/ibp/rate_lower"], out[f"{name}/ibp/rate_upper"] = ib.rate_lower, ib.rate_upper
-    for use_numba in (True, False):
-        cr = crown_bounds(net, x_lower, x_upper, specs["margin"], use_numba=use_numba)
-        tag = "numba" if use_numba else "numpy"
-        for field in ("lower", "upper", "A_lower", "A_upper", "bias_lower", "bias_upper", "rounding_lower",
-                      "rounding_upper"):
-            out[f"{name}/crown/{tag}/{field}"] = getattr(cr, field)
+    cr = crown_bounds(net, x_lower, x_upper, specs["margin"])
+    for field in ("lower", "upper", "A_lower", "A_upper", "bias_lower", "bias_upper", "rounding_lower",
+                  "rounding_upper"):
+        out[f"{name}/crown/numba/{field}"] = getattr(cr, field)
     cr = crown_bounds(net, x_lower, x_upper, specs["rand"], return_coefficients=False)
     out[f"{name}/crown/nocoef/lower"], out[f"{name}/crown/nocoef/upper"] = cr.lower, cr.upper
     al = alpha_bounds(net, x_lower, x_upper, specs["margin"], iterations=alpha_iterations)

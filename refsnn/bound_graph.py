@@ -23,17 +23,16 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import numpy as np
-from numba import njit, prange
 
 from .firing import fires_at_threshold
 from .layers import Conv2d, Linear
-from .operator import backsub_kernel, interval_kernel
+from .operator import StepTables, backsub_stage, backsub_stage_reverse, interval_kernel
 from .relaxations import STABLE_OFF, STABLE_ON, UNSTABLE, Fire, Precision, Reset
 from .spec import spec_interval
 
 SPARSE_INPUT_FRACTION = 16
 
-# --- the operator under the exact policy, and the reverse of its back-substitution step -------------
+# --- the operator under the exact policy ---------------------------------------------------------
 
 def _ibp_time_kernel(cur_lower, cur_upper, alpha, alpha_dtype, th, th_dtype, zero, fire_ge, frozen, mem_lower,
                      mem_upper, state, negative) -> None:
@@ -48,98 +47,9 @@ def _ibp_time_kernel(cur_lower, cur_upper, alpha, alpha_dtype, th, th_dtype, zer
         unused, unused, unused, state, negative, unused, unused)
 
 
-def _backsub_forward(lam_s, state, reset_lo, reset_hi, slope_lo, icpt_lo, slope_up, icpt_up, bias_vec, alpha, frozen,
-                     reset_side, fire_side, lam_cur, fire_coef, bias_out) -> None:
-    """Steps 1-3 of Alg. 2 for one stage under the exact policy (``refsnn.operator.backsub_step``):
-    no rounding bound; records the sides chosen and the coefficient on ``s_t`` (or reads the sides
-    if ``frozen``)."""
-    kernel = backsub_kernel(track_rounding=False, record=True, frozen=bool(frozen),
-                            parallel=lam_s.size >= _PARALLEL_MIN_WORK)
-    unused = np.empty((1, 1, 1))
-    kernel(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, reset_hi, alpha, unused, unused, unused,
-           bias_vec, 0.0, lam_cur, fire_coef, reset_side, fire_side, bias_out, np.empty((1, 1)))
-
-
-def _backsub_backward(grad_lam_cur, *args):
-    kernel = _backsub_backward_parallel if grad_lam_cur.size >= _PARALLEL_MIN_WORK else _backsub_backward_serial
-    kernel(grad_lam_cur, *args)
-
-
-def _backsub_backward_py(grad_lam_cur, lam_cur, fire_coef, reset_side, fire_side, state, mem_lower, slope_lo,
-                      icpt_lo, slope_up, icpt_up, bias_vec, g_row, th, alpha, grad_lam_s, g_slope_lo,
-                      g_slope_up, g_icpt_lo, g_icpt_up, g_mem_lower):  # pragma: no cover
-    """Reverse of ``_backsub_forward`` (``t = 0 .. T'-1``), every choice held fixed.
-
-    ``g_row [B, S]`` is dL/d(bound): every constant of the forward enters with that weight.
-    Parallel over samples; the per-(t, b, neuron) gradients sum over specs (in spec order) without
-    races. Loop order sample, time, neuron, spec over ``[neuron, spec]`` buffers.
-    """
-    steps, batch, rows, n = lam_cur.shape
-    for b in prange(batch):
-        g_carry = np.zeros((n, rows))  # float64, as the scalar carry of a row-by-row loop
-        grad_in = np.empty((n, rows), dtype=lam_cur.dtype)
-        coef = np.empty((n, rows), dtype=lam_cur.dtype)
-        lam_next = np.zeros((n, rows), dtype=lam_cur.dtype)
-        reset_buf = np.empty((n, rows), dtype=np.bool_)
-        fire_buf = np.empty((n, rows), dtype=np.bool_)
-        grad_out = np.empty((n, rows), dtype=lam_cur.dtype)
-        for t in range(steps):
-            for s in range(rows):
-                for j in range(n):
-                    grad_in[j, s] = grad_lam_cur[t, b, s, j]
-                    coef[j, s] = fire_coef[t, b, s, j]
-                    reset_buf[j, s] = reset_side[t, b, s, j]
-                    fire_buf[j, s] = fire_side[t, b, s, j]
-                    lam_next[j, s] = lam_cur[t + 1, b, s, j] if t + 1 < steps else 0.0
-            for j in range(n):
-                st = state[t, b, j]
-                bv = bias_vec[j]
-                if st == 0:
-                    for s in range(rows):
-                        g_lm = grad_in[j, s] + g_carry[j, s] + g_row[b, s] * bv
-                        grad_out[j, s] = 0.0
-                        g_carry[j, s] = alpha * g_lm
-                elif st == 1:
-                    for s in range(rows):
-                        grad_out[j, s] = g_row[b, s]
-                        g_carry[j, s] = alpha * 0.0
-                else:
-                    ml = mem_lower[t, b, j]
-                    a_lo = slope_lo[t, b, j]
-                    c_lo = icpt_lo[t, b, j]
-                    a_up = slope_up[t, b, j]
-                    c_up = icpt_up[t, b, j]
-                    for s in range(rows):
-                        g = g_row[b, s]
-                        g_lm = grad_in[j, s] + g_carry[j, s] + g * bv
-                        ls = coef[j, s]
-                        if fire_buf[j, s]:
-                            g_ls = g_lm * a_lo + g * c_lo
-                            g_slope_lo[t, b, j] += g_lm * ls
-                            g_icpt_lo[t, b, j] += g * ls
-                        else:
-                            g_ls = g_lm * a_up + g * c_up
-                            g_slope_up[t, b, j] += g_lm * ls
-                            g_icpt_up[t, b, j] += g * ls
-                        g_rz = g - g_ls
-                        if reset_buf[j, s]:
-                            lz = alpha * lam_next[j, s]
-                            g_mem_lower[t, b, j] += g_rz * lz
-                            g_lz = g_rz * ml
-                        else:
-                            g_lz = g_rz * th
-                        grad_out[j, s] = g_ls
-                        g_carry[j, s] = alpha * g_lz
-            for s in range(rows):
-                for j in range(n):
-                    grad_lam_s[t, b, s, j] = grad_out[j, s]
-
-
-# Parallel kernels for big stages; serial ones for small work (a parallel launch costs
-# milliseconds when the cores are busy, which dominates small batches and the gradient tests).
+# Parallel back-substitution for big stages only (a parallel launch costs milliseconds when the cores
+# are busy, which dominates small batches and the gradient tests).
 _PARALLEL_MIN_WORK = 1 << 18
-_backsub_backward_parallel = njit(cache=True, parallel=True)(_backsub_backward_py)
-_backsub_backward_serial = njit(cache=True)(_backsub_backward_py)
 
 
 # --- the stage's spatial ops in the three variants the bounds need ---------------------------------
@@ -313,6 +223,12 @@ class BoundGraph:
                       icpt_lower=icpt_lower, slope_upper=slope_upper, icpt_upper=icpt_upper,
                       reset_lower=reset_lower, reset_upper=reset_upper)
 
+    def _step_tables(self, k) -> StepTables:
+        record = self.records[k]
+        return StepTables(record["state"], record["slope_lower"], record["icpt_lower"], record["slope_upper"],
+                          record["icpt_upper"], record["reset_lower"], record["reset_upper"], self.dtype.type(self.decay),
+                          self.maps[k].bias.astype(self.dtype))
+
     def _crown_forward(self) -> np.ndarray:
         steps, batch, alpha = self.steps, self.batch, self.decay
         rows = self.C.shape[1]
@@ -324,22 +240,21 @@ class BoundGraph:
             self._relaxation(k)
             n = maps.n_neurons
             lam_s = np.ascontiguousarray(lam_s.reshape(steps, batch, rows, n))
-            lam_cur = np.empty((steps, batch, rows, n), self.dtype)
             fixed = self.frozen
-            reset_side = self.choices.reset_lower_side[k] if fixed else np.zeros(lam_cur.shape, bool)
-            fire_side = self.choices.fire_lower_side[k] if fixed else np.zeros(lam_cur.shape, bool)
-            fire_coef = np.empty_like(lam_cur)  # ls' (coefficient on s after the reset step)
-            stage_bias = np.zeros((batch, rows), self.dtype)
-            _backsub_forward(lam_s, record["state"], record["reset_lower"], record["reset_upper"],
-                             record["slope_lower"], record["icpt_lower"], record["slope_upper"], record["icpt_upper"],
-                             maps.bias.astype(self.dtype), self.dtype.type(alpha), fixed, reset_side, fire_side,
-                             lam_cur, fire_coef, stage_bias)
+            reset_side = self.choices.reset_lower_side[k] if fixed else None
+            fire_side = self.choices.fire_lower_side[k] if fixed else None
+            tables = self._step_tables(k)
+            step = backsub_stage(lam_s, tables, record=True,
+                                 sides=(reset_side, fire_side) if fixed else None,
+                                 parallel_min_work=_PARALLEL_MIN_WORK)
+            lam_cur, fire_coef, stage_bias = step.lam_cur, step.fire_coef, step.bias
+            reset_side, fire_side = step.reset_side, step.fire_side
             bias += stage_bias
             if not fixed:
                 self.choices.reset_lower_side[k] = reset_side
                 self.choices.fire_lower_side[k] = fire_side
             self.crown_records[k] = dict(lam_s=lam_s, lam_cur=lam_cur, fire_coef=fire_coef,
-                                         reset_side=reset_side, fire_side=fire_side)
+                                         reset_side=reset_side, fire_side=fire_side, step=step, tables=tables)
             if k == 0 and self.sparse_input:
                 return self._first_stage_concretize(lam_cur, bias)
             lam_s = maps.transpose(lam_cur.reshape(steps * batch * rows, n)).reshape((steps, batch, rows, -1))
@@ -454,18 +369,10 @@ class BoundGraph:
                                               lam_cur.reshape((steps * batch * rows,) + maps.neuron_shape))
                 grad_lam_cur = out.reshape(steps, batch, rows, n)
             # time loop reversed (forward ran t = T'-1 .. 0)
-            grad_lam_s = np.empty_like(grad_lam_cur)
-            g_slope_lo = np.zeros((steps, batch, n), self.dtype)
-            g_slope_up = np.zeros_like(g_slope_lo)
-            g_icpt_lo = np.zeros_like(g_slope_lo)
-            g_icpt_up = np.zeros_like(g_slope_lo)
-            g_mem_lower_r = np.zeros_like(g_slope_lo)
-            _backsub_backward(np.ascontiguousarray(grad_lam_cur, dtype=self.dtype), lam_cur, crec["fire_coef"],
-                              crec["reset_side"], crec["fire_side"], record["state"], record["mem_lower"],
-                              record["slope_lower"], record["icpt_lower"], record["slope_upper"],
-                              record["icpt_upper"], maps.bias.astype(self.dtype), g_row.astype(self.dtype),
-                              self.dtype.type(self.threshold), self.dtype.type(alpha), grad_lam_s, g_slope_lo,
-                              g_slope_up, g_icpt_lo, g_icpt_up, g_mem_lower_r)
+            grad_lam_s, (g_slope_lo, g_slope_up, g_icpt_lo, g_icpt_up, g_mem_lower_r) = backsub_stage_reverse(
+                np.ascontiguousarray(grad_lam_cur, dtype=self.dtype), crec["step"], crec["tables"],
+                record["mem_lower"], g_row.astype(self.dtype), self.dtype.type(self.threshold),
+                parallel_min_work=_PARALLEL_MIN_WORK)
             grad_b[k] += np.einsum("bs,tbsn->n", g_row, lam_cur)  # bias += lm . b
             # eq. 8 slopes/intercepts -> membrane bounds (case held fixed)
             th = self.threshold

@@ -37,7 +37,7 @@ from numba import njit
 from .ibp import IntervalBounds, PreparedStage, interval_bounds_of_box, prepare_stages
 from .input_sets import BinaryBox, binary_box
 from .kernels import transpose_contiguous
-from .operator import backsub_kernel
+from .operator import StepOutput, StepTables, backsub_stage
 from .relaxations import UNIT_ROUNDOFF_FLOAT64, Fire, Reset, gamma, output_rounding_margin
 from .spec import normalize_spec
 
@@ -71,78 +71,55 @@ class CrownResult:
     intermediate: IntervalBounds
 
 
-# --- one stage of the back-substitution: steps 1-3 -------------------------------------------------
+# --- the stage driver: steps 1-4 for every stage --------------------------------------------------
 
-def _backsub_stage(kernel, lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, reset_hi, alpha, mem_mag,
-                   carry_mag, fwd_scale, bias_vec, g, lam_cur, bias_out, err_out) -> None:
-    """Steps 1-3 of one stage under the sound policy (eqs. 8, 10, 17-18): ``refsnn.operator``'s
-    back-substitution step with its rounding bound tracked, nothing recorded."""
-    unused_coef = np.empty((1, 1, 1, 1), dtype=lam_s.dtype)
-    unused_side = np.empty((1, 1, 1, 1), dtype=np.bool_)
-    kernel(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, reset_hi, alpha, mem_mag, carry_mag,
-           fwd_scale, bias_vec, g, lam_cur, unused_coef, unused_side, unused_side, bias_out, err_out)
+@dataclass
+class StageRecord:
+    """What ``backsub_stages(..., record=True)`` keeps of stage ``k``: the step's output (``StepOutput``:
+    ``lam_cur``, the sides, each time step's constant and rounding share), the tables it read and
+    ``lam_prev [T', B, R, *stage.input_shape]``, the coefficients passed to the previous stage."""
 
-
-def _backsub_stage_parallel(*args) -> None:
-    _backsub_stage(backsub_kernel(track_rounding=True, record=False, frozen=False, parallel=True), *args)
+    k: int
+    step: StepOutput
+    tables: StepTables
+    lam_prev: Optional[np.ndarray]
 
 
-def _backsub_stage_serial(*args) -> None:
-    _backsub_stage(backsub_kernel(track_rounding=True, record=False, frozen=False), *args)
+def backsub_stages(stages: Sequence[PreparedStage], tables: Sequence[StepTables], lam_s: np.ndarray,
+                   record: bool = False, params: Optional[Sequence[Sequence[np.ndarray]]] = None,
+                   query: Optional[np.ndarray] = None, transpose_first: bool = True):
+    """Steps 1-4 of Alg. 2 from the last stage to the first: the one loop over stages (and, inside
+    ``refsnn.operator.backsub_stage``, over time) of S-CROWN, optimized S-CROWN and full S-CROWN.
 
-
-# Parallel over samples for big stages; serial for small ones (a parallel launch costs
-# milliseconds when the cores are busy).
-PARALLEL_MIN_WORK = 1 << 20
-
-
-def _backsub_stage_kernel(lam_s, *args):
-    if lam_s.size >= PARALLEL_MIN_WORK:
-        _backsub_stage_parallel(lam_s, *args)
-    else:
-        _backsub_stage_serial(lam_s, *args)
-
-
-def _backsub_stage_numpy(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, reset_hi, alpha,
-                         mem_mag, carry_mag, fwd_scale, bias_vec, g, lam_cur, bias_out, err_out, record=None):
-    """Reference of ``_backsub_stage_kernel`` (same rules, vectorized over samples, specs, neurons).
-
-    ``record`` (a list) receives, per time step, ``(t, lam_s_in, lam_z_in, lam_m, bias_step, err_step)``:
-    the step replaces ``lam_s . s_t + lam_z . z_t`` by ``lam_m . m_t + bias_step``, which must not
-    exceed it on any reachable trajectory by more than ``err_step`` (its share of the rounding
-    bound; the tests check exactly that).
+    ``lam_s [T', B, R, n_K]``: coefficients on the last stage's spikes; ``tables[k]``: stage ``k``'s
+    ``StepTables``; ``params[k]`` its optimized slopes (``refsnn.alpha``); ``query [B, R, n_K]``:
+    a membrane query of the last stage (``lam_s`` zero). Returns ``(lam, bias, err, records)``:
+    ``lam [T', B, R, *in]`` on the input (``lam_cur`` of stage 0 if not ``transpose_first``),
+    ``bias``/``err [B, R]`` the constant and the rounding bound so far (each stage's own plus the
+    rounding of the running sum), ``records`` the ``StageRecord`` list (first stage first) or None.
     """
-    steps = lam_s.shape[0]
-    carry = np.zeros(lam_s.shape[1:])
-    bias = np.zeros(lam_s.shape[1:3])
-    err = np.zeros(lam_s.shape[1:3])
-    for t in range(steps - 1, -1, -1):
-        ls = lam_s[t].copy()
-        lz = carry
-        st = state[t][:, None, :]
-        off, on, unstable = st == 0, st == 1, st == 2
-        p = np.abs(ls)
-        lm = np.where(off, lz, 0.0)
-        r = np.where(lz >= 0.0, reset_lo[t][:, None, :], reset_hi[t][:, None, :])
-        rz = np.where(unstable, lz * r, 0.0)
-        ls = np.where(unstable, ls - rz, ls)
-        positive = ls >= 0.0
-        a = np.where(positive, slope_lo[t][:, None, :], slope_up[t][:, None, :])
-        c = np.where(positive, icpt_lo[t][:, None, :], icpt_up[t][:, None, :])
-        lm = np.where(unstable, ls * a, lm)
-        step_bias = np.where(on, lam_s[t], 0.0).sum(-1) + rz.sum(-1) + np.where(unstable, ls * c, 0.0).sum(-1)
-        p += np.where(unstable, 2.0 * np.abs(rz) + np.abs(ls) * (np.abs(a) * mem_mag[t][:, None, :]
-                                                                 + np.abs(c) + 1.0), 0.0)
-        p += np.abs(lm) * carry_mag[t][:, None, :]
-        step_err = g * p.sum(-1)
-        if record is not None:
-            record.append((t, lam_s[t].copy(), lz.copy(), lm.copy(), step_bias, step_err))
-        bias += step_bias + lm @ bias_vec
-        err += step_err + (np.abs(lm) * fwd_scale[t][:, None, :]).sum(-1)
-        lam_cur[t] = lm
-        carry = alpha * lm
-    bias_out[...] = bias
-    err_out[...] = err
+    steps, batch, rows = lam_s.shape[:3]
+    bias = np.zeros((batch, rows))
+    err = np.zeros((batch, rows))
+    records = [] if record else None
+    last = len(stages) - 1
+    for k in range(last, -1, -1):
+        stage = stages[k]
+        step = backsub_stage(lam_s, tables[k], record=record, params=None if params is None else params[k],
+                             query=query if k == last else None)
+        bias += step.bias
+        err += step.err + 4.0 * U64 * np.abs(bias)
+        if k == 0 and not transpose_first:
+            lam_s = step.lam_cur
+            lam_prev = None
+        else:
+            lam_s = stage.transpose(step.lam_cur.reshape(steps * batch * rows, stage.n_neurons))
+            lam_s = lam_prev = lam_s.reshape((steps, batch, rows, -1))
+        if record:
+            records.append(StageRecord(k, step, tables[k], lam_prev))
+    if record:
+        records.reverse()
+    return lam_s, bias, err, records
 
 
 def stage_magnitudes(bounds: IntervalBounds, k: int, stage: PreparedStage, steps: Optional[int] = None
@@ -169,8 +146,9 @@ def stage_magnitudes(bounds: IntervalBounds, k: int, stage: PreparedStage, steps
     return mem_mag, carry_mag, fwd_scale
 
 
-def _stage_tables(bounds: IntervalBounds, k: int, stage: PreparedStage):
-    """Per ``(t, b, neuron)`` tables the kernel reads (shared by all specs), flat ``[T', B, n]``."""
+def stage_step_tables(bounds: IntervalBounds, k: int, stage: PreparedStage) -> StepTables:
+    """The paper's relaxations (eqs. 8, 10) of stage ``k`` as ``backsub_step`` tables, flat ``[T', B, n]``,
+    with the rounding magnitudes of the sound policy (``n`` neurons, ``T'`` steps: ``g = gamma(4 n T' + 16)``)."""
     steps, batch, n = bounds.steps, bounds.batch, stage.n_neurons
     rule = bounds.rule
     flat = (steps, batch, n)
@@ -180,11 +158,10 @@ def _stage_tables(bounds: IntervalBounds, k: int, stage: PreparedStage):
     slope_lo, icpt_lo, slope_up, icpt_up = Fire.relaxation(mem_lower, mem_upper, state, bounds.threshold, rule)
     reset_lo, reset_hi = Reset.relaxation(mem_lower, state, rule)
     mem_mag, carry_mag, fwd_scale = stage_magnitudes(bounds, k, stage)
-    return (state, np.ascontiguousarray(slope_lo), np.ascontiguousarray(icpt_lo), np.ascontiguousarray(slope_up),
-            np.ascontiguousarray(icpt_up), np.ascontiguousarray(reset_lo), np.ascontiguousarray(reset_hi),
-            float(bounds.decay),
-            np.ascontiguousarray(mem_mag), np.ascontiguousarray(carry_mag), np.ascontiguousarray(fwd_scale),
-            np.ascontiguousarray(stage.bias))
+    c = np.ascontiguousarray
+    rounding = (c(mem_mag), c(carry_mag), c(fwd_scale), gamma(4 * n * steps + 16, U64))
+    return StepTables(state, c(slope_lo), c(icpt_lo), c(slope_up), c(icpt_up), c(reset_lo), c(reset_hi),
+                      float(bounds.decay), c(stage.bias), rounding)
 
 
 SPARSE_FREE_FRACTION = 0.2
@@ -258,14 +235,13 @@ def _concretize_sparse(op, lam_cur: np.ndarray, center: np.ndarray, magnitude: n
 
 
 def _lower_bound_rows(stages, bounds: IntervalBounds, spec: np.ndarray, x_lower: np.ndarray,
-                      x_upper: np.ndarray, use_numba: bool = True, record: Optional[list] = None,
-                      need_coefficients: bool = True):
+                      x_upper: np.ndarray, record: Optional[list] = None, need_coefficients: bool = True):
     """Lower bounds of ``spec f`` (``spec [B, R, n_out]``): ``(lower, A [T', B, R, *in], bias, err)``.
 
     ``bias`` already has the back-substitution rounding subtracted; ``lower`` also the
     concretization's; ``err`` is their sum.
-    ``record`` (tests): receives ``(k, time_steps, lam_cur, lam_prev)`` per stage, with the
-    per-time-step records of ``_backsub_stage_numpy`` (forces the NumPy path).
+    ``record`` (tests): receives the ``StageRecord`` of every stage (first stage first): the
+    kernel's own record of each time step (``backsub_stage(..., record=True)``).
     Without ``need_coefficients`` a sparse box (few free bits) feeding ``[Flatten ->] Linear``
     skips the largest product, ``lam W_1`` (``A`` is then None).
     """
@@ -275,38 +251,20 @@ def _lower_bound_rows(stages, bounds: IntervalBounds, spec: np.ndarray, x_lower:
     first_op = _sparse_first_op(stages[0])
     sparse = (not need_coefficients and record is None and first_op is not None
               and np.count_nonzero(rad) <= SPARSE_FREE_FRACTION * rad.size)
-    steps, batch = bounds.steps, bounds.batch
-    rows = spec.shape[1]
-    backsub = _backsub_stage_kernel if use_numba else _backsub_stage_numpy
+    steps = bounds.steps
     lam_s = np.ascontiguousarray(np.broadcast_to(spec[None] / steps, (steps,) + spec.shape))
-    bias = np.zeros((batch, rows))
-    err = np.zeros((batch, rows))
-    for k in range(len(stages) - 1, -1, -1):
-        stage = stages[k]
-        n = stage.n_neurons
-        tables = _stage_tables(bounds, k, stage)
-        g = gamma(4 * n * steps + 16, U64)
-        lam_cur = np.empty((steps, batch, rows, n))
-        bias_k = np.empty((batch, rows))
-        err_k = np.empty((batch, rows))
-        if record is None:
-            backsub(lam_s, *tables, g, lam_cur, bias_k, err_k)
-        else:
-            time_steps = []
-            _backsub_stage_numpy(lam_s, *tables, g, lam_cur, bias_k, err_k, record=time_steps)
-        bias += bias_k
-        err += err_k + 4.0 * U64 * np.abs(bias)
-        if k == 0 and sparse:
-            at_mid, at_rad, abs_bound = _concretize_sparse(first_op, lam_cur, bounds.current_center[0],
-                                                           bounds.current_magnitude[0], rad)
-            concretization_err = gamma(steps * n_in + n + 8, U64) * (abs_bound + np.abs(bias))
-            bias_sound = bias - err * (1.0 + 8.0 * U64)
-            return (at_mid - at_rad + bias_sound - concretization_err, None, bias_sound,
-                    err * (1.0 + 8.0 * U64) + concretization_err)
-        lam_s = stage.transpose(lam_cur.reshape(steps * batch * rows, n))
-        lam_s = lam_s.reshape((steps, batch, rows, -1))
-        if record is not None:
-            record.append((k, time_steps, lam_cur, lam_s))
+    tables = [stage_step_tables(bounds, k, stage) for k, stage in enumerate(stages)]
+    lam_s, bias, err, records = backsub_stages(stages, tables, lam_s, record=record is not None,
+                                               transpose_first=not sparse)
+    if record is not None:
+        record.extend(records)
+    if sparse:
+        at_mid, at_rad, abs_bound = _concretize_sparse(first_op, lam_s, bounds.current_center[0],
+                                                       bounds.current_magnitude[0], rad)
+        concretization_err = gamma(steps * n_in + stages[0].n_neurons + 8, U64) * (abs_bound + np.abs(bias))
+        bias_sound = bias - err * (1.0 + 8.0 * U64)
+        return (at_mid - at_rad + bias_sound - concretization_err, None, bias_sound,
+                err * (1.0 + 8.0 * U64) + concretization_err)
     # Concretization at the input box: min over x_t in [x_l, x_u] of lam_x_t . x_t.
     lam_abs = np.abs(lam_s)
     at_mid = np.einsum("tbrj,tbj->br", lam_s, mid)
@@ -319,8 +277,7 @@ def _lower_bound_rows(stages, bounds: IntervalBounds, spec: np.ndarray, x_lower:
 
 
 def crown_bounds(net, x_lower, x_upper, C=None, intermediate: Optional[IntervalBounds] = None,
-                 return_coefficients: bool = True, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                 use_numba: bool = True) -> CrownResult:
+                 return_coefficients: bool = True, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> CrownResult:
     """S-CROWN (CROWN-IBP) bounds of ``C f`` over the box ``[x_lower, x_upper]`` (``[T', B, *in]`` 0/1).
 
     ``C``: ``[B, S, n_out]``, ``[S, n_out]`` or None (identity). ``intermediate``: S-IBP bounds of
@@ -330,12 +287,12 @@ def crown_bounds(net, x_lower, x_upper, C=None, intermediate: Optional[IntervalB
     box = binary_box(x_lower, x_upper, net)
     C = normalize_spec(C, box.x_lower.shape[1], net.n_outputs)
     return crown_bounds_of_box(net, box, C, prepare_stages(net), intermediate, return_coefficients,
-                               max_chunk_bytes, use_numba)
+                               max_chunk_bytes)
 
 
 def crown_bounds_of_box(net, box: BinaryBox, C: np.ndarray, stages: Sequence[PreparedStage],
                         intermediate: Optional[IntervalBounds] = None, return_coefficients: bool = True,
-                        max_chunk_bytes: int = DEFAULT_CHUNK_BYTES, use_numba: bool = True) -> CrownResult:
+                        max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> CrownResult:
     """``crown_bounds`` of an already validated box, normalized ``C [B, S, n_out]`` and prepared stages."""
     steps, batch = box.x_lower.shape[:2]
     if intermediate is None:
@@ -356,7 +313,7 @@ def crown_bounds_of_box(net, box: BinaryBox, C: np.ndarray, stages: Sequence[Pre
     for start in range(0, batch, chunk):
         part = slice(start, min(batch, start + chunk))
         sub = intermediate if (start == 0 and chunk >= batch) else intermediate.select(part)
-        low, lam, bias, err = _lower_bound_rows(stages, sub, spec[part], x_lo[:, part], x_hi[:, part], use_numba,
+        low, lam, bias, err = _lower_bound_rows(stages, sub, spec[part], x_lo[:, part], x_hi[:, part],
                                                 need_coefficients=return_coefficients)
         lowers.append(low)
         biases.append(bias)

@@ -28,6 +28,8 @@ The per-neuron decisions are the rules of ``refsnn.relaxations`` (``fire_state``
 from __future__ import annotations
 
 import types
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from numba import njit, prange
@@ -35,11 +37,12 @@ from numba import njit, prange
 from .relaxations import (STABLE_OFF, STABLE_ON, UNSTABLE, fire_state_compiled, reset_lower_compiled,
                           reset_upper_compiled)
 
-__all__ = ["interval_kernel", "backsub_kernel"]
+__all__ = ["interval_kernel", "backsub_kernel", "backsub_reverse_kernel", "backsub_stage",
+           "backsub_stage_reverse", "StepTables", "StepOutput", "PARALLEL_MIN_WORK"]
 
 # The flags of a compiled variant: ``_variant`` gives each compilation its own values, which Numba
 # treats as constants. The sources below are only run through ``interval_kernel``/``backsub_kernel``.
-TRACK_ROUNDING = RECORD = FROZEN = None
+TRACK_ROUNDING = RECORD = FROZEN = PARAMS = None
 
 
 def _interval_step(cur_lower, cur_upper, alpha_lower, alpha_upper, margin_coef, th_on, th_off, th_reset, zero,
@@ -102,7 +105,8 @@ def _interval_step(cur_lower, cur_upper, alpha_lower, alpha_upper, margin_coef, 
 
 
 def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, reset_hi, alpha, mem_mag,
-                  carry_mag, fwd_scale, bias_vec, g, lam_cur, fire_coef, reset_side, fire_side, bias_out,
+                  carry_mag, fwd_scale, bias_vec, g, frac_lo, frac_up, beta_lo, beta_up, reset_far_lo, th_lo, th_hi,
+                  carry_in, query, lam_cur, fire_coef, reset_side, fire_side, step_bias, step_err, bias_out,
                   err_out):  # pragma: no cover - compiled
     """Steps 1-3 of Alg. 2 for one stage, every (sample, spec) row, ``t = T'-1 .. 0`` (eqs. 8, 10, 17-18).
 
@@ -115,10 +119,24 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
     ``|lam_m| fwd_scale`` (the network-vs-exact margins), ``mem_mag``/``carry_mag`` bounding the
     magnitudes. ``RECORD``: ``fire_coef`` (the coefficient on ``s_t`` after the reset step) and
     the sides chosen (``reset_side``, ``fire_side``, bool ``[T', B, R, n]``, False where stable);
-    ``FROZEN`` reads the sides instead. Loop order sample, time, neuron, spec over ``[neuron, spec]``
-    buffers: a neuron's tables and branch are read once for all specs; per row the additions into
-    ``bias``/``err`` run in a fixed order (t descending, neurons ascending). The flags
-    ``TRACK_ROUNDING``, ``RECORD``, ``FROZEN`` are compile-time constants (``backsub_kernel``).
+    with ``TRACK_ROUNDING`` also each time step's constant and rounding share (``step_bias``,
+    ``step_err [T', B, R]``, without the stage-bias and ``fwd_scale`` terms); ``FROZEN`` reads the
+    sides instead. Loop order sample, time, neuron, spec over ``[neuron, spec]`` buffers: a
+    neuron's tables and branch are read once for all specs; per row the additions into
+    ``bias``/``err`` run in a fixed order (t descending, neurons ascending).
+
+    ``PARAMS`` (optimized slopes, ``refsnn.alpha``): per-row relaxations in their sound families
+    (``relaxations.Fire.line_family``, ``Reset.line_family``): the fire line of slope
+    ``a = frac * slope`` (``frac_lo/up [T', B, R, n]`` in ``[0, 1]``, ``slope_lo/up`` the largest
+    sound slopes) with intercept ``-a th_hi`` (lower) or ``1 - a th_lo`` (upper), and the reset
+    line ``z >= / <= beta (m - q s) + (1 - beta) (1 - s) r`` (``beta_lo/up [T', B, R, n]``; ``r``
+    the eq. 10 constant of ``reset_lo/hi``, ``q`` = ``reset_far_lo`` = ``m_u`` or ``th_lo``);
+    ``beta = 0`` is eq. 10. The rounding bound then also covers the rounded line coefficients.
+    ``query`` (a membrane query of full S-CROWN): the bound is of ``carry_in [B, R, n] . m_{T'-1}``
+    (``lam_s[T'-1]`` must be 0): the last step takes the silent branch with ``carry_in`` as the
+    coefficient on ``z_{T'-1} = m_{T'-1}`` (the query stops before fire and reset).
+    The flags ``TRACK_ROUNDING``, ``RECORD``, ``FROZEN``, ``PARAMS`` are compile-time constants
+    (``backsub_kernel``).
     """
     steps, batch, rows, n = lam_s.shape
     for b in prange(batch):
@@ -130,17 +148,27 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
         fire_buf = np.zeros((n, rows), dtype=np.bool_)
         bias = np.zeros(rows)
         err = np.zeros(rows)
+        bias_t = np.zeros(rows)
+        err_t = np.zeros(rows)
+        if query:
+            for s in range(rows):
+                for j in range(n):
+                    carry[j, s] = carry_in[b, s, j]
         for t in range(steps - 1, -1, -1):
             for s in range(rows):
                 for j in range(n):
                     lam_in[j, s] = lam_s[t, b, s, j]
+            if RECORD and TRACK_ROUNDING:
+                for s in range(rows):
+                    bias_t[s] = 0.0
+                    err_t[s] = 0.0
             if FROZEN:
                 for s in range(rows):
                     for j in range(n):
                         reset_buf[j, s] = reset_side[t, b, s, j]
                         fire_buf[j, s] = fire_side[t, b, s, j]
             for j in range(n):
-                st = state[t, b, j]
+                st = STABLE_OFF if (query and t == steps - 1) else state[t, b, j]
                 bv = bias_vec[j]
                 if RECORD and not FROZEN and st != UNSTABLE:  # sides are only recorded for unstable neurons
                     for s in range(rows):
@@ -153,7 +181,10 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
                         ls = lam_in[j, s]
                         lm = carry[j, s]
                         if TRACK_ROUNDING:
-                            err[s] += g * (abs(ls) + abs(lm) * cm) + abs(lm) * fs
+                            p = g * (abs(ls) + abs(lm) * cm)
+                            err[s] += p + abs(lm) * fs
+                            if RECORD:
+                                err_t[s] += p
                         if RECORD:
                             coef_out[j, s] = ls
                         bias[s] += lm * bv
@@ -165,8 +196,13 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
                     for s in range(rows):
                         ls = lam_in[j, s]
                         bias[s] += ls
+                        if RECORD and TRACK_ROUNDING:
+                            bias_t[s] += ls
                         if TRACK_ROUNDING:
-                            err[s] += g * (abs(ls) + 0.0 * cm) + 0.0 * fs
+                            p = g * (abs(ls) + 0.0 * cm)
+                            err[s] += p + 0.0 * fs
+                            if RECORD:
+                                err_t[s] += p
                         if RECORD:
                             coef_out[j, s] = ls
                         bias[s] += 0.0 * bv
@@ -179,6 +215,7 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
                     c_lo = icpt_lo[t, b, j]
                     a_up = slope_up[t, b, j]
                     c_up = icpt_up[t, b, j]
+                    q_lo = reset_far_lo[t, b, j] if PARAMS else 0.0
                     mm = mem_mag[t, b, j] if TRACK_ROUNDING else 0.0
                     cm = carry_mag[t, b, j] if TRACK_ROUNDING else 0.0
                     fs = fwd_scale[t, b, j] if TRACK_ROUNDING else 0.0
@@ -188,24 +225,52 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
                         if not FROZEN:
                             reset_buf[j, s] = lz >= 0.0
                         r = r_lo if reset_buf[j, s] else r_hi
-                        rz = lz * r
-                        bias[s] += rz
+                        if PARAMS:     # the reset line beta (m - q s) + (1 - beta) (1 - s) r
+                            if reset_buf[j, s]:
+                                beta = beta_lo[t, b, s, j]
+                                q = q_lo
+                            else:
+                                beta = beta_up[t, b, s, j]
+                                q = th_lo
+                            pc = (1.0 - beta) * r
+                            ps = -(beta * q + pc)
+                            rz = -(lz * ps)
+                            pz = lz * pc
+                        else:          # eq. 10: (1 - s) r
+                            rz = lz * r
+                            pz = rz
+                        bias[s] += pz
                         p = abs(ls)
                         ls = ls - rz
                         if not FROZEN:
                             fire_buf[j, s] = ls >= 0.0
-                        if fire_buf[j, s]:
-                            a = a_lo
-                            c = c_lo
+                        if PARAMS:
+                            if fire_buf[j, s]:
+                                a = frac_lo[t, b, s, j] * a_lo
+                                c = -a * th_hi
+                            else:
+                                a = frac_up[t, b, s, j] * a_up
+                                c = 1.0 - a * th_lo
+                            lm = lz * beta + ls * a
                         else:
-                            a = a_up
-                            c = c_up
-                        lm = ls * a
+                            if fire_buf[j, s]:
+                                a = a_lo
+                                c = c_lo
+                            else:
+                                a = a_up
+                                c = c_up
+                            lm = ls * a
                         bias[s] += ls * c
+                        if RECORD and TRACK_ROUNDING:
+                            bias_t[s] += pz + ls * c
                         if TRACK_ROUNDING:
                             p += 2.0 * abs(rz) + abs(ls) * (abs(a) * mm + abs(c) + 1.0)
+                            if PARAMS:  # lz beta m and the rounded coefficients of the reset line
+                                p += abs(lz) * ((abs(beta) + 2.0) * mm + abs(ps) + abs(pc) + 1.0)
                             p += abs(lm) * cm
                             err[s] += g * p + abs(lm) * fs
+                            if RECORD:
+                                err_t[s] += g * p
                         if RECORD:
                             coef_out[j, s] = ls
                         bias[s] += lm * bv
@@ -219,10 +284,118 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
                         if not FROZEN:
                             reset_side[t, b, s, j] = reset_buf[j, s]
                             fire_side[t, b, s, j] = fire_buf[j, s]
+            if RECORD and TRACK_ROUNDING:
+                for s in range(rows):
+                    step_bias[t, b, s] = bias_t[s]
+                    step_err[t, b, s] = err_t[s]
         for s in range(rows):
             bias_out[b, s] = bias[s]
             if TRACK_ROUNDING:
                 err_out[b, s] = err[s]
+
+
+def _backsub_reverse(grad_lam_cur, lam_cur, fire_coef, reset_side, fire_side, state, mem_lower, slope_lo, icpt_lo,
+                     slope_up, icpt_up, bias_vec, g_row, th, alpha, frac_lo, frac_up, beta_lo, beta_up, reset_far_lo,
+                     th_lo, grad_lam_s, g_slope_lo, g_slope_up, g_icpt_lo, g_icpt_up, g_mem_lower, g_frac_lo,
+                     g_frac_up, g_beta_lo, g_beta_up):  # pragma: no cover - compiled
+    """Reverse of ``backsub_step`` recorded without rounding terms (``t = 0 .. T'-1``), every choice held fixed.
+
+    Inputs: what the forward recorded (``lam_cur``, ``fire_coef``, ``reset_side``, ``fire_side``)
+    and its tables; ``grad_lam_cur [T', B, R, n]`` is dL/d``lam_cur``, ``g_row [B, R]`` dL/d(bound):
+    every constant of the forward enters with that weight; ``th`` the unstable reset constant of
+    eq. 10 (``reset_hi``). Outputs: ``grad_lam_s [T', B, R, n]`` and, without ``PARAMS``, the
+    gradients of the tables ``[T', B, n]`` (summed over specs in spec order): fire slopes and
+    intercepts and ``m_l`` through the reset line; with ``PARAMS`` the per-row gradients
+    ``[T', B, R, n]`` of the fractions and of ``beta`` (``th`` is then ``th_hi``).
+    Parallel over samples without races. Loop order sample, time, neuron, spec over
+    ``[neuron, spec]`` buffers.
+    """
+    steps, batch, rows, n = lam_cur.shape
+    for b in prange(batch):
+        g_carry = np.zeros((n, rows))  # float64, as the scalar carry of a row-by-row loop
+        grad_in = np.empty((n, rows), dtype=lam_cur.dtype)
+        coef = np.empty((n, rows), dtype=lam_cur.dtype)
+        lam_next = np.zeros((n, rows), dtype=lam_cur.dtype)
+        reset_buf = np.empty((n, rows), dtype=np.bool_)
+        fire_buf = np.empty((n, rows), dtype=np.bool_)
+        grad_out = np.empty((n, rows), dtype=lam_cur.dtype)
+        for t in range(steps):
+            for s in range(rows):
+                for j in range(n):
+                    grad_in[j, s] = grad_lam_cur[t, b, s, j]
+                    coef[j, s] = fire_coef[t, b, s, j]
+                    reset_buf[j, s] = reset_side[t, b, s, j]
+                    fire_buf[j, s] = fire_side[t, b, s, j]
+                    lam_next[j, s] = lam_cur[t + 1, b, s, j] if t + 1 < steps else 0.0
+            for j in range(n):
+                st = state[t, b, j]
+                bv = bias_vec[j]
+                if st == 0:
+                    for s in range(rows):
+                        g_lm = grad_in[j, s] + g_carry[j, s] + g_row[b, s] * bv
+                        grad_out[j, s] = 0.0
+                        g_carry[j, s] = alpha * g_lm
+                elif st == 1:
+                    for s in range(rows):
+                        grad_out[j, s] = g_row[b, s]
+                        g_carry[j, s] = alpha * 0.0
+                else:
+                    ml = mem_lower[t, b, j]
+                    a_lo = slope_lo[t, b, j]
+                    c_lo = icpt_lo[t, b, j]
+                    a_up = slope_up[t, b, j]
+                    c_up = icpt_up[t, b, j]
+                    q_lo = reset_far_lo[t, b, j] if PARAMS else 0.0
+                    for s in range(rows):
+                        g = g_row[b, s]
+                        g_lm = grad_in[j, s] + g_carry[j, s] + g * bv
+                        ls = coef[j, s]
+                        if PARAMS:
+                            if fire_buf[j, s]:
+                                a = frac_lo[t, b, s, j] * a_lo
+                                g_ls = g_lm * a + g * (-a * th)
+                                g_frac_lo[t, b, s, j] = a_lo * ls * (g_lm - th * g)
+                            else:
+                                a = frac_up[t, b, s, j] * a_up
+                                g_ls = g_lm * a + g * (1.0 - a * th_lo)
+                                g_frac_up[t, b, s, j] = a_up * ls * (g_lm - th_lo * g)
+                            lz = alpha * lam_next[j, s]
+                            if reset_buf[j, s]:
+                                beta = beta_lo[t, b, s, j]
+                                q = q_lo
+                                r = ml
+                            else:
+                                beta = beta_up[t, b, s, j]
+                                q = th_lo
+                                r = th
+                            pc = (1.0 - beta) * r
+                            ps = -(beta * q + pc)
+                            g_lz = g_lm * beta + pc * g + g_ls * ps
+                            if reset_buf[j, s]:
+                                g_beta_lo[t, b, s, j] = lz * (g_lm - g_ls * (q - r) - r * g)
+                            else:
+                                g_beta_up[t, b, s, j] = lz * (g_lm - g_ls * (q - r) - r * g)
+                        else:
+                            if fire_buf[j, s]:
+                                g_ls = g_lm * a_lo + g * c_lo
+                                g_slope_lo[t, b, j] += g_lm * ls
+                                g_icpt_lo[t, b, j] += g * ls
+                            else:
+                                g_ls = g_lm * a_up + g * c_up
+                                g_slope_up[t, b, j] += g_lm * ls
+                                g_icpt_up[t, b, j] += g * ls
+                            g_rz = g - g_ls
+                            if reset_buf[j, s]:
+                                lz = alpha * lam_next[j, s]
+                                g_mem_lower[t, b, j] += g_rz * lz
+                                g_lz = g_rz * ml
+                            else:
+                                g_lz = g_rz * th
+                        grad_out[j, s] = g_ls
+                        g_carry[j, s] = alpha * g_lz
+            for s in range(rows):
+                for j in range(n):
+                    grad_lam_s[t, b, s, j] = grad_out[j, s]
 
 
 # --- compiled variants ---------------------------------------------------------------------------------
@@ -232,13 +405,13 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
 _VARIANTS: dict = {}
 
 
-def _variant(func, track_rounding: bool, record: bool, frozen: bool, parallel: bool = False):
-    key = (func.__name__, track_rounding, record, frozen, parallel)
+def _variant(func, track_rounding: bool, record: bool, frozen: bool, parallel: bool = False, params: bool = False):
+    key = (func.__name__, track_rounding, record, frozen, params, parallel)
     if key not in _VARIANTS:
-        flags = {"TRACK_ROUNDING": track_rounding, "RECORD": record, "FROZEN": frozen}
+        flags = {"TRACK_ROUNDING": track_rounding, "RECORD": record, "FROZEN": frozen, "PARAMS": params}
         specialized = types.FunctionType(func.__code__, {**func.__globals__, **flags}, func.__name__,
                                          func.__defaults__)
-        specialized.__qualname__ = "{}_{}{}{}{}".format(func.__name__, *(int(v) for v in key[1:]))
+        specialized.__qualname__ = "{}_{}{}{}{}{}".format(func.__name__, *(int(v) for v in key[1:]))
         _VARIANTS[key] = njit(cache=True, parallel=parallel)(specialized)
     return _VARIANTS[key]
 
@@ -248,8 +421,131 @@ def interval_kernel(track_rounding: bool, record: bool, frozen: bool):
     return _variant(_interval_step, track_rounding, record, frozen)
 
 
-def backsub_kernel(track_rounding: bool, record: bool, frozen: bool, parallel: bool = False):
+def backsub_kernel(track_rounding: bool, record: bool, frozen: bool, parallel: bool = False, params: bool = False):
     """``backsub_step`` compiled for these flags, parallel over samples or serial (a parallel launch
-    costs milliseconds when the cores are busy: callers pick it for big stages)."""
-    return _variant(_backsub_step, track_rounding, record, frozen, parallel)
+    costs milliseconds when the cores are busy: ``backsub_stage`` picks it for big stages)."""
+    return _variant(_backsub_step, track_rounding, record, frozen, parallel, params)
 
+
+def backsub_reverse_kernel(parallel: bool = False, params: bool = False):
+    """``backsub_reverse`` compiled, parallel over samples or serial, for the paper's relaxation or ``PARAMS``."""
+    return _variant(_backsub_reverse, False, True, True, parallel, params)
+
+
+# --- calling the back-substitution step: one place picks the variant and fills unused arguments -----
+
+# Parallel over samples for big stages, serial for small ones (a parallel launch costs milliseconds
+# when the cores are busy). Both give the same bits: every sample is one independent loop.
+PARALLEL_MIN_WORK = 1 << 20
+_NO_ROWS = np.zeros((1, 1, 1, 1))
+_NO_TABLE = np.zeros((1, 1, 1))
+
+
+@dataclass
+class StepTables:
+    """What ``backsub_step`` reads for one stage, flat ``[T', B, n]`` (see ``_backsub_step``).
+
+    ``rounding``: ``(mem_mag, carry_mag, fwd_scale, g)`` under the sound policy (None: no
+    rounding bound). ``params`` (optimized slopes): ``slope_lo``/``slope_up`` are then the largest
+    sound slopes, and ``reset_far_lo`` (``m_u``), ``th_lo``, ``th_hi`` define the line families.
+    """
+
+    state: np.ndarray
+    slope_lo: np.ndarray
+    icpt_lo: np.ndarray
+    slope_up: np.ndarray
+    icpt_up: np.ndarray
+    reset_lo: np.ndarray
+    reset_hi: np.ndarray
+    alpha: float
+    bias: np.ndarray
+    rounding: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray, float]] = None
+    reset_far_lo: Optional[np.ndarray] = None
+    th_lo: float = 0.0
+    th_hi: float = 0.0
+
+
+@dataclass
+class StepOutput:
+    """``lam_cur [T', B, R, n]``, ``bias [B, R]`` (in ``lam_s``'s dtype), ``err [B, R]``; recorded:
+    ``fire_coef``, ``reset_side``, ``fire_side [T', B, R, n]``, ``step_bias``, ``step_err [T', B, R]``."""
+
+    lam_cur: np.ndarray
+    bias: np.ndarray
+    err: np.ndarray
+    fire_coef: Optional[np.ndarray] = None
+    reset_side: Optional[np.ndarray] = None
+    fire_side: Optional[np.ndarray] = None
+    step_bias: Optional[np.ndarray] = None
+    step_err: Optional[np.ndarray] = None
+
+
+def backsub_stage(lam_s: np.ndarray, tables: StepTables, record: bool = False,
+                  sides: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+                  params: Optional[Sequence[np.ndarray]] = None, query: Optional[np.ndarray] = None,
+                  parallel_min_work: int = PARALLEL_MIN_WORK) -> StepOutput:
+    """Runs ``backsub_step`` on one stage: ``lam_s [T', B, R, n]`` -> ``StepOutput``.
+
+    ``record``: keep what the reverse pass needs (and, with rounding, each step's share);
+    ``sides``: ``(reset_side, fire_side)`` to hold fixed (the ``frozen`` variant);
+    ``params``: ``(frac_lo, frac_up, beta_lo, beta_up)`` ``[T', B, R, n]`` (optimized slopes);
+    ``query``: ``carry_in [B, R, n]``, the coefficient on ``m_{T'-1}`` of a membrane query.
+    """
+    steps, batch, rows, n = lam_s.shape
+    track = tables.rounding is not None
+    frozen = sides is not None
+    record = record or frozen
+    kernel = backsub_kernel(track_rounding=track, record=record, frozen=frozen,
+                            parallel=lam_s.size >= parallel_min_work, params=params is not None)
+    mem_mag, carry_mag, fwd_scale, g = tables.rounding if track else (_NO_TABLE, _NO_TABLE, _NO_TABLE, 0.0)
+    frac_lo, frac_up, beta_lo, beta_up = params if params is not None else (_NO_ROWS,) * 4
+    far = tables.reset_far_lo if params is not None else _NO_TABLE
+    carry_in = query if query is not None else _NO_TABLE
+    shape = (steps, batch, rows, n)
+    out = StepOutput(np.empty(shape, lam_s.dtype), np.empty((batch, rows), lam_s.dtype), np.zeros((batch, rows)))
+    if record:
+        out.fire_coef = np.empty(shape, lam_s.dtype)
+        out.reset_side, out.fire_side = sides if frozen else (np.zeros(shape, np.bool_), np.zeros(shape, np.bool_))
+        if track:
+            out.step_bias, out.step_err = np.empty((steps, batch, rows)), np.empty((steps, batch, rows))
+    unused_rows = np.empty((1, 1, 1, 1), dtype=lam_s.dtype)
+    unused_side = np.empty((1, 1, 1, 1), dtype=np.bool_)
+    unused_steps = np.empty((1, 1, 1))
+    kernel(lam_s, tables.state, tables.slope_lo, tables.icpt_lo, tables.slope_up, tables.icpt_up, tables.reset_lo,
+           tables.reset_hi, tables.alpha, mem_mag, carry_mag, fwd_scale, tables.bias, g, frac_lo, frac_up, beta_lo,
+           beta_up, far, float(tables.th_lo), float(tables.th_hi), carry_in, query is not None, out.lam_cur,
+           out.fire_coef if record else unused_rows, out.reset_side if record else unused_side,
+           out.fire_side if record else unused_side, out.step_bias if out.step_bias is not None else unused_steps,
+           out.step_err if out.step_err is not None else unused_steps, out.bias, out.err)
+    return out
+
+
+def backsub_stage_reverse(grad_lam_cur: np.ndarray, forward: StepOutput, tables: StepTables, mem_lower: np.ndarray,
+                          g_row: np.ndarray, th: float, params: Optional[Sequence[np.ndarray]] = None,
+                          parallel_min_work: int = PARALLEL_MIN_WORK) -> Tuple[np.ndarray, Tuple[np.ndarray, ...]]:
+    """Runs ``backsub_reverse`` on one stage recorded by ``backsub_stage(..., record=True)`` without rounding.
+
+    Returns ``grad_lam_s [T', B, R, n]`` and the parameter gradients: without ``params`` those of
+    the tables ``(slope_lo, slope_up, icpt_lo, icpt_up, mem_lower)`` ``[T', B, n]``; with
+    ``params`` those of ``(frac_lo, frac_up, beta_lo, beta_up)`` ``[T', B, R, n]``.
+    """
+    steps, batch, rows, n = forward.lam_cur.shape
+    dtype = forward.lam_cur.dtype
+    kernel = backsub_reverse_kernel(parallel=grad_lam_cur.size >= parallel_min_work, params=params is not None)
+    grad_lam_s = np.empty_like(grad_lam_cur)
+    if params is None:
+        grads = tuple(np.zeros((steps, batch, n), dtype) for _ in range(5))
+        table_grads, row_grads = grads, (_NO_ROWS,) * 4
+        frac_lo, frac_up, beta_lo, beta_up = (_NO_ROWS,) * 4
+        far = _NO_TABLE
+    else:
+        grads = tuple(np.zeros((steps, batch, rows, n)) for _ in range(4))
+        unused = np.zeros((1, 1, 1), dtype)
+        table_grads, row_grads = (unused,) * 5, grads
+        frac_lo, frac_up, beta_lo, beta_up = params
+        far = tables.reset_far_lo
+    kernel(grad_lam_cur, forward.lam_cur, forward.fire_coef, forward.reset_side, forward.fire_side, tables.state,
+           mem_lower, tables.slope_lo, tables.icpt_lo, tables.slope_up, tables.icpt_up, tables.bias, g_row, th,
+           tables.alpha, frac_lo, frac_up, beta_lo, beta_up, far, float(tables.th_lo), grad_lam_s, *table_grads,
+           *row_grads)
+    return grad_lam_s, grads

@@ -5,7 +5,8 @@
 - on every enumerated trajectory of small nets, each single back-substitution step of S-CROWN
   never increases the lower-bound functional (eqs. 17-18 step by step), and the adjoint step
   through the spatial ops is an identity;
-- the fused Numba kernel equals the NumPy reference.
+- the fused Numba kernel equals an independent vectorized oracle (tests/backsub_oracle.py), and
+  the per-step shares it records are the oracle's.
 """
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refsnn import SNN, Linear
-from refsnn.crown import (_backsub_stage_numpy, _backsub_stage_parallel, _backsub_stage_serial,
-                          _lower_bound_rows, normalize_spec)
+from refsnn.crown import _lower_bound_rows, normalize_spec
 from refsnn.ibp import interval_bounds, prepare_stages
 from refsnn.neurons import fire
 from refsnn.relaxations import STABLE_OFF, STABLE_ON, UNSTABLE, Fire, Reset, RoundingRule, gamma
 
+from refsnn.operator import StepTables, backsub_stage
+
+from backsub_oracle import oracle_stage
 from test_bounds_helpers import box_members, small_boxes, small_networks
 
 RULE64 = RoundingRule(u=2 ** -53 * 2, th_lo=0.25, th_hi=0.25, net_dtype="float64")
@@ -100,8 +103,13 @@ def test_each_backsubstitution_step_is_sound_on_every_trajectory(data):
     for b in range(batch):
         members = box_members(x_lower, x_upper, b)
         trace = net.run(members)
-        for k, time_steps, lam_cur, lam_prev in record:
-            for t, lam_s, lam_z, lam_m, bias_step, err_step in time_steps:
+        for stage_record in record:
+            k, lam_cur, lam_prev = stage_record.k, stage_record.step.lam_cur, stage_record.lam_prev
+            step, alpha = stage_record.step, stage_record.tables.alpha
+            for t in range(x_lower.shape[0]):
+                lam_s = stage_record_lam_s(record, k, spec, x_lower.shape[0])[t]
+                lam_z = alpha * lam_cur[t + 1] if t + 1 < x_lower.shape[0] else np.zeros_like(lam_cur[t])
+                lam_m, bias_step, err_step = lam_cur[t], step.step_bias[t], step.step_err[t]
                 m, s, z, _ = _member_values(trace, k, t)
                 before = s @ lam_s[b].T + z @ lam_z[b].T
                 after = m @ lam_m[b].T + bias_step[b]
@@ -127,20 +135,27 @@ def test_each_backsubstitution_step_is_sound_on_every_trajectory(data):
             assert np.all(np.abs(lhs - rhs) <= tol), f"stage {k}: adjoint step is not an identity"
 
 
-@pytest.mark.parametrize("kernel", [_backsub_stage_serial, _backsub_stage_parallel])
-def test_numba_kernel_matches_numpy_reference(kernel):
+def stage_record_lam_s(record, k, spec, steps):
+    """The coefficients on stage ``k``'s spikes: the spec's for the last stage, else the next stage's ``lam_prev``."""
+    if k == len(record) - 1:
+        return np.broadcast_to(spec[None] / steps, (steps,) + spec.shape)
+    lam_prev = record[k + 1].lam_prev
+    return lam_prev.reshape(lam_prev.shape[:3] + (-1,))
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_numba_kernel_matches_the_vectorized_oracle(parallel):
     rng = np.random.default_rng(3)
     steps, batch, rows, n = 4, 3, 5, 7
     lam_s = rng.normal(size=(steps, batch, rows, n))
     state = rng.integers(0, 3, size=(steps, batch, n)).astype(np.int8)
     tables = [rng.normal(size=(steps, batch, n)) for _ in range(6)]
-    mags = [np.abs(rng.normal(size=(steps, batch, n))) for _ in range(3)]
-    bias_vec = rng.normal(size=n)
-    outputs = []
-    for run in (_backsub_stage_numpy, kernel):
-        lam_cur = np.empty_like(lam_s)
-        bias, err = np.empty((batch, rows)), np.empty((batch, rows))
-        run(lam_s, state, *tables[:6], 0.3, *mags, bias_vec, gamma(100, 2 ** -53), lam_cur, bias, err)
-        outputs.append((lam_cur, bias, err))
-    for a, b in zip(*outputs):
+    mags = tuple(np.abs(rng.normal(size=(steps, batch, n))) for _ in range(3))
+    tab = StepTables(state, *tables, 0.3, rng.normal(size=n), mags + (gamma(100, 2 ** -53),))
+    step = backsub_stage(lam_s, tab, record=True, parallel_min_work=1 if parallel else 1 << 60)
+    lam_cur, bias, err, records = oracle_stage(lam_s, tab)
+    for a, b in ((step.lam_cur, lam_cur), (step.bias, bias), (step.err, err)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    for t in range(steps):
+        np.testing.assert_allclose(step.step_bias[t], records[t][3], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(step.step_err[t], records[t][4], rtol=1e-12, atol=1e-12)
