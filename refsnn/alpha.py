@@ -17,14 +17,17 @@ Sound families (every member is sound for every parameter value in its range):
     (``s = 0``: ``z = m`` in ``[m_l, th_hi]``; ``s = 1``: ``z = 0`` and ``th_lo <= m <= m_u``.)
     ``b = 0`` is the paper's eq. 10.
 
-The back-substitution (Alg. 2, eqs. 15-18) is the one of ``refsnn.crown`` with per-row parameters
-``[T', B, R, n]`` (R = specification rows; both bounds of ``C f`` run as ``2 S`` rows), written in
-NumPy so that its reverse pass (the gradient of the lower bound w.r.t. every parameter) can be
-written by hand; ``tests/test_alpha.py`` checks it against central finite differences.
+The back-substitution (Alg. 2, eqs. 15-18) is the one of ``refsnn.crown``: the same stage driver
+(``refsnn.crown.backsub_stages``) and the same step (``refsnn.operator.backsub_step``) with its
+``PARAMS`` flag, which reads per-row parameters ``[T', B, R, n]`` (R = specification rows; both
+bounds of ``C f`` run as ``2 S`` rows) instead of the paper's fixed lines. Its reverse pass (the
+gradient of the lower bound w.r.t. every parameter) is the operator's one reverse
+(``backsub_reverse``, the one robust training runs); ``tests/test_alpha.py`` checks it against
+central finite differences.
 
 Rounding: as in ``refsnn.crown``, every step accumulates ``gamma * sum |terms|`` of its products
-and sums plus ``|lam_m|`` times the network-vs-exact margins of S-IBP, and the sum is subtracted
-from the lower bound; the output margin of ``refsnn.ibp.output_rounding_margin`` is applied last.
+and sums (here also of the rounded reset-line coefficients and the ``beta m`` term) plus ``|lam_m|``
+times the network-vs-exact margins of S-IBP, and the sum is subtracted from the lower bound; the output margin of ``refsnn.ibp.output_rounding_margin`` is applied last.
 Every iterate of the optimization is such a sound bound; the result is the best one per row,
 intersected with S-IBP, the paper's S-CROWN and the trivial range (so ``alpha`` is never looser
 than ``best``).
@@ -36,11 +39,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .crown import crown_bounds_of_box, stage_magnitudes
+from .crown import backsub_stages, crown_bounds_of_box, stage_magnitudes
 from .ibp import (IntervalBounds, PreparedStage, ibp_spec_bounds, interval_bounds_of_box, output_rounding_margin,
                   prepare_stages)
 from .input_sets import BinaryBox, binary_box
-from .relaxations import STABLE_OFF, STABLE_ON, UNIT_ROUNDOFF_FLOAT64, UNSTABLE, Fire, gamma
+from .operator import StepTables, backsub_stage_reverse
+from .relaxations import UNIT_ROUNDOFF_FLOAT64, UNSTABLE, Fire, Reset, gamma
 from .spec import best_bounds, normalize_spec
 
 U64 = UNIT_ROUNDOFF_FLOAT64
@@ -51,37 +55,24 @@ PARAM_NAMES = ("fire_lower", "fire_upper", "reset_lower", "reset_upper")
 # --- per-stage tables ------------------------------------------------------------------------------
 
 @dataclass
-class StageTables:
-    """What the back-substitution reads for one stage, flat ``[T', B, n]`` (float64).
+class StageTables(StepTables):
+    """``refsnn.operator.StepTables`` of one stage in the optimized-slope form, flat ``[T', B, n]``:
+    ``slope_lo``/``slope_up`` are the largest sound fire slopes ``lam_max``/``mu_max`` (0 where the
+    neuron is stable or the denominator is not positive), ``reset_far_lo`` is ``m_u``;
+    ``default_lower/upper``: the paper's choice as fractions (0/1); ``mem_lower``: ``m_l``."""
 
-    ``lam_max``/``mu_max``: the largest sound fire slopes (0 where the neuron is stable or the
-    denominator is not positive); ``default_lower/upper``: the paper's choice as fractions (0/1).
-    ``mem_mag``, ``carry_mag``, ``fwd_scale``: rounding magnitudes as in ``refsnn.crown``.
-    """
+    default_lower: Optional[np.ndarray] = None
+    default_upper: Optional[np.ndarray] = None
+    mem_lower: Optional[np.ndarray] = None
 
-    state: np.ndarray
-    mem_lower: np.ndarray
-    mem_upper: np.ndarray
-    lam_max: np.ndarray
-    mu_max: np.ndarray
-    default_lower: np.ndarray
-    default_upper: np.ndarray
-    mem_mag: np.ndarray
-    carry_mag: np.ndarray
-    fwd_scale: np.ndarray
-    bias: np.ndarray
-    th_lo: float
-    th_hi: float
-    decay: float
-    n_transpose_terms: int
-
-    def truncated(self, steps: int) -> "StageTables":
-        """The tables of the first ``steps`` time steps."""
-        pick = {name: getattr(self, name)[:steps] for name in
-                ("state", "mem_lower", "mem_upper", "lam_max", "mu_max", "default_lower", "default_upper",
-                 "mem_mag", "carry_mag", "fwd_scale")}
-        return StageTables(bias=self.bias, th_lo=self.th_lo, th_hi=self.th_hi, decay=self.decay,
-                           n_transpose_terms=self.n_transpose_terms, **pick)
+    def select_sample(self, b: int) -> "StageTables":
+        """The tables of sample ``b`` alone (``[T', 1, n]``)."""
+        pick = lambda value: np.ascontiguousarray(value[:, b:b + 1])  # noqa: E731
+        rounding = tuple(pick(v) for v in self.rounding[:3]) + (self.rounding[3],)
+        return StageTables(pick(self.state), pick(self.slope_lo), pick(self.icpt_lo), pick(self.slope_up),
+                           pick(self.icpt_up), pick(self.reset_lo), pick(self.reset_hi), self.alpha, self.bias,
+                           rounding, pick(self.reset_far_lo), self.th_lo, self.th_hi, pick(self.default_lower),
+                           pick(self.default_upper), pick(self.mem_lower))
 
 
 def stage_tables(bounds: IntervalBounds, k: int, stage: PreparedStage, steps: Optional[int] = None) -> StageTables:
@@ -90,10 +81,12 @@ def stage_tables(bounds: IntervalBounds, k: int, stage: PreparedStage, steps: Op
     n = stage.n_neurons
     rule = bounds.rule
     flat = (bounds.steps, bounds.batch, n)
-    mem_lower = bounds.mem_lower[k].reshape(flat)[:steps]
-    mem_upper = bounds.mem_upper[k].reshape(flat)[:steps]
-    state = bounds.state[k].reshape(flat)[:steps]
+    c = np.ascontiguousarray
+    mem_lower = c(bounds.mem_lower[k].reshape(flat)[:steps])
+    mem_upper = c(bounds.mem_upper[k].reshape(flat)[:steps])
+    state = c(bounds.state[k].reshape(flat)[:steps])
     slope_lo, _, slope_up, _ = Fire.relaxation(mem_lower, mem_upper, state, bounds.threshold, rule)
+    reset_lo, reset_hi = Reset.relaxation(mem_lower, state, rule)
     unstable = state == UNSTABLE
     lower_denom = mem_upper - rule.th_hi
     upper_denom = rule.th_lo - mem_lower
@@ -102,13 +95,12 @@ def stage_tables(bounds: IntervalBounds, k: int, stage: PreparedStage, steps: Op
     lam_max = np.where(ok_lower, SLOPE_SAFETY / np.where(ok_lower, lower_denom, 1.0), 0.0)
     mu_max = np.where(ok_upper, SLOPE_SAFETY / np.where(ok_upper, upper_denom, 1.0), 0.0)
     mem_mag, carry_mag, fwd_scale = stage_magnitudes(bounds, k, stage, steps)
-    return StageTables(state=np.ascontiguousarray(state), mem_lower=mem_lower, mem_upper=mem_upper,
-                       lam_max=lam_max, mu_max=mu_max,
+    unused = np.zeros(state.shape)
+    rounding = (c(mem_mag), c(carry_mag), c(fwd_scale), gamma(4 * n * steps + 32, U64))
+    return StageTables(state, c(lam_max), unused, c(mu_max), unused, c(reset_lo), c(reset_hi), float(bounds.decay),
+                       c(stage.bias), rounding, mem_upper, rule.th_lo, rule.th_hi,
                        default_lower=(slope_lo > 0.0).astype(np.float64),
-                       default_upper=(slope_up > 0.0).astype(np.float64),
-                       mem_mag=mem_mag, carry_mag=carry_mag, fwd_scale=np.ascontiguousarray(fwd_scale),
-                       bias=stage.bias, th_lo=rule.th_lo, th_hi=rule.th_hi, decay=float(bounds.decay),
-                       n_transpose_terms=stage.n_transpose_terms)
+                       default_upper=(slope_up > 0.0).astype(np.float64), mem_lower=mem_lower)
 
 
 def linear_chain(stage: PreparedStage, x: np.ndarray) -> np.ndarray:
@@ -185,85 +177,23 @@ def random_params(tables: Sequence[StageTables], rows: int, rng: np.random.Gener
 class BacksubResult:
     """``value [B, R]``: the float lower bound before rounding terms; ``err [B, R]`` everything to
     subtract for rounding (back-substitution and concretization, not the output margin);
-    ``lam_x [T', B, R, *in]`` the coefficients at the input; ``bias [B, R]``."""
+    ``lam_x [T', B, R, *in]`` the coefficients at the input; ``bias [B, R]``; ``params`` the
+    parameters used; ``tape`` the ``refsnn.crown.StageRecord`` of every stage (``record=True``)."""
 
     value: np.ndarray
     err: np.ndarray
     lam_x: np.ndarray
     bias: np.ndarray
-    tape: list = field(default_factory=list, repr=False)
+    params: List[Dict[str, np.ndarray]] = field(default_factory=list, repr=False)
+    tape: Optional[list] = field(default=None, repr=False)
 
     @property
     def sound(self) -> np.ndarray:
         return self.value - self.err
 
 
-def _stage_forward(tab: StageTables, lam_s: np.ndarray, prm: Optional[Dict[str, np.ndarray]],
-                   inject: Optional[np.ndarray], record: bool):
-    """Steps 1-3 of Alg. 2 for one stage, ``t`` from ``T'-1`` down to 0, vectorized over ``[B, R, n]``.
-
-    ``lam_s [T', B, R, n]`` coefficients on the spikes; ``inject [B, R, n]`` (membrane queries):
-    the coefficient on ``m_{T'-1}`` itself (``lam_s`` is then ignored at that step).
-    Returns ``lam_cur [T', B, R, n]`` (on the currents), ``bias [B, R]``, ``err [B, R]``, tape.
-    """
-    steps = lam_s.shape[0]
-    n = lam_s.shape[-1]
-    g = gamma(4 * n * steps + 32, U64)
-    carry = np.zeros(lam_s.shape[1:])
-    bias = np.zeros(lam_s.shape[1:3])
-    err = np.zeros(lam_s.shape[1:3])
-    lam_cur = np.empty(lam_s.shape)
-    tape = []
-    for t in range(steps - 1, -1, -1):
-        if inject is not None and t == steps - 1:
-            lm = inject
-            p = np.abs(lm) * tab.carry_mag[t][:, None, :]
-            err += g * p.sum(-1) + (np.abs(lm) * tab.fwd_scale[t][:, None, :]).sum(-1)
-            bias += lm @ tab.bias
-            lam_cur[t] = lm
-            carry = tab.decay * lm
-            tape.append(None)
-            continue
-        ls_in = lam_s[t]
-        lz = carry
-        st = tab.state[t][:, None, :]
-        off, on, uns = st == STABLE_OFF, st == STABLE_ON, st == UNSTABLE
-        ml = tab.mem_lower[t][:, None, :]
-        mu = tab.mem_upper[t][:, None, :]
-        reset_low = lz >= 0.0
-        if prm is None:
-            beta = np.zeros(lz.shape)
-            f_low = np.broadcast_to(tab.default_lower[t][:, None, :], lz.shape)
-            f_up = np.broadcast_to(tab.default_upper[t][:, None, :], lz.shape)
-        else:
-            beta = np.where(reset_low, prm["reset_lower"][t], prm["reset_upper"][t])
-            f_low, f_up = prm["fire_lower"][t], prm["fire_upper"][t]
-        one_minus = 1.0 - beta
-        pm = beta
-        ps = np.where(reset_low, -(beta * mu + one_minus * ml), -(beta * tab.th_lo + one_minus * tab.th_hi))
-        pc = np.where(reset_low, one_minus * ml, one_minus * tab.th_hi)
-        ls = ls_in + lz * ps
-        fire_low = ls >= 0.0
-        lam_max = tab.lam_max[t][:, None, :]
-        mu_max = tab.mu_max[t][:, None, :]
-        a = np.where(fire_low, f_low * lam_max, f_up * mu_max)
-        c = np.where(fire_low, -a * tab.th_hi, 1.0 - a * tab.th_lo)
-        lm_uns = lz * pm + ls * a
-        lm = np.where(off, lz, np.where(on, 0.0, lm_uns))
-        bias_terms = np.where(on, ls_in, np.where(uns, lz * pc + ls * c, 0.0))
-        mem_mag = tab.mem_mag[t][:, None, :]
-        p = np.abs(ls_in) + np.where(uns, 2.0 * np.abs(lz * ps) + np.abs(ls) * (np.abs(a) * mem_mag + np.abs(c) + 1.0)
-                                     + np.abs(lz) * ((np.abs(pm) + 2.0) * mem_mag + np.abs(ps) + np.abs(pc) + 1.0),
-                                     0.0)
-        p += np.abs(lm) * tab.carry_mag[t][:, None, :]
-        err += g * p.sum(-1) + (np.abs(lm) * tab.fwd_scale[t][:, None, :]).sum(-1)
-        bias += bias_terms.sum(-1) + lm @ tab.bias
-        lam_cur[t] = lm
-        carry = tab.decay * lm
-        if record:
-            tape.append((t, off, on, uns, reset_low, fire_low, ls, lz, a, c, pm, ps, pc, ml, mu, lam_max, mu_max))
-    tape.reverse()  # index by t
-    return lam_cur, bias, err, tape
+def _row_params(prm: Dict[str, np.ndarray]) -> Tuple[np.ndarray, ...]:
+    return tuple(np.ascontiguousarray(prm[name], dtype=np.float64) for name in PARAM_NAMES)
 
 
 def backsub(stages: Sequence[PreparedStage], tables: Sequence[StageTables], spec: Optional[np.ndarray],
@@ -272,32 +202,24 @@ def backsub(stages: Sequence[PreparedStage], tables: Sequence[StageTables], spec
     """Lower bounds of ``spec f`` (``spec [B, R, n_out]``; the output rates over ``T'`` steps), or,
     with ``inject [B, R, n_K]`` and ``spec=None``, of ``inject . m_{T'-1}[K]`` where ``K`` is the last
     stage in ``stages`` (membrane queries of full S-CROWN; ``tables`` truncated to ``T'`` steps).
-    ``params``: per stage a dict of ``[T', B, R, n]`` fractions (None: the paper's relaxation).
+    ``params``: per stage a dict of ``[T', B, R, n]`` fractions (None: ``default_params``).
+    Runs the one stage driver ``refsnn.crown.backsub_stages`` with the optimized-slope step.
     """
     steps = tables[-1].state.shape[0]
     if inject is None:
-        batch, rows = spec.shape[:2]
+        rows = spec.shape[1]
         lam_s = np.ascontiguousarray(np.broadcast_to(spec[None] / steps, (steps,) + spec.shape))
     else:
-        batch, rows = inject.shape[:2]
+        rows = inject.shape[1]
         lam_s = np.zeros((steps,) + inject.shape)
-    bias = np.zeros((batch, rows))
-    err = np.zeros((batch, rows))
-    tape = []
-    for k in range(len(stages) - 1, -1, -1):
-        stage, tab = stages[k], tables[k]
-        prm = None if params is None else params[k]
-        lam_cur, bias_k, err_k, stage_tape = _stage_forward(tab, lam_s, prm, inject if k == len(stages) - 1 else None,
-                                                            record)
-        bias += bias_k
-        err += err_k + 4.0 * U64 * np.abs(bias)
-        n = stage.n_neurons
-        lam_s = stage.transpose(lam_cur.reshape(steps * batch * rows, n)).reshape((steps, batch, rows, -1))
-        tape.append(stage_tape)
-    tape.reverse()
-    value, concretization_err = concretizer.value(lam_s)
+        inject = np.ascontiguousarray(inject, dtype=np.float64)
+    if params is None:
+        params = default_params(tables, rows)
+    lam_x, bias, err, tape = backsub_stages(stages, tables, lam_s, record=record,
+                                            params=[_row_params(prm) for prm in params], query=inject)
+    value, concretization_err = concretizer.value(lam_x)
     err = err * (1.0 + 8.0 * U64) + concretization_err + gamma(8, U64) * np.abs(bias)
-    return BacksubResult(value + bias, err, lam_s, bias, tape)
+    return BacksubResult(value + bias, err, lam_x, bias, params, tape)
 
 
 def backsub_gradient(stages: Sequence[PreparedStage], tables: Sequence[StageTables], result: BacksubResult,
@@ -306,38 +228,20 @@ def backsub_gradient(stages: Sequence[PreparedStage], tables: Sequence[StageTabl
 
     ``result`` must come from ``backsub(..., record=True)`` with parameters (not an injection).
     The relaxation choices (signs of the coefficients) are held fixed: the gradient of the
-    piecewise-smooth bound on the piece of the current parameters.
+    piecewise-smooth bound on the piece of the current parameters. Runs the one reverse,
+    ``refsnn.operator.backsub_stage_reverse``, stage by stage from the input.
     """
     steps, batch, rows = result.lam_x.shape[:3]
-    scale = np.ones((batch, rows)) if weights is None else weights
+    scale = np.ones((batch, rows)) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
     g_lam = concretizer.gradient(result.lam_x) * scale[None, :, :, None]   # d / d lam on the stage's input
     grads = []
     for k, (stage, tab) in enumerate(zip(stages, tables)):
         n = stage.n_neurons
         g_cur = linear_chain(stage, g_lam.reshape((steps * batch * rows,) + stage.input_shape))
-        g_cur = g_cur.reshape(steps, batch, rows, n)
-        grad = {name: np.zeros((steps, batch, rows, n)) for name in PARAM_NAMES}
-        g_lam_s = np.empty((steps, batch, rows, n))
-        g_lz_prev = np.zeros((batch, rows, n))
-        bias_vec = tab.bias * scale[:, :, None]
-        for t in range(steps):
-            (_, off, on, uns, reset_low, fire_low, ls, lz, a, c, pm, ps, pc, ml, mu,
-             lam_max, mu_max) = result.tape[k][t]
-            g_lm = g_cur[t] + bias_vec + tab.decay * g_lz_prev
-            w = scale[:, :, None]
-            g_ls = g_lm * a + c * w
-            up = uns & fire_low
-            grad["fire_lower"][t] = np.where(up, lam_max * ls * (g_lm - tab.th_hi * w), 0.0)
-            down = uns & ~fire_low
-            grad["fire_upper"][t] = np.where(down, mu_max * ls * (g_lm - tab.th_lo * w), 0.0)
-            g_lz_uns = g_lm * pm + pc * w + g_ls * ps
-            grad["reset_lower"][t] = np.where(uns & reset_low, lz * (g_lm - g_ls * (mu - ml) - ml * w), 0.0)
-            grad["reset_upper"][t] = np.where(uns & ~reset_low,
-                                              lz * (g_lm + g_ls * (tab.th_hi - tab.th_lo) - tab.th_hi * w), 0.0)
-            g_lam_s[t] = np.where(off, 0.0, np.where(on, w, g_ls))
-            g_lz_prev = np.where(off, g_lm, np.where(on, 0.0, g_lz_uns))
-        grads.append(grad)
-        g_lam = g_lam_s
+        g_cur = np.ascontiguousarray(g_cur.reshape(steps, batch, rows, n))
+        g_lam, row_grads = backsub_stage_reverse(g_cur, result.tape[k].step, tab, tab.mem_lower, scale,
+                                                 tab.th_hi, params=_row_params(result.params[k]))
+        grads.append(dict(zip(PARAM_NAMES, row_grads)))
     return grads
 
 

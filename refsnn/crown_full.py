@@ -66,7 +66,7 @@ def membrane_refiner(stages: Sequence[PreparedStage], concretizer, max_rows: int
             neurons = np.flatnonzero(unstable[b])
             if neurons.size == 0:
                 continue
-            tabs_b = [_select_sample(tab, b) for tab in tables]
+            tabs_b = [tab.select_sample(b) for tab in tables]
             conc_b = conc.select(slice(b, b + 1))
             per = max(1, max_rows // 2)
             for start in range(0, neurons.size, per):
@@ -82,15 +82,6 @@ def membrane_refiner(stages: Sequence[PreparedStage], concretizer, max_rows: int
         return lower, upper
 
     return refine
-
-
-def _select_sample(tab, b: int):
-    from .alpha import StageTables
-    pick = {name: getattr(tab, name)[:, b:b + 1] for name in
-            ("state", "mem_lower", "mem_upper", "lam_max", "mu_max", "default_lower", "default_upper",
-             "mem_mag", "carry_mag", "fwd_scale")}
-    return StageTables(bias=tab.bias, th_lo=tab.th_lo, th_hi=tab.th_hi, decay=tab.decay,
-                       n_transpose_terms=tab.n_transpose_terms, **pick)
 
 
 def full_crown_intermediate(net, x_lower, x_upper, concretizer=None, first_current=None) -> IntervalBounds:

@@ -24,7 +24,7 @@ from refsnn.relaxations import STABLE_OFF, STABLE_ON, UNSTABLE, Fire, Reset, Rou
 from refsnn.operator import StepTables, backsub_stage
 
 from backsub_oracle import oracle_stage
-from test_bounds_helpers import box_members, small_boxes, small_networks
+from test_bounds_helpers import assert_each_step_sound, small_boxes, small_networks
 
 RULE64 = RoundingRule(u=2 ** -53 * 2, th_lo=0.25, th_hi=0.25, net_dtype="float64")
 
@@ -82,11 +82,6 @@ def test_float32_thresholds_are_both_respected():
     assert state[0] == UNSTABLE
 
 
-def _member_values(trace, k, t):
-    flat = lambda a: a[t].reshape(a.shape[1], -1).astype(np.float64)
-    return flat(trace.membranes[k]), flat(trace.spikes[k]), flat(trace.resets[k]), flat(trace.currents[k])
-
-
 @settings(deadline=None)
 @given(data=st.data())
 def test_each_backsubstitution_step_is_sound_on_every_trajectory(data):
@@ -100,47 +95,7 @@ def test_each_backsubstitution_step_is_sound_on_every_trajectory(data):
     bounds = interval_bounds(net, x_lower, x_upper)
     record = []
     _lower_bound_rows(stages, bounds, spec, x_lower.astype(float), x_upper.astype(float), record=record)
-    for b in range(batch):
-        members = box_members(x_lower, x_upper, b)
-        trace = net.run(members)
-        for stage_record in record:
-            k, lam_cur, lam_prev = stage_record.k, stage_record.step.lam_cur, stage_record.lam_prev
-            step, alpha = stage_record.step, stage_record.tables.alpha
-            for t in range(x_lower.shape[0]):
-                lam_s = stage_record_lam_s(record, k, spec, x_lower.shape[0])[t]
-                lam_z = alpha * lam_cur[t + 1] if t + 1 < x_lower.shape[0] else np.zeros_like(lam_cur[t])
-                lam_m, bias_step, err_step = lam_cur[t], step.step_bias[t], step.step_err[t]
-                m, s, z, _ = _member_values(trace, k, t)
-                before = s @ lam_s[b].T + z @ lam_z[b].T
-                after = m @ lam_m[b].T + bias_step[b]
-                # Allowed: the step's own rounding bound (what S-CROWN subtracts for it) plus the
-                # rounding of this test's evaluation; a wrong rule breaks it by far more.
-                evaluation = 1e-13 * (np.abs(s) @ np.abs(lam_s[b]).T + np.abs(z) @ np.abs(lam_z[b]).T
-                                      + np.abs(m) @ np.abs(lam_m[b]).T + np.abs(bias_step[b]))
-                excess = after - before - err_step[b] - evaluation
-                assert np.all(excess <= 0.0), \
-                    f"stage {k} t={t}: a relaxation step raised the bound by {excess.max()} beyond its rounding bound"
-            # Adjoint step: sum_t lam_I . I_t == sum_t lam_prev . s_prev_t + sum_t lam_I . b (exact algebra).
-            prev = trace.inputs if k == 0 else trace.spikes[k - 1]
-            lhs = np.zeros((members.shape[1], spec.shape[1]))
-            rhs = np.zeros_like(lhs)
-            scale = np.zeros_like(lhs)
-            for t in range(x_lower.shape[0]):
-                _, _, _, current = _member_values(trace, k, t)
-                s_prev = prev[t].reshape(prev.shape[1], -1).astype(np.float64)
-                lhs += current @ lam_cur[t, b].T
-                rhs += s_prev @ lam_prev[t, b].reshape(spec.shape[1], -1).T + lam_cur[t, b] @ stages[k].bias
-                scale += np.abs(current) @ np.abs(lam_cur[t, b]).T
-            tol = (1e-10 if net.dtype == np.float64 else 1e-5) * (1.0 + scale)
-            assert np.all(np.abs(lhs - rhs) <= tol), f"stage {k}: adjoint step is not an identity"
-
-
-def stage_record_lam_s(record, k, spec, steps):
-    """The coefficients on stage ``k``'s spikes: the spec's for the last stage, else the next stage's ``lam_prev``."""
-    if k == len(record) - 1:
-        return np.broadcast_to(spec[None] / steps, (steps,) + spec.shape)
-    lam_prev = record[k + 1].lam_prev
-    return lam_prev.reshape(lam_prev.shape[:3] + (-1,))
+    assert_each_step_sound(net, x_lower, x_upper, spec, stages, record)
 
 
 @pytest.mark.parametrize("parallel", [False, True])
