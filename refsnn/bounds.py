@@ -33,9 +33,10 @@ from .ibp import (IntervalBounds, ibp_spec_bounds, interval_bounds, interval_bou
                   prepare_stages)
 from .input_sets import (BinaryBox, DigitalLinfBox, SpikeL0Box, binary_box, digital_linf_set,
                          spike_l0_set)
+from .relaxations import Precision
 from .spec import best_bounds, margin_spec, normalize_spec, trivial_bounds
 
-METHODS = ("ibp", "crown-ibp", "best", "alpha", "crown")
+METHODS = ("ibp", "crown-ibp", "crown-ibp-paper", "best", "alpha", "crown")
 
 __all__ = ["compute_bounds", "interval_bounds", "crown_bounds", "trivial_bounds", "margin_spec", "certify",
            "IntervalBounds", "CrownResult", "binary_box", "digital_linf_set", "spike_l0_set", "BinaryBox",
@@ -47,8 +48,10 @@ def compute_bounds(net, x_lower, x_upper, method: str = "ibp", C=None) -> Tuple[
 
     ``x_lower/x_upper [T', B, *input_shape]`` of 0/1 (the horizon is ``T'``); ``C`` is
     ``[B, n_spec, n_out]``, ``[n_spec, n_out]`` or None (identity: bounds of the rates).
-    ``method``: ``"ibp"``, ``"crown-ibp"`` (the paper's S-CROWN), ``"best"`` (their
-    intersection with the trivial range), ``"alpha"`` (optimized relaxations, refsnn.alpha) or
+    ``method``: ``"ibp"``, ``"crown-ibp"`` (S-CROWN, eq. 8's chord case decided on the outward-rounded
+    S-IBP intervals), ``"crown-ibp-paper"`` (S-CROWN with the paper's chord choices, decided on S-IBP's
+    intervals without margins; docs/BOUNDS.md), ``"best"`` (S-IBP and ``crown-ibp`` intersected with
+    the trivial range), ``"alpha"`` (optimized relaxations, refsnn.alpha) or
     ``"crown"`` (full S-CROWN, refsnn.crown_full). All arithmetic is float64.
     """
     if method not in METHODS:
@@ -68,6 +71,11 @@ def compute_bounds(net, x_lower, x_upper, method: str = "ibp", C=None) -> Tuple[
     ibp_lower, ibp_upper = ibp_spec_bounds(intermediate, C)
     if method == "ibp":
         return ibp_lower, ibp_upper
+    if method == "crown-ibp-paper":
+        plain = interval_bounds_of_box(net, box, stages, rule=Precision.plain(net))
+        crown = crown_bounds_of_box(net, box, C, stages, intermediate=intermediate, return_coefficients=False,
+                                    chord_interval=plain)
+        return crown.lower, crown.upper
     crown = crown_bounds_of_box(net, box, C, stages, intermediate=intermediate, return_coefficients=False)
     if method == "crown-ibp":
         return crown.lower, crown.upper

@@ -23,8 +23,10 @@ Rounding: the kernel also accumulates, per sample and spec, a bound on (a) its o
 rounding error and (b) the mismatch between the network's float relations and the exact ones
 (the current/membrane rounding margins of S-IBP, times ``|lam|``); the sum is subtracted from
 the lower bound. It is ~1e-13 in ordinary cases and grows where huge chord slopes would make
-cancellation dangerous. ``method="crown-ibp"`` is the paper's S-CROWN up to that and up to its
-decisions being made on the outward-rounded intervals (docs/BOUNDS.md).
+cancellation dangerous. ``method="crown-ibp"`` decides eq. 8's chord case on the outward-rounded
+S-IBP intervals it relaxes; ``method="crown-ibp-paper"`` takes the paper's choice, decided on S-IBP's
+intervals without margins (``Precision.plain``); both relax the outward-rounded intervals and are
+sound (docs/BOUNDS.md says how often and by how much they differ).
 """
 from __future__ import annotations
 
@@ -146,16 +148,24 @@ def stage_magnitudes(bounds: IntervalBounds, k: int, stage: PreparedStage, steps
     return mem_mag, carry_mag, fwd_scale
 
 
-def stage_step_tables(bounds: IntervalBounds, k: int, stage: PreparedStage) -> StepTables:
+def stage_step_tables(bounds: IntervalBounds, k: int, stage: PreparedStage,
+                      chord_interval: Optional[IntervalBounds] = None) -> StepTables:
     """The paper's relaxations (eqs. 8, 10) of stage ``k`` as ``backsub_step`` tables, flat ``[T', B, n]``,
-    with the rounding magnitudes of the sound policy (``n`` neurons, ``T'`` steps: ``g = gamma(4 n T' + 16)``)."""
+    with the rounding magnitudes of the sound policy (``n`` neurons, ``T'`` steps: ``g = gamma(4 n T' + 16)``).
+    ``chord_interval``: S-IBP's intervals the chord case of eq. 8 is decided on (``Fire.chords``'s
+    ``decide``; None: the outward-rounded ones of ``bounds``)."""
     steps, batch, n = bounds.steps, bounds.batch, stage.n_neurons
     rule = bounds.rule
     flat = (steps, batch, n)
     mem_lower = bounds.mem_lower[k].reshape(flat)
     mem_upper = bounds.mem_upper[k].reshape(flat)
     state = np.ascontiguousarray(bounds.state[k].reshape(flat))
-    slope_lo, icpt_lo, slope_up, icpt_up = Fire.relaxation(mem_lower, mem_upper, state, bounds.threshold, rule)
+    chords = None
+    if chord_interval is not None:
+        decide = (chord_interval.mem_lower[k].reshape(flat), chord_interval.mem_upper[k].reshape(flat))
+        chords = Fire.chords(mem_lower, mem_upper, state, bounds.threshold, rule, decide=decide)
+    slope_lo, icpt_lo, slope_up, icpt_up = Fire.relaxation(mem_lower, mem_upper, state, bounds.threshold, rule,
+                                                           chords=chords)
     reset_lo, reset_hi = Reset.relaxation(mem_lower, state, rule)
     mem_mag, carry_mag, fwd_scale = stage_magnitudes(bounds, k, stage)
     c = np.ascontiguousarray
@@ -235,7 +245,8 @@ def _concretize_sparse(op, lam_cur: np.ndarray, center: np.ndarray, magnitude: n
 
 
 def _lower_bound_rows(stages, bounds: IntervalBounds, spec: np.ndarray, x_lower: np.ndarray,
-                      x_upper: np.ndarray, record: Optional[list] = None, need_coefficients: bool = True):
+                      x_upper: np.ndarray, record: Optional[list] = None, need_coefficients: bool = True,
+                      chord_interval: Optional[IntervalBounds] = None):
     """Lower bounds of ``spec f`` (``spec [B, R, n_out]``): ``(lower, A [T', B, R, *in], bias, err)``.
 
     ``bias`` already has the back-substitution rounding subtracted; ``lower`` also the
@@ -253,7 +264,7 @@ def _lower_bound_rows(stages, bounds: IntervalBounds, spec: np.ndarray, x_lower:
               and np.count_nonzero(rad) <= SPARSE_FREE_FRACTION * rad.size)
     steps = bounds.steps
     lam_s = np.ascontiguousarray(np.broadcast_to(spec[None] / steps, (steps,) + spec.shape))
-    tables = [stage_step_tables(bounds, k, stage) for k, stage in enumerate(stages)]
+    tables = [stage_step_tables(bounds, k, stage, chord_interval) for k, stage in enumerate(stages)]
     lam_s, bias, err, records = backsub_stages(stages, tables, lam_s, record=record is not None,
                                                transpose_first=not sparse)
     if record is not None:
@@ -292,8 +303,12 @@ def crown_bounds(net, x_lower, x_upper, C=None, intermediate: Optional[IntervalB
 
 def crown_bounds_of_box(net, box: BinaryBox, C: np.ndarray, stages: Sequence[PreparedStage],
                         intermediate: Optional[IntervalBounds] = None, return_coefficients: bool = True,
-                        max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> CrownResult:
-    """``crown_bounds`` of an already validated box, normalized ``C [B, S, n_out]`` and prepared stages."""
+                        max_chunk_bytes: int = DEFAULT_CHUNK_BYTES, chord_interval: Optional[IntervalBounds] = None
+                        ) -> CrownResult:
+    """``crown_bounds`` of an already validated box, normalized ``C [B, S, n_out]`` and prepared stages.
+
+    ``chord_interval``: S-IBP without margins (``Precision.plain``) for the paper's chord choices
+    (``method="crown-ibp-paper"``); None decides them on the outward-rounded ``intermediate``."""
     steps, batch = box.x_lower.shape[:2]
     if intermediate is None:
         intermediate = interval_bounds_of_box(net, box, stages)
@@ -312,9 +327,11 @@ def crown_bounds_of_box(net, box: BinaryBox, C: np.ndarray, stages: Sequence[Pre
     lowers, coefs, biases, errs = [], [], [], []
     for start in range(0, batch, chunk):
         part = slice(start, min(batch, start + chunk))
-        sub = intermediate if (start == 0 and chunk >= batch) else intermediate.select(part)
+        whole = start == 0 and chunk >= batch
+        sub = intermediate if whole else intermediate.select(part)
+        chord_sub = chord_interval if (whole or chord_interval is None) else chord_interval.select(part)
         low, lam, bias, err = _lower_bound_rows(stages, sub, spec[part], x_lo[:, part], x_hi[:, part],
-                                                need_coefficients=return_coefficients)
+                                                need_coefficients=return_coefficients, chord_interval=chord_sub)
         lowers.append(low)
         biases.append(bias)
         errs.append(err)
@@ -331,7 +348,8 @@ def crown_bounds_of_box(net, box: BinaryBox, C: np.ndarray, stages: Sequence[Pre
         lam = np.concatenate(coefs, axis=1).reshape((steps, batch, 2 * n_spec) + tuple(net.input_shape))
         A_lower = lam[:, :, :n_spec]
         A_upper = -lam[:, :, n_spec:]
-    return CrownResult("crown-ibp", lower, upper, A_lower, bias_rows[:, :n_spec] - margin, A_upper,
+    method = "crown-ibp" if chord_interval is None else "crown-ibp-paper"
+    return CrownResult(method, lower, upper, A_lower, bias_rows[:, :n_spec] - margin, A_upper,
                        -bias_rows[:, n_spec:] + margin, err_rows[:, :n_spec] + margin,
                        err_rows[:, n_spec:] + margin, C,
                        intermediate)

@@ -25,7 +25,7 @@ from .firing import fires_at_threshold
 from .kernels import add_rows, transpose_contiguous
 from .layers import AvgPool2d, Conv2d, Flatten, Linear
 from .operator import interval_kernel
-from .relaxations import UNSTABLE, Fire, Reset, RoundingRule, output_rounding_margin  # noqa: F401
+from .relaxations import UNSTABLE, Fire, Precision, Reset, output_rounding_margin
 from .spec import spec_interval
 
 
@@ -306,7 +306,7 @@ class IntervalBounds:
     firing: str
     threshold: float
     decay: float
-    rule: RoundingRule
+    rule: Precision
     steps: int
     batch: int
     current_lower: List[np.ndarray] = field(default_factory=list)
@@ -351,7 +351,7 @@ class IntervalBounds:
         return picked
 
 
-def _stepwise_time_loop(result: IntervalBounds, k: int, rule: RoundingRule, firing: str, alpha: float,
+def _stepwise_time_loop(result: IntervalBounds, k: int, rule: Precision, firing: str, alpha: float,
                         refine: Callable, cur_lower, cur_upper, mem_lower, mem_upper, mem_margin, reset_lower,
                         reset_upper, state, spike_lo, spike_hi) -> None:
     """``_ibp_time_kernel`` step by step in NumPy (the same rules, bit for bit), calling
@@ -393,11 +393,12 @@ def interval_bounds(net, x_lower, x_upper, stages: Optional[Sequence[PreparedSta
 
 
 def interval_bounds_of_box(net, box: BinaryBox, stages: Sequence[PreparedStage], *,
-                           first_current: Optional[Callable] = None, refine: Optional[Callable] = None
-                           ) -> IntervalBounds:
+                           first_current: Optional[Callable] = None, refine: Optional[Callable] = None,
+                           rule: Optional[Precision] = None) -> IntervalBounds:
     """``interval_bounds`` of an already validated box with the stages already prepared (drivers that
-    validate once per call use this)."""
-    rule = RoundingRule.for_network(net)
+    validate once per call use this). ``rule``: the precision policy (default ``Precision.sound``;
+    ``Precision.plain`` gives the paper's intervals without margins, never a bound)."""
+    rule = Precision.sound(net) if rule is None else rule
     steps, batch = box.x_lower.shape[:2]
     alpha = net.decay
     tight_magnitude = rule.net_dtype != "float64"
@@ -446,7 +447,7 @@ def interval_bounds_of_box(net, box: BinaryBox, stages: Sequence[PreparedStage],
         result.current_center.append(center.reshape(steps, batch, n))
         result.mem_margin.append(mem_margin)
         if refine is None:
-            # eqs. 7, 9 per time step with the membrane margin (RoundingRule.membrane_margin,
+            # eqs. 7, 9 per time step with the membrane margin (Precision.membrane_margin,
             # Fire.classify, Reset.interval fused; bit-for-bit the same values).
             _ibp_time_kernel(cur_lower, cur_upper, float(alpha), rule.membrane_margin_coef(), float(rule.th_lo),
                              float(rule.th_hi), fires_at_threshold(net.firing), mem_lower, mem_upper, mem_margin, reset_lower,

@@ -21,8 +21,9 @@ array callers (``Fire.classify``, ``Reset.interval``); the relaxations (``Fire.c
 Precision policy (``Precision``; the rounding rule, see docs/BOUNDS.md)
 ----------------------------------------------------------------------
 ``Precision.exact(net)``: plain arithmetic in the network's dtype, no margins, one threshold, the
-chord case decided in that dtype (robust training's loss). ``Precision.sound(net)`` (the former
-``RoundingRule.for_network``): the bounds must contain what the network *as executed* computes:
+chord case decided in that dtype (robust training's loss). ``Precision.plain(net)``: float64
+without margins at the paper's threshold, only to take the paper's chord choices (never a bound).
+``Precision.sound(net)``: the bounds must contain what the network *as executed* computes:
 its own dtype (float32 or float64), any summation order. Three measures make that hold:
 
 1. Every current and membrane interval is widened outward by ``2 * gamma(n, u) * magnitude``
@@ -81,7 +82,8 @@ class Precision:
     the exact policy); ``th_lo``/``th_hi``: the two thresholds the network may effectively compare
     against; ``net_dtype``: the network's dtype; ``name``: ``"sound"`` (float64 bound arithmetic,
     outward rounding, the chord case decided exactly: certification and the checker) or
-    ``"exact"`` (plain arithmetic in the network's dtype, no margins: robust training's loss).
+    ``"exact"`` (plain arithmetic in the network's dtype, no margins: robust training's loss);
+    ``"plain"`` (float64, no margins: only to take the paper's chord choices, ``Precision.plain``).
     """
 
     u: float
@@ -100,7 +102,13 @@ class Precision:
                    th_hi=max(net.threshold, threshold_as_run),
                    net_dtype=dtype.name)
 
-    for_network = sound
+    @classmethod
+    def plain(cls, net) -> "Precision":
+        """The paper's formulas evaluated in float64 without margins, at the paper's threshold ``th``.
+        Never a bound of the network as executed: only where S-CROWN takes the paper's chord choices
+        (``method="crown-ibp-paper"``, ``Fire.chords(decide=...)``)."""
+        threshold = float(net.threshold)
+        return cls(u=0.0, th_lo=threshold, th_hi=threshold, net_dtype="float64", name="plain")
 
     @classmethod
     def exact(cls, net) -> "Precision":
@@ -129,9 +137,6 @@ class Precision:
     def membrane_margin_coef(self) -> float:
         """The factor of ``membrane_margin``: ``2 gamma(6, u)``."""
         return 2.0 * gamma(6, self.u)
-
-
-RoundingRule = Precision  # the sound policy's former name
 
 
 def output_rounding_margin(C: np.ndarray, rule: Precision, steps: int) -> np.ndarray:
@@ -227,15 +232,23 @@ class Fire:
 
     @staticmethod
     def chords(mem_lower: np.ndarray, mem_upper: np.ndarray, state: np.ndarray, threshold: float,
-               rule: Precision) -> Tuple[np.ndarray, np.ndarray]:
+               rule: Precision, decide: Optional[Tuple[np.ndarray, np.ndarray]] = None
+               ) -> Tuple[np.ndarray, np.ndarray]:
         """Eq. 8's case per unstable neuron: ``(upper_chord, lower_chord)`` masks.
 
         The upper chord where ``m_u - th < th - m_l`` (decided exactly under the sound policy,
         ``_exact_less``; in the network's dtype under the exact policy), the lower chord
         otherwise; a chord whose denominator is not positive falls back to the constant line.
+        ``decide``: the interval ``(m_l, m_u)`` the case is decided on, if not the relaxed one (the
+        paper's choice: S-IBP's interval without rounding margins, ``Precision.plain``). Either
+        chord is sound on the relaxed interval, so only the choice moves; which neurons are
+        unstable is always decided on the relaxed (outward-rounded) interval.
         """
         unstable = state == UNSTABLE
-        if rule.track_rounding:
+        if decide is not None:
+            low, high = decide
+            upper_case = unstable & _exact_less(high - threshold, threshold - low, high, low, threshold, unstable)
+        elif rule.track_rounding:
             upper_case = unstable & _exact_less(mem_upper - threshold, threshold - mem_lower,
                                                 mem_upper, mem_lower, threshold, unstable)
         else:

@@ -11,11 +11,11 @@ from refsnn.bounds import (certify, compute_bounds, crown_bounds, interval_bound
                            trivial_bounds)
 from refsnn.encoders import draw_rand_maps
 from refsnn.input_sets import binary_box, digital_linf_set, l0_count, spike_l0_set
-from refsnn.relaxations import STABLE_OFF, STABLE_ON, UNSTABLE, Fire, RoundingRule
+from refsnn.relaxations import STABLE_OFF, STABLE_ON, UNSTABLE, Fire, Precision
 
 from test_bounds_helpers import exhaustive_check
 
-METHODS = ("ibp", "crown-ibp", "best")
+METHODS = ("ibp", "crown-ibp", "crown-ibp-paper", "best")
 
 
 def _digits(count, seed=0):
@@ -43,7 +43,7 @@ def test_membrane_exactly_at_threshold_is_unstable_and_contained(firing, expecte
 
 
 def test_stable_decision_at_exact_threshold_follows_the_firing_mode():
-    rule = RoundingRule(u=2.3e-16, th_lo=0.25, th_hi=0.25, net_dtype="float64")
+    rule = Precision(u=2.3e-16, th_lo=0.25, th_hi=0.25, net_dtype="float64")
     at = np.array([0.25])
     assert Fire.classify(at, np.array([0.5]), rule, ">=")[0] == STABLE_ON
     assert Fire.classify(at, np.array([0.5]), rule, ">")[0] == UNSTABLE

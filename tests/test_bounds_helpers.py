@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from refsnn import SNN, AvgPool2d, Conv2d, Flatten, Linear
 from refsnn.bounds import compute_bounds, crown_bounds, interval_bounds, margin_spec
 
-METHODS = ("ibp", "crown-ibp", "best")
+METHODS = ("ibp", "crown-ibp", "crown-ibp-paper", "best")
 
 
 def box_members(x_lower: np.ndarray, x_upper: np.ndarray, b: int) -> np.ndarray:

@@ -16,7 +16,7 @@ from refsnn.validation import ModelValidationError
 
 from test_bounds_helpers import box_members
 
-METHODS = ("ibp", "crown-ibp", "best")
+METHODS = ("ibp", "crown-ibp", "crown-ibp-paper", "best")
 EDGE_THRESHOLDS = (1e-30, 2.0 ** -20, 0.125, 0.25, 1.0)
 EDGE_DECAYS = (0.0, 1.0, 0.25, 0.5)
 
