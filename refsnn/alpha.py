@@ -40,11 +40,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .crown import backsub_stages, crown_bounds_of_box, stage_magnitudes
-from .ibp import (IntervalBounds, PreparedStage, ibp_spec_bounds, interval_bounds_of_box, output_rounding_margin,
-                  prepare_stages)
+from .ibp import IntervalBounds, PreparedStage, ibp_spec_bounds, interval_bounds_of_box, prepare_stages
 from .input_sets import BinaryBox, binary_box
 from .operator import StepTables, backsub_stage_reverse
-from .relaxations import UNIT_ROUNDOFF_FLOAT64, UNSTABLE, Fire, Reset, gamma
+from .relaxations import UNIT_ROUNDOFF_FLOAT64, UNSTABLE, Fire, Reset, gamma, output_rounding_margin
 from .spec import best_bounds, normalize_spec
 
 U64 = UNIT_ROUNDOFF_FLOAT64

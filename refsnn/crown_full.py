@@ -25,10 +25,9 @@ import numpy as np
 
 from .alpha import BoxConcretizer, backsub, stage_tables
 from .crown import crown_bounds_of_box
-from .ibp import (IntervalBounds, PreparedStage, ibp_spec_bounds, interval_bounds_of_box, output_rounding_margin,
-                  prepare_stages)
+from .ibp import IntervalBounds, PreparedStage, ibp_spec_bounds, interval_bounds_of_box, prepare_stages
 from .input_sets import BinaryBox, binary_box
-from .relaxations import Fire
+from .relaxations import Fire, output_rounding_margin
 from .spec import best_bounds, normalize_spec
 
 

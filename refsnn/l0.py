@@ -32,9 +32,9 @@ import numpy as np
 
 from .alpha import alpha_bounds, backsub, linear_chain, stage_tables
 from .crown_full import membrane_refiner
-from .ibp import PreparedStage, ibp_spec_bounds, interval_bounds, output_rounding_margin, prepare_stages
+from .ibp import PreparedStage, ibp_spec_bounds, interval_bounds, prepare_stages
 from .input_sets import _as_binary
-from .relaxations import UNIT_ROUNDOFF_FLOAT64, gamma
+from .relaxations import UNIT_ROUNDOFF_FLOAT64, gamma, output_rounding_margin
 from .spec import best_bounds, margin_spec, normalize_spec
 
 U64 = UNIT_ROUNDOFF_FLOAT64

@@ -20,7 +20,8 @@ from refsnn.alpha import (PARAM_NAMES, BoxConcretizer, alpha_bounds, backsub, ba
 from refsnn.bounds import compute_bounds, margin_spec
 from refsnn.crown import crown_bounds
 from refsnn.crown_full import full_crown_bounds
-from refsnn.ibp import interval_bounds, output_rounding_margin, prepare_stages
+from refsnn.ibp import interval_bounds, prepare_stages
+from refsnn.relaxations import output_rounding_margin
 
 from test_bounds_helpers import assert_each_step_sound, box_members, small_boxes, small_networks, spec_list
 

@@ -19,14 +19,14 @@ from refsnn import SNN, Linear
 from refsnn.crown import _lower_bound_rows, normalize_spec
 from refsnn.ibp import interval_bounds, prepare_stages
 from refsnn.neurons import fire
-from refsnn.relaxations import STABLE_OFF, STABLE_ON, UNSTABLE, Fire, Reset, RoundingRule, gamma
+from refsnn.relaxations import STABLE_OFF, STABLE_ON, UNSTABLE, Fire, Reset, Precision, gamma
 
 from refsnn.operator import StepTables, backsub_stage
 
 from backsub_oracle import oracle_stage
 from test_bounds_helpers import assert_each_step_sound, small_boxes, small_networks
 
-RULE64 = RoundingRule(u=2 ** -53 * 2, th_lo=0.25, th_hi=0.25, net_dtype="float64")
+RULE64 = Precision(u=2 ** -53 * 2, th_lo=0.25, th_hi=0.25, net_dtype="float64")
 
 
 def _points(low, high, threshold):
@@ -40,7 +40,7 @@ def _points(low, high, threshold):
        threshold=st.sampled_from([0.25, 0.1, 1.0]), firing=st.sampled_from([">=", ">"]))
 def test_fire_and_reset_lines_hold_on_their_whole_interval(low, width, threshold, firing):
     high = low + width
-    rule = RoundingRule(u=RULE64.u, th_lo=threshold, th_hi=threshold, net_dtype="float64")
+    rule = Precision(u=RULE64.u, th_lo=threshold, th_hi=threshold, net_dtype="float64")
     mem_lower, mem_upper = np.array([low]), np.array([high])
     state = Fire.classify(mem_lower, mem_upper, rule, firing)
     slope_lo, icpt_lo, slope_up, icpt_up = Fire.relaxation(mem_lower, mem_upper, state, threshold, rule)
@@ -75,7 +75,7 @@ def test_fire_relaxation_is_the_papers_chord_pair():
 
 def test_float32_thresholds_are_both_respected():
     net = SNN([Linear(np.ones((1, 1)))], threshold=0.3, dtype=np.float32)
-    rule = RoundingRule.for_network(net)
+    rule = Precision.sound(net)
     assert rule.th_lo == 0.3 and rule.th_hi == float(np.float32(0.3)) > 0.3
     # A membrane in [th_lo, th_hi] cannot be decided either way.
     state = Fire.classify(np.array([0.3]), np.array([0.3]), rule, ">=")

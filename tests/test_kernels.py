@@ -186,7 +186,7 @@ def test_backward_without_input_gradient_gives_the_same_parameter_gradients(arch
 
 
 def _ibp_recurrence_numpy(cur_lower, cur_upper, alpha, rule, firing):
-    """The S-IBP time loop as NumPy rules (RoundingRule, Fire.classify, Reset.interval), per step."""
+    """The S-IBP time loop as NumPy rules (Precision, Fire.classify, Reset.interval), per step."""
     from refsnn.relaxations import Fire, Reset
     out = {name: np.empty_like(cur_lower) for name in ("ml", "mu", "margin", "rl", "ru")}
     state = np.empty(cur_lower.shape, np.int8)
@@ -208,12 +208,12 @@ def _ibp_recurrence_numpy(cur_lower, cur_upper, alpha, rule, firing):
 @pytest.mark.parametrize("net_dtype", [np.float32, np.float64])
 def test_ibp_time_kernel_is_bit_for_bit_the_numpy_rules(firing, net_dtype):
     from refsnn.ibp import _ibp_time_kernel
-    from refsnn.relaxations import RoundingRule, gamma
+    from refsnn.relaxations import Precision, gamma
 
     class _Net:
         threshold, dtype = 0.3, net_dtype
 
-    rule = RoundingRule.for_network(_Net)
+    rule = Precision.sound(_Net)
     rng = np.random.default_rng(11)
     steps, batch, n = 4, 5, 64
     cur_lower = rng.normal(0.2, 0.3, (steps, batch, n))
@@ -236,15 +236,15 @@ def test_ibp_time_kernel_is_bit_for_bit_the_numpy_rules(firing, net_dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_training_ibp_kernel_is_bit_for_bit_the_numpy_loop(firing, dtype):
     """refsnn.robust's S-IBP recurrence (training bounds, no margins) against its NumPy form."""
-    from refsnn.relaxations import STABLE_OFF, UNSTABLE, Fire, RoundingRule
-    from refsnn.robust import _ibp_time_kernel
+    from refsnn.relaxations import STABLE_OFF, UNSTABLE, Fire, Precision
+    from refsnn.bound_graph import _ibp_time_kernel
     alpha, th = 0.3, 0.3  # neither is a float32 number
     rng = np.random.default_rng(12)
     steps, batch, n = 4, 3, 40
     cur_lower = rng.normal(0.2, 0.3, (steps, batch, n)).astype(dtype)
     cur_lower[:, :, :6] = dtype(th)
     cur_upper = (cur_lower + np.abs(rng.normal(0, 0.2, cur_lower.shape))).astype(dtype)
-    rule = RoundingRule(u=0.0, th_lo=th, th_hi=th, net_dtype=np.dtype(dtype).name)
+    rule = Precision(u=0.0, th_lo=th, th_hi=th, net_dtype=np.dtype(dtype).name)
     ml_want, mu_want = np.empty_like(cur_lower), np.empty_like(cur_upper)
     state_want = np.empty(cur_lower.shape, np.int8)
     negative_want = np.empty(cur_lower.shape, bool)
