@@ -1,5 +1,5 @@
 """Old vs new on one machine in one run: the workloads of bench_bounds.py (S-CROWN incl. S-IBP,
-batch 64, T' = 3), bench_robust.py (robust_loss, kappa 0.5, beta 1, batch 64, T' = 3) and
+batch 64, T' = 3; optimized S-CROWN, ``method="alpha"``, 20 iterations, batch 8 FC / 2 CONV), bench_robust.py (robust_loss, kappa 0.5, beta 1, batch 64, T' = 3) and
 bench_train.py (natural step, float32, batch 64, T = 10), FC and CONV, timed in two worker processes
 (one per source tree) that take turns call by call, so both see the same load.
 
@@ -45,7 +45,11 @@ for arch in ("fc", "conv"):
         trace = net.run(spikes, validate=False)
         _, grad = rate_cross_entropy(trace.rates, labels, 5.0)
         net.backward(trace, grad)
+    def alpha(net=net64, batch=8 if arch == "fc" else 2):
+        part = slice(0, batch)
+        compute_bounds(net, box.x_lower[:, part], box.x_upper[:, part], method="alpha", C=C[part])
     work[f"bounds-{arch}"], work[f"robust-{arch}"], work[f"train-{arch}"] = bounds, robust, train
+    work[f"alpha-{arch}"] = alpha
 for fn in work.values():
     fn()  # warm-up: Numba compilation and caches
 print("ready", flush=True)
@@ -81,7 +85,7 @@ def main() -> int:
     parser.add_argument("--out", default="runs/compare_revisions.json")
     args = parser.parse_args()
     sides = {"old": start(args.old, sys.executable), "new": start(args.new, sys.executable)}
-    names = [f"{kind}-{arch}" for arch in ("fc", "conv") for kind in ("bounds", "robust", "train")]
+    names = [f"{kind}-{arch}" for arch in ("fc", "conv") for kind in ("bounds", "alpha", "robust", "train")]
     if args.only:
         names = [name for name in names if name in args.only.split(",")]
     rows = []
