@@ -58,6 +58,7 @@ def main() -> int:
     cases_differ = values = values_differ = ours_tighter = paper_tighter = 0
     max_abs = max_rel = 0.0
     by_kind = {"gaussian": [0, 0], "dyadic": [0, 0]}
+    diffs = []
     for _ in range(args.cases):
         net, x_lower, x_upper, C, kind = random_case(rng)
         differ = False
@@ -74,6 +75,7 @@ def main() -> int:
                 tighter = diff > 0 if side == 0 else diff < 0
                 ours_tighter += int(tighter.sum())
                 paper_tighter += int((changed & ~tighter).sum())
+                diffs.extend(np.abs(diff[changed]).tolist())
                 if changed.any():
                     max_abs = max(max_abs, float(np.abs(diff).max()))
                     scale = np.maximum(np.abs(a), np.abs(b))[changed]
@@ -84,11 +86,14 @@ def main() -> int:
     result = {"cases": args.cases, "seed": args.seed, "cases_differ": cases_differ, "values": values,
               "values_differ": values_differ, "crown_ibp_tighter": ours_tighter,
               "crown_ibp_paper_tighter": paper_tighter, "max_abs_difference": max_abs,
-              "max_rel_difference": max_rel, "by_weights": by_kind}
+              "max_rel_difference": max_rel, "by_weights": by_kind,
+              "median_abs_difference": float(np.median(diffs)) if diffs else 0.0,
+              "share_abs_difference_below_0.1": float(np.mean(np.asarray(diffs) < 0.1)) if diffs else 1.0}
     print(f"cases with any different bound: {cases_differ}/{args.cases} ({100 * cases_differ / args.cases:.1f}%)")
     print(f"bound values that differ: {values_differ}/{values} ({100 * values_differ / values:.2f}%); "
           f"crown-ibp tighter {ours_tighter}, crown-ibp-paper tighter {paper_tighter}")
-    print(f"largest difference: {max_abs:.3g} absolute, {max_rel:.3g} relative")
+    print(f"largest difference: {max_abs:.3g} absolute, {max_rel:.3g} relative; median "
+          f"{result['median_abs_difference']:.3g}, below 0.1: {100 * result['share_abs_difference_below_0.1']:.0f}%")
     for kind, (count, differ) in by_kind.items():
         print(f"  {kind} weights: {differ}/{count} cases differ")
     out = Path(args.out)
