@@ -1,4 +1,4 @@
-"""The LIF stage operator: the two kernels every bound method runs through one spiking stage.
+"""The LIF stage operator: the kernels every bound method runs through one spiking stage.
 
 ``interval_step``  (``interval_kernel``) S-IBP over time (Alg. 1; eqs. 7, 9 after the current interval of eq. 11):
     ``m = I + alpha z_{t-1}`` (widened by the membrane margin when the precision policy tracks
@@ -8,6 +8,9 @@
     ``T'-1 .. 0``: the reset relaxation (eq. 10) on the coefficient of ``z_t``, the fire
     relaxation (eq. 8) on the coefficient of ``s_t``, then the membrane ``m_t = I_t + alpha z_{t-1}``;
     returns the coefficients on the currents and the accumulated constant.
+``backsub_reverse``  (``backsub_reverse_kernel``) the reverse of ``backsub_step`` (``t = 0 .. T'-1``,
+    every choice held fixed): the gradients of robust training's S-CROWN bound and of alpha's
+    optimized bound w.r.t. the relaxation (tables or per-row parameters).
 
 Each kernel is written once and compiled by Numba (``cache=True``); flags select what a caller
 needs, so certification (``refsnn.ibp``, ``refsnn.crown``: the ``sound`` precision policy, float64
@@ -20,7 +23,12 @@ arithmetic in the training dtype) run the same operator:
                     tables), the sign of ``m_l`` (interval) and the side of every relaxation chosen
                     plus the coefficient on ``s_t`` (back-substitution, for the reverse pass);
 ``frozen``          read the recorded discrete choices instead of deciding them (the training
-                    graph's finite-difference check holds them fixed).
+                    graph's finite-difference check holds them fixed);
+``params``          the relaxation of each unstable neuron from per-row parameters inside its sound
+                    family instead of the paper's fixed lines (optimized S-CROWN, ``refsnn.alpha``).
+
+``backsub_stage`` and ``backsub_stage_reverse`` are the one place that picks a variant (serial or
+parallel over samples by size) and fills the arguments a variant does not read.
 
 The per-neuron decisions are the rules of ``refsnn.relaxations`` (``fire_state``, eq. 7;
 ``reset_lower_bound``/``reset_upper_bound``, eq. 9), compiled into the kernels.
