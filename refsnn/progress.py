@@ -20,17 +20,18 @@ def _is_refsnn_kernel(dispatcher: Any) -> bool:
     return module.startswith(("refsnn.", "verify."))
 
 
-def compile_listener(say: Callable[[str], None]) -> Any:
+def compile_listener(say: Callable[[str], None], enabled: Callable[[], bool] = lambda: True) -> Any:
     """A Numba event listener that calls ``say(COMPILE_MESSAGE)`` once, when Numba starts
-    compiling a refsnn kernel. Numba fires ``numba:compile`` only for a real compile, never for a
-    load from its on-disk cache, so the message is said exactly when compiling happens."""
+    compiling a refsnn kernel while ``enabled()``. Numba fires ``numba:compile`` only for a real
+    compile, never for a load from its on-disk cache, so the message is said exactly when compiling
+    happens."""
     from numba.core import event
 
     class CompileNotice(event.Listener):
         said = False
 
         def on_start(self, ev: Any) -> None:
-            if not self.said and _is_refsnn_kernel((getattr(ev, "data", None) or {}).get("dispatcher")):
+            if not self.said and enabled() and _is_refsnn_kernel((getattr(ev, "data", None) or {}).get("dispatcher")):
                 self.said = True
                 say(COMPILE_MESSAGE)
 
@@ -41,18 +42,21 @@ def compile_listener(say: Callable[[str], None]) -> Any:
 
 
 _listener: Any = None
+_quiet = False   # the setting of the latest command in this process (one listener serves them all)
 
 
 def compile_notice(quiet: bool = False) -> None:
     """From now on in this process, prints ``COMPILE_MESSAGE`` to stderr (above any running bar)
-    once, when Numba starts compiling a refsnn kernel. ``quiet`` installs nothing."""
-    global _listener
+    once, when Numba starts compiling a refsnn kernel. ``quiet`` silences it until a later call
+    without ``quiet`` (commands run one after another in one process, e.g. from tests or reproduce)."""
+    global _listener, _quiet
+    _quiet = quiet
     if quiet or _listener is not None:
         return
     from numba.core import event
     from tqdm import tqdm
 
-    _listener = compile_listener(lambda message: tqdm.write(message, file=sys.stderr))
+    _listener = compile_listener(lambda message: tqdm.write(message, file=sys.stderr), lambda: not _quiet)
     event.register("numba:compile", _listener)
 
 

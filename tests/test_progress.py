@@ -75,6 +75,23 @@ def test_compile_notice_says_it_exactly_when_numba_compiles(tmp_path):
     assert stderr(quiet=False) == ""                         # loads from the cache: nothing to say
 
 
+QUIET_AFTER_LOUD_SCRIPT = """
+import numpy as np
+from refsnn import kernels, progress
+progress.compile_notice(quiet=False)   # an earlier command of this process installed the listener
+progress.compile_notice(quiet=True)    # the command running now is quiet
+kernels.lif_forward_fused(np.zeros((2, 3)), 0.25, 0.25)
+"""
+
+
+def test_a_quiet_command_after_a_loud_one_in_the_same_process_says_nothing(tmp_path):
+    """One listener serves every command of a process (tests, reproduce): it obeys the latest --quiet."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    result = subprocess.run([sys.executable, "-c", QUIET_AFTER_LOUD_SCRIPT], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
 def test_training_shows_one_bar_for_the_whole_run(tmp_path, bars):
     from refsnn.train import main as train_main
 
