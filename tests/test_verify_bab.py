@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from refsnn import SNN, Linear
 from refsnn.testing import input_set_strategy, snn_strategy
 from verify import BoxSet, DigitalLinfSet, SpikeL0Set, enumerate_bounds, enumerate_robust, exact_bounds
-from verify.bab import BRANCHING, NEURON_BRANCHING, BabConfig, BabConfigError, robust_bab
+from verify.bab import BOUND_METHODS, BRANCHING, NEURON_BRANCHING, BabConfig, BabConfigError, robust_bab
 from verify.exact import ExactNetwork
 from verify.sets import LevelSet
 
@@ -60,7 +60,7 @@ def _problem(draw):
         label = int(np.argmax(net.forward(input_set.sample(np.random.default_rng(0), 1))[0]))
     else:
         label = draw(st.integers(0, net.n_outputs - 1))
-    config = BabConfig(method=draw(st.sampled_from(["ibp", "crown-ibp", "best", "alpha"])),
+    config = BabConfig(method=draw(st.sampled_from(BOUND_METHODS)),
                        branching=draw(st.sampled_from(BRANCHING)), search_every=draw(st.sampled_from([0, 4])),
                        enumerate_max=draw(st.sampled_from([1, 2, 16])), milp_max_free=draw(st.sampled_from([0, 3])),
                        attack_samples=draw(st.sampled_from([0, 8])), search_starts=draw(st.sampled_from([0, 1])),
@@ -92,8 +92,9 @@ def test_complete_verdict_equals_enumeration(problem):
         assert result.margin_lower > 0
 
 
-@settings(max_examples=150)
-@given(problem=_problem(), branching=st.sampled_from(NEURON_BRANCHING), method=st.sampled_from(["ibp", "best"]))
+@settings(max_examples=80)
+@given(problem=_problem(), branching=st.sampled_from(NEURON_BRANCHING),
+       method=st.sampled_from(["ibp", "best", "crown"]))
 def test_spike_branching_verdict_equals_enumeration(problem, branching, method):
     # no attacks, no MILP, leaves of one member: the verdict comes from the spike splits and their bounds
     net, input_set, label, _ = problem
@@ -107,7 +108,7 @@ def test_spike_branching_verdict_equals_enumeration(problem, branching, method):
         assert exact <= Fraction(round(result.attack_margin * input_set.steps), input_set.steps)
 
 
-@settings(max_examples=150)
+@settings(max_examples=100)
 @given(data=st.data())
 def test_spike_split_children_hold_every_member_by_its_exact_spikes(data):
     """A node split on spikes (one or two, any neuron, stable or not): every member lies in the child
@@ -121,7 +122,7 @@ def test_spike_split_children_hold_every_member_by_its_exact_spikes(data):
                                  dyadic=data.draw(st.booleans())))
     input_set = data.draw(input_set_strategy(net, steps=(1, 3), kinds=("box", "digital"), max_members=256))
     label = data.draw(st.integers(0, net.n_outputs - 1))
-    method = data.draw(st.sampled_from(["ibp", "crown-ibp", "best", "alpha"]))
+    method = data.draw(st.sampled_from(BOUND_METHODS))
     search = _Search(net, input_set, label, BabConfig(method=method, branching="neuron-babsr", time_limit=None),
                      np.random.default_rng(0))
     picks = []
@@ -203,7 +204,7 @@ def test_level_set_holds_the_members_and_restrict_partitions(data):
 
 
 @pytest.mark.parametrize("kwargs, field", [
-    ({"method": "crown"}, "method"),
+    ({"method": "full"}, "method"),
     ({"branching": "random"}, "branching"),
     ({"time_limit": 0.0}, "time_limit"),
     ({"time_limit": -1.0}, "time_limit"),

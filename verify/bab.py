@@ -53,7 +53,7 @@ from .search import local_search
 from .sets import BoxSet, DigitalLinfSet, InputSet, LevelSet, stack_boxes
 from .specs import other_classes
 
-BOUND_METHODS = ("ibp", "crown-ibp", "best", "alpha")
+BOUND_METHODS = ("ibp", "crown-ibp", "best", "alpha", "crown")
 INPUT_BRANCHING = ("first", "widest", "smear")
 NEURON_BRANCHING = ("neuron-widest", "neuron-babsr", "mixed")
 BRANCHING = INPUT_BRANCHING + NEURON_BRANCHING
@@ -97,6 +97,7 @@ class BabConfig:
     root_milp_after: int = 64
     candidates: int = 8
     search_every: int = 0
+    spike_limit: int = 16
 
     def __post_init__(self):
         if self.method not in BOUND_METHODS:
@@ -111,7 +112,7 @@ class BabConfig:
         if not (math.isfinite(self.root_milp) and 0 <= self.root_milp <= 1):
             raise BabConfigError(f"root_milp must be a fraction in [0, 1] of the time limit, got {self.root_milp!r}")
         for name in ("root_milp_after", "enumerate_max", "milp_max_free", "attack_samples", "search_starts",
-                     "search_every"):
+                     "search_every", "spike_limit"):
             value = getattr(self, name)
             if int(value) != value or value < 0:
                 raise BabConfigError(f"{name} must be an integer >= 0, got {value!r}")
@@ -164,6 +165,7 @@ class _Node:
     weight: Fraction = field(compare=False, default=Fraction(1))  # share of the tree (decided_fraction)
     candidates: Optional[np.ndarray] = field(compare=False, default=None)  # [K, 3] unstable (stage, t, j), best first
     score: float = field(compare=False, default=0.0)  # the first candidate's score
+    n_unstable: int = field(compare=False, default=0)  # unstable spikes left in the node
 
 
 @dataclass
@@ -284,14 +286,15 @@ class _Search:
             C[b, np.arange(width), padded] = -1.0
         return C
 
-    def fixed_hook(self, fixed: List[tuple]):
+    def fixed_hook(self, fixed: List[tuple], inner=None):
         """The ``refine`` hook of ``refsnn.ibp.interval_bounds`` for the nodes' spike splits.
 
         A split on spike ``s_t`` of neuron ``j`` of stage ``k`` (exact semantics, ``s = 1[m >= th]``
         or ``1[m > th]``) gives the child ``s = 1`` the membranes ``m >= th`` and the child ``s = 0``
         the membranes ``m <= th`` (closed: the exact side is ``m < th`` or ``m <= th``): each child's
         interval is clipped to its closed side and its state fixed, so every exact trajectory of a
-        member lies in the child of its own spike, a membrane exactly at ``th`` included."""
+        member lies in the child of its own spike, a membrane exactly at ``th`` included. ``inner``:
+        another refine hook (full S-CROWN's ``membrane_refiner``) whose interval is intersected too."""
         th = float(self.net.threshold)
         tables = [np.full((self.steps, len(fixed), stage.n_neurons), -1, np.int8) for stage in self.stages]
         for b, decisions in enumerate(fixed):
@@ -300,7 +303,11 @@ class _Search:
 
         def refine(bounds, k: int, t: int):
             state = tables[k][t]
-            return np.where(state == SPIKE_ON, th, -np.inf), np.where(state == SPIKE_OFF, th, np.inf), state
+            lower, upper = np.where(state == SPIKE_ON, th, -np.inf), np.where(state == SPIKE_OFF, th, np.inf)
+            if inner is not None:
+                inner_lower, inner_upper = inner(bounds, k, t)
+                lower, upper = np.maximum(lower, inner_lower), np.minimum(upper, inner_upper)
+            return lower, upper, state
         return refine
 
     def bound(self, children: List[_Child]):
@@ -320,6 +327,13 @@ class _Search:
         box = binary_box(x_lower, x_upper, self.net)
         fixed = [c.fixed for c in children]
         refine = self.fixed_hook(fixed) if any(fixed) else None
+        if cfg.method == "crown":  # full S-CROWN: every unstable membrane also bounded by back-substitution
+            from refsnn.alpha import BoxConcretizer
+            from refsnn.crown_full import membrane_refiner
+
+            inner = membrane_refiner(self.stages, BoxConcretizer(box.x_lower.astype(np.float64),
+                                                                  box.x_upper.astype(np.float64)))
+            refine = self.fixed_hook(fixed, inner)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # empty children only
             inter = interval_bounds_of_box(self.net, box, self.stages, refine=refine)
             empty = np.zeros(len(children), dtype=bool)
@@ -336,7 +350,7 @@ class _Search:
                 lower = ibp[0]
             elif cfg.method == "crown-ibp":
                 lower = crown.lower
-            elif cfg.method == "best":
+            elif cfg.method in ("best", "crown"):
                 margin = output_rounding_margin(C, inter.rule, self.steps)
                 lower = best_bounds(C, margin, [ibp, (crown.lower, crown.upper)])[0]
             else:
@@ -391,7 +405,7 @@ class _Search:
                         index[i] = (k, position // shape[2], position % shape[2])
                         break
                     position -= size
-            out.append((index, flat_scores[order]))
+            out.append((index, flat_scores[order], int(np.isfinite(flat_scores).sum())))
         return out
 
     def make_nodes(self, children: List[_Child]) -> List[_Node]:
@@ -422,7 +436,7 @@ class _Search:
             node = _Node(float(low[keep].min()), next(self.serial), child.subset, open_rows[keep], low[keep], floor,
                          child.depth, coefs=coef, fixed=child.fixed, weight=child.weight)
             if candidates is not None:
-                node.candidates, scores = candidates[b]
+                node.candidates, scores, node.n_unstable = candidates[b]
                 node.score = float(scores[0]) if scores.size else 0.0
             nodes.append(node)
         # a witness found now ends the search: these nodes must still count in the margin bracket
@@ -519,10 +533,9 @@ class _Search:
         depth = node.depth + 1
         half = node.weight / 2
         neuron = node.candidates is not None and node.candidates.shape[0] > 0
-        if neuron and self.config.branching == "mixed" and node.coefs is not None and node.subset.open_variables.size:
-            # the spike's BaBSR score against the input variable's smear: both estimate how far the split moves
-            # the worst row's linear bound
-            neuron = node.score >= float(smear(node.subset, node.coefs).max())
+        if neuron and self.config.branching == "mixed" and node.subset.open_variables.size:
+            # input splits (smear) while many spikes are unstable: one spike split then moves the bound little
+            neuron = node.n_unstable <= self.config.spike_limit
         if neuron:
             self.stats["spike_splits"] += 1
             k, t, j = (int(v) for v in node.candidates[0])
