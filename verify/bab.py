@@ -378,19 +378,29 @@ class _Search:
                 width = inter.mem_upper[k].reshape(shape) - inter.mem_lower[k].reshape(shape)
                 scores[k] = np.where(inter.state[k].reshape(shape) == UNSTABLE, width, -np.inf)
         else:
-            worst = np.array([int(np.argmin(lower[b, :n])) for b, n in enumerate(n_rows)])
-            spec = C[np.arange(batch), worst][:, None, :]
-            record: list = []
-            _lower_bound_rows(self.stages, inter, spec, box.x_lower.astype(np.float64),
-                              box.x_upper.astype(np.float64), use_numba=False, record=record)
-            th = float(self.net.threshold)
-            for k, steps_record, _, _ in record:
-                shape = flat[k]
-                unstable = inter.state[k].reshape(shape) == UNSTABLE
-                gap = th - np.minimum(0.0, inter.mem_lower[k].reshape(shape))
-                for t, lam_s, lam_z, *_ in steps_record:
-                    value = np.abs(lam_s[:, 0]) + np.abs(lam_z[:, 0]) * gap[t]
-                    scores[k][t] = np.where(unstable[t], value, -np.inf)
+            n_unstable = sum((inter.state[k].reshape(shape) == UNSTABLE).sum(axis=(0, 2))
+                             for k, shape in enumerate(flat))
+            # mixed: the scores only of children that will split on a spike (the backward pass costs a bound)
+            chosen = np.flatnonzero(n_unstable <= self.config.spike_limit) if self.config.branching == "mixed" \
+                else np.arange(batch)
+            if chosen.size:
+                sub = inter if chosen.size == batch else inter.select(chosen)
+                worst = np.array([int(np.argmin(lower[b, :n_rows[b]])) for b in chosen])
+                spec = C[chosen, worst][:, None, :]
+                record: list = []
+                _lower_bound_rows(self.stages, sub, spec, box.x_lower[:, chosen].astype(np.float64),
+                                  box.x_upper[:, chosen].astype(np.float64), use_numba=False, record=record)
+                th = float(self.net.threshold)
+                for k, steps_record, _, _ in record:
+                    shape = (self.steps, chosen.size, flat[k][2])
+                    unstable = sub.state[k].reshape(shape) == UNSTABLE
+                    gap = th - np.minimum(0.0, sub.mem_lower[k].reshape(shape))
+                    for t, lam_s, lam_z, *_ in steps_record:
+                        value = np.abs(lam_s[:, 0]) + np.abs(lam_z[:, 0]) * gap[t]
+                        scores[k][t, chosen] = np.where(unstable[t], value, -np.inf)
+            for b in np.setdiff1d(np.arange(batch), chosen):  # unscored: n_unstable only (input split next)
+                for k, shape in enumerate(flat):
+                    scores[k][:, b] = np.where(inter.state[k].reshape(shape)[:, b] == UNSTABLE, 0.0, -np.inf)
         out = []
         top = self.config.candidates
         for b in range(batch):
