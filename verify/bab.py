@@ -1,19 +1,16 @@
 """Complete robustness verification by branch and bound over the input set (``robust_bab``).
 
 A node is a subset of the sample's input set: a ``LevelSet`` whose variables (a free bit of a box,
-or a pixel of the digital l-inf set) each keep a range of levels. Branching halves one variable's
-range, so the two children partition the node and each is again a set that the bound operators
-take (its enclosing box) and the exact MILP takes (its exact encoding).
-
-Why input splits and not neuron splits: splitting an unstable spike ``s`` into ``s = 1`` and ``s = 0``
-needs the operators to take a constraint on a membrane. The public operators
-(``refsnn.bounds.compute_bounds``, ``crown_bounds``, ``alpha_bounds``) take only input boxes, and
-the silent side of a ``>=`` neuron is the open half-line ``m < th``, which no closed interval
-bound makes stable. Input splits need nothing from the operators and every child is sound by
-construction; unstable spikes are left to the MILP at the leaves, which encodes them exactly.
+or a pixel of the digital l-inf set) each keep a range of levels, plus a tuple of fixed hidden
+spikes. An input split halves one variable's range; a spike split on an unstable spike ``s_t`` of
+a hidden or output neuron makes the children ``s = 1`` (exact membrane ``m >= th``, or ``m > th``)
+and ``s = 0`` (``m < th``, or ``m <= th``). Either way the two children partition the node, a
+membrane exactly on the threshold included. A child's bounds clip that membrane interval to the
+child's closed side and fix the spike (``_Search.fixed_hook``, through the ``refine`` hook of
+``refsnn.ibp.interval_bounds``); every later interval, S-CROWN and alpha follow from there.
 
 Per node and per margin row ``f_label - f_j`` still open, the node's box gets a sound float64
-lower bound (``method``: ``"ibp"``, ``"crown-ibp"``, ``"best"``, ``"alpha"``); a row whose bound
+lower bound (``method``: ``"ibp"``, ``"crown-ibp"``, ``"best"``, ``"alpha"``, ``"crown"``); a row whose bound
 is > 0 is closed for the whole subtree, a node with every row closed is robust. Nodes are
 expanded worst bound first, so the smallest open bound (the proven margin lower bound) rises.
 A node small enough is a leaf: enumerated when it has at most ``enumerate_max`` members, given
@@ -23,9 +20,10 @@ set gets one MILP with a share (``root_milp``) of the sample's time. A MILP that
 limit leaves its node to be split further.
 
 Falsification first and throughout: random members, near-threshold local search
-(``verify.search``) and, at every bounded node, the member that minimizes S-CROWN's linear lower
-bound over the node. Every candidate witness is replayed in exact rational arithmetic
-(``verify.exact.ExactNetwork``); only an exact margin ``<= 0`` makes a sample ``"not_robust"``.
+(``verify.search``), at every bounded node the member that minimizes S-CROWN's linear lower bound
+over the node's input subset, and every ``search_every`` nodes a local search from the worst node's.
+Every candidate witness is replayed in exact rational arithmetic (``verify.exact.ExactNetwork``);
+only an exact margin ``<= 0`` makes a sample ``"not_robust"``.
 An enumerated leaf whose float64 membranes come near the threshold has those members replayed
 exactly too, so no leaf is closed on a rounded comparison.
 
@@ -69,9 +67,14 @@ class BabConfigError(ValueError):
 class BabConfig:
     """Settings of ``robust_bab``.
 
-    ``method``: node bound; ``branching``: ``"first"`` (lowest-index open variable), ``"widest"``
-    (most open bits) or ``"smear"`` (largest ``sum |A|`` over its open bits, ``A`` = S-CROWN's input
-    coefficients of the node's worst row: the split that can move that linear bound most);
+    ``method``: node bound (``"crown"``: full S-CROWN intermediates, seconds per node on MNIST FC);
+    ``branching``: ``"first"`` (lowest-index open variable), ``"widest"`` (most open bits) or
+    ``"smear"`` (largest ``sum |A|`` over its open bits, ``A`` = S-CROWN's input coefficients of the
+    node's worst row: the split that can move that linear bound most), or on spikes:
+    ``"neuron-widest"``, ``"neuron-babsr"``, ``"mixed"`` (docs/VERIFY.md);
+    ``spike_limit``: ``mixed`` splits on a spike once a node has at most that many unstable;
+    ``candidates``: unstable spikes ranked per node; ``search_every``: a local search from the worst
+    open node's S-CROWN minimizer every that many bounded nodes (0: none);
     ``time_limit`` seconds per sample (None: no limit); ``enumerate_max`` members and
     ``milp_max_free`` open bits make a leaf (MILP leaves are off by default: on the plain MNIST FC
     model a MILP on 16 open bits did not finish in 5 s, enumerating 1,024 members takes a fraction
