@@ -9,6 +9,15 @@ maximizations); the S-IBP-derived big-M (``bigm="ibp"``: S-IBP bounds intersecte
 naive ones, and neurons S-IBP proves stable get no binary) is compared with the naive big-M
 from weight sums (``bigm="naive"``) in the same run. Prints one line per configuration and writes
 JSON + CSV with the command and the machine.
+
+``--leaves MODEL``: instead, the branch and bound's MILP queries on a real model (HiGHS vs CBC on
+the same queries): for the first ``--images`` test samples of ``verify.dataset``'s selection
+(digital set, ``--eps``, T' = 3, its seeds), nodes of the set with ``--leaf-bits`` open bits (the
+other pixels fixed at the clean sample's level) and the whole set (the root MILP), each decided by
+``verify.milp.robust_query`` with each solver under ``--time-limit``.
+
+    python benchmarks/bench_milp.py --leaves results/budget/mnist-fc/plain/model.h5 --eps 0.02 \
+        --images 3 --leaf-bits 8,12 --time-limit 20 --out results/verify/bench_milp_leaves.json
 """
 from __future__ import annotations
 
@@ -59,6 +68,43 @@ def run_config(n_in, hidden, steps, bigm, time_limit, seed, free_fraction, solve
             "tie_gaps": statuses.count("tie-gap"), "queries": len(times)}
 
 
+def leaf_queries(model: str, eps: float, images: int, leaf_bits, time_limit: float, solvers):
+    """Rows of the ``--leaves`` mode: one per (image, node size, solver)."""
+    from refsnn.attacks.protocol import select_samples
+    from refsnn.data import load_dataset
+    from refsnn.io import load_model
+    from verify.dataset import DatasetVerifyConfig, sample_set
+    from verify.milp import robust_query
+    from verify.sets import LevelSet
+
+    net = load_model(model, dtype=np.float64)
+    x, y = load_dataset("mnist", "test", T=3)
+    indices = select_samples(len(y), images, 0)
+    config = DatasetVerifyConfig(eps=eps, horizon=3, method="complete")
+    rows = []
+    for index in indices:
+        input_set, clean = sample_set(x[index], int(index), config)
+        root = LevelSet.of(input_set)
+        levels = root.levels_of(clean)
+        for bits in list(leaf_bits) + [None]:
+            node = root
+            if bits is not None:  # keep the first open variables until `bits` open bits remain
+                kept = 0
+                for v in root.open_variables:
+                    width = int(root.free_bits_per_variable()[v])
+                    if kept + width <= bits:
+                        kept += width
+                    else:
+                        node = node.restrict(int(v), int(levels[v]), int(levels[v]))
+            for solver in solvers:
+                result = robust_query(net, node, int(y[index]), time_limit=time_limit, solver=solver,
+                                      attack_samples=0, rng=np.random.default_rng(0))
+                rows.append({"index": int(index), "open_bits": int(node.n_free), "solver": solver,
+                             "status": result.status, "seconds": round(result.seconds, 3)})
+                print(rows[-1], flush=True)
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few small configurations only")
@@ -66,8 +112,27 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--free", type=float, default=0.25, help="fraction of free input bits")
     parser.add_argument("--solver", choices=["highs", "cbc"], default=None, help="default: HiGHS if installed")
-    parser.add_argument("--out", default="results/verify/bench_milp.json")
+    parser.add_argument("--out", default="runs/verify/bench_milp.json")
+    parser.add_argument("--leaves", metavar="MODEL", help="MILP queries of the branch and bound on this model "
+                        "(HiGHS vs CBC), see the module docstring")
+    parser.add_argument("--eps", type=float, default=0.02)
+    parser.add_argument("--images", type=int, default=3)
+    parser.add_argument("--leaf-bits", default="8,12")
     args = parser.parse_args()
+    if args.leaves:
+        rows = leaf_queries(args.leaves, args.eps, args.images, [int(v) for v in args.leaf_bits.split(",")],
+                            args.time_limit, ["highs", "cbc"])
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"command": " ".join([Path(sys.executable).name] + sys.argv), "load": os.getloadavg(),
+                "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                            "python": platform.python_version()}, "rows": rows}
+        out.write_text(json.dumps(meta, indent=1))
+        for solver in ("highs", "cbc"):
+            mine = [r for r in rows if r["solver"] == solver]
+            print(f"{solver}: decided {sum(r['status'] != 'unknown' for r in mine)}/{len(mine)}, "
+                  f"total {sum(r['seconds'] for r in mine):.1f} s")
+        return
     base = {"n_in": 16, "hidden": 16, "steps": 3}
     sweeps = {"n_in": [8, 16, 32, 64, 128, 256], "hidden": [8, 16, 32, 64, 128], "steps": [1, 2, 3, 4, 6, 8]}
     if args.quick:

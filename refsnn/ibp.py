@@ -365,10 +365,12 @@ def _stepwise_time_loop(result: IntervalBounds, k: int, rule: Precision, firing:
         mem_margin[t] = rule.membrane_margin(size)
         mem_lower[t] = cur_lower[t] + carried_lower - mem_margin[t]
         mem_upper[t] = cur_upper[t] + carried_upper + mem_margin[t]
-        refined_lower, refined_upper = refine(result, k, t)
-        mem_lower[t] = np.maximum(mem_lower[t], refined_lower)
-        mem_upper[t] = np.minimum(mem_upper[t], refined_upper)
+        refined = refine(result, k, t)
+        mem_lower[t] = np.maximum(mem_lower[t], refined[0])
+        mem_upper[t] = np.minimum(mem_upper[t], refined[1])
         state[t] = Fire.classify(mem_lower[t], mem_upper[t], rule, firing)
+        if len(refined) > 2:  # spike states fixed by the caller (a branch-and-bound split); -1: not fixed
+            state[t] = np.where(refined[2] >= 0, refined[2], state[t])
         reset_lower[t], reset_upper[t] = Reset.interval(mem_lower[t], mem_upper[t], state[t], rule)
         carried_lower = alpha * reset_lower[t]
         carried_upper = alpha * reset_upper[t]
@@ -385,7 +387,10 @@ def interval_bounds(net, x_lower, x_upper, stages: Optional[Sequence[PreparedSta
     the rounding margin) replaces eq. 11 at the first stage; ``refine(bounds, k, t) -> (m_l, m_u)``
     (``[B, n]``) may tighten the widened membrane interval of stage ``k``, step ``t`` (during the
     call, ``bounds`` holds every earlier stage and stage ``k`` up to step ``t``), which then feeds
-    eqs. 7 and 9.
+    eqs. 7 and 9. It may return a third array ``fixed`` (``[B, n]`` int8): where ``fixed >= 0`` it
+    replaces eq. 7's state (``STABLE_OFF``/``STABLE_ON``: a spike fixed by a split of
+    ``verify.bab``, which also clips the membrane interval to that side of the threshold), so the
+    bounds hold for the inputs whose spike there is that value.
     """
     box = binary_box(x_lower, x_upper, net)
     stages = prepare_stages(net) if stages is None else stages

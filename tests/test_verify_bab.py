@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from refsnn import SNN, Linear
 from refsnn.testing import input_set_strategy, snn_strategy
 from verify import BoxSet, DigitalLinfSet, SpikeL0Set, enumerate_bounds, enumerate_robust, exact_bounds
-from verify.bab import BabConfig, BabConfigError, robust_bab
+from verify.bab import BOUND_METHODS, BRANCHING, NEURON_BRANCHING, BabConfig, BabConfigError, robust_bab
 from verify.exact import ExactNetwork
 from verify.sets import LevelSet
 
@@ -60,8 +60,8 @@ def _problem(draw):
         label = int(np.argmax(net.forward(input_set.sample(np.random.default_rng(0), 1))[0]))
     else:
         label = draw(st.integers(0, net.n_outputs - 1))
-    config = BabConfig(method=draw(st.sampled_from(["ibp", "crown-ibp", "best", "alpha"])),
-                       branching=draw(st.sampled_from(["first", "widest", "smear"])),
+    config = BabConfig(method=draw(st.sampled_from(BOUND_METHODS)),
+                       branching=draw(st.sampled_from(BRANCHING)), search_every=draw(st.sampled_from([0, 4])),
                        enumerate_max=draw(st.sampled_from([1, 2, 16])), milp_max_free=draw(st.sampled_from([0, 3])),
                        attack_samples=draw(st.sampled_from([0, 8])), search_starts=draw(st.sampled_from([0, 1])),
                        batch=draw(st.sampled_from([1, 4])), root_milp=draw(st.sampled_from([0.0, 0.5])),
@@ -90,6 +90,61 @@ def test_complete_verdict_equals_enumeration(problem):
         assert min(counts[label] - counts[j] for j in range(net.n_outputs) if j != label) <= 0
     else:
         assert result.margin_lower > 0
+
+
+@settings(max_examples=80)
+@given(problem=_problem(), branching=st.sampled_from(NEURON_BRANCHING),
+       method=st.sampled_from(["ibp", "best", "crown"]))
+def test_spike_branching_verdict_equals_enumeration(problem, branching, method):
+    # no attacks, no MILP, leaves of one member: the verdict comes from the spike splits and their bounds
+    net, input_set, label, _ = problem
+    config = BabConfig(method=method, branching=branching, enumerate_max=1, milp_max_free=0, attack_samples=0,
+                       search_starts=0, root_milp=0.0, batch=2, time_limit=None)
+    result = robust_bab(net, input_set, label, config)
+    exact = _exact_min_margin(net, input_set, label)
+    assert result.status == ("robust" if exact > 0 else "not_robust"), (result, exact)
+    assert Fraction(result.margin_lower) <= exact
+    if result.attack_margin != float("inf"):
+        assert exact <= Fraction(round(result.attack_margin * input_set.steps), input_set.steps)
+
+
+@settings(max_examples=100)
+@given(data=st.data())
+def test_spike_split_children_hold_every_member_by_its_exact_spikes(data):
+    """A node split on spikes (one or two, any neuron, stable or not): every member lies in the child
+    of its exact spikes, a membrane exactly at the threshold included, that child is not called empty,
+    and its bounds hold the member's exact margins."""
+    import itertools
+
+    from verify.bab import SPIKE_OFF, SPIKE_ON, _Child, _Search
+
+    net = data.draw(snn_strategy(data.draw(st.sampled_from(["fc", "conv"])), max_inputs=5,
+                                 dyadic=data.draw(st.booleans())))
+    input_set = data.draw(input_set_strategy(net, steps=(1, 3), kinds=("box", "digital"), max_members=256))
+    label = data.draw(st.integers(0, net.n_outputs - 1))
+    method = data.draw(st.sampled_from(BOUND_METHODS))
+    search = _Search(net, input_set, label, BabConfig(method=method, branching="neuron-babsr", time_limit=None),
+                     np.random.default_rng(0))
+    picks = []
+    for _ in range(data.draw(st.integers(1, 2))):
+        k = data.draw(st.integers(0, len(net.stages) - 1))
+        picks.append((k, data.draw(st.integers(0, input_set.steps - 1)),
+                      data.draw(st.integers(0, search.stages[k].n_neurons - 1))))
+    root = LevelSet.of(input_set)
+    sides = list(itertools.product((SPIKE_OFF, SPIKE_ON), repeat=len(picks)))
+    children = [_Child(root, search.others, float("inf"), 1, tuple((*p, v) for p, v in zip(picks, side)))
+                for side in sides]
+    lower, _, empty, _ = search.bound(children)
+    exact = ExactNetwork(net)
+    for xs in input_set.enumerate(64):
+        for i in range(xs.shape[1]):
+            trace = exact.run(xs[:, i])
+            side = tuple(int(trace.spikes[k][t, j]) for k, t, j in picks)
+            b = sides.index(side)
+            assert not empty[b], (picks, side)
+            counts = trace.counts
+            for r, j in enumerate(search.others):
+                assert Fraction(int(counts[label] - counts[j]), input_set.steps) >= Fraction(float(lower[b, r]))
 
 
 def _tie_net(firing: str) -> SNN:
@@ -149,7 +204,7 @@ def test_level_set_holds_the_members_and_restrict_partitions(data):
 
 
 @pytest.mark.parametrize("kwargs, field", [
-    ({"method": "crown"}, "method"),
+    ({"method": "full"}, "method"),
     ({"branching": "random"}, "branching"),
     ({"time_limit": 0.0}, "time_limit"),
     ({"time_limit": -1.0}, "time_limit"),
@@ -164,6 +219,8 @@ def test_level_set_holds_the_members_and_restrict_partitions(data):
     ({"root_milp": 1.5}, "root_milp"),
     ({"root_milp_after": -1}, "root_milp_after"),
     ({"root_milp": float("nan")}, "root_milp"),
+    ({"candidates": 0}, "candidates"),
+    ({"search_every": -1}, "search_every"),
 ])
 def test_bad_config_is_refused_naming_the_field(kwargs, field):
     with pytest.raises(BabConfigError, match=field):

@@ -1,19 +1,16 @@
 """Complete robustness verification by branch and bound over the input set (``robust_bab``).
 
 A node is a subset of the sample's input set: a ``LevelSet`` whose variables (a free bit of a box,
-or a pixel of the digital l-inf set) each keep a range of levels. Branching halves one variable's
-range, so the two children partition the node and each is again a set that the bound operators
-take (its enclosing box) and the exact MILP takes (its exact encoding).
-
-Why input splits and not neuron splits: splitting an unstable spike ``s`` into ``s = 1`` and ``s = 0``
-needs the operators to take a constraint on a membrane. The public operators
-(``refsnn.bounds.compute_bounds``, ``crown_bounds``, ``alpha_bounds``) take only input boxes, and
-the silent side of a ``>=`` neuron is the open half-line ``m < th``, which no closed interval
-bound makes stable. Input splits need nothing from the operators and every child is sound by
-construction; unstable spikes are left to the MILP at the leaves, which encodes them exactly.
+or a pixel of the digital l-inf set) each keep a range of levels, plus a tuple of fixed hidden
+spikes. An input split halves one variable's range; a spike split on an unstable spike ``s_t`` of
+a hidden or output neuron makes the children ``s = 1`` (exact membrane ``m >= th``, or ``m > th``)
+and ``s = 0`` (``m < th``, or ``m <= th``). Either way the two children partition the node, a
+membrane exactly on the threshold included. A child's bounds clip that membrane interval to the
+child's closed side and fix the spike (``_Search.fixed_hook``, through the ``refine`` hook of
+``refsnn.ibp.interval_bounds``); every later interval, S-CROWN and alpha follow from there.
 
 Per node and per margin row ``f_label - f_j`` still open, the node's box gets a sound float64
-lower bound (``method``: ``"ibp"``, ``"crown-ibp"``, ``"best"``, ``"alpha"``); a row whose bound
+lower bound (``method``: ``"ibp"``, ``"crown-ibp"``, ``"best"``, ``"alpha"``, ``"crown"``); a row whose bound
 is > 0 is closed for the whole subtree, a node with every row closed is robust. Nodes are
 expanded worst bound first, so the smallest open bound (the proven margin lower bound) rises.
 A node small enough is a leaf: enumerated when it has at most ``enumerate_max`` members, given
@@ -23,9 +20,10 @@ set gets one MILP with a share (``root_milp``) of the sample's time. A MILP that
 limit leaves its node to be split further.
 
 Falsification first and throughout: random members, near-threshold local search
-(``verify.search``) and, at every bounded node, the member that minimizes S-CROWN's linear lower
-bound over the node. Every candidate witness is replayed in exact rational arithmetic
-(``verify.exact.ExactNetwork``); only an exact margin ``<= 0`` makes a sample ``"not_robust"``.
+(``verify.search``), at every bounded node the member that minimizes S-CROWN's linear lower bound
+over the node's input subset, and every ``search_every`` nodes a local search from the worst node's.
+Every candidate witness is replayed in exact rational arithmetic (``verify.exact.ExactNetwork``);
+only an exact margin ``<= 0`` makes a sample ``"not_robust"``.
 An enumerated leaf whose float64 membranes come near the threshold has those members replayed
 exactly too, so no leaf is closed on a rounded comparison.
 
@@ -53,8 +51,11 @@ from .search import local_search
 from .sets import BoxSet, DigitalLinfSet, InputSet, LevelSet, stack_boxes
 from .specs import other_classes
 
-BOUND_METHODS = ("ibp", "crown-ibp", "best", "alpha")
-BRANCHING = ("first", "widest", "smear")
+BOUND_METHODS = ("ibp", "crown-ibp", "best", "alpha", "crown")
+INPUT_BRANCHING = ("first", "widest", "smear")
+NEURON_BRANCHING = ("neuron-widest", "neuron-babsr", "mixed")
+BRANCHING = INPUT_BRANCHING + NEURON_BRANCHING
+SPIKE_OFF, SPIKE_ON = 0, 1  # a split's two sides (refsnn.relaxations.STABLE_OFF / STABLE_ON)
 VERDICTS = ("robust", "not_robust", "unknown")
 
 
@@ -66,9 +67,14 @@ class BabConfigError(ValueError):
 class BabConfig:
     """Settings of ``robust_bab``.
 
-    ``method``: node bound; ``branching``: ``"first"`` (lowest-index open variable), ``"widest"``
-    (most open bits) or ``"smear"`` (largest ``sum |A|`` over its open bits, ``A`` = S-CROWN's input
-    coefficients of the node's worst row: the split that can move that linear bound most);
+    ``method``: node bound (``"crown"``: full S-CROWN intermediates, seconds per node on MNIST FC);
+    ``branching``: ``"first"`` (lowest-index open variable), ``"widest"`` (most open bits) or
+    ``"smear"`` (largest ``sum |A|`` over its open bits, ``A`` = S-CROWN's input coefficients of the
+    node's worst row: the split that can move that linear bound most), or on spikes:
+    ``"neuron-widest"``, ``"neuron-babsr"``, ``"mixed"`` (docs/VERIFY.md);
+    ``spike_limit``: ``mixed`` splits on a spike once a node has at most that many unstable;
+    ``candidates``: unstable spikes ranked per node; ``search_every``: a local search from the worst
+    open node's S-CROWN minimizer every that many bounded nodes (0: none);
     ``time_limit`` seconds per sample (None: no limit); ``enumerate_max`` members and
     ``milp_max_free`` open bits make a leaf (MILP leaves are off by default: on the plain MNIST FC
     model a MILP on 16 open bits did not finish in 5 s, enumerating 1,024 members takes a fraction
@@ -92,6 +98,9 @@ class BabConfig:
     solver: Optional[str] = None
     root_milp: float = 0.5
     root_milp_after: int = 64
+    candidates: int = 8
+    search_every: int = 0
+    spike_limit: int = 16
 
     def __post_init__(self):
         if self.method not in BOUND_METHODS:
@@ -105,12 +114,15 @@ class BabConfig:
                                  f"got {self.milp_time_limit!r}")
         if not (math.isfinite(self.root_milp) and 0 <= self.root_milp <= 1):
             raise BabConfigError(f"root_milp must be a fraction in [0, 1] of the time limit, got {self.root_milp!r}")
-        for name in ("root_milp_after", "enumerate_max", "milp_max_free", "attack_samples", "search_starts"):
+        for name in ("root_milp_after", "enumerate_max", "milp_max_free", "attack_samples", "search_starts",
+                     "search_every", "spike_limit"):
             value = getattr(self, name)
             if int(value) != value or value < 0:
                 raise BabConfigError(f"{name} must be an integer >= 0, got {value!r}")
         if int(self.batch) != self.batch or self.batch < 1:
             raise BabConfigError(f"batch must be an integer >= 1, got {self.batch!r}")
+        if int(self.candidates) != self.candidates or self.candidates < 1:
+            raise BabConfigError(f"candidates must be an integer >= 1, got {self.candidates!r}")
         if self.max_nodes is not None and (int(self.max_nodes) != self.max_nodes or self.max_nodes < 1):
             raise BabConfigError(f"max_nodes must be an integer >= 1 or None, got {self.max_nodes!r}")
 
@@ -152,6 +164,23 @@ class _Node:
     depth: int = field(compare=False, default=0)
     milp_tried: bool = field(compare=False, default=False)
     coefs: Optional[np.ndarray] = field(compare=False, default=None)  # [T', *in] of the worst row
+    fixed: tuple = field(compare=False, default=())   # spike splits (stage, t, neuron, SPIKE_OFF/ON)
+    weight: Fraction = field(compare=False, default=Fraction(1))  # share of the tree (decided_fraction)
+    candidates: Optional[np.ndarray] = field(compare=False, default=None)  # [K, 3] unstable (stage, t, j), best first
+    score: float = field(compare=False, default=0.0)  # the first candidate's score
+    n_unstable: int = field(compare=False, default=0)  # unstable spikes left in the node
+
+
+@dataclass
+class _Child:
+    """A node to bound: its input subset, open rows, inherited floor, depth, spike splits, weight."""
+
+    subset: LevelSet
+    rows: np.ndarray
+    floor: float
+    depth: int
+    fixed: tuple = ()
+    weight: Fraction = Fraction(1)
 
 
 class _Done(Exception):
@@ -174,15 +203,21 @@ class _Search:
         self.in_flight: List[_Node] = []  # popped, not yet replaced by children or closed
         self.root_bounded = False
         self.fresh: List[_Node] = []  # bounded, not yet in the queue
-        self.stats = {"nodes": 0, "splits": 0, "closed_by_bound": 0, "enumerated": 0, "milp": 0,
-                      "milp_timeouts": 0, "max_depth": 0, "exact_replays": 0, "decided_fraction": 0.0}
+        self.stats = {"nodes": 0, "splits": 0, "spike_splits": 0, "closed_by_bound": 0, "empty": 0,
+                      "enumerated": 0, "milp": 0, "milp_timeouts": 0, "max_depth": 0, "exact_replays": 0,
+                      "node_searches": 0, "decided_fraction": 0.0}
         self.serial = itertools.count()
-        self.total_members, self.decided_members = input_set.count(), 0
+        self.decided_weight = Fraction(0)
+        from refsnn.ibp import prepare_stages
 
-    def decided(self, subset: InputSet) -> None:
-        """Counts a closed node's members in ``stats["decided_fraction"]`` (of the whole set)."""
-        self.decided_members += subset.count()
-        self.stats["decided_fraction"] = float(Fraction(self.decided_members, self.total_members))
+        self.stages = prepare_stages(net)
+
+    def decided(self, weight: Fraction) -> None:
+        """Adds a closed node's weight to ``stats["decided_fraction"]``: the share of the set's members
+        in closed nodes while only input splits were made (a spike split gives each child half its
+        parent's weight, so with spike splits it measures the closed share of the tree)."""
+        self.decided_weight += weight
+        self.stats["decided_fraction"] = float(self.decided_weight)
 
     # --- time ---------------------------------------------------------------------------------
     def remaining(self) -> float:
@@ -254,55 +289,190 @@ class _Search:
             C[b, np.arange(width), padded] = -1.0
         return C
 
-    def bound(self, subsets: List[LevelSet], nodes_rows: List[np.ndarray]):
-        """``(lower [B, S], coefficients [B, S, T', *in] or None)`` of each node's open rows."""
-        from refsnn.bounds import compute_bounds, crown_bounds
+    def fixed_hook(self, fixed: List[tuple], inner=None):
+        """The ``refine`` hook of ``refsnn.ibp.interval_bounds`` for the nodes' spike splits.
 
-        x_lower, x_upper = stack_boxes(subsets)
-        C = self.specs(nodes_rows)
-        coefs = None
-        if self.config.method == "crown-ibp" or self.config.branching == "smear":
-            crown = crown_bounds(self.net, x_lower, x_upper, C, return_coefficients=True)
-            coefs = np.moveaxis(crown.A_lower, 0, 2)  # [B, S, T', *in]
-        if self.config.method == "crown-ibp":
-            lower = crown.lower
+        A split on spike ``s_t`` of neuron ``j`` of stage ``k`` (exact semantics, ``s = 1[m >= th]``
+        or ``1[m > th]``) gives the child ``s = 1`` the membranes ``m >= th`` and the child ``s = 0``
+        the membranes ``m <= th`` (closed: the exact side is ``m < th`` or ``m <= th``): each child's
+        interval is clipped to its closed side and its state fixed, so every exact trajectory of a
+        member lies in the child of its own spike, a membrane exactly at ``th`` included. ``inner``:
+        another refine hook (full S-CROWN's ``membrane_refiner``) whose interval is intersected too."""
+        th = float(self.net.threshold)
+        tables = [np.full((self.steps, len(fixed), stage.n_neurons), -1, np.int8) for stage in self.stages]
+        for b, decisions in enumerate(fixed):
+            for k, t, j, value in decisions:
+                tables[k][t, b, j] = value
+
+        def refine(bounds, k: int, t: int):
+            state = tables[k][t]
+            lower, upper = np.where(state == SPIKE_ON, th, -np.inf), np.where(state == SPIKE_OFF, th, np.inf)
+            if inner is not None:
+                inner_lower, inner_upper = inner(bounds, k, t)
+                lower, upper = np.maximum(lower, inner_lower), np.minimum(upper, inner_upper)
+            return lower, upper, state
+        return refine
+
+    def bound(self, children: List[_Child]):
+        """``(lower [B, S], coefficients [B, S, T', *in] or None, empty [B], candidates)`` of each
+        child's open rows: ``empty`` marks a child whose spike splits contradict its bounds (no
+        member has those spikes); ``candidates``: per child ``(indices [K, 3], scores [K])`` of its
+        unstable spikes, best first (neuron branching only)."""
+        from refsnn.alpha import alpha_bounds_of_box
+        from refsnn.crown import crown_bounds_of_box
+        from refsnn.ibp import ibp_spec_bounds, interval_bounds_of_box, output_rounding_margin
+        from refsnn.input_sets import binary_box
+        from refsnn.spec import best_bounds
+
+        cfg = self.config
+        x_lower, x_upper = stack_boxes([c.subset for c in children])
+        C = self.specs([c.rows for c in children])
+        box = binary_box(x_lower, x_upper, self.net)
+        fixed = [c.fixed for c in children]
+        refine = self.fixed_hook(fixed) if any(fixed) else None
+        if cfg.method == "crown":  # full S-CROWN: every unstable membrane also bounded by back-substitution
+            from refsnn.alpha import BoxConcretizer
+            from refsnn.crown_full import membrane_refiner
+
+            inner = membrane_refiner(self.stages, BoxConcretizer(box.x_lower.astype(np.float64),
+                                                                  box.x_upper.astype(np.float64)))
+            refine = self.fixed_hook(fixed, inner)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # empty children only
+            inter = interval_bounds_of_box(self.net, box, self.stages, refine=refine)
+            empty = np.zeros(len(children), dtype=bool)
+            if refine is not None:
+                for lo, hi in zip(inter.mem_lower, inter.mem_upper):
+                    empty |= (lo > hi).reshape(self.steps, len(children), -1).any(axis=(0, 2))
+            ibp = ibp_spec_bounds(inter, C)
+            coefs = crown = None
+            if cfg.method != "ibp" or cfg.branching in ("smear", "mixed"):
+                crown = crown_bounds_of_box(self.net, box, C, self.stages, intermediate=inter,
+                                            return_coefficients=True)
+                coefs = np.moveaxis(crown.A_lower, 0, 2)  # [B, S, T', *in]
+            if cfg.method == "ibp":
+                lower = ibp[0]
+            elif cfg.method == "crown-ibp":
+                lower = crown.lower
+            elif cfg.method in ("best", "crown"):
+                margin = output_rounding_margin(C, inter.rule, self.steps)
+                lower = best_bounds(C, margin, [ibp, (crown.lower, crown.upper)])[0]
+            else:
+                lower = alpha_bounds_of_box(self.net, box, C, self.stages, intermediate=inter).lower
+            candidates = None
+            if cfg.branching in NEURON_BRANCHING:
+                candidates = self.spike_candidates(inter, box, C, lower, [len(c.rows) for c in children])
+        return lower, coefs, empty, candidates
+
+    def spike_candidates(self, inter, box, C: np.ndarray, lower: np.ndarray, n_rows: List[int]):
+        """Per child, its unstable spikes ``[K, 3]`` (stage, t, neuron) ranked by the branching score,
+        with the scores ``[K]``: ``neuron-widest`` the membrane width ``m_u - m_l``; ``neuron-babsr``
+        and ``mixed`` the BaBSR-like estimate of what fixing the spike moves the worst row's S-CROWN
+        bound, ``|lam_s| + |lam_z| (th - min(0, m_l))`` (``lam_s``, ``lam_z``: the back-substitution's
+        coefficients on the spike and on the reset term, whose relaxation gaps are at most 1 and
+        ``th - min(0, m_l)``)."""
+        from refsnn.crown import _lower_bound_rows
+        from refsnn.relaxations import UNSTABLE
+
+        batch = lower.shape[0]
+        flat = [(self.steps, batch, stage.n_neurons) for stage in self.stages]
+        scores = [np.full(shape, -np.inf) for shape in flat]
+        if self.config.branching == "neuron-widest":
+            for k, shape in enumerate(flat):
+                width = inter.mem_upper[k].reshape(shape) - inter.mem_lower[k].reshape(shape)
+                scores[k] = np.where(inter.state[k].reshape(shape) == UNSTABLE, width, -np.inf)
         else:
-            lower, _ = compute_bounds(self.net, x_lower, x_upper, method=self.config.method, C=C)
-        return lower, coefs
+            n_unstable = sum((inter.state[k].reshape(shape) == UNSTABLE).sum(axis=(0, 2))
+                             for k, shape in enumerate(flat))
+            # mixed: the scores only of children that will split on a spike (the backward pass costs a bound)
+            chosen = np.flatnonzero(n_unstable <= self.config.spike_limit) if self.config.branching == "mixed" \
+                else np.arange(batch)
+            if chosen.size:
+                sub = inter if chosen.size == batch else inter.select(chosen)
+                worst = np.array([int(np.argmin(lower[b, :n_rows[b]])) for b in chosen])
+                spec = C[chosen, worst][:, None, :]
+                record: list = []
+                _lower_bound_rows(self.stages, sub, spec, box.x_lower[:, chosen].astype(np.float64),
+                                  box.x_upper[:, chosen].astype(np.float64), use_numba=False, record=record)
+                th = float(self.net.threshold)
+                for k, steps_record, _, _ in record:
+                    shape = (self.steps, chosen.size, flat[k][2])
+                    unstable = sub.state[k].reshape(shape) == UNSTABLE
+                    gap = th - np.minimum(0.0, sub.mem_lower[k].reshape(shape))
+                    for t, lam_s, lam_z, *_ in steps_record:
+                        value = np.abs(lam_s[:, 0]) + np.abs(lam_z[:, 0]) * gap[t]
+                        scores[k][t, chosen] = np.where(unstable[t], value, -np.inf)
+            for b in np.setdiff1d(np.arange(batch), chosen):  # unscored: n_unstable only (input split next)
+                for k, shape in enumerate(flat):
+                    scores[k][:, b] = np.where(inter.state[k].reshape(shape)[:, b] == UNSTABLE, 0.0, -np.inf)
+        out = []
+        top = self.config.candidates
+        for b in range(batch):
+            flat_scores = np.concatenate([sc[:, b].reshape(-1) for sc in scores])
+            order = np.argsort(-flat_scores, kind="stable")[:top]
+            order = order[np.isfinite(flat_scores[order])]
+            index = np.empty((order.size, 3), np.int64)
+            for i, position in enumerate(order):
+                for k, shape in enumerate(flat):
+                    size = shape[0] * shape[2]
+                    if position < size:
+                        index[i] = (k, position // shape[2], position % shape[2])
+                        break
+                    position -= size
+            out.append((index, flat_scores[order], int(np.isfinite(flat_scores).sum())))
+        return out
 
-    def make_nodes(self, subsets: List[LevelSet], rows: List[np.ndarray], floors: List[float],
-                   depths: List[int]) -> List[_Node]:
-        """Bounds the subsets; closes rows with a bound > 0; offers each node's S-CROWN minimizer."""
-        lower, coefs = self.bound(subsets, rows)
-        self.stats["nodes"] += len(subsets)
-        nodes, candidates = [], []
-        for b, (subset, open_rows, floor, depth) in enumerate(zip(subsets, rows, floors, depths)):
+    def make_nodes(self, children: List[_Child]) -> List[_Node]:
+        """Bounds the children; closes rows with a bound > 0 and empty children; offers each node's
+        S-CROWN minimizer."""
+        lower, coefs, empty, candidates = self.bound(children)
+        self.stats["nodes"] += len(children)
+        nodes, offers = [], []
+        for b, child in enumerate(children):
+            if empty[b]:  # no member has these spikes: nothing to decide
+                self.stats["empty"] += 1
+                self.decided(child.weight)
+                continue
+            open_rows = child.rows
             low = lower[b, :len(open_rows)]
             proven = low > 0
-            floor = min([floor] + low[proven].tolist())
+            floor = min([child.floor] + low[proven].tolist())
             keep = ~proven
             worst = int(np.argmin(low))
             coef = None if coefs is None else coefs[b, worst]
             if coef is not None:
-                candidates.append(minimizer(subset, coef))
+                offers.append(minimizer(child.subset, coef))
             if not keep.any():
                 self.stats["closed_by_bound"] += 1
-                self.decided(subset)
+                self.decided(child.weight)
                 self.closed_floor = min(self.closed_floor, floor)
                 continue
-            node = _Node(float(low[keep].min()), next(self.serial), subset, open_rows[keep], low[keep], floor, depth,
-                         coefs=coef)
+            node = _Node(float(low[keep].min()), next(self.serial), child.subset, open_rows[keep], low[keep], floor,
+                         child.depth, coefs=coef, fixed=child.fixed, weight=child.weight)
+            if candidates is not None:
+                node.candidates, scores, node.n_unstable = candidates[b]
+                node.score = float(scores[0]) if scores.size else 0.0
             nodes.append(node)
         # a witness found now ends the search: these nodes must still count in the margin bracket
         self.fresh, self.root_bounded = nodes, True
-        if candidates:
-            self.offer(np.stack(candidates, axis=1))
+        if offers:
+            self.offer(np.stack(offers, axis=1))
         self.fresh = []
         return nodes
 
+    def search_node(self, node: _Node) -> None:
+        """Falsification at a node: a local search from its S-CROWN minimizer on its worst row."""
+        if node.coefs is None:
+            return
+        self.stats["node_searches"] += 1
+        coefs = np.zeros(self.n_out)
+        coefs[self.label], coefs[int(node.rows[int(np.argmin(node.lower))])] = 1.0, -1.0
+        x, _ = local_search(self.net64, node.subset, minimizer(node.subset, node.coefs), coefs, -1.0)
+        self.offer(x[:, None])
+
     # --- leaves -----------------------------------------------------------------------------------
     def enumerate_leaf(self, node: _Node) -> None:
-        """Closes the node exactly: every member's margin (float64; near-ties replayed exactly)."""
+        """Closes the node exactly: every member of its input subset (a superset of the node when it
+        has spike splits): float64 margins, near-ties replayed exactly."""
         self.stats["enumerated"] += 1
         th = float(self.net.threshold)
         lowest = math.inf
@@ -325,11 +495,12 @@ class _Search:
             if margins[i] <= 0:
                 self.offer(np.ascontiguousarray(xs[:, i:i + 1]))
         self.closed_floor = min(self.closed_floor, node.floor, lowest)
-        self.decided(node.subset)
+        self.decided(node.weight)
 
     def milp_leaf(self, node: _Node, budget: float) -> bool:
-        """Tries the exact MILP on the node's open rows for at most ``budget`` seconds; True when it
-        decided the node (robust), False to split on."""
+        """Tries the exact MILP on the node's open rows over its input subset (a superset of the node
+        when it has spike splits) for at most ``budget`` seconds; True when it decided the node
+        (robust), False to split on."""
         from .milp import robust_query
 
         budget = min(budget, self.remaining())
@@ -354,7 +525,7 @@ class _Search:
         if np.isnan(solved).any():
             lowest = min(lowest, self.grid_lower(1))
         self.closed_floor = min(self.closed_floor, node.floor, lowest)
-        self.decided(node.subset)
+        self.decided(node.weight)
         return True
 
     # --- branching --------------------------------------------------------------------------------
@@ -364,16 +535,34 @@ class _Search:
         if self.config.branching == "first":
             return int(open_vars[0])
         widths = subset.free_bits_per_variable()
-        if self.config.branching == "widest" or node.coefs is None:
+        if self.config.branching in ("widest", "neuron-widest", "neuron-babsr") or node.coefs is None:
             return int(open_vars[np.argmax(widths[open_vars])])
         return int(open_vars[np.argmax(smear(subset, node.coefs)[open_vars] + 1e-12 * widths[open_vars])])
 
-    def split(self, node: _Node) -> List[LevelSet]:
+    def split(self, node: _Node) -> List[_Child]:
+        """Two children that partition the node: on its best unstable spike (neuron branching, while
+        the node has one) or on an input variable's level range."""
+        self.stats["splits"] += 1
+        depth = node.depth + 1
+        half = node.weight / 2
+        neuron = node.candidates is not None and node.candidates.shape[0] > 0
+        if neuron and self.config.branching == "mixed" and node.subset.open_variables.size:
+            # input splits (smear) while many spikes are unstable: one spike split then moves the bound little
+            neuron = node.n_unstable <= self.config.spike_limit
+        if neuron:
+            self.stats["spike_splits"] += 1
+            k, t, j = (int(v) for v in node.candidates[0])
+            return [_Child(node.subset, node.rows, node.floor, depth, node.fixed + ((k, t, j, value),), half)
+                    for value in (SPIKE_OFF, SPIKE_ON)]
+        if not node.subset.open_variables.size:
+            raise VerifierError("a node with one member was not enumerated; enumerate_max must be >= 1")
         v = self.choose(node)
         lo, hi = int(node.subset.lo[v]), int(node.subset.hi[v])
         mid = (lo + hi) // 2
-        self.stats["splits"] += 1
-        return [node.subset.restrict(v, lo, mid), node.subset.restrict(v, mid + 1, hi)]
+        parts = [node.subset.restrict(v, lo, mid), node.subset.restrict(v, mid + 1, hi)]
+        count = node.subset.count()
+        return [_Child(part, node.rows, node.floor, depth, node.fixed, node.weight * Fraction(part.count(), count))
+                for part in parts]
 
 
 def _open_bits(subset: LevelSet):
@@ -428,7 +617,7 @@ def robust_bab(net: SNN, input_set: InputSet, label: int, config: Optional[BabCo
         search.falsify_root(input_set)
         if splittable:
             root = LevelSet.of(input_set)
-            queue = search.make_nodes([root], [search.others], [math.inf], [0])
+            queue = search.make_nodes([_Child(root, search.others, math.inf, 0)])
             search.root_bounded = True
             _expand(search, queue)
         else:
@@ -446,6 +635,7 @@ def _expand(search: _Search, queue: List[_Node]) -> None:
     heapq.heapify(queue)
     root = queue[0] if len(queue) == 1 else None
     root_pending = root is not None and cfg.root_milp > 0
+    next_search = cfg.search_every
     while queue:
         if search.remaining() <= 0 or (cfg.max_nodes is not None and search.stats["nodes"] >= cfg.max_nodes):
             return
@@ -457,17 +647,22 @@ def _expand(search: _Search, queue: List[_Node]) -> None:
                                                        else cfg.milp_time_limit)):
                 queue.clear()
                 search.in_flight = []
-                search.decided_members = search.total_members  # the MILP closed the whole set
-                search.stats["decided_fraction"] = 1.0
+                search.decided_weight = Fraction(0)  # the MILP closed the whole set
+                search.decided(Fraction(1))
                 return
             search.in_flight = []
             continue
+        if cfg.search_every and search.stats["nodes"] >= next_search:
+            next_search = search.stats["nodes"] + cfg.search_every
+            search.in_flight = []
+            search.search_node(queue[0])  # the worst open node: where a witness is most likely
         picked = [heapq.heappop(queue) for _ in range(min(cfg.batch, len(queue)))]
         search.in_flight = list(picked)
-        subsets, rows, floors, depths = [], [], [], []
+        children: List[_Child] = []
         for node in picked:
             count = node.subset.count()
-            if count <= cfg.enumerate_max:
+            no_spike = node.candidates is None or node.candidates.shape[0] == 0
+            if count <= cfg.enumerate_max or (count == 1 and no_spike):
                 search.enumerate_leaf(node)
                 continue
             if not node.milp_tried and node.depth > 0 and node.subset.n_free <= cfg.milp_max_free:
@@ -477,16 +672,11 @@ def _expand(search: _Search, queue: List[_Node]) -> None:
                 if search.remaining() <= 0:
                     heapq.heappush(queue, node)
                     continue
-            for child in search.split(node):
-                subsets.append(child)
-                rows.append(node.rows)
-                floors.append(node.floor)
-                depths.append(node.depth + 1)
-        if subsets:
-            search.stats["max_depth"] = max(search.stats["max_depth"], max(depths))
-            for start in range(0, len(subsets), 2 * cfg.batch):
-                part = slice(start, start + 2 * cfg.batch)
-                for node in search.make_nodes(subsets[part], rows[part], floors[part], depths[part]):
+            children.extend(search.split(node))
+        if children:
+            search.stats["max_depth"] = max(search.stats["max_depth"], max(c.depth for c in children))
+            for start in range(0, len(children), 2 * cfg.batch):
+                for node in search.make_nodes(children[start:start + 2 * cfg.batch]):
                     heapq.heappush(queue, node)
         search.in_flight = []
 

@@ -54,7 +54,7 @@ from refsnn.parallel import add_cluster_arguments, chunk_ranges, dask_client, ma
 from refsnn.runlock import guard_result, result_key
 from refsnn.validation import sha256_file
 
-from .bab import BabConfig, robust_bab
+from .bab import BRANCHING, BabConfig, robust_bab
 from .milp import robust_query
 from .sets import DigitalLinfSet, SpikeL0Set
 
@@ -77,6 +77,8 @@ class DatasetVerifyConfig:
     attack_samples: int = 64
     chunk_size: int = 4
     method: str = "milp"
+    branching: str = BabConfig.branching
+    root_milp: float = BabConfig.root_milp
 
     def __post_init__(self):
         if self.input_set not in ("digital", "spike"):
@@ -91,6 +93,7 @@ class DatasetVerifyConfig:
             raise ValueError(f"horizon T' must be an integer >= 1, got {self.horizon!r}")
         if int(self.chunk_size) != self.chunk_size or self.chunk_size < 1:
             raise ValueError(f"chunk_size must be an integer >= 1, got {self.chunk_size!r}")
+        BabConfig(branching=self.branching, root_milp=self.root_milp)  # names the field when it is refused
 
 
 def sample_set(x_sample: np.ndarray, index: int, config: DatasetVerifyConfig):
@@ -137,13 +140,15 @@ def verify_samples(net: SNN, config: DatasetVerifyConfig, chunk) -> List[dict]:
 def _complete_record(net: SNN, config: DatasetVerifyConfig, input_set, index: int, label: int,
                      clean_prediction: int) -> dict:
     """One sample's record under ``--method complete`` (``verify.robust_bab``)."""
-    bab = BabConfig(time_limit=config.time_limit, solver=config.solver, attack_samples=config.attack_samples)
+    bab = BabConfig(time_limit=config.time_limit, solver=config.solver, attack_samples=config.attack_samples,
+                    branching=config.branching, root_milp=config.root_milp)
     result = robust_bab(net, input_set, label, bab, rng=np.random.default_rng([config.seed, index, 1]))
     finite = (lambda v: float(v) if np.isfinite(v) else None)
     return {"index": index, "label": label, "clean_prediction": clean_prediction, "status": result.status,
             "reason": result.reason, "margin_lower": finite(result.margin_lower),
             "attack_margin": finite(result.attack_margin), "witness_prediction": result.witness_prediction,
-            "nodes": result.stats["nodes"], "milp_leaves": result.stats["milp"],
+            "nodes": result.stats["nodes"], "spike_splits": result.stats["spike_splits"],
+            "milp_leaves": result.stats["milp"],
             "decided_fraction": result.stats["decided_fraction"], "seconds": round(result.seconds, 4)}
 
 
@@ -199,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="decision method (command-specific): milp = one exact MILP per class (--time-limit per MILP), "
              "complete = branch and bound with falsification and MILP leaves (--time-limit per sample)")
     add("--solver", default=None, help="PuLP solver (default: HiGHS when installed, else CBC)")
+    add("--branching", choices=BRANCHING, default=BabConfig.branching,
+        help="--method complete: branching rule of verify.bab (docs/VERIFY.md)")
+    add("--root-milp", type=float, default=BabConfig.root_milp,
+        help="--method complete: share of --time-limit for one MILP on the whole set, in [0, 1] (0: none)")
     cli.add_batch_size(parser, 4, detail=" (one task)")
     cli.add_out(parser, "runs/verify/<dataset>-<model name>-<set>-eps<eps>-robustT<T'>-n<n>-seed<seed>-<key of all "
                         "arguments and the model>; writes verify.json and verify.csv")
@@ -219,7 +228,8 @@ def result_identity(args: argparse.Namespace, config: DatasetVerifyConfig) -> Di
     return {"model": model.name, "model_sha256": sha256_file(model), "dataset": args.dataset, "split": args.split,
             "n": args.n, "input_set": config.input_set, "eps": config.eps, "convention": config.convention,
             "robust_T": config.horizon, "seed": config.seed, "time_limit": config.time_limit, "bigm": config.bigm,
-            "solver": config.solver, "attack_samples": config.attack_samples, "method": config.method}
+            "solver": config.solver, "attack_samples": config.attack_samples, "method": config.method,
+            **({"branching": config.branching, "root_milp": config.root_milp} if config.method == "complete" else {})}
 
 
 @cli.run_main(PROG)
@@ -236,7 +246,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         config = DatasetVerifyConfig(eps=args.eps, input_set=input_set, convention=args.convention,
                                      horizon=args.robust_T, seed=args.seed, time_limit=args.time_limit,
-                                     solver=args.solver, chunk_size=args.batch_size, method=args.method)
+                                     solver=args.solver, chunk_size=args.batch_size, method=args.method,
+                                     branching=args.branching, root_milp=args.root_milp)
         net = load_model(args.model, dtype=np.float64)
     except (OSError, ValueError) as error:
         parser.error(str(error))
