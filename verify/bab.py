@@ -390,17 +390,25 @@ class _Search:
                 sub = inter if chosen.size == batch else inter.select(chosen)
                 worst = np.array([int(np.argmin(lower[b, :n_rows[b]])) for b in chosen])
                 spec = C[chosen, worst][:, None, :]
-                record: list = []
+                records: list = []
                 _lower_bound_rows(self.stages, sub, spec, box.x_lower[:, chosen].astype(np.float64),
-                                  box.x_upper[:, chosen].astype(np.float64), use_numba=False, record=record)
-                th = float(self.net.threshold)
-                for k, steps_record, _, _ in record:
+                                  box.x_upper[:, chosen].astype(np.float64), record=records)
+                th, decay = float(self.net.threshold), float(self.net.decay)
+                # lam_s: the coefficients on stage k's spikes (the spec for the last stage, else the next
+                # stage's lam_prev); lam_z[t] = decay * lam_m[t + 1], the coefficient on the reset term z_t.
+                lam_s = np.broadcast_to(spec[None] / self.steps, (self.steps,) + spec.shape)
+                for rec in reversed(records):
+                    k = rec.k
                     shape = (self.steps, chosen.size, flat[k][2])
                     unstable = sub.state[k].reshape(shape) == UNSTABLE
                     gap = th - np.minimum(0.0, sub.mem_lower[k].reshape(shape))
-                    for t, lam_s, lam_z, *_ in steps_record:
-                        value = np.abs(lam_s[:, 0]) + np.abs(lam_z[:, 0]) * gap[t]
-                        scores[k][t, chosen] = np.where(unstable[t], value, -np.inf)
+                    lam_m = rec.step.lam_cur.reshape(self.steps, chosen.size, -1, flat[k][2])[:, :, 0]
+                    lam_z = np.zeros_like(lam_m)
+                    lam_z[:-1] = decay * lam_m[1:]
+                    value = np.abs(lam_s.reshape(self.steps, chosen.size, -1, flat[k][2])[:, :, 0]) \
+                        + np.abs(lam_z) * gap
+                    scores[k][:, chosen] = np.where(unstable, value, -np.inf)
+                    lam_s = rec.lam_prev
             for b in np.setdiff1d(np.arange(batch), chosen):  # unscored: n_unstable only (input split next)
                 for k, shape in enumerate(flat):
                     scores[k][:, b] = np.where(inter.state[k].reshape(shape)[:, b] == UNSTABLE, 0.0, -np.inf)
