@@ -190,7 +190,7 @@ def main() -> int:
     parser.add_argument("--encoder-images", type=int, default=5)
     parser.add_argument("--encoder-draws", type=int, default=200)
     parser.add_argument("--skip-mnist", action="store_true")
-    parser.add_argument("--out", default=str(ROOT / "results/certify"))
+    parser.add_argument("--out", default=str(ROOT / "runs/bench/certify"))
     args = parser.parse_args()
     if args.quick:
         args.n, args.n_alpha, args.anyk_n, args.encoder_images, args.encoder_draws = 20, 10, 5, 1, 20

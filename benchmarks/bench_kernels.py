@@ -230,7 +230,7 @@ def interval_grid(repeats, rows=192):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default="results/perf")
+    parser.add_argument("--out", default="runs/bench/kernels")
     args = parser.parse_args(argv)
     started = time.time()
     densities = measured_densities()
