@@ -189,7 +189,7 @@ class _StageMaps:
         """``dL/dW`` of an affine op with input ``x`` and ``dL/d(output)`` (no input gradient needed)."""
         if isinstance(op, Linear):
             return grad_out.T @ x
-        return op.backward(x, grad_out)[1]["weight"]
+        return op.param_grads(x, grad_out)["weight"]  # not ``backward``: its input gradient is unused here
 
     def transpose(self, coef: np.ndarray) -> np.ndarray:
         """Adjoint of the chain: ``[N, n] -> [N, *input_shape]`` (back-substitution, eq. 17)."""
