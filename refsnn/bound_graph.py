@@ -136,6 +136,16 @@ def _backsub_backward_py(grad_lam_cur, lam_cur, fire_coef, reset_side, fire_side
                     grad_lam_s[t, b, s, j] = grad_out[j, s]
 
 
+@njit(cache=True)
+def _add_rows_at(target, index, rows):  # pragma: no cover - compiled
+    """``target[index[q]] += rows[q]`` for every ``q`` in order (repeated indices accumulate)."""
+    for q in range(index.shape[0]):
+        dst = target[index[q]]
+        src = rows[q]
+        for o in range(dst.shape[0]):
+            dst[o] += src[o]
+
+
 # Parallel kernels for big stages; serial ones for small work (a parallel launch costs
 # milliseconds when the cores are busy, which dominates small batches and the gradient tests).
 _PARALLEL_MIN_WORK = 1 << 18
@@ -370,7 +380,7 @@ class BoundGraph:
         # indices of the free bits per (t, b), padded with bit 0 and a zero radius
         order = np.argsort(rad <= 0, axis=1, kind="stable")[:, :width]
         free_rad = np.take_along_axis(rad, order, axis=1)                     # [T'B, F]
-        free_cols = weight.T[order]                                           # [T'B, F, n]
+        free_cols = kernels.transpose_contiguous(weight)[order]               # [T'B, F, n]
         lam_flat = lam_cur.reshape(steps * batch, rows, n)
         lam_free = lam_flat @ free_cols.transpose(0, 2, 1)                    # [T'B, S, F]
         if self.frozen and self.choices.input_sign is not None:
@@ -393,15 +403,15 @@ class BoundGraph:
             steps, batch, rows, -1)).reshape(steps * batch, rows, -1)          # [T'B, S, F]
         grad_lam = g_row[None, :, :, None] * self.first_linear_mid[:, :, None, :]
         grad_lam = grad_lam + (grad_free @ sp["free_cols"]).reshape(steps, batch, rows, n)
-        lam_flat = lam_cur.reshape(steps * batch * rows, n)
         weighted = np.einsum("bs,tbsn->tbn", g_row, lam_cur).reshape(steps * batch, n)
         grad_weight = weighted.T @ mid                                         # from W mid
-        # from the free bits: scatter into a dense [T'B, S, n_in] (each row of ``order`` is a
-        # permutation prefix, so no index repeats within a row) and add only its non-zero columns
-        # (a few percent of the input): ``lam_flat.T @ dense`` without the zero products
-        dense = np.zeros((steps * batch, rows, mid.shape[1]), self.dtype)
-        np.put_along_axis(dense, np.broadcast_to(sp["order"][:, None, :], grad_free.shape), grad_free, axis=2)
-        grad_weight += kernels.event_weight_grad(dense.reshape(steps * batch * rows, -1), lam_flat)
+        # from the free bits: one [F, S] x [S, n] product per (t, b), added into the weight
+        # columns of its free bits (a few percent of the input; the dense [T'B S, n_in] GEMM
+        # multiplies zeros everywhere else)
+        per_bit = grad_free.transpose(0, 2, 1) @ lam_cur.reshape(steps * batch, rows, n)  # [T'B, F, n]
+        grad_weight_t = np.zeros((mid.shape[1], n), self.dtype)
+        _add_rows_at(grad_weight_t, sp["order"].reshape(-1), per_bit.reshape(-1, n))
+        grad_weight += grad_weight_t.T
         grad_w[0] += grad_weight.astype(self.dtype)
         return grad_lam
 
