@@ -18,7 +18,7 @@ ratios of its PyTorch code (2.6x / 7.7x / 12.9x at T' = 1 / 3 / 5); the target o
 robust step at T' = 3 of at most 3x the natural step.
 
     python benchmarks/bench_robust.py [--reps 5] [--conv-reps 3] [--arch fc,conv] [--horizons 1,3,5]
-        [--old 8e6f9e7] [--out runs/bench/robust]
+        [--old 8e6f9e7] [--threads 1] [--out runs/bench/robust]
 
 Writes ``bench_robust.json`` and ``bench_robust.md`` into ``--out`` (default under ``runs/``;
 committed evidence only with ``--out results/robust``).
@@ -75,9 +75,9 @@ for fn in work.values():
 print(json.dumps(sorted(work)), flush=True)
 for line in sys.stdin:
     name = line.strip()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     work[name]()
-    print(time.perf_counter() - started, flush=True)
+    print(time.perf_counter() - started, time.process_time() - cpu, flush=True)
 '''
 
 
@@ -94,19 +94,26 @@ def extract_revision(rev: str, dest: Path) -> Path:
 
 
 class Worker:
-    def __init__(self, label: str, tree: Path, archs: str, horizons: str, eps: float):
+    def __init__(self, label: str, tree: Path, archs: str, horizons: str, eps: float, threads: int = 0):
         self.label = label
+        env = dict(os.environ)
+        if threads:  # BLAS and Numba thread pools of the worker
+            for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+                env[name] = str(threads)
         self.proc = subprocess.Popen([sys.executable, "-c", WORKER, str(tree), archs, horizons, str(eps)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(ROOT))
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(ROOT),
+                                     env=env)
         ready = self.proc.stdout.readline()
         if not ready:
             raise SystemExit(f"bench_robust: the {label} worker failed to start")
         self.names = json.loads(ready)
 
-    def time(self, name: str) -> float:
+    def time(self, name: str) -> tuple:
+        """``(wall s, process CPU s)`` of one call of workload ``name``."""
         self.proc.stdin.write(name + "\n")
         self.proc.stdin.flush()
-        return float(self.proc.stdout.readline())
+        wall, cpu = self.proc.stdout.readline().split()
+        return float(wall), float(cpu)
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -121,17 +128,20 @@ def main() -> int:
     parser.add_argument("--horizons", default="1,3,5")
     parser.add_argument("--eps", type=float, default=0.12)
     parser.add_argument("--old", default=None, help="git revision to time beside this checkout (e.g. 8e6f9e7)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="BLAS/Numba threads of the workers (0: the libraries' default, all cores)")
     parser.add_argument("--out", default="runs/bench/robust", help="output folder (default under runs/)")
     args = parser.parse_args()
-    if args.reps < 1 or args.conv_reps < 1:
-        print("bench_robust: --reps and --conv-reps must be >= 1", file=sys.stderr)
+    if args.reps < 1 or args.conv_reps < 1 or args.threads < 0:
+        print("bench_robust: --reps and --conv-reps must be >= 1, --threads >= 0", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
-    workers = [Worker("new", ROOT, args.arch, args.horizons, args.eps)]
+    workers = [Worker("new", ROOT, args.arch, args.horizons, args.eps, args.threads)]
     if args.old:
-        workers.append(Worker(f"old {args.old}", extract_revision(args.old, out), args.arch, args.horizons, args.eps))
+        workers.append(Worker(f"old {args.old}", extract_revision(args.old, out), args.arch, args.horizons, args.eps,
+                              args.threads))
     names = workers[0].names
     ordered = [n for arch in args.arch.split(",") for n in names if n.startswith(arch + " ")]
     times = {(w.label, n): [] for w in workers for n in ordered}
@@ -147,28 +157,37 @@ def main() -> int:
     for worker in workers:
         for name in ordered:
             arch = name.split()[0]
-            median = float(np.median(times[(worker.label, name)]))
-            base = float(np.median(times[(worker.label, f"{arch} natural")]))
+            walls = [w for w, _ in times[(worker.label, name)]]
+            median = float(np.median(walls))
+            cpu = float(np.median([c for _, c in times[(worker.label, name)]]))
+            base = float(np.median([w for w, _ in times[(worker.label, f"{arch} natural")]]))
+            base_cpu = float(np.median([c for _, c in times[(worker.label, f"{arch} natural")]]))
             horizon = int(name.split("T'=")[1].split()[0]) if "T'=" in name else None
             rows.append({"tree": worker.label, "arch": arch, "variant": name[len(arch) + 1:], "median_s": median,
-                         "min_s": float(np.min(times[(worker.label, name)])), "ratio_to_natural": median / base,
+                         "min_s": float(np.min(walls)), "ratio_to_natural": median / base,
+                         "median_cpu_s": cpu, "cpu_ratio_to_natural": cpu / base_cpu,
                          "paper_epoch_ratio": PAPER_RATIO.get(horizon), "reps": len(times[(worker.label, name)])})
     load_after = os.getloadavg()
-    lines = [f"# Robust step vs natural step (batch {BATCH}, T = {T}, float32, eps {args.eps})", "",
+    threads = args.threads or "default (all cores)"
+    lines = [f"# Robust step vs natural step (batch {BATCH}, T = {T}, float32, eps {args.eps}, threads {threads})", "",
              f"machine: {platform.platform()}, {os.cpu_count()} cpus; load average before "
              f"{load_before[0]:.2f} / after {load_after[0]:.2f} (1 min)", "",
              f"command: `{' '.join(['python', *sys.argv])}`", "",
-             "| tree | arch | variant | median s | robust/natural | paper (epoch time) |", "|---|---|---|---|---|---|"]
+             "Wall: median wall-clock seconds; CPU: median process CPU seconds (all threads), each with its "
+             "ratio to the natural step of the same tree.", "",
+             "| tree | arch | variant | wall s | robust/natural (wall) | CPU s | robust/natural (CPU) "
+             "| paper (epoch time) |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         paper = f"{row['paper_epoch_ratio']:.1f}x" if row["paper_epoch_ratio"] and "beta=1" in row["variant"] else ""
         lines.append(f"| {row['tree']} | {row['arch']} | {row['variant']} | {row['median_s']:.3f} | "
-                     f"{row['ratio_to_natural']:.2f}x | {paper} |")
+                     f"{row['ratio_to_natural']:.2f}x | {row['median_cpu_s']:.3f} | "
+                     f"{row['cpu_ratio_to_natural']:.2f}x | {paper} |")
     text = "\n".join(lines) + "\n"
     print(text)
     record = {"command": " ".join([sys.executable, *sys.argv]), "machine": {
         "platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
         "load_average_before": load_before, "load_average_after": load_after},
-        "batch": BATCH, "T": T, "eps": args.eps, "rows": rows}
+        "batch": BATCH, "T": T, "eps": args.eps, "threads": args.threads, "rows": rows}
     (out / "bench_robust.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "bench_robust.md").write_text(text)
     print(f"wrote {out / 'bench_robust.json'} and {out / 'bench_robust.md'}")
