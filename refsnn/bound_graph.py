@@ -251,8 +251,8 @@ class BoundGraph:
         first = net.stages[0].ops
         # A first stage [Flatten*, Linear] lets the concretization skip the dense lam W product;
         # it pays off when few bits are free (FC preset, one thread, CPU time of the graph and its
-        # reverse with the event-driven weight gradient: gathered columns beat the dense GEMMs
-        # up to about 1/6 of the input free per step: eps 0.2, at most 118 of 784 bits; equal near eps 0.3).
+        # reverse with the free-bit weight gradient: gathered columns beat the dense GEMMs up to
+        # about 1/6 of the input free per step, eps 0.2 with at most 118 of 784 bits; equal near 0.3).
         free = (self.x_upper != self.x_lower).reshape(self.steps * self.batch, -1)
         few_free = free.sum(axis=1).max(initial=0) * SPARSE_INPUT_FRACTION <= free.shape[1]
         self.sparse_input = (isinstance(first[-1], Linear) and all(op.kind == "flatten" for op in first[:-1])
