@@ -10,8 +10,8 @@ pass (``refsnn.robust.robust_loss``, kappa = 0.5, temperature 5). Two robust var
 ``beta=0``  S-IBP only: what the crown-ibp recipe runs once beta has reached 0 (the end of the
             ramp and every later epoch); ``robust_loss`` skips the S-CROWN pass and its reverse.
 
-Each source tree (this checkout and, with ``--old REV``, that git revision extracted under the
-output folder) is timed in its own worker process; the workers take turns call by call, so
+Each source tree (this checkout and, with ``--old REV``, that git revision extracted under
+``runs/bench/``) is timed in its own worker process; the workers take turns call by call, so
 every variant of every tree sees the same load, and the MEDIAN of the repetitions is reported.
 Ratios are robust/natural step times of the same tree. The paper's numbers are epoch-time
 ratios of its PyTorch code (2.6x / 7.7x / 12.9x at T' = 1 / 3 / 5); the target of issue 18 is a
@@ -140,8 +140,9 @@ def main() -> int:
     load_before = os.getloadavg()
     workers = [Worker("new", ROOT, args.arch, args.horizons, args.eps, args.threads)]
     if args.old:
-        workers.append(Worker(f"old {args.old}", extract_revision(args.old, out), args.arch, args.horizons, args.eps,
-                              args.threads))
+        trees = ROOT / "runs" / "bench"  # scratch, never under a results/ --out
+        workers.append(Worker(f"old {args.old}", extract_revision(args.old, trees), args.arch, args.horizons,
+                              args.eps, args.threads))
     names = workers[0].names
     ordered = [n for arch in args.arch.split(",") for n in names if n.startswith(arch + " ")]
     times = {(w.label, n): [] for w in workers for n in ordered}
