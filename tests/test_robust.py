@@ -78,6 +78,30 @@ def test_training_bounds_equal_sound_bounds_up_to_rounding(arch):
     np.testing.assert_allclose(graph.crown_lower, crown_lower, atol=1e-8)
 
 
+def test_sparse_first_stage_at_the_paper_mnist_eps_matches_the_dense_path(monkeypatch):
+    """The FC preset on MNIST digits at the paper's eps 0.12 (about 9 % of the pixels free per
+    step) takes the free-column path of the first stage, and its bounds and gradients equal the
+    dense ``lam W`` path up to float32 summation order."""
+    import refsnn.bound_graph as bound_graph
+    from refsnn.data import load_dataset
+    images, labels = load_dataset("mnist-subset", "train")
+    images, labels = images[:6], labels[:6]
+    net = build_network("fc", (1, 28, 28), seed=0, dtype=np.float32)
+    box = digital_linf_set(images, 0.12, draw_rand_maps(np.random.default_rng(0), 3, images.shape))
+    C = margin_spec(labels, 10).astype(np.float32)
+    grad = np.random.default_rng(1).standard_normal((6, 9)).astype(np.float32)
+    results = {}
+    for fraction in (bound_graph.SPARSE_INPUT_FRACTION, 10 ** 9):  # the default, then never sparse
+        monkeypatch.setattr(bound_graph, "SPARSE_INPUT_FRACTION", fraction)
+        graph = BoundGraph(net, box.x_lower, box.x_upper, C)
+        results[fraction] = (graph.sparse_input, graph.crown_lower, graph.backward(grad_ibp=grad, grad_crown=grad))
+    (sparse, sparse_lower, sparse_grads), (dense, dense_lower, dense_grads) = results.values()
+    assert sparse and not dense
+    np.testing.assert_allclose(sparse_lower, dense_lower, rtol=0, atol=1e-5 * np.abs(dense_lower).max())
+    for mine, reference in zip(sparse_grads, dense_grads):
+        np.testing.assert_allclose(mine, reference, rtol=0, atol=1e-5 * np.abs(reference).max())
+
+
 def test_kappa_one_is_natural_training():
     rng = np.random.default_rng(1)
     net, shape = _small_net("fc", rng)
