@@ -33,3 +33,11 @@ def test_golden_corpus_reproduced():
     problems = golden_bounds.compare(golden, current, exact=exact)
     assert not problems, f"{len(problems)} golden values changed, e.g. " + "; ".join(
         f"{key}: {reason}" for key, reason in list(problems.items())[:5])
+
+
+def test_compare_names_a_changed_hash_instead_of_failing():
+    golden_bounds = _golden_module()
+    old = {"x#sha256": np.array("a" * 64), "y": np.array([1.0, 2.0])}
+    new = {"x#sha256": np.array("b" * 64), "y": np.array([1.0, 2.5])}
+    problems = golden_bounds.compare(old, new, exact=True)
+    assert problems["x#sha256"] == "differs" and problems["y"].startswith("differs: max |diff| 0.5")
