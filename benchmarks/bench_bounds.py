@@ -229,7 +229,7 @@ def main(argv=None):
     parser.add_argument("--horizons", type=int, nargs="+", default=[1, 3, 5, 10])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="results/bounds")
+    parser.add_argument("--out", default="runs/bench/bounds")
     parser.add_argument("--tag", default=None, help="suffix of the output files (default: quick or full)")
     args = parser.parse_args(argv)
     if args.quick:
