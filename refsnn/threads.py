@@ -1,8 +1,9 @@
-"""The one thread-count knob: Numba's parallel kernels and every OpenBLAS that NumPy/SciPy load.
+"""The one thread-count knob: Numba's parallel kernels and NumPy's OpenBLAS.
 
 ``set_num_threads(n)`` sets the threads of Numba's ``prange`` loops (``numba.set_num_threads``)
-and of the OpenBLAS libraries bundled with NumPy (the GEMMs of ``refsnn.layers``) and SciPy (the
-BLAS that Numba's ``np.dot`` calls), so compute never runs on more or fewer threads than asked.
+and of the OpenBLAS bundled with NumPy (the GEMMs of ``refsnn.layers``). The OpenBLAS bundled
+with SciPy, which Numba's ``np.dot`` calls per sample inside parallel kernels, always runs on one
+thread (set when ``refsnn`` is imported), so compute never runs on more threads than asked.
 The environment variable ``REFSNN_NUM_THREADS`` is applied when ``refsnn`` is imported; unset, each
 library keeps its own default (all cores, or what ``NUMBA_NUM_THREADS``/``OPENBLAS_NUM_THREADS``
 say, as in the single-threaded Dask workers of ``refsnn.parallel``).
@@ -17,7 +18,7 @@ import ctypes
 import glob
 import numbers
 import os
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numba
 
@@ -41,32 +42,41 @@ def max_threads() -> int:
     return int(numba.config.NUMBA_NUM_THREADS)
 
 
-_BLAS_SETTERS: Optional[List[ctypes._CFuncPtr]] = None
+_BLAS_SETTERS: Optional[Dict[str, List[ctypes._CFuncPtr]]] = None
 
 
-def _blas_setters() -> List[ctypes._CFuncPtr]:
-    """``openblas_set_num_threads`` of each OpenBLAS bundled with NumPy and SciPy (loaded ones are reused)."""
+def _blas_setters() -> Dict[str, List[ctypes._CFuncPtr]]:
+    """``openblas_set_num_threads`` of the OpenBLAS bundled with NumPy and of the one bundled with
+    SciPy (loaded ones are reused), by bundle name."""
     global _BLAS_SETTERS
     if _BLAS_SETTERS is None:
         import numpy
 
-        folders = [os.path.join(os.path.dirname(os.path.dirname(numpy.__file__)), name)
-                   for name in ("numpy.libs", "scipy.libs")]
-        setters = []
-        for path in sorted(p for folder in folders for p in glob.glob(os.path.join(folder, "*openblas*.so*"))):
-            try:
-                library = ctypes.CDLL(path)
-            except OSError:
-                continue
-            for symbol in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                           "openblas_set_num_threads64_", "openblas_set_num_threads"):
-                setter = getattr(library, symbol, None)
-                if setter is not None:
-                    setter.argtypes, setter.restype = [ctypes.c_int], None
-                    setters.append(setter)
-                    break
+        site = os.path.dirname(os.path.dirname(numpy.__file__))
+        setters: Dict[str, List[ctypes._CFuncPtr]] = {"numpy": [], "scipy": []}
+        for bundle in setters:
+            for path in sorted(glob.glob(os.path.join(site, f"{bundle}.libs", "*openblas*.so*"))):
+                try:
+                    library = ctypes.CDLL(path)
+                except OSError:
+                    continue
+                for symbol in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                               "openblas_set_num_threads64_", "openblas_set_num_threads"):
+                    setter = getattr(library, symbol, None)
+                    if setter is not None:
+                        setter.argtypes, setter.restype = [ctypes.c_int], None
+                        setters[bundle].append(setter)
+                        break
         _BLAS_SETTERS = setters
     return _BLAS_SETTERS
+
+
+def single_thread_kernel_blas() -> None:
+    """SciPy's OpenBLAS on one thread: only Numba's ``np.dot`` calls it, on small per-sample
+    products inside kernels that are parallel themselves (a threaded BLAS there would put
+    n x n threads on n cores; measured: the CONV adjoint 8x slower at 2 threads)."""
+    for setter in _blas_setters()["scipy"]:
+        setter(1)
 
 
 def _parse(value, name: str) -> int:
@@ -89,8 +99,9 @@ def set_num_threads(n: int) -> int:
     """
     count = _parse(n, "the thread count")
     numba.set_num_threads(count)
-    for setter in _blas_setters():
+    for setter in _blas_setters()["numpy"]:
         setter(count)
+    single_thread_kernel_blas()
     return count
 
 
@@ -101,6 +112,7 @@ def get_num_threads() -> int:
 
 def apply_environment() -> Optional[int]:
     """Applies ``REFSNN_NUM_THREADS`` if it is set (called when ``refsnn`` is imported)."""
+    single_thread_kernel_blas()
     value = os.environ.get(ENV_VARIABLE)
     if value is None or value == "":
         return None
