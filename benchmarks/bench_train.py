@@ -13,7 +13,7 @@ CPU time per step is reported as well: on a loaded machine, run with
 the single-core time of a quiet machine (wall times of multithreaded BLAS degrade badly when
 other processes compete for the cores).
 
-    python benchmarks/bench_train.py [--steps 10] [--out results/train/bench_train.json]
+    python benchmarks/bench_train.py [--steps 10] [--out runs/bench/bench_train.json]
 """
 from __future__ import annotations
 
@@ -105,7 +105,8 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", nargs="+", default=["fc", "conv"])
     parser.add_argument("--dtype", nargs="+", default=["float32", "float64"])
     parser.add_argument("--no-legacy", action="store_true", help="skip the tensordot convolution baseline")
-    parser.add_argument("--out", default="results/train/bench_train.json")
+    parser.add_argument("--out", default="runs/bench/bench_train.json",
+                        help="default under runs/; committed evidence only with --out results/...")
     args = parser.parse_args(argv)
 
     machine_info = machine()  # load average before the timed work

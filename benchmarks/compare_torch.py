@@ -4,7 +4,8 @@ Runs in a SEPARATE environment with torch (never a dependency of refsnn)::
 
     python3 -m venv .venv-torch && .venv-torch/bin/pip install torch==2.13.0 numpy scipy numba h5py \\
         pulp highspy hypothesis tqdm && .venv-torch/bin/pip install -e . --no-deps
-    .venv-torch/bin/python benchmarks/compare_torch.py --threads 1 [--repeats 5] [--out results/perf.md]
+    .venv-torch/bin/python benchmarks/compare_torch.py --threads 1 [--repeats 5] [--out runs/perf-1.md]
+    .venv-torch/bin/python benchmarks/compare_torch.py --combine runs/perf-2.json runs/perf-1.json --out results/perf.md
 
 The PyTorch side is written the usual way: ``F.linear`` / ``F.conv2d`` / ``F.avg_pool2d`` per time
 step, the LIF recurrence in a Python loop over T, a ``torch.autograd.Function`` for the spike with
@@ -32,8 +33,9 @@ def _threads_from_argv(argv) -> int:
 
 
 THREADS = _threads_from_argv(sys.argv[1:])
-for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ[_variable] = str(THREADS)  # before numpy / numba / torch are imported
+for _variable in ("REFSNN_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                  "NUMBA_NUM_THREADS"):
+    os.environ[_variable] = str(THREADS)  # before numpy / numba / torch / refsnn are imported
 
 import json  # noqa: E402
 import platform  # noqa: E402
@@ -499,8 +501,13 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batches", default="64,256")
     parser.add_argument("--archs", default="fc,conv")
-    parser.add_argument("--out", default="results/perf.md")
+    parser.add_argument("--out", default="runs/perf.md", help="report (.md) and .json beside it (default runs/)")
+    parser.add_argument("--combine", nargs=2, metavar=("BOTH_CORES_JSON", "ONE_CORE_JSON"),
+                        help="no timing: write one table with both-core and one-core columns from two reports")
     args = parser.parse_args(argv)
+    if args.combine:
+        combine_reports(*args.combine, args.out)
+        return
     torch.set_num_threads(args.threads)
     LOAD_AT_START[:] = os.getloadavg()
     started = time.time()
@@ -526,7 +533,7 @@ def write_report(args, rows, checks, crown_ratio, seconds):
              f"Command: `{command}` ({seconds:.0f} s)", "",
              f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} cores (shared VM, other jobs running), numpy {np.__version__}, torch {torch.__version__}. "
-             f"Threads: torch.set_num_threads({args.threads}), OPENBLAS/OMP/MKL/NUMBA_NUM_THREADS={THREADS}. "
+             f"Threads: torch.set_num_threads({args.threads}), REFSNN/OPENBLAS/OMP/MKL/NUMBA_NUM_THREADS={THREADS}. "
              f"Load average (1, 5, 15 min) at the start: {', '.join(f'{v:.2f}' for v in LOAD_AT_START)}, "
              f"at the end: {', '.join(f'{v:.2f}' for v in os.getloadavg())}.", "",
              f"Medians of {args.repeats} runs (FC) and {max(3, args.repeats // 2)} (CONV, robust step), float32, "
@@ -577,6 +584,48 @@ def write_report(args, rows, checks, crown_ratio, seconds):
          "load_average_at_start": list(LOAD_AT_START), "load_average_at_end": list(os.getloadavg()), "rows": json_rows, "checks": checks,
          "crown_ratio_to_forward_T10": crown_ratio}, indent=2) + "\n")
     print(text)
+
+
+def combine_reports(both_path: str, one_path: str, out: str) -> None:
+    """One markdown table: each row's refsnn/PyTorch times and ratio at 2 threads and at 1 thread."""
+    both, one = (json.loads(Path(path).read_text()) for path in (both_path, one_path))
+    single = {(r["row"], r["arch"], r["batch"]): r for r in one["rows"]}
+
+    def cells(row):
+        if row is None:
+            return "- | - | -"
+        theirs = row["torch_median_s"]
+        return (f"{1e3 * row['refsnn_median_s']:.1f} | " + ("-" if theirs is None else f"{1e3 * theirs:.1f}") + " | "
+                + ("-" if row["ratio_torch_over_refsnn"] is None else f"{row['ratio_torch_over_refsnn']:.2f}"))
+
+    lines = ["# refsnn vs plain PyTorch CPU, both cores and one core", ""]
+    for label, report in ((f"{both['threads']} threads", both), (f"{one['threads']} thread", one)):
+        machine = report["machine"]
+        lines.append(f"- {label}: `{report['command']}` ({report['seconds']:.0f} s); {machine['platform']}, "
+                     f"{machine['processor']}, {machine['cpu_count']} cores ({machine['note']}), numpy "
+                     f"{machine['numpy']}, torch {machine['torch']}; load average (1, 5, 15 min) at start "
+                     f"{', '.join(f'{v:.2f}' for v in report['load_average_at_start'])}, at end "
+                     f"{', '.join(f'{v:.2f}' for v in report['load_average_at_end'])}.")
+    lines += ["", "Ratio = PyTorch time / refsnn time (> 1: refsnn faster), both measured in the same run. "
+              "Medians; float32 unless the row says float64. Each run's own report (with the same-output "
+              "checks) is the .json named above.", "",
+              f"| row | arch | batch | T | refsnn {both['threads']}t (ms) | PyTorch {both['threads']}t (ms) | "
+              f"ratio {both['threads']}t | refsnn {one['threads']}t (ms) | PyTorch {one['threads']}t (ms) | "
+              f"ratio {one['threads']}t |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in both["rows"]:
+        other = single.get((row["row"], row["arch"], row["batch"]))
+        lines.append(f"| {row['row']} | {row['arch']} | {row['batch']} | {row['T']} | {cells(row)} | {cells(other)} |")
+    lines += ["", "## Targets (issue 18) at both cores", ""]
+    for row in both["rows"]:
+        ratio = row["ratio_torch_over_refsnn"]
+        if ratio is None:
+            continue
+        goal = 1.5 if row["arch"] == "conv" and row["row"].startswith(("BPTT", "robust")) else 1.0
+        lines.append(f"- {row['row']} {row['arch']} batch {row['batch']}: {ratio:.2f}x, target >= {goal}x: "
+                     f"{'met' if ratio >= goal else 'NOT met'}")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

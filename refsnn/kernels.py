@@ -89,6 +89,10 @@ def use_event_driven(x2d: np.ndarray, kind: str, out_features: int = 0) -> bool:
     return density(x2d[::step]) < limit
 
 
+# Rows of a parallel block (``prange`` iterations are blocks, so per-block scratch is allocated once).
+_ROW_BLOCK = 16
+
+
 @numba.njit(cache=True)
 def _transpose_blocked(matrix, out):  # pragma: no cover - compiled
     """``out = matrix.T`` in 32 x 32 tiles (NumPy's strided copy is several times slower)."""
@@ -130,13 +134,23 @@ def add_rows(acc, matrix, index, count):  # pragma: no cover - compiled
         q += 1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, parallel=True)
 def _event_linear_forward(x2d, weight_t, bias, out):  # pragma: no cover - compiled
-    rows, n_in = x2d.shape
+    rows = x2d.shape[0]
+    for block in numba.prange((rows + _ROW_BLOCK - 1) // _ROW_BLOCK):
+        _event_linear_forward_rows(x2d, weight_t, bias, out, block * _ROW_BLOCK,
+                                   min(rows, (block + 1) * _ROW_BLOCK))
+
+
+@numba.njit(cache=True)
+def _event_linear_forward_rows(x2d, weight_t, bias, out, first, last):  # pragma: no cover - compiled
+    """Rows ``[first, last)`` of the event-driven ``Linear`` (each row on its own: any split of
+    the rows over threads gives the same result)."""
+    n_in = x2d.shape[1]
     n_out = weight_t.shape[1]
     acc = np.empty(n_out, dtype=out.dtype)
     active = np.empty(n_in, dtype=np.int64)
-    for n in range(rows):
+    for n in range(first, last):
         acc[:] = 0
         count = 0
         binary = True
@@ -172,7 +186,7 @@ def event_linear_forward(x2d: np.ndarray, weight: np.ndarray, bias: np.ndarray) 
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, parallel=True)
 def _event_conv_forward(x, weight_t, bias, geometry, out):  # pragma: no cover - compiled
     """Convolution visiting the non-zero inputs only; per sample an ``[OH, OW, O]`` accumulator.
 
@@ -183,9 +197,8 @@ def _event_conv_forward(x, weight_t, bias, geometry, out):  # pragma: no cover -
     kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w = geometry
     n_samples, channels, height, width = x.shape
     n_out = weight_t.shape[3]
-    acc = np.empty((out_h, out_w, n_out), dtype=out.dtype)
-    for n in range(n_samples):
-        acc[:] = 0
+    for n in numba.prange(n_samples):  # a sample's outputs depend on that sample only
+        acc = np.zeros((out_h, out_w, n_out), dtype=out.dtype)
         for c in range(channels):
             for y in range(height):
                 for xx in range(width):
@@ -220,7 +233,7 @@ def _event_conv_forward(x, weight_t, bias, geometry, out):  # pragma: no cover -
                     out[n, o, oy, ox] = acc[oy, ox, o] + bias[o]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, parallel=True)
 def _event_conv_forward_windows(x, weight_t, bias, geometry, out):  # pragma: no cover - compiled
     """Output-stationary variant for many input channels: per output position, the weight
     columns of the active inputs under its window are gathered and summed four at a time into
@@ -229,12 +242,12 @@ def _event_conv_forward_windows(x, weight_t, bias, geometry, out):  # pragma: no
     kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w = geometry
     n_samples, channels, height, width = x.shape
     n_out = weight_t.shape[3]
-    active = np.empty((height, width, channels), np.int64)   # active channels per input pixel
-    count = np.empty((height, width), np.int64)
-    binary = np.empty((height, width), np.bool_)
-    picked = np.empty((kernel_h * kernel_w * channels, 3), np.int64)  # (c, ky, kx) under a window
-    acc = np.empty(n_out, dtype=out.dtype)
-    for n in range(n_samples):
+    for n in numba.prange(n_samples):  # a sample's outputs depend on that sample only
+        active = np.empty((height, width, channels), np.int64)   # active channels per input pixel
+        count = np.empty((height, width), np.int64)
+        binary = np.empty((height, width), np.bool_)
+        picked = np.empty((kernel_h * kernel_w * channels, 3), np.int64)  # (c, ky, kx) under a window
+        acc = np.empty(n_out, dtype=out.dtype)
         count[:] = 0
         binary[:] = True
         for c in range(channels):
@@ -314,13 +327,23 @@ def event_conv_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, geom
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, parallel=True)
 def _event_weight_grad(x2d, grad_out, grad_weight_t):  # pragma: no cover - compiled
-    rows, n_in = x2d.shape
+    """Parallel over blocks of inputs ``i``: each block owns its rows of ``grad_weight_t`` and adds
+    the samples in order ``n = 0, 1, ...`` as the serial loop, whatever the thread count."""
+    n_in = x2d.shape[1]
+    for block in numba.prange((n_in + _ROW_BLOCK - 1) // _ROW_BLOCK):
+        _event_weight_grad_inputs(x2d, grad_out, grad_weight_t, block * _ROW_BLOCK,
+                                  min(n_in, (block + 1) * _ROW_BLOCK))
+
+
+@numba.njit(cache=True)
+def _event_weight_grad_inputs(x2d, grad_out, grad_weight_t, first, last):  # pragma: no cover - compiled
+    rows = x2d.shape[0]
     n_out = grad_out.shape[1]
     for n in range(rows):
         g = grad_out[n]
-        for i in range(n_in):
+        for i in range(first, last):
             value = x2d[n, i]
             if value != 0:
                 target = grad_weight_t[i]
@@ -344,19 +367,35 @@ def event_weight_grad(x2d: np.ndarray, grad_out: np.ndarray) -> np.ndarray:
 
 # --- fused LIF recurrence (eqs. 1-2) and its BPTT -----------------------------------------------
 
-@numba.njit(cache=True)
+# The LIF loops run over blocks of neurons in parallel: each neuron's recurrence over time is its
+# own (eqs. 1-2 couple a neuron only to its own past), so any split gives the same bits.
+_NEURON_BLOCK = 1024
+
+
+@numba.njit(cache=True, parallel=True)
 def _lif_forward(current, threshold, decay, fire_at_threshold, membrane, spike):  # pragma: no cover
     steps, size = current.shape
-    carried = np.zeros(size, dtype=current.dtype)
     one = current.dtype.type(1.0)
     zero = current.dtype.type(0.0)
+    for block in numba.prange((size + _NEURON_BLOCK - 1) // _NEURON_BLOCK):
+        first = block * _NEURON_BLOCK
+        last = min(size, first + _NEURON_BLOCK)
+        _lif_forward_block(current, threshold, decay, fire_at_threshold, membrane, spike, first, last,
+                           one, zero)
+
+
+@numba.njit(cache=True)
+def _lif_forward_block(current, threshold, decay, fire_at_threshold, membrane, spike, first, last, one,
+                       zero):  # pragma: no cover
+    steps = current.shape[0]
+    carried = np.zeros(last - first, dtype=current.dtype)
     for t in range(steps):
-        for j in range(size):
-            m = current[t, j] + carried[j]
+        for j in range(first, last):
+            m = current[t, j] + carried[j - first]
             membrane[t, j] = m
             s = one if fires_compiled(m, threshold, fire_at_threshold) else zero
             spike[t, j] = s
-            carried[j] = decay * m * (one - s)
+            carried[j - first] = decay * m * (one - s)
 
 
 def lif_forward_fused(current: np.ndarray, threshold: float, decay: float, firing: str = ">="):
@@ -372,41 +411,61 @@ def lif_forward_fused(current: np.ndarray, threshold: float, decay: float, firin
     return membrane.reshape(current.shape), spike.reshape(current.shape)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, parallel=True)
 def _lif_backward(membrane, spike, grad_spike, surrogate_derivative, decay, reset_grad,
                   grad_current):  # pragma: no cover - compiled
-    steps, size = membrane.shape
-    grad_next = np.zeros(size, dtype=membrane.dtype)
-    one = membrane.dtype.type(1.0)
-    for t in range(steps - 1, -1, -1):
-        for j in range(size):
-            grad_s = grad_spike[t, j]
-            if reset_grad:
-                grad_s = grad_s - decay * membrane[t, j] * grad_next[j]
-            grad_m = grad_s * surrogate_derivative[t, j] + decay * (one - spike[t, j]) * grad_next[j]
-            grad_current[t, j] = grad_m
-            grad_next[j] = grad_m
+    size = membrane.shape[1]
+    for block in numba.prange((size + _NEURON_BLOCK - 1) // _NEURON_BLOCK):
+        first = block * _NEURON_BLOCK
+        _lif_backward_block(membrane, spike, grad_spike, surrogate_derivative, decay, reset_grad,
+                            grad_current, first, min(size, first + _NEURON_BLOCK))
 
 
 @numba.njit(cache=True)
+def _lif_backward_block(membrane, spike, grad_spike, surrogate_derivative, decay, reset_grad,
+                        grad_current, first, last):  # pragma: no cover - compiled
+    steps = membrane.shape[0]
+    grad_next = np.zeros(last - first, dtype=membrane.dtype)
+    one = membrane.dtype.type(1.0)
+    for t in range(steps - 1, -1, -1):
+        for j in range(first, last):
+            grad_s = grad_spike[t, j]
+            if reset_grad:
+                grad_s = grad_s - decay * membrane[t, j] * grad_next[j - first]
+            grad_m = grad_s * surrogate_derivative[t, j] + decay * (one - spike[t, j]) * grad_next[j - first]
+            grad_current[t, j] = grad_m
+            grad_next[j - first] = grad_m
+
+
+@numba.njit(cache=True, parallel=True)
 def _lif_backward_rectangular(membrane, spike, grad_spike, threshold, half_width, height, decay, reset_grad,
                               grad_current):  # pragma: no cover - compiled
     """``_lif_backward`` with the rectangular surrogate evaluated inline: ``height`` where
     ``|m - th| < half_width`` (all in the membrane dtype, as ``Rectangular.derivative``), else 0."""
-    steps, size = membrane.shape
-    grad_next = np.zeros(size, dtype=membrane.dtype)
+    size = membrane.shape[1]
+    for block in numba.prange((size + _NEURON_BLOCK - 1) // _NEURON_BLOCK):
+        first = block * _NEURON_BLOCK
+        _lif_backward_rectangular_block(membrane, spike, grad_spike, threshold, half_width, height, decay,
+                                        reset_grad, grad_current, first, min(size, first + _NEURON_BLOCK))
+
+
+@numba.njit(cache=True)
+def _lif_backward_rectangular_block(membrane, spike, grad_spike, threshold, half_width, height, decay,
+                                    reset_grad, grad_current, first, last):  # pragma: no cover - compiled
+    steps = membrane.shape[0]
+    grad_next = np.zeros(last - first, dtype=membrane.dtype)
     one = membrane.dtype.type(1.0)
     zero = membrane.dtype.type(0.0)
     for t in range(steps - 1, -1, -1):
-        for j in range(size):
+        for j in range(first, last):
             m = membrane[t, j]
             derivative = height if abs(m - threshold) < half_width else zero
             grad_s = grad_spike[t, j]
             if reset_grad:
-                grad_s = grad_s - decay * m * grad_next[j]
-            grad_m = grad_s * derivative + decay * (one - spike[t, j]) * grad_next[j]
+                grad_s = grad_s - decay * m * grad_next[j - first]
+            grad_m = grad_s * derivative + decay * (one - spike[t, j]) * grad_next[j - first]
             grad_current[t, j] = grad_m
-            grad_next[j] = grad_m
+            grad_next[j - first] = grad_m
 
 
 def lif_backward_rectangular_fused(membrane: np.ndarray, spike: np.ndarray, grad_spike: np.ndarray,

@@ -166,11 +166,14 @@ def _conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
 # --- im2col / col2im kernels (Numba) ------------------------------------------------------------
 # Layout: ``cols[(c * kh + i) * kw + j, (n * OH + a) * OW + b] = x_padded[n, c, a * sh + i, b * sw + j]``,
 # one row per (channel, kernel offset), one column per (sample, output position). The convolution
-# is then ONE GEMM ``W[O, C*kh*kw] @ cols`` (BLAS), its weight gradient one GEMM with ``cols.T`` and
-# its adjoint one GEMM ``W.T @ grad`` followed by col2im. The kernels read and write channel-major
-# ``[C, N, H, W]`` copies of the images, so every row of ``cols`` is filled from one contiguous
-# channel plane in order (a sample-major walk jumps between rows ``N*OH*OW`` apart, which is slow
-# for large batches). Padding is handled by index ranges: no padded copy is made.
+# is then ONE GEMM ``W[O, C*kh*kw] @ cols`` (BLAS, over all time steps and samples at once) and
+# its weight gradient one GEMM with ``cols.T``; its adjoint is ``W.T @ grad`` followed by col2im,
+# per sample (``_conv_transpose_fused``). Padding is handled by index ranges: no padded copy.
+# The drivers run in parallel (``prange``; ``refsnn.threads`` sets the count): im2col one row of
+# ``cols`` per iteration, col2im one sample per iteration (a sample writes only its own image, so
+# no two threads add into the same pixel), and every input pixel receives
+# its kernel offsets' contributions in the serial order (channel, kernel row, kernel column), so
+# the result does not depend on the thread count.
 
 @numba.njit(cache=True)
 def _valid_range(offset, pad, stride, size, out_size):  # pragma: no cover
@@ -183,114 +186,91 @@ def _valid_range(offset, pad, stride, size, out_size):  # pragma: no cover
 
 
 @numba.njit(cache=True)
-def _im2col_channel(x_cnhw, cols, c, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                    out_h, out_w):  # pragma: no cover
-    n, height, width = x_cnhw.shape[1], x_cnhw.shape[2], x_cnhw.shape[3]
+def _im2col_row(x, cols, row, geometry):  # pragma: no cover
+    """Fills row ``row = (c * kh + i) * kw + j`` of ``cols`` from ``x [N, C, H, W]``, sample by sample
+    (contiguous writes along the row)."""
+    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w = geometry
+    height, width = x.shape[2], x.shape[3]
+    c = row // (kernel_h * kernel_w)
+    i = (row // kernel_w) % kernel_h
+    j = row % kernel_w
+    a_low, a_high = _valid_range(i, pad_h, stride_h, height, out_h)
+    b_low, b_high = _valid_range(j, pad_w, stride_w, width, out_w)
+    dst = cols[row]
     positions = out_h * out_w
-    for i in range(kernel_h):
-        a_low, a_high = _valid_range(i, pad_h, stride_h, height, out_h)
-        for j in range(kernel_w):
-            row = (c * kernel_h + i) * kernel_w + j
-            b_low, b_high = _valid_range(j, pad_w, stride_w, width, out_w)
-            dst = cols[row]
-            for sample in range(n):
-                src = x_cnhw[c, sample]
-                base = sample * positions
-                for a in range(out_h):
-                    start = base + a * out_w
-                    if a < a_low or a >= a_high:
-                        for b in range(out_w):
-                            dst[start + b] = 0
-                        continue
-                    y = a * stride_h - pad_h + i
-                    for b in range(b_low):
-                        dst[start + b] = 0
-                    for b in range(b_low, b_high):
-                        dst[start + b] = src[y, b * stride_w - pad_w + j]
-                    for b in range(max(b_high, b_low), out_w):
-                        dst[start + b] = 0
+    for sample in range(x.shape[0]):
+        src = x[sample, c]
+        base = sample * positions
+        for a in range(out_h):
+            start = base + a * out_w
+            if a < a_low or a >= a_high:
+                for b in range(out_w):
+                    dst[start + b] = 0
+                continue
+            y = a * stride_h - pad_h + i
+            for b in range(b_low):
+                dst[start + b] = 0
+            for b in range(b_low, b_high):
+                dst[start + b] = src[y, b * stride_w - pad_w + j]
+            for b in range(max(b_high, b_low), out_w):
+                dst[start + b] = 0
 
 
 @numba.njit(cache=True)
-def _col2im_channel(cols, image_cnhw, c, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                    out_h, out_w):  # pragma: no cover
-    n, height, width = image_cnhw.shape[1], image_cnhw.shape[2], image_cnhw.shape[3]
-    positions = out_h * out_w
-    for i in range(kernel_h):
-        a_low, a_high = _valid_range(i, pad_h, stride_h, height, out_h)
-        for j in range(kernel_w):
-            row = (c * kernel_h + i) * kernel_w + j
-            b_low, b_high = _valid_range(j, pad_w, stride_w, width, out_w)
-            src = cols[row]
-            for sample in range(n):
-                dst = image_cnhw[c, sample]
-                base = sample * positions
+def _col2im_sample(cols, start_column, dst_sample, geometry):  # pragma: no cover
+    """Adds the columns ``start_column + [0, OH*OW)`` of ``cols`` into one image ``[C, H, W]``:
+    the col2im rule, shared by the batched adjoint and the per-sample fused adjoint."""
+    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w = geometry
+    channels, height, width = dst_sample.shape
+    for c in range(channels):
+        dst = dst_sample[c]
+        for i in range(kernel_h):
+            a_low, a_high = _valid_range(i, pad_h, stride_h, height, out_h)
+            for j in range(kernel_w):
+                src = cols[(c * kernel_h + i) * kernel_w + j]
+                b_low, b_high = _valid_range(j, pad_w, stride_w, width, out_w)
                 for a in range(a_low, a_high):
                     y = a * stride_h - pad_h + i
-                    start = base + a * out_w
+                    start = start_column + a * out_w
                     for b in range(b_low, b_high):
                         dst[y, b * stride_w - pad_w + j] += src[start + b]
 
 
-# The drivers are serial on purpose: a threaded (prange) driver ran on Numba's OpenMP layer,
-# whose idle workers spin after each parallel region and then compete with OpenBLAS's threads
-# for the same cores; the GEMMs around these kernels, not the kernels, are worth the threads.
-@numba.njit(cache=True)
-def _im2col_serial(x_cnhw, cols, geometry):  # pragma: no cover
-    for c in range(x_cnhw.shape[0]):
-        _im2col_channel(x_cnhw, cols, c, *geometry)
+@numba.njit(cache=True, parallel=True)
+def _im2col_parallel(x, cols, geometry):  # pragma: no cover
+    for row in numba.prange(cols.shape[0]):
+        _im2col_row(x, cols, row, geometry)
 
 
-@numba.njit(cache=True)
-def _col2im_serial(cols, image_cnhw, geometry):  # pragma: no cover
-    for c in range(image_cnhw.shape[0]):
-        _col2im_channel(cols, image_cnhw, c, *geometry)
+# Samples per parallel block of the fused adjoint (one ``cols`` scratch per block).
+_TRANSPOSE_BLOCK = 8
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, parallel=True)
 def _conv_transpose_fused(grad3, weight_t, image, geometry):  # pragma: no cover
     """Adjoint of a convolution, one sample at a time: ``cols = W.T @ grad[n]`` (``[C*kh*kw, OH*OW]``,
     cache-sized) then col2im into ``image[n]`` (zeroed by the caller).
 
     ``grad3 [N, O, OH*OW]``, ``weight_t [C*kh*kw, O]`` (both contiguous), ``image [N, C, H, W]``.
-    Every input pixel receives its kernel offsets' contributions in the same order as
-    ``_col2im`` (channel, then kernel row, then kernel column), without the ``[O, N*OH*OW]`` and
-    ``[C, N, H, W]`` layout copies of the one-GEMM path.
+    Blocks of samples run in parallel (a sample writes only its own image); each ``np.dot`` is
+    SciPy's single-threaded OpenBLAS (``refsnn.threads``), so a sample's values do not depend on the
+    thread count. No ``[C*kh*kw, N*OH*OW]`` temporary: the training backward and back-substitution
+    share this one adjoint.
     """
-    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w = geometry
-    n, channels, height, width = image.shape
-    cols = np.empty((weight_t.shape[0], out_h * out_w), dtype=image.dtype)
-    for sample in range(n):
-        np.dot(weight_t, grad3[sample], cols)
-        dst_sample = image[sample]
-        for c in range(channels):
-            dst = dst_sample[c]
-            for i in range(kernel_h):
-                a_low, a_high = _valid_range(i, pad_h, stride_h, height, out_h)
-                for j in range(kernel_w):
-                    src = cols[(c * kernel_h + i) * kernel_w + j]
-                    b_low, b_high = _valid_range(j, pad_w, stride_w, width, out_w)
-                    for a in range(a_low, a_high):
-                        y = a * stride_h - pad_h + i
-                        start = a * out_w
-                        for b in range(b_low, b_high):
-                            dst[y, b * stride_w - pad_w + j] += src[start + b]
+    n = image.shape[0]
+    for block in numba.prange((n + _TRANSPOSE_BLOCK - 1) // _TRANSPOSE_BLOCK):
+        cols = np.empty((weight_t.shape[0], geometry[6] * geometry[7]), dtype=image.dtype)
+        for sample in range(block * _TRANSPOSE_BLOCK, min(n, (block + 1) * _TRANSPOSE_BLOCK)):
+            np.dot(weight_t, grad3[sample], cols)
+            _col2im_sample(cols, 0, image[sample], geometry)
 
 
 def _im2col(x: np.ndarray, *geometry) -> np.ndarray:
     """``x [N, C, H, W]`` -> ``cols [C*kh*kw, N*OH*OW]``; ``geometry = (kh, kw, sh, sw, ph, pw, OH, OW)``."""
     kernel_h, kernel_w, out_h, out_w = geometry[0], geometry[1], geometry[6], geometry[7]
-    x_cnhw = np.ascontiguousarray(x.transpose(1, 0, 2, 3))
     cols = np.empty((x.shape[1] * kernel_h * kernel_w, x.shape[0] * out_h * out_w), dtype=x.dtype)
-    _im2col_serial(x_cnhw, cols, tuple(int(g) for g in geometry))
+    _im2col_parallel(np.ascontiguousarray(x), cols, tuple(int(g) for g in geometry))
     return cols
-
-
-def _col2im(cols: np.ndarray, n: int, channels: int, height: int, width: int, *geometry) -> np.ndarray:
-    """Adjoint of :func:`_im2col`: sums ``cols`` back into ``[N, C, H, W]``."""
-    image_cnhw = np.zeros((channels, n, height, width), dtype=cols.dtype)
-    _col2im_serial(np.ascontiguousarray(cols), image_cnhw, tuple(int(g) for g in geometry))
-    return np.ascontiguousarray(image_cnhw.transpose(1, 0, 2, 3))
 
 
 def _scatter_windows(cols: np.ndarray, input_shape: Shape, kernel, stride, padding) -> np.ndarray:
@@ -395,14 +375,6 @@ class Conv2d(Layer):
             return kernels.event_conv_forward(x, self.weight, self.bias, self._geometry(x.shape))
         return self._linear(x, self.weight, self.bias)
 
-    def _input_from_rows(self, grad_rows: np.ndarray, n: int) -> np.ndarray:
-        """Adjoint of the linear part from ``[O, N*OH*OW]`` rows: ``col2im(W^T @ rows)``."""
-        input_shape = self._require_input_shape()
-        weight = self.weight.reshape(self.weight.shape[0], -1).astype(grad_rows.dtype, copy=False)
-        grad_cols = weight.T @ grad_rows
-        return _col2im(grad_cols, n, input_shape[0], input_shape[1], input_shape[2],
-                       *self._geometry(input_shape))
-
     def transpose(self, coef):
         """Adjoint ``[N, O, OH, OW] -> [N, C, H, W]`` of the linear part (per-sample GEMM + col2im)."""
         coef = np.asarray(coef)
@@ -441,7 +413,7 @@ class Conv2d(Layer):
         grad_rows = self._rows(grad_out, dtype)
         cols = self._cols(x, dtype)
         grads = self._param_grads(cols, grad_rows)
-        # the input gradient by the fused per-sample adjoint (cache-sized GEMM + col2im)
+        # the input gradient by the fused per-sample adjoint (cache-sized GEMM + col2im, in parallel)
         return self.transpose(np.asarray(grad_out, dtype=dtype)), grads
 
     def interval(self, lower, upper):

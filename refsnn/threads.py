@@ -1,0 +1,119 @@
+"""The one thread-count knob: Numba's parallel kernels and NumPy's OpenBLAS.
+
+``set_num_threads(n)`` sets the threads of Numba's ``prange`` loops (``numba.set_num_threads``)
+and of the OpenBLAS bundled with NumPy (the GEMMs of ``refsnn.layers``). The OpenBLAS bundled
+with SciPy, which Numba's ``np.dot`` calls per sample inside parallel kernels, always runs on one
+thread (set when ``refsnn`` is imported), so compute never runs on more threads than asked.
+The environment variable ``REFSNN_NUM_THREADS`` is applied when ``refsnn`` is imported; unset, each
+library keeps its own default (all cores, or what ``NUMBA_NUM_THREADS``/``OPENBLAS_NUM_THREADS``
+say, as in the single-threaded Dask workers of ``refsnn.parallel``).
+
+Numba cannot go above the count it started with (``NUMBA_NUM_THREADS``, default all cores), so
+that is the upper end of the allowed range. Results do not depend on the thread count: the
+parallel kernels split work so that every sum keeps its serial order (see ``refsnn.kernels``).
+"""
+from __future__ import annotations
+
+import ctypes
+import glob
+import numbers
+import os
+from typing import Dict, List, Optional
+
+import numba
+
+ENV_VARIABLE = "REFSNN_NUM_THREADS"
+
+# Numba's parallel loops run on its "workqueue" layer unless NUMBA_THREADING_LAYER says otherwise:
+# the OpenMP layer's idle workers spin after each parallel region and take the cores from
+# OpenBLAS's threads and from the next region (measured on the shared 2-core VM at load ~15, FC
+# forward batch 64 at 2 threads: OpenMP 198 ms, OpenMP with OMP_WAIT_POLICY=passive 93 ms,
+# workqueue 52 ms). Set before any parallel kernel runs (the layer starts on the first launch).
+if not os.environ.get("NUMBA_THREADING_LAYER"):
+    numba.config.THREADING_LAYER = "workqueue"
+
+
+class ThreadCountError(ValueError):
+    """A thread count outside ``[1, max_threads()]`` or not an integer."""
+
+
+def max_threads() -> int:
+    """The largest count allowed: the threads Numba started with (``NUMBA_NUM_THREADS``)."""
+    return int(numba.config.NUMBA_NUM_THREADS)
+
+
+_BLAS_SETTERS: Optional[Dict[str, List[ctypes._CFuncPtr]]] = None
+
+
+def _blas_setters() -> Dict[str, List[ctypes._CFuncPtr]]:
+    """``openblas_set_num_threads`` of the OpenBLAS bundled with NumPy and of the one bundled with
+    SciPy (loaded ones are reused), by bundle name."""
+    global _BLAS_SETTERS
+    if _BLAS_SETTERS is None:
+        import numpy
+
+        site = os.path.dirname(os.path.dirname(numpy.__file__))
+        setters: Dict[str, List[ctypes._CFuncPtr]] = {"numpy": [], "scipy": []}
+        for bundle in setters:
+            for path in sorted(glob.glob(os.path.join(site, f"{bundle}.libs", "*openblas*.so*"))):
+                try:
+                    library = ctypes.CDLL(path)
+                except OSError:
+                    continue
+                for symbol in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                               "openblas_set_num_threads64_", "openblas_set_num_threads"):
+                    setter = getattr(library, symbol, None)
+                    if setter is not None:
+                        setter.argtypes, setter.restype = [ctypes.c_int], None
+                        setters[bundle].append(setter)
+                        break
+        _BLAS_SETTERS = setters
+    return _BLAS_SETTERS
+
+
+def single_thread_kernel_blas() -> None:
+    """SciPy's OpenBLAS on one thread: only Numba's ``np.dot`` calls it, on small per-sample
+    products inside kernels that are parallel themselves (a threaded BLAS there would put
+    n x n threads on n cores; measured: the CONV adjoint 8x slower at 2 threads)."""
+    for setter in _blas_setters()["scipy"]:
+        setter(1)
+
+
+def _parse(value, name: str) -> int:
+    limit = max_threads()
+    count = None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        count = int(value)
+    elif isinstance(value, str) and value.strip().isdigit():
+        count = int(value.strip())
+    if count is None or not 1 <= count <= limit:
+        raise ThreadCountError(f"{name} must be an integer in [1, {limit}] (the threads Numba started with, "
+                               f"NUMBA_NUM_THREADS), got {value!r}")
+    return count
+
+
+def set_num_threads(n: int) -> int:
+    """Runs Numba's parallel loops and NumPy's/SciPy's OpenBLAS on ``n`` threads; returns ``n``.
+
+    ``n`` must be an integer in ``[1, max_threads()]``; otherwise ``ThreadCountError`` (a ValueError).
+    """
+    count = _parse(n, "the thread count")
+    numba.set_num_threads(count)
+    for setter in _blas_setters()["numpy"]:
+        setter(count)
+    single_thread_kernel_blas()
+    return count
+
+
+def get_num_threads() -> int:
+    """The thread count of Numba's parallel loops (the one the knob last set)."""
+    return int(numba.get_num_threads())
+
+
+def apply_environment() -> Optional[int]:
+    """Applies ``REFSNN_NUM_THREADS`` if it is set (called when ``refsnn`` is imported)."""
+    single_thread_kernel_blas()
+    value = os.environ.get(ENV_VARIABLE)
+    if value is None or value == "":
+        return None
+    return set_num_threads(_parse(value, ENV_VARIABLE))

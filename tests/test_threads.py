@@ -1,0 +1,85 @@
+"""The thread-count knob (refsnn.threads) and thread-count independence of the CONV BPTT step."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+import refsnn
+from refsnn.architectures import build_network
+from refsnn.losses import rate_cross_entropy
+from refsnn.threads import ThreadCountError, max_threads, set_num_threads
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def restore_threads():
+    before = numba.get_num_threads()
+    yield
+    set_num_threads(before)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 10_000, "two", "", 1.5, 2.0, True, None])
+def test_bad_thread_counts_are_refused_in_one_line(bad, restore_threads):
+    before = numba.get_num_threads()
+    with pytest.raises(ValueError) as raised:
+        set_num_threads(bad)
+    assert isinstance(raised.value, ThreadCountError)
+    message = str(raised.value)
+    assert "\n" not in message and f"[1, {max_threads()}]" in message and "thread count" in message
+    assert numba.get_num_threads() == before  # nothing changed
+
+
+def test_knob_sets_numba_threads(restore_threads):
+    assert refsnn.set_num_threads(1) == 1
+    assert numba.get_num_threads() == 1 and refsnn.get_num_threads() == 1
+    top = max_threads()
+    assert refsnn.set_num_threads(top) == top
+    assert numba.get_num_threads() == top
+
+
+def _import_with(value: str):
+    env = dict(os.environ, REFSNN_NUM_THREADS=value, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-c", "import numba, refsnn; print(numba.get_num_threads())"],
+                          env=env, capture_output=True, text=True, cwd=REPO)
+
+
+def test_environment_variable_is_applied_on_import():
+    done = _import_with("1")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"
+    bad = _import_with("0")
+    assert bad.returncode != 0
+    assert "REFSNN_NUM_THREADS must be an integer in [1, " in bad.stderr.strip().splitlines()[-1]
+
+
+def _conv_step(net, spikes, labels):
+    trace = net.run(spikes, validate=False)
+    _, grad_rates = rate_cross_entropy(trace.rates, labels)
+    grads, grad_input = net.backward(trace, grad_rates, input_grad=True)
+    return trace, grads, grad_input
+
+
+@pytest.mark.skipif(max_threads() < 2, reason="needs Numba started with at least 2 threads")
+def test_conv_step_same_at_one_and_two_threads(restore_threads):
+    # T * B = 40 rows: above the event kernels' minimum, several prange blocks per kernel
+    net = build_network("conv", (1, 28, 28), seed=3, dtype=np.float32)
+    rng = np.random.default_rng(7)
+    spikes = (rng.random((5, 8, 1, 28, 28)) < 0.15).astype(np.float32)
+    labels = rng.integers(0, 10, 8)
+    set_num_threads(1)
+    trace1, grads1, input1 = _conv_step(net, spikes, labels)
+    set_num_threads(2)
+    trace2, grads2, input2 = _conv_step(net, spikes, labels)
+    for spike1, spike2 in zip(trace1.spikes, trace2.spikes):
+        assert np.array_equal(spike1, spike2)
+    for membrane1, membrane2 in zip(trace1.membranes, trace2.membranes):
+        np.testing.assert_allclose(membrane1, membrane2, rtol=0, atol=1e-5)
+    # float32 summation-order tolerance (BLAS may split sums differently with more threads)
+    for grad1, grad2 in zip(grads1 + [input1], grads2 + [input2]):
+        scale = np.abs(grad1).max() + 1e-30
+        assert np.abs(grad1 - grad2).max() <= 1e-5 * scale
