@@ -24,13 +24,13 @@ import numba
 
 ENV_VARIABLE = "REFSNN_NUM_THREADS"
 
-# Numba's parallel loops run on its "workqueue" layer unless NUMBA_THREADING_LAYER says otherwise:
-# the OpenMP layer's idle workers spin after each parallel region and take the cores from
-# OpenBLAS's threads and from the next region (measured on the shared 2-core VM at load ~15, FC
-# forward batch 64 at 2 threads: OpenMP 198 ms, OpenMP with OMP_WAIT_POLICY=passive 93 ms,
-# workqueue 52 ms). Set before any parallel kernel runs (the layer starts on the first launch).
-if not os.environ.get("NUMBA_THREADING_LAYER"):
-    numba.config.THREADING_LAYER = "workqueue"
+# Numba picks its threading layer as usual (TBB, else OpenMP, else workqueue); the first two are
+# thread-safe, so refsnn may be called from several Python threads at once (workqueue aborts the
+# process then: tests/test_threads.py). OpenMP's idle workers wait passively unless the user says
+# otherwise: spinning workers took the cores from OpenBLAS's threads and from the next parallel
+# region (FC forward batch 64 at 2 threads on the shared 2-core VM at load ~15: spinning 198 ms,
+# passive 93 ms). Set before any parallel kernel runs (OpenMP reads it when it starts).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 class ThreadCountError(ValueError):

@@ -57,6 +57,45 @@ def test_environment_variable_is_applied_on_import():
     assert "REFSNN_NUM_THREADS must be an integer in [1, " in bad.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize("command", ["refsnn.train", "refsnn.certify", "verify.dataset"])
+def test_a_bad_environment_value_is_a_command_lines_one_line_error(command):
+    env = dict(os.environ, REFSNN_NUM_THREADS="two", PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-m", command, "--help"], env=env, capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == ["error: REFSNN_NUM_THREADS must be an integer in "
+                                        f"[1, {max_threads()}] (the threads Numba started with, "
+                                        "NUMBA_NUM_THREADS), got 'two'"]
+
+
+CONCURRENT_CALLERS = """
+from concurrent.futures import ThreadPoolExecutor
+import numpy as np
+from refsnn import set_num_threads
+from refsnn.architectures import build_network
+set_num_threads(2)
+net = build_network("conv", (1, 28, 28), seed=0)
+x = (np.random.default_rng(0).random((4, 8, 1, 28, 28)) < 0.3).astype(np.float32)
+def work(i):
+    for _ in range(3):
+        net.forward(x)
+    return i
+with ThreadPoolExecutor(2) as pool:
+    print(sorted(pool.map(work, range(4))))
+"""
+
+
+@pytest.mark.skipif(max_threads() < 2, reason="needs Numba started with at least 2 threads")
+def test_parallel_kernels_may_be_called_from_several_python_threads():
+    """A web server or a threaded Dask worker calls refsnn from several threads at once: Numba's
+    workqueue layer aborts the process then, so refsnn must not force it."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("NUMBA_THREADING_LAYER", None)
+    done = subprocess.run([sys.executable, "-c", CONCURRENT_CALLERS], env=env, capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "[0, 1, 2, 3]", done.stderr[-500:]
+
+
 def _conv_step(net, spikes, labels):
     trace = net.run(spikes, validate=False)
     _, grad_rates = rate_cross_entropy(trace.rates, labels)
