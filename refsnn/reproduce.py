@@ -52,8 +52,8 @@ from .robust import DEFAULT_EPS
 from .reproduce_config import (ARCHS, DATASETS, DEFAULT_OUT, PAPER_REFERENCE, PRESETS, ReproduceConfig,  # noqa: F401
                                ReproduceConfigError, ReproducePreset, _OUTPUT, _PAPER_TABLE2_ROWS, _TABLE2_FIELDS,
                                _log, eps_key, load_paper_values, paper_reduction)
-from .reproduce_tables import (_best_error, _crown_error, _order, _read_text, merge_table1,  # noqa: F401
-                               merge_table2, render_figure5, render_figure6, render_sweep_md, render_table1,
+from .reproduce_tables import (_best_error, _crown_error, _order, _read_text, add_untrained_settings,  # noqa: F401
+                               merge_table1, merge_table2, render_figure5, render_figure6, render_sweep_md, render_table1,
                                render_table2, smoke_line, sweep_table)
 
 
@@ -378,10 +378,11 @@ def _run_and_render(config: ReproduceConfig, preset: ReproducePreset, paper: Dic
             _log(f"{dataset}-{arch} done in {time.perf_counter() - started:.0f} s")
     outputs: Dict[str, Any] = {"skipped": skipped}
     if settings:
-        atomic_write_text(root / "table1.md", merge_table1(render_table1(settings, preset, paper),
-                                                           _read_text(root / "table1.md")))
-        atomic_write_text(root / "table2.md", merge_table2(render_table2(settings, preset, paper),
-                                                           _read_text(root / "table2.md")))
+        table1, table2 = add_untrained_settings(
+            merge_table1(render_table1(settings, preset, paper), _read_text(root / "table1.md")),
+            merge_table2(render_table2(settings, preset, paper), _read_text(root / "table2.md")), preset, paper)
+        atomic_write_text(root / "table1.md", table1)
+        atomic_write_text(root / "table2.md", table2)
         for dataset in dict.fromkeys(s["dataset"] for s in settings):
             figure = render_figure6(settings, dataset, root / f"figure6_{dataset}.png", preset)
             outputs[f"figure6_{dataset}"] = str(figure) if figure else None
