@@ -26,7 +26,7 @@ network (``build_network("conv")``), and with ``--protocol`` the whole protocol 
 (plain and robust MNIST FC, the paper's 4 eps, 300 samples, paper + strongest) old serial vs new on
 ``--workers`` processes, checking that every row (errors, per-sample outcomes) is identical:
 
-    python benchmarks/bench_attacks.py --throughput [--protocol] [--protocol-n 300] [--workers 2] [--reps 3]
+    python benchmarks/bench_attacks.py --throughput [--protocol | --protocol-only] [--protocol-n 300] [--workers 2] [--reps 3]
         [--n-fc 100] [--n-conv 20] [--out runs/bench_attacks/throughput.json]
 """
 from __future__ import annotations
@@ -217,7 +217,7 @@ def throughput(args) -> int:
     robust = str(Path(repo) / "results/budget/mnist-fc/robust/model.h5")
     report = {"command": "python benchmarks/bench_attacks.py " + " ".join(sys.argv[1:]), "old": args.old,
               "load_average_at_start": list(os.getloadavg()), "rows": []}
-    cases = [("fc", {"plain": fc}, args.n_fc), ("conv", {"untrained": "conv"}, args.n_conv)]
+    cases = [] if args.protocol_only else [("fc", {"plain": fc}, args.n_fc), ("conv", {"untrained": "conv"}, args.n_conv)]
     for arch, models, n in cases:
         for attack in ("paper", "strongest"):
             attacks = ["paper", "strongest"] if attack == "strongest" else ["paper"]
@@ -240,7 +240,7 @@ def throughput(args) -> int:
                 + f"; ratio new/old {median['old'] / median['new']:.2f}x serial, "
                 f"{median['old'] / median[f'new --workers {args.workers}']:.2f}x with {args.workers} workers; "
                 f"rows identical: {same}", flush=True)
-    if args.protocol:
+    if args.protocol or args.protocol_only:
         job = {"n": args.protocol_n, "models": {"plain": fc, "robust": robust}, "attacks": ["paper", "strongest"],
                "eps": [0.104, 0.124, 0.140, 0.154], "fresh_draws": 5}
         old_run = _timed_job(old, dict(job, workers=0))
@@ -288,6 +288,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n-fc", type=int, default=100)
     parser.add_argument("--n-conv", type=int, default=20)
     parser.add_argument("--protocol-n", type=int, default=300, help="with --protocol: samples (300 = the committed table)")
+    parser.add_argument("--protocol-only", action="store_true", help="with --throughput: only the whole-protocol timing")
     args = parser.parse_args(argv)
     if args.throughput:
         return throughput(args)
