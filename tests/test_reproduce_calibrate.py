@@ -70,3 +70,19 @@ def test_settings_without_a_run_get_paper_cells_and_never_replace_a_run():
     assert [h.split(" (")[0] for h in headings] == ["## MNIST FC", "## MNIST CONV", "## FMNIST FC", "## FMNIST CONV",
                                                     "## N-MNIST FC", "## N-MNIST CONV"]
     assert new2.rstrip().endswith("Paper headline (abstract): x.")
+
+
+def test_fresh_draw_rescoring_is_its_own_labelled_table_beside_the_paper_cells():
+    from refsnn.reproduce_tables import _fresh_section, _rows
+
+    rows = [dict(_row("plain", 0.04, 0.1, 0.4, 0.2), original_error_fresh=0.12),
+            dict(_row("robust", 0.04, 0.1, 0.3, 0.15), original_error_fresh=0.11)]
+    attack = {"rows": rows}
+    setting = {"attack_eps": [0.04]}
+    cells = rp.PAPER_REFERENCE["table2_cells"]["fmnist-fc"]
+    lines = _fresh_section(setting, _rows(attack, "plain", "paper"), _rows(attack, "robust", "paper"), cells, "*")
+    assert "`--scoring fresh`, not the paper's scoring" in lines[1]
+    assert lines[-1] == "| 0.04 | 12.0 / 20.0* | 11.0 / 15.0* | 5.0* | 20.7 / 20.0 |"
+    spikes = [dict(row, attack_error_fresh=None) for row in rows]
+    assert _fresh_section(setting, _rows({"rows": spikes}, "plain", "paper"),
+                          _rows({"rows": spikes}, "robust", "paper"), cells, "*") == []
