@@ -17,6 +17,17 @@ robust sample; the bounds never certify a misclassifiable one), plus seconds per
 (method "best") at that eps on the protocol's evaluation rand maps must all have survived the
 attack (a violation is a bug in one of the two), and the attack error cannot exceed the
 verified error bound (1 - certified fraction).
+
+``--throughput`` instead times the Table 2 protocol (``refsnn.attacks.protocol.run_protocol``) of an
+old source tree (default: revision 8e6f9e7, extracted with ``git archive``) against this tree, in
+worker processes started one after the other in the same run: samples per second of the paper
+attack and of the ``strongest`` ensemble on the committed MNIST FC model and on an untrained CONV
+network (``build_network("conv")``), and with ``--protocol`` the whole protocol of one setting
+(plain and robust MNIST FC, the paper's 4 eps, 300 samples, paper + strongest) old serial vs new on
+``--workers`` processes, checking that every row (errors, per-sample outcomes) is identical:
+
+    python benchmarks/bench_attacks.py --throughput [--protocol | --protocol-only] [--protocol-n 300] [--workers 2] [--reps 3]
+        [--n-fc 100] [--n-conv 20] [--out runs/bench_attacks/throughput.json]
 """
 from __future__ import annotations
 
@@ -141,6 +152,127 @@ def bounds_check(table_path: str, out: str = None, batch: int = 50) -> int:
     return 1 if violations else 0
 
 
+THROUGHPUT_WORKER = r"""
+import json, os, sys, time
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from refsnn.attacks.protocol import ProtocolConfig, run_protocol, select_samples
+from refsnn.data import load_dataset
+from refsnn.io import load_model
+from refsnn.architectures import build_network
+job = json.loads(sys.argv[2])
+x_all, y_all = load_dataset("mnist", "test", T=10)
+idx = select_samples(len(y_all), job["n"], 0)
+x = np.asarray(x_all[idx], dtype=np.float64)
+y = np.asarray(y_all[idx], dtype=np.int64)
+models = {}
+for name, path in job["models"].items():
+    models[name] = build_network("conv", (1, 28, 28), seed=0, dtype=np.float32) if path == "conv" else load_model(path)
+config = ProtocolConfig(attacks=job["attacks"], eps=job["eps"], kind="digital", T=10, seed=0,
+                        fresh_draws=job["fresh_draws"], batch_size=100)
+scheduler = None
+started = time.perf_counter()
+if job["workers"]:
+    from refsnn.parallel import dask_client
+    with dask_client(job["workers"]) as client:
+        rows = run_protocol(models, x, y, config, scheduler=client)
+else:
+    rows = run_protocol(models, x, y, config)
+wall = time.perf_counter() - started
+from dataclasses import asdict
+print(json.dumps({"wall": wall, "cpu": time.process_time(),
+                  "rows": [{k: v for k, v in asdict(r).items() if k != "seconds"} for r in rows]}))
+"""
+
+
+def _tree(revision: str) -> str:
+    """The source tree of ``revision`` (``git archive``) under runs/bench_attacks/, extracted once."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    target = repo / "runs" / "bench_attacks" / f"tree-{revision}"
+    if not (target / "refsnn").is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(repo), "archive", revision, "refsnn"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return str(target)
+
+
+def _timed_job(tree: str, job: dict) -> dict:
+    import subprocess
+
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([sys.executable, "-c", THROUGHPUT_WORKER, tree, json.dumps(job)], check=True,
+                          capture_output=True, text=True, env=env)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def throughput(args) -> int:
+    """Old vs new samples per second (module docstring); prints ratios measured in this one run."""
+    repo = str(Path(__file__).resolve().parents[1])
+    old = _tree(args.old)
+    fc = str(Path(repo) / "results/budget/mnist-fc/plain/model.h5")
+    robust = str(Path(repo) / "results/budget/mnist-fc/robust/model.h5")
+    report = {"command": "python benchmarks/bench_attacks.py " + " ".join(sys.argv[1:]), "old": args.old,
+              "load_average_at_start": list(os.getloadavg()), "rows": []}
+    cases = [] if args.protocol_only else [("fc", {"plain": fc}, args.n_fc), ("conv", {"untrained": "conv"}, args.n_conv)]
+    for arch, models, n in cases:
+        for attack in ("paper", "strongest"):
+            attacks = ["paper", "strongest"] if attack == "strongest" else ["paper"]
+            job = {"n": n, "models": models, "attacks": attacks, "eps": [0.124], "fresh_draws": 0}
+            walls = {"old": [], "new": [], f"new --workers {args.workers}": []}
+            outcome = {}
+            for _ in range(args.reps):  # alternate, so that every side sees the same load
+                for side, tree, workers in (("old", old, 0), ("new", repo, 0),
+                                            (f"new --workers {args.workers}", repo, args.workers)):
+                    result = _timed_job(tree, dict(job, workers=workers))
+                    walls[side].append(result["wall"])
+                    outcome[side] = result["rows"]
+            same = all(rows == outcome["old"] for rows in outcome.values())
+            median = {side: float(np.median(w)) for side, w in walls.items()}
+            row = {"arch": arch, "attack": attack, "n": n, "eps": 0.124, "wall_median_s": median,
+                   "samples_per_s": {side: n / m for side, m in median.items()}, "identical_rows": same}
+            report["rows"].append(row)
+            print(f"{arch} {attack:9s} n={n}: samples/s " + ", ".join(
+                f"{side} {n / m:.2f}" for side, m in median.items())
+                + f"; ratio new/old {median['old'] / median['new']:.2f}x serial, "
+                f"{median['old'] / median[f'new --workers {args.workers}']:.2f}x with {args.workers} workers; "
+                f"rows identical: {same}", flush=True)
+    if args.protocol or args.protocol_only:
+        job = {"n": args.protocol_n, "models": {"plain": fc, "robust": robust}, "attacks": ["paper", "strongest"],
+               "eps": [0.104, 0.124, 0.140, 0.154], "fresh_draws": 5}
+        old_run = _timed_job(old, dict(job, workers=0))
+        new_run = _timed_job(repo, dict(job, workers=args.workers))
+        same = old_run["rows"] == new_run["rows"]
+        committed = json.loads((Path(repo) / "results/budget/mnist-fc/attack/table.json").read_text())["rows"]
+        keys = ("model", "attack", "eps", "original_error", "attack_error", "adv_wrong", "attack_error_fresh")
+        # the committed table has 300 samples: comparable only for the whole protocol
+        as_committed = ([{k: r[k] for k in keys} for r in committed] == [{k: r[k] for k in keys}
+                                                                          for r in new_run["rows"]]
+                        if args.protocol_n == 300 else None)
+        row = {"protocol": f"MNIST FC plain + robust, eps 0.104/0.124/0.140/0.154, {args.protocol_n} samples, "
+                           "paper + strongest, batch 100",
+               "old_serial_s": old_run["wall"], "new_s": new_run["wall"], "new_workers": args.workers,
+               "speedup": old_run["wall"] / new_run["wall"], "identical_rows": same,
+               "identical_to_committed_table": as_committed}
+        report["protocol"] = row
+        print(f"Table 2 protocol (one setting, 2 models x 4 eps x {args.protocol_n} samples, paper + strongest): old serial "
+              f"{old_run['wall']:.0f} s, new with {args.workers} workers {new_run['wall']:.0f} s: "
+              f"{row['speedup']:.2f}x; rows identical: {same}; identical to results/budget/mnist-fc/attack: "
+              f"{as_committed}", flush=True)
+    report["load_average_at_end"] = list(os.getloadavg())
+    report["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                         "python": platform.python_version(), "numpy": np.__version__}
+    out = Path(args.out or "runs/bench_attacks/throughput.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"load average {report['load_average_at_start']} -> {report['load_average_at_end']}; wrote {out}")
+    return 0 if all(r["identical_rows"] for r in report["rows"]) and report.get("protocol", {}).get(
+        "identical_rows", True) else 1
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bounds-check", metavar="TABLE_JSON", help="cross-check a Table 2 run with the bounds")
@@ -148,7 +280,18 @@ def main(argv=None) -> int:
     parser.add_argument("--eps", default="0.2,0.4")
     parser.add_argument("--time-limit", type=float, default=20.0)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--throughput", action="store_true", help="old vs new samples per second")
+    parser.add_argument("--protocol", action="store_true", help="with --throughput: one whole Table 2 setting")
+    parser.add_argument("--old", default="8e6f9e7", help="with --throughput: the old revision")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--n-fc", type=int, default=100)
+    parser.add_argument("--n-conv", type=int, default=20)
+    parser.add_argument("--protocol-n", type=int, default=300, help="with --protocol: samples (300 = the committed table)")
+    parser.add_argument("--protocol-only", action="store_true", help="with --throughput: only the whole-protocol timing")
     args = parser.parse_args(argv)
+    if args.throughput:
+        return throughput(args)
     if args.bounds_check:
         return bounds_check(args.bounds_check, args.out)
     from refsnn.bounds import certify

@@ -72,6 +72,7 @@ VOCABULARY = {
     "--scheduler": "run the chunks on the Dask cluster",
     "--set": "input set",
     "--split": "data split",
+    "--scoring": "draw the attack error is scored on",
 }
 
 #: Flags whose meaning is the command's own (each help says which kind): ``--method`` is the

@@ -153,33 +153,71 @@ class ProtocolRow:
     adv_wrong: List[int] = field(default_factory=list)  # per sample, 1 = misclassified after the attack
 
 
+def _chunks(x, labels, rand_maps, config: ProtocolConfig) -> list:
+    """``(chunk index, x, labels, maps)`` of consecutive ``batch_size`` samples (chunk ``c`` seeds ``[seed, 3, c]``)."""
+    chunks = []
+    for index, begin in enumerate(range(0, labels.size, config.batch_size)):
+        part = slice(begin, begin + config.batch_size)
+        chunks.append((index, x[part] if config.kind == "digital" else x[:, part], labels[part],
+                       rand_maps[:, part] if rand_maps is not None else None))
+    return chunks
+
+
+def _protocol_task(config: ProtocolConfig, task) -> Dict[str, tuple]:
+    """Every attack of ``config`` on one chunk of one model at one eps, in order; a paper result feeds
+    ``strongest`` as in :func:`run_attack`. Returns ``{attack: (AttackResult, seconds)}``."""
+    net, eps, (index, sub_x, sub_labels, sub_maps) = task
+    out: Dict[str, tuple] = {}
+    paper_result = None
+    for name in config.attacks:
+        started = time.perf_counter()
+        start = paper_result if name == "strongest" else None
+        result = _attack_chunk(net, name, eps, config, (index, sub_x, sub_labels, sub_maps, start))
+        out[name] = (result, time.perf_counter() - started)
+        if name == "paper":
+            paper_result = result
+    return out
+
+
 def run_protocol(models: Dict[str, SNN], x, labels, config: ProtocolConfig, rand_maps=None,
                  progress_factory: Optional[Callable] = None, scheduler=None) -> List[ProtocolRow]:
-    """Rows for every model x attack x eps. ``x``: images ``[n, *in]`` (digital) or spikes ``[T, n, *in]``.
+    """Rows for every model x eps x attack. ``x``: images ``[n, *in]`` (digital) or spikes ``[T, n, *in]``.
 
-    ``scheduler``: None (serial) or a ``distributed.Client`` (``refsnn.parallel.dask_client``) on
-    which the attack chunks run; the rows are identical either way (per-chunk seeds).
+    The work is one task per (model, eps, chunk of ``batch_size`` samples) running every attack of
+    ``config`` on that chunk, so a pool of workers stays busy over the whole table rather than one
+    attack at a time. ``scheduler``: None (serial) or a ``distributed.Client``
+    (``refsnn.parallel.dask_client``); the rows are identical either way and to a run attack by attack
+    (:func:`run_attack`): a chunk's seeds depend on its index only. ``progress_factory(description,
+    total)`` is called once, with ``total`` = models x eps x attacks x samples, and its ``update(k)``
+    after each task. A row's ``seconds`` is the sum over its chunks (compute time, not wall time).
     """
-    rows: List[ProtocolRow] = []
+    from functools import partial
+
+    from ..parallel import map_chunks
+
     if config.kind == "digital" and rand_maps is None:
         rand_maps = evaluation_maps(x.shape, config.T, config.seed)
+    chunks = _chunks(x, labels, rand_maps, config)
+    tasks = [(net, eps, chunk) for net in models.values() for eps in config.eps for chunk in chunks]
+    bar = (progress_factory("attack " + ",".join(config.attacks), len(models) * len(config.eps)
+                            * len(config.attacks) * int(labels.size)) if progress_factory else None)
+    report = None if bar is None else (
+        lambda index, result: bar.update(len(result) * int(next(iter(result.values()))[0].labels.size)))
+    done = map_chunks(partial(_protocol_task, config), tasks, scheduler=scheduler, progress=report)
+    if bar is not None:
+        bar.close()
+    rows: List[ProtocolRow] = []
+    position = 0
     for label, net in models.items():
         clean_fresh = None
         if config.kind == "digital" and config.fresh_draws:
             clean_fresh, _ = fresh_error(net, x, labels, config.T, config.fresh_draws, [config.seed, 2])
         for eps in config.eps:
-            paper_result = None
+            parts = done[position:position + len(chunks)]
+            position += len(chunks)
             for name in config.attacks:
-                bar = progress_factory(f"{label} {name} eps={eps}", labels.size) if progress_factory else None
-                started = time.perf_counter()
-                result = run_attack(net, name, eps, x, labels, rand_maps, config,
-                                    start=paper_result if name == "strongest" else None,
-                                    progress=bar.update if bar is not None else None, scheduler=scheduler)
-                seconds = time.perf_counter() - started
-                if bar is not None:
-                    bar.close()
-                if name == "paper":
-                    paper_result = result
+                result = _concat([part[name][0] for part in parts])
+                seconds = float(sum(part[name][1] for part in parts))
                 fresh = None
                 if config.kind == "digital" and config.fresh_draws:
                     fresh, _ = fresh_error(net, result.x_adv, labels, config.T, config.fresh_draws, [config.seed, 2])

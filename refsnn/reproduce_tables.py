@@ -1,0 +1,462 @@
+"""Table and figure writers of ``python -m refsnn.reproduce``: Table 1, Table 2 (paper eps and
+calibrated eps), Figure 5 and Figure 6, and the merge of new rows into tables already written."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from .reproduce_config import (ARCHS, DATASETS, ReproducePreset, _TABLE2_FIELDS, _log, eps_key,
+                               paper_reduction)
+
+
+# --- rendering ------------------------------------------------------------------------------------
+
+
+def _pct(value: Optional[float], digits: int = 1) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.{digits}f}"
+
+
+def _rows(attack: Dict[str, Any], model: str, name: str) -> Dict[float, Dict[str, Any]]:
+    return {round(row["eps"], 6): row for row in attack["rows"] if row["model"] == model and row["attack"] == name}
+
+
+def _crown_error(record: Dict[str, Any]) -> Optional[float]:
+    result = record.get("result", record)
+    entry = result.get("crown-ibp") or {}
+    return entry.get("certified_error")
+
+
+def _best_error(record: Dict[str, Any]) -> Optional[float]:
+    result = record.get("result", record)
+    entry = result.get("best") or {}
+    return entry.get("certified_error")
+
+
+def _alpha_error(record: Dict[str, Any]) -> Optional[float]:
+    result = record.get("result", record)
+    entry = result.get("alpha") or {}
+    return entry.get("certified_error")
+
+
+def _fresh_pair(plain_row: Dict[str, Any], robust_row: Dict[str, Any]) -> str:
+    """``regular / robust`` attack error re-scored on fresh draws (``-`` for spike inputs)."""
+    if plain_row.get("attack_error_fresh") is None or robust_row.get("attack_error_fresh") is None:
+        return "-"
+    return f"{_pct(plain_row['attack_error_fresh'])} / {_pct(robust_row['attack_error_fresh'])}"
+
+
+def _fresh_section(setting: Dict[str, Any], plain_rows: Dict[float, Dict[str, Any]],
+                   robust_rows: Dict[float, Dict[str, Any]], cells: Dict[str, Any], mark: str) -> List[str]:
+    """The paper-attack rows re-scored on fresh draws (the other scoring, labelled); empty for spikes."""
+    eps_list = [e for e in setting["attack_eps"] if round(e, 6) in plain_rows and round(e, 6) in robust_rows
+                and plain_rows[round(e, 6)].get("attack_error_fresh") is not None]
+    if not eps_list:
+        return []
+    lines = ["", "Same adversarial images re-scored on fresh rand-map draws (`--scoring fresh`, not the paper's "
+                 "scoring; mean over 5 draws, clean error on the same draws):", "",
+             "| attack eps | regular: original / attack err. (fresh) | robust: original / attack err. (fresh) | "
+             "reduction (pp) | paper: regular / robust attack err. |", "|---|---|---|---|---|"]
+    for eps in eps_list:
+        p, r = plain_rows[round(eps, 6)], robust_rows[round(eps, 6)]
+        cell = cells.get(eps_key(eps), {})
+        paper = (f"{cell['regular_attack_error']:.1f} / {cell['robust_attack_error']:.1f}"
+                 if cell.get("regular_attack_error") is not None and cell.get("robust_attack_error") is not None
+                 else "-")
+        lines.append(f"| {eps:g} | {_pct(p.get('original_error_fresh'))} / {_pct(p['attack_error_fresh'])}{mark} | "
+                     f"{_pct(r.get('original_error_fresh'))} / {_pct(r['attack_error_fresh'])}{mark} | "
+                     f"{100 * (p['attack_error_fresh'] - r['attack_error_fresh']):.1f}{mark} | {paper} |")
+    return lines
+
+
+def _calibrated_section(setting: Dict[str, Any], preset: ReproducePreset, mark: str) -> List[str]:
+    """Rows at the eps calibrated on our plain model (``--calibrate``); empty when not run."""
+    calibration, attack = setting.get("calibration"), setting.get("attack_calibrated")
+    if not calibration or not attack:
+        return []
+    plain_rows, robust_rows = _rows(attack, "plain", "paper"), _rows(attack, "robust", "paper")
+    lines = ["", f"Calibrated eps (the paper's rule on our own plain model: eps bisected to about "
+                 f"{'/'.join(f'{100 * t:.0f}' for t in calibration['targets'])} % paper-attack error on "
+                 f"{calibration['n']} test samples, `calibration.json`; then the protocol above on "
+                 f"{attack.get('n', preset.attack_n)} samples, paper attack; no paper cells: the paper's rows are at "
+                 "its own eps):", "",
+             "| target (plain) | attack eps | plain err. on the calibration samples | regular: original / attack err. | "
+             "robust: original / attack err. | reduction (pp) | regular / robust re-scored on fresh draws |",
+             "|---|---|---|---|---|---|---|"]
+    for target, eps, found in zip(calibration["targets"], calibration["eps"], calibration["errors"]):
+        p, r = plain_rows.get(round(eps, 6)), robust_rows.get(round(eps, 6))
+        if p is None or r is None:
+            continue
+        lines.append(f"| {100 * target:.0f} % | {eps:g} | {_pct(found)} | {_pct(p['original_error'])} / "
+                     f"{_pct(p['attack_error'])}{mark} | {_pct(r['original_error'])} / {_pct(r['attack_error'])}{mark} | "
+                     f"{100 * (p['attack_error'] - r['attack_error']):.1f}{mark} | {_fresh_pair(p, r)} |")
+    return lines
+
+
+def _nmnist_subset(setting: Dict[str, Any]) -> Optional[int]:
+    """The number of train recordings when an N-MNIST run used a subset of the 60,000 (else None)."""
+    n_train = setting["plain"].get("n_train")
+    return n_train if setting["dataset"] == "nmnist" and n_train is not None and n_train < 60000 else None
+
+
+def _label_for(setting: Dict[str, Any]) -> str:
+    n_train = _nmnist_subset(setting)
+    if n_train is not None:
+        return f"N-MNIST 1k-subset ({n_train} train recordings)"
+    names = {"mnist": "MNIST", "fmnist": "FMNIST", "nmnist": "N-MNIST"}
+    label = names[setting["dataset"]]
+    if setting["data"] != setting["dataset"]:
+        label += f" ({setting['data']})"
+    return label
+
+
+def smoke_line(preset: ReproducePreset) -> List[str]:
+    """The line every table of a smoke preset starts with (empty for the others)."""
+    if not preset.smoke:
+        return []
+    return [f"**Smoke run** (preset `{preset.name}`): checks that every step runs end to end on a tiny schedule; "
+            "this is NOT the paper's protocol and its numbers are not results.", ""]
+
+
+def render_table2(settings: List[Dict[str, Any]], preset: ReproducePreset, paper: Dict[str, Any]) -> str:
+    lines = [f"# Table 2 (refsnn, preset `{preset.name}`)", "", *smoke_line(preset),
+             f"Schedule: {preset.label}. Every number below comes from this schedule (marked *), not the paper's "
+             "80 + 300 epochs, unless the preset is `paper`.", "",
+             "Errors in % on the Table 2 protocol (`python -m refsnn.attack`): "
+             f"{preset.attack_n} fixed test samples (or the whole test split when smaller), one shared draw of evaluation rand maps, digital l-inf radius "
+             "eps/2 (the bounds' set), spike inputs an l0 budget of round(size * eps) bits. `paper` = the paper's "
+             "attack (25 iterations as the authors' code), `strongest` = refsnn's ensemble (includes the paper "
+             "attack). Reduction = regular attack error - robust attack error (points). Paper cells are the "
+             "paper's Table 2 at the same eps (`PAPER_REFERENCE`); `-` where this row's eps is not one of the "
+             "paper's (numbers at different eps are never compared), `n/t` where not transcribed "
+             "(docs/REPRODUCTION.md). Scoring: on the evaluation draw the attack judged success on (the "
+             "paper's, as the authors' attack code: docs/REPRODUCTION.md, \"Scoring\"); the table below each setting's "
+             "re-scores the same adversarial images on 5 fresh rand-map draws (mean, `--scoring fresh`).", ""]
+    mark = "" if preset.name == "paper" else "*"
+    for setting in settings:
+        key = f"{setting['dataset']}-{setting['arch']}"
+        attack = setting["attack"]
+        lines += [f"## {_label_for(setting)} {setting['arch'].upper()} (training eps {setting['train_eps']:g})", ""]
+        paper_eps = [float(e) for e in setting.get("paper_attack_eps") or paper.get("attack_eps", {}).get(key, [])]
+        at_paper_eps = setting["attack_eps_source"] == "paper"
+        if not at_paper_eps:
+            lines += [f"Attack eps: this setting's attack was run at eps {', '.join(f'{e:g}' for e in setting['attack_eps'])}, "
+                      f"NOT at the paper's eps ({', '.join(f'{e:g}' for e in paper_eps)}); the paper's cells are at "
+                      f"other eps and are not shown. To attack at the paper's eps, move `{setting['dir']}/attack` aside and "
+                      "rerun (docs/REPRODUCTION.md).", ""]
+        cells = paper.get("table2_cells", {}).get(key, {}) if at_paper_eps else {}
+        header = ("| attack eps | regular: original err. | regular: attack err. (paper atk) | robust: original err. | "
+                  "robust: attack err. (paper atk) | reduction (pp) | regular / robust: strongest atk err. | "
+                  "paper: regular / robust original err. | paper: regular attack err. | paper: robust attack err. | "
+                  "paper: reduction (pp) | ours - paper reduction (pp) |")
+        lines += [header, "|" + "---|" * (header.count("|") - 1)]
+        plain_rows, robust_rows = _rows(attack, "plain", "paper"), _rows(attack, "robust", "paper")
+        plain_strong, robust_strong = _rows(attack, "plain", "strongest"), _rows(attack, "robust", "strongest")
+        for eps in setting["attack_eps"]:
+            e = round(eps, 6)
+            p, r = plain_rows.get(e), robust_rows.get(e)
+            if p is None or r is None:
+                continue
+            reduction = 100 * (p["attack_error"] - r["attack_error"])
+            strong = (f"{_pct(plain_strong[e]['attack_error'])} / {_pct(robust_strong[e]['attack_error'])}"
+                      if e in plain_strong and e in robust_strong else "-")
+            cell = cells.get(eps_key(eps), {})
+            missing = "n/t" if at_paper_eps else "-"
+            shown = {f: (f"{cell[f]:.1f}" if cell.get(f) is not None else missing) for f in _TABLE2_FIELDS}
+            paper_reg, paper_rob = cell.get("regular_attack_error"), cell.get("robust_attack_error")
+            paper_red = (paper_reg - paper_rob) if paper_reg is not None and paper_rob is not None else None
+            ours_minus = f"{reduction - paper_red:+.1f}" if paper_red is not None else missing
+            lines.append(f"| {eps:g} | {_pct(p['original_error'])}{mark} | {_pct(p['attack_error'])}{mark} | "
+                         f"{_pct(r['original_error'])}{mark} | {_pct(r['attack_error'])}{mark} | {reduction:.1f}{mark} | "
+                         f"{strong}{mark} | {shown['regular_original_error']} / {shown['robust_original_error']} | "
+                         f"{shown['regular_attack_error']} | {shown['robust_attack_error']} | "
+                         f"{f'{paper_red:.1f}' if paper_red is not None else missing} | {ours_minus} |")
+        lines += _fresh_section(setting, plain_rows, robust_rows, cells, mark)
+        reductions = [100 * (plain_rows[round(e, 6)]["attack_error"] - robust_rows[round(e, 6)]["attack_error"])
+                      for e in setting["attack_eps"] if round(e, 6) in plain_rows and round(e, 6) in robust_rows]
+        clean_cost = None
+        if plain_rows and robust_rows:
+            first = round(setting["attack_eps"][0], 6)
+            clean_cost = 100 * (robust_rows[first]["original_error"] - plain_rows[first]["original_error"])
+        paper_summary = paper_reduction(paper.get("table2_cells", {}).get(key, {}), paper_eps)
+        if paper_summary is None:
+            paper_line = "Paper: n/t for this setting."
+        elif at_paper_eps:
+            paper_line = (f"Paper: {paper_summary[0]:.1f} to {paper_summary[1]:.1f} points for {paper_summary[2]:.1f} "
+                          "points of clean error.")
+        else:
+            paper_line = (f"Paper: its rows for this setting are at eps {', '.join(f'{e:g}' for e in paper_eps)}, "
+                          "not this table's; not compared.")
+        lines += ["", f"Summary: attack-error reduction {min(reductions):.1f} to {max(reductions):.1f} points "
+                  f"for {clean_cost:.1f} points of clean error{mark}" if reductions and clean_cost is not None
+                  else "Summary: incomplete rows.",
+                  paper_line, ""]
+        cert = setting["certify"]
+        lines += [f"Certified robust error at the training eps {setting['train_eps']:g} (T' = {preset.robust_T}, "
+                  f"`python -m refsnn.certify`, first {cert['plain'].get('result', {}).get('n', preset.certify_n)} "
+                  "test samples; the paper reports none):", "",
+                  "| model | clean acc. at T' | S-CROWN certified error | best-of (S-IBP, S-CROWN) certified error | "
+                  "alpha (optimized slopes) certified error |",
+                  "|---|---|---|---|---|"]
+        for name in ("plain", "robust"):
+            record = cert[name]
+            result = record.get("result", record)
+            lines.append(f"| {'regular' if name == 'plain' else 'robust'} | {_pct(result.get('clean_accuracy'))}{mark} | "
+                         f"{_pct(_crown_error(record))}{mark} | {_pct(_best_error(record))}{mark} | - |")
+        alpha = cert.get("robust_alpha")
+        if alpha is not None:
+            result = alpha.get("result", alpha)
+            lines.append(f"| robust, first {result.get('n', '?')} samples | {_pct(result.get('clean_accuracy'))}{mark} | - | "
+                         f"{_pct(_best_error(alpha))}{mark} | {_pct(_alpha_error(alpha))}{mark} (alpha) |")
+        lines += _calibrated_section(setting, preset, mark)
+        lines += ["", f"Raw: `{setting['dir']}/attack/table.json`, `certify_*/certify.json`, runs in `plain/`, `robust/`.", ""]
+    lines += [f"Paper headline (abstract): {paper['headline']}.", ""]
+    return "\n".join(lines)
+
+
+def render_table1(settings: List[Dict[str, Any]], preset: ReproducePreset, paper: Dict[str, Any]) -> str:
+    mark = "" if preset.name == "paper" else "*"
+    lines = [f"# Table 1 (refsnn, preset `{preset.name}`): clean test accuracy", "", *smoke_line(preset),
+             f"Schedule: {preset.label} (cells marked * come from it). Accuracy at T = 10 over the whole test split "
+             "of the data used, mean over sampling seeds (`summary.json` of each run). Paper cells: the paper's Table 1 "
+             "(`PAPER_REFERENCE`), which reports the natural networks only (robust: `n/r`, not reported); "
+             "ours - paper is `other data` where refsnn's data is not the paper's (a subset).", "",
+             "| data set | arch | regular (natural) acc. % | robust acc. % | clean-acc. cost (pp) | paper: regular | "
+             "paper: robust | ours - paper (regular, pp) | natural s/epoch | robust s/epoch |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for setting in settings:
+        key = f"{setting['dataset']}-{setting['arch']}"
+        plain_acc = setting["plain"]["test_accuracy"]["mean"]
+        robust_acc = setting["robust"]["test_accuracy"]["mean"]
+        ref = paper.get("clean_accuracy", {}).get(key, {})
+        paper_plain, paper_robust = ref.get("regular"), ref.get("robust")
+        same_data = setting["data"] == setting["dataset"] and _nmnist_subset(setting) is None
+        diff = ("n/t" if paper_plain is None else f"{100 * plain_acc - paper_plain:+.2f}" if same_data
+                else "other data")
+        lines.append(f"| {_label_for(setting)} | {setting['arch'].upper()} | {_pct(plain_acc, 2)}{mark} | "
+                     f"{_pct(robust_acc, 2)}{mark} | {100 * (plain_acc - robust_acc):.2f}{mark} | "
+                     f"{f'{paper_plain:.2f}' if paper_plain is not None else 'n/t'} | "
+                     f"{f'{paper_robust:.2f}' if paper_robust is not None else 'n/r'} | {diff} | "
+                     f"{setting['plain']['seconds_per_epoch']:.0f} | {setting['robust']['seconds_per_epoch']:.0f} |")
+    lines += ["", "Seconds per epoch are wall-clock on the machine in `reproduce_config.json` (shared, loaded 2-core VM "
+              "for the committed runs), training only (evaluation excluded).", ""]
+    return "\n".join(lines)
+
+
+def _last_metrics(run_dir: Path) -> Dict[str, Any]:
+    path = run_dir / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return records[-1] if records else {}
+
+
+def sweep_table(sweep: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Per T': clean accuracy, S-CROWN loss and certified error after training, time relative to natural."""
+    sweep_dir = Path(sweep["dir"])
+    reference_seconds = sweep["reference"]["seconds_per_epoch"]
+    rows = []
+    for horizon, summary in sorted(sweep["runs"].items()):
+        last = _last_metrics(sweep_dir / f"T{horizon}")
+        rows.append({"T_prime": int(horizon), "clean_accuracy": summary["test_accuracy"]["mean"],
+                     "robust_loss": last.get("train_robust_loss"),
+                     "cert_error_crown": last.get("cert_error_crown-ibp_final"),
+                     "seconds_per_epoch": summary["seconds_per_epoch"],
+                     "time_ratio": summary["seconds_per_epoch"] / reference_seconds})
+    return rows
+
+
+def render_figure5(sweep: Dict[str, Any], rows: List[Dict[str, Any]], preset: ReproducePreset,
+                   paper: Dict[str, Any], out: Path) -> Optional[Path]:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        _log('figure5: matplotlib missing (pip install "refsnn[plot]"); table only')
+        return None
+    horizons = [r["T_prime"] for r in rows]
+    figure, axes = plt.subplots(1, 4, figsize=(15, 3.3))
+    panels = [("clean_accuracy", "clean test accuracy"), ("robust_loss", "S-CROWN (bound) loss, last epoch"),
+              ("cert_error_crown", "S-CROWN certified error at eps"), ("time_ratio", "time / natural epoch")]
+    for axis, (key, title) in zip(axes, panels):
+        axis.plot(horizons, [float("nan") if r[key] is None else r[key] for r in rows], marker="o", label="refsnn")
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel("T'")
+        axis.set_xticks(horizons)
+    ratios = paper.get("figure5_time_ratio", {})
+    if ratios:
+        axes[3].plot([int(k) for k in ratios], list(ratios.values()), "s--", label="paper (CONV MNIST, GPU)")
+        axes[3].legend(fontsize=7)
+    figure.suptitle(f"Figure 5 (refsnn): T' sweep on {sweep['dataset']} {sweep['arch'].upper()}; {preset.label}",
+                    fontsize=9)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+    return out
+
+
+def _sweep_ramp(preset: ReproducePreset) -> float:
+    args = list(preset.sweep_args)
+    return float(args[args.index("--ramp-epochs") + 1]) if "--ramp-epochs" in args else float(preset.sweep_epochs)
+
+
+def render_sweep_md(sweep: Dict[str, Any], rows: List[Dict[str, Any]], preset: ReproducePreset,
+                    paper: Dict[str, Any]) -> str:
+    ratios = paper.get("figure5_time_ratio", {})
+    mark = "" if preset.name == "paper" else "*"
+    lines = [f"# Figure 5 (refsnn, preset `{preset.name}`): T' sweep, {sweep['dataset']} {sweep['arch'].upper()}", "",
+             *smoke_line(preset),
+             f"{preset.sweep_epochs} robust epoch(s) per T' from the same natural model"
+             + (f" on the first {preset.sweep_limit_train} training images" if preset.sweep_limit_train else "")
+             + f", eps ramped linearly to the training eps over {_sweep_ramp(preset):g} epoch(s); time reference: "
+             f"{preset.sweep_epochs} natural epoch(s) on the same images from the same model. The paper's sweep is "
+             "CONV MNIST with its full schedule.", "",
+             "| T' | clean acc. % | S-CROWN loss | S-CROWN certified error % | s/epoch | time / natural | paper time ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        loss = "n/a" if row["robust_loss"] is None else f"{row['robust_loss']:.3f}"
+        lines.append(f"| {row['T_prime']} | {_pct(row['clean_accuracy'], 2)}{mark} | {loss}{mark} | "
+                     f"{_pct(row['cert_error_crown'])}{mark} | {row['seconds_per_epoch']:.0f} | "
+                     f"{row['time_ratio']:.1f}{mark} | {ratios.get(str(row['T_prime']), 'n/t')} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_figure6(settings: List[Dict[str, Any]], dataset: str, out: Path,
+                   preset: Optional[ReproducePreset] = None) -> Optional[Path]:
+    from .report import plot_runs
+
+    chosen = [s for s in settings if s["dataset"] == dataset]
+    if not chosen:
+        return None
+    try:
+        return plot_runs([Path(s["dir"]) / "robust" for s in chosen], out,
+                         labels=[f"{s['arch'].upper()} robust" for s in chosen],
+                         title=f"Figure 6 (refsnn): robust training on {_label_for(chosen[0])}"
+                               + (f"; {preset.label}" if preset is not None else ""))
+    except RuntimeError as error:
+        _log(f"figure6: {error}")
+        return None
+
+
+# --- merging into existing tables ----------------------------------------------------------------
+
+# The first word of a setting's label in the tables (``_label_for``) names its dataset.
+_LABEL_DATASETS = {"MNIST": "mnist", "FMNIST": "fmnist", "N-MNIST": "nmnist"}
+
+
+def _setting_key(label: str, arch: str) -> Optional[Tuple[str, str]]:
+    words = label.split()
+    dataset = _LABEL_DATASETS.get(words[0]) if words else None
+    arch = arch.strip().lower()
+    return (dataset, arch) if dataset is not None and arch in ARCHS else None
+
+
+def _order(key: Optional[Tuple[str, str]]) -> Tuple[int, int]:
+    if key is None:   # a row refsnn cannot attribute: kept, after the known settings
+        return (len(DATASETS), len(ARCHS))
+    return (DATASETS.index(key[0]), ARCHS.index(key[1]))
+
+
+def _table1_rows(text: str) -> Tuple[List[str], List[str], List[str]]:
+    """``(before, rows, after)`` of the first markdown table in ``text`` (rows without header and rule)."""
+    lines = text.split("\n")
+    start = next((i for i, line in enumerate(lines) if line.startswith("|")), None)
+    if start is None:
+        return lines, [], []
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return lines[:start + 2], lines[start + 2:end], lines[end:]
+
+
+def _table1_key(row: str) -> Optional[Tuple[str, str]]:
+    cells = [c.strip() for c in row.strip().strip("|").split("|")]
+    return _setting_key(cells[0], cells[1]) if len(cells) > 1 else None
+
+
+def merge_table1(new: str, old: Optional[str]) -> str:
+    """``new`` Table 1 plus the rows of ``old`` for settings ``new`` has no row for, in setting order."""
+    before, rows, after = _table1_rows(new)
+    if old:
+        keys = {_table1_key(row) for row in rows}
+        rows = rows + [row for row in _table1_rows(old)[1] if _table1_key(row) not in keys or _table1_key(row) is None]
+        rows.sort(key=lambda row: _order(_table1_key(row)))
+    return "\n".join(before + rows + after)
+
+
+def _table2_sections(text: str) -> Tuple[List[str], List[List[str]], List[str]]:
+    """``(preamble, sections, tail)``: each section runs from its ``## `` line to the next one or
+    to the closing ``Paper headline`` line."""
+    preamble: List[str] = []
+    sections: List[List[str]] = []
+    tail: List[str] = []
+    for line in text.split("\n"):
+        if tail or line.startswith("Paper headline"):
+            tail.append(line)
+        elif line.startswith("## "):
+            sections.append([line])
+        elif sections:
+            sections[-1].append(line)
+        else:
+            preamble.append(line)
+    return preamble, sections, tail
+
+
+def _table2_key(section: List[str]) -> Optional[Tuple[str, str]]:
+    title = section[0][3:].split(" (training eps")[0].split()
+    return _setting_key(" ".join(title[:-1]), title[-1]) if len(title) > 1 else None
+
+
+def merge_table2(new: str, old: Optional[str]) -> str:
+    """``new`` Table 2 plus the sections of ``old`` for settings ``new`` has none for, in setting order."""
+    preamble, sections, tail = _table2_sections(new)
+    if old:
+        keys = {_table2_key(section) for section in sections}
+        sections = sections + [section for section in _table2_sections(old)[1]
+                               if _table2_key(section) not in keys or _table2_key(section) is None]
+        sections.sort(key=lambda section: _order(_table2_key(section)))
+    return "\n".join(preamble + [line for section in sections for line in section] + tail)
+
+
+def _read_text(path: Path) -> Optional[str]:
+    return path.read_text() if path.is_file() else None
+
+
+_NAMES = {"mnist": "MNIST", "fmnist": "FMNIST", "nmnist": "N-MNIST"}
+NOT_TRAINED = "not trained yet"
+
+
+def add_untrained_settings(table1: str, table2: str, preset: ReproducePreset, paper: Dict[str, Any]
+                           ) -> Tuple[str, str]:
+    """Tables 1 and 2 with a ``not trained yet`` row / section (paper cells filled) for every setting of
+    ``preset`` that has none yet; a setting with results is never replaced."""
+    before, rows, after = _table1_rows(table1)
+    have1 = {_table1_key(row) for row in rows}
+    preamble, sections, tail = _table2_sections(table2)
+    have2 = {_table2_key(section) for section in sections}
+    for dataset in preset.datasets:
+        for arch in preset.archs:
+            key = f"{dataset}-{arch}"
+            name = f"{_NAMES[dataset]} {arch.upper()}"
+            if (dataset, arch) not in have1:
+                ref = paper.get("clean_accuracy", {}).get(key, {}).get("regular")
+                rows.append(f"| {_NAMES[dataset]} | {arch.upper()} | {NOT_TRAINED} | {NOT_TRAINED} | - | "
+                            f"{f'{ref:.2f}' if ref is not None else 'n/t'} | n/r | - | - | - |")
+            cells = paper.get("table2_cells", {}).get(key, {})
+            if (dataset, arch) not in have2 and cells:
+                train_eps = paper.get("train_eps", {}).get(key)
+                section = [f"## {name} (training eps {train_eps:g})" if train_eps is not None else f"## {name}", "",
+                           f"{NOT_TRAINED}: the paper's cells only.", "",
+                           "| attack eps | paper: regular original / attack err. | paper: robust original / attack err. | "
+                           "paper: reduction (pp) | ours |", "|---|---|---|---|---|"]
+                for eps_text, cell in cells.items():
+                    section.append(f"| {eps_text} | {cell['regular_original_error']:.1f} / "
+                                   f"{cell['regular_attack_error']:.1f} | {cell['robust_original_error']:.1f} / "
+                                   f"{cell['robust_attack_error']:.1f} | "
+                                   f"{cell['regular_attack_error'] - cell['robust_attack_error']:.1f} | {NOT_TRAINED} |")
+                sections.append(section + [""])
+    rows.sort(key=lambda row: _order(_table1_key(row)))
+    sections.sort(key=lambda section: _order(_table2_key(section)))
+    return ("\n".join(before + rows + after),
+            "\n".join(preamble + [line for section in sections for line in section] + tail))
