@@ -218,9 +218,10 @@ def run_setting(root: Path, dataset: str, arch: str, preset: ReproducePreset,
     plain_argv = ["--dataset", data_name, "--arch", arch, "--epochs", str(preset.plain_epochs),
                   "--seed", str(config.seed), *preset.plain_args, *limits, *data_args]
     plain = _train_step(setting_dir / "plain", plain_argv)
+    robust_epochs, ramp_epochs = preset.robust_epochs_for(arch)
     robust_argv = ["--method", "robust", "--dataset", data_name, "--arch", arch,
                    "--init", str(setting_dir / "plain" / "model.h5"), "--eps", f"{train_eps:g}",
-                   "--epochs", str(preset.robust_epochs), "--ramp-epochs", f"{preset.ramp_epochs:g}",
+                   "--epochs", str(robust_epochs), "--ramp-epochs", f"{ramp_epochs:g}",
                    "--robust-T", str(preset.robust_T), "--seed", str(config.seed), "--checkpoint-every", "200",
                    "--method-option", f"eval_n={preset.eval_n}", *_robust_recipe(preset, dataset), *limits,
                    *data_args]
@@ -340,7 +341,15 @@ def reproduce(config: ReproduceConfig, command: Optional[str] = None) -> Dict[st
                           "cpu_count": os.cpu_count(), "python": platform.python_version(),
                           "threads": {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS",
                                                                       "OMP_NUM_THREADS")}}}
-    atomic_write_text(root / "reproduce_config.json", json.dumps(record, indent=2, default=str) + "\n")
+    record_path = root / "reproduce_config.json"
+    if record_path.is_file():   # keep what earlier runs into this folder recorded (other settings, other commands)
+        try:
+            previous = json.loads(record_path.read_text())
+        except ValueError as error:
+            raise ReproduceConfigError(f"{record_path} is not JSON ({error}); move it aside to run into "
+                                       f"{root}") from None
+        record["earlier"] = list(previous.pop("earlier", [])) + [previous]
+    atomic_write_text(record_path, json.dumps(record, indent=2, default=str) + "\n")
     _OUTPUT.update(quiet=config.quiet, bar=None)
     try:
         return _run_and_render(config, preset, paper, root)

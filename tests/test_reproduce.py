@@ -77,6 +77,8 @@ def test_end_to_end_resumable_and_missing_data(tmp_path, tiny_preset, capsys):
     assert rp.main(["--preset", "quick", "--dataset", "mnist", "--arch", "fc", "--out", str(out)]) == 0
     assert {p: p.stat().st_mtime_ns for p in models} == stamps
     assert "skip" in capsys.readouterr().out
+    rerun = json.loads((root / "reproduce_config.json").read_text())
+    assert [r["command"] for r in rerun["earlier"]] == [config["command"]]   # the first run's record is kept
     # quiet: nothing printed at all, not even the overall bar.
     rp.reproduce(rp.ReproduceConfig("quick", ("mnist",), ("fc",), str(out), quiet=True))
     assert capsys.readouterr() == ("", "")
