@@ -3,14 +3,19 @@
 ``set_num_threads(n)`` sets the threads of Numba's ``prange`` loops (``numba.set_num_threads``)
 and of the OpenBLAS bundled with NumPy (the GEMMs of ``refsnn.layers``). The OpenBLAS bundled
 with SciPy, which Numba's ``np.dot`` calls per sample inside parallel kernels, always runs on one
-thread (set when ``refsnn`` is imported), so compute never runs on more threads than asked.
+thread (set when ``refsnn`` is imported). Numba's count is per Python thread: the knob sets it for
+the thread that calls it (and, through ``REFSNN_NUM_THREADS``, for the importing thread); another
+Python thread that calls refsnn starts at Numba's default unless it calls ``set_num_threads`` too.
 The environment variable ``REFSNN_NUM_THREADS`` is applied when ``refsnn`` is imported; unset, each
 library keeps its own default (all cores, or what ``NUMBA_NUM_THREADS``/``OPENBLAS_NUM_THREADS``
 say, as in the single-threaded Dask workers of ``refsnn.parallel``).
 
 Numba cannot go above the count it started with (``NUMBA_NUM_THREADS``, default all cores), so
-that is the upper end of the allowed range. Results do not depend on the thread count: the
-parallel kernels split work so that every sum keeps its serial order (see ``refsnn.kernels``).
+that is the upper end of the allowed range. Numba's parallel kernels split work so that every sum
+keeps its serial order (their results do not depend on the count); NumPy's OpenBLAS GEMMs may
+round differently at another thread count (last bits of currents, bounds and gradients, and so,
+rarely, a spike whose membrane is that close to the threshold): fix the count for bit-reproducible
+runs.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import ctypes
 import glob
 import numbers
 import os
+import re
 from typing import Dict, List, Optional
 
 import numba
@@ -84,7 +90,7 @@ def _parse(value, name: str) -> int:
     count = None
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         count = int(value)
-    elif isinstance(value, str) and value.strip().isdigit():
+    elif isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
         count = int(value.strip())
     if count is None or not 1 <= count <= limit:
         raise ThreadCountError(f"{name} must be an integer in [1, {limit}] (the threads Numba started with, "

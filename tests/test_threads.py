@@ -23,7 +23,7 @@ def restore_threads():
     set_num_threads(before)
 
 
-@pytest.mark.parametrize("bad", [0, -1, 10_000, "two", "", 1.5, 2.0, True, None])
+@pytest.mark.parametrize("bad", [0, -1, 10_000, "two", "", "\u00b2", "\u0661", 1.5, 2.0, True, None])
 def test_bad_thread_counts_are_refused_in_one_line(bad, restore_threads):
     before = numba.get_num_threads()
     with pytest.raises(ValueError) as raised:
