@@ -300,3 +300,27 @@ def test_milp_query_past_its_deadline_says_unknown_and_only_asked_classes_count(
         assert np.isnan(one.margins[3 - j])  # the class not asked stays unsolved
     with pytest.raises(ValueError, match="classes"):
         robust_query(net, box, 0, classes=[0])
+
+
+@settings(max_examples=40)
+@given(data=st.data())
+def test_a_spike_split_does_not_rerun_its_parents_milp(data):
+    """The MILP of a node's input subset ignores spike splits, so once it has run undecided the
+    node's spike children (same subset) must not run it again."""
+    from verify.bab import _Search
+
+    net = data.draw(snn_strategy(data.draw(st.sampled_from(["fc", "conv"])), max_inputs=5, dyadic=True))
+    input_set = data.draw(input_set_strategy(net, steps=(1, 3), kinds=("box", "digital"), max_members=256))
+    label = data.draw(st.integers(0, net.n_outputs - 1))
+    runs: list = []
+
+    def undecided_milp(self, node, budget):
+        runs.append(node.subset)
+        return False
+
+    config = BabConfig(branching="neuron-widest", enumerate_max=1, milp_max_free=64, attack_samples=0,
+                       search_starts=0, root_milp=0.0, batch=2, time_limit=None)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_Search, "milp_leaf", undecided_milp)
+        robust_bab(net, input_set, label, config)
+    assert len(runs) == len({id(subset) for subset in runs})

@@ -162,7 +162,6 @@ class _Node:
     lower: np.ndarray = field(compare=False)          # lower bound of each open row
     floor: float = field(compare=False)               # smallest bound of the rows closed above it
     depth: int = field(compare=False, default=0)
-    milp_tried: bool = field(compare=False, default=False)
     coefs: Optional[np.ndarray] = field(compare=False, default=None)  # [T', *in] of the worst row
     fixed: tuple = field(compare=False, default=())   # spike splits (stage, t, neuron, SPIKE_OFF/ON)
     weight: Fraction = field(compare=False, default=Fraction(1))  # share of the tree (decided_fraction)
@@ -198,6 +197,7 @@ class _Search:
         self.others = np.array(other_classes(label, net.n_outputs))
         self.start = time.perf_counter()
         self.best_margin: Optional[Fraction] = None
+        self.milp_subsets: dict = {}   # id -> input subset whose MILP has run
         self.best_x: Optional[np.ndarray] = None
         self.closed_floor = math.inf
         self.in_flight: List[_Node] = []  # popped, not yet replaced by children or closed
@@ -673,8 +673,11 @@ def _expand(search: _Search, queue: List[_Node]) -> None:
             if count <= cfg.enumerate_max or (count == 1 and no_spike):
                 search.enumerate_leaf(node)
                 continue
-            if not node.milp_tried and node.depth > 0 and node.subset.n_free <= cfg.milp_max_free:
-                node.milp_tried = True
+            # one MILP per input subset: it ignores spike splits, so a node's spike children (and their
+            # children) hold the same subset and would only repeat it
+            if (id(node.subset) not in search.milp_subsets and node.depth > 0
+                    and node.subset.n_free <= cfg.milp_max_free):
+                search.milp_subsets[id(node.subset)] = node.subset   # kept alive: the id stays its own
                 if search.milp_leaf(node, cfg.milp_time_limit):
                     continue
                 if search.remaining() <= 0:
