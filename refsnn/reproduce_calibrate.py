@@ -24,7 +24,8 @@ class CalibrationError(ValueError):
 
 
 def bisect_targets(error_at: Callable[[float], float], targets: Sequence[float], upper: float,
-                   iterations: int = 5, significant: int = 3, tolerance: float = 0.02) -> Dict[str, object]:
+                   iterations: int = 5, significant: int = 3, tolerance: float = 0.02,
+                   limit: float = float("inf")) -> Dict[str, object]:
     """For each target error ``t`` the eps in ``(0, upper]`` whose measured error is closest to ``t``.
 
     ``error_at(eps) -> error in [0, 1]`` (a noisy, roughly increasing function: one attack run);
@@ -32,14 +33,15 @@ def bisect_targets(error_at: Callable[[float], float], targets: Sequence[float],
     (shared by all targets). Bisection keeps ``lo`` (error < t) and ``hi`` (error >= t) and stops at the
     first eps whose error lies within ``tolerance`` of ``t`` (100 samples have a sampling error of about
     4 points, so a finer search only fits noise); ``upper`` is
-    doubled (up to 8 times) until its error reaches the largest target. Returns ``{"eps": [per
-    target], "errors": [measured error at it], "evaluations": {eps: error}}``.
+    doubled (up to 8 times, never past ``limit``, e.g. 1 for digital inputs) until its error reaches
+    the largest target. Returns ``{"eps": [per target], "errors": [measured error at it], "reached":
+    [whether that error is within ``tolerance`` of the target or above it], "evaluations": {eps: error}}``.
     """
     targets = [float(t) for t in targets]
     if not targets or any(not 0.0 < t < 1.0 for t in targets) or targets != sorted(targets):
         raise CalibrationError(f"targets must be increasing error rates in (0, 1), got {targets}")
-    if int(iterations) < 1 or not upper > 0:
-        raise CalibrationError(f"iterations must be >= 1 and upper > 0, got {iterations}, {upper}")
+    if int(iterations) < 1 or not 0 < upper <= limit:
+        raise CalibrationError(f"iterations must be >= 1 and 0 < upper <= limit, got {iterations}, {upper}, {limit}")
     measured: Dict[float, float] = {}
 
     def at(eps: float) -> float:
@@ -49,9 +51,9 @@ def bisect_targets(error_at: Callable[[float], float], targets: Sequence[float],
         return measured[eps]
 
     for _ in range(8):
-        if at(upper) >= targets[-1]:
+        if at(upper) >= targets[-1] or upper >= limit:
             break
-        upper *= 2.0
+        upper = min(2.0 * upper, limit)
     chosen, errors = [], []
     for target in targets:
         below = [e for e, v in measured.items() if v < target]
@@ -80,7 +82,8 @@ def bisect_targets(error_at: Callable[[float], float], targets: Sequence[float],
         best = min(candidates, key=lambda e: (abs(measured[e] - target), e)) if candidates else hi
         chosen.append(best)
         errors.append(measured.get(best))
-    return {"eps": chosen, "errors": errors, "evaluations": {f"{e:g}": v for e, v in sorted(measured.items())}}
+    reached = [error is not None and error >= target - tolerance for error, target in zip(errors, targets)]
+    return {"eps": chosen, "errors": errors, "reached": reached, "evaluations": {f"{e:g}": v for e, v in sorted(measured.items())}}
 
 
 def calibrate_eps(model: Path, dataset: str, n: int, seed: int = 0, data_dir: Optional[str] = None,
@@ -109,7 +112,7 @@ def calibrate_eps(model: Path, dataset: str, n: int, seed: int = 0, data_dir: Op
     runs: List[Dict[str, float]] = []
 
     def error_at(eps: float) -> float:
-        config = ProtocolConfig(attacks=["paper"], eps=[min(eps, upper)], kind=kind, T=T, seed=seed, fresh_draws=0)
+        config = ProtocolConfig(attacks=["paper"], eps=[eps], kind=kind, T=T, seed=seed, fresh_draws=0)
         started = time.perf_counter()
         row = run_protocol({"plain": net}, x, labels, config)[0]
         runs.append({"eps": eps, "attack_error": row.attack_error, "seconds": time.perf_counter() - started})
@@ -117,7 +120,7 @@ def calibrate_eps(model: Path, dataset: str, n: int, seed: int = 0, data_dir: Op
             log(f"calibrate {dataset}: eps {eps:g} -> paper-attack error {100 * row.attack_error:.1f}% on {n}")
         return row.attack_error
 
-    found = bisect_targets(error_at, targets, min(start, upper), iterations)
+    found = bisect_targets(error_at, targets, min(start, upper), iterations, limit=upper)
     return {"model": str(model), "dataset": dataset, "n": n, "seed": seed, "T": T, "targets": list(targets),
             "scoring": "attack-draw (the evaluation rand maps the attack judged success on; the paper's)",
             "selection": f"select_samples({len(y_all)}, {n}, {seed})", "iterations": iterations,

@@ -86,3 +86,17 @@ def test_fresh_draw_rescoring_is_its_own_labelled_table_beside_the_paper_cells()
     spikes = [dict(row, attack_error_fresh=None) for row in rows]
     assert _fresh_section(setting, _rows({"rows": spikes}, "plain", "paper"),
                           _rows({"rows": spikes}, "robust", "paper"), cells, "*") == []
+
+
+def test_calibration_never_goes_past_the_limit_and_says_which_targets_it_missed():
+    """Digital inputs live in [0, 1]: eps above 1 is no larger set, so the search stops at the limit."""
+    seen = []
+
+    def error_at(eps):
+        seen.append(eps)
+        return 0.45 * min(eps, 1.0)
+
+    found = bisect_targets(error_at, (0.2, 0.3, 0.4, 0.5), upper=0.1, limit=1.0)
+    assert max(seen) <= 1.0 and max(found["eps"]) <= 1.0
+    assert found["reached"] == [True, True, True, False]
+    assert len(seen) == len(set(seen))   # each eps measured once
