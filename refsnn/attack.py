@@ -173,12 +173,12 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     identity = result_identity(args, names, paths, models, T)
     out = cli.check_out_dir(Path(args.out) if args.out else cli.default_out(
         "attack", args.dataset, names[0], f"n{args.n}", f"seed{args.seed}", result_key(identity)))
-    guard_result(out / "table.json", identity, args.overwrite)  # before the work, not after it
-
     kind = "spike" if args.dataset in EVENT_DATASETS else "digital"
     if args.scoring == "fresh" and (kind == "spike" or not args.fresh_draws):
         parser.error("--scoring fresh needs rate-coded inputs and --fresh-draws >= 1 "
                      f"(dataset {args.dataset}, --fresh-draws {args.fresh_draws})")
+    guard_result(out / "table.json", identity, args.overwrite)  # before the work, not after it
+
     x_all, y_all = load_dataset(args.dataset, "test", data_dir=args.data_dir, T=T)
     try:
         indices = select_samples(len(y_all), args.n, args.seed)
