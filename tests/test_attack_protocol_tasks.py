@@ -94,7 +94,12 @@ def test_scoring_fresh_puts_the_fresh_draw_table_first(tmp_path):
     assert default_code == 0 and default["scoring"] == "attack-draw" and "scoring" not in default["identity"]
 
 
-def test_scoring_fresh_without_fresh_draws_is_one_line_exit_2(tmp_path, capsys):
+@pytest.mark.parametrize("earlier_result", [False, True])
+def test_scoring_fresh_without_fresh_draws_is_one_line_exit_2(tmp_path, capsys, earlier_result):
+    if earlier_result:   # another result in the folder: the flag error is still the one reported
+        out = tmp_path / "outfreshdraws0scoringfresh"
+        out.mkdir()
+        (out / "table.json").write_text(json.dumps({"identity": {"other": 1}, "rows": []}))
     with pytest.raises(SystemExit) as exit_info:
         _cli(tmp_path, "--fresh-draws", "0", "--scoring", "fresh")
     assert exit_info.value.code == 2
