@@ -53,6 +53,22 @@ def test_fused_lif_is_bit_for_bit_the_numpy_recurrence(dtype, firing, seed, rese
         assert got.dtype == dtype and np.array_equal(got, want)
 
 
+@pytest.mark.parametrize("width", [1, 4, 5, 64])
+def test_fused_lif_blocks_of_any_width_give_the_numpy_recurrence(monkeypatch, width):
+    # 37 neurons in blocks of ``width`` (the last one partial): every block but the first starts at
+    # an offset, which the default block (>= _NEURON_BLOCK neurons) never does at test sizes
+    monkeypatch.setattr(kernels, "_neuron_block", lambda size: width)
+    rng = np.random.default_rng(width)
+    current = rng.normal(0.2, 0.3, (6, 37)).astype(np.float32)
+    membrane, spike = lif_forward(current, 0.25, 0.25, ">=")
+    ref_membrane, ref_spike = _numpy_lif_forward(current, 0.25, 0.25, ">=")
+    assert np.array_equal(membrane, ref_membrane) and np.array_equal(spike, ref_spike)
+    grad = rng.normal(size=current.shape).astype(np.float32)
+    for surrogate in (Rectangular(), Sigmoid()):
+        got = lif_backward(membrane, spike, grad, 0.25, 0.25, surrogate, True)
+        assert np.array_equal(got, _numpy_lif_backward(membrane, spike, grad, 0.25, 0.25, surrogate, True))
+
+
 def test_fused_lif_fires_at_the_threshold_only_for_ge():
     current = np.array([[0.25], [0.0], [0.25]])
     _, spike_ge = lif_forward(current, 0.25, 0.5, ">=")
