@@ -16,7 +16,8 @@ Each thread count runs in fresh worker processes with ``REFSNN_NUM_THREADS`` (an
 Numba's own variables, for the old tree) set before import; the new tree and the old revision
 (``--old``, exported with ``git archive`` into a temporary folder) take turns step by step so
 both see the same load. Medians of ``--repeats``, of wall time and of each worker's process CPU time
-(``time.process_time``: what the step itself costs, whatever else the shared machine runs).
+(``time.process_time``: what the step itself costs, whatever else the shared machine runs) and of
+its user part (``getrusage``; the system part, page faults of fresh arrays, varies several-fold).
 
     python benchmarks/bench_conv.py [--batches 64 256] [--threads 1 2] [--repeats 5]
                                     [--old 8e6f9e7] [--out runs/bench/conv]
@@ -41,7 +42,7 @@ from typing import Tuple
 REPO = Path(__file__).resolve().parents[1]
 
 WORKER = r'''
-import json, sys, time
+import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 import numpy as np
 import numba
@@ -101,8 +102,10 @@ step(); step(); gemms()  # warm-up: Numba compilation, BLAS threads, caches
 print(json.dumps({"flops": flops, "products": products, "numba_threads": numba.get_num_threads()}), flush=True)
 for line in sys.stdin:
     started, started_cpu = time.perf_counter(), time.process_time()
+    started_user = resource.getrusage(resource.RUSAGE_SELF).ru_utime
     work[line.strip()]()
-    print(json.dumps([time.perf_counter() - started, time.process_time() - started_cpu]), flush=True)
+    print(json.dumps([time.perf_counter() - started, time.process_time() - started_cpu,
+                      resource.getrusage(resource.RUSAGE_SELF).ru_utime - started_user]), flush=True)
 '''
 
 THREAD_VARIABLES = ("REFSNN_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -120,12 +123,12 @@ class Worker:
             raise RuntimeError(f"worker for {tree} failed to start")
         self.info = json.loads(line)
 
-    def time(self, what: str) -> Tuple[float, float]:
-        """Wall and process CPU seconds of one ``what`` in the worker."""
+    def time(self, what: str) -> Tuple[float, float, float]:
+        """Wall, process CPU and user CPU seconds of one ``what`` in the worker."""
         self.proc.stdin.write(what + "\n")
         self.proc.stdin.flush()
-        wall, cpu = json.loads(self.proc.stdout.readline())
-        return wall, cpu
+        wall, cpu, user = json.loads(self.proc.stdout.readline())
+        return wall, cpu, user
 
     def close(self):
         self.proc.stdin.close()
@@ -184,15 +187,16 @@ def main(argv=None) -> int:
                 new = Worker(REPO, batch, threads)
                 old = Worker(old_tree, batch, threads) if old_tree else None
                 times = {"new": [], "old": [], "gemm": []}
-                cpu = {"new": [], "old": []}
+                cpu, user = {"new": [], "old": []}, {"new": [], "old": []}
                 for rep in range(args.repeats):
                     times["gemm"].append(new.time("gemm")[0])
                     order = [("new", new), ("old", old)] if rep % 2 == 0 else [("old", old), ("new", new)]
                     for side, worker in order:
                         if worker is not None:
-                            wall, seconds = worker.time("step")
+                            wall, seconds, user_seconds = worker.time("step")
                             times[side].append(wall)
                             cpu[side].append(seconds)
+                            user[side].append(user_seconds)
                 for worker in (new, old):
                     if worker is not None:
                         worker.close()
@@ -202,15 +206,17 @@ def main(argv=None) -> int:
                        "gflop_per_step": flops / 1e9, "step_new_s": step_new, "gemm_s": gemm,
                        "achieved_gflops": flops / step_new / 1e9, "gemm_gflops": flops / gemm / 1e9,
                        "ratio_to_gemm": gemm / step_new, "samples": times, "cpu_samples": cpu,
-                       "step_new_cpu_s": median(cpu["new"]), "loadavg": os.getloadavg()}
+                       "user_samples": user, "step_new_cpu_s": median(cpu["new"]),
+                       "step_new_user_s": median(user["new"]), "loadavg": os.getloadavg()}
                 if times["old"]:
                     row["step_old_s"] = median(times["old"])
                     row["speedup_vs_old"] = row["step_old_s"] / step_new
                     row["step_old_cpu_s"] = median(cpu["old"])
                     row["cpu_speedup_vs_old"] = row["step_old_cpu_s"] / row["step_new_cpu_s"]
+                    row["user_speedup_vs_old"] = median(user["old"]) / row["step_new_user_s"]
                 rows.append(row)
                 old_text = (f"  old {row['step_old_s']:.3f} s ({row['speedup_vs_old']:.2f}x faster; process CPU "
-                            f"{row['cpu_speedup_vs_old']:.2f}x)" if "step_old_s" in row else "")
+                            f"{row['cpu_speedup_vs_old']:.2f}x, user CPU {row['user_speedup_vs_old']:.2f}x)" if "step_old_s" in row else "")
                 print(f"threads {threads} batch {batch:4d}: step {step_new:.3f} s = {row['achieved_gflops']:.1f} "
                       f"GFLOP/s; GEMM {row['gemm_gflops']:.1f} GFLOP/s; ratio {100 * row['ratio_to_gemm']:.0f} %"
                       f"{old_text}  (load {row['loadavg'][0]:.2f})", flush=True)
@@ -243,11 +249,12 @@ def markdown(report: dict) -> str:
         "(input_grad=False). FLOPs: dense conv/linear multiply-adds x 2 (forward, weight gradient, input "
         "gradient except the first layer). GEMM = NumPy matmul on the same products, same threads, same "
         f"process. Medians of {report['repeats']}. CPU = the worker's process CPU time per step (all its "
-        "threads, user + system; other jobs on the machine do not count in it, page faults do).",
+        "threads, user + system; other jobs on the machine do not count in it, page faults do); user = its "
+        "user part (without the kernel's page-fault work, which varies several-fold between steps).",
         "",
         "| threads | batch | GFLOP/step | step new (s) | step old (s) | new vs old | CPU new (s) | CPU old (s) | "
-        "CPU new vs old | achieved GFLOP/s | GEMM GFLOP/s | achieved / GEMM | load (1 min) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "CPU new vs old | user CPU new vs old | achieved GFLOP/s | GEMM GFLOP/s | achieved / GEMM | load (1 min) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["rows"]:
         old = f"{row['step_old_s']:.3f}" if "step_old_s" in row else "-"
@@ -255,8 +262,9 @@ def markdown(report: dict) -> str:
         cpu_new = f"{row['step_new_cpu_s']:.3f}" if "step_new_cpu_s" in row else "-"
         cpu_old = f"{row['step_old_cpu_s']:.3f}" if "step_old_cpu_s" in row else "-"
         cpu_speedup = f"{row['cpu_speedup_vs_old']:.2f}x" if "cpu_speedup_vs_old" in row else "-"
+        user_speedup = f"{row['user_speedup_vs_old']:.2f}x" if "user_speedup_vs_old" in row else "-"
         lines.append(f"| {row['threads']} | {row['batch']} | {row['gflop_per_step']:.2f} | {row['step_new_s']:.3f} | "
-                     f"{old} | {speedup} | {cpu_new} | {cpu_old} | {cpu_speedup} | {row['achieved_gflops']:.1f} | "
+                     f"{old} | {speedup} | {cpu_new} | {cpu_old} | {cpu_speedup} | {user_speedup} | {row['achieved_gflops']:.1f} | "
                      f"{row['gemm_gflops']:.1f} | "
                      f"{100 * row['ratio_to_gemm']:.0f} % | {row['loadavg'][0]:.2f} |")
     return "\n".join(lines) + "\n"
