@@ -427,6 +427,15 @@ def lif_forward_fused(current: np.ndarray, threshold: float, decay: float, firin
     return membrane.reshape(current.shape), spike.reshape(current.shape)
 
 
+@numba.njit(cache=True, inline="always")
+def _lif_grad_step(grad_spike, membrane, spike, derivative, grad_next, decay, reset_grad, one):  # pragma: no cover
+    """BPTT of eqs. 1-2 for one neuron and step: dL/dm_t from dL/ds_t, the surrogate derivative at
+    m_t and dL/dm_{t+1} (``grad_next``); through the reset term too when ``reset_grad``."""
+    if reset_grad:
+        grad_spike = grad_spike - decay * membrane * grad_next
+    return grad_spike * derivative + decay * (one - spike) * grad_next
+
+
 @numba.njit(cache=True, parallel=True)
 def _lif_backward(membrane, spike, grad_spike, surrogate_derivative, decay, reset_grad,
                   grad_current, width):  # pragma: no cover - compiled
@@ -452,10 +461,8 @@ def _lif_backward_block(membrane, spike, grad_spike, surrogate_derivative, decay
         derivative_t = surrogate_derivative[t, first:last]
         grad_current_t = grad_current[t, first:last]
         for j in range(width):
-            grad_s = grad_spike_t[j]
-            if reset_grad:
-                grad_s = grad_s - decay * membrane_t[j] * grad_next[j]
-            grad_m = grad_s * derivative_t[j] + decay * (one - spike_t[j]) * grad_next[j]
+            grad_m = _lif_grad_step(grad_spike_t[j], membrane_t[j], spike_t[j], derivative_t[j], grad_next[j],
+                                    decay, reset_grad, one)
             grad_current_t[j] = grad_m
             grad_next[j] = grad_m
 
@@ -489,10 +496,7 @@ def _lif_backward_rectangular_block(membrane, spike, grad_spike, threshold, half
         for j in range(width):
             m = membrane_t[j]
             derivative = height if abs(m - threshold) < half_width else zero
-            grad_s = grad_spike_t[j]
-            if reset_grad:
-                grad_s = grad_s - decay * m * grad_next[j]
-            grad_m = grad_s * derivative + decay * (one - spike_t[j]) * grad_next[j]
+            grad_m = _lif_grad_step(grad_spike_t[j], m, spike_t[j], derivative, grad_next[j], decay, reset_grad, one)
             grad_current_t[j] = grad_m
             grad_next[j] = grad_m
 
