@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .bound_graph import BoundGraph, Choices, _ibp_time_kernel  # noqa: F401  (the graph and its kernel)
+from .bound_graph import BoundGraph, Choices
 from .input_sets import DEFAULT_ROBUST_T
 from .losses import softmax_cross_entropy
 from .spec import margin_spec, other_classes
