@@ -191,6 +191,24 @@ def test_rules_too_tight_are_caught(firing, dtype):
         assert_each_step_sound(net, x_lower, x_upper, spec, prepare_stages(net), record)
 
 
+@pytest.mark.parametrize("firing", [">=", ">"])
+def test_the_side_of_a_float32_threshold_is_respected(firing):
+    """float32(0.3) > 0.3: a surely firing neuron subtracts ``th_net = th_hi``; where the coefficient
+    on ``z`` is positive only ``- lz th_hi s`` bounds ``lz z`` from below (``th_lo`` would be
+    1.2e-8 |lz| too high). Here ``m_0 = 0.45`` fires and ``m_1`` in ``{0, 0.6}`` is unstable, so the
+    lower chord at ``t = 1`` puts ``lz > 0`` on ``z_0``."""
+    net = SNN([Linear(np.array([[0.6]]), np.array([-0.15]))], threshold=0.3, decay=1.0, firing=firing,
+              dtype=np.float32, reset="subtract")
+    x_lower = np.array([[[1]], [[0]]], dtype=np.uint8)
+    x_upper = np.array([[[1]], [[1]]], dtype=np.uint8)
+    spec = normalize_spec(np.array([[1.0], [-1.0]]), 1, 1)
+    record = []
+    bounds = interval_bounds(net, x_lower, x_upper)
+    assert bounds.state[0][0].ravel().tolist() == [1] and bounds.state[0][1].ravel().tolist() == [UNSTABLE]
+    _lower_bound_rows(prepare_stages(net), bounds, spec, x_lower.astype(float), x_upper.astype(float), record=record)
+    assert_each_step_sound(net, x_lower, x_upper, spec, prepare_stages(net), record)
+
+
 def test_unstable_reset_interval_reaches_above_the_threshold():
     model = neuron_model("subtract")
 
