@@ -102,7 +102,7 @@ class SNN:
     surrogate: derivative used for the Heaviside in BPTT (default: rectangular, 1 on |m - th| < 0.5).
     reset_grad: differentiate the reset path ``(1 - s_{t-1})`` (default True, as the authors' code).
     reset: the neuron model of every stage (``refsnn.neurons``): ``"zero"`` (default, the paper's
-        LIF, ``m_t = I_t + alpha m_{t-1} (1 - s_{t-1})``) or ``"subtract"`` (snnTorch's default,
+        LIF, ``m_t = I_t + alpha m_{t-1} (1 - s_{t-1})``) or ``"subtract"`` (reset by subtraction,
         ``m_t = I_t + alpha (m_{t-1} - th s_{t-1})``).
     input_shape: per-sample input shape, e.g. ``(784,)`` or ``(1, 28, 28)``; inferred for a
         first ``Linear`` layer, required for convolutional nets.

@@ -1,4 +1,4 @@
-"""The LIF stage operator: the kernels every bound method runs through one spiking stage.
+"""The stage operator: the kernels every bound method runs through one spiking stage.
 
 ``interval_step``  (``interval_kernel``) S-IBP over time (Alg. 1; eqs. 7, 9 after the current interval of eq. 11):
     ``m = I + alpha z_{t-1}`` (widened by the membrane margin when the precision policy tracks
@@ -30,8 +30,13 @@ arithmetic in the training dtype) run the same operator:
 ``backsub_stage`` and ``backsub_stage_reverse`` are the one place that picks a variant (serial or
 parallel over samples by size) and fills the arguments a variant does not read.
 
-The per-neuron decisions are the rules of ``refsnn.relaxations`` (``fire_state``, eq. 7;
-``reset_lower_bound``/``reset_upper_bound``, eq. 9), compiled into the kernels.
+The per-neuron decisions are the rules of ``refsnn.relaxations`` (``fire_state``, eq. 7, shared)
+and of the neuron model (``refsnn/neurons/lif.py`` for the paper's LIF: ``reset_lower_bound``/
+``reset_upper_bound``, eq. 9; the reset's part of the back-substitution step, eq. 10, and of its
+reverse), compiled into the kernels: each variant is compiled for one neuron model (``neuron``,
+the value of ``SNN.reset``) with that model's scalar rules injected as globals, as the flags are.
+The text below describes the LIF; reset by subtraction (``refsnn/neurons/subtract.py``) replaces
+eqs. 9-10 by its exact reset relation.
 """
 from __future__ import annotations
 
@@ -66,7 +71,8 @@ def _interval_step(cur_lower, cur_upper, alpha_lower, alpha_upper, margin_coef, 
     dtype) and the upper reset bound (carried in float64). ``margin_coef``: ``2 gamma(6, u)`` of
     the membrane margin (``TRACK_ROUNDING``). ``th_on``/``th_off``: the thresholds of the stable
     firing / stable silent tests (``th_hi``/``th_lo`` under the sound policy), ``th_reset`` the
-    upper reset bound of an unstable neuron, ``zero`` its lower bound when ``m_l >= 0``.
+    upper reset bound of an unstable neuron, ``zero`` its lower bound when ``m_l >= 0`` (the
+    LIF's eq. 9; the neuron model's ``reset_lower_bound``/``reset_upper_bound`` receive all four).
     Outputs ``mem_*``, ``state`` (int8) always; ``mem_margin`` with ``TRACK_ROUNDING``;
     ``reset_*``, ``spike_*`` and ``negative`` with ``RECORD``; ``FROZEN`` reads ``state`` and
     ``negative``. Unused outputs may be ``[1, 1, 1]`` dummies. The flags ``TRACK_ROUNDING``,

@@ -11,7 +11,8 @@ package defining it and every rule that depends on it (docs/ARCHITECTURE.md, "Ad
 neuron model"); ``NEURON_MODELS`` names them (``SNN(reset=...)``):
 
 ``"zero"``      ``refsnn/neurons/lif.py``, the paper's LIF: ``z_t = m_t (1 - s_t)`` (eqs. 1, 9-10);
-``"subtract"``  ``refsnn/neurons/subtract.py``: ``z_t = m_t - th s_t`` (snnTorch's default).
+``"subtract"``  ``refsnn/neurons/subtract.py``: ``z_t = m_t - th s_t`` (reset by subtraction, the leak
+                acting on what the subtraction leaves).
 
 Arrays are time-major: ``[T, N...]`` where the trailing axes hold batch and neurons. The loop
 runs over time only; each step is vectorized over all neurons and samples.

@@ -1,8 +1,11 @@
-"""The LIF neuron with reset by subtraction (``reset="subtract"``, snnTorch's default reset mechanism).
+"""The LIF neuron with reset by subtraction (``reset="subtract"``).
 
     m_t = I_t + alpha z_{t-1},   s_t = fire(m_t - th),   z_t = m_t - th s_t
 
-A spike takes ``th`` off the membrane instead of clearing it. The module defines what
+A spike takes ``th`` off the membrane instead of clearing it, and the leak acts on what is left:
+``m_t = I_t + alpha (m_{t-1} - th s_{t-1})``. (snnTorch's ``reset_mechanism="subtract"`` subtracts
+after the leak, ``m_t = beta m_{t-1} + I_t - th s_{t-1}``: the same model only at ``alpha = 1``;
+its importer keeps refusing it.) The module defines what
 ``refsnn/neurons/lif.py`` defines (docs/ARCHITECTURE.md, "Adding a new neuron model"); the fire
 rules (eqs. 2, 7, 8) are the shared ones. ``th`` below is the threshold the network computes with,
 ``th_net`` (its dtype's value of ``th``); the bounds know it only within ``[th_lo, th_hi]``
