@@ -301,6 +301,7 @@ class IntervalBounds:
     ``current_center[k]`` (flat ``[T', B, n]``) is ``W mid + b`` for the centre ``mid`` of the
     previous spike bounds (before widening).
     ``rate_lower/upper [B, n_out]``: bounds of the output rates (mean over the ``T'`` steps).
+    ``reset``: the network's neuron model (``refsnn.neurons``), whose reset rules these bounds used.
     """
 
     method: str
@@ -457,7 +458,7 @@ def interval_bounds_of_box(net, box: BinaryBox, stages: Sequence[PreparedStage],
         result.mem_margin.append(mem_margin)
         if refine is None:
             # eqs. 7, 9 per time step with the membrane margin (Precision.membrane_margin,
-            # Fire.classify, Reset.interval fused; bit-for-bit the same values).
+            # Fire.classify, the model's reset_interval fused; bit-for-bit the same values).
             _ibp_time_kernel(cur_lower, cur_upper, float(alpha), rule.membrane_margin_coef(), float(rule.th_lo),
                              float(rule.th_hi), fires_at_threshold(net.firing), mem_lower, mem_upper, mem_margin, reset_lower,
                              reset_upper, state, spike_lo, spike_hi, net.reset)
