@@ -83,7 +83,8 @@ _reset_lower_array = numba.vectorize(cache=True)(reset_lower_bound)
 _reset_upper_array = numba.vectorize(cache=True)(reset_upper_bound)
 
 
-def reset_interval(mem_lower: np.ndarray, mem_upper: np.ndarray, state: np.ndarray, rule) -> Tuple[np.ndarray, np.ndarray]:
+def reset_interval(mem_lower: np.ndarray, mem_upper: np.ndarray, state: np.ndarray,
+                   rule) -> Tuple[np.ndarray, np.ndarray]:
     """Eq. 9 on arrays (``reset_lower_bound``, ``reset_upper_bound``): stable non-firing ``[m_l, m_u]``,
     stable firing ``[0, 0]``, unstable ``[min(0, m_l), th_hi]`` (``rule``: the precision policy)."""
     mem_lower = np.asarray(mem_lower, dtype=np.float64)

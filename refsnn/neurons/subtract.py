@@ -88,7 +88,8 @@ _reset_lower_array = numba.vectorize(cache=True)(reset_lower_bound)
 _reset_upper_array = numba.vectorize(cache=True)(reset_upper_bound)
 
 
-def reset_interval(mem_lower: np.ndarray, mem_upper: np.ndarray, state: np.ndarray, rule) -> Tuple[np.ndarray, np.ndarray]:
+def reset_interval(mem_lower: np.ndarray, mem_upper: np.ndarray, state: np.ndarray,
+                   rule) -> Tuple[np.ndarray, np.ndarray]:
     """The reset interval on arrays (``reset_lower_bound``, ``reset_upper_bound``), float64."""
     mem_lower = np.asarray(mem_lower, dtype=np.float64)
     if mem_lower.size == 0:
