@@ -42,7 +42,7 @@ import numpy as np
 from .crown import backsub_stages, crown_bounds_of_box, stage_magnitudes
 from .ibp import IntervalBounds, PreparedStage, ibp_spec_bounds, interval_bounds_of_box, prepare_stages
 from .input_sets import BinaryBox, binary_box
-from .operator import StepTables, backsub_stage_reverse
+from .operator import NeuronModelError, StepTables, backsub_stage_reverse
 from .relaxations import UNIT_ROUNDOFF_FLOAT64, UNSTABLE, Fire, Reset, gamma, output_rounding_margin
 from .spec import best_bounds, normalize_spec
 
@@ -75,7 +75,12 @@ class StageTables(StepTables):
 
 
 def stage_tables(bounds: IntervalBounds, k: int, stage: PreparedStage, steps: Optional[int] = None) -> StageTables:
-    """Tables of stage ``k`` from (possibly refined) intermediate bounds, first ``steps`` steps."""
+    """Tables of stage ``k`` from (possibly refined) intermediate bounds, first ``steps`` steps.
+    The line families are the paper's LIF's (``reset="zero"``); other neuron models are refused."""
+    if bounds.reset != "zero":
+        raise NeuronModelError(f"reset={bounds.reset!r}: optimized slopes, full S-CROWN and any-k S-CROWN are "
+                               "defined for the paper's LIF (reset='zero') only; use method 'ibp', 'crown-ibp', "
+                               "'crown-ibp-paper' or 'best'")
     steps = bounds.steps if steps is None else steps
     n = stage.n_neurons
     rule = bounds.rule

@@ -40,7 +40,8 @@ from .ibp import IntervalBounds, PreparedStage, interval_bounds_of_box, prepare_
 from .input_sets import BinaryBox, binary_box
 from .kernels import transpose_contiguous
 from .operator import StepOutput, StepTables, backsub_stage
-from .relaxations import UNIT_ROUNDOFF_FLOAT64, Fire, Reset, gamma, output_rounding_margin
+from .neurons import neuron_model
+from .relaxations import UNIT_ROUNDOFF_FLOAT64, Fire, gamma, output_rounding_margin
 from .spec import normalize_spec
 
 U64 = UNIT_ROUNDOFF_FLOAT64
@@ -166,12 +167,12 @@ def stage_step_tables(bounds: IntervalBounds, k: int, stage: PreparedStage,
         chords = Fire.chords(mem_lower, mem_upper, state, bounds.threshold, rule, decide=decide)
     slope_lo, icpt_lo, slope_up, icpt_up = Fire.relaxation(mem_lower, mem_upper, state, bounds.threshold, rule,
                                                            chords=chords)
-    reset_lo, reset_hi = Reset.relaxation(mem_lower, state, rule)
+    reset_lo, reset_hi = neuron_model(bounds.reset).reset_relaxation(mem_lower, state, rule)
     mem_mag, carry_mag, fwd_scale = stage_magnitudes(bounds, k, stage)
     c = np.ascontiguousarray
     rounding = (c(mem_mag), c(carry_mag), c(fwd_scale), gamma(4 * n * steps + 16, U64))
     return StepTables(state, c(slope_lo), c(icpt_lo), c(slope_up), c(icpt_up), c(reset_lo), c(reset_hi),
-                      float(bounds.decay), c(stage.bias), rounding)
+                      float(bounds.decay), c(stage.bias), rounding, neuron=bounds.reset)
 
 
 SPARSE_FREE_FRACTION = 0.2

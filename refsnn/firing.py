@@ -13,7 +13,12 @@ import numba
 
 from .validation import check_firing
 
-__all__ = ["fires", "fires_compiled", "fires_at_threshold"]
+__all__ = ["fires", "fires_compiled", "fires_at_threshold", "STABLE_OFF", "STABLE_ON", "UNSTABLE"]
+
+# The stability of a neuron over a membrane interval (eq. 7), shared by every neuron model's rules.
+STABLE_OFF = 0   # stable non-firing: s = 0
+STABLE_ON = 1    # stable firing:     s = 1
+UNSTABLE = 2     # may or may not fire
 
 
 def fires(membrane, threshold, at_threshold: bool):

@@ -25,7 +25,8 @@ from .firing import fires_at_threshold
 from .kernels import add_rows, transpose_contiguous
 from .layers import AvgPool2d, Conv2d, Flatten, Linear
 from .operator import interval_kernel
-from .relaxations import UNSTABLE, Fire, Precision, Reset, output_rounding_margin
+from .neurons import neuron_model
+from .relaxations import UNSTABLE, Fire, Precision, output_rounding_margin
 from .spec import spec_interval
 
 
@@ -34,12 +35,12 @@ from .spec import spec_interval
 # --- Numba kernel: the S-IBP time recurrence of one stage ----------------------------------------
 
 def _ibp_time_kernel(cur_lower, cur_upper, alpha, membrane_coef, th_lo, th_hi, fire_ge, mem_lower, mem_upper,
-                     mem_margin, reset_lower, reset_upper, state, spike_lower, spike_upper) -> None:
+                     mem_margin, reset_lower, reset_upper, state, spike_lower, spike_upper, neuron: str = "zero") -> None:
     """The S-IBP recurrence of one stage under the sound policy (eqs. 7, 9 with the membrane margin),
     ``[T', B, n]`` float64 arrays: ``refsnn.operator.interval_step`` with rounding tracked and the
-    reset and spike bounds recorded."""
+    reset and spike bounds recorded, for the neuron model ``neuron``."""
     negative = np.empty(cur_lower.shape, dtype=np.bool_)
-    interval_kernel(track_rounding=True, record=True, frozen=False)(
+    interval_kernel(track_rounding=True, record=True, frozen=False, neuron=neuron)(
         cur_lower, cur_upper, alpha, alpha, membrane_coef, th_hi, th_lo, th_hi, 0.0, fire_ge, mem_lower, mem_upper,
         mem_margin, reset_lower, reset_upper, state, negative, spike_lower, spike_upper)
 
@@ -300,6 +301,7 @@ class IntervalBounds:
     ``current_center[k]`` (flat ``[T', B, n]``) is ``W mid + b`` for the centre ``mid`` of the
     previous spike bounds (before widening).
     ``rate_lower/upper [B, n_out]``: bounds of the output rates (mean over the ``T'`` steps).
+    ``reset``: the network's neuron model (``refsnn.neurons``), whose reset rules these bounds used.
     """
 
     method: str
@@ -324,6 +326,7 @@ class IntervalBounds:
     mem_margin: List[np.ndarray] = field(default_factory=list)
     rate_lower: Optional[np.ndarray] = None
     rate_upper: Optional[np.ndarray] = None
+    reset: str = "zero"
 
     @property
     def n_stages(self) -> int:
@@ -340,7 +343,8 @@ class IntervalBounds:
         """The bounds of a subset of the batch (``index``: slice or integer array over ``B``)."""
         def pick(arrays):
             return [a if a.shape[1] == 1 and self.batch != 1 else a[:, index] for a in arrays]
-        picked = IntervalBounds(self.method, self.firing, self.threshold, self.decay, self.rule, self.steps, 0)
+        picked = IntervalBounds(self.method, self.firing, self.threshold, self.decay, self.rule, self.steps, 0,
+                                reset=self.reset)
         for name in ("current_lower", "current_upper", "mem_lower", "mem_upper", "spike_lower", "spike_upper",
                      "reset_lower", "reset_upper", "state", "current_margin", "current_magnitude", "mem_margin",
                      "current_center"):
@@ -371,7 +375,8 @@ def _stepwise_time_loop(result: IntervalBounds, k: int, rule: Precision, firing:
         state[t] = Fire.classify(mem_lower[t], mem_upper[t], rule, firing)
         if len(refined) > 2:  # spike states fixed by the caller (a branch-and-bound split); -1: not fixed
             state[t] = np.where(refined[2] >= 0, refined[2], state[t])
-        reset_lower[t], reset_upper[t] = Reset.interval(mem_lower[t], mem_upper[t], state[t], rule)
+        reset_lower[t], reset_upper[t] = neuron_model(result.reset).reset_interval(mem_lower[t], mem_upper[t],
+                                                                                   state[t], rule)
         carried_lower = alpha * reset_lower[t]
         carried_upper = alpha * reset_upper[t]
     spike_lo[...], spike_hi[...] = Fire.interval(state)
@@ -407,7 +412,7 @@ def interval_bounds_of_box(net, box: BinaryBox, stages: Sequence[PreparedStage],
     steps, batch = box.x_lower.shape[:2]
     alpha = net.decay
     tight_magnitude = rule.net_dtype != "float64"
-    result = IntervalBounds("ibp", net.firing, net.threshold, alpha, rule, steps, batch)
+    result = IntervalBounds("ibp", net.firing, net.threshold, alpha, rule, steps, batch, reset=net.reset)
 
     spike_lower = box.x_lower.reshape((steps * batch,) + box.x_lower.shape[2:]).astype(np.float64)
     spike_upper = box.x_upper.reshape(spike_lower.shape).astype(np.float64)
@@ -453,10 +458,10 @@ def interval_bounds_of_box(net, box: BinaryBox, stages: Sequence[PreparedStage],
         result.mem_margin.append(mem_margin)
         if refine is None:
             # eqs. 7, 9 per time step with the membrane margin (Precision.membrane_margin,
-            # Fire.classify, Reset.interval fused; bit-for-bit the same values).
+            # Fire.classify, the model's reset_interval fused; bit-for-bit the same values).
             _ibp_time_kernel(cur_lower, cur_upper, float(alpha), rule.membrane_margin_coef(), float(rule.th_lo),
                              float(rule.th_hi), fires_at_threshold(net.firing), mem_lower, mem_upper, mem_margin, reset_lower,
-                             reset_upper, state, spike_lo, spike_hi)
+                             reset_upper, state, spike_lo, spike_hi, net.reset)
         else:
             _stepwise_time_loop(result, k, rule, net.firing, alpha, refine, cur_lower, cur_upper, mem_lower,
                                 mem_upper, mem_margin, reset_lower, reset_upper, state, spike_lo, spike_hi)

@@ -28,7 +28,7 @@ from .data import repo_path
 from .layers import LAYER_KINDS, AvgPool2d, Conv2d, Flatten, Layer, Linear
 from .network import SNN
 from .neurons import SURROGATES, make_surrogate, surrogate_config
-from .validation import FIRING_MODES, check_h5_tree
+from .validation import FIRING_MODES, RESET_MODES, check_h5_tree
 from .runlock import pid_running
 
 PathLike = Union[str, os.PathLike]
@@ -224,6 +224,8 @@ def write_model(h5: h5py.Group, net: SNN) -> None:
     h5.attrs["input_shape"] = np.asarray(net.input_shape, dtype=np.int64)
     h5.attrs["surrogate"] = _json(surrogate_config(net.surrogate))
     h5.attrs["reset_grad"] = bool(net.reset_grad)
+    if net.reset != "zero":  # written only when set: every LIF file stays as before, old readers refuse it
+        h5.attrs["reset"] = net.reset
     h5.attrs["dtype"] = net.dtype.name
     layers = h5.create_group("layers")
     layers.attrs["count"] = len(net.layers)
@@ -258,7 +260,7 @@ def save_model(path: PathLike, net: SNN, **metadata) -> Path:
 # --- reading -------------------------------------------------------------------------------------
 
 _ROOT_ATTRS = {"format", "format_version", "threshold", "decay", "firing", "input_shape", "dtype", "surrogate",
-               "reset_grad"}
+               "reset_grad", "reset"}
 _ROOT_MEMBERS = {"layers", "metadata", "checkpoint"}
 _LAYER_ATTRS = {"linear": {"kind"}, "conv2d": {"kind", "stride", "padding", "kernel_size"},
                 "avgpool2d": {"kind", "kernel_size", "stride"}, "flatten": {"kind"}}
@@ -448,6 +450,9 @@ def _read_model(h5: h5py.Group, source: str, dtype) -> SNN:
         reset_grad = h5.attrs["reset_grad"]
         if not isinstance(reset_grad, (bool, np.bool_)):
             raise FormatError(f"{source}: attribute 'reset_grad' must be a boolean, got {reset_grad!r}")
+    reset = _attr(h5, "reset", source) if "reset" in h5.attrs else "zero"
+    if reset not in RESET_MODES:
+        raise FormatError(f"{source}: reset must be one of {RESET_MODES}, got {reset!r}")
     threshold = _number_attr(h5, "threshold", source)
     decay = _number_attr(h5, "decay", source)
     if "layers" not in h5 or not isinstance(h5["layers"], h5py.Group):
@@ -465,7 +470,7 @@ def _read_model(h5: h5py.Group, source: str, dtype) -> SNN:
     try:
         return SNN(layers, threshold=threshold, decay=decay, firing=firing, surrogate=surrogate,
                    reset_grad=bool(reset_grad), input_shape=tuple(int(v) for v in input_shape),
-                   dtype=np.dtype(dtype if dtype is not None else file_dtype))
+                   dtype=np.dtype(dtype if dtype is not None else file_dtype), reset=reset)
     except (ValueError, TypeError) as error:
         raise FormatError(f"{source}: the stored layers do not form a valid network: {error}") from None
 

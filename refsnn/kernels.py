@@ -16,11 +16,14 @@ in input order) and the bias last, so they differ from the BLAS result only by t
 
 Fused LIF loops: :func:`lif_forward_fused` and :func:`lif_backward_fused` run the recurrence of
 ``refsnn.neurons`` with the same operations in the same order per element, so they are bit-for-bit
-equal to the NumPy loops; they avoid the NumPy temporaries of each time step.
+equal to the NumPy loops; they avoid the NumPy temporaries of each time step. They are generic over
+the neuron model: its ``carry`` and ``grad_step`` (one source each, in the model's file) are
+compiled into them (``specialize``: one compiled variant per model).
 """
 from __future__ import annotations
 
 import os
+import types
 
 import numba
 import numpy as np
@@ -381,7 +384,21 @@ def _neuron_block(size: int) -> int:
     return max(_NEURON_BLOCK, -(-size // share))
 
 
-@numba.njit(cache=True, parallel=True)
+def specialize(func, constants: dict, tag: str, **options):
+    """``func`` compiled by Numba with ``constants`` as extra globals (compile-time constants: flags,
+    or the compiled rules of a neuron model), named ``<name>_<tag>`` (its own cache entry)."""
+    specialized = types.FunctionType(func.__code__, {**func.__globals__, **constants}, func.__name__,
+                                     func.__defaults__)
+    specialized.__qualname__ = f"{func.__name__}_{tag}"
+    return numba.njit(cache=True, **options)(specialized)
+
+
+# The generic loops below call the rules of a neuron model (``refsnn.neurons``: ``CARRY`` = its
+# ``carry``, ``GRAD_STEP`` = its ``grad_step``, inlined); ``_lif_kernels`` compiles them per model.
+CARRY = GRAD_STEP = None
+_lif_forward_block = _lif_backward_block = _lif_backward_rectangular_block = None
+
+
 def _lif_forward(current, threshold, decay, fire_at_threshold, membrane, spike, width):  # pragma: no cover
     steps, size = current.shape
     one = current.dtype.type(1.0)
@@ -393,9 +410,8 @@ def _lif_forward(current, threshold, decay, fire_at_threshold, membrane, spike, 
                            one, zero)
 
 
-@numba.njit(cache=True)
-def _lif_forward_block(current, threshold, decay, fire_at_threshold, membrane, spike, first, last, one,
-                       zero):  # pragma: no cover
+def _lif_forward_block_source(current, threshold, decay, fire_at_threshold, membrane, spike, first, last, one,
+                              zero):  # pragma: no cover
     steps = current.shape[0]
     width = last - first
     carried = np.zeros(width, dtype=current.dtype)
@@ -410,45 +426,56 @@ def _lif_forward_block(current, threshold, decay, fire_at_threshold, membrane, s
             membrane_t[j] = m
             s = one if fires_compiled(m, threshold, fire_at_threshold) else zero
             spike_t[j] = s
-            carried[j] = decay * m * (one - s)
+            carried[j] = CARRY(m, s, threshold, decay, one)
 
 
-def lif_forward_fused(current: np.ndarray, threshold: float, decay: float, firing: str = ">="):
-    """Eqs. 1-2 over time in one compiled loop: ``current [T, ...]`` -> ``(membrane, spike)``.
+_LIF_KERNELS: dict = {}
 
-    Bit-for-bit equal to ``refsnn.neurons.lif_forward`` (Heaviside firing, same dtype).
+
+def _lif_kernels(reset: str = "zero") -> dict:
+    """The forward and BPTT loops compiled with the rules of the neuron model ``reset``."""
+    if reset not in _LIF_KERNELS:
+        from .neurons import compiled_rules
+
+        rules = compiled_rules(reset)
+        tag = rules["tag"]
+        rule_globals = {"CARRY": rules["carry"], "GRAD_STEP": rules["grad_step"]}
+        forward_block = specialize(_lif_forward_block_source, rule_globals, tag)
+        backward_block = specialize(_lif_backward_block_source, rule_globals, tag)
+        rectangular_block = specialize(_lif_backward_rectangular_block_source, rule_globals, tag)
+        _LIF_KERNELS[reset] = {
+            "forward": specialize(_lif_forward, {"_lif_forward_block": forward_block}, tag, parallel=True),
+            "backward": specialize(_lif_backward, {"_lif_backward_block": backward_block}, tag, parallel=True),
+            "rectangular": specialize(_lif_backward_rectangular,
+                                      {"_lif_backward_rectangular_block": rectangular_block}, tag, parallel=True),
+        }
+    return _LIF_KERNELS[reset]
+
+
+def lif_forward_fused(current: np.ndarray, threshold: float, decay: float, firing: str = ">=", reset: str = "zero"):
+    """Eqs. 1-2 of the neuron model ``reset`` over time in one compiled loop: ``current [T, ...]`` ->
+    ``(membrane, spike)``. Bit-for-bit equal to ``refsnn.neurons.lif_forward`` (Heaviside firing, same dtype).
     """
     flat = np.ascontiguousarray(current).reshape(current.shape[0], -1)
     membrane = np.empty_like(flat)
     spike = np.empty_like(flat)
     dtype = flat.dtype.type
-    _lif_forward(flat, dtype(threshold), dtype(decay), fires_at_threshold(firing), membrane, spike,
-                 _neuron_block(flat.shape[1]))
+    _lif_kernels(reset)["forward"](flat, dtype(threshold), dtype(decay), fires_at_threshold(firing), membrane, spike,
+                                   _neuron_block(flat.shape[1]))
     return membrane.reshape(current.shape), spike.reshape(current.shape)
 
 
-@numba.njit(cache=True, inline="always")
-def _lif_grad_step(grad_spike, membrane, spike, derivative, grad_next, decay, reset_grad, one):  # pragma: no cover
-    """BPTT of eqs. 1-2 for one neuron and step: dL/dm_t from dL/ds_t, the surrogate derivative at
-    m_t and dL/dm_{t+1} (``grad_next``); through the reset term too when ``reset_grad``."""
-    if reset_grad:
-        grad_spike = grad_spike - decay * membrane * grad_next
-    return grad_spike * derivative + decay * (one - spike) * grad_next
-
-
-@numba.njit(cache=True, parallel=True)
-def _lif_backward(membrane, spike, grad_spike, surrogate_derivative, decay, reset_grad,
+def _lif_backward(membrane, spike, grad_spike, surrogate_derivative, threshold, decay, reset_grad,
                   grad_current, width):  # pragma: no cover - compiled
     size = membrane.shape[1]
     for block in numba.prange((size + width - 1) // width):
         first = block * width
-        _lif_backward_block(membrane, spike, grad_spike, surrogate_derivative, decay, reset_grad,
+        _lif_backward_block(membrane, spike, grad_spike, surrogate_derivative, threshold, decay, reset_grad,
                             grad_current, first, min(size, first + width))
 
 
-@numba.njit(cache=True)
-def _lif_backward_block(membrane, spike, grad_spike, surrogate_derivative, decay, reset_grad,
-                        grad_current, first, last):  # pragma: no cover - compiled
+def _lif_backward_block_source(membrane, spike, grad_spike, surrogate_derivative, threshold, decay, reset_grad,
+                               grad_current, first, last):  # pragma: no cover - compiled
     steps = membrane.shape[0]
     width = last - first
     grad_next = np.zeros(width, dtype=membrane.dtype)
@@ -461,13 +488,12 @@ def _lif_backward_block(membrane, spike, grad_spike, surrogate_derivative, decay
         derivative_t = surrogate_derivative[t, first:last]
         grad_current_t = grad_current[t, first:last]
         for j in range(width):
-            grad_m = _lif_grad_step(grad_spike_t[j], membrane_t[j], spike_t[j], derivative_t[j], grad_next[j],
-                                    decay, reset_grad, one)
+            grad_m = GRAD_STEP(grad_spike_t[j], membrane_t[j], spike_t[j], derivative_t[j], grad_next[j],
+                               threshold, decay, reset_grad, one)
             grad_current_t[j] = grad_m
             grad_next[j] = grad_m
 
 
-@numba.njit(cache=True, parallel=True)
 def _lif_backward_rectangular(membrane, spike, grad_spike, threshold, half_width, height, decay, reset_grad,
                               grad_current, width):  # pragma: no cover - compiled
     """``_lif_backward`` with the rectangular surrogate evaluated inline: ``height`` where
@@ -479,9 +505,8 @@ def _lif_backward_rectangular(membrane, spike, grad_spike, threshold, half_width
                                         reset_grad, grad_current, first, min(size, first + width))
 
 
-@numba.njit(cache=True)
-def _lif_backward_rectangular_block(membrane, spike, grad_spike, threshold, half_width, height, decay,
-                                    reset_grad, grad_current, first, last):  # pragma: no cover - compiled
+def _lif_backward_rectangular_block_source(membrane, spike, grad_spike, threshold, half_width, height, decay,
+                                           reset_grad, grad_current, first, last):  # pragma: no cover - compiled
     steps = membrane.shape[0]
     width = last - first
     grad_next = np.zeros(width, dtype=membrane.dtype)
@@ -496,14 +521,15 @@ def _lif_backward_rectangular_block(membrane, spike, grad_spike, threshold, half
         for j in range(width):
             m = membrane_t[j]
             derivative = height if abs(m - threshold) < half_width else zero
-            grad_m = _lif_grad_step(grad_spike_t[j], m, spike_t[j], derivative, grad_next[j], decay, reset_grad, one)
+            grad_m = GRAD_STEP(grad_spike_t[j], m, spike_t[j], derivative, grad_next[j], threshold, decay,
+                               reset_grad, one)
             grad_current_t[j] = grad_m
             grad_next[j] = grad_m
 
 
 def lif_backward_rectangular_fused(membrane: np.ndarray, spike: np.ndarray, grad_spike: np.ndarray,
                                    threshold: float, width: float, height: float, decay: float,
-                                   reset_grad: bool = True) -> np.ndarray:
+                                   reset_grad: bool = True, reset: str = "zero") -> np.ndarray:
     """``lif_backward_fused`` for ``refsnn.neurons.Rectangular(width, height)`` without the
     ``[T, ...]`` derivative array (bit-for-bit the same result)."""
     shape = membrane.shape
@@ -511,25 +537,28 @@ def lif_backward_rectangular_fused(membrane: np.ndarray, spike: np.ndarray, grad
     membrane2 = np.ascontiguousarray(membrane).reshape(flat)
     grad_current = np.empty_like(membrane2)
     dtype = membrane.dtype.type
-    _lif_backward_rectangular(membrane2, np.ascontiguousarray(spike).reshape(flat),
-                              np.ascontiguousarray(grad_spike, dtype=membrane.dtype).reshape(flat),
-                              dtype(threshold), dtype(width / 2), dtype(height), dtype(decay), bool(reset_grad),
-                              grad_current, _neuron_block(membrane2.shape[1]))
+    _lif_kernels(reset)["rectangular"](
+        membrane2, np.ascontiguousarray(spike).reshape(flat),
+        np.ascontiguousarray(grad_spike, dtype=membrane.dtype).reshape(flat), dtype(threshold), dtype(width / 2),
+        dtype(height), dtype(decay), bool(reset_grad), grad_current, _neuron_block(membrane2.shape[1]))
     return grad_current.reshape(shape)
 
 
 def lif_backward_fused(membrane: np.ndarray, spike: np.ndarray, grad_spike: np.ndarray,
-                       surrogate_derivative: np.ndarray, decay: float, reset_grad: bool = True) -> np.ndarray:
-    """Manual BPTT of eqs. 1-2 in one compiled loop; ``surrogate_derivative [T, ...]`` is
-    ``surrogate.derivative(membrane - th)`` computed beforehand. Returns dL/dI ``[T, ...]``,
+                       surrogate_derivative: np.ndarray, decay: float, reset_grad: bool = True,
+                       threshold: float = 0.0, reset: str = "zero") -> np.ndarray:
+    """Manual BPTT of eqs. 1-2 of the neuron model ``reset`` in one compiled loop;
+    ``surrogate_derivative [T, ...]`` is ``surrogate.derivative(membrane - th)`` computed beforehand
+    (``threshold``: ``th``, which the reset-by-subtraction step needs). Returns dL/dI ``[T, ...]``,
     bit-for-bit equal to ``refsnn.neurons.lif_backward``."""
     shape = membrane.shape
     flat = (shape[0], -1)
     membrane2 = np.ascontiguousarray(membrane).reshape(flat)
     grad_current = np.empty_like(membrane2)
-    _lif_backward(membrane2, np.ascontiguousarray(spike).reshape(flat),
-                  np.ascontiguousarray(grad_spike, dtype=membrane.dtype).reshape(flat),
-                  np.ascontiguousarray(surrogate_derivative, dtype=membrane.dtype).reshape(flat),
-                  membrane.dtype.type(decay), bool(reset_grad), grad_current,
-                  _neuron_block(membrane2.shape[1]))
+    dtype = membrane.dtype.type
+    _lif_kernels(reset)["backward"](
+        membrane2, np.ascontiguousarray(spike).reshape(flat),
+        np.ascontiguousarray(grad_spike, dtype=membrane.dtype).reshape(flat),
+        np.ascontiguousarray(surrogate_derivative, dtype=membrane.dtype).reshape(flat), dtype(threshold),
+        dtype(decay), bool(reset_grad), grad_current, _neuron_block(membrane2.shape[1]))
     return grad_current.reshape(shape)

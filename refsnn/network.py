@@ -18,9 +18,9 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from .layers import Layer, Shape
-from .neurons import Rectangular, lif_backward, lif_forward
+from .neurons import Rectangular, lif_backward, lif_forward, neuron_model
 from .validation import (ModelValidationError, check_decay, check_dtype, check_firing, check_input_shape,
-                         check_reset_grad, check_surrogate, check_threshold)
+                         check_reset, check_reset_grad, check_surrogate, check_threshold)
 
 
 @dataclass
@@ -54,6 +54,8 @@ class Trace:
     membranes: List[np.ndarray] = field(default_factory=list)
     spikes: List[np.ndarray] = field(default_factory=list)
     op_inputs: List[List[np.ndarray]] = field(default_factory=list)
+    threshold: float = 0.0    # the network's th and neuron model (for ``resets``)
+    reset: str = "zero"
 
     @property
     def rates(self) -> np.ndarray:
@@ -63,8 +65,10 @@ class Trace:
 
     @property
     def resets(self) -> List[np.ndarray]:
-        """Reset terms ``z_t = m_t (1 - s_t)`` per stage (eqs. 9-10)."""
-        return [m * (1.0 - s) for m, s in zip(self.membranes, self.spikes)]
+        """Reset terms ``z_t`` per stage: ``m_t (1 - s_t)`` for the LIF (eqs. 9-10), ``m_t - th s_t``
+        for reset by subtraction (the neuron model's ``carry`` with ``alpha = 1``)."""
+        model = neuron_model(self.reset)
+        return [model.carry(m, s, self.threshold, 1.0, 1.0) for m, s in zip(self.membranes, self.spikes)]
 
 
 def validate_spikes(x, input_shape: Optional[Shape], name: str = "x") -> np.ndarray:
@@ -97,6 +101,9 @@ class SNN:
         (the authors' released code, snnTorch).
     surrogate: derivative used for the Heaviside in BPTT (default: rectangular, 1 on |m - th| < 0.5).
     reset_grad: differentiate the reset path ``(1 - s_{t-1})`` (default True, as the authors' code).
+    reset: the neuron model of every stage (``refsnn.neurons``): ``"zero"`` (default, the paper's
+        LIF, ``m_t = I_t + alpha m_{t-1} (1 - s_{t-1})``) or ``"subtract"`` (reset by subtraction,
+        ``m_t = I_t + alpha (m_{t-1} - th s_{t-1})``).
     input_shape: per-sample input shape, e.g. ``(784,)`` or ``(1, 28, 28)``; inferred for a
         first ``Linear`` layer, required for convolutional nets.
 
@@ -107,7 +114,7 @@ class SNN:
 
     def __init__(self, layers: Sequence[Layer], threshold: float = 0.25, decay: float = 0.25,
                  firing: str = ">=", surrogate=None, reset_grad: bool = True,
-                 input_shape: Optional[Sequence[int]] = None, dtype=np.float64):
+                 input_shape: Optional[Sequence[int]] = None, dtype=np.float64, reset: str = "zero"):
         layers = list(layers)
         if not layers:
             raise ModelValidationError("an SNN needs at least one Linear or Conv2d layer")
@@ -124,6 +131,7 @@ class SNN:
         self.firing = check_firing(firing)
         self.surrogate = surrogate if surrogate is not None else Rectangular()
         self.reset_grad = check_reset_grad(reset_grad)
+        self.reset = check_reset(reset)
         self.layers = [layer.astype(self.dtype) for layer in layers]
         if input_shape is None and self.layers[0].kind == "linear":
             input_shape = (self.layers[0].in_features,)
@@ -174,7 +182,7 @@ class SNN:
         """Forward pass keeping every intermediate. ``x [T, B, *input_shape]`` of 0/1."""
         x = self._prepare(x) if validate else np.asarray(x, dtype=self.dtype)
         steps, batch = x.shape[:2]
-        trace = Trace(inputs=x)
+        trace = Trace(inputs=x, threshold=self.threshold, reset=self.reset)
         activation = x.reshape((steps * batch,) + x.shape[2:])
         for stage in self.stages:
             inputs = []
@@ -183,7 +191,7 @@ class SNN:
                 activation = op.forward(activation)
             current = activation.reshape((steps, batch) + stage.neuron_shape)
             membrane, spike = lif_forward(current, self.threshold, self.decay, self.firing,
-                                          self.surrogate, smooth)
+                                          self.surrogate, smooth, self.reset)
             trace.op_inputs.append(inputs)
             trace.currents.append(current)
             trace.membranes.append(membrane)
@@ -222,7 +230,7 @@ class SNN:
         for k in range(len(self.stages) - 1, -1, -1):
             stage = self.stages[k]
             grad_current = lif_backward(trace.membranes[k], trace.spikes[k], grad_spike,
-                                        self.threshold, self.decay, self.surrogate, self.reset_grad)
+                                        self.threshold, self.decay, self.surrogate, self.reset_grad, self.reset)
             grad = grad_current.reshape((steps * batch,) + stage.neuron_shape)
             if k == 0 and not input_grad:
                 # only the affine op (last of the stage) has parameters; nothing flows further
@@ -241,7 +249,8 @@ class SNN:
     def __repr__(self) -> str:
         names = "-".join(_layer_label(layer) for layer in self.layers)
         return (f"SNN({names}, input_shape={self.input_shape}, threshold={self.threshold}, "
-                f"decay={self.decay}, firing='{self.firing}', dtype={self.dtype.name})")
+                f"decay={self.decay}, firing='{self.firing}', dtype={self.dtype.name}"
+                + (f", reset='{self.reset}')" if self.reset != "zero" else ")"))
 
 
 def _layer_label(layer: Layer) -> str:

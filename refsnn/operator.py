@@ -1,4 +1,4 @@
-"""The LIF stage operator: the kernels every bound method runs through one spiking stage.
+"""The stage operator: the kernels every bound method runs through one spiking stage.
 
 ``interval_step``  (``interval_kernel``) S-IBP over time (Alg. 1; eqs. 7, 9 after the current interval of eq. 11):
     ``m = I + alpha z_{t-1}`` (widened by the membrane margin when the precision policy tracks
@@ -30,20 +30,25 @@ arithmetic in the training dtype) run the same operator:
 ``backsub_stage`` and ``backsub_stage_reverse`` are the one place that picks a variant (serial or
 parallel over samples by size) and fills the arguments a variant does not read.
 
-The per-neuron decisions are the rules of ``refsnn.relaxations`` (``fire_state``, eq. 7;
-``reset_lower_bound``/``reset_upper_bound``, eq. 9), compiled into the kernels.
+The per-neuron decisions are the rules of ``refsnn.relaxations`` (``fire_state``, eq. 7, shared)
+and of the neuron model (``refsnn/neurons/lif.py`` for the paper's LIF: ``reset_lower_bound``/
+``reset_upper_bound``, eq. 9; the reset's part of the back-substitution step, eq. 10, and of its
+reverse), compiled into the kernels: each variant is compiled for one neuron model (``neuron``,
+the value of ``SNN.reset``) with that model's scalar rules injected as globals, as the flags are.
+The text below describes the LIF; reset by subtraction (``refsnn/neurons/subtract.py``) replaces
+eqs. 9-10 by its exact reset relation.
 """
 from __future__ import annotations
 
-import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from .relaxations import (STABLE_OFF, STABLE_ON, UNSTABLE, fire_state_compiled, reset_lower_compiled,
-                          reset_upper_compiled)
+from .kernels import specialize
+from .neurons import compiled_rules, neuron_model
+from .relaxations import STABLE_OFF, STABLE_ON, UNSTABLE, fire_state_compiled
 
 __all__ = ["interval_kernel", "backsub_kernel", "backsub_reverse_kernel", "backsub_stage",
            "backsub_stage_reverse", "StepTables", "StepOutput", "PARALLEL_MIN_WORK"]
@@ -51,6 +56,10 @@ __all__ = ["interval_kernel", "backsub_kernel", "backsub_reverse_kernel", "backs
 # The flags of a compiled variant: ``_variant`` gives each compilation its own values, which Numba
 # treats as constants. The sources below are only run through ``interval_kernel``/``backsub_kernel``.
 TRACK_ROUNDING = RECORD = FROZEN = PARAMS = None
+# The rules of the neuron model a variant is compiled for (``refsnn.neurons``, e.g. ``lif.py``:
+# ``reset_lower_bound``, ``backsub_unstable``, ...), injected by ``_variant`` as the flags are.
+RESET_LOWER = RESET_UPPER = BACKSUB_ON = BACKSUB_UNSTABLE = BACKSUB_MEMBRANE = BACKSUB_FAMILY = None
+REVERSE_ON = REVERSE_UNSTABLE = REVERSE_FAMILY = None
 
 
 def _interval_step(cur_lower, cur_upper, alpha_lower, alpha_upper, margin_coef, th_on, th_off, th_reset, zero,
@@ -62,7 +71,8 @@ def _interval_step(cur_lower, cur_upper, alpha_lower, alpha_upper, margin_coef, 
     dtype) and the upper reset bound (carried in float64). ``margin_coef``: ``2 gamma(6, u)`` of
     the membrane margin (``TRACK_ROUNDING``). ``th_on``/``th_off``: the thresholds of the stable
     firing / stable silent tests (``th_hi``/``th_lo`` under the sound policy), ``th_reset`` the
-    upper reset bound of an unstable neuron, ``zero`` its lower bound when ``m_l >= 0``.
+    upper reset bound of an unstable neuron, ``zero`` its lower bound when ``m_l >= 0`` (the
+    LIF's eq. 9; the neuron model's ``reset_lower_bound``/``reset_upper_bound`` receive all four).
     Outputs ``mem_*``, ``state`` (int8) always; ``mem_margin`` with ``TRACK_ROUNDING``;
     ``reset_*``, ``spike_*`` and ``negative`` with ``RECORD``; ``FROZEN`` reads ``state`` and
     ``negative``. Unused outputs may be ``[1, 1, 1]`` dummies. The flags ``TRACK_ROUNDING``,
@@ -101,8 +111,8 @@ def _interval_step(cur_lower, cur_upper, alpha_lower, alpha_upper, margin_coef, 
                     state[t, b, j] = st
                     if RECORD:
                         negative[t, b, j] = neg
-                rl = reset_lower_compiled(st, ml, neg, zero)
-                ru = reset_upper_compiled(st, mu, th_reset)
+                rl = RESET_LOWER(st, ml, neg, zero, th_on)
+                ru = RESET_UPPER(st, mu, th_reset, th_off)
                 if RECORD and TRACK_ROUNDING:
                     reset_lower[t, b, j] = rl
                     reset_upper[t, b, j] = ru
@@ -198,25 +208,27 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
                         bias[s] += lm * bv
                         lam_out[j, s] = lm
                         carry[j, s] = alpha * lm
-                elif st == STABLE_ON:      # s = 1, z = 0 (the zero terms keep NaN/inf as a row-by-row loop)
+                elif st == STABLE_ON:      # s = 1; the model's reset: the LIF's z = 0 gives pm = 0
+                    r_lo = reset_lo[t, b, j]   # (the zero terms keep NaN/inf as a row-by-row loop)
+                    r_hi = reset_hi[t, b, j]
                     cm = carry_mag[t, b, j] if TRACK_ROUNDING else 0.0
                     fs = fwd_scale[t, b, j] if TRACK_ROUNDING else 0.0
                     for s in range(rows):
-                        ls = lam_in[j, s]
+                        ls, pm, pr = BACKSUB_ON(lam_in[j, s], carry[j, s], r_lo, r_hi)
                         bias[s] += ls
                         if RECORD and TRACK_ROUNDING:
                             bias_t[s] += ls
                         if TRACK_ROUNDING:
-                            p = g * (abs(ls) + 0.0 * cm)
-                            err[s] += p + 0.0 * fs
+                            p = g * (abs(ls) + pr + abs(pm) * cm)
+                            err[s] += p + abs(pm) * fs
                             if RECORD:
                                 err_t[s] += p
                         if RECORD:
                             coef_out[j, s] = ls
-                        bias[s] += 0.0 * bv
-                        lam_out[j, s] = 0.0
-                        carry[j, s] = 0.0
-                else:                      # unstable: eq. 10, then eq. 8
+                        bias[s] += pm * bv
+                        lam_out[j, s] = pm
+                        carry[j, s] = alpha * pm
+                else:                      # unstable: the model's reset (LIF: eq. 10), then eq. 8
                     r_lo = reset_lo[t, b, j]
                     r_hi = reset_hi[t, b, j]
                     a_lo = slope_lo[t, b, j]
@@ -232,21 +244,12 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
                         lz = carry[j, s]
                         if not FROZEN:
                             reset_buf[j, s] = lz >= 0.0
-                        r = r_lo if reset_buf[j, s] else r_hi
-                        if PARAMS:     # the reset line beta (m - q s) + (1 - beta) (1 - s) r
-                            if reset_buf[j, s]:
-                                beta = beta_lo[t, b, s, j]
-                                q = q_lo
-                            else:
-                                beta = beta_up[t, b, s, j]
-                                q = th_lo
-                            pc = (1.0 - beta) * r
-                            ps = -(beta * q + pc)
-                            rz = -(lz * ps)
-                            pz = lz * pc
-                        else:          # eq. 10: (1 - s) r
-                            rz = lz * r
-                            pz = rz
+                        # lz z >= pz + pm m - rz s (the model's rule; the LIF's: eq. 10 or its family)
+                        if PARAMS:
+                            beta = beta_lo[t, b, s, j] if reset_buf[j, s] else beta_up[t, b, s, j]
+                            rz, pz, pm, pr = BACKSUB_FAMILY(lz, reset_buf[j, s], r_lo, r_hi, q_lo, th_lo, beta, mm)
+                        else:
+                            rz, pz, pm, pr = BACKSUB_UNSTABLE(lz, reset_buf[j, s], r_lo, r_hi, mm)
                         bias[s] += pz
                         p = abs(ls)
                         ls = ls - rz
@@ -259,7 +262,7 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
                             else:
                                 a = frac_up[t, b, s, j] * a_up
                                 c = 1.0 - a * th_lo
-                            lm = lz * beta + ls * a
+                            lm = pm + ls * a
                         else:
                             if fire_buf[j, s]:
                                 a = a_lo
@@ -267,14 +270,13 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
                             else:
                                 a = a_up
                                 c = c_up
-                            lm = ls * a
+                            lm = BACKSUB_MEMBRANE(pm, ls * a)
                         bias[s] += ls * c
                         if RECORD and TRACK_ROUNDING:
                             bias_t[s] += pz + ls * c
                         if TRACK_ROUNDING:
                             p += 2.0 * abs(rz) + abs(ls) * (abs(a) * mm + abs(c) + 1.0)
-                            if PARAMS:  # lz beta m and the rounded coefficients of the reset line
-                                p += abs(lz) * ((abs(beta) + 2.0) * mm + abs(ps) + abs(pc) + 1.0)
+                            p += pr     # the model's own terms (the LIF's family: lz beta m, its coefficients)
                             p += abs(lm) * cm
                             err[s] += g * p + abs(lm) * fs
                             if RECORD:
@@ -344,9 +346,13 @@ def _backsub_reverse(grad_lam_cur, lam_cur, fire_coef, reset_side, fire_side, st
                         grad_out[j, s] = 0.0
                         g_carry[j, s] = alpha * g_lm
                 elif st == 1:
+                    ml = mem_lower[t, b, j]
                     for s in range(rows):
-                        grad_out[j, s] = g_row[b, s]
-                        g_carry[j, s] = alpha * 0.0
+                        g = g_row[b, s]
+                        g_lm = grad_in[j, s] + g_carry[j, s] + g * bv
+                        g_ls, g_lz = REVERSE_ON(g_lm, g, ml, th)
+                        grad_out[j, s] = g_ls
+                        g_carry[j, s] = alpha * g_lz
                 else:
                     ml = mem_lower[t, b, j]
                     a_lo = slope_lo[t, b, j]
@@ -368,21 +374,13 @@ def _backsub_reverse(grad_lam_cur, lam_cur, fire_coef, reset_side, fire_side, st
                                 g_ls = g_lm * a + g * (1.0 - a * th_lo)
                                 g_frac_up[t, b, s, j] = a_up * ls * (g_lm - th_lo * g)
                             lz = alpha * lam_next[j, s]
+                            beta = beta_lo[t, b, s, j] if reset_buf[j, s] else beta_up[t, b, s, j]
+                            g_lz, g_beta = REVERSE_FAMILY(g, g_lm, g_ls, lz, reset_buf[j, s], ml, th, q_lo, th_lo,
+                                                          beta)
                             if reset_buf[j, s]:
-                                beta = beta_lo[t, b, s, j]
-                                q = q_lo
-                                r = ml
+                                g_beta_lo[t, b, s, j] = g_beta
                             else:
-                                beta = beta_up[t, b, s, j]
-                                q = th_lo
-                                r = th
-                            pc = (1.0 - beta) * r
-                            ps = -(beta * q + pc)
-                            g_lz = g_lm * beta + pc * g + g_ls * ps
-                            if reset_buf[j, s]:
-                                g_beta_lo[t, b, s, j] = lz * (g_lm - g_ls * (q - r) - r * g)
-                            else:
-                                g_beta_up[t, b, s, j] = lz * (g_lm - g_ls * (q - r) - r * g)
+                                g_beta_up[t, b, s, j] = g_beta
                         else:
                             if fire_buf[j, s]:
                                 g_ls = g_lm * a_lo + g * c_lo
@@ -392,13 +390,10 @@ def _backsub_reverse(grad_lam_cur, lam_cur, fire_coef, reset_side, fire_side, st
                                 g_ls = g_lm * a_up + g * c_up
                                 g_slope_up[t, b, j] += g_lm * ls
                                 g_icpt_up[t, b, j] += g * ls
-                            g_rz = g - g_ls
+                            lz = alpha * lam_next[j, s]
+                            g_lz, g_r = REVERSE_UNSTABLE(g, g_ls, lz, reset_buf[j, s], ml, th)
                             if reset_buf[j, s]:
-                                lz = alpha * lam_next[j, s]
-                                g_mem_lower[t, b, j] += g_rz * lz
-                                g_lz = g_rz * ml
-                            else:
-                                g_lz = g_rz * th
+                                g_mem_lower[t, b, j] += g_r
                         grad_out[j, s] = g_ls
                         g_carry[j, s] = alpha * g_lz
             for s in range(rows):
@@ -413,31 +408,48 @@ def _backsub_reverse(grad_lam_cur, lam_cur, fire_coef, reset_side, fire_side, st
 _VARIANTS: dict = {}
 
 
-def _variant(func, track_rounding: bool, record: bool, frozen: bool, parallel: bool = False, params: bool = False):
-    key = (func.__name__, track_rounding, record, frozen, params, parallel)
+# The rules of a neuron model under the names the kernels call (``refsnn.neurons.compiled_rules``).
+_RULE_NAMES = {"RESET_LOWER": "reset_lower", "RESET_UPPER": "reset_upper", "BACKSUB_ON": "backsub_stable_on",
+               "BACKSUB_UNSTABLE": "backsub_unstable", "BACKSUB_MEMBRANE": "backsub_membrane",
+               "BACKSUB_FAMILY": "backsub_unstable_family", "REVERSE_ON": "reverse_stable_on",
+               "REVERSE_UNSTABLE": "reverse_unstable", "REVERSE_FAMILY": "reverse_unstable_family"}
+
+
+class NeuronModelError(ValueError):
+    """A bound computation this neuron model does not provide (e.g. optimized slopes for ``reset="subtract"``)."""
+
+
+def _variant(func, track_rounding: bool, record: bool, frozen: bool, parallel: bool = False, params: bool = False,
+             neuron: str = "zero"):
+    key = (func.__name__, track_rounding, record, frozen, params, parallel, neuron)
     if key not in _VARIANTS:
+        rules = compiled_rules(neuron)
+        model = neuron_model(neuron)
+        if (params or func is _backsub_reverse) and not model.HAS_REVERSE:
+            raise NeuronModelError(f"reset={neuron!r}: the neuron model has no optimized-slope family and no reverse "
+                                   "pass (method='alpha' and robust training need the paper's reset='zero')")
         flags = {"TRACK_ROUNDING": track_rounding, "RECORD": record, "FROZEN": frozen, "PARAMS": params}
-        specialized = types.FunctionType(func.__code__, {**func.__globals__, **flags}, func.__name__,
-                                         func.__defaults__)
-        specialized.__qualname__ = "{}_{}{}{}{}{}".format(func.__name__, *(int(v) for v in key[1:]))
-        _VARIANTS[key] = njit(cache=True, parallel=parallel)(specialized)
+        flags.update({name: rules[rule] for name, rule in _RULE_NAMES.items() if rule in rules})
+        tag = "{}{}{}{}{}_{}".format(*(int(v) for v in key[1:6]), rules["tag"])
+        _VARIANTS[key] = specialize(func, flags, tag, parallel=parallel)
     return _VARIANTS[key]
 
 
-def interval_kernel(track_rounding: bool, record: bool, frozen: bool):
-    """``interval_step`` compiled for these flags (see the module docstring)."""
-    return _variant(_interval_step, track_rounding, record, frozen)
+def interval_kernel(track_rounding: bool, record: bool, frozen: bool, neuron: str = "zero"):
+    """``interval_step`` compiled for these flags and the neuron model ``neuron`` (see the module docstring)."""
+    return _variant(_interval_step, track_rounding, record, frozen, neuron=neuron)
 
 
-def backsub_kernel(track_rounding: bool, record: bool, frozen: bool, parallel: bool = False, params: bool = False):
-    """``backsub_step`` compiled for these flags, parallel over samples or serial (a parallel launch
-    costs milliseconds when the cores are busy: ``backsub_stage`` picks it for big stages)."""
-    return _variant(_backsub_step, track_rounding, record, frozen, parallel, params)
+def backsub_kernel(track_rounding: bool, record: bool, frozen: bool, parallel: bool = False, params: bool = False,
+                   neuron: str = "zero"):
+    """``backsub_step`` compiled for these flags and neuron model, parallel over samples or serial (a
+    parallel launch costs milliseconds when the cores are busy: ``backsub_stage`` picks it for big stages)."""
+    return _variant(_backsub_step, track_rounding, record, frozen, parallel, params, neuron)
 
 
-def backsub_reverse_kernel(parallel: bool = False, params: bool = False):
+def backsub_reverse_kernel(parallel: bool = False, params: bool = False, neuron: str = "zero"):
     """``backsub_reverse`` compiled, parallel over samples or serial, for the paper's relaxation or ``PARAMS``."""
-    return _variant(_backsub_reverse, False, True, True, parallel, params)
+    return _variant(_backsub_reverse, False, True, True, parallel, params, neuron)
 
 
 # --- calling the back-substitution step: one place picks the variant and fills unused arguments -----
@@ -456,6 +468,8 @@ class StepTables:
     ``rounding``: ``(mem_mag, carry_mag, fwd_scale, g)`` under the sound policy (None: no
     rounding bound). ``params`` (optimized slopes): ``slope_lo``/``slope_up`` are then the largest
     sound slopes, and ``reset_far_lo`` (``m_u``), ``th_lo``, ``th_hi`` define the line families.
+    ``neuron``: the neuron model (``refsnn.neurons``) whose reset rules the kernel runs; ``reset_lo``,
+    ``reset_hi`` are its ``reset_relaxation`` tables.
     """
 
     state: np.ndarray
@@ -471,6 +485,7 @@ class StepTables:
     reset_far_lo: Optional[np.ndarray] = None
     th_lo: float = 0.0
     th_hi: float = 0.0
+    neuron: str = field(default="zero", kw_only=True)
 
 
 @dataclass
@@ -504,7 +519,7 @@ def backsub_stage(lam_s: np.ndarray, tables: StepTables, record: bool = False,
     frozen = sides is not None
     record = record or frozen
     kernel = backsub_kernel(track_rounding=track, record=record, frozen=frozen,
-                            parallel=lam_s.size >= parallel_min_work, params=params is not None)
+                            parallel=lam_s.size >= parallel_min_work, params=params is not None, neuron=tables.neuron)
     mem_mag, carry_mag, fwd_scale, g = tables.rounding if track else (_NO_TABLE, _NO_TABLE, _NO_TABLE, 0.0)
     frac_lo, frac_up, beta_lo, beta_up = params if params is not None else (_NO_ROWS,) * 4
     far = tables.reset_far_lo if params is not None else _NO_TABLE
@@ -539,7 +554,8 @@ def backsub_stage_reverse(grad_lam_cur: np.ndarray, forward: StepOutput, tables:
     """
     steps, batch, rows, n = forward.lam_cur.shape
     dtype = forward.lam_cur.dtype
-    kernel = backsub_reverse_kernel(parallel=grad_lam_cur.size >= parallel_min_work, params=params is not None)
+    kernel = backsub_reverse_kernel(parallel=grad_lam_cur.size >= parallel_min_work, params=params is not None,
+                                    neuron=tables.neuron)
     grad_lam_s = np.empty_like(grad_lam_cur)
     if params is None:
         grads = tuple(np.zeros((steps, batch, n), dtype) for _ in range(5))

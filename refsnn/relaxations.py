@@ -1,6 +1,8 @@
-"""Interval rules and linear relaxations of the two nonlinear operations of a LIF neuron.
+"""Interval rule and linear relaxation of the fire function, shared by every neuron model; the precision policy.
 
-Each operation keeps its two rules side by side (the paper, section 3):
+The fire function keeps its two rules side by side (the paper, section 3); the reset rules of a
+neuron model (the LIF's eqs. 9-10 below, ``Reset``) live in that model's file of ``refsnn.neurons``
+(``refsnn/neurons/lif.py``; ``Reset`` is re-exported here):
 
 ``Fire``  ``s = 1[m >= th]`` (or ``1[m > th]``)
     interval (eq. 7): ``s in [fire(m_l - th), fire(m_u - th)]``;
@@ -13,10 +15,11 @@ Each operation keeps its two rules side by side (the paper, section 3):
     relaxation (eq. 10): stable non-firing ``z = m``, stable firing ``z = 0``, unstable
     ``(1 - s) m_l <= z <= (1 - s) th`` (linear in ``s``).
 
-Each per-neuron interval rule is one scalar function (``fire_state``, ``reset_lower_bound``,
-``reset_upper_bound``), compiled into the kernels of ``refsnn.operator`` and vectorized for the
-array callers (``Fire.classify``, ``Reset.interval``); the relaxations (``Fire.chords``,
-``Fire.relaxation``, ``Reset.relaxation``) are array rules shared by S-CROWN, alpha and training.
+The fire interval rule is one scalar function (``fire_state``), compiled into the kernels of
+``refsnn.operator`` and vectorized for the array callers (``Fire.classify``); the relaxation
+(``Fire.chords``, ``Fire.relaxation``) is an array rule shared by S-CROWN, alpha and training.
+The reset rules follow the same pattern in the neuron's file (``reset_lower_bound``,
+``reset_upper_bound``, ``reset_interval``, ``reset_relaxation``).
 
 Precision policy (``Precision``; the rounding rule, see docs/BOUNDS.md)
 ----------------------------------------------------------------------
@@ -52,13 +55,10 @@ from typing import Optional, Tuple
 import numba
 import numpy as np
 
-from .firing import fires_at_threshold, fires_compiled
+from .firing import STABLE_OFF, STABLE_ON, UNSTABLE, fires_at_threshold, fires_compiled
+from .neurons.lif import Reset  # noqa: F401  (the LIF's reset rules, eqs. 9-10, live with the neuron)
 
 UNIT_ROUNDOFF_FLOAT64 = float(np.finfo(np.float64).eps) / 2.0
-
-STABLE_OFF = 0   # stable non-firing: s = 0, z = m
-STABLE_ON = 1    # stable firing:     s = 1, z = 0
-UNSTABLE = 2     # may or may not fire
 
 
 def unit_roundoff(dtype) -> float:
@@ -166,7 +166,7 @@ def _exact_less(above: np.ndarray, below: np.ndarray, mem_upper: np.ndarray, mem
     return result
 
 
-# --- per-neuron interval rules (eqs. 7, 9): one scalar source, compiled for the kernels of
+# --- the fire interval rule (eq. 7): one scalar source, compiled for the kernels of
 # ``refsnn.operator`` and vectorized (the same compiled rule) for array callers --------------------
 
 def fire_state(mem_lower, mem_upper, th_on, th_off, at_threshold):
@@ -180,31 +180,8 @@ def fire_state(mem_lower, mem_upper, th_on, th_off, at_threshold):
     return UNSTABLE
 
 
-def reset_lower_bound(state, mem_lower, negative, zero):
-    """Eq. 9, lower end of ``z = m (1 - s)``: ``m_l`` (silent), 0 (firing), ``min(0, m_l)`` (unstable;
-    ``negative`` is ``m_l < 0``, ``zero`` the dtype's 0)."""
-    if state == STABLE_OFF:
-        return mem_lower
-    if state == UNSTABLE and negative:
-        return mem_lower
-    return zero
-
-
-def reset_upper_bound(state, mem_upper, threshold):
-    """Eq. 9, upper end: ``m_u`` (silent), 0 (firing), the threshold ``th_hi`` (unstable)."""
-    if state == STABLE_OFF:
-        return float(mem_upper)
-    if state == UNSTABLE:
-        return threshold
-    return 0.0
-
-
 fire_state_compiled = numba.njit(cache=True)(fire_state)
-reset_lower_compiled = numba.njit(cache=True)(reset_lower_bound)
-reset_upper_compiled = numba.njit(cache=True)(reset_upper_bound)
 _fire_state_array = numba.vectorize(cache=True)(fire_state)
-_reset_lower_array = numba.vectorize(cache=True)(reset_lower_bound)
-_reset_upper_array = numba.vectorize(cache=True)(reset_upper_bound)
 
 
 class Fire:
@@ -286,37 +263,3 @@ class Fire:
         slope_lower = np.where(lower_chord, 1.0 / np.where(lower_chord, lower_denom, 1.0), 0.0)
         icpt_lower = np.where(lower_chord, -rule.th_hi * slope_lower, icpt_lower)
         return slope_lower, icpt_lower, slope_upper, icpt_upper
-
-
-class Reset:
-    """``z = m (1 - s)``: interval rule (eq. 9) and relaxation (eq. 10)."""
-
-    @staticmethod
-    def interval(mem_lower: np.ndarray, mem_upper: np.ndarray, state: np.ndarray,
-                 rule: Precision) -> Tuple[np.ndarray, np.ndarray]:
-        """Eq. 9 (``reset_lower_bound``, ``reset_upper_bound``): stable non-firing ``[m_l, m_u]``,
-        stable firing ``[0, 0]``, unstable ``[min(0, m_l), th]``.
-
-        ``th`` is ``th_hi``: a silent neuron's membrane is below the threshold the network
-        actually compares against.
-        """
-        mem_lower = np.asarray(mem_lower, dtype=np.float64)
-        if mem_lower.size == 0:
-            return mem_lower.copy(), np.asarray(mem_upper, dtype=np.float64).copy()
-        lower = _reset_lower_array(state, mem_lower, mem_lower < 0.0, 0.0)
-        upper = _reset_upper_array(state, mem_upper, rule.th_hi)
-        return np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
-
-    @staticmethod
-    def relaxation(mem_lower: np.ndarray, state: np.ndarray, rule: Precision
-                   ) -> Tuple[np.ndarray, np.ndarray]:
-        """Eq. 10 for unstable neurons: ``(1 - s) r_lower <= z <= (1 - s) r_upper``.
-
-        Returns ``(r_lower, r_upper) = (m_l, th_hi)`` in ``mem_lower``'s dtype (zero where the
-        neuron is stable; stable neurons are exact: ``z = m`` when silent, ``z = 0`` when firing,
-        handled by ``state``). Sound: with ``s = 1`` both sides are 0 = z; with ``s = 0`` the
-        neuron is silent, so ``z = m`` lies in ``[m_l, th_hi]``.
-        """
-        unstable = state == UNSTABLE
-        th_hi = mem_lower.dtype.type(rule.th_hi)
-        return np.where(unstable, mem_lower, 0.0), np.where(unstable, th_hi, mem_lower.dtype.type(0.0))

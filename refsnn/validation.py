@@ -46,6 +46,8 @@ class DataValidationError(ValueError):
 
 
 FIRING_MODES: Tuple[str, ...] = (">=", ">")
+# The neuron models (``refsnn.neurons``): what survives the spike, named as snnTorch's reset_mechanism.
+RESET_MODES: Tuple[str, ...] = ("zero", "subtract")
 NETWORK_DTYPES: Tuple[str, ...] = ("float32", "float64")
 NUM_CLASSES = 10
 NMNIST_SENSOR_SIZE = 34
@@ -91,6 +93,14 @@ def check_firing(value: Any) -> str:
     if not isinstance(value, str) or value not in FIRING_MODES:
         raise ModelValidationError(f"firing must be '>=' (the paper's eq. 2, fires at threshold) or '>' "
                                    f"(fires strictly above, as snnTorch and the authors' code), got {value!r}")
+    return value
+
+
+def check_reset(value: Any) -> str:
+    """The neuron model: ``"zero"`` (the paper's LIF, eq. 1) or ``"subtract"`` (reset by subtraction)."""
+    if not isinstance(value, str) or value not in RESET_MODES:
+        raise ModelValidationError(f"reset must be 'zero' (the paper's LIF: m_t = I_t + alpha m_(t-1) (1 - s_(t-1))) "
+                                   f"or 'subtract' (m_t = I_t + alpha (m_(t-1) - th s_(t-1))), got {value!r}")
     return value
 
 
@@ -174,6 +184,7 @@ def validate_network(net: Any) -> None:
     check_threshold(net.threshold, dtype)
     check_decay(net.decay)
     check_firing(net.firing)
+    check_reset(getattr(net, "reset", "zero"))
     check_reset_grad(net.reset_grad)
     check_surrogate(net.surrogate)
     check_input_shape(net.input_shape)

@@ -61,6 +61,7 @@ import numpy as np
 
 from refsnn.network import SNN
 from refsnn.firing import fires, fires_at_threshold
+from refsnn.operator import NeuronModelError
 
 from .sets import InputSet
 
@@ -80,11 +81,19 @@ def float64_network(net: SNN) -> SNN:
         return net
     return SNN(net.layers, threshold=net.threshold, decay=net.decay, firing=net.firing,
                surrogate=net.surrogate, reset_grad=net.reset_grad, input_shape=net.input_shape,
-               dtype=np.float64)
+               dtype=np.float64, reset=net.reset)
+
+
+def require_lif(net: SNN) -> None:
+    """The MILP encoding and the exact checker model the paper's LIF (``reset="zero"``) only."""
+    if net.reset != "zero":
+        raise NeuronModelError(f"reset={net.reset!r}: the MILP verifier and the exact checker encode the paper's "
+                               "LIF (reset='zero') only; bound this model with refsnn.bounds (ibp, crown-ibp, best)")
 
 
 def stage_affine_maps(net: SNN) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """Per stage: ``(A [n_out, n_in], c [n_out])`` with ``I = A s + c`` in float64."""
+    """Per stage: ``(A [n_out, n_in], c [n_out])`` with ``I = A s + c`` in float64 (LIF networks only)."""
+    require_lif(net)
     maps = []
     for stage in net.stages:
         n_in = int(np.prod(stage.input_shape))

@@ -25,6 +25,8 @@ from refsnn.layers import AvgPool2d, Conv2d, Flatten, Linear
 from refsnn.network import SNN
 from refsnn.firing import fires, fires_at_threshold
 
+from .encoding import require_lif
+
 Number = Union[float, Fraction]
 
 
@@ -125,6 +127,7 @@ class ExactNetwork:
     """``net`` evaluated in exact rational arithmetic (see the module docstring); weights converted once."""
 
     def __init__(self, net: SNN):
+        require_lif(net)
         self.net = net
         self.threshold = Fraction(float(net.threshold))
         self.decay = Fraction(float(net.decay))

@@ -144,7 +144,7 @@ def attack_forward(net: SNN, spikes: np.ndarray, rule: GradientRule) -> Trace:
         return net.run(spikes, validate=False)
     x = np.asarray(spikes, dtype=net.dtype)
     steps, batch = x.shape[:2]
-    trace = Trace(inputs=x)
+    trace = Trace(inputs=x, threshold=net.threshold, reset=net.reset)
     activation = x.reshape((steps * batch,) + x.shape[2:])
     for stage, threshold in zip(net.stages, thresholds):
         inputs = []
@@ -152,7 +152,7 @@ def attack_forward(net: SNN, spikes: np.ndarray, rule: GradientRule) -> Trace:
             inputs.append(activation)
             activation = op.forward(activation)
         current = activation.reshape((steps, batch) + stage.neuron_shape)
-        membrane, spike = lif_forward(current, threshold, net.decay, net.firing)
+        membrane, spike = lif_forward(current, threshold, net.decay, net.firing, reset=net.reset)
         trace.op_inputs.append(inputs)
         trace.currents.append(current)
         trace.membranes.append(membrane)
@@ -194,7 +194,7 @@ def attack_backward(net: SNN, trace: Trace, grad_output: np.ndarray, rule: Gradi
         elif rule.rule == "bptt":
             # Surrogate centred on the network's threshold even where the stage fired at a raised one.
             grad_current = lif_backward(trace.membranes[k], trace.spikes[k], grad_spike, net.threshold,
-                                        net.decay, surrogate, net.reset_grad)
+                                        net.decay, surrogate, net.reset_grad, net.reset)
         else:
             slope = rate_derivative(trace.currents[k].mean(axis=0), net.threshold, net.decay,
                                     rule.rate_gamma, rule.rate_ext)

@@ -79,7 +79,8 @@ class _SearchAttack(Attack):
 def _trace_subset(trace: Trace, pos) -> Trace:
     """The samples ``pos`` of a trace (enough for input gradients: no ``op_inputs``)."""
     return Trace(inputs=trace.inputs[:, pos], currents=[a[:, pos] for a in trace.currents],
-                 membranes=[a[:, pos] for a in trace.membranes], spikes=[a[:, pos] for a in trace.spikes])
+                 membranes=[a[:, pos] for a in trace.membranes], spikes=[a[:, pos] for a in trace.spikes],
+                 threshold=trace.threshold, reset=trace.reset)
 
 
 class PGD(_SearchAttack):

@@ -2,25 +2,68 @@
 
 The paper's eqs. 1-3 for one layer, given the input current ``I_t = W (*) s_t[k-1] + b``::
 
-    m_t = I_t + alpha * m_{t-1} * (1 - s_{t-1}),   m_0 = s_0 = 0
+    m_t = I_t + alpha * z_{t-1},   m_0 = s_0 = 0
     s_t = 1[m_t >= th]     (firing=">=", the paper's eq. 2, default)
     s_t = 1[m_t >  th]     (firing=">",  the authors' released code and snnTorch)
 
-The product ``z_t = m_t (1 - s_t)`` is the *reset term* of eqs. 9-10 (what survives the reset).
+``z_t`` is the *reset term* (what survives the spike). Each neuron model is one file of this
+package defining it and every rule that depends on it (docs/ARCHITECTURE.md, "Adding a new
+neuron model"); ``NEURON_MODELS`` names them (``SNN(reset=...)``):
+
+``"zero"``      ``refsnn/neurons/lif.py``, the paper's LIF: ``z_t = m_t (1 - s_t)`` (eqs. 1, 9-10);
+``"subtract"``  ``refsnn/neurons/subtract.py``: ``z_t = m_t - th s_t`` (reset by subtraction, the leak
+                acting on what the subtraction leaves).
 
 Arrays are time-major: ``[T, N...]`` where the trailing axes hold batch and neurons. The loop
 runs over time only; each step is vectorized over all neurons and samples.
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
 import math
+import types
 from dataclasses import dataclass
 from typing import Tuple
 
+import numba
 import numpy as np
 
-from .firing import fires, fires_at_threshold
-from .validation import FIRING_MODES, check_firing  # noqa: F401  (the firing rule lives there)
+from ..firing import fires, fires_at_threshold
+from ..validation import FIRING_MODES, RESET_MODES, check_firing, check_reset  # noqa: F401
+from . import lif, subtract
+
+NEURON_MODELS = {lif.NAME: lif, subtract.NAME: subtract}
+assert tuple(NEURON_MODELS) == RESET_MODES
+
+
+def neuron_model(reset: str = "zero") -> types.ModuleType:
+    """The module of the neuron model ``reset`` (``"zero"``: the paper's LIF, ``"subtract"``)."""
+    return NEURON_MODELS[check_reset(reset)]
+
+
+# The scalar rules a kernel calls, compiled once per model. The small ones are inlined into the
+# kernels (Numba IR inlining: the same code as if written there); the reset interval rules stay
+# calls, as the fire rule of ``refsnn.relaxations``.
+_INLINED = ("carry", "grad_step", "backsub_stable_on", "backsub_unstable", "backsub_membrane",
+            "backsub_unstable_family", "reverse_stable_on", "reverse_unstable", "reverse_unstable_family")
+_COMPILED: dict = {}
+
+
+def compiled_rules(reset: str = "zero") -> dict:
+    """``{name: compiled function}`` of the model's scalar rules; ``"tag"``: the model name and a
+    hash of its source, for the names (and cache entries) of the kernels compiled with them."""
+    if reset not in _COMPILED:
+        model = neuron_model(reset)
+        rules = {"reset_lower": model.reset_lower_compiled, "reset_upper": model.reset_upper_compiled}
+        for name in _INLINED:
+            if hasattr(model, name):
+                rules[name] = numba.njit(cache=True, inline="always")(getattr(model, name))
+        # A kernel's cache entry must change with the rules compiled into it (Numba does not track them).
+        digest = hashlib.sha1(inspect.getsource(model).encode()).hexdigest()[:8]
+        rules["tag"] = f"{model.NAME}_{digest}"
+        _COMPILED[reset] = rules
+    return _COMPILED[reset]
 
 
 def fire(membrane: np.ndarray, threshold: float, firing: str = ">=") -> np.ndarray:
@@ -101,65 +144,65 @@ def _python_scalars(*values) -> bool:
 
 
 def lif_forward(current: np.ndarray, threshold: float, decay: float, firing: str = ">=",
-                surrogate=None, smooth: bool = False) -> Tuple[np.ndarray, np.ndarray]:
-    """Runs eqs. 1-2 over time. ``current [T, ...]`` -> ``(membrane [T, ...], spike [T, ...])``.
+                surrogate=None, smooth: bool = False, reset: str = "zero") -> Tuple[np.ndarray, np.ndarray]:
+    """Runs eqs. 1-2 of the neuron model ``reset`` over time. ``current [T, ...]`` ->
+    ``(membrane [T, ...], spike [T, ...])``.
 
     ``smooth=True`` replaces the Heaviside by ``surrogate.smooth`` (gradient checks only).
     The Heaviside case of a float32/float64 array runs the fused Numba loop of
     ``refsnn.kernels.lif_forward_fused`` (same operations, bit-for-bit the same result).
     """
     check_firing(firing)
+    model = neuron_model(reset)
     if (not smooth and current.ndim >= 1 and current.dtype in (np.float32, np.float64) and current.size
             and _python_scalars(threshold, decay)):
-        from .kernels import lif_forward_fused
+        from ..kernels import lif_forward_fused
 
-        return lif_forward_fused(current, threshold, decay, firing)
+        return lif_forward_fused(current, threshold, decay, firing, reset)
     membrane = np.empty_like(current)
     spike = np.empty_like(current)
-    carried = np.zeros_like(current[0])  # alpha * m_{t-1} * (1 - s_{t-1})
+    carried = np.zeros_like(current[0])  # alpha z_{t-1}
     for t in range(current.shape[0]):
         membrane[t] = current[t] + carried
         if smooth:
             spike[t] = surrogate.smooth(membrane[t] - threshold)
         else:
             spike[t] = fire(membrane[t], threshold, firing)
-        carried = decay * membrane[t] * (1.0 - spike[t])
+        carried = model.carry(membrane[t], spike[t], threshold, decay, 1.0)
     return membrane, spike
 
 
 def lif_backward(membrane: np.ndarray, spike: np.ndarray, grad_spike: np.ndarray, threshold: float,
-                 decay: float, surrogate, reset_grad: bool = True) -> np.ndarray:
-    """Manual BPTT through eqs. 1-2 (STBP, Wu et al. 2018).
+                 decay: float, surrogate, reset_grad: bool = True, reset: str = "zero") -> np.ndarray:
+    """Manual BPTT through eqs. 1-2 of the neuron model ``reset`` (STBP, Wu et al. 2018).
 
     ``grad_spike [T, ...]`` is dL/ds_t arriving from outside the layer (next layer, output).
-    Returns dL/dI_t ``[T, ...]``. With ``reset_grad`` the reset path ``-alpha * m_t`` from
-    ``s_t`` into ``m_{t+1}`` is differentiated (the authors' code); otherwise it is detached
-    (snnTorch). Arrays of one float dtype run the fused Numba loop of
+    Returns dL/dI_t ``[T, ...]``. With ``reset_grad`` the reset path from ``s_t`` into
+    ``m_{t+1}`` (``-alpha m_t`` for the LIF) is differentiated (the authors' code); otherwise it is
+    detached (snnTorch). Arrays of one float dtype run the fused Numba loop of
     ``refsnn.kernels.lif_backward_fused`` (bit-for-bit the same result).
     """
+    model = neuron_model(reset)
     if (type(surrogate) is Rectangular and membrane.dtype in (np.float32, np.float64) and membrane.size
             and spike.dtype == membrane.dtype and _python_scalars(threshold, decay)
             and _python_scalars(surrogate.width, surrogate.height)
             and np.asarray(grad_spike).dtype == membrane.dtype):
-        from .kernels import lif_backward_rectangular_fused
+        from ..kernels import lif_backward_rectangular_fused
 
         return lif_backward_rectangular_fused(membrane, spike, grad_spike, threshold, surrogate.width,
-                                              surrogate.height, decay, reset_grad)
+                                              surrogate.height, decay, reset_grad, reset)
     derivative = surrogate.derivative(membrane - threshold)
     if (membrane.dtype in (np.float32, np.float64) and membrane.size and spike.dtype == membrane.dtype
             and _python_scalars(threshold, decay)
             and np.asarray(grad_spike).dtype == membrane.dtype and derivative.dtype == membrane.dtype):
-        from .kernels import lif_backward_fused
+        from ..kernels import lif_backward_fused
 
-        return lif_backward_fused(membrane, spike, grad_spike, derivative, decay, reset_grad)
+        return lif_backward_fused(membrane, spike, grad_spike, derivative, decay, reset_grad, threshold, reset)
     grad_current = np.empty_like(membrane)
     grad_membrane_next = np.zeros_like(membrane[0])
     for t in range(membrane.shape[0] - 1, -1, -1):
-        grad_s = grad_spike[t]
-        if reset_grad:
-            grad_s = grad_s - decay * membrane[t] * grad_membrane_next
-        grad_m = grad_s * derivative[t] \
-            + decay * (1.0 - spike[t]) * grad_membrane_next
+        grad_m = model.grad_step(grad_spike[t], membrane[t], spike[t], derivative[t], grad_membrane_next,
+                                 threshold, decay, reset_grad, 1.0)
         grad_current[t] = grad_m
         grad_membrane_next = grad_m
     return grad_current
