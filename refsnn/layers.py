@@ -60,6 +60,22 @@ class Layer:
     def transpose(self, coef: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def adjoint_columns(self, index: np.ndarray):
+        """What ``transpose_at`` needs to read ``transpose(coef)`` only at the flat input positions
+        ``index [N, F]`` (per leading row ``n``; the free input bits of a box): an opaque value."""
+        raise NotImplementedError
+
+    def transpose_at(self, coef: np.ndarray, columns) -> np.ndarray:
+        """``transpose(coef)`` at the positions of ``columns``: ``coef [N, R, n_out] -> [N, R, F]``
+        (``R`` coefficient rows per input row ``n``; eq. 17 at the input, where only few bits are free)."""
+        raise NotImplementedError
+
+    def transpose_at_backward(self, coef: np.ndarray, columns, grad: np.ndarray,
+                              grad_coef: np.ndarray) -> np.ndarray:
+        """Reverse of ``transpose_at`` for ``dL/d out = grad [N, R, F]``: adds ``dL/d coef`` into
+        ``grad_coef [N, R, n_out]`` and returns ``dL/d weight`` (the weight's shape)."""
+        raise NotImplementedError
+
     def interval(self, lower: np.ndarray, upper: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
@@ -135,6 +151,24 @@ class Linear(Layer):
 
     def transpose(self, coef: np.ndarray) -> np.ndarray:
         return coef @ self.weight
+
+    def adjoint_columns(self, index):
+        """The positions and their weight columns ``[N, F, out]`` (one BLAS product per row reads them)."""
+        return index, kernels.transpose_contiguous(self.weight)[index]
+
+    def transpose_at(self, coef, columns):
+        return coef @ columns[1].transpose(0, 2, 1)
+
+    def transpose_at_backward(self, coef, columns, grad, grad_coef):
+        index, weight_cols = columns
+        out = coef.shape[2]
+        grad_coef += (grad @ weight_cols).reshape(grad_coef.shape)
+        # one [F, R] x [R, out] product per row n, added into the weight columns of its positions
+        # (the dense [N R, in] GEMM would multiply zeros everywhere else)
+        per_position = grad.transpose(0, 2, 1) @ coef  # [N, F, out]
+        grad_weight_t = np.zeros((self.in_features, out), grad.dtype)
+        _add_rows_at(grad_weight_t, index.reshape(-1), per_position.reshape(-1, out))
+        return grad_weight_t.T
 
     def interval(self, lower, upper):
         weight_pos = np.maximum(self.weight, 0.0)
@@ -265,6 +299,93 @@ def _conv_transpose_fused(grad3, weight_t, image, geometry):  # pragma: no cover
             _col2im_sample(cols, 0, image[sample], geometry)
 
 
+@numba.njit(cache=True)
+def _add_rows_at(target, index, rows):  # pragma: no cover - compiled
+    """``target[index[q]] += rows[q]`` for every ``q`` in order (repeated indices accumulate)."""
+    for q in range(index.shape[0]):
+        dst = target[index[q]]
+        src = rows[q]
+        for o in range(dst.shape[0]):
+            dst[o] += src[o]
+
+
+# --- the adjoint of a convolution read at a few input positions ---------------------------------
+# Input position q = (c, y, x) receives, in ``transpose``, the output positions (o, a, b) with
+# y = a * sh - ph + i and x = b * sw - pw + j for a kernel offset (i, j): at most
+# O * ceil(kh / sh) * ceil(kw / sw) of them. ``_conv_column_tables`` lists them once per geometry
+# (flat output index and flat weight index); the gather and its reverse read the tables, so the
+# index arithmetic of the adjoint at a position is written in this one place.
+
+@numba.njit(cache=True)
+def _conv_column_tables(channels, height, width, out_channels, geometry):  # pragma: no cover - compiled
+    """``(out_index, weight_index [C*H*W, K], count [C*H*W])``: the output positions and weight
+    entries of every input position, in the order (i, j, o); ``count[q]`` of the ``K`` are used."""
+    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w = geometry
+    width_k = out_channels * ((kernel_h + stride_h - 1) // stride_h) * ((kernel_w + stride_w - 1) // stride_w)
+    n_in = channels * height * width
+    out_index = np.zeros((n_in, width_k), np.int64)
+    weight_index = np.zeros((n_in, width_k), np.int64)
+    count = np.zeros(n_in, np.int64)
+    for c in range(channels):
+        for y in range(height):
+            for x in range(width):
+                q = (c * height + y) * width + x
+                k = 0
+                for i in range(kernel_h):
+                    a_num = y + pad_h - i
+                    if a_num < 0 or a_num % stride_h != 0 or a_num // stride_h >= out_h:
+                        continue
+                    a = a_num // stride_h
+                    for j in range(kernel_w):
+                        b_num = x + pad_w - j
+                        if b_num < 0 or b_num % stride_w != 0 or b_num // stride_w >= out_w:
+                            continue
+                        b = b_num // stride_w
+                        for o in range(out_channels):
+                            out_index[q, k] = (o * out_h + a) * out_w + b
+                            weight_index[q, k] = ((o * channels + c) * kernel_h + i) * kernel_w + j
+                            k += 1
+                count[q] = k
+    return out_index, weight_index, count
+
+
+@numba.njit(cache=True, parallel=True)
+def _conv_gather_adjoint(coef, index, out_index, weight_values, count, out):  # pragma: no cover - compiled
+    """``out[n, r, f] = sum_k coef[n, r, out_index[q, k]] * weight_values[q, k]`` with ``q = index[n, f]``
+    (float64 sums in table order); rows ``n`` in parallel."""
+    for n in numba.prange(coef.shape[0]):
+        for r in range(coef.shape[1]):
+            row = coef[n, r]
+            for f in range(index.shape[1]):
+                q = index[n, f]
+                acc = 0.0
+                for k in range(count[q]):
+                    acc += row[out_index[q, k]] * weight_values[q, k]
+                out[n, r, f] = acc
+
+
+@numba.njit(cache=True, parallel=True)
+def _conv_gather_adjoint_reverse(coef, index, out_index, weight_index, weight_values, count, grad, grad_coef,
+                                 grad_weight_rows):  # pragma: no cover - compiled
+    """Reverse of ``_conv_gather_adjoint``: ``grad_coef[n, r, out_index] += grad * weight`` and
+    ``grad_weight_rows[n, weight_index] += grad * coef`` (float64, one row of partial sums per ``n``,
+    so rows run in parallel without races). Zero entries of ``grad`` (padded positions) are skipped."""
+    for n in numba.prange(coef.shape[0]):
+        acc = grad_weight_rows[n]
+        for r in range(coef.shape[1]):
+            row = coef[n, r]
+            grow = grad_coef[n, r]
+            for f in range(index.shape[1]):
+                g = grad[n, r, f]
+                if g == 0.0:
+                    continue
+                q = index[n, f]
+                for k in range(count[q]):
+                    o = out_index[q, k]
+                    grow[o] += g * weight_values[q, k]
+                    acc[weight_index[q, k]] += g * row[o]
+
+
 def _im2col(x: np.ndarray, *geometry) -> np.ndarray:
     """``x [N, C, H, W]`` -> ``cols [C*kh*kw, N*OH*OW]``; ``geometry = (kh, kw, sh, sw, ph, pw, OH, OW)``."""
     kernel_h, kernel_w, out_h, out_w = geometry[0], geometry[1], geometry[6], geometry[7]
@@ -390,6 +511,30 @@ class Conv2d(Layer):
         if n:
             _conv_transpose_fused(grad3, weight_t, image, tuple(int(g) for g in self._geometry(input_shape)))
         return image
+
+    def adjoint_columns(self, index):
+        """The positions and the tables of ``_conv_column_tables`` with the weight values read from them."""
+        input_shape = self._require_input_shape()
+        out_index, weight_index, count = _conv_column_tables(
+            int(input_shape[0]), int(input_shape[1]), int(input_shape[2]), int(self.weight.shape[0]),
+            tuple(int(g) for g in self._geometry(input_shape)))
+        weight_values = self.weight.reshape(-1)[weight_index]
+        return np.ascontiguousarray(index, dtype=np.int64), out_index, weight_index, weight_values, count
+
+    def transpose_at(self, coef, columns):
+        index, out_index, _, weight_values, count = columns
+        coef = np.ascontiguousarray(coef)
+        dtype = np.result_type(coef.dtype, self.weight.dtype)
+        out = np.empty(coef.shape[:2] + (index.shape[1],), dtype)
+        _conv_gather_adjoint(coef, index, out_index, weight_values, count, out)
+        return out
+
+    def transpose_at_backward(self, coef, columns, grad, grad_coef):
+        index, out_index, weight_index, weight_values, count = columns
+        grad_weight_rows = np.zeros((coef.shape[0], self.weight.size))
+        _conv_gather_adjoint_reverse(np.ascontiguousarray(coef), index, out_index, weight_index, weight_values,
+                                     count, np.ascontiguousarray(grad), grad_coef, grad_weight_rows)
+        return grad_weight_rows.sum(axis=0).astype(grad_coef.dtype).reshape(self.weight.shape)
 
     def param_grads(self, x, grad_out):
         dtype = np.result_type(x.dtype, grad_out.dtype, self.weight.dtype)
