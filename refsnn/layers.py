@@ -200,9 +200,10 @@ def _conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
 # --- im2col / col2im kernels (Numba) ------------------------------------------------------------
 # Layout: ``cols[(c * kh + i) * kw + j, (n * OH + a) * OW + b] = x_padded[n, c, a * sh + i, b * sw + j]``,
 # one row per (channel, kernel offset), one column per (sample, output position). The convolution
-# is then ONE GEMM ``W[O, C*kh*kw] @ cols`` (BLAS, over all time steps and samples at once) and
-# its weight gradient one GEMM with ``cols.T``; its adjoint is ``W.T @ grad`` followed by col2im,
-# per sample (``_conv_transpose_fused``). Padding is handled by index ranges: no padded copy.
+# is then ONE GEMM ``W[O, C*kh*kw] @ cols`` (BLAS, over all time steps and samples at once); its
+# weight gradient is ``grad @ cols.T`` over blocks of samples whose im2col fits the cache
+# (``_conv_weight_grad_fused``: the whole ``cols`` of T'BR back-substitution rows would not), and
+# its adjoint is ``W.T @ grad`` followed by col2im, per sample (``_conv_transpose_fused``). Padding is handled by index ranges: no padded copy.
 # The drivers run in parallel (``prange``; ``refsnn.threads`` sets the count): im2col one row of
 # ``cols`` per iteration, col2im one sample per iteration (a sample writes only its own image, so
 # no two threads add into the same pixel), and every input pixel receives
@@ -386,6 +387,42 @@ def _conv_gather_adjoint_reverse(coef, index, out_index, weight_index, weight_va
                     acc[weight_index[q, k]] += g * row[o]
 
 
+# Samples per im2col scratch of the fused weight gradient, and the most partial sums it keeps
+# (a fixed count: the result does not depend on the thread count).
+_WGRAD_BLOCK = 8
+_WGRAD_GROUPS = 16
+
+
+@numba.njit(cache=True, parallel=True)
+def _conv_weight_grad_fused(x, grad3, geometry, partial):  # pragma: no cover - compiled
+    """Weight gradient of a convolution without the ``[C*kh*kw, N*OH*OW]`` im2col matrix:
+    ``partial[g] = sum grad[n] @ cols(x[n]).T`` over the blocks of ``_WGRAD_BLOCK`` samples of group ``g``.
+
+    ``x [N, C, H, W]``, ``grad3 [N, O, OH*OW]`` (both contiguous), ``partial [G, O, C*kh*kw]``
+    zeroed by the caller, groups of consecutive blocks in parallel; each block is one im2col into a
+    cache-sized scratch and one single-threaded GEMM (as ``_conv_transpose_fused``).
+    """
+    n, channels_out, positions = grad3.shape
+    groups = partial.shape[0]
+    n_blocks = (n + _WGRAD_BLOCK - 1) // _WGRAD_BLOCK
+    per_group = (n_blocks + groups - 1) // groups
+    for g in numba.prange(groups):
+        product = np.empty((channels_out, partial.shape[2]), dtype=partial.dtype)
+        acc = partial[g]
+        for block in range(g * per_group, min(n_blocks, (g + 1) * per_group)):
+            first = block * _WGRAD_BLOCK
+            count = min(n, first + _WGRAD_BLOCK) - first
+            cols = np.empty((partial.shape[2], count * positions), dtype=x.dtype)
+            rows = np.empty((channels_out, count * positions), dtype=x.dtype)
+            samples = x[first:first + count]
+            for row in range(cols.shape[0]):
+                _im2col_row(samples, cols, row, geometry)
+            for s in range(count):
+                rows[:, s * positions:(s + 1) * positions] = grad3[first + s]
+            np.dot(rows, cols.T, product)
+            acc += product
+
+
 def _im2col(x: np.ndarray, *geometry) -> np.ndarray:
     """``x [N, C, H, W]`` -> ``cols [C*kh*kw, N*OH*OW]``; ``geometry = (kh, kw, sh, sw, ph, pw, OH, OW)``."""
     kernel_h, kernel_w, out_h, out_w = geometry[0], geometry[1], geometry[6], geometry[7]
@@ -470,16 +507,6 @@ class Conv2d(Layer):
             result += bias.astype(out_rows.dtype, copy=False)[None, :, None, None]
         return result
 
-    def _rows(self, grad: np.ndarray, dtype) -> np.ndarray:
-        """``[N, O, OH, OW]`` -> ``[O, N*OH*OW]`` (the GEMM layout of the output side)."""
-        expected = self.output_shape_of(self._require_input_shape())
-        if grad.ndim != 4 or tuple(grad.shape[1:]) != expected:
-            raise ValueError(f"Conv2d expects output-side arrays [N, *{expected}], got shape {grad.shape}")
-        n, channels = grad.shape[:2]
-        rows = np.empty((channels, n, grad.shape[2] * grad.shape[3]), dtype=dtype)
-        rows[...] = grad.reshape(n, channels, -1).transpose(1, 0, 2)
-        return rows.reshape(channels, -1)
-
     def _linear(self, x: np.ndarray, weight: np.ndarray, bias=None) -> np.ndarray:
         dtype = np.result_type(x.dtype, weight.dtype)
         cols = self._cols(x, dtype)
@@ -537,27 +564,26 @@ class Conv2d(Layer):
         return grad_weight_rows.sum(axis=0).astype(grad_coef.dtype).reshape(self.weight.shape)
 
     def param_grads(self, x, grad_out):
+        """Weight and bias gradients for input ``x [N, C, H, W]`` and ``dL/d output [N, O, OH, OW]``:
+        blocks of samples im2col'ed into cache-sized scratch, one GEMM each (``_conv_weight_grad_fused``)."""
         dtype = np.result_type(x.dtype, grad_out.dtype, self.weight.dtype)
-        return self._param_grads(self._cols(x, dtype), self._rows(grad_out, dtype))
-
-    def _param_grads(self, cols, grad_rows):
-        """Weight and bias gradients from the im2col ``cols`` and the GEMM-layout ``grad_rows``."""
-        # Both operands share the long summation axis N*OH*OW. Threaded OpenBLAS is pathological
-        # when the result's first axis is the shorter one (measured on 2 cores: conv1 [9 x 64]
-        # 3.2 s instead of 12 ms, conv2 [128 x 576] 0.79 s instead of 60 ms), so the longer
-        # axis goes first.
-        if cols.shape[0] >= grad_rows.shape[0]:
-            grad_weight = np.ascontiguousarray((cols @ grad_rows.T).T)
-        else:
-            grad_weight = grad_rows @ cols.T
-        grad_weight = grad_weight.reshape(self.weight.shape)
-        return {"weight": grad_weight, "bias": grad_rows.sum(axis=1)}
+        if x.ndim != 4 or x.shape[1] != self.weight.shape[1]:
+            raise ValueError(f"Conv2d expects inputs [N, {self.weight.shape[1]}, H, W], got shape {x.shape}")
+        expected = self.output_shape_of(self._require_input_shape())
+        if grad_out.ndim != 4 or tuple(grad_out.shape[1:]) != expected or grad_out.shape[0] != x.shape[0]:
+            raise ValueError(f"Conv2d expects output-side arrays [{x.shape[0]}, *{expected}], got shape {grad_out.shape}")
+        n, channels_out = grad_out.shape[:2]
+        grad3 = np.ascontiguousarray(grad_out.reshape(n, channels_out, -1), dtype=dtype)
+        groups = max(1, min(_WGRAD_GROUPS, (n + _WGRAD_BLOCK - 1) // _WGRAD_BLOCK))
+        partial = np.zeros((groups, channels_out, self.weight[0].size), dtype)
+        if n:
+            _conv_weight_grad_fused(np.ascontiguousarray(x, dtype=dtype), grad3,
+                                    tuple(int(g) for g in self._geometry(x.shape)), partial)
+        return {"weight": partial.sum(axis=0).reshape(self.weight.shape), "bias": grad3.sum(axis=(0, 2))}
 
     def backward(self, x, grad_out):
         dtype = np.result_type(x.dtype, grad_out.dtype, self.weight.dtype)
-        grad_rows = self._rows(grad_out, dtype)
-        cols = self._cols(x, dtype)
-        grads = self._param_grads(cols, grad_rows)
+        grads = self.param_grads(x, grad_out)
         # the input gradient by the fused per-sample adjoint (cache-sized GEMM + col2im, in parallel)
         return self.transpose(np.asarray(grad_out, dtype=dtype)), grads
 
