@@ -152,8 +152,9 @@ class BoundGraph:
         # product; it pays off when few bits are free (FC preset, one thread, CPU time of the graph
         # and its reverse with the free-bit weight gradient: gathered columns beat the dense GEMMs up
         # to about 1/6 of the input free per step, eps 0.2 with at most 118 of 784 bits; equal near
-        # 0.3). A convolution's column has at most O ceil(kh/sh) ceil(kw/sw) entries, so the gather
-        # pays off there at least as early (CONV preset: benchmarks/bench_robust.py).
+        # 0.3). A convolution's column has at most O ceil(kh/sh) ceil(kw/sw) entries (256 of the
+        # CONV preset's 12,544 outputs), so the same fraction is used there (its crossover is not
+        # measured; at the paper's eps the gather replaces 0.4 s of dense conv1 work per step).
         free = (self.x_upper != self.x_lower).reshape(self.steps * self.batch, -1)
         few_free = free.sum(axis=1).max(initial=0) * SPARSE_INPUT_FRACTION <= free.shape[1]
         self.sparse_input = (isinstance(first[-1], (Linear, Conv2d))

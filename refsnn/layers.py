@@ -8,7 +8,9 @@ rules side by side:
   leading count) to ``[N, *out_shape]``;
 - ``backward(x, grad_out)``: gradient w.r.t. the input and the parameters (manual BPTT);
 - ``transpose(coef)``: the adjoint of the linear part, ``coef @ W`` (back-substitution in S-CROWN,
-  eqs. 17-18), ``[N, *out_shape] -> [N, *in_shape]``;
+  eqs. 17-18), ``[N, *out_shape] -> [N, *in_shape]``; ``transpose_at`` reads it at a few input
+  positions only (``Linear``, ``Conv2d``: the free bits of a box at the first stage) and
+  ``transpose_at_backward`` is its reverse;
 - ``interval(lower, upper)``: interval arithmetic with ``W+`` and ``W-`` (S-IBP, eq. 11).
 
 Conventions follow PyTorch so weights port 1:1: ``Linear.weight`` is ``[out, in]``,
@@ -203,7 +205,8 @@ def _conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
 # is then ONE GEMM ``W[O, C*kh*kw] @ cols`` (BLAS, over all time steps and samples at once); its
 # weight gradient is ``grad @ cols.T`` over blocks of samples whose im2col fits the cache
 # (``_conv_weight_grad_fused``: the whole ``cols`` of T'BR back-substitution rows would not), and
-# its adjoint is ``W.T @ grad`` followed by col2im, per sample (``_conv_transpose_fused``). Padding is handled by index ranges: no padded copy.
+# its adjoint is ``W.T @ grad`` followed by col2im, per sample (``_conv_transpose_fused``).
+# Padding is handled by index ranges: no padded copy.
 # The drivers run in parallel (``prange``; ``refsnn.threads`` sets the count): im2col one row of
 # ``cols`` per iteration, col2im one sample per iteration (a sample writes only its own image, so
 # no two threads add into the same pixel), and every input pixel receives
@@ -571,7 +574,8 @@ class Conv2d(Layer):
             raise ValueError(f"Conv2d expects inputs [N, {self.weight.shape[1]}, H, W], got shape {x.shape}")
         expected = self.output_shape_of(self._require_input_shape())
         if grad_out.ndim != 4 or tuple(grad_out.shape[1:]) != expected or grad_out.shape[0] != x.shape[0]:
-            raise ValueError(f"Conv2d expects output-side arrays [{x.shape[0]}, *{expected}], got shape {grad_out.shape}")
+            raise ValueError(f"Conv2d expects output-side arrays [{x.shape[0]}, *{expected}], "
+                             f"got shape {grad_out.shape}")
         n, channels_out = grad_out.shape[:2]
         grad3 = np.ascontiguousarray(grad_out.reshape(n, channels_out, -1), dtype=dtype)
         groups = max(1, min(_WGRAD_GROUPS, (n + _WGRAD_BLOCK - 1) // _WGRAD_BLOCK))
