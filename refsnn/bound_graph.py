@@ -23,9 +23,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import numpy as np
-from numba import njit
 
-from . import kernels
 from .firing import fires_at_threshold
 from .layers import Conv2d, Linear
 from .operator import StepTables, backsub_stage, backsub_stage_reverse, interval_kernel
@@ -47,16 +45,6 @@ def _ibp_time_kernel(cur_lower, cur_upper, alpha, alpha_dtype, th, th_dtype, zer
     interval_kernel(track_rounding=False, record=True, frozen=bool(frozen))(
         cur_lower, cur_upper, alpha_dtype, alpha, 0.0, th_dtype, th_dtype, th, zero, fire_ge, mem_lower, mem_upper,
         unused, unused, unused, state, negative, unused, unused)
-
-
-@njit(cache=True)
-def _add_rows_at(target, index, rows):  # pragma: no cover - compiled
-    """``target[index[q]] += rows[q]`` for every ``q`` in order (repeated indices accumulate)."""
-    for q in range(index.shape[0]):
-        dst = target[index[q]]
-        src = rows[q]
-        for o in range(dst.shape[0]):
-            dst[o] += src[o]
 
 
 # Parallel back-substitution for big stages only (a parallel launch costs milliseconds when the cores
@@ -160,14 +148,17 @@ class BoundGraph:
         self.C = np.asarray(C, dtype=self.dtype)
         self.with_crown = with_crown
         first = net.stages[0].ops
-        # A first stage [Flatten*, Linear] lets the concretization skip the dense lam W product;
-        # it pays off when few bits are free (FC preset, one thread, CPU time of the graph and its
-        # reverse with the free-bit weight gradient: gathered columns beat the dense GEMMs up to
-        # about 1/6 of the input free per step, eps 0.2 with at most 118 of 784 bits; equal near 0.3).
+        # A first stage [Flatten*, Linear] or [Conv2d] lets the concretization skip the dense lam W
+        # product; it pays off when few bits are free (FC preset, one thread, CPU time of the graph
+        # and its reverse with the free-bit weight gradient: gathered columns beat the dense GEMMs up
+        # to about 1/6 of the input free per step, eps 0.2 with at most 118 of 784 bits; equal near
+        # 0.3). A convolution's column has at most O ceil(kh/sh) ceil(kw/sw) entries (256 of the
+        # CONV preset's 12,544 outputs), so the same fraction is used there (its crossover is not
+        # measured; at the paper's eps the gather replaces 0.4 s of dense conv1 work per step).
         free = (self.x_upper != self.x_lower).reshape(self.steps * self.batch, -1)
         few_free = free.sum(axis=1).max(initial=0) * SPARSE_INPUT_FRACTION <= free.shape[1]
-        self.sparse_input = (isinstance(first[-1], Linear) and all(op.kind == "flatten" for op in first[:-1])
-                             and few_free)
+        self.sparse_input = (isinstance(first[-1], (Linear, Conv2d))
+                             and all(op.kind == "flatten" for op in first[:-1]) and few_free)
         self._ibp_forward()
         self.ibp_lower = self._ibp_spec_lower()
         self.crown_lower = self._crown_forward() if with_crown else None
@@ -282,23 +273,26 @@ class BoundGraph:
         return (np.einsum("tbrj,tbj->br", lam_s, mid) - np.einsum("tbrj,tbj->br", sign * lam_s, rad) + bias)
 
     def _first_stage_concretize(self, lam_cur, bias):
-        """Eq. 17 at the input for a fully connected first stage, without forming ``lam W`` densely.
+        """Eq. 17 at the input for a first stage ``[Flatten*, Linear]`` or ``[Conv2d]``, without
+        forming ``lam W`` densely.
 
         ``min_x sum_t (lam_t W) . x_t = sum_t lam_t . (W mid_t) - sum_t |lam_t W| . rad_t``; the
-        first term reuses S-IBP's ``W mid``, the second only needs the columns of ``W`` at the
-        free input bits (``rad > 0``), a few percent of the input for the paper's eps.
+        first term reuses S-IBP's ``W mid``, the second only needs ``lam W`` at the free input bits
+        (``rad > 0``, a few percent of the input for the paper's eps): the layer's
+        ``transpose_at`` (a weight column per bit; for a convolution at most
+        ``O ceil(kh/sh) ceil(kw/sw)`` entries per bit instead of the dense col2im of every row).
         """
         steps, batch, rows, n = lam_cur.shape
-        weight = self.maps[0].affine.weight.astype(self.dtype)
+        layer = self.maps[0].signed[-1]
         rad = ((self.x_upper - self.x_lower) * 0.5).reshape(steps * batch, -1)
         free_count = (rad > 0).sum(axis=1)
         width = max(1, int(free_count.max()))
         # indices of the free bits per (t, b), padded with bit 0 and a zero radius
         order = np.argsort(rad <= 0, axis=1, kind="stable")[:, :width]
         free_rad = np.take_along_axis(rad, order, axis=1)                     # [T'B, F]
-        free_cols = kernels.transpose_contiguous(weight)[order]               # [T'B, F, n]
+        columns = layer.adjoint_columns(order)
         lam_flat = lam_cur.reshape(steps * batch, rows, n)
-        lam_free = lam_flat @ free_cols.transpose(0, 2, 1)                    # [T'B, S, F]
+        lam_free = layer.transpose_at(lam_flat, columns)                      # [T'B, S, F]
         if self.frozen and self.choices.input_sign is not None:
             sign = self.choices.input_sign
         else:
@@ -306,28 +300,25 @@ class BoundGraph:
             self.choices.input_sign = sign
         at_mid = np.einsum("tbsn,tbn->bs", lam_cur, self.first_linear_mid)
         at_rad = np.einsum("ksf,kf->ks", sign * lam_free, free_rad).reshape(steps, batch, rows).sum(axis=0)
-        self.sparse = dict(order=order, free_rad=free_rad, free_cols=free_cols, sign=sign)
+        self.sparse = dict(free_rad=free_rad, columns=columns, sign=sign)
         return at_mid - at_rad + bias
 
     def _first_stage_backward(self, g_row, lam_cur, grad_w):
         """Reverse of ``_first_stage_concretize``: ``dL/d lam_cur`` of stage 0 and its ``dL/dW``."""
         steps, batch, rows, n = lam_cur.shape
         sp = self.sparse
-        mid = ((self.x_lower + self.x_upper) * 0.5).reshape(steps * batch, -1)
+        maps = self.maps[0]
+        layer = maps.signed[-1]
         # d/d lam of lam . (W mid) and of -|lam W_free| . rad
         grad_free = -(g_row[None, :, :, None] * (sp["sign"] * sp["free_rad"][:, None, :]).reshape(
             steps, batch, rows, -1)).reshape(steps * batch, rows, -1)          # [T'B, S, F]
         grad_lam = g_row[None, :, :, None] * self.first_linear_mid[:, :, None, :]
-        grad_lam = grad_lam + (grad_free @ sp["free_cols"]).reshape(steps, batch, rows, n)
-        weighted = np.einsum("bs,tbsn->tbn", g_row, lam_cur).reshape(steps * batch, n)
-        grad_weight = weighted.T @ mid                                         # from W mid
-        # from the free bits: one [F, S] x [S, n] product per (t, b), added into the weight
-        # columns of its free bits (a few percent of the input; the dense [T'B S, n_in] GEMM
-        # multiplies zeros everywhere else)
-        per_bit = grad_free.transpose(0, 2, 1) @ lam_cur.reshape(steps * batch, rows, n)  # [T'B, F, n]
-        grad_weight_t = np.zeros((mid.shape[1], n), self.dtype)
-        _add_rows_at(grad_weight_t, sp["order"].reshape(-1), per_bit.reshape(-1, n))
-        grad_weight += grad_weight_t.T
+        lam_flat = lam_cur.reshape(steps * batch, rows, n)
+        weighted = np.einsum("bs,tbsn->tbn", g_row, lam_cur).reshape((steps * batch,) + maps.neuron_shape)
+        grad_weight = maps.weight_grad(layer, self.records[0]["center_inputs"][-1], weighted)  # from W mid
+        # from the free bits (a few percent of the input; the dense path multiplies zeros elsewhere)
+        grad_weight += layer.transpose_at_backward(lam_flat, sp["columns"], grad_free,
+                                                   grad_lam.reshape(steps * batch, rows, n))
         grad_w[0] += grad_weight.astype(self.dtype)
         return grad_lam
 

@@ -8,7 +8,9 @@ rules side by side:
   leading count) to ``[N, *out_shape]``;
 - ``backward(x, grad_out)``: gradient w.r.t. the input and the parameters (manual BPTT);
 - ``transpose(coef)``: the adjoint of the linear part, ``coef @ W`` (back-substitution in S-CROWN,
-  eqs. 17-18), ``[N, *out_shape] -> [N, *in_shape]``;
+  eqs. 17-18), ``[N, *out_shape] -> [N, *in_shape]``; ``transpose_at`` reads it at a few input
+  positions only (``Linear``, ``Conv2d``: the free bits of a box at the first stage) and
+  ``transpose_at_backward`` is its reverse;
 - ``interval(lower, upper)``: interval arithmetic with ``W+`` and ``W-`` (S-IBP, eq. 11).
 
 Conventions follow PyTorch so weights port 1:1: ``Linear.weight`` is ``[out, in]``,
@@ -58,6 +60,22 @@ class Layer:
         return self.backward(x, grad_out)[1]
 
     def transpose(self, coef: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def adjoint_columns(self, index: np.ndarray):
+        """What ``transpose_at`` needs to read ``transpose(coef)`` only at the flat input positions
+        ``index [N, F]`` (per leading row ``n``; the free input bits of a box): an opaque value."""
+        raise NotImplementedError
+
+    def transpose_at(self, coef: np.ndarray, columns) -> np.ndarray:
+        """``transpose(coef)`` at the positions of ``columns``: ``coef [N, R, n_out] -> [N, R, F]``
+        (``R`` coefficient rows per input row ``n``; eq. 17 at the input, where only few bits are free)."""
+        raise NotImplementedError
+
+    def transpose_at_backward(self, coef: np.ndarray, columns, grad: np.ndarray,
+                              grad_coef: np.ndarray) -> np.ndarray:
+        """Reverse of ``transpose_at`` for ``dL/d out = grad [N, R, F]``: adds ``dL/d coef`` into
+        ``grad_coef [N, R, n_out]`` and returns ``dL/d weight`` (the weight's shape)."""
         raise NotImplementedError
 
     def interval(self, lower: np.ndarray, upper: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -136,6 +154,24 @@ class Linear(Layer):
     def transpose(self, coef: np.ndarray) -> np.ndarray:
         return coef @ self.weight
 
+    def adjoint_columns(self, index):
+        """The positions and their weight columns ``[N, F, out]`` (one BLAS product per row reads them)."""
+        return index, kernels.transpose_contiguous(self.weight)[index]
+
+    def transpose_at(self, coef, columns):
+        return coef @ columns[1].transpose(0, 2, 1)
+
+    def transpose_at_backward(self, coef, columns, grad, grad_coef):
+        index, weight_cols = columns
+        out = coef.shape[2]
+        grad_coef += (grad @ weight_cols).reshape(grad_coef.shape)
+        # one [F, R] x [R, out] product per row n, added into the weight columns of its positions
+        # (the dense [N R, in] GEMM would multiply zeros everywhere else)
+        per_position = grad.transpose(0, 2, 1) @ coef  # [N, F, out]
+        grad_weight_t = np.zeros((self.in_features, out), grad.dtype)
+        _add_rows_at(grad_weight_t, index.reshape(-1), per_position.reshape(-1, out))
+        return grad_weight_t.T
+
     def interval(self, lower, upper):
         weight_pos = np.maximum(self.weight, 0.0)
         weight_neg = np.minimum(self.weight, 0.0)
@@ -166,9 +202,11 @@ def _conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
 # --- im2col / col2im kernels (Numba) ------------------------------------------------------------
 # Layout: ``cols[(c * kh + i) * kw + j, (n * OH + a) * OW + b] = x_padded[n, c, a * sh + i, b * sw + j]``,
 # one row per (channel, kernel offset), one column per (sample, output position). The convolution
-# is then ONE GEMM ``W[O, C*kh*kw] @ cols`` (BLAS, over all time steps and samples at once) and
-# its weight gradient one GEMM with ``cols.T``; its adjoint is ``W.T @ grad`` followed by col2im,
-# per sample (``_conv_transpose_fused``). Padding is handled by index ranges: no padded copy.
+# is then ONE GEMM ``W[O, C*kh*kw] @ cols`` (BLAS, over all time steps and samples at once); its
+# weight gradient is ``grad @ cols.T`` over blocks of samples whose im2col fits the cache
+# (``_conv_weight_grad_fused``: the whole ``cols`` of T'BR back-substitution rows would not), and
+# its adjoint is ``W.T @ grad`` followed by col2im, per sample (``_conv_transpose_fused``).
+# Padding is handled by index ranges: no padded copy.
 # The drivers run in parallel (``prange``; ``refsnn.threads`` sets the count): im2col one row of
 # ``cols`` per iteration, col2im one sample per iteration (a sample writes only its own image, so
 # no two threads add into the same pixel), and every input pixel receives
@@ -265,6 +303,129 @@ def _conv_transpose_fused(grad3, weight_t, image, geometry):  # pragma: no cover
             _col2im_sample(cols, 0, image[sample], geometry)
 
 
+@numba.njit(cache=True)
+def _add_rows_at(target, index, rows):  # pragma: no cover - compiled
+    """``target[index[q]] += rows[q]`` for every ``q`` in order (repeated indices accumulate)."""
+    for q in range(index.shape[0]):
+        dst = target[index[q]]
+        src = rows[q]
+        for o in range(dst.shape[0]):
+            dst[o] += src[o]
+
+
+# --- the adjoint of a convolution read at a few input positions ---------------------------------
+# Input position q = (c, y, x) receives, in ``transpose``, the output positions (o, a, b) with
+# y = a * sh - ph + i and x = b * sw - pw + j for a kernel offset (i, j): at most
+# O * ceil(kh / sh) * ceil(kw / sw) of them. ``_conv_column_tables`` lists them once per geometry
+# (flat output index and flat weight index); the gather and its reverse read the tables, so the
+# index arithmetic of the adjoint at a position is written in this one place.
+
+@numba.njit(cache=True)
+def _conv_column_tables(channels, height, width, out_channels, geometry):  # pragma: no cover - compiled
+    """``(out_index, weight_index [C*H*W, K], count [C*H*W])``: the output positions and weight
+    entries of every input position, in the order (i, j, o); ``count[q]`` of the ``K`` are used."""
+    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w = geometry
+    width_k = out_channels * ((kernel_h + stride_h - 1) // stride_h) * ((kernel_w + stride_w - 1) // stride_w)
+    n_in = channels * height * width
+    out_index = np.zeros((n_in, width_k), np.int64)
+    weight_index = np.zeros((n_in, width_k), np.int64)
+    count = np.zeros(n_in, np.int64)
+    for c in range(channels):
+        for y in range(height):
+            for x in range(width):
+                q = (c * height + y) * width + x
+                k = 0
+                for i in range(kernel_h):
+                    a_num = y + pad_h - i
+                    if a_num < 0 or a_num % stride_h != 0 or a_num // stride_h >= out_h:
+                        continue
+                    a = a_num // stride_h
+                    for j in range(kernel_w):
+                        b_num = x + pad_w - j
+                        if b_num < 0 or b_num % stride_w != 0 or b_num // stride_w >= out_w:
+                            continue
+                        b = b_num // stride_w
+                        for o in range(out_channels):
+                            out_index[q, k] = (o * out_h + a) * out_w + b
+                            weight_index[q, k] = ((o * channels + c) * kernel_h + i) * kernel_w + j
+                            k += 1
+                count[q] = k
+    return out_index, weight_index, count
+
+
+@numba.njit(cache=True, parallel=True)
+def _conv_gather_adjoint(coef, index, out_index, weight_values, count, out):  # pragma: no cover - compiled
+    """``out[n, r, f] = sum_k coef[n, r, out_index[q, k]] * weight_values[q, k]`` with ``q = index[n, f]``
+    (float64 sums in table order); rows ``n`` in parallel."""
+    for n in numba.prange(coef.shape[0]):
+        for r in range(coef.shape[1]):
+            row = coef[n, r]
+            for f in range(index.shape[1]):
+                q = index[n, f]
+                acc = 0.0
+                for k in range(count[q]):
+                    acc += row[out_index[q, k]] * weight_values[q, k]
+                out[n, r, f] = acc
+
+
+@numba.njit(cache=True, parallel=True)
+def _conv_gather_adjoint_reverse(coef, index, out_index, weight_index, weight_values, count, grad, grad_coef,
+                                 grad_weight_rows):  # pragma: no cover - compiled
+    """Reverse of ``_conv_gather_adjoint``: ``grad_coef[n, r, out_index] += grad * weight`` and
+    ``grad_weight_rows[n, weight_index] += grad * coef`` (float64, one row of partial sums per ``n``,
+    so rows run in parallel without races). Zero entries of ``grad`` (padded positions) are skipped."""
+    for n in numba.prange(coef.shape[0]):
+        acc = grad_weight_rows[n]
+        for r in range(coef.shape[1]):
+            row = coef[n, r]
+            grow = grad_coef[n, r]
+            for f in range(index.shape[1]):
+                g = grad[n, r, f]
+                if g == 0.0:
+                    continue
+                q = index[n, f]
+                for k in range(count[q]):
+                    o = out_index[q, k]
+                    grow[o] += g * weight_values[q, k]
+                    acc[weight_index[q, k]] += g * row[o]
+
+
+# Samples per im2col scratch of the fused weight gradient, and the most partial sums it keeps
+# (a fixed count: the result does not depend on the thread count).
+_WGRAD_BLOCK = 8
+_WGRAD_GROUPS = 16
+
+
+@numba.njit(cache=True, parallel=True)
+def _conv_weight_grad_fused(x, grad3, geometry, partial):  # pragma: no cover - compiled
+    """Weight gradient of a convolution without the ``[C*kh*kw, N*OH*OW]`` im2col matrix:
+    ``partial[g] = sum grad[n] @ cols(x[n]).T`` over the blocks of ``_WGRAD_BLOCK`` samples of group ``g``.
+
+    ``x [N, C, H, W]``, ``grad3 [N, O, OH*OW]`` (both contiguous), ``partial [G, O, C*kh*kw]``
+    zeroed by the caller, groups of consecutive blocks in parallel; each block is one im2col into a
+    cache-sized scratch and one single-threaded GEMM (as ``_conv_transpose_fused``).
+    """
+    n, channels_out, positions = grad3.shape
+    groups = partial.shape[0]
+    n_blocks = (n + _WGRAD_BLOCK - 1) // _WGRAD_BLOCK
+    per_group = (n_blocks + groups - 1) // groups
+    for g in numba.prange(groups):
+        product = np.empty((channels_out, partial.shape[2]), dtype=partial.dtype)
+        acc = partial[g]
+        for block in range(g * per_group, min(n_blocks, (g + 1) * per_group)):
+            first = block * _WGRAD_BLOCK
+            count = min(n, first + _WGRAD_BLOCK) - first
+            cols = np.empty((partial.shape[2], count * positions), dtype=x.dtype)
+            rows = np.empty((channels_out, count * positions), dtype=x.dtype)
+            samples = x[first:first + count]
+            for row in range(cols.shape[0]):
+                _im2col_row(samples, cols, row, geometry)
+            for s in range(count):
+                rows[:, s * positions:(s + 1) * positions] = grad3[first + s]
+            np.dot(rows, cols.T, product)
+            acc += product
+
+
 def _im2col(x: np.ndarray, *geometry) -> np.ndarray:
     """``x [N, C, H, W]`` -> ``cols [C*kh*kw, N*OH*OW]``; ``geometry = (kh, kw, sh, sw, ph, pw, OH, OW)``."""
     kernel_h, kernel_w, out_h, out_w = geometry[0], geometry[1], geometry[6], geometry[7]
@@ -349,16 +510,6 @@ class Conv2d(Layer):
             result += bias.astype(out_rows.dtype, copy=False)[None, :, None, None]
         return result
 
-    def _rows(self, grad: np.ndarray, dtype) -> np.ndarray:
-        """``[N, O, OH, OW]`` -> ``[O, N*OH*OW]`` (the GEMM layout of the output side)."""
-        expected = self.output_shape_of(self._require_input_shape())
-        if grad.ndim != 4 or tuple(grad.shape[1:]) != expected:
-            raise ValueError(f"Conv2d expects output-side arrays [N, *{expected}], got shape {grad.shape}")
-        n, channels = grad.shape[:2]
-        rows = np.empty((channels, n, grad.shape[2] * grad.shape[3]), dtype=dtype)
-        rows[...] = grad.reshape(n, channels, -1).transpose(1, 0, 2)
-        return rows.reshape(channels, -1)
-
     def _linear(self, x: np.ndarray, weight: np.ndarray, bias=None) -> np.ndarray:
         dtype = np.result_type(x.dtype, weight.dtype)
         cols = self._cols(x, dtype)
@@ -391,28 +542,52 @@ class Conv2d(Layer):
             _conv_transpose_fused(grad3, weight_t, image, tuple(int(g) for g in self._geometry(input_shape)))
         return image
 
-    def param_grads(self, x, grad_out):
-        dtype = np.result_type(x.dtype, grad_out.dtype, self.weight.dtype)
-        return self._param_grads(self._cols(x, dtype), self._rows(grad_out, dtype))
+    def adjoint_columns(self, index):
+        """The positions and the tables of ``_conv_column_tables`` with the weight values read from them."""
+        input_shape = self._require_input_shape()
+        out_index, weight_index, count = _conv_column_tables(
+            int(input_shape[0]), int(input_shape[1]), int(input_shape[2]), int(self.weight.shape[0]),
+            tuple(int(g) for g in self._geometry(input_shape)))
+        weight_values = self.weight.reshape(-1)[weight_index]
+        return np.ascontiguousarray(index, dtype=np.int64), out_index, weight_index, weight_values, count
 
-    def _param_grads(self, cols, grad_rows):
-        """Weight and bias gradients from the im2col ``cols`` and the GEMM-layout ``grad_rows``."""
-        # Both operands share the long summation axis N*OH*OW. Threaded OpenBLAS is pathological
-        # when the result's first axis is the shorter one (measured on 2 cores: conv1 [9 x 64]
-        # 3.2 s instead of 12 ms, conv2 [128 x 576] 0.79 s instead of 60 ms), so the longer
-        # axis goes first.
-        if cols.shape[0] >= grad_rows.shape[0]:
-            grad_weight = np.ascontiguousarray((cols @ grad_rows.T).T)
-        else:
-            grad_weight = grad_rows @ cols.T
-        grad_weight = grad_weight.reshape(self.weight.shape)
-        return {"weight": grad_weight, "bias": grad_rows.sum(axis=1)}
+    def transpose_at(self, coef, columns):
+        index, out_index, _, weight_values, count = columns
+        coef = np.ascontiguousarray(coef)
+        dtype = np.result_type(coef.dtype, self.weight.dtype)
+        out = np.empty(coef.shape[:2] + (index.shape[1],), dtype)
+        _conv_gather_adjoint(coef, index, out_index, weight_values, count, out)
+        return out
+
+    def transpose_at_backward(self, coef, columns, grad, grad_coef):
+        index, out_index, weight_index, weight_values, count = columns
+        grad_weight_rows = np.zeros((coef.shape[0], self.weight.size))
+        _conv_gather_adjoint_reverse(np.ascontiguousarray(coef), index, out_index, weight_index, weight_values,
+                                     count, np.ascontiguousarray(grad), grad_coef, grad_weight_rows)
+        return grad_weight_rows.sum(axis=0).astype(grad_coef.dtype).reshape(self.weight.shape)
+
+    def param_grads(self, x, grad_out):
+        """Weight and bias gradients for input ``x [N, C, H, W]`` and ``dL/d output [N, O, OH, OW]``:
+        blocks of samples im2col'ed into cache-sized scratch, one GEMM each (``_conv_weight_grad_fused``)."""
+        dtype = np.result_type(x.dtype, grad_out.dtype, self.weight.dtype)
+        if x.ndim != 4 or x.shape[1] != self.weight.shape[1]:
+            raise ValueError(f"Conv2d expects inputs [N, {self.weight.shape[1]}, H, W], got shape {x.shape}")
+        expected = self.output_shape_of(self._require_input_shape())
+        if grad_out.ndim != 4 or tuple(grad_out.shape[1:]) != expected or grad_out.shape[0] != x.shape[0]:
+            raise ValueError(f"Conv2d expects output-side arrays [{x.shape[0]}, *{expected}], "
+                             f"got shape {grad_out.shape}")
+        n, channels_out = grad_out.shape[:2]
+        grad3 = np.ascontiguousarray(grad_out.reshape(n, channels_out, -1), dtype=dtype)
+        groups = max(1, min(_WGRAD_GROUPS, (n + _WGRAD_BLOCK - 1) // _WGRAD_BLOCK))
+        partial = np.zeros((groups, channels_out, self.weight[0].size), dtype)
+        if n:
+            _conv_weight_grad_fused(np.ascontiguousarray(x, dtype=dtype), grad3,
+                                    tuple(int(g) for g in self._geometry(x.shape)), partial)
+        return {"weight": partial.sum(axis=0).reshape(self.weight.shape), "bias": grad3.sum(axis=(0, 2))}
 
     def backward(self, x, grad_out):
         dtype = np.result_type(x.dtype, grad_out.dtype, self.weight.dtype)
-        grad_rows = self._rows(grad_out, dtype)
-        cols = self._cols(x, dtype)
-        grads = self._param_grads(cols, grad_rows)
+        grads = self.param_grads(x, grad_out)
         # the input gradient by the fused per-sample adjoint (cache-sized GEMM + col2im, in parallel)
         return self.transpose(np.asarray(grad_out, dtype=dtype)), grads
 

@@ -369,3 +369,21 @@ def test_sound_ibp_event_interval_equals_gemm_path(monkeypatch, dtype):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-13 * (1 + np.abs(b).max()))
     for a, b in zip(event.state, dense.state):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("n", [1, 7, 8 * 16 * 2 + 3])  # one partial block; several blocks per group
+def test_conv_weight_gradient_over_blocks_equals_the_windowed_sum(n):
+    """``Conv2d.param_grads`` (blocks of samples im2col'ed into scratch, partial sums per group)
+    equals ``sum_n grad[n, o, a, b] * x_padded[n, c, a*sh + i, b*sw + j]`` for every sample count."""
+    from refsnn.layers import Conv2d
+    rng = np.random.default_rng(n)
+    conv = Conv2d(rng.normal(0, 1, (3, 2, 3, 2)), np.zeros(3), stride=(2, 1), padding=(1, 1))
+    out_shape = conv.output_shape((2, 5, 6))
+    x = rng.normal(0, 1, (n, 2, 5, 6))
+    grad = rng.normal(0, 1, (n,) + out_shape)
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 2), axis=(2, 3))[:, :, ::2, ::1]
+    expected = np.einsum("noab,ncabij->ocij", grad, windows)
+    grads = conv.param_grads(x, grad)
+    np.testing.assert_allclose(grads["weight"], expected, rtol=0, atol=1e-11 * max(1, n))
+    np.testing.assert_allclose(grads["bias"], grad.sum(axis=(0, 2, 3)), rtol=0, atol=1e-11 * max(1, n))

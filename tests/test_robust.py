@@ -22,6 +22,7 @@ def _small_net(arch, rng):
                   Linear(rng.normal(0, 0.8, (4, 5)), rng.normal(0.1, 0.2, 4)),
                   Linear(rng.normal(0, 0.8, (3, 4)), rng.normal(0.1, 0.2, 3))]
         return SNN(layers, surrogate=Sigmoid(4.0)), (6,)
+    # "conv" and "conv-sparse" (a box with 8 free bits per step: the sparse input path of a conv)
     layers = [Conv2d(rng.normal(0, 0.6, (3, 2, 3, 3)), rng.normal(0.1, 0.1, 3), stride=2, padding=1),
               AvgPool2d(2, 1),
               Conv2d(rng.normal(0, 0.6, (2, 3, 2, 2)), rng.normal(0.1, 0.1, 2)),
@@ -30,7 +31,7 @@ def _small_net(arch, rng):
     return SNN(layers, input_shape=(2, 5, 5), surrogate=Sigmoid(4.0)), (2, 5, 5)
 
 
-@pytest.mark.parametrize("arch", ["fc", "fc-wide", "conv"])
+@pytest.mark.parametrize("arch", ["fc", "fc-wide", "conv", "conv-sparse"])
 @pytest.mark.parametrize("steps", [1, 2, 3])
 def test_robust_loss_gradient_matches_finite_differences(arch, steps):
     """Smooth surrogate in eq. 7, every discrete choice frozen: the manual reverse pass through
@@ -42,13 +43,19 @@ def test_robust_loss_gradient_matches_finite_differences(arch, steps):
     if arch == "fc-wide":
         x_upper = x_lower.copy()
         x_upper[..., :2] = 1.0  # two free bits at most per step and sample
+    elif arch == "conv-sparse":  # 8 of 50 bits free per step: corners, edges and inner bits, both channels
+        free = (np.array([0, 0, 1, 0, 1, 0, 1, 1]), np.array([0, 2, 4, 4, 0, 1, 2, 3]),
+                np.array([0, 3, 1, 4, 2, 1, 2, 4]))
+        x_lower[(Ellipsis,) + free] = 0.0
+        x_upper = x_lower.copy()
+        x_upper[(Ellipsis,) + free] = 1.0
     else:
         x_upper = np.maximum(x_lower, rng.random((steps, batch) + shape) < 0.5).astype(float)
     labels = rng.integers(0, 3, batch)
     args = dict(kappa=0.3, beta=0.6, temperature=2.0, smooth=True)
     reference = robust_loss(net, x_lower, labels, x_lower, x_upper, **args)
     choices = reference.graph.choices
-    assert reference.graph.sparse_input == (arch == "fc-wide")
+    assert reference.graph.sparse_input == (arch in ("fc-wide", "conv-sparse"))
     assert any(np.mean(state == 2) > 0.1 for state in choices.state), "the test needs unstable neurons"
 
     def loss():
@@ -78,15 +85,16 @@ def test_training_bounds_equal_sound_bounds_up_to_rounding(arch):
     np.testing.assert_allclose(graph.crown_lower, crown_lower, atol=1e-8)
 
 
-def test_sparse_first_stage_at_the_paper_mnist_eps_matches_the_dense_path(monkeypatch):
-    """The FC preset on MNIST digits at the paper's eps 0.12 (about 9 % of the pixels free per
-    step) takes the free-column path of the first stage, and its bounds and gradients equal the
-    dense ``lam W`` path up to float32 summation order."""
+@pytest.mark.parametrize("arch", ["fc", "conv"])
+def test_sparse_first_stage_at_the_paper_mnist_eps_matches_the_dense_path(monkeypatch, arch):
+    """The FC and CONV presets on MNIST digits at the paper's eps 0.12 (about 9 % of the pixels
+    free per step) take the free-column path of the first stage, and its bounds and gradients equal
+    the dense ``lam W`` path up to float32 summation order."""
     import refsnn.bound_graph as bound_graph
     from refsnn.data import load_dataset
     images, labels = load_dataset("mnist-subset", "train")
     images, labels = images[:6], labels[:6]
-    net = build_network("fc", (1, 28, 28), seed=0, dtype=np.float32)
+    net = build_network(arch, (1, 28, 28), seed=0, dtype=np.float32)
     box = digital_linf_set(images, 0.12, draw_rand_maps(np.random.default_rng(0), 3, images.shape))
     C = margin_spec(labels, 10).astype(np.float32)
     grad = np.random.default_rng(1).standard_normal((6, 9)).astype(np.float32)
@@ -100,6 +108,40 @@ def test_sparse_first_stage_at_the_paper_mnist_eps_matches_the_dense_path(monkey
     np.testing.assert_allclose(sparse_lower, dense_lower, rtol=0, atol=1e-5 * np.abs(dense_lower).max())
     for mine, reference in zip(sparse_grads, dense_grads):
         np.testing.assert_allclose(mine, reference, rtol=0, atol=1e-5 * np.abs(reference).max())
+
+
+@pytest.mark.parametrize("kernel,stride,padding,shape", [
+    ((3, 3), (2, 2), (1, 1), (2, 7, 6)),   # the paper's CONV layers
+    ((3, 2), (1, 2), (0, 1), (2, 6, 7)),
+    ((2, 3), (3, 1), (2, 0), (1, 8, 5)),
+    ((5, 4), (2, 3), (2, 3), (3, 9, 8)),   # padding beyond half the kernel: edge outputs see no input
+])
+def test_conv_adjoint_at_positions_equals_the_dense_adjoint(kernel, stride, padding, shape):
+    """``Conv2d.transpose_at`` reads ``transpose`` at every input position exactly (a missed or
+    shifted column, e.g. an off-by-one in padding or stride, changes some position), and its
+    reverse equals the dense reverse: the convolution of the scattered gradient (``dL/d coef``)
+    and the weight gradient of that convolution."""
+    rng = np.random.default_rng(sum(kernel) + 7 * sum(stride) + 3 * sum(padding))
+    conv = Conv2d(rng.normal(0, 1, (4, shape[0]) + kernel), np.zeros(4), stride=stride, padding=padding)
+    out_shape = conv.output_shape(shape)
+    n, rows, n_in = 5, 3, int(np.prod(shape))
+    coef = rng.normal(0, 1, (n, rows) + out_shape)
+    index = np.stack([rng.permutation(n_in) for _ in range(n)])  # every position, in a shuffled order
+    columns = conv.adjoint_columns(index)
+    at = conv.transpose_at(coef.reshape(n, rows, -1), columns)
+    dense = conv.transpose(coef.reshape((n * rows,) + out_shape)).reshape(n, rows, n_in)
+    np.testing.assert_allclose(at, np.take_along_axis(dense, index[:, None, :], axis=2), rtol=0, atol=1e-12)
+    grad = rng.normal(0, 1, (n, rows, n_in))
+    grad[:, :, ::4] = 0.0  # skipped entries (padded positions of a box) contribute nothing
+    grad_coef = np.zeros((n, rows, int(np.prod(out_shape))))
+    grad_weight = conv.transpose_at_backward(coef.reshape(n, rows, -1), columns, grad, grad_coef)
+    scattered = np.zeros((n, rows, n_in))
+    np.put_along_axis(scattered, index[:, None, :], grad, axis=2)
+    scattered = scattered.reshape((n * rows,) + shape)
+    np.testing.assert_allclose(grad_coef.reshape((n * rows,) + out_shape), conv.forward(scattered),
+                               rtol=0, atol=1e-12)
+    expected = conv.param_grads(scattered, coef.reshape((n * rows,) + out_shape))["weight"]
+    np.testing.assert_allclose(grad_weight, expected, rtol=0, atol=1e-11)
 
 
 def test_kappa_one_is_natural_training():
