@@ -27,6 +27,13 @@ machine's speed; such samples say "unknown" with the reason).
 The default ``--out`` folder names the data set, the model, the set, eps, T', n, the seed and a key
 of every argument that changes the result and of the model's SHA-256; a different result already
 in ``--out`` is refused unless ``--overwrite`` (the same result may be rewritten).
+
+Resuming: after every chunk the finished samples' records are written atomically to
+``--out/verify.partial.json`` (with the run's identity). A run stopped by Ctrl-C or SIGTERM exits
+with code 130 and leaves that file consistent; the same command again verifies only the samples it
+lacks (with any ``--batch-size`` or ``--workers``) and then writes ``verify.json`` and
+``verify.csv`` and removes the partial file. A partial file of different arguments is refused like
+a different result (``--overwrite`` discards it).
 """
 from __future__ import annotations
 
@@ -41,7 +48,7 @@ import time
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -51,7 +58,7 @@ from refsnn.input_sets import DEFAULT_ROBUST_T
 from refsnn.io import atomic_write_text
 from refsnn.network import SNN
 from refsnn.parallel import add_cluster_arguments, chunk_ranges, dask_client, map_chunks
-from refsnn.runlock import guard_result, result_key
+from refsnn.runlock import ResultExistsError, guard_result, result_key
 from refsnn.validation import sha256_file
 
 from .bab import BRANCHING, BabConfig, robust_bab
@@ -60,6 +67,7 @@ from .sets import DigitalLinfSet, SpikeL0Set
 
 EVENT_DATASETS = ("nmnist",)
 METHODS = ("milp", "complete")
+PARTIAL = "verify.partial.json"  # the finished samples of a run in progress (removed when verify.json is written)
 
 
 @dataclass
@@ -153,9 +161,13 @@ def _complete_record(net: SNN, config: DatasetVerifyConfig, input_set, index: in
 
 
 def verify_dataset(net: SNN, x: np.ndarray, labels: np.ndarray, indices: Sequence[int],
-                   config: DatasetVerifyConfig, scheduler=None, progress=None) -> Dict[str, object]:
+                   config: DatasetVerifyConfig, scheduler=None, progress=None,
+                   done: Optional[Dict[int, dict]] = None,
+                   on_chunk: Optional[Callable[[List[dict]], None]] = None) -> Dict[str, object]:
     """Verify every sample; ``x [n, ...]`` and ``labels [n]`` are the selected samples, ``indices [n]``
     their indices in the split (the per-sample seeds). ``scheduler``: None (serial) or a Dask client.
+    ``done``: records of samples already verified (by index; a resumed run), not run again;
+    ``on_chunk(records)``: called with each finished chunk's records as it completes.
 
     Returns ``{"samples": [record per sample, in order], "summary": counts and fractions}``.
     """
@@ -163,11 +175,22 @@ def verify_dataset(net: SNN, x: np.ndarray, labels: np.ndarray, indices: Sequenc
     indices = np.asarray(indices).reshape(-1)
     if not len(x) == labels.size == indices.size:
         raise ValueError(f"x ({len(x)}), labels ({labels.size}) and indices ({indices.size}) differ in length")
-    chunks = [(indices[part.start:part.stop], x[part.start:part.stop], labels[part.start:part.stop])
-              for part in chunk_ranges(labels.size, config.chunk_size)]
-    report = None if progress is None else (lambda i, records: progress(len(records)))
+    done = dict(done or {})
+    todo = np.array([i for i, index in enumerate(indices) if int(index) not in done], dtype=np.int64)
+    chunks = [(indices[todo[part]], x[todo[part]], labels[todo[part]])
+              for part in chunk_ranges(todo.size, config.chunk_size)]
+    if progress is not None and todo.size < indices.size:
+        progress(int(indices.size - todo.size))
+
+    def report(i, records):
+        if on_chunk is not None:
+            on_chunk(records)
+        if progress is not None:
+            progress(len(records))
+
     parts = map_chunks(partial(verify_samples, net, config), chunks, scheduler=scheduler, progress=report)
-    samples = [record for part in parts for record in part]
+    done.update((record["index"], record) for part in parts for record in part)
+    samples = [done[int(index)] for index in indices]
     statuses = [record["status"] for record in samples]
     n = len(samples)
     robust_and_correct = sum(r["status"] == "robust" and r["clean_prediction"] == r["label"] for r in samples)
@@ -178,6 +201,60 @@ def verify_dataset(net: SNN, x: np.ndarray, labels: np.ndarray, indices: Sequenc
                "verified_robust_error_upper": 1 - robust_and_correct / n if n else None,
                "verified_robust_error_lower": statuses.count("not_robust") / n if n else None}
     return {"samples": samples, "summary": summary}
+
+
+def read_partial(path: Path, identity: Dict[str, object], overwrite: bool = False) -> Dict[int, dict]:
+    """The records (by sample index) of an interrupted run with the same ``identity`` in ``path``
+    (``{}`` when there is none). A partial file of a different run is refused
+    (``ResultExistsError``), or ignored with ``overwrite``."""
+    if not path.is_file():
+        return {}
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        records = {int(record["index"]): record for record in stored["samples"]}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        if overwrite:
+            return {}
+        raise ResultExistsError(f"{path} is not a readable partial result ({' '.join(str(error).split())}); "
+                                "choose another --out or pass --overwrite to replace it") from None
+    if stored.get("identity") == json.loads(json.dumps(identity, sort_keys=True, default=str)):
+        return records
+    if overwrite:
+        return {}
+    guard_result(path, identity)  # raises, naming the arguments that differ
+    return records  # pragma: no cover - guard_result raised
+
+
+def write_partial(path: Path, identity: Dict[str, object], command: str, records: Dict[int, dict]) -> None:
+    """Writes the finished samples' records atomically (a reader sees the old file or the new one)."""
+    document = {"identity": identity, "command": command, "partial": True,
+                "samples": [records[index] for index in sorted(records)]}
+    atomic_write_text(path, json.dumps(document, indent=1, default=str) + "\n")
+
+
+class _TermAsInterrupt:
+    """SIGTERM raises ``KeyboardInterrupt`` (as Ctrl-C does) while the run is in progress, so an
+    interrupted run stops between two atomic writes of its partial file. Main thread only."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        return False
 
 
 PROG = "python -m verify.dataset"
@@ -256,6 +333,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "verify", args.dataset, model_name, input_set, f"eps{args.eps:g}", f"robustT{args.robust_T}", f"n{args.n}",
         f"seed{args.seed}", result_key(identity)))
     guard_result(out / "verify.json", identity, args.overwrite)  # before the work, not after it
+    done = read_partial(out / PARTIAL, identity, args.overwrite)
     cli.check_robust_T(args.robust_T, cli.model_time_steps(args.model), "the model's training T")
     x_all, y_all = load_dataset(args.dataset, args.split, data_dir=args.data_dir, T=args.robust_T)
     try:
@@ -268,21 +346,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"the model expects inputs {net.input_shape}, the dataset gives {expected}")
     from refsnn.progress import Progress
 
+    command = "python -m verify.dataset " + " ".join(shlex.quote(a) for a in argv)
+    selected = {int(index) for index in indices}
+    done = {index: record for index, record in done.items() if index in selected}
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save_chunk(records: List[dict]) -> None:
+        done.update((record["index"], record) for record in records)
+        write_partial(out / PARTIAL, identity, command, done)
+
+    resumed = len(done)
     started = time.perf_counter()
     try:
-        with dask_client(args.workers, args.scheduler) as client, \
+        with _TermAsInterrupt(), dask_client(args.workers, args.scheduler) as client, \
                 Progress(args.n, "verify", "sample", quiet=args.quiet, bar=not args.no_progress) as bar:
-            report = verify_dataset(net, x, labels, indices, config, scheduler=client, progress=bar.update)
+            if done and not args.quiet:
+                print(f"resuming: {len(done)} of {args.n} samples already verified in {out / PARTIAL}")
+            report = verify_dataset(net, x, labels, indices, config, scheduler=client, progress=bar.update,
+                                    done=dict(done), on_chunk=save_chunk)
     except ImportError as error:
         parser.error(str(error))
+    except KeyboardInterrupt:
+        print(f"interrupted: {len(done)} of {args.n} samples saved in {out / PARTIAL}; rerun the same command "
+              "to continue", file=sys.stderr)
+        return 130
     seconds = time.perf_counter() - started
-    out.mkdir(parents=True, exist_ok=True)
-    command = "python -m verify.dataset " + " ".join(shlex.quote(a) for a in argv)
     import os
 
     document = {"identity": identity, "command": command, "model": args.model, "dataset": args.dataset,
                 "split": args.split, "config": asdict(config), "summary": report["summary"],
                 "samples": report["samples"], "seconds_total": round(seconds, 3),
+                "resumed_samples": resumed,
                 "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                             "python": platform.python_version(),
                             "workers": args.workers, "scheduler": args.scheduler}}
@@ -293,6 +387,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     writer.writeheader()
     writer.writerows(report["samples"])
     atomic_write_text(out / "verify.csv", buffer.getvalue())
+    (out / PARTIAL).unlink(missing_ok=True)  # superseded by verify.json
     s = report["summary"]
     print(f"{s['n']} samples: {s['robust']} robust, {s['not_robust']} not robust, {s['unknown']} unknown; "
           f"clean correct {s['clean_correct']}; verified robust accuracy {s['verified_robust_accuracy']:.3f} "
