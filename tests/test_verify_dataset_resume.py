@@ -100,3 +100,42 @@ def test_partial_file_is_written_per_chunk_and_read_back(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ResultExistsError, match="not a readable partial result"):
         read_partial(path, identity)
+
+
+@pytest.mark.parametrize("input_set", ["digital", "spike"])
+def test_certify_sets_are_the_sets_refsnn_certify_bounds(input_set, monkeypatch):
+    """``--sets certify``: per sample the box hull (and the clean train) of the set verified is the box
+    ``refsnn.certify`` bounds, so its certificates and the exact verdicts are about the same set."""
+    import refsnn.certify as certify
+    from verify.dataset import DatasetVerifyConfig, sample_set
+
+    rng = np.random.default_rng(0)
+    net = SNN([Flatten(), Linear(rng.normal(0, 0.3, (3, 12)), np.zeros(3))], input_shape=(1, 3, 4))
+    indices = [4, 9, 17]
+    if input_set == "digital":
+        x = rng.random((3, 1, 3, 4))
+    else:  # event frames [B, T, *in]
+        x = (rng.random((3, 5, 1, 3, 4)) < 0.3).astype(np.uint8)
+    captured = {}
+
+    def capture(net, method, x_lower, x_upper, C, config):
+        captured["box"] = (x_lower.copy(), x_upper.copy())
+        return np.zeros(C.shape[:2])
+
+    monkeypatch.setattr(certify, "_bounds", capture)
+    eps = 0.3 if input_set == "digital" else 0.2
+    certify.certify_chunk(net, x, np.zeros(3, np.int64), indices,
+                          certify.CertifyConfig(model="m.h5", eps=eps, input_set=input_set, horizon=3, seed=7),
+                          ["best"])
+    lower, upper = captured["box"]
+    config = DatasetVerifyConfig(eps=eps, input_set=input_set, horizon=3, seed=7, sets="certify")
+    for i, index in enumerate(indices):
+        verified, clean = sample_set(x[i], index, config)
+        box = verified.box()
+        np.testing.assert_array_equal(box[0], lower[:, i])
+        np.testing.assert_array_equal(box[1], upper[:, i])
+        assert verified.contains(clean)
+    if input_set == "spike":  # the protocol's spike set is the whole l0 ball, not certify's freed positions
+        protocol, _ = sample_set(x[0], indices[0], DatasetVerifyConfig(eps=eps, input_set=input_set, horizon=3,
+                                                                        seed=7))
+        assert protocol.count() > verified.count()

@@ -16,6 +16,9 @@ the smallest margin, ``attack_margin``, the smallest exact margin a member reach
 ``decided_fraction``, the share of the set's members in closed nodes):
 "robust" (every margin ``f_label - f_j`` strictly positive over the set), "not_robust" (with the
 witness's prediction) or "unknown" (time limit). The sample selection is ``refsnn.attacks.protocol.select_samples`` (sorted, seeded).
+``--sets certify`` verifies the samples and sets of ``python -m refsnn.certify`` instead (the first
+``--n`` samples of the split, its seeded rand maps, for spikes its box of freed positions), so the
+exact verdicts can be compared sample by sample with its certificates.
 Chunks of ``--batch-size`` samples run serially or, with ``--workers N`` / ``--scheduler ADDRESS``,
 as one Dask task each (``refsnn.parallel``): the per-sample records and the summary are identical
 to the serial run as long as no query reaches ``--time-limit`` (a time limit depends on the
@@ -63,10 +66,11 @@ from refsnn.validation import sha256_file
 
 from .bab import BRANCHING, BabConfig, robust_bab
 from .milp import robust_query
-from .sets import DigitalLinfSet, SpikeL0Set
+from .sets import BoxSet, DigitalLinfSet, SpikeL0Set
 
 EVENT_DATASETS = ("nmnist",)
 METHODS = ("milp", "complete")
+SAMPLE_SETS = ("protocol", "certify")
 PARTIAL = "verify.partial.json"  # the finished samples of a run in progress (removed when verify.json is written)
 
 
@@ -87,10 +91,13 @@ class DatasetVerifyConfig:
     method: str = "milp"
     branching: str = BabConfig.branching
     root_milp: float = BabConfig.root_milp
+    sets: str = "protocol"
 
     def __post_init__(self):
         if self.input_set not in ("digital", "spike"):
             raise ValueError(f"input_set must be 'digital' or 'spike', got {self.input_set!r}")
+        if self.sets not in SAMPLE_SETS:
+            raise ValueError(f"sets must be one of {SAMPLE_SETS}, got {self.sets!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.convention not in ("paper", "authors"):
@@ -108,17 +115,31 @@ def sample_set(x_sample: np.ndarray, index: int, config: DatasetVerifyConfig):
     """``(input set, clean spikes [T', *in])`` of one sample; seeded by ``[seed, index]`` only.
 
     ``x_sample``: an image ``[*in]`` in [0, 1] (digital) or frames ``[T, *in]`` of 0/1 (spike).
+    ``config.sets == "certify"``: the sets ``python -m refsnn.certify`` bounds (its rand maps,
+    ``refsnn.certify.sample_rng(seed, index)``; for spikes its l0 box of freed positions), so that a
+    sample it certifies is robust here too.
     """
     if config.input_set == "digital":
         image = np.asarray(x_sample, dtype=np.float64)
-        rand_maps = draw_rand_maps(np.random.default_rng([config.seed, int(index)]), config.horizon,
-                                   (1,) + image.shape)[:, 0]
+        if config.sets == "certify":
+            from refsnn.certify import sample_rng
+
+            rand_maps = sample_rng(config.seed, index).random((config.horizon, 1) + image.shape)[:, 0]
+        else:
+            rand_maps = draw_rand_maps(np.random.default_rng([config.seed, int(index)]), config.horizon,
+                                       (1,) + image.shape)[:, 0]
         clean = bernoulli_encode(image[None], rand_maps[:, None])[:, 0]
         return DigitalLinfSet(image, config.eps, rand_maps, convention=config.convention), clean
     frames = np.asarray(x_sample)
     if frames.shape[0] < config.horizon:
         raise ValueError(f"sample {index} has {frames.shape[0]} frames, fewer than the horizon {config.horizon}")
     clean = np.ascontiguousarray(frames[:config.horizon]).astype(np.uint8)
+    if config.sets == "certify":
+        from refsnn.certify import sample_rng
+        from refsnn.input_sets import spike_l0_set
+
+        box = spike_l0_set(clean[:, None], config.eps, sample_rng(config.seed, index, 1))
+        return BoxSet(box.x_lower[:, 0], box.x_upper[:, 0]), clean
     k = int(np.floor(np.prod(clean.shape[1:]) * config.eps + 0.5))
     return SpikeL0Set(clean, k, per_step=True), clean
 
@@ -285,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="--method complete: branching rule of verify.bab (docs/VERIFY.md)")
     add("--root-milp", type=float, default=BabConfig.root_milp,
         help="--method complete: share of --time-limit for one MILP on the whole set, in [0, 1] (0: none)")
+    add("--sets", choices=SAMPLE_SETS, default="protocol",
+        help="samples and sets: protocol = the attack protocol's seeded selection and rand maps; certify = "
+             "python -m refsnn.certify's (the first --n samples, its rand maps and l0 boxes)")
     cli.add_batch_size(parser, 4, detail=" (one task)")
     cli.add_out(parser, "runs/verify/<dataset>-<model name>-<set>-eps<eps>-robustT<T'>-n<n>-seed<seed>-<key of all "
                         "arguments and the model>; writes verify.json and verify.csv")
@@ -306,7 +330,8 @@ def result_identity(args: argparse.Namespace, config: DatasetVerifyConfig) -> Di
             "n": args.n, "input_set": config.input_set, "eps": config.eps, "convention": config.convention,
             "robust_T": config.horizon, "seed": config.seed, "time_limit": config.time_limit, "bigm": config.bigm,
             "solver": config.solver, "attack_samples": config.attack_samples, "method": config.method,
-            **({"branching": config.branching, "root_milp": config.root_milp} if config.method == "complete" else {})}
+            **({"branching": config.branching, "root_milp": config.root_milp} if config.method == "complete" else {}),
+            **({"sets": config.sets} if config.sets != "protocol" else {})}
 
 
 @cli.run_main(PROG)
@@ -324,7 +349,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = DatasetVerifyConfig(eps=args.eps, input_set=input_set, convention=args.convention,
                                      horizon=args.robust_T, seed=args.seed, time_limit=args.time_limit,
                                      solver=args.solver, chunk_size=args.batch_size, method=args.method,
-                                     branching=args.branching, root_milp=args.root_milp)
+                                     branching=args.branching, root_milp=args.root_milp, sets=args.sets)
         net = load_model(args.model, dtype=np.float64)
     except (OSError, ValueError) as error:
         parser.error(str(error))
@@ -338,6 +363,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     x_all, y_all = load_dataset(args.dataset, args.split, data_dir=args.data_dir, T=args.robust_T)
     try:
         indices = select_samples(len(y_all), args.n, args.seed)
+        if args.sets == "certify":  # refsnn.certify's samples: the first n of the split
+            indices = np.arange(args.n)
     except ValueError as error:
         parser.error(str(error))
     x, labels = x_all[indices], np.asarray(y_all[indices], dtype=np.int64)
