@@ -360,7 +360,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     guard_result(out / "verify.json", identity, args.overwrite)  # before the work, not after it
     done = read_partial(out / PARTIAL, identity, args.overwrite)
     cli.check_robust_T(args.robust_T, cli.model_time_steps(args.model), "the model's training T")
-    x_all, y_all = load_dataset(args.dataset, args.split, data_dir=args.data_dir, T=args.robust_T)
+    if args.sets == "certify":  # exactly refsnn.certify's load (event data binned at load_dataset's default T)
+        x_all, y_all = load_dataset(args.dataset, args.split, data_dir=args.data_dir, limit=args.n)
+    else:
+        x_all, y_all = load_dataset(args.dataset, args.split, data_dir=args.data_dir, T=args.robust_T)
     try:
         indices = select_samples(len(y_all), args.n, args.seed)
         if args.sets == "certify":  # refsnn.certify's samples: the first n of the split
