@@ -162,15 +162,17 @@ def _certify_step(out_dir: Path, model: Path, dataset: str, eps: float, n: int, 
 
 
 def _exact_step(out_dir: Path, model: Path, dataset: str, eps: float, n: int, horizon: int, time_limit: float,
-                data_dir: Optional[str], workers: Optional[int] = None) -> Dict[str, Any]:
+                data_dir: Optional[str], workers: Optional[int] = None, seed: int = 0) -> Dict[str, Any]:
     """Exact robust error of ``model`` on the first ``n`` samples ``refsnn.certify`` certifies, on the
     same sets (``python -m verify.dataset --method complete --sets certify``, ``time_limit`` s per image;
-    an interrupted run resumes from its partial file)."""
+    an interrupted run resumes from its partial file). ``seed``: the certification's seed (its rand
+    maps and l0 positions)."""
     from verify.dataset import main as verify_main
 
     argv = ["--model", str(model), "--dataset", dataset, "--eps", f"{eps:g}", "--n", str(n), "--robust-T",
             str(horizon), "--method", "complete", "--sets", "certify", "--time-limit", f"{time_limit:g}",
-            "--out", str(out_dir), "--no-progress", *(["--workers", str(workers)] if workers else [])]
+            "--seed", str(seed), "--out", str(out_dir), "--no-progress",
+            *(["--workers", str(workers)] if workers else [])]
     return _json_step(out_dir / "verify.json", f"exact {model} -> {out_dir}", verify_main,
                       argv + _data_dir_args(data_dir))
 
@@ -269,9 +271,11 @@ def run_setting(root: Path, dataset: str, arch: str, preset: ReproducePreset,
     exact_n = preset.exact_n if config.exact_n is None else config.exact_n
     exact = None
     if exact_n > 0:
+        # the seed the robust model's certification drew its sets with (results/ holds runs made with 1234)
+        cert_seed = int((certified["robust"].get("config") or {}).get("seed", 0))
         exact = _exact_step(setting_dir / "exact_robust", models["robust"], data_name, train_eps,
                             min(exact_n, preset.certify_n, n_test), preset.robust_T, preset.exact_time_limit,
-                            config.data_dir, config.workers)
+                            config.data_dir, config.workers, seed=cert_seed)
     elif (setting_dir / "exact_robust" / "verify.json").is_file():  # finished by an earlier run: shown without a step
         exact = json.loads((setting_dir / "exact_robust" / "verify.json").read_text())
     calibration = calibrated = None

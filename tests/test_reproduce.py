@@ -119,7 +119,7 @@ def _run_setting_on_finished_attack(tmp_path, monkeypatch, dataset, eps_values, 
     _attack_table(tmp_path / f"{dataset}-fc" / "attack", eps_values)
     summary = {"n_test": 300, "n_train": 60000, "test_accuracy": {"mean": 0.9}, "seconds_per_epoch": 1.0}
     monkeypatch.setattr(rp, "_train_step", lambda *args, **kwargs: summary)
-    monkeypatch.setattr(rp, "_certify_step", lambda *args, **kwargs: {"result": {"n": 10}})
+    monkeypatch.setattr(rp, "_certify_step", lambda *args, **kwargs: {"result": {"n": 10}, "config": {"seed": 1234}})
     monkeypatch.setattr(rp, "_exact_step", exact_step or (lambda *args, **kwargs: None))
     config = rp.ReproduceConfig("budget", out=str(tmp_path))
     return rp.run_setting(tmp_path, dataset, "fc", rp.PRESETS["budget"], config, rp.PAPER_REFERENCE)
@@ -283,12 +283,13 @@ def test_exact_column_step_runs_once_at_the_training_eps_and_is_rendered(tmp_pat
     setting_dir = tmp_path / "mnist-fc"
     model = save_model(setting_dir / "robust" / "model.h5", net)
     out = setting_dir / "exact_robust"
-    exact = rp._exact_step(out, model, "mnist-subset", 0.12, 4, 2, 20.0, None)
+    exact = rp._exact_step(out, model, "mnist-subset", 0.12, 4, 2, 20.0, None, seed=3)
     assert exact["identity"]["method"] == "complete" and exact["identity"]["sets"] == "certify"
+    assert exact["identity"]["seed"] == 3
     assert exact["identity"]["eps"] == 0.12 and [r["index"] for r in exact["samples"]] == [0, 1, 2, 3]
     stamp = (out / "verify.json").stat().st_mtime_ns
     capsys.readouterr()
-    assert rp._exact_step(out, model, "mnist-subset", 0.12, 4, 2, 20.0, None) == exact
+    assert rp._exact_step(out, model, "mnist-subset", 0.12, 4, 2, 20.0, None, seed=3) == exact
     assert (out / "verify.json").stat().st_mtime_ns == stamp and "skip exact" in capsys.readouterr().out
 
     statuses = [r["status"] for r in exact["samples"]]
@@ -315,10 +316,12 @@ def test_exact_column_step_runs_once_at_the_training_eps_and_is_rendered(tmp_pat
     # run_setting: the step gets the robust model and the training eps; exact_n 0 turns it off
     calls = []
     setting = _run_setting_on_finished_attack(tmp_path / "b", monkeypatch, "fmnist", [0.04, 0.07, 0.1, 0.114],
-                                              exact_step=lambda *args, **kwargs: calls.append(args) or exact)
+                                              exact_step=lambda *args, **kwargs: calls.append((args, kwargs)) or exact)
     assert setting["exact"] is exact
-    assert len(calls) == 1 and str(calls[0][1]).endswith("fmnist-fc/robust/model.h5")
-    assert calls[0][3] == rp.DEFAULT_EPS[("fmnist", "fc")] and calls[0][4] == 100 and calls[0][6] == 60.0
+    (args, kwargs), = calls
+    assert str(args[1]).endswith("fmnist-fc/robust/model.h5")
+    assert args[3] == rp.DEFAULT_EPS[("fmnist", "fc")] and args[4] == 100 and args[6] == 60.0
+    assert kwargs["seed"] == 1234  # the certification's seed: the same rand maps, the same sets
     assert rp.PRESETS["quick"].exact_n == 0 and rp.PRESETS["quick-conv"].exact_n == 0
     with pytest.raises(rp.ReproduceConfigError, match="exact_n"):
         rp.ReproduceConfig("budget", exact_n=-1)
