@@ -42,10 +42,14 @@ def _alpha_error(record: Dict[str, Any]) -> Optional[float]:
     return entry.get("certified_error")
 
 
-def _certified_on(path: Path, indices: List[int], method: str) -> Optional[List[bool]]:
-    """Per sample of ``indices``, whether ``method`` certified it (``certify_samples.json`` at
-    ``path``); None when the file or a sample is missing."""
-    if not path.is_file():
+def _certified_on(folder: Path, indices: List[int], method: str, seed: Optional[int]) -> Optional[List[bool]]:
+    """Per sample of ``indices``, whether ``method`` certified it (``certify_samples.json`` in
+    ``folder``); None when a file or a sample is missing, or when that certification drew its sets
+    with another seed than ``seed`` (other rand maps: other sets, not comparable)."""
+    path, config = folder / "certify_samples.json", folder / "certify.json"
+    if not path.is_file() or not config.is_file():
+        return None
+    if (json.loads(config.read_text()).get("config") or {}).get("seed") != seed:
         return None
     records = {int(r["index"]): r for r in json.loads(path.read_text())}
     if any(i not in records or method not in records[i] for i in indices):
@@ -71,10 +75,12 @@ def _exact_rows(setting: Dict[str, Any], preset: ReproducePreset, mark: str) -> 
     indices = [int(r["index"]) for r in records]
     refuted = [r["status"] == "not_robust" for r in records]
     root = Path(setting["dir"])
-    certified = {m: _certified_on(root / folder / "certify_samples.json", indices, m)
+    seed = (exact.get("config") or {}).get("seed")
+    certified = {m: _certified_on(root / folder, indices, m, seed)
                  for m, folder in (("crown-ibp", "certify_robust"), ("best", "certify_robust"),
                                    ("alpha", "certify_robust_alpha"))}
     cells = {m: "-" if c is None else f"{_pct(1 - sum(c) / len(c))}{mark}" for m, c in certified.items()}
+    other = [m for m, c in certified.items() if c is None]
     clean = sum(r["clean_prediction"] == r["label"] for r in records) / len(records)
     seconds = sorted(float(r["seconds"]) for r in records)
     limit = exact.get("config", {}).get("time_limit")
@@ -92,6 +98,8 @@ def _exact_rows(setting: Dict[str, Any], preset: ReproducePreset, mark: str) -> 
                     if checked and not broken else
                     f"WARNING: samples {sorted(set(broken))} are certified and have an exact witness: a bound is unsound."
                     if broken else "")
+                 + (f" `-`: {', '.join(other)} ran with another seed (other rand maps) or on fewer samples."
+                    if other else "")
                  + " The attack errors above are at the paper's attack eps, not at this training eps.")
     return lines
 

@@ -297,11 +297,17 @@ def test_exact_column_step_runs_once_at_the_training_eps_and_is_rendered(tmp_pat
                   "crown-ibp": {"certified": False}} for i in range(4)]
     (setting_dir / "certify_robust").mkdir()
     (setting_dir / "certify_robust" / "certify_samples.json").write_text(json.dumps(certified))
+    (setting_dir / "certify_robust" / "certify.json").write_text(json.dumps({"config": {"seed": 3}}))
+    (setting_dir / "certify_robust_alpha").mkdir()  # another seed: other sets, not compared
+    (setting_dir / "certify_robust_alpha" / "certify_samples.json").write_text(json.dumps(
+        [{**r, "alpha": {"certified": True}} for r in certified]))
+    (setting_dir / "certify_robust_alpha" / "certify.json").write_text(json.dumps({"config": {"seed": 0}}))
     setting = {"dir": str(setting_dir), "exact": exact}
     lines = "\n".join(reproduce_tables._exact_rows(setting, rp.PRESETS["budget"], "*"))
     error = reproduce_tables.exact_error(exact["summary"])
     assert f"| robust, first 4 samples |" in lines and f"| 100.0* | 100.0* | - | {error}* |" in lines
     assert "No sample certified by crown-ibp, best has a witness" in lines and "WARNING" not in lines
+    assert "`-`: alpha ran with another seed" in lines
     # a certificate on a sample the verifier broke is flagged (the untrained net misclassifies)
     broken = statuses.index("not_robust")
     certified[broken]["best"]["certified"] = True
