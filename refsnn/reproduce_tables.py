@@ -84,7 +84,7 @@ def _exact_rows(setting: Dict[str, Any], preset: ReproducePreset, mark: str) -> 
     clean = sum(r["clean_prediction"] == r["label"] for r in records) / len(records)
     seconds = sorted(float(r["seconds"]) for r in records)
     limit = exact.get("config", {}).get("time_limit")
-    lines = [f"| robust, first {len(records)} samples | {_pct(clean)}{mark} | {cells['crown-ibp']} | {cells['best']} | "
+    lines = [f"| robust, first {len(records)} samples (seed {seed}) | {_pct(clean)}{mark} | {cells['crown-ibp']} | {cells['best']} | "
              f"{cells['alpha']}{' (alpha)' if certified['alpha'] is not None else ''} | "
              f"{exact_error(summary)}{mark} |", ""]
     broken = [i for m, c in certified.items() if c is not None for i, ok, bad in zip(indices, c, refuted) if ok and bad]

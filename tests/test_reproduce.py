@@ -305,7 +305,7 @@ def test_exact_column_step_runs_once_at_the_training_eps_and_is_rendered(tmp_pat
     setting = {"dir": str(setting_dir), "exact": exact}
     lines = "\n".join(reproduce_tables._exact_rows(setting, rp.PRESETS["budget"], "*"))
     error = reproduce_tables.exact_error(exact["summary"])
-    assert f"| robust, first 4 samples |" in lines and f"| 100.0* | 100.0* | - | {error}* |" in lines
+    assert "| robust, first 4 samples (seed 3) |" in lines and f"| 100.0* | 100.0* | - | {error}* |" in lines
     assert "No sample certified by crown-ibp, best has a witness" in lines and "WARNING" not in lines
     assert "`-`: alpha ran with another seed" in lines
     # a certificate on a sample the verifier broke is flagged (the untrained net misclassifies)
