@@ -9,12 +9,15 @@ membrane exactly on the threshold included. A child's bounds clip that membrane 
 child's closed side and fix the spike (``_Search.fixed_hook``, through the ``refine`` hook of
 ``refsnn.ibp.interval_bounds``); every later interval, S-CROWN and alpha follow from there.
 
-Per node and per margin row ``f_label - f_j`` still open, the node's box gets a sound float64
+The question is ``Question``: every member has ``C_i . f > c_i`` (or ``>= c_i``) for every row ``i``;
+robustness (``robust_bab``) is the margin rows ``f_label - f_j`` with ``c = 0``, strict
+(``spec_bab``: any rows and thresholds). Per node and per row still open, the node's box gets a sound float64
 lower bound (``method``: ``"ibp"``, ``"crown-ibp"``, ``"best"``, ``"alpha"``, ``"crown"``); a row whose bound
 is > 0 is closed for the whole subtree, a node with every row closed is robust. Nodes are
 expanded worst bound first, so the smallest open bound (the proven margin lower bound) rises.
 A node small enough is a leaf: enumerated when it has at most ``enumerate_max`` members, given
-to the exact MILP (``verify.milp.robust_query``) when it has at most ``milp_max_free`` open bits.
+to the exact MILP (``verify.milp.SampleVerifier``: the minimum of each open row) when it has at most
+``milp_max_free`` open bits.
 After a short branching phase (``root_milp_after`` nodes, where witnesses are often found) the whole
 set gets one MILP with a share (``root_milp``) of the sample's time. A MILP that reaches its time
 limit leaves its node to be split further.
@@ -129,7 +132,8 @@ class BabConfig:
 
 @dataclass
 class BabResult:
-    """Verdict of one sample. ``margin_lower``: proven lower bound of ``min_j f_label - f_j`` over the
+    """Verdict of one sample (``spec_bab``: read the margin as ``min_i (C_i . f - c_i)``, ``label`` None).
+    ``margin_lower``: proven lower bound of ``min_j f_label - f_j`` over the
     set, on the ``1/T'`` grid (the largest float not above ``k / T'``); ``attack_margin``: the
     smallest exact margin a member reached (``witness [T', *in]`` reaches it; ``<= 0`` when not
     robust; ``inf`` when no member was evaluated). ``witness_rates [n_out]``: its exact rates (as
