@@ -10,6 +10,10 @@ default ``runs/reproduce``; the committed ``results/`` only when passed as ``--o
    paper attack and the ``strongest`` ensemble, 300 fixed test samples by default);
 4. ``certify_plain/`` / ``certify_robust/``: certified (S-IBP, S-CROWN, best) robust error of
    both models at the training eps (``python -m refsnn.certify``);
+5. ``exact_robust/``: the exact robust error of the robust model on the first ``exact_n`` of those
+   samples and sets (``python -m verify.dataset --method complete --sets certify``, the preset's
+   ``exact_time_limit`` seconds per image; a bracket where some image is undecided; ``--exact-n``,
+   0 turns it off, the quick presets run none);
 
 and once, on the first dataset, the T' sweep of Figure 5 (``sweep/``: one robust epoch per T' from
 the plain model, and one natural epoch on the same samples as the time reference). It then writes
@@ -157,6 +161,22 @@ def _certify_step(out_dir: Path, model: Path, dataset: str, eps: float, n: int, 
     return _json_step(path, f"certify {model} -> {path}", certify_main, argv + _data_dir_args(data_dir))
 
 
+def _exact_step(out_dir: Path, model: Path, dataset: str, eps: float, n: int, horizon: int, time_limit: float,
+                data_dir: Optional[str], workers: Optional[int] = None, seed: int = 0) -> Dict[str, Any]:
+    """Exact robust error of ``model`` on the first ``n`` samples ``refsnn.certify`` certifies, on the
+    same sets (``python -m verify.dataset --method complete --sets certify``, ``time_limit`` s per image;
+    an interrupted run resumes from its partial file). ``seed``: the certification's seed (its rand
+    maps and l0 positions)."""
+    from verify.dataset import main as verify_main
+
+    argv = ["--model", str(model), "--dataset", dataset, "--eps", f"{eps:g}", "--n", str(n), "--robust-T",
+            str(horizon), "--method", "complete", "--sets", "certify", "--time-limit", f"{time_limit:g}",
+            "--seed", str(seed), "--out", str(out_dir), "--no-progress",
+            *(["--workers", str(workers)] if workers else [])]
+    return _json_step(out_dir / "verify.json", f"exact {model} -> {out_dir}", verify_main,
+                      argv + _data_dir_args(data_dir))
+
+
 def _data_dir_args(data_dir: Optional[str]) -> List[str]:
     return ["--data-dir", data_dir] if data_dir else []
 
@@ -248,6 +268,16 @@ def run_setting(root: Path, dataset: str, arch: str, preset: ReproducePreset,
     certified["robust_alpha"] = _certify_step(setting_dir / "certify_robust_alpha", models["robust"], data_name,
                                               train_eps, min(preset.alpha_n, preset.certify_n, n_test),
                                               preset.robust_T, config.data_dir, methods="best,alpha")
+    exact_n = preset.exact_n if config.exact_n is None else config.exact_n
+    exact = None
+    if exact_n > 0:
+        # the seed the robust model's certification drew its sets with (results/ holds runs made with 1234)
+        cert_seed = int((certified["robust"].get("config") or {}).get("seed", 0))
+        exact = _exact_step(setting_dir / "exact_robust", models["robust"], data_name, train_eps,
+                            min(exact_n, preset.certify_n, n_test), preset.robust_T, preset.exact_time_limit,
+                            config.data_dir, config.workers, seed=cert_seed)
+    elif (setting_dir / "exact_robust" / "verify.json").is_file():  # finished by an earlier run: shown without a step
+        exact = json.loads((setting_dir / "exact_robust" / "verify.json").read_text())
     calibration = calibrated = None
     calibrated_dir = setting_dir / "attack_calibrated"
     if config.calibrate:
@@ -262,7 +292,7 @@ def run_setting(root: Path, dataset: str, arch: str, preset: ReproducePreset,
         calibrated = json.loads((calibrated_dir / "table.json").read_text())
     return {"dataset": dataset, "data": data_name, "arch": arch, "train_eps": train_eps, "attack_eps": eps,
             "attack_eps_source": eps_source, "paper_attack_eps": paper_eps, "plain": plain, "robust": robust, "attack": attack,
-            "certify": certified, "calibration": calibration, "attack_calibrated": calibrated,
+            "certify": certified, "exact": exact, "calibration": calibration, "attack_calibrated": calibrated,
             "dir": str(setting_dir)}
 
 
@@ -373,9 +403,10 @@ def _run_and_render(config: ReproduceConfig, preset: ReproducePreset, paper: Dic
             available.append(dataset)
     sweep_arch = config.sweep_arch or config.archs[0]
     run_sweep_now = bool(config.sweep and available and sweep_arch in config.archs)
-    # Steps: plain, robust, attack, two certifications and the alpha one per setting (+ calibration and
-    # its attack); the sweep's natural reference and each T'.
-    total = ((8 if config.calibrate else 6) * len(available) * len(config.archs)
+    # Steps: plain, robust, attack, two certifications and the alpha one per setting (+ the exact column,
+    # + calibration and its attack); the sweep's natural reference and each T'.
+    exact_steps = int((preset.exact_n if config.exact_n is None else config.exact_n) > 0)
+    total = (((8 if config.calibrate else 6) + exact_steps) * len(available) * len(config.archs)
              + (1 + len(preset.sweep_T) if run_sweep_now else 0))
     compile_notice(quiet=config.quiet)
     _OUTPUT["bar"] = Progress(total, f"reproduce {preset.name}", "step", quiet=config.quiet)
@@ -459,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--workers", type=cli.positive_int, default=None, metavar="N",
         help=f"{cli.VOCABULARY['--workers']} of N worker processes for the attack steps (needs refsnn[dask]; "
              "tables identical to the serial run; default: serial)")
+    add("--exact-n", type=cli.nonnegative_int, default=None, metavar="N",
+        help="samples of the exact robust error column (python -m verify.dataset --method complete on the first N "
+             "certified samples, robust model, training eps; 0: off; default: the preset's, budget 100, quick 0)")
     cli.add_progress(parser, bars=False)
     return parser
 
@@ -477,7 +511,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     cli.check_out_dir(Path(args.out))
     config = ReproduceConfig(args.preset, args.dataset, args.arch, args.out, args.data_dir, not args.no_sweep,
                              args.sweep_arch, args.paper_values, args.seed, getattr(args, "quiet", False),
-                             args.calibrate, args.workers)
+                             args.calibrate, args.workers, args.exact_n)
     try:
         reproduce(config, command="python -m refsnn.reproduce " + " ".join(sys.argv[1:] if argv is None else argv))
     except RuntimeError as error:   # a step failed; its own message says how to continue

@@ -122,6 +122,10 @@ class ReproducePreset:
     calibrate_n: int = 100           # samples the calibrated eps are bisected on (then attacked on attack_n)
     calibrated_attacks: Tuple[str, ...] = ("paper",)
     certify_n: int = 1000
+    # Exact robust error of the robust model (python -m verify.dataset --method complete --sets certify)
+    # on the first exact_n of the certified samples at the training eps, exact_time_limit s per image (0: off)
+    exact_n: int = 100
+    exact_time_limit: float = 60.0
     sweep_T: Tuple[int, ...] = (1, 2, 3, 4, 5)
     sweep_epochs: int = 1
     sweep_limit_train: Optional[int] = 5000
@@ -148,7 +152,7 @@ PRESETS: Dict[str, ReproducePreset] = {
         name="quick", label="quick smoke run (NOT a reproduction: embedded MNIST subset, FC, tiny schedule)",
         plain_epochs=3, plain_args=("--milestones", "100", "--eval-seeds", "1"), robust_epochs=1, ramp_epochs=1.0,
         eval_n=50, limit_train=1000, limit_test=200, attack_n=50, attacks=("paper",), certify_n=100, alpha_n=20,
-        sweep_T=(1, 2), sweep_limit_train=256, dataset_alias={"mnist": "mnist-subset"},
+        sweep_T=(1, 2), sweep_limit_train=256, dataset_alias={"mnist": "mnist-subset"}, exact_n=0,
         robust_args=("--lr", "0.01", "--method-option", "temperature=5", "--method-option", "kappa_end=0.5",
                      "--eval-seeds", "1"),
         datasets=("mnist",), archs=("fc",), smoke=True),
@@ -157,7 +161,7 @@ PRESETS: Dict[str, ReproducePreset] = {
         plain_epochs=1, plain_args=("--milestones", "100", "--eval-seeds", "1"), robust_epochs=1, ramp_epochs=1.0,
         eval_n=10, limit_train=128, limit_test=50, attack_n=10, attacks=("paper",), certify_n=10,
         # T' = 3 only: the kernels of the robust run are reused instead of compiling T' = 1 ones.
-        sweep_T=(3,), sweep_limit_train=64, dataset_alias={"mnist": "mnist-subset"},
+        sweep_T=(3,), sweep_limit_train=64, dataset_alias={"mnist": "mnist-subset"}, exact_n=0,
         robust_args=("--lr", "0.01", "--method-option", "temperature=5", "--method-option", "kappa_end=0.5",
                      "--eval-seeds", "1"),
         datasets=("mnist",), archs=("conv",), smoke=True),
@@ -193,6 +197,12 @@ class ReproduceConfig:
     quiet: bool = False
     calibrate: bool = False               # also attack at eps calibrated on the plain model (20/30/40/50 %)
     workers: Optional[int] = None         # attack processes (None: serial; results identical either way)
+    exact_n: Optional[int] = None         # samples of the exact (complete verifier) column; None: the preset's, 0: off
+
+    def __post_init__(self):
+        if self.exact_n is not None and (isinstance(self.exact_n, bool) or int(self.exact_n) != self.exact_n
+                                         or self.exact_n < 0):
+            raise ReproduceConfigError(f"exact_n must be an integer >= 0 (0: no exact column), got {self.exact_n!r}")
 
 
 def load_paper_values(path: Optional[str]) -> Dict[str, Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+
+import numpy as np
 from typing import Any, Dict, List, Optional, Tuple
 
 from .reproduce_config import (ARCHS, DATASETS, ReproducePreset, _TABLE2_FIELDS, _log, eps_key,
@@ -38,6 +40,68 @@ def _alpha_error(record: Dict[str, Any]) -> Optional[float]:
     result = record.get("result", record)
     entry = result.get("alpha") or {}
     return entry.get("certified_error")
+
+
+def _certified_on(folder: Path, indices: List[int], method: str, seed: Optional[int]) -> Optional[List[bool]]:
+    """Per sample of ``indices``, whether ``method`` certified it (``certify_samples.json`` in
+    ``folder``); None when a file or a sample is missing, or when that certification drew its sets
+    with another seed than ``seed`` (other rand maps: other sets, not comparable)."""
+    path, config = folder / "certify_samples.json", folder / "certify.json"
+    if not path.is_file() or not config.is_file():
+        return None
+    if (json.loads(config.read_text()).get("config") or {}).get("seed") != seed:
+        return None
+    records = {int(r["index"]): r for r in json.loads(path.read_text())}
+    if any(i not in records or method not in records[i] for i in indices):
+        return None
+    return [bool(records[i][method]["certified"]) for i in indices]
+
+
+def exact_error(summary: Dict[str, Any]) -> str:
+    """The exact robust error of a ``verify.dataset`` summary in %, or its bracket
+    ``[not robust share, 1 - robust share]`` while some sample is undecided."""
+    lower, upper = summary["verified_robust_error_lower"], summary["verified_robust_error_upper"]
+    return _pct(lower) if lower == upper else f"[{_pct(lower)}, {_pct(upper)}]"
+
+
+def _exact_rows(setting: Dict[str, Any], preset: ReproducePreset, mark: str) -> List[str]:
+    """The robust model's row on the samples the complete verifier decided (``exact_robust/``):
+    certified errors on the same samples beside the exact error, and the check that every sample
+    a bound certifies has no exact witness. Empty when that step did not run."""
+    exact = setting.get("exact")
+    if not exact:
+        return []
+    records, summary = exact["samples"], exact["summary"]
+    indices = [int(r["index"]) for r in records]
+    refuted = [r["status"] == "not_robust" for r in records]
+    root = Path(setting["dir"])
+    seed = (exact.get("config") or {}).get("seed")
+    certified = {m: _certified_on(root / folder, indices, m, seed)
+                 for m, folder in (("crown-ibp", "certify_robust"), ("best", "certify_robust"),
+                                   ("alpha", "certify_robust_alpha"))}
+    cells = {m: "-" if c is None else f"{_pct(1 - sum(c) / len(c))}{mark}" for m, c in certified.items()}
+    other = [m for m, c in certified.items() if c is None]
+    clean = sum(r["clean_prediction"] == r["label"] for r in records) / len(records)
+    seconds = sorted(float(r["seconds"]) for r in records)
+    limit = exact.get("config", {}).get("time_limit")
+    lines = [f"| robust, first {len(records)} samples (seed {seed}) | {_pct(clean)}{mark} | {cells['crown-ibp']} | {cells['best']} | "
+             f"{cells['alpha']}{' (alpha)' if certified['alpha'] is not None else ''} | "
+             f"{exact_error(summary)}{mark} |", ""]
+    broken = [i for m, c in certified.items() if c is not None for i, ok, bad in zip(indices, c, refuted) if ok and bad]
+    checked = [m for m, c in certified.items() if c is not None]
+    lines.append(f"Exact column: `python -m verify.dataset --method complete --sets certify` on the robust model "
+                 f"(`exact_robust/verify.json`), {summary['robust']} robust, {summary['not_robust']} not robust, "
+                 f"{summary['unknown']} undecided"
+                 + (f" at {limit:g} s per image" if limit else "")
+                 + f"; {np.median(seconds):.1f} s per image (median), {seconds[-1]:.1f} s (worst). "
+                 + (f"No sample certified by {', '.join(checked)} has a witness (certificates agree)."
+                    if checked and not broken else
+                    f"WARNING: samples {sorted(set(broken))} are certified and have an exact witness: a bound is unsound."
+                    if broken else "")
+                 + (f" `-`: {', '.join(other)} ran with another seed (other rand maps) or on fewer samples."
+                    if other else "")
+                 + " The attack errors above are at the paper's attack eps, not at this training eps.")
+    return lines
 
 
 def _fresh_pair(plain_row: Dict[str, Any], robust_row: Dict[str, Any]) -> str:
@@ -195,20 +259,23 @@ def render_table2(settings: List[Dict[str, Any]], preset: ReproducePreset, paper
         cert = setting["certify"]
         lines += [f"Certified robust error at the training eps {setting['train_eps']:g} (T' = {preset.robust_T}, "
                   f"`python -m refsnn.certify`, first {cert['plain'].get('result', {}).get('n', preset.certify_n)} "
-                  "test samples; the paper reports none):", "",
+                  "test samples; the paper reports none), and the exact robust error where the complete verifier "
+                  "ran (same samples and sets; a bracket [proven not robust, 1 - proven robust] where some image "
+                  "is undecided):", "",
                   "| model | clean acc. at T' | S-CROWN certified error | best-of (S-IBP, S-CROWN) certified error | "
-                  "alpha (optimized slopes) certified error |",
-                  "|---|---|---|---|---|"]
+                  "alpha (optimized slopes) certified error | exact robust error (complete verifier) |",
+                  "|---|---|---|---|---|---|"]
         for name in ("plain", "robust"):
             record = cert[name]
             result = record.get("result", record)
             lines.append(f"| {'regular' if name == 'plain' else 'robust'} | {_pct(result.get('clean_accuracy'))}{mark} | "
-                         f"{_pct(_crown_error(record))}{mark} | {_pct(_best_error(record))}{mark} | - |")
+                         f"{_pct(_crown_error(record))}{mark} | {_pct(_best_error(record))}{mark} | - | - |")
         alpha = cert.get("robust_alpha")
         if alpha is not None:
             result = alpha.get("result", alpha)
             lines.append(f"| robust, first {result.get('n', '?')} samples | {_pct(result.get('clean_accuracy'))}{mark} | - | "
-                         f"{_pct(_best_error(alpha))}{mark} | {_pct(_alpha_error(alpha))}{mark} (alpha) |")
+                         f"{_pct(_best_error(alpha))}{mark} | {_pct(_alpha_error(alpha))}{mark} (alpha) | - |")
+        lines += _exact_rows(setting, preset, mark)
         lines += _calibrated_section(setting, preset, mark)
         lines += ["", f"Raw: `{setting['dir']}/attack/table.json`, `certify_*/certify.json`, runs in `plain/`, `robust/`.", ""]
     lines += [f"Paper headline (abstract): {paper['headline']}.", ""]

@@ -113,13 +113,14 @@ def _attack_table(path, eps_values, error=0.25):
     (path / "table.json").write_text(json.dumps({"rows": rows}))
 
 
-def _run_setting_on_finished_attack(tmp_path, monkeypatch, dataset, eps_values):
+def _run_setting_on_finished_attack(tmp_path, monkeypatch, dataset, eps_values, exact_step=None):
     """``run_setting`` of a setting whose training and certification are stubbed and whose attack
     ``table.json`` exists at ``eps_values`` (the attack step must skip it)."""
     _attack_table(tmp_path / f"{dataset}-fc" / "attack", eps_values)
     summary = {"n_test": 300, "n_train": 60000, "test_accuracy": {"mean": 0.9}, "seconds_per_epoch": 1.0}
     monkeypatch.setattr(rp, "_train_step", lambda *args, **kwargs: summary)
-    monkeypatch.setattr(rp, "_certify_step", lambda *args, **kwargs: {"result": {"n": 10}})
+    monkeypatch.setattr(rp, "_certify_step", lambda *args, **kwargs: {"result": {"n": 10}, "config": {"seed": 1234}})
+    monkeypatch.setattr(rp, "_exact_step", exact_step or (lambda *args, **kwargs: None))
     config = rp.ReproduceConfig("budget", out=str(tmp_path))
     return rp.run_setting(tmp_path, dataset, "fc", rp.PRESETS["budget"], config, rp.PAPER_REFERENCE)
 
@@ -265,3 +266,68 @@ def test_finished_sweep_run_without_its_model_file_is_skipped(tmp_path, monkeypa
     with pytest.raises(RuntimeError, match="failed"):
         reproduce._train_step(run, ["--not-a-flag"])  # a main run without model.h5 is not finished
     assert len(calls) == 1
+
+
+def test_exact_column_step_runs_once_at_the_training_eps_and_is_rendered(tmp_path, monkeypatch, capsys):
+    """The exact step runs verify.dataset --method complete --sets certify on the robust model at the
+    training eps (skipped once its verify.json exists, off with exact_n 0); table2 shows the exact error
+    beside the certified errors on the same samples and flags a certified sample with a witness."""
+    import numpy as np
+
+    from refsnn import SNN, Flatten, Linear, reproduce_tables
+    from refsnn.io import save_model
+
+    rng = np.random.default_rng(5)
+    net = SNN([Flatten(), Linear(rng.normal(0, 0.08, (6, 784)), np.full(6, 0.1)),
+               Linear(rng.normal(0, 0.5, (10, 6)), np.full(10, 0.05))], input_shape=(1, 28, 28))
+    setting_dir = tmp_path / "mnist-fc"
+    model = save_model(setting_dir / "robust" / "model.h5", net)
+    out = setting_dir / "exact_robust"
+    exact = rp._exact_step(out, model, "mnist-subset", 0.12, 4, 2, 20.0, None, seed=3)
+    assert exact["identity"]["method"] == "complete" and exact["identity"]["sets"] == "certify"
+    assert exact["identity"]["seed"] == 3
+    assert exact["identity"]["eps"] == 0.12 and [r["index"] for r in exact["samples"]] == [0, 1, 2, 3]
+    stamp = (out / "verify.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert rp._exact_step(out, model, "mnist-subset", 0.12, 4, 2, 20.0, None, seed=3) == exact
+    assert (out / "verify.json").stat().st_mtime_ns == stamp and "skip exact" in capsys.readouterr().out
+
+    statuses = [r["status"] for r in exact["samples"]]
+    certified = [{"index": i, "label": 0, "clean_correct": True, "best": {"certified": False},
+                  "crown-ibp": {"certified": False}} for i in range(4)]
+    (setting_dir / "certify_robust").mkdir()
+    (setting_dir / "certify_robust" / "certify_samples.json").write_text(json.dumps(certified))
+    (setting_dir / "certify_robust" / "certify.json").write_text(json.dumps({"config": {"seed": 3}}))
+    (setting_dir / "certify_robust_alpha").mkdir()  # another seed: other sets, not compared
+    (setting_dir / "certify_robust_alpha" / "certify_samples.json").write_text(json.dumps(
+        [{**r, "alpha": {"certified": True}} for r in certified]))
+    (setting_dir / "certify_robust_alpha" / "certify.json").write_text(json.dumps({"config": {"seed": 0}}))
+    setting = {"dir": str(setting_dir), "exact": exact}
+    lines = "\n".join(reproduce_tables._exact_rows(setting, rp.PRESETS["budget"], "*"))
+    error = reproduce_tables.exact_error(exact["summary"])
+    assert "| robust, first 4 samples (seed 3) |" in lines and f"| 100.0* | 100.0* | - | {error}* |" in lines
+    assert "No sample certified by crown-ibp, best has a witness" in lines and "WARNING" not in lines
+    assert "`-`: alpha ran with another seed" in lines
+    # a certificate on a sample the verifier broke is flagged (the untrained net misclassifies)
+    broken = statuses.index("not_robust")
+    certified[broken]["best"]["certified"] = True
+    (setting_dir / "certify_robust" / "certify_samples.json").write_text(json.dumps(certified))
+    lines = "\n".join(reproduce_tables._exact_rows(setting, rp.PRESETS["budget"], "*"))
+    assert f"WARNING: samples [{broken}] are certified and have an exact witness" in lines
+    assert reproduce_tables.exact_error({"verified_robust_error_lower": 0.25,
+                                             "verified_robust_error_upper": 0.5}) == "[25.0, 50.0]"
+    assert reproduce_tables.exact_error({"verified_robust_error_lower": 0.25,
+                                             "verified_robust_error_upper": 0.25}) == "25.0"
+
+    # run_setting: the step gets the robust model and the training eps; exact_n 0 turns it off
+    calls = []
+    setting = _run_setting_on_finished_attack(tmp_path / "b", monkeypatch, "fmnist", [0.04, 0.07, 0.1, 0.114],
+                                              exact_step=lambda *args, **kwargs: calls.append((args, kwargs)) or exact)
+    assert setting["exact"] is exact
+    (args, kwargs), = calls
+    assert str(args[1]).endswith("fmnist-fc/robust/model.h5")
+    assert args[3] == rp.DEFAULT_EPS[("fmnist", "fc")] and args[4] == 100 and args[6] == 60.0
+    assert kwargs["seed"] == 1234  # the certification's seed: the same rand maps, the same sets
+    assert rp.PRESETS["quick"].exact_n == 0 and rp.PRESETS["quick-conv"].exact_n == 0
+    with pytest.raises(rp.ReproduceConfigError, match="exact_n"):
+        rp.ReproduceConfig("budget", exact_n=-1)

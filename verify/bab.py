@@ -9,12 +9,15 @@ membrane exactly on the threshold included. A child's bounds clip that membrane 
 child's closed side and fix the spike (``_Search.fixed_hook``, through the ``refine`` hook of
 ``refsnn.ibp.interval_bounds``); every later interval, S-CROWN and alpha follow from there.
 
-Per node and per margin row ``f_label - f_j`` still open, the node's box gets a sound float64
+The question is ``Question``: every member has ``C_i . f > c_i`` (or ``>= c_i``) for every row ``i``;
+robustness (``robust_bab``) is the margin rows ``f_label - f_j`` with ``c = 0``, strict
+(``spec_bab``: any rows and thresholds). Per node and per row still open, the node's box gets a sound float64
 lower bound (``method``: ``"ibp"``, ``"crown-ibp"``, ``"best"``, ``"alpha"``, ``"crown"``); a row whose bound
 is > 0 is closed for the whole subtree, a node with every row closed is robust. Nodes are
 expanded worst bound first, so the smallest open bound (the proven margin lower bound) rises.
 A node small enough is a leaf: enumerated when it has at most ``enumerate_max`` members, given
-to the exact MILP (``verify.milp.robust_query``) when it has at most ``milp_max_free`` open bits.
+to the exact MILP (``verify.milp.SampleVerifier``: the minimum of each open row) when it has at most
+``milp_max_free`` open bits.
 After a short branching phase (``root_milp_after`` nodes, where witnesses are often found) the whole
 set gets one MILP with a share (``root_milp``) of the sample's time. A MILP that reaches its time
 limit leaves its node to be split further.
@@ -129,7 +132,8 @@ class BabConfig:
 
 @dataclass
 class BabResult:
-    """Verdict of one sample. ``margin_lower``: proven lower bound of ``min_j f_label - f_j`` over the
+    """Verdict of one sample (``spec_bab``: read the margin as ``min_i (C_i . f - c_i)``, ``label`` None).
+    ``margin_lower``: proven lower bound of ``min_j f_label - f_j`` over the
     set, on the ``1/T'`` grid (the largest float not above ``k / T'``); ``attack_margin``: the
     smallest exact margin a member reached (``witness [T', *in]`` reaches it; ``<= 0`` when not
     robust; ``inf`` when no member was evaluated). ``witness_rates [n_out]``: its exact rates (as
@@ -138,7 +142,7 @@ class BabResult:
     ``decided_fraction``: the share of the set's members in closed nodes (robust: 1)."""
 
     status: str
-    label: int
+    label: Optional[int]
     margin_lower: float
     attack_margin: float
     witness: Optional[np.ndarray] = None
@@ -186,15 +190,66 @@ class _Done(Exception):
     """Raised inside the search when a witness is found (carries nothing; the state has it)."""
 
 
+@dataclass(frozen=True)
+class Question:
+    """What the search decides: does every member satisfy ``C_i . f > c_i`` (``strict``) or
+    ``C_i . f >= c_i`` for every row ``i``? ``rows [R, n_out]`` (finite float64 ``C``),
+    ``thresholds``: the ``c_i`` as exact rationals. Robustness is ``rows = e_label - e_j`` for every
+    ``j != label``, ``c = 0``, strict (``Question.margins``). The searched *margin* of a member is
+    ``min_i (C_i . f - c_i)`` in exact arithmetic; ``grid``: every row is integral and every
+    ``T' c_i`` an integer, so margins are multiples of ``1/T'``."""
+
+    rows: np.ndarray
+    thresholds: tuple
+    strict: bool
+    grid: bool
+
+    @classmethod
+    def make(cls, rows, thresholds, strict: bool, steps: int) -> "Question":
+        rows = np.array(rows, dtype=np.float64, ndmin=2)
+        if rows.ndim != 2 or rows.shape[0] < 1 or not np.isfinite(rows).all():
+            raise ValueError(f"rows must be a finite [R >= 1, n_out] array, got shape {rows.shape}")
+        thresholds = tuple(Fraction(c) for c in np.broadcast_to(np.asarray(thresholds, dtype=object),
+                                                                 (rows.shape[0],)))
+        grid = bool(np.all(rows == np.round(rows))) and all((c * steps).denominator == 1 for c in thresholds)
+        return cls(rows, thresholds, bool(strict), grid)
+
+    @classmethod
+    def margins(cls, label: int, n_out: int, steps: int) -> "Question":
+        others = other_classes(label, n_out)
+        rows = np.zeros((len(others), n_out))
+        rows[:, label] = 1.0
+        rows[np.arange(len(others)), others] = -1.0
+        return cls.make(rows, 0, True, steps)
+
+    def violated(self, margin: Fraction) -> bool:
+        """Whether an exact margin ``min_i (C_i . f - c_i)`` breaks the property."""
+        return margin <= 0 if self.strict else margin < 0
+
+    def closes(self, lower: np.ndarray) -> np.ndarray:
+        """Rows whose sound lower bound of ``C_i . f - c_i`` proves the property (a bound of exactly
+        0 proves ``>= c`` but is a tie for ``> c``)."""
+        return lower > 0 if self.strict else lower >= 0
+
+
 class _Search:
     """State of one sample's branch and bound."""
 
-    def __init__(self, net: SNN, input_set: InputSet, label: int, config: BabConfig, rng: np.random.Generator):
+    def __init__(self, net: SNN, input_set: InputSet, label: Optional[int], config: BabConfig,
+                 rng: np.random.Generator, question: Optional[Question] = None):
         self.net, self.net64 = net, float64_network(net)
         self.exact = ExactNetwork(net)
         self.input_set, self.label, self.config, self.rng = input_set, label, config, rng
         self.n_out, self.steps = net.n_outputs, input_set.steps
-        self.others = np.array(other_classes(label, net.n_outputs))
+        self.question = question if question is not None else Question.margins(label, net.n_outputs, self.steps)
+        q = self.question
+        self.C = q.rows
+        self.c_float = np.array([float(c) for c in q.thresholds])
+        self.c_upper = np.array([float_outward(c, "upper") for c in q.thresholds])  # shifts round down
+        self.all_rows = np.arange(self.C.shape[0])  # a node's open rows index C
+        if q.grid:
+            self.C_int = np.round(self.C).astype(np.int64)
+            self.c_grid = np.array([int(c * self.steps) for c in q.thresholds], dtype=np.int64)
         self.start = time.perf_counter()
         self.best_margin: Optional[Fraction] = None
         self.milp_subsets: dict = {}   # id -> input subset whose MILP has run
@@ -228,12 +283,26 @@ class _Search:
         """``k / T'`` as the largest float not above it (a sound margin lower bound)."""
         return float_outward(Fraction(k, self.steps), "lower")
 
+    def shifted(self, lower: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Sound lower bounds of ``C_i . f - c_i`` from sound lower bounds of ``C_i . f`` (``lower
+        [..., len(rows)]``): the subtraction is rounded down; ``c_i = 0`` is exact and unchanged."""
+        c = self.c_upper[rows]
+        if not c.any():
+            return lower
+        with np.errstate(invalid="ignore"):
+            return np.where(c != 0, np.nextafter(lower - c, -np.inf), lower)
+
+    def float_margins(self, rates: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``[b, len(rows)]``: ``C_i . f - c_i`` of float64 rates ``[b, n_out]`` (a guide, not a proof)."""
+        return rates @ self.C[rows].T - self.c_float[rows]
+
     # --- falsification --------------------------------------------------------------------------
-    def exact_margin(self, x: np.ndarray) -> Fraction:
-        """``min_j f_label - f_j`` of one member, exactly."""
+    def exact_margin(self, x: np.ndarray, rows: Optional[np.ndarray] = None) -> Fraction:
+        """``min_i (C_i . f - c_i)`` of one member over ``rows`` (default: all), exactly."""
         self.stats["exact_replays"] += 1
-        counts = self.exact.run(x).counts
-        return Fraction(int(counts[self.label] - counts[self.others].max()), self.steps)
+        trace = self.exact.run(x)
+        rows = self.all_rows if rows is None else rows
+        return min(trace.value(self.C[i]) - self.question.thresholds[i] for i in rows)
 
     def offer(self, xs: np.ndarray) -> None:
         """Candidates ``xs [T', b, *in]`` (members of the set): the best by float64 is replayed
@@ -241,7 +310,7 @@ class _Search:
         if xs.shape[1] == 0:
             return
         rates = self.net64.forward(xs)
-        margins = rates[:, self.label] - rates[:, self.others].max(axis=1)
+        margins = self.float_margins(rates, self.all_rows).min(axis=1)
         order = np.argsort(margins, kind="stable")
         # a float64 margin within rounding of 0 may be <= 0 exactly: replay a few of those too
         near = [i for i in order[:4] if margins[i] <= 1.0 / (2 * self.steps)]
@@ -256,7 +325,7 @@ class _Search:
                     raise VerifierError("a candidate witness is not a member of the input set; "
                                         "the node sets are broken")
                 self.best_margin, self.best_x = exact, x
-            if exact <= 0:
+            if self.question.violated(exact):
                 raise _Done()
 
     def falsify_root(self, subset: InputSet) -> None:
@@ -268,10 +337,8 @@ class _Search:
         if cfg.search_starts == 0:
             return
         rates = self.net64.forward(pool)
-        margins = rates[:, self.label][:, None] - rates[:, self.others]
-        worst_class = int(np.argmin(margins.min(axis=0)))
-        coefs = np.zeros(self.n_out)
-        coefs[self.label], coefs[self.others[worst_class]] = 1.0, -1.0
+        margins = self.float_margins(rates, self.all_rows)
+        coefs = self.C[int(np.argmin(margins.min(axis=0)))]
         for start in np.argsort(margins.min(axis=1), kind="stable")[:cfg.search_starts]:
             if self.remaining() <= 0:
                 return
@@ -280,13 +347,11 @@ class _Search:
 
     # --- bounds ---------------------------------------------------------------------------------
     def specs(self, nodes_rows: List[np.ndarray]) -> np.ndarray:
-        """Margin rows ``[B, S, n_out]`` of each node's open classes (padded by repeating the first)."""
+        """Spec rows ``[B, S, n_out]`` of each node's open rows (padded by repeating the first)."""
         width = max(len(r) for r in nodes_rows)
         C = np.zeros((len(nodes_rows), width, self.n_out))
         for b, rows in enumerate(nodes_rows):
-            padded = np.concatenate([rows, np.repeat(rows[:1], width - len(rows))])
-            C[b, :, self.label] = 1.0
-            C[b, np.arange(width), padded] = -1.0
+            C[b] = self.C[np.concatenate([rows, np.repeat(rows[:1], width - len(rows))])]
         return C
 
     def fixed_hook(self, fixed: List[tuple], inner=None):
@@ -441,8 +506,8 @@ class _Search:
                 self.decided(child.weight)
                 continue
             open_rows = child.rows
-            low = lower[b, :len(open_rows)]
-            proven = low > 0
+            low = self.shifted(lower[b, :len(open_rows)], open_rows)
+            proven = self.question.closes(low)
             floor = min([child.floor] + low[proven].tolist())
             keep = ~proven
             worst = int(np.argmin(low))
@@ -472,8 +537,7 @@ class _Search:
         if node.coefs is None:
             return
         self.stats["node_searches"] += 1
-        coefs = np.zeros(self.n_out)
-        coefs[self.label], coefs[int(node.rows[int(np.argmin(node.lower))])] = 1.0, -1.0
+        coefs = self.C[int(node.rows[int(np.argmin(node.lower))])]
         x, _ = local_search(self.net64, node.subset, minimizer(node.subset, node.coefs), coefs, -1.0)
         self.offer(x[:, None])
 
@@ -483,56 +547,75 @@ class _Search:
         has spike splits): float64 margins, near-ties replayed exactly."""
         self.stats["enumerated"] += 1
         th = float(self.net.threshold)
+        rows, q = node.rows, self.question
         lowest = math.inf
         for xs in node.subset.enumerate(1024):
             trace = self.net64.run(xs)
             counts = trace.spikes[-1].reshape(self.steps, xs.shape[1], -1).sum(axis=0)
-            margins = counts[:, self.label] - counts[:, node.rows].max(axis=1)  # T' * margin, integers
             near = np.zeros(xs.shape[1], dtype=bool)
             for mem in trace.membranes:
                 mem = mem.reshape(self.steps, xs.shape[1], -1)
                 band = FIXED_TIE_BAND * (1.0 + abs(th) + np.abs(mem))
                 near |= (np.abs(mem - th) <= band).any(axis=(0, 2))
-            suspicious = np.flatnonzero(near | (margins <= 0))
-            for i in suspicious:
-                self.stats["exact_replays"] += 1
-                counts_exact = self.exact.run(np.ascontiguousarray(xs[:, i])).counts
-                margins[i] = int(counts_exact[self.label]) - int(counts_exact[node.rows].max())
-            i = int(np.argmin(margins))
-            lowest = min(lowest, self.grid_lower(int(margins[i])))
+            if q.grid:
+                # T' (C_i . f - c_i) = C_i . counts - T' c_i: integers, exact once the counts are
+                margins = (counts.astype(np.int64) @ self.C_int[rows].T - self.c_grid[rows]).min(axis=1)
+                suspicious = np.flatnonzero(near | (margins <= 0))
+                for i in suspicious:
+                    self.stats["exact_replays"] += 1
+                    counts_exact = self.exact.run(np.ascontiguousarray(xs[:, i])).counts.astype(np.int64)
+                    margins[i] = int((self.C_int[rows] @ counts_exact - self.c_grid[rows]).min())
+                i = int(np.argmin(margins))
+                lowest = min(lowest, self.grid_lower(int(margins[i])))
+            else:
+                # off the grid: a float margin farther than the rounding band from 0, with exact spike
+                # counts (no membrane near the threshold), has the exact margin's sign
+                margins = self.float_margins(counts / self.steps, rows).min(axis=1)
+                slack = 1e-9 * (1.0 + np.abs(self.c_float[rows]) + np.abs(self.C[rows]).sum(axis=1)).max()
+                lowers = np.nextafter(margins - slack, -np.inf)
+                for i in np.flatnonzero(near | (margins <= slack)):
+                    exact = self.exact_margin(np.ascontiguousarray(xs[:, i]), rows)
+                    margins[i], lowers[i] = float(exact), float_outward(exact, "lower")
+                i = int(np.argmin(margins))
+                lowest = min(lowest, float(lowers.min()))
             if margins[i] <= 0:
                 self.offer(np.ascontiguousarray(xs[:, i:i + 1]))
         self.closed_floor = min(self.closed_floor, node.floor, lowest)
         self.decided(node.weight)
 
     def milp_leaf(self, node: _Node, budget: float) -> bool:
-        """Tries the exact MILP on the node's open rows over its input subset (a superset of the node
-        when it has spike splits) for at most ``budget`` seconds; True when it decided the node
-        (robust), False to split on."""
-        from .milp import robust_query
+        """Tries the exact MILP (``verify.milp.SampleVerifier``: the minimum of each open row
+        ``C_i . f`` over the node's input subset, a superset of the node when it has spike splits)
+        for at most ``budget`` seconds; True when it proved every row (the node is closed), False to
+        split on. Every minimizer is offered as a witness (replayed exactly)."""
+        from .milp import SampleVerifier, sound_rate_bound
 
         budget = min(budget, self.remaining())
         if budget <= 0:
             return False
         self.stats["milp"] += 1
-        result = robust_query(self.net, node.subset, self.label, time_limit=budget, solver=self.config.solver,
-                              attack_samples=0, rng=np.random.default_rng(0), classes=node.rows,
-                              deadline=time.perf_counter() + budget)
-        if result.status == "not_robust" and result.witness is not None:
-            # returns only when the exact replay does not confirm the float64 witness (a near tie):
-            # the node is split on, down to enumerated leaves
-            self.offer(np.ascontiguousarray(result.witness)[:, None])
-            return False
-        if result.status != "robust":
-            self.stats["milp_timeouts"] += 1
-            return False
-        solved = result.margins[node.rows]
-        # exact MILP margins lie within the solver's 1e-6 of the 1/T' grid; a margin proven > 0 is >= 1/T'
-        lowest = self.grid_lower(int(round(float(np.nanmin(solved)) * self.steps))) if np.isfinite(solved).any() \
-            else math.inf
-        if np.isnan(solved).any():
-            lowest = min(lowest, self.grid_lower(1))
-        self.closed_floor = min(self.closed_floor, node.floor, lowest)
+        deadline = time.perf_counter() + budget
+        verifier = SampleVerifier(self.net, node.subset, "auto", budget, self.config.solver)
+        lowest = None
+        for i in node.rows:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                self.stats["milp_timeouts"] += 1
+                return False
+            verifier.time_limit = left
+            ext = verifier.rate_extreme(self.C[i], "min")
+            if ext.witness is not None:
+                # raises _Done when it violates; a float64 witness the exact replay does not confirm
+                # (a near tie) leaves the node to be split, down to enumerated leaves
+                self.offer(np.ascontiguousarray(ext.witness)[:, None])
+            bound = sound_rate_bound(ext.bound, self.C[i], self.steps, "min")
+            margin = None if bound is None else bound - self.question.thresholds[i]
+            if margin is None or not self.question.closes(margin):
+                if ext.status != "exact":
+                    self.stats["milp_timeouts"] += 1
+                return False
+            lowest = margin if lowest is None else min(lowest, margin)
+        self.closed_floor = min(self.closed_floor, node.floor, float_outward(lowest, "lower"))
         self.decided(node.weight)
         return True
 
@@ -611,27 +694,49 @@ def robust_bab(net: SNN, input_set: InputSet, label: int, config: Optional[BabCo
     """Decides whether every member ``x [T', *in]`` of ``input_set`` has ``f_label(x) - f_j(x) > 0`` for
     all ``j != label`` (see the module docstring). ``BoxSet`` and ``DigitalLinfSet`` are split;
     other sets (``SpikeL0Set``) get the root bound, falsification and one MILP on the whole set."""
-    config = config if config is not None else BabConfig()
     label = int(label)
     if not 0 <= label < net.n_outputs:
         raise ValueError(f"label must lie in [0, {net.n_outputs}), got {label}")
+    return _run(net, input_set, label, None, config, rng)
+
+
+def spec_bab(net: SNN, input_set: InputSet, rows, thresholds, strict: bool = False,
+             config: Optional[BabConfig] = None, rng: Optional[np.random.Generator] = None) -> BabResult:
+    """Decides whether every member of ``input_set`` has ``C_i . f >= c_i`` (``strict``: ``> c_i``)
+    for every row ``C_i`` of ``rows [R, n_out]`` (``f``: mean output rates over ``T'``), by the search
+    of ``robust_bab`` (which is the case ``C_i = e_label - e_j``, ``c = 0``, strict). ``thresholds``:
+    ``c [R]`` (or one value), exact rationals or floats (taken as the rationals they denote).
+
+    Verdicts: ``"robust"`` the property holds for every member (proven), ``"not_robust"`` a member
+    (``witness``) violates it in exact arithmetic, ``"unknown"``. ``margin_lower`` / ``attack_margin``
+    bracket ``min_i (C_i . f - c_i)``; ``label`` is None."""
+    question = Question.make(rows, thresholds, strict, input_set.steps)
+    if question.rows.shape[1] != net.n_outputs:
+        raise ValueError(f"rows must have {net.n_outputs} columns (the network's outputs), got {question.rows.shape[1]}")
+    return _run(net, input_set, None, question, config, rng)
+
+
+def _run(net: SNN, input_set: InputSet, label: Optional[int], question: Optional[Question],
+         config: Optional[BabConfig], rng: Optional[np.random.Generator]) -> BabResult:
+    config = config if config is not None else BabConfig()
     if tuple(input_set.input_shape) != tuple(net.input_shape):
         raise ValueError(f"the input set holds shape {tuple(input_set.input_shape)}, the network expects "
                          f"{tuple(net.input_shape)}")
-    search = _Search(net, input_set, label, config, rng if rng is not None else np.random.default_rng(0))
+    search = _Search(net, input_set, label, config, rng if rng is not None else np.random.default_rng(0), question)
     splittable = isinstance(input_set, (BoxSet, DigitalLinfSet, LevelSet))
     queue: List[_Node] = []
     try:
         search.falsify_root(input_set)
         if splittable:
             root = LevelSet.of(input_set)
-            queue = search.make_nodes([_Child(root, search.others, math.inf, 0)])
+            queue = search.make_nodes([_Child(root, search.all_rows, math.inf, 0)])
             search.root_bounded = True
             _expand(search, queue)
         else:
             queue = _root_only(search, input_set)
     except _Done:
-        return _result(search, "not_robust", queue, f"exact margin {search.best_margin} <= 0")
+        return _result(search, "not_robust", queue, f"exact margin {search.best_margin} "
+                                                     f"{'<=' if search.question.strict else '<'} 0")
     if not queue:
         return _result(search, "robust", queue, "every node closed")
     return _result(search, "unknown", queue, "time limit" if search.remaining() <= 0 else "node limit")
@@ -701,18 +806,20 @@ def _root_only(search: _Search, input_set: InputSet) -> List[_Node]:
     from .enumerate import DEFAULT_MAX_MEMBERS
 
     lower_box, upper_box = input_set.box()
-    C = search.specs([search.others])
+    rows = search.all_rows
+    C = search.specs([rows])
     method = "best" if search.config.method == "crown-ibp" else search.config.method
     lower, _ = compute_bounds(search.net, lower_box[:, None], upper_box[:, None], method=method, C=C)
     search.stats["nodes"] += 1
     search.root_bounded = True
-    low = lower[0, :len(search.others)]
-    if (low > 0).all():
+    low = search.shifted(lower[0, :len(rows)], rows)
+    closed = search.question.closes(low)
+    if closed.all():
         search.closed_floor = float(low.min())
         return []
-    open_rows = low <= 0
-    node = _Node(float(low[open_rows].min()), 0, input_set, search.others[open_rows], low[open_rows],
-                 float(np.min(low[~open_rows], initial=math.inf)))
+    open_rows = ~closed
+    node = _Node(float(low[open_rows].min()), 0, input_set, rows[open_rows], low[open_rows],
+                 float(np.min(low[closed], initial=math.inf)))
     search.in_flight = [node]
     count = input_set.count()
     decided = True
@@ -731,17 +838,21 @@ def _result(search: _Search, status: str, queue: List[_Node], reason: str) -> Ba
     pending = queue + search.in_flight + search.fresh
     open_lower = min((min(node.priority, node.floor) for node in pending), default=math.inf)
     margin_lower = min(open_lower, search.closed_floor)
-    if not search.root_bounded:
-        margin_lower = -1.0  # nothing bounded yet: the trivial range of a rate difference
-    if not math.isfinite(margin_lower):
-        margin_lower = search.grid_lower(1)  # robust with every row closed and no value seen: the grid step
-    # every margin is a multiple of 1/T': a bound L proves the margin >= ceil(L T') / T' (exact arithmetic)
-    margin_lower = search.grid_lower(math.ceil(Fraction(margin_lower) * search.steps))
+    q = search.question
+    if not search.root_bounded:  # nothing bounded yet: the trivial range (0 <= f <= 1)
+        margin_lower = float_outward(min(Fraction(float(np.minimum(row, 0).sum())) - c
+                                         for row, c in zip(q.rows, q.thresholds)), "lower")
+    if not math.isfinite(margin_lower):  # every row closed and no value seen: the smallest proof
+        margin_lower = search.grid_lower(1 if q.strict else 0) if q.grid else 0.0
+    if q.grid:
+        # every margin is a multiple of 1/T': a bound L proves the margin >= ceil(L T') / T' (exact arithmetic)
+        margin_lower = search.grid_lower(math.ceil(Fraction(margin_lower) * search.steps))
     rates = prediction = None
     if search.best_x is not None:
         trace = search.exact.run(search.best_x)
         rates = np.array([float(r) for r in trace.rates])
         prediction = int(np.argmax(trace.counts))
-    attack = math.inf if search.best_margin is None else float(search.best_margin)
+    attack = math.inf if search.best_margin is None else (
+        float(search.best_margin) if q.grid else float_outward(search.best_margin, "upper"))
     return BabResult(status, search.label, float(margin_lower), attack, search.best_x, rates, prediction,
                      time.perf_counter() - search.start, reason, dict(search.stats))

@@ -1,7 +1,7 @@
 """Soundness checker for another implementation's bounds and verdicts.
 
     python -m verify.check --model MODEL.h5 --cases CASES.h5 [--json report.json]
-                           [--method auto|milp|search] [--time-limit 30] [--atol 0]
+                           [--method auto|milp|search|complete] [--time-limit 30] [--atol 0]
 
 MODEL: refsnn's HDF5 model format (docs/FORMAT.md). CASES: see ``verify.cases``.
 
@@ -23,13 +23,17 @@ Per case and sample the checker:
    networks by the MILP (``verify.milp``), whose witness is replayed exactly and whose bound counts
    as proof only as a rational bound (for integer rows the integer grid of ``T' c . f``); on large
    ones by sampling plus near-threshold local search (``verify.search``), which can refute but not
-   prove. A refuted claim is UNSOUND, with a witness input whose exact output violates it;
+   prove. ``--method complete`` decides the output claims and verdicts of sets too large to
+   enumerate by branch and bound (``verify.spec_bab`` / ``verify.robust_bab``: a lower claim ``lo``
+   is the question "``c . f >= lo - atol`` for every member?", an upper one that of ``-c . f``;
+   ``--time-limit`` seconds per claim), and its membrane claims by search. A refuted claim is
+   UNSOUND, with a witness input whose exact output violates it;
 3. checks claimed membrane bounds the same way (claims tighter than refsnn's S-IBP only);
 4. refutes "certified" verdicts by finding a member whose exact margin ``f_label - f_j`` is <= 0
    for some ``j``: misclassified, or a tie (a margin of exactly 0 certifies nothing).
 
 Status per case: UNSOUND (something refuted), SOUND (every claim proven: implied by refsnn's
-bounds, by exact enumeration or by the MILP), NOT_REFUTED (no counterexample found, some claim
+bounds, by exact enumeration, by the MILP or by branch and bound), NOT_REFUTED (no counterexample found, some claim
 unproven: search only, a solver time limit, or an unresolved tie gap).
 
 Exit codes: 0 every case SOUND; 1 some case UNSOUND; 2 usage or input error (a one-line message
@@ -55,13 +59,13 @@ from refsnn.network import SNN
 from .cases import Case, CasesError, read_cases
 from .encoding import VerifierError, float64_network
 from .exact import ExactNetwork, ExactTrace, excess, outside
-from .milp import SampleVerifier, robust_query
-from .specs import spec_grid
+from .bab import BabConfig, robust_bab, spec_bab
+from .milp import SampleVerifier, robust_query, sound_rate_bound
 from .search import closest_to_threshold, search_extremes, search_membranes
 from .sets import BoxSet
 from .specs import margin_specs, normalize_specs
 
-METHODS = ("auto", "milp", "search")
+METHODS = ("auto", "milp", "search", "complete")
 EXIT_SOUND, EXIT_UNSOUND, EXIT_USAGE, EXIT_UNDECIDED = 0, 1, 2, 3
 EXIT_CODES_HELP = ("exit codes: 0 every case SOUND; 1 some claim refuted (UNSOUND, with a witness); "
                    "2 usage or input error (one-line message); 3 undecided (no claim refuted, some "
@@ -137,17 +141,6 @@ def _rational(value) -> dict:
     return {"float": float(value), "exact": repr(float(value))}
 
 
-def _rate_bound(bound: Optional[float], coefs: np.ndarray, steps: int, sense: str) -> Optional[Fraction]:
-    """A MILP bound of ``c . f`` as a rational. For integer ``c``, ``T' c . f`` is an integer for every
-    input, so the bound rounds inward to the grid only past the solver's tolerance (1e-6)."""
-    if bound is None or not math.isfinite(bound):
-        return None
-    if spec_grid(coefs, steps) is not None:
-        scaled = bound * steps
-        return Fraction(math.ceil(scaled - 1e-6) if sense == "min" else math.floor(scaled + 1e-6), steps)
-    return Fraction(bound)
-
-
 def _margin(trace: ExactTrace, label: int) -> tuple:
     """Smallest exact margin ``f_label - f_j`` over ``j != label`` and its ``j``."""
     rates = trace.rates
@@ -186,14 +179,33 @@ class Checker:
 
     def _choose(self, box: BoxSet) -> str:
         config = self.config
-        if config.method == "auto":
+        if config.method in ("auto", "complete"):
             members = box.count()
             if members <= config.max_exact_members and members * max(self.n_weights, 1) <= config.max_exact_work:
                 return "exact"
+        if config.method == "complete":
+            return "complete"
         if config.method == "milp" or (
                 config.method == "auto" and _estimate_binaries(self.net, box) <= config.max_milp_binaries):
             return "milp"
         return "search"
+
+    def _complete_claim(self, box: BoxSet, coefs: np.ndarray, claim: float, side: str,
+                        rng: np.random.Generator) -> tuple:
+        """``(witness, proof, how)`` of one finite output claim by branch and bound (``verify.spec_bab``):
+        a lower claim ``lo`` holds iff every member has ``c . f >= lo - atol``, an upper claim ``hi``
+        iff ``-c . f >= -(hi + atol)``. ``proof``: a rational bound of ``c . f`` on the claim's side
+        (None unless proven), ``witness``: the member with the smallest margin reached."""
+        atol = Fraction(self.config.atol)
+        sign = 1.0 if side == "lower" else -1.0
+        threshold = Fraction(claim) - atol if side == "lower" else -(Fraction(claim) + atol)
+        result = spec_bab(self.net, box, sign * coefs[None], threshold, strict=False,
+                          config=BabConfig(time_limit=self.config.time_limit), rng=rng)
+        proof = None
+        if result.status == "robust":  # margin_lower bounds sign * c . f - threshold from below
+            proof = Fraction(result.margin_lower) + threshold
+            proof = proof if side == "lower" else -proof
+        return result.witness, proof, f"complete ({result.status}: {result.reason})"
 
     def check_case(self, case: Case) -> dict:
         from refsnn.bounds import compute_bounds, interval_bounds
@@ -247,7 +259,9 @@ class Checker:
                     elif method == "milp":
                         ext = verifier.rate_extreme(coefs, sense)
                         witness, how = ext.witness, f"milp ({ext.status})"
-                        proof = _rate_bound(ext.bound, coefs, case.steps, sense)
+                        proof = sound_rate_bound(ext.bound, coefs, case.steps, sense)
+                    elif method == "complete" and math.isfinite(claim):
+                        witness, proof, how = self._complete_claim(box, coefs, claim, side, rng)
                     else:
                         searched = search_extremes(net, box, specs[b, i:i + 1], samples=config.samples, rng=rng,
                                                    senses=(sense,))
@@ -286,7 +300,7 @@ class Checker:
             if method != "exact":
                 mem_counts["unproven"] += max(0, len(targets) - config.max_membrane_targets)
                 targets = targets[:config.max_membrane_targets]
-            if targets and method == "search":
+            if targets and method in ("search", "complete"):  # the complete method decides output claims only
                 found = search_membranes(net, box, [(k, t, j, sense) for _, k, t, j, sense, _ in targets],
                                          samples=min(config.samples, 128), rng=rng)
             for index, (_, k, t, j, sense, claim) in enumerate(targets):
@@ -345,6 +359,15 @@ class Checker:
                         witness, reason = result.witness, "the MILP's witness does not replay exactly"
                     else:
                         reason = result.reason
+                elif method == "complete":
+                    result = robust_bab(net, box, label, BabConfig(time_limit=config.time_limit), rng=rng)
+                    if result.status == "robust":
+                        verdicts["confirmed"] += 1
+                        detail["result"] = "confirmed by branch and bound"
+                    else:
+                        witness = result.witness
+                        reason = (f"branch and bound: {result.reason}; margin in [{result.margin_lower}, "
+                                  f"{result.attack_margin}]")
                 else:
                     rows = margin_specs([label], net.n_outputs)[0]
                     ext = search_extremes(net, box, rows, samples=config.samples, rng=rng, senses=("min",))
@@ -462,7 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", metavar="FILE", help="write the machine-readable report to this file")
     parser.add_argument("--method", choices=METHODS, default="auto",
                         help="decision method: milp exact (small nets); search: sampling + near-threshold "
-                             "search; auto: by size")
+                             "search; auto: by size; complete: exact enumeration on small sets, else branch and "
+                             "bound (output claims and certificates; membrane claims by search)")
     cli.add_time_limit(parser, 30.0)
     cli.add_atol(parser, 0.0, detail=": tolerated excess of a claim over a real value (0: exact)")
     parser.add_argument("--samples", type=cli.positive_int, default=256, help="random members per search")

@@ -16,6 +16,9 @@ the smallest margin, ``attack_margin``, the smallest exact margin a member reach
 ``decided_fraction``, the share of the set's members in closed nodes):
 "robust" (every margin ``f_label - f_j`` strictly positive over the set), "not_robust" (with the
 witness's prediction) or "unknown" (time limit). The sample selection is ``refsnn.attacks.protocol.select_samples`` (sorted, seeded).
+``--sets certify`` verifies the samples and sets of ``python -m refsnn.certify`` instead (the first
+``--n`` samples of the split, its seeded rand maps, for spikes its box of freed positions), so the
+exact verdicts can be compared sample by sample with its certificates.
 Chunks of ``--batch-size`` samples run serially or, with ``--workers N`` / ``--scheduler ADDRESS``,
 as one Dask task each (``refsnn.parallel``): the per-sample records and the summary are identical
 to the serial run as long as no query reaches ``--time-limit`` (a time limit depends on the
@@ -27,6 +30,13 @@ machine's speed; such samples say "unknown" with the reason).
 The default ``--out`` folder names the data set, the model, the set, eps, T', n, the seed and a key
 of every argument that changes the result and of the model's SHA-256; a different result already
 in ``--out`` is refused unless ``--overwrite`` (the same result may be rewritten).
+
+Resuming: after every chunk the finished samples' records are written atomically to
+``--out/verify.partial.json`` (with the run's identity). A run stopped by Ctrl-C or SIGTERM exits
+with code 130 and leaves that file consistent; the same command again verifies only the samples it
+lacks (with any ``--batch-size`` or ``--workers``) and then writes ``verify.json`` and
+``verify.csv`` and removes the partial file. A partial file of different arguments is refused like
+a different result (``--overwrite`` discards it).
 """
 from __future__ import annotations
 
@@ -41,7 +51,7 @@ import time
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -51,15 +61,17 @@ from refsnn.input_sets import DEFAULT_ROBUST_T
 from refsnn.io import atomic_write_text
 from refsnn.network import SNN
 from refsnn.parallel import add_cluster_arguments, chunk_ranges, dask_client, map_chunks
-from refsnn.runlock import guard_result, result_key
+from refsnn.runlock import ResultExistsError, guard_result, result_key
 from refsnn.validation import sha256_file
 
 from .bab import BRANCHING, BabConfig, robust_bab
 from .milp import robust_query
-from .sets import DigitalLinfSet, SpikeL0Set
+from .sets import BoxSet, DigitalLinfSet, SpikeL0Set
 
 EVENT_DATASETS = ("nmnist",)
 METHODS = ("milp", "complete")
+SAMPLE_SETS = ("protocol", "certify")
+PARTIAL = "verify.partial.json"  # the finished samples of a run in progress (removed when verify.json is written)
 
 
 @dataclass
@@ -79,10 +91,13 @@ class DatasetVerifyConfig:
     method: str = "milp"
     branching: str = BabConfig.branching
     root_milp: float = BabConfig.root_milp
+    sets: str = "protocol"
 
     def __post_init__(self):
         if self.input_set not in ("digital", "spike"):
             raise ValueError(f"input_set must be 'digital' or 'spike', got {self.input_set!r}")
+        if self.sets not in SAMPLE_SETS:
+            raise ValueError(f"sets must be one of {SAMPLE_SETS}, got {self.sets!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.convention not in ("paper", "authors"):
@@ -100,17 +115,31 @@ def sample_set(x_sample: np.ndarray, index: int, config: DatasetVerifyConfig):
     """``(input set, clean spikes [T', *in])`` of one sample; seeded by ``[seed, index]`` only.
 
     ``x_sample``: an image ``[*in]`` in [0, 1] (digital) or frames ``[T, *in]`` of 0/1 (spike).
+    ``config.sets == "certify"``: the sets ``python -m refsnn.certify`` bounds (its rand maps,
+    ``refsnn.certify.sample_rng(seed, index)``; for spikes its l0 box of freed positions), so that a
+    sample it certifies is robust here too.
     """
     if config.input_set == "digital":
         image = np.asarray(x_sample, dtype=np.float64)
-        rand_maps = draw_rand_maps(np.random.default_rng([config.seed, int(index)]), config.horizon,
-                                   (1,) + image.shape)[:, 0]
+        if config.sets == "certify":
+            from refsnn.certify import sample_rng
+
+            rand_maps = sample_rng(config.seed, index).random((config.horizon, 1) + image.shape)[:, 0]
+        else:
+            rand_maps = draw_rand_maps(np.random.default_rng([config.seed, int(index)]), config.horizon,
+                                       (1,) + image.shape)[:, 0]
         clean = bernoulli_encode(image[None], rand_maps[:, None])[:, 0]
         return DigitalLinfSet(image, config.eps, rand_maps, convention=config.convention), clean
     frames = np.asarray(x_sample)
     if frames.shape[0] < config.horizon:
         raise ValueError(f"sample {index} has {frames.shape[0]} frames, fewer than the horizon {config.horizon}")
     clean = np.ascontiguousarray(frames[:config.horizon]).astype(np.uint8)
+    if config.sets == "certify":
+        from refsnn.certify import sample_rng
+        from refsnn.input_sets import spike_l0_set
+
+        box = spike_l0_set(clean[:, None], config.eps, sample_rng(config.seed, index, 1))
+        return BoxSet(box.x_lower[:, 0], box.x_upper[:, 0]), clean
     k = int(np.floor(np.prod(clean.shape[1:]) * config.eps + 0.5))
     return SpikeL0Set(clean, k, per_step=True), clean
 
@@ -153,9 +182,13 @@ def _complete_record(net: SNN, config: DatasetVerifyConfig, input_set, index: in
 
 
 def verify_dataset(net: SNN, x: np.ndarray, labels: np.ndarray, indices: Sequence[int],
-                   config: DatasetVerifyConfig, scheduler=None, progress=None) -> Dict[str, object]:
+                   config: DatasetVerifyConfig, scheduler=None, progress=None,
+                   done: Optional[Dict[int, dict]] = None,
+                   on_chunk: Optional[Callable[[List[dict]], None]] = None) -> Dict[str, object]:
     """Verify every sample; ``x [n, ...]`` and ``labels [n]`` are the selected samples, ``indices [n]``
     their indices in the split (the per-sample seeds). ``scheduler``: None (serial) or a Dask client.
+    ``done``: records of samples already verified (by index; a resumed run), not run again;
+    ``on_chunk(records)``: called with each finished chunk's records as it completes.
 
     Returns ``{"samples": [record per sample, in order], "summary": counts and fractions}``.
     """
@@ -163,11 +196,22 @@ def verify_dataset(net: SNN, x: np.ndarray, labels: np.ndarray, indices: Sequenc
     indices = np.asarray(indices).reshape(-1)
     if not len(x) == labels.size == indices.size:
         raise ValueError(f"x ({len(x)}), labels ({labels.size}) and indices ({indices.size}) differ in length")
-    chunks = [(indices[part.start:part.stop], x[part.start:part.stop], labels[part.start:part.stop])
-              for part in chunk_ranges(labels.size, config.chunk_size)]
-    report = None if progress is None else (lambda i, records: progress(len(records)))
+    done = dict(done or {})
+    todo = np.array([i for i, index in enumerate(indices) if int(index) not in done], dtype=np.int64)
+    chunks = [(indices[todo[part]], x[todo[part]], labels[todo[part]])
+              for part in chunk_ranges(todo.size, config.chunk_size)]
+    if progress is not None and todo.size < indices.size:
+        progress(int(indices.size - todo.size))
+
+    def report(i, records):
+        if on_chunk is not None:
+            on_chunk(records)
+        if progress is not None:
+            progress(len(records))
+
     parts = map_chunks(partial(verify_samples, net, config), chunks, scheduler=scheduler, progress=report)
-    samples = [record for part in parts for record in part]
+    done.update((record["index"], record) for part in parts for record in part)
+    samples = [done[int(index)] for index in indices]
     statuses = [record["status"] for record in samples]
     n = len(samples)
     robust_and_correct = sum(r["status"] == "robust" and r["clean_prediction"] == r["label"] for r in samples)
@@ -178,6 +222,60 @@ def verify_dataset(net: SNN, x: np.ndarray, labels: np.ndarray, indices: Sequenc
                "verified_robust_error_upper": 1 - robust_and_correct / n if n else None,
                "verified_robust_error_lower": statuses.count("not_robust") / n if n else None}
     return {"samples": samples, "summary": summary}
+
+
+def read_partial(path: Path, identity: Dict[str, object], overwrite: bool = False) -> Dict[int, dict]:
+    """The records (by sample index) of an interrupted run with the same ``identity`` in ``path``
+    (``{}`` when there is none). A partial file of a different run is refused
+    (``ResultExistsError``), or ignored with ``overwrite``."""
+    if not path.is_file():
+        return {}
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        records = {int(record["index"]): record for record in stored["samples"]}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        if overwrite:
+            return {}
+        raise ResultExistsError(f"{path} is not a readable partial result ({' '.join(str(error).split())}); "
+                                "choose another --out or pass --overwrite to replace it") from None
+    if stored.get("identity") == json.loads(json.dumps(identity, sort_keys=True, default=str)):
+        return records
+    if overwrite:
+        return {}
+    guard_result(path, identity)  # raises, naming the arguments that differ
+    return records  # pragma: no cover - guard_result raised
+
+
+def write_partial(path: Path, identity: Dict[str, object], command: str, records: Dict[int, dict]) -> None:
+    """Writes the finished samples' records atomically (a reader sees the old file or the new one)."""
+    document = {"identity": identity, "command": command, "partial": True,
+                "samples": [records[index] for index in sorted(records)]}
+    atomic_write_text(path, json.dumps(document, indent=1, default=str) + "\n")
+
+
+class _TermAsInterrupt:
+    """SIGTERM raises ``KeyboardInterrupt`` (as Ctrl-C does) while the run is in progress, so an
+    interrupted run stops between two atomic writes of its partial file. Main thread only."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        return False
 
 
 PROG = "python -m verify.dataset"
@@ -208,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="--method complete: branching rule of verify.bab (docs/VERIFY.md)")
     add("--root-milp", type=float, default=BabConfig.root_milp,
         help="--method complete: share of --time-limit for one MILP on the whole set, in [0, 1] (0: none)")
+    add("--sets", choices=SAMPLE_SETS, default="protocol",
+        help="samples and sets: protocol = the attack protocol's seeded selection and rand maps; certify = "
+             "python -m refsnn.certify's (the first --n samples, its rand maps and l0 boxes)")
     cli.add_batch_size(parser, 4, detail=" (one task)")
     cli.add_out(parser, "runs/verify/<dataset>-<model name>-<set>-eps<eps>-robustT<T'>-n<n>-seed<seed>-<key of all "
                         "arguments and the model>; writes verify.json and verify.csv")
@@ -229,7 +330,8 @@ def result_identity(args: argparse.Namespace, config: DatasetVerifyConfig) -> Di
             "n": args.n, "input_set": config.input_set, "eps": config.eps, "convention": config.convention,
             "robust_T": config.horizon, "seed": config.seed, "time_limit": config.time_limit, "bigm": config.bigm,
             "solver": config.solver, "attack_samples": config.attack_samples, "method": config.method,
-            **({"branching": config.branching, "root_milp": config.root_milp} if config.method == "complete" else {})}
+            **({"branching": config.branching, "root_milp": config.root_milp} if config.method == "complete" else {}),
+            **({"sets": config.sets} if config.sets != "protocol" else {})}
 
 
 @cli.run_main(PROG)
@@ -247,7 +349,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = DatasetVerifyConfig(eps=args.eps, input_set=input_set, convention=args.convention,
                                      horizon=args.robust_T, seed=args.seed, time_limit=args.time_limit,
                                      solver=args.solver, chunk_size=args.batch_size, method=args.method,
-                                     branching=args.branching, root_milp=args.root_milp)
+                                     branching=args.branching, root_milp=args.root_milp, sets=args.sets)
         net = load_model(args.model, dtype=np.float64)
     except (OSError, ValueError) as error:
         parser.error(str(error))
@@ -256,10 +358,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "verify", args.dataset, model_name, input_set, f"eps{args.eps:g}", f"robustT{args.robust_T}", f"n{args.n}",
         f"seed{args.seed}", result_key(identity)))
     guard_result(out / "verify.json", identity, args.overwrite)  # before the work, not after it
+    done = read_partial(out / PARTIAL, identity, args.overwrite)
     cli.check_robust_T(args.robust_T, cli.model_time_steps(args.model), "the model's training T")
-    x_all, y_all = load_dataset(args.dataset, args.split, data_dir=args.data_dir, T=args.robust_T)
+    if args.sets == "certify":  # exactly refsnn.certify's load (event data binned at load_dataset's default T)
+        x_all, y_all = load_dataset(args.dataset, args.split, data_dir=args.data_dir, limit=args.n)
+    else:
+        x_all, y_all = load_dataset(args.dataset, args.split, data_dir=args.data_dir, T=args.robust_T)
     try:
         indices = select_samples(len(y_all), args.n, args.seed)
+        if args.sets == "certify":  # refsnn.certify's samples: the first n of the split
+            indices = np.arange(args.n)
     except ValueError as error:
         parser.error(str(error))
     x, labels = x_all[indices], np.asarray(y_all[indices], dtype=np.int64)
@@ -268,21 +376,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"the model expects inputs {net.input_shape}, the dataset gives {expected}")
     from refsnn.progress import Progress
 
+    command = "python -m verify.dataset " + " ".join(shlex.quote(a) for a in argv)
+    selected = {int(index) for index in indices}
+    done = {index: record for index, record in done.items() if index in selected}
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save_chunk(records: List[dict]) -> None:
+        done.update((record["index"], record) for record in records)
+        write_partial(out / PARTIAL, identity, command, done)
+
+    resumed = len(done)
     started = time.perf_counter()
     try:
-        with dask_client(args.workers, args.scheduler) as client, \
+        with _TermAsInterrupt(), dask_client(args.workers, args.scheduler) as client, \
                 Progress(args.n, "verify", "sample", quiet=args.quiet, bar=not args.no_progress) as bar:
-            report = verify_dataset(net, x, labels, indices, config, scheduler=client, progress=bar.update)
+            if done and not args.quiet:
+                print(f"resuming: {len(done)} of {args.n} samples already verified in {out / PARTIAL}")
+            report = verify_dataset(net, x, labels, indices, config, scheduler=client, progress=bar.update,
+                                    done=dict(done), on_chunk=save_chunk)
     except ImportError as error:
         parser.error(str(error))
+    except KeyboardInterrupt:
+        print(f"interrupted: {len(done)} of {args.n} samples saved in {out / PARTIAL}; rerun the same command "
+              "to continue", file=sys.stderr)
+        return 130
     seconds = time.perf_counter() - started
-    out.mkdir(parents=True, exist_ok=True)
-    command = "python -m verify.dataset " + " ".join(shlex.quote(a) for a in argv)
     import os
 
     document = {"identity": identity, "command": command, "model": args.model, "dataset": args.dataset,
                 "split": args.split, "config": asdict(config), "summary": report["summary"],
                 "samples": report["samples"], "seconds_total": round(seconds, 3),
+                "resumed_samples": resumed,
                 "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                             "python": platform.python_version(),
                             "workers": args.workers, "scheduler": args.scheduler}}
@@ -293,6 +417,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     writer.writeheader()
     writer.writerows(report["samples"])
     atomic_write_text(out / "verify.csv", buffer.getvalue())
+    (out / PARTIAL).unlink(missing_ok=True)  # superseded by verify.json
     s = report["summary"]
     print(f"{s['n']} samples: {s['robust']} robust, {s['not_robust']} not robust, {s['unknown']} unknown; "
           f"clean correct {s['clean_correct']}; verified robust accuracy {s['verified_robust_accuracy']:.3f} "

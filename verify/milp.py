@@ -14,8 +14,10 @@ spacing, so for integer specifications exact means exact.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
@@ -26,7 +28,7 @@ from refsnn.firing import fires, fires_at_threshold
 from .encoding import (MembraneBounds, SNNMilp, VerifierError, check_bounds_on_samples, dyadic_margin,
                        float64_network, membrane_bounds, pad_bounds, stage_affine_maps)
 from .sets import InputSet, sets_from_boxes
-from .specs import normalize_specs, other_classes
+from .specs import normalize_specs, other_classes, spec_grid
 
 STATUSES = ("exact", "tie-gap", "timeout")
 RELAX_MARGIN = 1e-6  # the relaxed model admits m in [th - 1e-6, th + 1e-6] on both fire branches
@@ -58,6 +60,18 @@ class Extreme:
     @property
     def exact(self) -> bool:
         return self.status == "exact"
+
+
+def sound_rate_bound(bound: Optional[float], coefs: np.ndarray, steps: int, sense: str) -> Optional[Fraction]:
+    """A MILP bound of ``coefs . f`` (``Extreme.bound``) as a rational (None when it is missing or
+    infinite). For integer ``coefs``, ``T' coefs . f`` is an integer for every input, so the bound
+    rounds inward to the ``1/T'`` grid only past the solver's tolerance (1e-6)."""
+    if bound is None or not math.isfinite(bound):
+        return None
+    if spec_grid(np.asarray(coefs), steps) is not None:
+        scaled = bound * steps
+        return Fraction(math.ceil(scaled - 1e-6) if sense == "min" else math.floor(scaled + 1e-6), steps)
+    return Fraction(bound)
 
 
 class SampleVerifier:
