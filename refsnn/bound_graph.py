@@ -2,8 +2,9 @@
 policy (plain arithmetic in the network's dtype, no rounding margins) with a hand-written reverse pass.
 
 The forward computation is ``refsnn.operator``'s stage operator (``interval_step``,
-``backsub_step``) with the rules of ``refsnn.relaxations`` (eqs. 7-11, 15-18), the same operator
-the certified bounds run under the ``sound`` policy; a loss needs no certificate, and every
+``backsub_step``) with the rules of ``refsnn.relaxations`` (eqs. 7-11, 15-18), the back-substitution
+run by the one stage driver ``refsnn.crown.backsub_stages``: the same operator and driver the
+certified bounds run under the ``sound`` policy; a loss needs no certificate, and every
 certified number refsnn reports is recomputed with ``refsnn.bounds.compute_bounds``. A test checks
 that both agree up to the margins.
 
