@@ -117,6 +117,9 @@ def backsub_stages(stages: Sequence[PreparedStage],
     for k in range(last, -1, -1):
         stage = stages[k]
         table = tables(k) if callable(tables) else tables[k]
+        if table.rounding is not None and lam_s.dtype != np.float64:
+            # the rounding bound (gamma of the float64 unit roundoff) holds for float64 arithmetic only
+            raise ValueError(f"lam_s: the sound policy's tables need float64 coefficients, got {lam_s.dtype}")
         step = backsub_stage(lam_s, table, record=record, sides=None if sides is None else sides[k],
                              params=None if params is None else params[k], query=query if k == last else None,
                              parallel_min_work=parallel_min_work)

@@ -152,6 +152,8 @@ def test_stage_driver_takes_tables_by_callable_and_held_sides_and_keeps_the_poli
         for mine, reference in zip((lam, bias, err), runs[0][:3]):
             np.testing.assert_array_equal(mine, reference)
     assert bias.dtype == np.float64 and np.all(err > 0)
+    with pytest.raises(ValueError, match="lam_s"):  # a rounding bound in float64 terms needs float64 sums
+        backsub_stages(stages, tables, lam_s.astype(np.float32))
     net32 = SNN(net.layers, input_shape=shape, surrogate=net.surrogate, dtype=np.float32)
     graph = BoundGraph(net32, x_lower, x_upper, np.eye(3)[None].repeat(2, axis=0))
     exact_tables = [rec["tables"] for rec in graph.crown_records]
