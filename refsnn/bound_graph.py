@@ -2,8 +2,9 @@
 policy (plain arithmetic in the network's dtype, no rounding margins) with a hand-written reverse pass.
 
 The forward computation is ``refsnn.operator``'s stage operator (``interval_step``,
-``backsub_step``) with the rules of ``refsnn.relaxations`` (eqs. 7-11, 15-18), the same operator
-the certified bounds run under the ``sound`` policy; a loss needs no certificate, and every
+``backsub_step``) with the rules of ``refsnn.relaxations`` (eqs. 7-11, 15-18), the back-substitution
+run by the one stage driver ``refsnn.crown.backsub_stages``: the same operator and driver the
+certified bounds run under the ``sound`` policy; a loss needs no certificate, and every
 certified number refsnn reports is recomputed with ``refsnn.bounds.compute_bounds``. A test checks
 that both agree up to the margins.
 
@@ -26,7 +27,8 @@ import numpy as np
 
 from .firing import fires_at_threshold
 from .layers import Conv2d, Linear
-from .operator import StepTables, backsub_stage, backsub_stage_reverse, interval_kernel
+from .crown import backsub_stages
+from .operator import StepTables, backsub_stage_reverse, interval_kernel
 from .relaxations import STABLE_OFF, STABLE_ON, UNSTABLE, Fire, Precision, Reset
 from .spec import spec_interval
 
@@ -228,42 +230,35 @@ class BoundGraph:
                       reset_lower=reset_lower, reset_upper=reset_upper)
 
     def _step_tables(self, k) -> StepTables:
+        """Stage ``k``'s relaxation (``_relaxation``) as ``backsub_step`` tables in the network dtype
+        (no rounding magnitudes: the ``exact`` policy); the stage driver calls it when it reaches ``k``."""
+        self._relaxation(k)
         record = self.records[k]
         return StepTables(record["state"], record["slope_lower"], record["icpt_lower"], record["slope_upper"],
                           record["icpt_upper"], record["reset_lower"], record["reset_upper"], self.dtype.type(self.decay),
                           self.maps[k].bias.astype(self.dtype))
 
     def _crown_forward(self) -> np.ndarray:
-        steps, batch, alpha = self.steps, self.batch, self.decay
-        rows = self.C.shape[1]
+        """Eqs. 15-18 through the one stage driver (``refsnn.crown.backsub_stages``), then the
+        concretization at the input box (the sparse first stage's, or the dense one): ``[B, S]``."""
+        steps = self.steps
         lam_s = np.broadcast_to(self.C[None] / steps, (steps,) + self.C.shape).astype(self.dtype)
-        bias = np.zeros((batch, rows), self.dtype)
-        self.crown_records = [None] * len(self.maps)
-        for k in range(len(self.maps) - 1, -1, -1):
-            maps, record = self.maps[k], self.records[k]
-            self._relaxation(k)
-            n = maps.n_neurons
-            lam_s = np.ascontiguousarray(lam_s.reshape(steps, batch, rows, n))
-            fixed = self.frozen
-            reset_side = self.choices.reset_lower_side[k] if fixed else None
-            fire_side = self.choices.fire_lower_side[k] if fixed else None
-            tables = self._step_tables(k)
-            step = backsub_stage(lam_s, tables, record=True,
-                                 sides=(reset_side, fire_side) if fixed else None,
-                                 parallel_min_work=_PARALLEL_MIN_WORK)
-            lam_cur, fire_coef, stage_bias = step.lam_cur, step.fire_coef, step.bias
-            reset_side, fire_side = step.reset_side, step.fire_side
-            bias += stage_bias
-            if not fixed:
-                self.choices.reset_lower_side[k] = reset_side
-                self.choices.fire_lower_side[k] = fire_side
-            self.crown_records[k] = dict(lam_s=lam_s, lam_cur=lam_cur, fire_coef=fire_coef,
-                                         reset_side=reset_side, fire_side=fire_side, step=step, tables=tables)
-            if k == 0 and self.sparse_input:
-                return self._first_stage_concretize(lam_cur, bias)
-            lam_s = maps.transpose(lam_cur.reshape(steps * batch * rows, n)).reshape((steps, batch, rows, -1))
-        mid = ((self.x_lower + self.x_upper) * 0.5).reshape(steps, batch, -1)
-        rad = ((self.x_upper - self.x_lower) * 0.5).reshape(steps, batch, -1)
+        sides = None
+        if self.frozen:
+            sides = [(self.choices.reset_lower_side[k], self.choices.fire_lower_side[k])
+                     for k, _ in enumerate(self.maps)]
+        lam_s, bias, _, records = backsub_stages(self.maps, self._step_tables, lam_s, record=True, sides=sides,
+                                                 transpose_first=not self.sparse_input,
+                                                 parallel_min_work=_PARALLEL_MIN_WORK)
+        self.crown_records = [dict(lam_cur=rec.step.lam_cur, step=rec.step, tables=rec.tables) for rec in records]
+        if not self.frozen:
+            for rec in records:
+                self.choices.reset_lower_side[rec.k] = rec.step.reset_side
+                self.choices.fire_lower_side[rec.k] = rec.step.fire_side
+        if self.sparse_input:
+            return self._first_stage_concretize(lam_s, bias)
+        mid = ((self.x_lower + self.x_upper) * 0.5).reshape(steps, self.batch, -1)
+        rad = ((self.x_upper - self.x_lower) * 0.5).reshape(steps, self.batch, -1)
         if self.frozen and self.choices.input_sign is not None:
             sign = self.choices.input_sign
         else:

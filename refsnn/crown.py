@@ -31,7 +31,7 @@ sound (docs/BOUNDS.md says how often and by how much they differ).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from numba import njit
@@ -39,7 +39,7 @@ from numba import njit
 from .ibp import IntervalBounds, PreparedStage, interval_bounds_of_box, prepare_stages
 from .input_sets import BinaryBox, binary_box
 from .kernels import transpose_contiguous
-from .operator import StepOutput, StepTables, backsub_stage
+from .operator import PARALLEL_MIN_WORK, StepOutput, StepTables, backsub_stage
 from .neurons import neuron_model
 from .relaxations import UNIT_ROUNDOFF_FLOAT64, Fire, gamma, output_rounding_margin
 from .spec import normalize_spec
@@ -88,38 +88,53 @@ class StageRecord:
     lam_prev: Optional[np.ndarray]
 
 
-def backsub_stages(stages: Sequence[PreparedStage], tables: Sequence[StepTables], lam_s: np.ndarray,
+def backsub_stages(stages: Sequence[PreparedStage],
+                   tables: Union[Sequence[StepTables], Callable[[int], StepTables]], lam_s: np.ndarray,
                    record: bool = False, params: Optional[Sequence[Sequence[np.ndarray]]] = None,
-                   query: Optional[np.ndarray] = None, transpose_first: bool = True):
+                   query: Optional[np.ndarray] = None, transpose_first: bool = True,
+                   sides: Optional[Sequence[Tuple[np.ndarray, np.ndarray]]] = None,
+                   parallel_min_work: int = PARALLEL_MIN_WORK):
     """Steps 1-4 of Alg. 2 from the last stage to the first: the one loop over stages (and, inside
-    ``refsnn.operator.backsub_stage``, over time) of S-CROWN, optimized S-CROWN and full S-CROWN.
+    ``refsnn.operator.backsub_stage``, over time) of S-CROWN, optimized S-CROWN, full S-CROWN and
+    the training bound graph (``refsnn.bound_graph``).
 
-    ``lam_s [T', B, R, n_K]``: coefficients on the last stage's spikes; ``tables[k]``: stage ``k``'s
-    ``StepTables``; ``params[k]`` its optimized slopes (``refsnn.alpha``); ``query [B, R, n_K]``:
-    a membrane query of the last stage (``lam_s`` zero). Returns ``(lam, bias, err, records)``:
-    ``lam [T', B, R, *in]`` on the input (``lam_cur`` of stage 0 if not ``transpose_first``),
-    ``bias``/``err [B, R]`` the constant and the rounding bound so far (each stage's own plus the
-    rounding of the running sum), ``records`` the ``StageRecord`` list (first stage first) or None.
+    ``stages``: anything with ``n_neurons`` and the spatial adjoint ``transpose([N, n]) -> [N, *in]``;
+    ``lam_s [T', B, R, n_K]``: coefficients on the last stage's spikes, in the dtype the precision
+    policy computes in (float64 under ``sound``, the network's under ``exact``); ``tables[k]`` or
+    ``tables(k)``: stage ``k``'s ``StepTables`` (a callable builds them when the stage is reached);
+    ``params[k]`` its optimized slopes (``refsnn.alpha``); ``sides[k]``: its ``(reset_side,
+    fire_side)`` held fixed; ``query [B, R, n_K]``: a membrane query of the last stage (``lam_s``
+    zero). Returns ``(lam, bias, err, records)``: ``lam [T', B, R, *in]`` on the input (``lam_cur``
+    of stage 0 if not ``transpose_first``), ``bias [B, R]`` the constant (in ``lam_s``'s dtype),
+    ``err [B, R]`` the rounding bound so far (each stage's own plus the rounding of the running
+    sum; zero where the tables carry no rounding magnitudes), ``records`` the ``StageRecord`` list
+    (first stage first) or None.
     """
     steps, batch, rows = lam_s.shape[:3]
-    bias = np.zeros((batch, rows))
+    bias = np.zeros((batch, rows), lam_s.dtype)
     err = np.zeros((batch, rows))
     records = [] if record else None
     last = len(stages) - 1
     for k in range(last, -1, -1):
         stage = stages[k]
-        step = backsub_stage(lam_s, tables[k], record=record, params=None if params is None else params[k],
-                             query=query if k == last else None)
+        table = tables(k) if callable(tables) else tables[k]
+        if table.rounding is not None and lam_s.dtype != np.float64:
+            # the rounding bound (gamma of the float64 unit roundoff) holds for float64 arithmetic only
+            raise ValueError(f"lam_s: the sound policy's tables need float64 coefficients, got {lam_s.dtype}")
+        step = backsub_stage(lam_s, table, record=record, sides=None if sides is None else sides[k],
+                             params=None if params is None else params[k], query=query if k == last else None,
+                             parallel_min_work=parallel_min_work)
         bias += step.bias
-        err += step.err + 4.0 * U64 * np.abs(bias)
+        if table.rounding is not None:
+            err += step.err + 4.0 * U64 * np.abs(bias)
         if k == 0 and not transpose_first:
             lam_s = step.lam_cur
             lam_prev = None
         else:
             lam_s = stage.transpose(step.lam_cur.reshape(steps * batch * rows, stage.n_neurons))
-            lam_s = lam_prev = lam_s.reshape((steps, batch, rows, -1))
+            lam_s = lam_prev = np.ascontiguousarray(lam_s.reshape((steps, batch, rows, -1)))
         if record:
-            records.append(StageRecord(k, step, tables[k], lam_prev))
+            records.append(StageRecord(k, step, table, lam_prev))
     if record:
         records.reverse()
     return lam_s, bias, err, records

@@ -144,6 +144,65 @@ def test_conv_adjoint_at_positions_equals_the_dense_adjoint(kernel, stride, padd
     np.testing.assert_allclose(grad_weight, expected, rtol=0, atol=1e-11)
 
 
+@pytest.mark.parametrize("arch", ["fc", "fc-wide", "conv"])
+def test_training_graph_back_substitutes_through_the_one_stage_driver(monkeypatch, arch):
+    """``BoundGraph`` runs ``refsnn.crown.backsub_stages`` (tables built per stage, sides passed
+    when frozen, stage 0 left untransposed on the sparse path); a frozen graph reproduces its
+    bound bit for bit."""
+    import refsnn.bound_graph as bound_graph
+    from refsnn.crown import backsub_stages
+    calls = []
+
+    def spy(stages, tables, lam_s, **options):
+        calls.append((callable(tables), options["sides"], options["transpose_first"], lam_s.dtype))
+        return backsub_stages(stages, tables, lam_s, **options)
+
+    monkeypatch.setattr(bound_graph, "backsub_stages", spy)
+    rng = np.random.default_rng(5)
+    net, shape = _small_net(arch, rng)
+    x_lower = (rng.random((2, 3) + shape) < 0.3).astype(float)
+    x_upper = x_lower.copy()
+    x_upper[..., :2] = 1.0
+    C = margin_spec(rng.integers(0, 3, 3), 3)
+    graph = BoundGraph(net, x_lower, x_upper, C)
+    frozen = BoundGraph(net, x_lower, x_upper, C, choices=graph.choices)
+    assert [c[0] for c in calls] == [True, True] and calls[0][1] is None
+    assert len(calls[1][1]) == len(net.stages) and calls[0][3] == net.dtype
+    assert calls[0][2] == (not graph.sparse_input) and graph.sparse_input == (arch == "fc-wide")
+    np.testing.assert_array_equal(frozen.crown_lower, graph.crown_lower)
+
+
+def test_stage_driver_takes_tables_by_callable_and_held_sides_and_keeps_the_policy_dtype():
+    """The driver's options give bit-identical results: tables as a list or built per stage, the
+    sides it chose or the same sides held fixed. Under ``exact`` (training tables, float32) the
+    constant stays float32 and no rounding bound accrues; under ``sound`` it does."""
+    from refsnn.crown import backsub_stages, stage_step_tables
+    from refsnn.ibp import interval_bounds, prepare_stages
+    rng = np.random.default_rng(2)
+    net, shape = _small_net("conv", rng)
+    x_lower = (rng.random((3, 2) + shape) < 0.3).astype(float)
+    x_upper = np.maximum(x_lower, rng.random((3, 2) + shape) < 0.5).astype(float)
+    stages = prepare_stages(net)
+    bounds = interval_bounds(net, x_lower, x_upper, stages)
+    tables = [stage_step_tables(bounds, k, stage) for k, stage in enumerate(stages)]
+    lam_s = np.ascontiguousarray(np.broadcast_to(rng.standard_normal((1, 2, 4, 3)), (3, 2, 4, 3)))
+    runs = [backsub_stages(stages, tables, lam_s, record=True)]
+    runs.append(backsub_stages(stages, lambda k: tables[k], lam_s, record=True))
+    sides = [(rec.step.reset_side, rec.step.fire_side) for rec in runs[0][3]]
+    runs.append(backsub_stages(stages, tables, lam_s, record=True, sides=sides))
+    for lam, bias, err, _ in runs[1:]:
+        for mine, reference in zip((lam, bias, err), runs[0][:3]):
+            np.testing.assert_array_equal(mine, reference)
+    assert bias.dtype == np.float64 and np.all(err > 0)
+    with pytest.raises(ValueError, match="lam_s"):  # a rounding bound in float64 terms needs float64 sums
+        backsub_stages(stages, tables, lam_s.astype(np.float32))
+    net32 = SNN(net.layers, input_shape=shape, surrogate=net.surrogate, dtype=np.float32)
+    graph = BoundGraph(net32, x_lower, x_upper, np.eye(3)[None].repeat(2, axis=0))
+    exact_tables = [rec["tables"] for rec in graph.crown_records]
+    lam, bias, err, _ = backsub_stages(graph.maps, exact_tables, lam_s[:, :, :3].astype(np.float32))
+    assert lam.dtype == bias.dtype == np.float32 and not np.any(err)
+
+
 def test_kappa_one_is_natural_training():
     rng = np.random.default_rng(1)
     net, shape = _small_net("fc", rng)
