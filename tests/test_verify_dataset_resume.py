@@ -139,3 +139,32 @@ def test_certify_sets_are_the_sets_refsnn_certify_bounds(input_set, monkeypatch)
         protocol, _ = sample_set(x[0], indices[0], DatasetVerifyConfig(eps=eps, input_set=input_set, horizon=3,
                                                                         seed=7))
         assert protocol.count() > verified.count()
+
+
+def test_indices_rerun_a_chosen_sample_on_the_set_the_selection_gave_it(tiny_model, tmp_path):
+    """``--indices`` verifies exactly the named samples, each on the set of the seeded selection
+    (per-sample seeds), so undecided samples can be rerun alone with another time limit."""
+    from verify.dataset import main
+
+    assert main(_argv(tiny_model, tmp_path / "whole")) == 0
+    whole, _ = _records(tmp_path / "whole")
+    chosen = [whole[3]["index"], whole[1]["index"]]
+    argv = _argv(tiny_model, tmp_path / "chosen", "--indices", ",".join(map(str, chosen)))
+    assert main(argv) == 0
+    again, document = _records(tmp_path / "chosen")
+    assert [r["index"] for r in again] == sorted(chosen)
+    assert again == sorted([whole[3], whole[1]], key=lambda r: r["index"])
+    assert document["identity"]["indices"] == sorted(chosen) and document["summary"]["n"] == 2
+
+
+@pytest.mark.parametrize("value,message", [("3,x", "comma-separated"), ("4,4", "distinct"), ("-1", "non-negative"),
+                                           ("999999", "beyond")])
+def test_indices_refuse_bad_values_in_one_line(tiny_model, tmp_path, capsys, value, message):
+    from verify.dataset import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(_argv(tiny_model, tmp_path / "bad", "--indices", value))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1]
+    assert not (tmp_path / "bad" / "verify.json").exists()

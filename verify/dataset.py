@@ -51,7 +51,7 @@ import time
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -309,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--sets", choices=SAMPLE_SETS, default="protocol",
         help="samples and sets: protocol = the attack protocol's seeded selection and rand maps; certify = "
              "python -m refsnn.certify's (the first --n samples, its rand maps and l0 boxes)")
+    add("--indices", type=_index_list, default=None, metavar="I,J,...",
+        help="verify exactly these samples of --split (comma-separated indices; their sets are the ones the "
+             "protocol selection gives them: per-sample seeds) instead of the seeded selection of --n; "
+             "for rerunning undecided samples with another --time-limit")
     cli.add_batch_size(parser, 4, detail=" (one task)")
     cli.add_out(parser, "runs/verify/<dataset>-<model name>-<set>-eps<eps>-robustT<T'>-n<n>-seed<seed>-<key of all "
                         "arguments and the model>; writes verify.json and verify.csv")
@@ -331,7 +335,19 @@ def result_identity(args: argparse.Namespace, config: DatasetVerifyConfig) -> Di
             "robust_T": config.horizon, "seed": config.seed, "time_limit": config.time_limit, "bigm": config.bigm,
             "solver": config.solver, "attack_samples": config.attack_samples, "method": config.method,
             **({"branching": config.branching, "root_milp": config.root_milp} if config.method == "complete" else {}),
-            **({"sets": config.sets} if config.sets != "protocol" else {})}
+            **({"sets": config.sets} if config.sets != "protocol" else {}),
+            **({"indices": list(args.indices)} if getattr(args, "indices", None) is not None else {})}
+
+
+def _index_list(text: str) -> Tuple[int, ...]:
+    """``--indices``: distinct non-negative integers, comma-separated, kept sorted."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated sample indices, got {text!r}") from None
+    if not values or min(values) < 0 or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct non-negative sample indices, got {text!r}")
+    return tuple(sorted(values))
 
 
 @cli.run_main(PROG)
@@ -343,6 +359,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.indices is not None:
+        if args.sets == "certify":
+            parser.error("--indices selects protocol samples; it cannot be combined with --sets certify")
+        args.n = len(args.indices)
     model_name = Path(args.model).parent.name if Path(args.model).stem == "model" else Path(args.model).stem
     input_set = args.input_set or ("spike" if args.dataset in EVENT_DATASETS else "digital")
     try:
@@ -364,8 +384,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         x_all, y_all = load_dataset(args.dataset, args.split, data_dir=args.data_dir, limit=args.n)
     else:
         x_all, y_all = load_dataset(args.dataset, args.split, data_dir=args.data_dir, T=args.robust_T)
+    if args.indices is not None and args.indices[-1] >= len(y_all):
+        parser.error(f"--indices: sample {args.indices[-1]} is beyond the {len(y_all)} samples of --split")
     try:
-        indices = select_samples(len(y_all), args.n, args.seed)
+        if args.indices is not None:  # the sets depend only on (seed, index): see sample_set
+            indices = np.asarray(args.indices, dtype=np.int64)
+        else:
+            indices = select_samples(len(y_all), args.n, args.seed)
         if args.sets == "certify":  # refsnn.certify's samples: the first n of the split
             indices = np.arange(args.n)
     except ValueError as error:
