@@ -28,7 +28,7 @@ import numpy as np
 from .firing import fires_at_threshold
 from .layers import Conv2d, Linear
 from .crown import backsub_stages
-from .operator import StepTables, backsub_stage_reverse, interval_kernel
+from .operator import NeuronModelError, StepTables, backsub_stage_reverse, interval_kernel
 from .relaxations import STABLE_OFF, STABLE_ON, UNSTABLE, Fire, Precision, Reset
 from .spec import spec_interval
 
@@ -135,6 +135,9 @@ class BoundGraph:
 
     def __init__(self, net, x_lower, x_upper, C, smooth: bool = False, choices: Optional[Choices] = None,
                  with_crown: bool = True):
+        if net.reset != "zero":  # its tables are eq. 9/10's: another reset would get the LIF's bounds
+            raise NeuronModelError(f"reset={net.reset!r}: robust training's bound graph is defined for the paper's "
+                                   "LIF (reset='zero') only; train this neuron model with the natural loss")
         self.net = net
         self.dtype = net.dtype
         self.threshold = float(net.threshold)

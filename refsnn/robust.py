@@ -22,7 +22,6 @@ import numpy as np
 from .bound_graph import BoundGraph, Choices
 from .input_sets import DEFAULT_ROBUST_T
 from .losses import softmax_cross_entropy
-from .operator import NeuronModelError
 from .spec import margin_spec, other_classes
 
 
@@ -55,9 +54,6 @@ def robust_loss(net, spikes: np.ndarray, labels: np.ndarray, x_lower: np.ndarray
         raise ValueError(f"kappa and beta must lie in [0, 1], got kappa={kappa}, beta={beta}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    if kappa < 1.0 and net.reset != "zero":
-        raise NeuronModelError(f"reset={net.reset!r}: robust training's bound graph is defined for the paper's LIF "
-                               "(reset='zero') only; train this neuron model with kappa=1 (natural loss)")
     labels = np.asarray(labels)
     natural_loss_fn = natural_loss_fn or softmax_cross_entropy
     trace = net.run(spikes, smooth=smooth, validate=False)

@@ -149,7 +149,8 @@ def test_indices_rerun_a_chosen_sample_on_the_set_the_selection_gave_it(tiny_mod
     assert main(_argv(tiny_model, tmp_path / "whole")) == 0
     whole, _ = _records(tmp_path / "whole")
     chosen = [whole[3]["index"], whole[1]["index"]]
-    argv = _argv(tiny_model, tmp_path / "chosen", "--indices", ",".join(map(str, chosen)))
+    argv = [a for a in _argv(tiny_model, tmp_path / "chosen") if a not in ("--n", "5")]
+    argv += ["--indices", ",".join(map(str, chosen))]
     assert main(argv) == 0
     again, document = _records(tmp_path / "chosen")
     assert [r["index"] for r in again] == sorted(chosen)
@@ -163,8 +164,20 @@ def test_indices_refuse_bad_values_in_one_line(tiny_model, tmp_path, capsys, val
     from verify.dataset import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(_argv(tiny_model, tmp_path / "bad", "--indices", value))
+        main([a for a in _argv(tiny_model, tmp_path / "bad") if a not in ("--n", "5")] + ["--indices", value])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1]
     assert not (tmp_path / "bad" / "verify.json").exists()
+
+
+@pytest.mark.parametrize("extra,message", [(("--indices", "1", "--n", "3"), "cannot be combined with --n"),
+                                           (("--sets", "certify", "--split", "train"), "test split")])
+def test_sample_choices_that_contradict_each_other_are_refused(tiny_model, tmp_path, capsys, extra, message):
+    from verify.dataset import main
+
+    argv = [a for a in _argv(tiny_model, tmp_path / "bad") if a not in ("--n", "5")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv + list(extra))
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]

@@ -359,9 +359,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.sets == "certify" and args.split != "test":
+        parser.error("--sets certify verifies refsnn.certify's sets, which are drawn from the test split; "
+                     "drop --split or use --sets protocol")
     if args.indices is not None:
         if args.sets == "certify":
             parser.error("--indices selects protocol samples; it cannot be combined with --sets certify")
+        if any(arg == "--n" or arg.startswith("--n=") for arg in argv):
+            parser.error("--indices names the samples; it cannot be combined with --n")
         args.n = len(args.indices)
     model_name = Path(args.model).parent.name if Path(args.model).stem == "model" else Path(args.model).stem
     input_set = args.input_set or ("spike" if args.dataset in EVENT_DATASETS else "digital")

@@ -470,6 +470,9 @@ def to_nir(net: SNN, dt: float, *, firing_metadata: bool = False):
     dt = _check_dt(dt)
     if not isinstance(net, SNN):
         raise NIRError(f"to_nir takes a refsnn SNN, got {type(net).__name__}")
+    if getattr(net, "reset", "zero") != "zero":
+        raise NIRRefused(f"reset={net.reset!r}: NIR's LIF and IF nodes reset to v_reset; only reset='zero' networks "
+                         "are written")
     if net.firing != _NIR_FIRING and not firing_metadata:
         raise NIRRefused("NIR's LIF and IF fire when v > v_threshold; this network fires at m >= threshold. "
                          "Pass firing_metadata=True to record '>=' in each neuron node's metadata (refsnn reads "

@@ -242,6 +242,10 @@ def test_to_nir_refusals():
         to_nir(fc_net(firing=">="), DT)
     with pytest.raises(NIRRefused, match="decay 0.1 is not 1 - dt/tau"):
         to_nir(fc_net(decay=0.1), DT)
+    net = fc_net()
+    subtracting = SNN(net.layers, threshold=net.threshold, decay=net.decay, firing=net.firing, reset="subtract")
+    with pytest.raises(NIRRefused, match="reset='subtract'"):  # NIR's nodes reset to v_reset, not by subtraction
+        to_nir(subtracting, DT)
 
 
 @pytest.mark.parametrize("dt", [0, -1e-4, float("nan"), float("inf"), "1e-4", True, None])
