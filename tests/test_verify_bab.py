@@ -66,6 +66,8 @@ def _problem(draw):
                        attack_samples=draw(st.sampled_from([0, 8])), search_starts=draw(st.sampled_from([0, 1])),
                        batch=draw(st.sampled_from([1, 4])), root_milp=draw(st.sampled_from([0.0, 0.5])),
                        root_milp_after=draw(st.sampled_from([0, 8])),
+                       restarts=draw(st.sampled_from([0, 3])), search_steps=draw(st.sampled_from([0, 5])),
+                       root_milp_max_unstable=draw(st.sampled_from([None, 0, 4])),
                        time_limit=None)
     return net, input_set, label, config
 
@@ -99,7 +101,7 @@ def test_spike_branching_verdict_equals_enumeration(problem, branching, method):
     # no attacks, no MILP, leaves of one member: the verdict comes from the spike splits and their bounds
     net, input_set, label, _ = problem
     config = BabConfig(method=method, branching=branching, enumerate_max=1, milp_max_free=0, attack_samples=0,
-                       search_starts=0, root_milp=0.0, batch=2, time_limit=None)
+                       search_starts=0, restarts=0, root_milp=0.0, batch=2, time_limit=None)
     result = robust_bab(net, input_set, label, config)
     exact = _exact_min_margin(net, input_set, label)
     assert result.status == ("robust" if exact > 0 else "not_robust"), (result, exact)
@@ -134,7 +136,7 @@ def test_spike_split_children_hold_every_member_by_its_exact_spikes(data):
     sides = list(itertools.product((SPIKE_OFF, SPIKE_ON), repeat=len(picks)))
     children = [_Child(root, search.others, float("inf"), 1, tuple((*p, v) for p, v in zip(picks, side)))
                 for side in sides]
-    lower, _, empty, _ = search.bound(children)
+    lower, _, empty, *_ = search.bound(children)
     exact = ExactNetwork(net)
     for xs in input_set.enumerate(64):
         for i in range(xs.shape[1]):
@@ -156,8 +158,8 @@ def _tie_net(firing: str) -> SNN:
 def test_a_tie_is_not_robust_even_when_no_attack_runs(firing):
     net = _tie_net(firing)
     box = BoxSet(np.zeros((2, 1), np.uint8), np.ones((2, 1), np.uint8))
-    result = robust_bab(net, box, 0, BabConfig(attack_samples=0, search_starts=0, enumerate_max=1, milp_max_free=0,
-                                               time_limit=None))
+    result = robust_bab(net, box, 0, BabConfig(attack_samples=0, search_starts=0, restarts=0, enumerate_max=1,
+                                               milp_max_free=0, time_limit=None))
     robust, exact_min, _ = enumerate_robust(net, box, 0)
     assert not robust and result.status == "not_robust"
     assert result.margin_lower <= exact_min <= result.attack_margin <= 0
@@ -203,6 +205,51 @@ def test_level_set_holds_the_members_and_restrict_partitions(data):
         assert right.contains(x) and not left.contains(x)
 
 
+def _chain_net() -> SNN:
+    # output 0 fires at every step; output 1 fires at both steps (a tie) only when at least 7 of the
+    # 8 inputs are on at each: 81 of 65,536 members, which random members miss and a greedy climb finds
+    return SNN([Linear(np.vstack([np.zeros((1, 8)), np.full((1, 8), 1 / 16)]), np.array([0.5, -0.1875]))])
+
+
+def test_restarts_find_the_witness_that_sampling_and_bounds_miss():
+    net = _chain_net()
+    box = BoxSet(np.zeros((2, 8), np.uint8), np.ones((2, 8), np.uint8))
+    robust, exact_min, _ = enumerate_robust(net, box, 0)
+    assert not robust and exact_min == 0
+    # IBP bounds and widest-first branching: no S-CROWN minimizer is offered as a witness candidate
+    base = dict(max_nodes=1, enumerate_max=0, milp_max_free=0, attack_samples=0, search_starts=0, time_limit=None,
+                root_milp=0.0, method="ibp", branching="widest")
+    without = robust_bab(net, box, 0, BabConfig(restarts=0, **base))
+    assert without.status == "unknown" and without.stats["restarts"] == 0
+    found = robust_bab(net, box, 0, BabConfig(restarts=2, search_steps=16, **base))
+    assert found.status == "not_robust" and found.stats["restarts"] >= 1
+    assert box.contains(found.witness) and found.witness.sum() >= 14
+    assert found.margin_lower <= exact_min <= found.attack_margin <= 0
+
+
+def test_root_milp_is_skipped_when_the_root_has_too_many_unstable_spikes(monkeypatch):
+    from verify.bab import _Search
+
+    net = _chain_net()
+    box = BoxSet(np.zeros((2, 8), np.uint8), np.ones((2, 8), np.uint8))
+    calls: list = []
+
+    def undecided(self, node, budget):
+        calls.append(node.n_unstable)
+        return False
+
+    monkeypatch.setattr(_Search, "milp_leaf", undecided)
+    base = dict(max_nodes=3, enumerate_max=0, milp_max_free=0, attack_samples=0, search_starts=0, restarts=0,
+                time_limit=None, root_milp=0.5, root_milp_after=0, method="ibp", branching="widest")
+    # the root has 2 unstable spikes (output 1 at both steps)
+    skipped = robust_bab(net, box, 0, BabConfig(root_milp_max_unstable=1, **base))
+    assert calls == [] and skipped.stats["root_milp_skipped"] == 1
+    robust_bab(net, box, 0, BabConfig(root_milp_max_unstable=2, **base))
+    assert calls == [2]
+    robust_bab(net, box, 0, BabConfig(root_milp_max_unstable=None, **base))
+    assert calls == [2, 2]
+
+
 @pytest.mark.parametrize("kwargs, field", [
     ({"method": "full"}, "method"),
     ({"branching": "random"}, "branching"),
@@ -221,6 +268,11 @@ def test_level_set_holds_the_members_and_restrict_partitions(data):
     ({"root_milp": float("nan")}, "root_milp"),
     ({"candidates": 0}, "candidates"),
     ({"search_every": -1}, "search_every"),
+    ({"restarts": -1}, "restarts"),
+    ({"search_steps": 2.5}, "search_steps"),
+    ({"restart_share": 1.5}, "restart_share"),
+    ({"restart_share": float("nan")}, "restart_share"),
+    ({"root_milp_max_unstable": -1}, "root_milp_max_unstable"),
 ])
 def test_bad_config_is_refused_naming_the_field(kwargs, field):
     with pytest.raises(BabConfigError, match=field):
@@ -319,7 +371,7 @@ def test_a_spike_split_does_not_rerun_its_parents_milp(data):
         return False
 
     config = BabConfig(branching="neuron-widest", enumerate_max=1, milp_max_free=64, attack_samples=0,
-                       search_starts=0, root_milp=0.0, batch=2, time_limit=None)
+                       search_starts=0, restarts=0, root_milp=0.0, batch=2, time_limit=None)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_Search, "milp_leaf", undecided_milp)
         robust_bab(net, input_set, label, config)

@@ -81,8 +81,13 @@ class BabConfig:
     of that); ``milp_time_limit`` seconds per MILP leaf; ``root_milp``: share of ``time_limit`` (of
     ``milp_time_limit`` without a limit) given to one MILP on the whole set once ``root_milp_after``
     nodes have been bounded (0: none); ``batch`` nodes expanded per bound call; ``attack_samples``
-    random members and ``search_starts`` local searches before branching; ``max_nodes`` bounded
-    nodes at most; ``solver`` for the MILP (None: HiGHS).
+    random members and ``search_starts`` local searches before branching; ``restarts`` local
+    searches of up to ``search_steps`` moves from random members once the root bound leaves a row
+    open, for at most ``restart_share`` of ``time_limit``; ``root_milp_max_unstable``: the root MILP
+    runs only when the root has at most that many unstable spikes (on the plain MNIST FC model the
+    roots have 497-865 and the MILP decides none of them; on the robust one, 121-290, and it decides
+    the hardest images: results/verify/bab.md); ``max_nodes`` bounded nodes at most; ``solver`` for
+    the MILP (None: HiGHS).
     """
 
     method: str = "best"
@@ -101,6 +106,10 @@ class BabConfig:
     candidates: int = 8
     search_every: int = 0
     spike_limit: int = 16
+    restarts: int = 256
+    restart_share: float = 0.1
+    search_steps: int = 200
+    root_milp_max_unstable: Optional[int] = 400
 
     def __post_init__(self):
         if self.method not in BOUND_METHODS:
@@ -114,8 +123,15 @@ class BabConfig:
                                  f"got {self.milp_time_limit!r}")
         if not (math.isfinite(self.root_milp) and 0 <= self.root_milp <= 1):
             raise BabConfigError(f"root_milp must be a fraction in [0, 1] of the time limit, got {self.root_milp!r}")
+        if not (math.isfinite(self.restart_share) and 0 <= self.restart_share <= 1):
+            raise BabConfigError(f"restart_share must be a fraction in [0, 1] of the time limit, "
+                                 f"got {self.restart_share!r}")
+        if self.root_milp_max_unstable is not None and (int(self.root_milp_max_unstable) != self.root_milp_max_unstable
+                                                        or self.root_milp_max_unstable < 0):
+            raise BabConfigError(f"root_milp_max_unstable must be an integer >= 0 or None, "
+                                 f"got {self.root_milp_max_unstable!r}")
         for name in ("root_milp_after", "enumerate_max", "milp_max_free", "attack_samples", "search_starts",
-                     "search_every", "spike_limit"):
+                     "search_every", "spike_limit", "restarts", "search_steps"):
             value = getattr(self, name)
             if int(value) != value or value < 0:
                 raise BabConfigError(f"{name} must be an integer >= 0, got {value!r}")
@@ -199,13 +215,15 @@ class _Search:
         self.best_margin: Optional[Fraction] = None
         self.milp_subsets: dict = {}   # id -> input subset whose MILP has run
         self.best_x: Optional[np.ndarray] = None
+        self.pool_margins: Optional[np.ndarray] = None  # [len(others)]: smallest margin of the random members
         self.closed_floor = math.inf
         self.in_flight: List[_Node] = []  # popped, not yet replaced by children or closed
         self.root_bounded = False
         self.fresh: List[_Node] = []  # bounded, not yet in the queue
         self.stats = {"nodes": 0, "splits": 0, "spike_splits": 0, "closed_by_bound": 0, "empty": 0,
                       "enumerated": 0, "milp": 0, "milp_timeouts": 0, "max_depth": 0, "exact_replays": 0,
-                      "node_searches": 0, "decided_fraction": 0.0}
+                      "node_searches": 0, "restarts": 0, "root_milp_skipped": 0,
+                      "decided_fraction": 0.0}
         self.serial = itertools.count()
         self.decided_weight = Fraction(0)
         from refsnn.ibp import prepare_stages
@@ -265,10 +283,11 @@ class _Search:
             return
         pool = subset.sample(self.rng, cfg.attack_samples)
         self.offer(pool)
-        if cfg.search_starts == 0:
+        if cfg.search_starts == 0 and cfg.restarts == 0:
             return
         rates = self.net64.forward(pool)
         margins = rates[:, self.label][:, None] - rates[:, self.others]
+        self.pool_margins = margins.min(axis=0)
         worst_class = int(np.argmin(margins.min(axis=0)))
         coefs = np.zeros(self.n_out)
         coefs[self.label], coefs[self.others[worst_class]] = 1.0, -1.0
@@ -276,6 +295,34 @@ class _Search:
             if self.remaining() <= 0:
                 return
             x, _ = local_search(self.net64, subset, pool[:, start], coefs, -1.0)
+            self.offer(x[:, None])
+
+    def restart_search(self, node: _Node) -> None:
+        """Falsification once the root bound leaves rows open: up to ``restarts`` local searches of up
+        to ``search_steps`` moves, each from a random member of the node, for at most ``restart_share``
+        of the time limit. Even restarts push the row the random members came closest to breaking
+        (the root bound is near -1 on every row of hard samples and does not rank them), odd ones
+        cycle through the other open rows."""
+        cfg = self.config
+        if cfg.restarts == 0 or cfg.restart_share == 0:
+            return
+        budget = math.inf if cfg.time_limit is None else cfg.restart_share * cfg.time_limit
+        stop = time.perf_counter() + min(budget, self.remaining())
+        rows = node.rows
+        if self.pool_margins is not None:
+            pool = self.pool_margins[np.searchsorted(self.others, rows)]
+            rows = rows[np.lexsort((node.lower, pool))]  # by the pool's margin, then by the bound
+        else:
+            rows = rows[np.argsort(node.lower, kind="stable")]
+        for r in range(cfg.restarts):
+            if time.perf_counter() >= stop:
+                return
+            self.stats["restarts"] += 1
+            j = rows[0] if r % 2 == 0 or rows.size == 1 else rows[1 + (r // 2) % (rows.size - 1)]
+            coefs = np.zeros(self.n_out)
+            coefs[self.label], coefs[int(j)] = 1.0, -1.0
+            start = node.subset.sample(self.rng, 1)[:, 0]
+            x, _ = local_search(self.net64, node.subset, start, coefs, -1.0, max_steps=cfg.search_steps)
             self.offer(x[:, None])
 
     # --- bounds ---------------------------------------------------------------------------------
@@ -314,14 +361,15 @@ class _Search:
         return refine
 
     def bound(self, children: List[_Child]):
-        """``(lower [B, S], coefficients [B, S, T', *in] or None, empty [B], candidates)`` of each
-        child's open rows: ``empty`` marks a child whose spike splits contradict its bounds (no
+        """``(lower [B, S], coefficients [B, S, T', *in] or None, empty [B], candidates, n_unstable [B])``
+        of each child's open rows: ``empty`` marks a child whose spike splits contradict its bounds (no
         member has those spikes); ``candidates``: per child ``(indices [K, 3], scores [K])`` of its
-        unstable spikes, best first (neuron branching only)."""
+        unstable spikes, best first (neuron branching only); ``n_unstable``: its unstable spikes."""
         from refsnn.alpha import alpha_bounds_of_box
         from refsnn.crown import crown_bounds_of_box
         from refsnn.ibp import ibp_spec_bounds, interval_bounds_of_box, output_rounding_margin
         from refsnn.input_sets import binary_box
+        from refsnn.relaxations import UNSTABLE
         from refsnn.spec import best_bounds
 
         cfg = self.config
@@ -361,7 +409,9 @@ class _Search:
             candidates = None
             if cfg.branching in NEURON_BRANCHING:
                 candidates = self.spike_candidates(inter, box, C, lower, [len(c.rows) for c in children])
-        return lower, coefs, empty, candidates
+            n_unstable = sum((state.reshape(self.steps, len(children), -1) == UNSTABLE).sum(axis=(0, 2))
+                             for state in inter.state)
+        return lower, coefs, empty, candidates, n_unstable
 
     def spike_candidates(self, inter, box, C: np.ndarray, lower: np.ndarray, n_rows: List[int]):
         """Per child, its unstable spikes ``[K, 3]`` (stage, t, neuron) ranked by the branching score,
@@ -432,7 +482,7 @@ class _Search:
     def make_nodes(self, children: List[_Child]) -> List[_Node]:
         """Bounds the children; closes rows with a bound > 0 and empty children; offers each node's
         S-CROWN minimizer."""
-        lower, coefs, empty, candidates = self.bound(children)
+        lower, coefs, empty, candidates, n_unstable = self.bound(children)
         self.stats["nodes"] += len(children)
         nodes, offers = [], []
         for b, child in enumerate(children):
@@ -455,7 +505,8 @@ class _Search:
                 self.closed_floor = min(self.closed_floor, floor)
                 continue
             node = _Node(float(low[keep].min()), next(self.serial), child.subset, open_rows[keep], low[keep], floor,
-                         child.depth, coefs=coef, fixed=child.fixed, weight=child.weight)
+                         child.depth, coefs=coef, fixed=child.fixed, weight=child.weight,
+                         n_unstable=int(n_unstable[b]))
             if candidates is not None:
                 node.candidates, scores, node.n_unstable = candidates[b]
                 node.score = float(scores[0]) if scores.size else 0.0
@@ -627,6 +678,10 @@ def robust_bab(net: SNN, input_set: InputSet, label: int, config: Optional[BabCo
             root = LevelSet.of(input_set)
             queue = search.make_nodes([_Child(root, search.others, math.inf, 0)])
             search.root_bounded = True
+            if queue:
+                search.in_flight = list(queue)
+                search.restart_search(queue[0])
+                search.in_flight = []
             _expand(search, queue)
         else:
             queue = _root_only(search, input_set)
@@ -643,6 +698,9 @@ def _expand(search: _Search, queue: List[_Node]) -> None:
     heapq.heapify(queue)
     root = queue[0] if len(queue) == 1 else None
     root_pending = root is not None and cfg.root_milp > 0
+    if root_pending and cfg.root_milp_max_unstable is not None and root.n_unstable > cfg.root_milp_max_unstable:
+        root_pending = False  # too many unstable spikes for the MILP: the whole time goes to branching
+        search.stats["root_milp_skipped"] += 1
     next_search = cfg.search_every
     while queue:
         if search.remaining() <= 0 or (cfg.max_nodes is not None and search.stats["nodes"] >= cfg.max_nodes):
