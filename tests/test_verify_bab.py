@@ -149,6 +149,81 @@ def test_spike_split_children_hold_every_member_by_its_exact_spikes(data):
                 assert Fraction(int(counts[label] - counts[j]), input_set.steps) >= Fraction(float(lower[b, r]))
 
 
+@settings(max_examples=150)
+@given(data=st.data())
+def test_reduced_pass_gives_the_spike_counts_of_the_full_forward(data):
+    """``reduced_spike_counts`` (stable neurons folded into per-step constants) equals ``net64.run`` on
+    every member of a node's input subset: FC and CONV, both firing rules, ties at the threshold;
+    members with a membrane within rounding of the threshold (which the leaf replays exactly) aside."""
+    from refsnn.ibp import interval_bounds_of_box, prepare_stages
+    from refsnn.input_sets import binary_box
+    from verify.bab import _open_bits
+    from verify.encoding import float64_network
+    from verify.enumerate import reduced_maps, reduced_spike_counts
+
+    net = data.draw(snn_strategy(data.draw(st.sampled_from(["fc", "conv"])), max_inputs=6,
+                                 dyadic=data.draw(st.booleans())))
+    level = LevelSet.of(data.draw(input_set_strategy(net, steps=(1, 3), kinds=("box", "digital"), max_members=256)))
+    for _ in range(data.draw(st.integers(0, 2))):  # a node below the root: some variables narrowed
+        if level.open_variables.size:
+            v = int(data.draw(st.sampled_from(level.open_variables.tolist())))
+            cut = data.draw(st.integers(int(level.lo[v]), int(level.hi[v])))
+            level = level.restrict(v, cut, int(level.hi[v])) if data.draw(st.booleans()) \
+                else level.restrict(v, int(level.lo[v]), cut)
+    net64 = float64_network(net)
+    lower, upper = level.box()
+    inter = interval_bounds_of_box(net, binary_box(lower[:, None], upper[:, None], net), prepare_stages(net))
+    steps = level.steps
+    states = [st_.reshape(steps, -1) for st_ in inter.state]
+    base = level.from_levels(level.lo[None])[:, 0].reshape(steps, -1).astype(np.float64)
+    varying = np.unique(_open_bits(level)[0] % base.shape[1])
+    for xs in level.enumerate(64):
+        counts, _ = reduced_spike_counts(net64, reduced_maps(net64), base, varying, states,
+                                         xs.reshape(steps, xs.shape[1], -1))
+        trace = net64.run(xs)
+        want = trace.spikes[-1].reshape(steps, xs.shape[1], -1).sum(axis=0)
+        near = np.zeros(xs.shape[1], dtype=bool)
+        for mem in trace.membranes:
+            mem = mem.reshape(steps, xs.shape[1], -1)
+            near |= (np.abs(mem - net.threshold) <= 1e-9 * (1 + abs(net.threshold) + np.abs(mem))).any(axis=(0, 2))
+        np.testing.assert_array_equal(counts[~near], want[~near])
+
+
+@settings(max_examples=60)
+@given(data=st.data())
+def test_leaf_chunks_partition_the_leaf(data):
+    from verify.bab import _chunks
+
+    net = data.draw(snn_strategy("fc", max_inputs=5))
+    level = LevelSet.of(data.draw(input_set_strategy(net, steps=(1, 3), kinds=("box", "digital"), max_members=256)))
+    limit = data.draw(st.sampled_from([1, 2, 5, 16, 1000]))
+    coefs = None if data.draw(st.booleans()) else np.random.default_rng(0).normal(size=level.base.shape)
+    parts = _chunks(level, limit, coefs)
+    assert all(part.count() <= limit for part in parts) or len(parts) == level.count()
+    members = sum((_members(part) for part in parts), [])
+    assert sorted(members) == _members(level)
+
+
+def test_a_leaf_with_spike_splits_is_enumerated_with_the_intervals_of_its_whole_input_subset():
+    """A spike split clips the node's intervals (the split spike is stable in each child), while a leaf
+    enumerates its whole input subset: folding the clipped states would miscount the members of the
+    other side. Hidden neuron h fires iff x = 1; output 1 copies h, output 0 always fires, so x = 1
+    ties the label 0. The leaf of the child h = 0 enumerates its whole input subset, x = 1 included,
+    and must find that tie."""
+    from verify.bab import SPIKE_OFF, _Done, _Node, _Search
+
+    net = SNN([Linear(np.array([[0.5]]), np.array([0.0])),
+               Linear(np.array([[0.0], [0.5]]), np.array([0.5, 0.0]))])
+    box = BoxSet(np.zeros((1, 1), np.uint8), np.ones((1, 1), np.uint8))
+    config = BabConfig(time_limit=None, restarts=0, method="ibp", branching="widest")
+    search = _Search(net, box, 0, config, np.random.default_rng(0))
+    leaf = _Node(0.0, 0, LevelSet.of(box), search.others, np.zeros(1), float("inf"), 1,
+                 fixed=((0, 0, 0, SPIKE_OFF),))
+    with pytest.raises(_Done):
+        search.enumerate_leaf(leaf)
+    assert search.best_margin == 0
+
+
 def _tie_net(firing: str) -> SNN:
     # both outputs see the input with weight exactly th: equal spike counts whenever x = 1
     return SNN([Linear(np.array([[0.25], [0.25]]), np.array([0.0, -0.125]))], firing=firing)
