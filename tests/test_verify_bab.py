@@ -63,6 +63,7 @@ def _problem(draw):
     config = BabConfig(method=draw(st.sampled_from(BOUND_METHODS)),
                        branching=draw(st.sampled_from(BRANCHING)), search_every=draw(st.sampled_from([0, 4])),
                        enumerate_max=draw(st.sampled_from([1, 2, 16])), milp_max_free=draw(st.sampled_from([0, 3])),
+                       enumerate_always=draw(st.sampled_from([0, 1, 4])),
                        attack_samples=draw(st.sampled_from([0, 8])), search_starts=draw(st.sampled_from([0, 1])),
                        batch=draw(st.sampled_from([1, 4])), root_milp=draw(st.sampled_from([0.0, 0.5])),
                        root_milp_after=draw(st.sampled_from([0, 8])),
@@ -302,6 +303,19 @@ def test_restarts_find_the_witness_that_sampling_and_bounds_miss():
     assert found.margin_lower <= exact_min <= found.attack_margin <= 0
 
 
+def test_a_large_node_is_enumerated_only_when_its_bound_is_far_from_closing():
+    net = _chain_net()
+    box = BoxSet(np.zeros((2, 8), np.uint8), np.ones((2, 8), np.uint8))
+    config = BabConfig(max_nodes=3, enumerate_max=1 << 16, enumerate_always=4, attack_samples=0, search_starts=0,
+                       restarts=0, root_milp=0.0, time_limit=None, method="ibp", branching="widest")
+    # label 0: the root bound is 0, one grid step from closing: split, not enumerated
+    near = robust_bab(net, box, 0, config)
+    assert near.stats["enumerated"] == 0 and near.stats["splits"] == 1 and near.status == "unknown"
+    # label 1: output 0 always fires, the bound is -1 = -2/T': the whole root is one enumerated leaf
+    far = robust_bab(net, box, 1, config)
+    assert far.stats["enumerated"] == 1 and far.stats["splits"] == 0 and far.status == "not_robust"
+
+
 def test_root_milp_is_skipped_when_the_root_has_too_many_unstable_spikes(monkeypatch):
     from verify.bab import _Search
 
@@ -344,6 +358,7 @@ def test_root_milp_is_skipped_when_the_root_has_too_many_unstable_spikes(monkeyp
     ({"candidates": 0}, "candidates"),
     ({"search_every": -1}, "search_every"),
     ({"restarts": -1}, "restarts"),
+    ({"enumerate_always": -2}, "enumerate_always"),
     ({"search_steps": 2.5}, "search_steps"),
     ({"restart_share": 1.5}, "restart_share"),
     ({"restart_share": float("nan")}, "restart_share"),

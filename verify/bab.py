@@ -13,7 +13,8 @@ Per node and per margin row ``f_label - f_j`` still open, the node's box gets a 
 lower bound (``method``: ``"ibp"``, ``"crown-ibp"``, ``"best"``, ``"alpha"``, ``"crown"``); a row whose bound
 is > 0 is closed for the whole subtree, a node with every row closed is robust. Nodes are
 expanded worst bound first, so the smallest open bound (the proven margin lower bound) rises.
-A node small enough is a leaf: enumerated when it has at most ``enumerate_max`` members, given
+A node small enough is a leaf: enumerated when it has at most ``enumerate_always`` members (or
+``enumerate_max`` while its bound is far from closing it), given
 to the exact MILP (``verify.milp.robust_query``) when it has at most ``milp_max_free`` open bits.
 After a short branching phase (``root_milp_after`` nodes, where witnesses are often found) the whole
 set gets one MILP with a share (``root_milp``) of the sample's time. A MILP that reaches its time
@@ -77,11 +78,14 @@ class BabConfig:
     ``spike_limit``: ``mixed`` splits on a spike once a node has at most that many unstable;
     ``candidates``: unstable spikes ranked per node; ``search_every``: a local search from the worst
     open node's S-CROWN minimizer every that many bounded nodes (0: none);
-    ``time_limit`` seconds per sample (None: no limit); ``enumerate_max`` members and
-    ``milp_max_free`` open bits make a leaf (MILP leaves are off by default: on the plain MNIST FC
-    model a MILP on 16 open bits did not finish in 5 s; there the bounds close no node above ~6 free
-    bits, and leaves of 2^16 members, enumerated on their unstable neurons, decide 8x more of the
-    set per minute than leaves of 1,024: results/verify/bab.md); ``milp_time_limit`` seconds per MILP leaf; ``root_milp``: share of ``time_limit`` (of
+    ``time_limit`` seconds per sample (None: no limit); a node of at most ``enumerate_always``
+    members, or of at most ``enumerate_max`` whose bound is at least two grid steps below 0 (``<=
+    -2/T'``: far from closing), is an enumerated leaf, and one of at most ``milp_max_free`` open bits
+    a MILP leaf (MILP leaves are off by default: on the plain MNIST FC model a MILP on 16 open bits
+    did not finish in 5 s; there the bounds close no node above ~6 free bits on most images, and
+    leaves of 2^16 members, enumerated on their unstable neurons, decide 8x more of the set per
+    minute than leaves of 1,024, while nodes one grid step from closing still close by bound
+    deeper down: results/verify/bab.md); ``milp_time_limit`` seconds per MILP leaf; ``root_milp``: share of ``time_limit`` (of
     ``milp_time_limit`` without a limit) given to one MILP on the whole set once ``root_milp_after``
     nodes have been bounded (0: none); ``batch`` nodes expanded per bound call; ``attack_samples``
     random members and ``search_starts`` local searches before branching; ``restarts`` local
@@ -97,6 +101,7 @@ class BabConfig:
     branching: str = "smear"
     time_limit: Optional[float] = 60.0
     enumerate_max: int = 65536
+    enumerate_always: int = 1024
     milp_max_free: int = 0
     milp_time_limit: float = 30.0
     batch: int = 8
@@ -110,7 +115,7 @@ class BabConfig:
     search_every: int = 0
     spike_limit: int = 16
     restarts: int = 256
-    restart_share: float = 0.1
+    restart_share: float = 0.25
     search_steps: int = 200
     root_milp_max_unstable: Optional[int] = 400
 
@@ -133,7 +138,7 @@ class BabConfig:
                                                         or self.root_milp_max_unstable < 0):
             raise BabConfigError(f"root_milp_max_unstable must be an integer >= 0 or None, "
                                  f"got {self.root_milp_max_unstable!r}")
-        for name in ("root_milp_after", "enumerate_max", "milp_max_free", "attack_samples", "search_starts",
+        for name in ("root_milp_after", "enumerate_max", "enumerate_always", "milp_max_free", "attack_samples", "search_starts",
                      "search_every", "spike_limit", "restarts", "search_steps"):
             value = getattr(self, name)
             if int(value) != value or value < 0:
@@ -804,7 +809,8 @@ def _expand(search: _Search, queue: List[_Node]) -> None:
         for node in picked:
             count = node.subset.count()
             no_spike = node.candidates is None or node.candidates.shape[0] == 0
-            if count <= cfg.enumerate_max or (count == 1 and no_spike):
+            far = node.priority <= -2.0 / search.steps  # splitting seldom closes it: enumerate a large leaf
+            if count <= cfg.enumerate_always or (count <= cfg.enumerate_max and far) or (count == 1 and no_spike):
                 if not search.enumerate_leaf(node):
                     heapq.heappush(queue, node)  # the time limit came first: still open
                 continue
