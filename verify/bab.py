@@ -85,9 +85,9 @@ class BabConfig:
     did not finish in 5 s; there the bounds close no node above ~6 free bits on most images, and
     leaves of 2^16 members, enumerated on their unstable neurons, decide 8x more of the set per
     minute than leaves of 1,024, while nodes one grid step from closing still close by bound
-    deeper down: results/verify/bab.md); ``milp_time_limit`` seconds per MILP leaf; ``root_milp``: share of ``time_limit`` (of
-    ``milp_time_limit`` without a limit) given to one MILP on the whole set once ``root_milp_after``
-    nodes have been bounded (0: none); ``batch`` nodes expanded per bound call; ``attack_samples``
+    deeper down: results/verify/bab.md); ``milp_time_limit`` seconds per MILP leaf; ``root_milp``:
+    share of ``time_limit`` (of ``milp_time_limit`` without a limit) given to one MILP on the whole
+    set once ``root_milp_after`` nodes have been bounded (0: none); ``batch`` nodes expanded per bound call; ``attack_samples``
     random members and ``search_starts`` local searches before branching; ``restarts`` local
     searches of up to ``search_steps`` moves from random members once the root bound leaves a row
     open, for at most ``restart_share`` of ``time_limit``; ``root_milp_max_unstable``: the root MILP
@@ -138,8 +138,8 @@ class BabConfig:
                                                         or self.root_milp_max_unstable < 0):
             raise BabConfigError(f"root_milp_max_unstable must be an integer >= 0 or None, "
                                  f"got {self.root_milp_max_unstable!r}")
-        for name in ("root_milp_after", "enumerate_max", "enumerate_always", "milp_max_free", "attack_samples", "search_starts",
-                     "search_every", "spike_limit", "restarts", "search_steps"):
+        for name in ("root_milp_after", "enumerate_max", "enumerate_always", "milp_max_free", "attack_samples",
+                     "search_starts", "search_every", "spike_limit", "restarts", "search_steps"):
             value = getattr(self, name)
             if int(value) != value or value < 0:
                 raise BabConfigError(f"{name} must be an integer >= 0, got {value!r}")
