@@ -74,7 +74,8 @@ def main(argv=None) -> int:
             nodes, seconds, robust, robust_nodes = [], [], 0, []
             for name, net, input_set, label in cases:
                 config = BabConfig(method=method, branching=branching, milp_max_free=0, root_milp=0.0,
-                                   enumerate_max=4, attack_samples=0, search_starts=0, time_limit=None)
+                                   enumerate_max=4, attack_samples=0, search_starts=0, restarts=0,
+                                   time_limit=None)
                 start = time.perf_counter()
                 result = robust_bab(net, input_set, label, config)
                 seconds.append(time.perf_counter() - start)

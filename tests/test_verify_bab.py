@@ -63,9 +63,12 @@ def _problem(draw):
     config = BabConfig(method=draw(st.sampled_from(BOUND_METHODS)),
                        branching=draw(st.sampled_from(BRANCHING)), search_every=draw(st.sampled_from([0, 4])),
                        enumerate_max=draw(st.sampled_from([1, 2, 16])), milp_max_free=draw(st.sampled_from([0, 3])),
+                       enumerate_always=draw(st.sampled_from([0, 1, 4])),
                        attack_samples=draw(st.sampled_from([0, 8])), search_starts=draw(st.sampled_from([0, 1])),
                        batch=draw(st.sampled_from([1, 4])), root_milp=draw(st.sampled_from([0.0, 0.5])),
                        root_milp_after=draw(st.sampled_from([0, 8])),
+                       restarts=draw(st.sampled_from([0, 3])), search_steps=draw(st.sampled_from([0, 5])),
+                       root_milp_max_unstable=draw(st.sampled_from([None, 0, 4])),
                        time_limit=None)
     return net, input_set, label, config
 
@@ -99,7 +102,7 @@ def test_spike_branching_verdict_equals_enumeration(problem, branching, method):
     # no attacks, no MILP, leaves of one member: the verdict comes from the spike splits and their bounds
     net, input_set, label, _ = problem
     config = BabConfig(method=method, branching=branching, enumerate_max=1, milp_max_free=0, attack_samples=0,
-                       search_starts=0, root_milp=0.0, batch=2, time_limit=None)
+                       search_starts=0, restarts=0, root_milp=0.0, batch=2, time_limit=None)
     result = robust_bab(net, input_set, label, config)
     exact = _exact_min_margin(net, input_set, label)
     assert result.status == ("robust" if exact > 0 else "not_robust"), (result, exact)
@@ -134,7 +137,7 @@ def test_spike_split_children_hold_every_member_by_its_exact_spikes(data):
     sides = list(itertools.product((SPIKE_OFF, SPIKE_ON), repeat=len(picks)))
     children = [_Child(root, search.all_rows, float("inf"), 1, tuple((*p, v) for p, v in zip(picks, side)))
                 for side in sides]
-    lower, _, empty, _ = search.bound(children)
+    lower, _, empty, *_ = search.bound(children)
     exact = ExactNetwork(net)
     for xs in input_set.enumerate(64):
         for i in range(xs.shape[1]):
@@ -146,6 +149,81 @@ def test_spike_split_children_hold_every_member_by_its_exact_spikes(data):
                 assert trace.value(search.C[r]) >= Fraction(float(lower[b, r]))
 
 
+@settings(max_examples=150)
+@given(data=st.data())
+def test_reduced_pass_gives_the_spike_counts_of_the_full_forward(data):
+    """``reduced_spike_counts`` (stable neurons folded into per-step constants) equals ``net64.run`` on
+    every member of a node's input subset: FC and CONV, both firing rules, ties at the threshold;
+    members with a membrane within rounding of the threshold (which the leaf replays exactly) aside."""
+    from refsnn.ibp import interval_bounds_of_box, prepare_stages
+    from refsnn.input_sets import binary_box
+    from verify.bab import _open_bits
+    from verify.encoding import float64_network
+    from verify.enumerate import reduced_maps, reduced_spike_counts
+
+    net = data.draw(snn_strategy(data.draw(st.sampled_from(["fc", "conv"])), max_inputs=6,
+                                 dyadic=data.draw(st.booleans())))
+    level = LevelSet.of(data.draw(input_set_strategy(net, steps=(1, 3), kinds=("box", "digital"), max_members=256)))
+    for _ in range(data.draw(st.integers(0, 2))):  # a node below the root: some variables narrowed
+        if level.open_variables.size:
+            v = int(data.draw(st.sampled_from(level.open_variables.tolist())))
+            cut = data.draw(st.integers(int(level.lo[v]), int(level.hi[v])))
+            level = level.restrict(v, cut, int(level.hi[v])) if data.draw(st.booleans()) \
+                else level.restrict(v, int(level.lo[v]), cut)
+    net64 = float64_network(net)
+    lower, upper = level.box()
+    inter = interval_bounds_of_box(net, binary_box(lower[:, None], upper[:, None], net), prepare_stages(net))
+    steps = level.steps
+    states = [st_.reshape(steps, -1) for st_ in inter.state]
+    base = level.from_levels(level.lo[None])[:, 0].reshape(steps, -1).astype(np.float64)
+    varying = np.unique(_open_bits(level)[0] % base.shape[1])
+    for xs in level.enumerate(64):
+        counts, _ = reduced_spike_counts(net64, reduced_maps(net64), base, varying, states,
+                                         xs.reshape(steps, xs.shape[1], -1))
+        trace = net64.run(xs)
+        want = trace.spikes[-1].reshape(steps, xs.shape[1], -1).sum(axis=0)
+        near = np.zeros(xs.shape[1], dtype=bool)
+        for mem in trace.membranes:
+            mem = mem.reshape(steps, xs.shape[1], -1)
+            near |= (np.abs(mem - net.threshold) <= 1e-9 * (1 + abs(net.threshold) + np.abs(mem))).any(axis=(0, 2))
+        np.testing.assert_array_equal(counts[~near], want[~near])
+
+
+@settings(max_examples=60)
+@given(data=st.data())
+def test_leaf_chunks_partition_the_leaf(data):
+    from verify.bab import _chunks
+
+    net = data.draw(snn_strategy("fc", max_inputs=5))
+    level = LevelSet.of(data.draw(input_set_strategy(net, steps=(1, 3), kinds=("box", "digital"), max_members=256)))
+    limit = data.draw(st.sampled_from([1, 2, 5, 16, 1000]))
+    coefs = None if data.draw(st.booleans()) else np.random.default_rng(0).normal(size=level.base.shape)
+    parts = _chunks(level, limit, coefs)
+    assert all(part.count() <= limit for part in parts) or len(parts) == level.count()
+    members = sum((_members(part) for part in parts), [])
+    assert sorted(members) == _members(level)
+
+
+def test_a_leaf_with_spike_splits_is_enumerated_with_the_intervals_of_its_whole_input_subset():
+    """A spike split clips the node's intervals (the split spike is stable in each child), while a leaf
+    enumerates its whole input subset: folding the clipped states would miscount the members of the
+    other side. Hidden neuron h fires iff x = 1; output 1 copies h, output 0 always fires, so x = 1
+    ties the label 0. The leaf of the child h = 0 enumerates its whole input subset, x = 1 included,
+    and must find that tie."""
+    from verify.bab import SPIKE_OFF, _Done, _Node, _Search
+
+    net = SNN([Linear(np.array([[0.5]]), np.array([0.0])),
+               Linear(np.array([[0.0], [0.5]]), np.array([0.5, 0.0]))])
+    box = BoxSet(np.zeros((1, 1), np.uint8), np.ones((1, 1), np.uint8))
+    config = BabConfig(time_limit=None, restarts=0, method="ibp", branching="widest")
+    search = _Search(net, box, 0, config, np.random.default_rng(0))
+    leaf = _Node(0.0, 0, LevelSet.of(box), search.all_rows, np.zeros(1), float("inf"), 1,
+                 fixed=((0, 0, 0, SPIKE_OFF),))
+    with pytest.raises(_Done):
+        search.enumerate_leaf(leaf)
+    assert search.best_margin == 0
+
+
 def _tie_net(firing: str) -> SNN:
     # both outputs see the input with weight exactly th: equal spike counts whenever x = 1
     return SNN([Linear(np.array([[0.25], [0.25]]), np.array([0.0, -0.125]))], firing=firing)
@@ -155,8 +233,8 @@ def _tie_net(firing: str) -> SNN:
 def test_a_tie_is_not_robust_even_when_no_attack_runs(firing):
     net = _tie_net(firing)
     box = BoxSet(np.zeros((2, 1), np.uint8), np.ones((2, 1), np.uint8))
-    result = robust_bab(net, box, 0, BabConfig(attack_samples=0, search_starts=0, enumerate_max=1, milp_max_free=0,
-                                               time_limit=None))
+    result = robust_bab(net, box, 0, BabConfig(attack_samples=0, search_starts=0, restarts=0, enumerate_max=1,
+                                               milp_max_free=0, time_limit=None))
     robust, exact_min, _ = enumerate_robust(net, box, 0)
     assert not robust and result.status == "not_robust"
     assert result.margin_lower <= exact_min <= result.attack_margin <= 0
@@ -202,6 +280,64 @@ def test_level_set_holds_the_members_and_restrict_partitions(data):
         assert right.contains(x) and not left.contains(x)
 
 
+def _chain_net() -> SNN:
+    # output 0 fires at every step; output 1 fires at both steps (a tie) only when at least 7 of the
+    # 8 inputs are on at each: 81 of 65,536 members, which random members miss and a greedy climb finds
+    return SNN([Linear(np.vstack([np.zeros((1, 8)), np.full((1, 8), 1 / 16)]), np.array([0.5, -0.1875]))])
+
+
+def test_restarts_find_the_witness_that_sampling_and_bounds_miss():
+    net = _chain_net()
+    box = BoxSet(np.zeros((2, 8), np.uint8), np.ones((2, 8), np.uint8))
+    robust, exact_min, _ = enumerate_robust(net, box, 0)
+    assert not robust and exact_min == 0
+    # IBP bounds and widest-first branching: no S-CROWN minimizer is offered as a witness candidate
+    base = dict(max_nodes=1, enumerate_max=0, milp_max_free=0, attack_samples=0, search_starts=0, time_limit=None,
+                root_milp=0.0, method="ibp", branching="widest")
+    without = robust_bab(net, box, 0, BabConfig(restarts=0, **base))
+    assert without.status == "unknown" and without.stats["restarts"] == 0
+    found = robust_bab(net, box, 0, BabConfig(restarts=2, search_steps=16, **base))
+    assert found.status == "not_robust" and found.stats["restarts"] >= 1
+    assert box.contains(found.witness) and found.witness.sum() >= 14
+    assert found.margin_lower <= exact_min <= found.attack_margin <= 0
+
+
+def test_a_large_node_is_enumerated_only_when_its_bound_is_far_from_closing():
+    net = _chain_net()
+    box = BoxSet(np.zeros((2, 8), np.uint8), np.ones((2, 8), np.uint8))
+    config = BabConfig(max_nodes=3, enumerate_max=1 << 16, enumerate_always=4, attack_samples=0, search_starts=0,
+                       restarts=0, root_milp=0.0, time_limit=None, method="ibp", branching="widest")
+    # label 0: the root bound is 0, one grid step from closing: split, not enumerated
+    near = robust_bab(net, box, 0, config)
+    assert near.stats["enumerated"] == 0 and near.stats["splits"] == 1 and near.status == "unknown"
+    # label 1: output 0 always fires, the bound is -1 = -2/T': the whole root is one enumerated leaf
+    far = robust_bab(net, box, 1, config)
+    assert far.stats["enumerated"] == 1 and far.stats["splits"] == 0 and far.status == "not_robust"
+
+
+def test_root_milp_is_skipped_when_the_root_has_too_many_unstable_spikes(monkeypatch):
+    from verify.bab import _Search
+
+    net = _chain_net()
+    box = BoxSet(np.zeros((2, 8), np.uint8), np.ones((2, 8), np.uint8))
+    calls: list = []
+
+    def undecided(self, node, budget):
+        calls.append(node.n_unstable)
+        return False
+
+    monkeypatch.setattr(_Search, "milp_leaf", undecided)
+    base = dict(max_nodes=3, enumerate_max=0, milp_max_free=0, attack_samples=0, search_starts=0, restarts=0,
+                time_limit=None, root_milp=0.5, root_milp_after=0, method="ibp", branching="widest")
+    # the root has 2 unstable spikes (output 1 at both steps)
+    skipped = robust_bab(net, box, 0, BabConfig(root_milp_max_unstable=1, **base))
+    assert calls == [] and skipped.stats["root_milp_skipped"] == 1
+    robust_bab(net, box, 0, BabConfig(root_milp_max_unstable=2, **base))
+    assert calls == [2]
+    robust_bab(net, box, 0, BabConfig(root_milp_max_unstable=None, **base))
+    assert calls == [2, 2]
+
+
 @pytest.mark.parametrize("kwargs, field", [
     ({"method": "full"}, "method"),
     ({"branching": "random"}, "branching"),
@@ -220,6 +356,12 @@ def test_level_set_holds_the_members_and_restrict_partitions(data):
     ({"root_milp": float("nan")}, "root_milp"),
     ({"candidates": 0}, "candidates"),
     ({"search_every": -1}, "search_every"),
+    ({"restarts": -1}, "restarts"),
+    ({"enumerate_always": -2}, "enumerate_always"),
+    ({"search_steps": 2.5}, "search_steps"),
+    ({"restart_share": 1.5}, "restart_share"),
+    ({"restart_share": float("nan")}, "restart_share"),
+    ({"root_milp_max_unstable": -1}, "root_milp_max_unstable"),
 ])
 def test_bad_config_is_refused_naming_the_field(kwargs, field):
     with pytest.raises(BabConfigError, match=field):
@@ -318,8 +460,31 @@ def test_a_spike_split_does_not_rerun_its_parents_milp(data):
         return False
 
     config = BabConfig(branching="neuron-widest", enumerate_max=1, milp_max_free=64, attack_samples=0,
-                       search_starts=0, root_milp=0.0, batch=2, time_limit=None)
+                       search_starts=0, restarts=0, root_milp=0.0, batch=2, time_limit=None)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_Search, "milp_leaf", undecided_milp)
         robust_bab(net, input_set, label, config)
     assert len(runs) == len({id(subset) for subset in runs})
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_member_whose_float64_run_disagrees_with_the_exact_run_is_not_closed_as_robust(seed):
+    """A weight of 2^-60 against a threshold of 2^-61: float64 loses the spike of output 0 that exact
+    arithmetic fires, so float64 says the member is robust (rates [0, 1, 0]) while its exact margin
+    for label 1 is 0 (counts [1, 1, 0]). The leaf that enumerates it must report the witness, whatever
+    order the search met the members in (the seed)."""
+    from verify import BabConfig, BoxSet, robust_bab, spec_bab
+    from verify.exact import ExactNetwork
+
+    tiny = 2.0 ** -60
+    weight = np.array([[1.0, tiny, 0.0, -1.0], [0.0, 0.0, 0.0, 0.0], [0.0, -1.0, 1.0, 0.0]])
+    net = SNN([Linear(weight, np.array([0.0, 1.0, 0.0]))], threshold=2.0 ** -61, decay=0.25)
+    member = np.array([[[1.0, 1.0, 0.0, 1.0]]])
+    assert list(net.forward(member)[0]) == [0, 1, 0] and list(ExactNetwork(net).run(member[:, 0]).counts) == [1, 1, 0]
+    box = BoxSet(np.array([[1.0, 0.0, 0.0, 1.0]]), np.ones((1, 4)))
+    result = robust_bab(net, box, 1, BabConfig(time_limit=20), rng=np.random.default_rng(seed))
+    assert result.status == "not_robust" and result.attack_margin <= 0
+    # C f >= 0 for C = (-2, 1, -1): the exact counts [1, 1, 0] give -1
+    result = spec_bab(net, box, [[-2.0, 1.0, -1.0]], 0, strict=False, config=BabConfig(time_limit=20),
+                      rng=np.random.default_rng(seed))
+    assert result.status == "not_robust"

@@ -15,9 +15,9 @@ robustness (``robust_bab``) is the margin rows ``f_label - f_j`` with ``c = 0``,
 lower bound (``method``: ``"ibp"``, ``"crown-ibp"``, ``"best"``, ``"alpha"``, ``"crown"``); a row whose bound
 is > 0 is closed for the whole subtree, a node with every row closed is robust. Nodes are
 expanded worst bound first, so the smallest open bound (the proven margin lower bound) rises.
-A node small enough is a leaf: enumerated when it has at most ``enumerate_max`` members, given
-to the exact MILP (``verify.milp.SampleVerifier``: the minimum of each open row) when it has at most
-``milp_max_free`` open bits.
+A node small enough is a leaf: enumerated when it has at most ``enumerate_always`` members (or
+``enumerate_max`` while its bound is far from closing it), given to the exact MILP
+(``verify.milp.SampleVerifier``: the minimum of each open row) when it has at most ``milp_max_free`` open bits.
 After a short branching phase (``root_milp_after`` nodes, where witnesses are often found) the whole
 set gets one MILP with a share (``root_milp``) of the sample's time. A MILP that reaches its time
 limit leaves its node to be split further.
@@ -49,12 +49,14 @@ import numpy as np
 from refsnn.network import SNN
 
 from .encoding import FIXED_TIE_BAND, VerifierError, float64_network
+from .enumerate import reduced_maps, reduced_spike_counts
 from .exact import ExactNetwork, float_outward
 from .search import local_search
 from .sets import BoxSet, DigitalLinfSet, InputSet, LevelSet, stack_boxes
 from .specs import other_classes
 
 BOUND_METHODS = ("ibp", "crown-ibp", "best", "alpha", "crown")
+ENUM_CHUNK = 4096  # members per chunk of an enumerated leaf, each with its own interval states
 INPUT_BRANCHING = ("first", "widest", "smear")
 NEURON_BRANCHING = ("neuron-widest", "neuron-babsr", "mixed")
 BRANCHING = INPUT_BRANCHING + NEURON_BRANCHING
@@ -78,20 +80,30 @@ class BabConfig:
     ``spike_limit``: ``mixed`` splits on a spike once a node has at most that many unstable;
     ``candidates``: unstable spikes ranked per node; ``search_every``: a local search from the worst
     open node's S-CROWN minimizer every that many bounded nodes (0: none);
-    ``time_limit`` seconds per sample (None: no limit); ``enumerate_max`` members and
-    ``milp_max_free`` open bits make a leaf (MILP leaves are off by default: on the plain MNIST FC
-    model a MILP on 16 open bits did not finish in 5 s, enumerating 1,024 members takes a fraction
-    of that); ``milp_time_limit`` seconds per MILP leaf; ``root_milp``: share of ``time_limit`` (of
-    ``milp_time_limit`` without a limit) given to one MILP on the whole set once ``root_milp_after``
-    nodes have been bounded (0: none); ``batch`` nodes expanded per bound call; ``attack_samples``
-    random members and ``search_starts`` local searches before branching; ``max_nodes`` bounded
-    nodes at most; ``solver`` for the MILP (None: HiGHS).
+    ``time_limit`` seconds per sample (None: no limit); a node of at most ``enumerate_always``
+    members, or of at most ``enumerate_max`` whose bound is at least two grid steps below 0 (``<=
+    -2/T'``: far from closing), is an enumerated leaf, and one of at most ``milp_max_free`` open bits
+    a MILP leaf (MILP leaves are off by default: on the plain MNIST FC model a MILP on 16 open bits
+    did not finish in 5 s; there the bounds close no node above ~6 free bits on most images, and
+    leaves of 2^16 members, enumerated on their unstable neurons, decide 8x more of the set per
+    minute than leaves of 1,024, while nodes one grid step from closing still close by bound
+    deeper down: results/verify/bab.md); ``milp_time_limit`` seconds per MILP leaf; ``root_milp``:
+    share of ``time_limit`` (of ``milp_time_limit`` without a limit) given to one MILP on the whole
+    set once ``root_milp_after`` nodes have been bounded (0: none); ``batch`` nodes expanded per bound call; ``attack_samples``
+    random members and ``search_starts`` local searches before branching; ``restarts`` local
+    searches of up to ``search_steps`` moves from random members once the root bound leaves a row
+    open, for at most ``restart_share`` of ``time_limit``; ``root_milp_max_unstable``: the root MILP
+    runs only when the root has at most that many unstable spikes (on the plain MNIST FC model the
+    roots have 497-865 and the MILP decides none of them; on the robust one, 121-290, and it decides
+    the hardest images: results/verify/bab.md); ``max_nodes`` bounded nodes at most; ``solver`` for
+    the MILP (None: HiGHS).
     """
 
     method: str = "best"
     branching: str = "smear"
     time_limit: Optional[float] = 60.0
-    enumerate_max: int = 1024
+    enumerate_max: int = 65536
+    enumerate_always: int = 1024
     milp_max_free: int = 0
     milp_time_limit: float = 30.0
     batch: int = 8
@@ -104,6 +116,10 @@ class BabConfig:
     candidates: int = 8
     search_every: int = 0
     spike_limit: int = 16
+    restarts: int = 256
+    restart_share: float = 0.25
+    search_steps: int = 200
+    root_milp_max_unstable: Optional[int] = 400
 
     def __post_init__(self):
         if self.method not in BOUND_METHODS:
@@ -117,8 +133,15 @@ class BabConfig:
                                  f"got {self.milp_time_limit!r}")
         if not (math.isfinite(self.root_milp) and 0 <= self.root_milp <= 1):
             raise BabConfigError(f"root_milp must be a fraction in [0, 1] of the time limit, got {self.root_milp!r}")
-        for name in ("root_milp_after", "enumerate_max", "milp_max_free", "attack_samples", "search_starts",
-                     "search_every", "spike_limit"):
+        if not (math.isfinite(self.restart_share) and 0 <= self.restart_share <= 1):
+            raise BabConfigError(f"restart_share must be a fraction in [0, 1] of the time limit, "
+                                 f"got {self.restart_share!r}")
+        if self.root_milp_max_unstable is not None and (int(self.root_milp_max_unstable) != self.root_milp_max_unstable
+                                                        or self.root_milp_max_unstable < 0):
+            raise BabConfigError(f"root_milp_max_unstable must be an integer >= 0 or None, "
+                                 f"got {self.root_milp_max_unstable!r}")
+        for name in ("root_milp_after", "enumerate_max", "enumerate_always", "milp_max_free", "attack_samples",
+                     "search_starts", "search_every", "spike_limit", "restarts", "search_steps"):
             value = getattr(self, name)
             if int(value) != value or value < 0:
                 raise BabConfigError(f"{name} must be an integer >= 0, got {value!r}")
@@ -212,6 +235,9 @@ class Question:
         thresholds = tuple(Fraction(c) for c in np.broadcast_to(np.asarray(thresholds, dtype=object),
                                                                  (rows.shape[0],)))
         grid = bool(np.all(rows == np.round(rows))) and all((c * steps).denominator == 1 for c in thresholds)
+        # the grid margins C_i . counts - T' c_i are computed in int64: only while they cannot overflow
+        grid = grid and all(steps * float(np.abs(row).sum()) + abs(float(c * steps)) < 2.0 ** 53
+                            for row, c in zip(rows, thresholds))
         return cls(rows, thresholds, bool(strict), grid)
 
     @classmethod
@@ -254,13 +280,16 @@ class _Search:
         self.best_margin: Optional[Fraction] = None
         self.milp_subsets: dict = {}   # id -> input subset whose MILP has run
         self.best_x: Optional[np.ndarray] = None
+        self.maps = None  # verify.enumerate.reduced_maps of the net (False: enumerate with net64.run)
+        self.pool_margins: Optional[np.ndarray] = None  # [rows of C]: smallest margin of the random members
         self.closed_floor = math.inf
         self.in_flight: List[_Node] = []  # popped, not yet replaced by children or closed
         self.root_bounded = False
         self.fresh: List[_Node] = []  # bounded, not yet in the queue
         self.stats = {"nodes": 0, "splits": 0, "spike_splits": 0, "closed_by_bound": 0, "empty": 0,
                       "enumerated": 0, "milp": 0, "milp_timeouts": 0, "max_depth": 0, "exact_replays": 0,
-                      "node_searches": 0, "decided_fraction": 0.0}
+                      "node_searches": 0, "restarts": 0, "root_milp_skipped": 0,
+                      "decided_fraction": 0.0}
         self.serial = itertools.count()
         self.decided_weight = Fraction(0)
         from refsnn.ibp import prepare_stages
@@ -304,9 +333,11 @@ class _Search:
         rows = self.all_rows if rows is None else rows
         return min(trace.value(self.C[i]) - self.question.thresholds[i] for i in rows)
 
-    def offer(self, xs: np.ndarray) -> None:
+    def offer(self, xs: np.ndarray, force: bool = False) -> None:
         """Candidates ``xs [T', b, *in]`` (members of the set): the best by float64 is replayed
-        exactly; raises ``_Done`` when its exact margin is <= 0."""
+        exactly; raises ``_Done`` when its exact margin breaks the property. ``force``: a member whose
+        exact margin is already known to break it (float64 may disagree near the threshold): always
+        replayed."""
         if xs.shape[1] == 0:
             return
         rates = self.net64.forward(xs)
@@ -317,7 +348,8 @@ class _Search:
         for i in ([order[0]] + [i for i in near if i != order[0]]):
             x = np.ascontiguousarray(xs[:, i])
             half = 1.0 / (2 * self.steps)
-            if self.best_margin is not None and margins[i] > float(self.best_margin) - half and margins[i] > half:
+            if not force and self.best_margin is not None and margins[i] > float(self.best_margin) - half \
+                    and margins[i] > half:
                 continue  # not better than the best by a grid step, and not near 0: no replay needed
             exact = self.exact_margin(x)
             if self.best_margin is None or exact < self.best_margin:
@@ -334,15 +366,43 @@ class _Search:
             return
         pool = subset.sample(self.rng, cfg.attack_samples)
         self.offer(pool)
-        if cfg.search_starts == 0:
+        if cfg.search_starts == 0 and cfg.restarts == 0:
             return
         rates = self.net64.forward(pool)
         margins = self.float_margins(rates, self.all_rows)
-        coefs = self.C[int(np.argmin(margins.min(axis=0)))]
+        self.pool_margins = margins.min(axis=0)  # per row of C: how close the pool came to breaking it
+        coefs = self.C[int(np.argmin(self.pool_margins))]
         for start in np.argsort(margins.min(axis=1), kind="stable")[:cfg.search_starts]:
             if self.remaining() <= 0:
                 return
             x, _ = local_search(self.net64, subset, pool[:, start], coefs, -1.0)
+            self.offer(x[:, None])
+
+    def restart_search(self, node: _Node) -> None:
+        """Falsification once the root bound leaves rows open: up to ``restarts`` local searches of up
+        to ``search_steps`` moves, each from a random member of the node, for at most ``restart_share``
+        of the time limit. Even restarts push the row the random members came closest to breaking
+        (the root bound is near -1 on every row of hard samples and does not rank them), odd ones
+        cycle through the other open rows."""
+        cfg = self.config
+        if cfg.restarts == 0 or cfg.restart_share == 0:
+            return
+        budget = math.inf if cfg.time_limit is None else cfg.restart_share * cfg.time_limit
+        stop = time.perf_counter() + min(budget, self.remaining())
+        rows = node.rows
+        if self.pool_margins is not None:
+            pool = self.pool_margins[rows]
+            rows = rows[np.lexsort((node.lower, pool))]  # by the pool's margin, then by the bound
+        else:
+            rows = rows[np.argsort(node.lower, kind="stable")]
+        for r in range(cfg.restarts):
+            if time.perf_counter() >= stop:
+                return
+            self.stats["restarts"] += 1
+            j = rows[0] if r % 2 == 0 or rows.size == 1 else rows[1 + (r // 2) % (rows.size - 1)]
+            coefs = self.C[int(j)]
+            start = node.subset.sample(self.rng, 1)[:, 0]
+            x, _ = local_search(self.net64, node.subset, start, coefs, -1.0, max_steps=cfg.search_steps)
             self.offer(x[:, None])
 
     # --- bounds ---------------------------------------------------------------------------------
@@ -379,14 +439,15 @@ class _Search:
         return refine
 
     def bound(self, children: List[_Child]):
-        """``(lower [B, S], coefficients [B, S, T', *in] or None, empty [B], candidates)`` of each
-        child's open rows: ``empty`` marks a child whose spike splits contradict its bounds (no
+        """``(lower [B, S], coefficients [B, S, T', *in] or None, empty [B], candidates, n_unstable [B])``
+        of each child's open rows: ``empty`` marks a child whose spike splits contradict its bounds (no
         member has those spikes); ``candidates``: per child ``(indices [K, 3], scores [K])`` of its
-        unstable spikes, best first (neuron branching only)."""
+        unstable spikes, best first (neuron branching only); ``n_unstable``: its unstable spikes."""
         from refsnn.alpha import alpha_bounds_of_box
         from refsnn.crown import crown_bounds_of_box
         from refsnn.ibp import ibp_spec_bounds, interval_bounds_of_box, output_rounding_margin
         from refsnn.input_sets import binary_box
+        from refsnn.relaxations import UNSTABLE
         from refsnn.spec import best_bounds
 
         cfg = self.config
@@ -426,7 +487,9 @@ class _Search:
             candidates = None
             if cfg.branching in NEURON_BRANCHING:
                 candidates = self.spike_candidates(inter, box, C, lower, [len(c.rows) for c in children])
-        return lower, coefs, empty, candidates
+            n_unstable = sum((state.reshape(self.steps, len(children), -1) == UNSTABLE).sum(axis=(0, 2))
+                             for state in inter.state)
+        return lower, coefs, empty, candidates, n_unstable
 
     def spike_candidates(self, inter, box, C: np.ndarray, lower: np.ndarray, n_rows: List[int]):
         """Per child, its unstable spikes ``[K, 3]`` (stage, t, neuron) ranked by the branching score,
@@ -497,7 +560,7 @@ class _Search:
     def make_nodes(self, children: List[_Child]) -> List[_Node]:
         """Bounds the children; closes rows with a bound > 0 and empty children; offers each node's
         S-CROWN minimizer."""
-        lower, coefs, empty, candidates = self.bound(children)
+        lower, coefs, empty, candidates, n_unstable = self.bound(children)
         self.stats["nodes"] += len(children)
         nodes, offers = [], []
         for b, child in enumerate(children):
@@ -520,7 +583,8 @@ class _Search:
                 self.closed_floor = min(self.closed_floor, floor)
                 continue
             node = _Node(float(low[keep].min()), next(self.serial), child.subset, open_rows[keep], low[keep], floor,
-                         child.depth, coefs=coef, fixed=child.fixed, weight=child.weight)
+                         child.depth, coefs=coef, fixed=child.fixed, weight=child.weight,
+                         n_unstable=int(n_unstable[b]))
             if candidates is not None:
                 node.candidates, scores, node.n_unstable = candidates[b]
                 node.score = float(scores[0]) if scores.size else 0.0
@@ -542,46 +606,97 @@ class _Search:
         self.offer(x[:, None])
 
     # --- leaves -----------------------------------------------------------------------------------
-    def enumerate_leaf(self, node: _Node) -> None:
+    def enumerate_leaf(self, node: _Node) -> bool:
         """Closes the node exactly: every member of its input subset (a superset of the node when it
-        has spike splits): float64 margins, near-ties replayed exactly."""
+        has spike splits): float64 margins, near-ties replayed exactly. Returns False when the time
+        limit comes first (the node stays open).
+
+        A ``LevelSet`` is enumerated in chunks of at most ``ENUM_CHUNK`` members (its variables that
+        move S-CROWN's bound most fixed outside), each run through ``reduced_spike_counts`` on the
+        neurons the chunk's own sound intervals leave unstable."""
         self.stats["enumerated"] += 1
-        th = float(self.net.threshold)
-        rows, q = node.rows, self.question
         lowest = math.inf
-        for xs in node.subset.enumerate(1024):
-            trace = self.net64.run(xs)
-            counts = trace.spikes[-1].reshape(self.steps, xs.shape[1], -1).sum(axis=0)
-            near = np.zeros(xs.shape[1], dtype=bool)
-            for mem in trace.membranes:
-                mem = mem.reshape(self.steps, xs.shape[1], -1)
-                band = FIXED_TIE_BAND * (1.0 + abs(th) + np.abs(mem))
-                near |= (np.abs(mem - th) <= band).any(axis=(0, 2))
-            if q.grid:
-                # T' (C_i . f - c_i) = C_i . counts - T' c_i: integers, exact once the counts are
-                margins = (counts.astype(np.int64) @ self.C_int[rows].T - self.c_grid[rows]).min(axis=1)
-                suspicious = np.flatnonzero(near | (margins <= 0))
-                for i in suspicious:
-                    self.stats["exact_replays"] += 1
-                    counts_exact = self.exact.run(np.ascontiguousarray(xs[:, i])).counts.astype(np.int64)
-                    margins[i] = int((self.C_int[rows] @ counts_exact - self.c_grid[rows]).min())
-                i = int(np.argmin(margins))
-                lowest = min(lowest, self.grid_lower(int(margins[i])))
-            else:
-                # off the grid: a float margin farther than the rounding band from 0, with exact spike
-                # counts (no membrane near the threshold), has the exact margin's sign
-                margins = self.float_margins(counts / self.steps, rows).min(axis=1)
-                slack = 1e-9 * (1.0 + np.abs(self.c_float[rows]) + np.abs(self.C[rows]).sum(axis=1)).max()
-                lowers = np.nextafter(margins - slack, -np.inf)
-                for i in np.flatnonzero(near | (margins <= slack)):
-                    exact = self.exact_margin(np.ascontiguousarray(xs[:, i]), rows)
-                    margins[i], lowers[i] = float(exact), float_outward(exact, "lower")
-                i = int(np.argmin(margins))
-                lowest = min(lowest, float(lowers.min()))
-            if margins[i] <= 0:
-                self.offer(np.ascontiguousarray(xs[:, i:i + 1]))
+        if self.reduced_ok(node):
+            parts = _chunks(node.subset, ENUM_CHUNK, node.coefs)
+            for start in range(0, len(parts), 16):
+                group = parts[start:start + 16]
+                for part, states in zip(group, self.subset_states(group)):
+                    base = part.from_levels(part.lo[None])[:, 0].reshape(self.steps, -1).astype(np.float64)
+                    varying = np.unique(_open_bits(part)[0] % base.shape[1])
+                    for xs in part.enumerate(ENUM_CHUNK):
+                        if self.remaining() <= 0:
+                            return False
+                        counts, membranes = reduced_spike_counts(self.net64, self.maps, base, varying, states,
+                                                                 xs.reshape(self.steps, xs.shape[1], -1))
+                        lowest = min(lowest, self.close_members(xs, counts, membranes, node.rows))
+        else:
+            for xs in node.subset.enumerate(1024):
+                if self.remaining() <= 0:
+                    return False
+                trace = self.net64.run(xs)
+                counts = trace.spikes[-1].reshape(self.steps, xs.shape[1], -1).sum(axis=0)
+                lowest = min(lowest, self.close_members(xs, counts, trace.membranes, node.rows))
         self.closed_floor = min(self.closed_floor, node.floor, lowest)
         self.decided(node.weight)
+        return True
+
+    def close_members(self, xs: np.ndarray, counts: np.ndarray, membranes: List[np.ndarray], rows: np.ndarray
+                      ) -> float:
+        """A sound lower bound of ``min_i (C_i . f - c_i)`` over ``rows`` for members ``xs [T', b, *in]``
+        from their float64 output counts ``[b, n_out]``: members with a membrane within
+        ``FIXED_TIE_BAND`` of the threshold, or a margin near or below 0, are replayed exactly; the
+        worst member is offered as a witness when its exact margin is <= 0 (replayed again by
+        ``offer``, whatever its float64 margin says)."""
+        th = float(self.net.threshold)
+        q = self.question
+        counts = np.asarray(counts)
+        near = np.zeros(xs.shape[1], dtype=bool)
+        for mem in membranes:
+            mem = mem.reshape(self.steps, xs.shape[1], -1)
+            band = FIXED_TIE_BAND * (1.0 + abs(th) + np.abs(mem))
+            near |= (np.abs(mem - th) <= band).any(axis=(0, 2))
+        if q.grid:
+            # T' (C_i . f - c_i) = C_i . counts - T' c_i: integers, exact once the counts are
+            margins = (counts.astype(np.int64) @ self.C_int[rows].T - self.c_grid[rows]).min(axis=1)
+            for i in np.flatnonzero(near | (margins <= 0)):
+                self.stats["exact_replays"] += 1
+                counts_exact = self.exact.run(np.ascontiguousarray(xs[:, i])).counts.astype(np.int64)
+                margins[i] = int((self.C_int[rows] @ counts_exact - self.c_grid[rows]).min())
+            i = int(np.argmin(margins))
+            lowest = self.grid_lower(int(margins[i]))
+        else:
+            # off the grid: a float margin farther than the rounding band from 0, with exact spike
+            # counts (no membrane near the threshold), has the exact margin's sign
+            margins = self.float_margins(counts / self.steps, rows).min(axis=1)
+            slack = 1e-9 * (1.0 + np.abs(self.c_float[rows]) + np.abs(self.C[rows]).sum(axis=1)).max()
+            lowers = np.nextafter(margins - slack, -np.inf)
+            for i in np.flatnonzero(near | (margins <= slack)):
+                self.stats["exact_replays"] += 1
+                exact = self.exact_margin(np.ascontiguousarray(xs[:, i]), rows)
+                margins[i], lowers[i] = float(exact), float_outward(exact, "lower")
+            i = int(np.argmin(margins))
+            lowest = float(lowers.min())
+        if margins[i] <= 0:
+            self.offer(np.ascontiguousarray(xs[:, i:i + 1]), force=True)
+        return lowest
+
+    def reduced_ok(self, node: _Node) -> bool:
+        """Whether the node's leaf can use ``verify.enumerate.reduced_spike_counts``: a ``LevelSet``, and
+        a net whose dense stage maps are small enough (not CONV nets: those enumerate with ``net64.run``)."""
+        if self.maps is None:
+            maps = reduced_maps(self.net64)
+            self.maps = False if maps is None else maps
+        return self.maps is not False and isinstance(node.subset, LevelSet)
+
+    def subset_states(self, subsets: List[LevelSet]) -> List[list]:
+        """Per input subset, the interval states ``[T', n_k]`` of each stage (no spike splits: the
+        intervals of the whole subset, which every member's exact trajectory lies in)."""
+        from refsnn.ibp import interval_bounds_of_box
+        from refsnn.input_sets import binary_box
+
+        lower, upper = stack_boxes(subsets)
+        inter = interval_bounds_of_box(self.net, binary_box(lower, upper, self.net), self.stages)
+        return [[st.reshape(self.steps, len(subsets), -1)[:, b] for st in inter.state] for b in range(len(subsets))]
 
     def milp_leaf(self, node: _Node, budget: float) -> bool:
         """Tries the exact MILP (``verify.milp.SampleVerifier``: the minimum of each open row
@@ -654,6 +769,31 @@ class _Search:
         count = node.subset.count()
         return [_Child(part, node.rows, node.floor, depth, node.fixed, node.weight * Fraction(part.count(), count))
                 for part in parts]
+
+
+def _chunks(subset: LevelSet, limit: int, coefs: Optional[np.ndarray]) -> List[LevelSet]:
+    """Subsets of at most ``limit`` members that partition ``subset``: the open variables with the
+    largest ``smear`` (or the widest, without ``coefs``) are fixed to each of their levels, the rest
+    stay free (fixing the variables that move the bound most leaves the fewest unstable neurons)."""
+    open_vars = subset.open_variables
+    sizes = (subset.hi - subset.lo + 1)[open_vars]
+    weight = smear(subset, coefs)[open_vars] if coefs is not None else sizes.astype(np.float64)
+    order = open_vars[np.lexsort((open_vars, -weight))]   # most influential first
+    inner, count = [], 1
+    for v in order[::-1]:
+        size = int(subset.hi[v] - subset.lo[v] + 1)
+        if count * size > limit:
+            break
+        inner.append(int(v))
+        count *= size
+    outer = [int(v) for v in order if int(v) not in inner]
+    parts = []
+    for levels in itertools.product(*[range(int(subset.lo[v]), int(subset.hi[v]) + 1) for v in outer]):
+        part = subset
+        for v, level in zip(outer, levels):
+            part = part.restrict(v, level, level)
+        parts.append(part)
+    return parts
 
 
 def _open_bits(subset: LevelSet):
@@ -731,6 +871,10 @@ def _run(net: SNN, input_set: InputSet, label: Optional[int], question: Optional
             root = LevelSet.of(input_set)
             queue = search.make_nodes([_Child(root, search.all_rows, math.inf, 0)])
             search.root_bounded = True
+            if queue:
+                search.in_flight = list(queue)
+                search.restart_search(queue[0])
+                search.in_flight = []
             _expand(search, queue)
         else:
             queue = _root_only(search, input_set)
@@ -738,7 +882,10 @@ def _run(net: SNN, input_set: InputSet, label: Optional[int], question: Optional
         return _result(search, "not_robust", queue, f"exact margin {search.best_margin} "
                                                      f"{'<=' if search.question.strict else '<'} 0")
     if not queue:
-        return _result(search, "robust", queue, "every node closed")
+        result = _result(search, "robust", queue, "every node closed")
+        if not search.question.closes(np.array([result.margin_lower]))[0]:  # no proof behind the closed nodes
+            return _result(search, "unknown", queue, "closed nodes without a proving margin bound")
+        return result
     return _result(search, "unknown", queue, "time limit" if search.remaining() <= 0 else "node limit")
 
 
@@ -748,6 +895,9 @@ def _expand(search: _Search, queue: List[_Node]) -> None:
     heapq.heapify(queue)
     root = queue[0] if len(queue) == 1 else None
     root_pending = root is not None and cfg.root_milp > 0
+    if root_pending and cfg.root_milp_max_unstable is not None and root.n_unstable > cfg.root_milp_max_unstable:
+        root_pending = False  # too many unstable spikes for the MILP: the whole time goes to branching
+        search.stats["root_milp_skipped"] += 1
     next_search = cfg.search_every
     while queue:
         if search.remaining() <= 0 or (cfg.max_nodes is not None and search.stats["nodes"] >= cfg.max_nodes):
@@ -775,8 +925,10 @@ def _expand(search: _Search, queue: List[_Node]) -> None:
         for node in picked:
             count = node.subset.count()
             no_spike = node.candidates is None or node.candidates.shape[0] == 0
-            if count <= cfg.enumerate_max or (count == 1 and no_spike):
-                search.enumerate_leaf(node)
+            far = node.priority <= -2.0 / search.steps  # splitting seldom closes it: enumerate a large leaf
+            if count <= cfg.enumerate_always or (count <= cfg.enumerate_max and far) or (count == 1 and no_spike):
+                if not search.enumerate_leaf(node):
+                    heapq.heappush(queue, node)  # the time limit came first: still open
                 continue
             # one MILP per input subset: it ignores spike splits, so a node's spike children (and their
             # children) hold the same subset and would only repeat it
@@ -824,12 +976,9 @@ def _root_only(search: _Search, input_set: InputSet) -> List[_Node]:
     count = input_set.count()
     decided = True
     if count <= search.config.enumerate_max:
-        search.enumerate_leaf(node)
+        decided = search.enumerate_leaf(node)
     elif not search.milp_leaf(node, search.remaining()):
-        if count <= DEFAULT_MAX_MEMBERS:
-            search.enumerate_leaf(node)
-        else:
-            decided = False
+        decided = count <= DEFAULT_MAX_MEMBERS and search.enumerate_leaf(node)
     search.in_flight = []
     return [] if decided else [node]
 

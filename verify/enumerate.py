@@ -6,7 +6,7 @@ the exact extremes of each specification, of each membrane, and the robustness m
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -107,3 +107,62 @@ def enumerate_robust(net: SNN, input_set: InputSet, label: int, max_members: int
     j = int(np.argmin(ext.min))
     margin = float(ext.min[j])
     return margin > 0, margin, (None if margin > 0 else ext.argmin[j])
+
+
+# A stage's dense affine map is built (and the reduced pass used) only below this many entries in all
+# stages together: the MNIST FC net has 0.5M, a CONV net's second convolution alone tens of millions.
+REDUCED_MAX_ENTRIES = 1 << 24
+
+
+def reduced_maps(net: SNN) -> Optional[List[Tuple[np.ndarray, np.ndarray]]]:
+    """``verify.encoding.stage_affine_maps`` of the net when they are small enough for
+    ``reduced_spike_counts`` (at most ``REDUCED_MAX_ENTRIES`` entries), else None."""
+    from .encoding import stage_affine_maps
+
+    entries = sum(int(np.prod(stage.input_shape)) * int(np.prod(stage.neuron_shape)) for stage in net.stages)
+    return stage_affine_maps(net) if entries <= REDUCED_MAX_ENTRIES else None
+
+
+def reduced_spike_counts(net64: SNN, maps: List[Tuple[np.ndarray, np.ndarray]], base: np.ndarray,
+                         varying: np.ndarray, states: List[np.ndarray], members: np.ndarray
+                         ) -> Tuple[np.ndarray, List[np.ndarray]]:
+    """Output spike counts ``[b, n_out]`` of members that agree with ``base`` outside the input
+    positions ``varying``, computed on the neurons their sound interval bounds leave unstable.
+
+    ``maps``: ``stage_affine_maps(net64)`` (``I = A s + c``); ``base [T', n_in]`` 0/1, one member;
+    ``varying [P]``: flat input positions where members may differ from ``base``; ``states[k]
+    [T', n_k]``: the interval states (``refsnn.relaxations``: 0 stable silent, 1 stable firing, 2
+    unstable) of a set holding every member, e.g. ``refsnn.ibp.interval_bounds_of_box`` of its box;
+    ``members [T', b, n_in]``. A neuron stable at every step has the same spikes on every member (the
+    bounds are sound), so its spikes enter the next stage as a constant per step; the others (and
+    every output neuron) run through ``refsnn.neurons.lif_forward``, the one implementation of
+    eqs. 1-2, on currents ``const_t + A[kept, kept_prev] s_t[kept_prev]`` (float64).
+
+    Returns the counts and each stage's simulated membranes ``[T', b, n_kept_k]``, for the caller's
+    near-tie check (a membrane within rounding of the threshold may fire differently in exact
+    arithmetic). The result equals ``net64.run`` on the members up to float64 rounding.
+    """
+    from refsnn.neurons import lif_forward
+    from refsnn.relaxations import STABLE_ON, UNSTABLE
+
+    steps, batch = members.shape[:2]
+    membranes = []
+    spikes = None
+    kept_prev = None
+    for k, (A, c) in enumerate(maps):
+        state = states[k]
+        last = k == len(maps) - 1
+        kept = np.flatnonzero(np.any(state == UNSTABLE, axis=0) | last)
+        if k == 0:
+            const = base @ A[kept].T + c[kept]                    # [T', kept]
+            delta = members[:, :, varying].astype(np.float64) - base[:, None, varying]
+            current = const[:, None, :] + delta @ A[kept][:, varying].T
+        else:
+            fixed_prev = np.setdiff1d(np.arange(A.shape[1]), kept_prev)
+            on = (states[k - 1][:, fixed_prev] == STABLE_ON).astype(np.float64)   # [T', fixed]
+            const = on @ A[kept][:, fixed_prev].T + c[kept]
+            current = const[:, None, :] + spikes @ A[kept][:, kept_prev].T
+        membrane, spikes = lif_forward(np.ascontiguousarray(current), net64.threshold, net64.decay, net64.firing)
+        membranes.append(membrane)
+        kept_prev = kept
+    return spikes.sum(axis=0), membranes
