@@ -27,9 +27,9 @@ from __future__ import annotations
 
 from typing import Tuple
 
-import numba
 import numpy as np
 
+from ._reset_rules import compile_reset_rules
 from ..firing import STABLE_OFF, STABLE_ON, UNSTABLE
 
 NAME = "zero"
@@ -77,22 +77,9 @@ def reset_upper_bound(state, mem_upper, th_reset, th_off):
     return 0.0
 
 
-reset_lower_compiled = numba.njit(cache=True)(reset_lower_bound)
-reset_upper_compiled = numba.njit(cache=True)(reset_upper_bound)
-_reset_lower_array = numba.vectorize(cache=True)(reset_lower_bound)
-_reset_upper_array = numba.vectorize(cache=True)(reset_upper_bound)
-
-
-def reset_interval(mem_lower: np.ndarray, mem_upper: np.ndarray, state: np.ndarray,
-                   rule) -> Tuple[np.ndarray, np.ndarray]:
-    """Eq. 9 on arrays (``reset_lower_bound``, ``reset_upper_bound``): stable non-firing ``[m_l, m_u]``,
-    stable firing ``[0, 0]``, unstable ``[min(0, m_l), th_hi]`` (``rule``: the precision policy)."""
-    mem_lower = np.asarray(mem_lower, dtype=np.float64)
-    if mem_lower.size == 0:
-        return mem_lower.copy(), np.asarray(mem_upper, dtype=np.float64).copy()
-    lower = _reset_lower_array(state, mem_lower, mem_lower < 0.0, 0.0, rule.th_hi)
-    upper = _reset_upper_array(state, mem_upper, rule.th_hi, rule.th_lo)
-    return np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
+# the compiled scalar rules (inlined by the S-IBP kernel) and ``reset_interval`` on arrays
+reset_lower_compiled, reset_upper_compiled, reset_interval = compile_reset_rules(reset_lower_bound,
+                                                                                 reset_upper_bound)
 
 
 # --- reset relaxation (eq. 10) and its part of the back-substitution step ------------------------
