@@ -435,7 +435,7 @@ _LIF_KERNELS: dict = {}
 def _lif_kernels(reset: str = "zero") -> dict:
     """The forward and BPTT loops compiled with the rules of the neuron model ``reset``."""
     if reset not in _LIF_KERNELS:
-        from .neurons import compiled_rules
+        from .neurons.models import compiled_rules
 
         rules = compiled_rules(reset)
         tag = rules["tag"]

@@ -47,7 +47,7 @@ import numpy as np
 from numba import prange
 
 from .kernels import specialize
-from .neurons import compiled_rules, neuron_model
+from .neurons.models import compiled_rules, neuron_model
 from .relaxations import STABLE_OFF, STABLE_ON, UNSTABLE, fire_state_compiled
 
 __all__ = ["interval_kernel", "backsub_kernel", "backsub_reverse_kernel", "backsub_stage",

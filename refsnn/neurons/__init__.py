@@ -19,51 +19,16 @@ runs over time only; each step is vectorized over all neurons and samples.
 """
 from __future__ import annotations
 
-import hashlib
-import inspect
 import math
-import types
 from dataclasses import dataclass
 from typing import Tuple
 
-import numba
 import numpy as np
 
 from ..firing import fires, fires_at_threshold
 from ..validation import FIRING_MODES, RESET_MODES, check_firing, check_reset  # noqa: F401
-from . import lif, subtract
-
-NEURON_MODELS = {lif.NAME: lif, subtract.NAME: subtract}
-assert tuple(NEURON_MODELS) == RESET_MODES
-
-
-def neuron_model(reset: str = "zero") -> types.ModuleType:
-    """The module of the neuron model ``reset`` (``"zero"``: the paper's LIF, ``"subtract"``)."""
-    return NEURON_MODELS[check_reset(reset)]
-
-
-# The scalar rules a kernel calls, compiled once per model. The small ones are inlined into the
-# kernels (Numba IR inlining: the same code as if written there); the reset interval rules stay
-# calls, as the fire rule of ``refsnn.relaxations``.
-_INLINED = ("carry", "grad_step", "backsub_stable_on", "backsub_unstable", "backsub_membrane",
-            "backsub_unstable_family", "reverse_stable_on", "reverse_unstable", "reverse_unstable_family")
-_COMPILED: dict = {}
-
-
-def compiled_rules(reset: str = "zero") -> dict:
-    """``{name: compiled function}`` of the model's scalar rules; ``"tag"``: the model name and a
-    hash of its source, for the names (and cache entries) of the kernels compiled with them."""
-    if reset not in _COMPILED:
-        model = neuron_model(reset)
-        rules = {"reset_lower": model.reset_lower_compiled, "reset_upper": model.reset_upper_compiled}
-        for name in _INLINED:
-            if hasattr(model, name):
-                rules[name] = numba.njit(cache=True, inline="always")(getattr(model, name))
-        # A kernel's cache entry must change with the rules compiled into it (Numba does not track them).
-        digest = hashlib.sha1(inspect.getsource(model).encode()).hexdigest()[:8]
-        rules["tag"] = f"{model.NAME}_{digest}"
-        _COMPILED[reset] = rules
-    return _COMPILED[reset]
+from . import lif, subtract  # noqa: F401
+from .models import NEURON_MODELS, compiled_rules, neuron_model  # noqa: F401
 
 
 def fire(membrane: np.ndarray, threshold: float, firing: str = ">=") -> np.ndarray:
