@@ -35,6 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from refsnn import ibp, kernels  # noqa: E402
+from refsnn.neurons import loops  # noqa: E402
 from refsnn.neurons import Rectangular, lif_backward, lif_forward  # noqa: E402
 
 DENSITIES = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2)
@@ -113,17 +114,17 @@ def lif_timings(repeats):
         membrane, spike = lif_forward(current, 0.25, 0.25)
         grad = rng.normal(size=current.shape).astype(np.float32)
         surrogate = Rectangular()
-        fused_m, fused_s = kernels.lif_forward_fused(current, 0.25, 0.25)
+        fused_m, fused_s = loops.lif_forward_fused(current, 0.25, 0.25)
         assert np.array_equal(fused_m, membrane) and np.array_equal(fused_s, spike)
 
         def fused_backward():
             derivative = surrogate.derivative(membrane - np.float32(0.25))
-            return kernels.lif_backward_fused(membrane, spike, grad, derivative, 0.25)
+            return loops.lif_backward_fused(membrane, spike, grad, derivative, 0.25)
 
         assert np.array_equal(fused_backward(), lif_backward(membrane, spike, grad, 0.25, 0.25, surrogate))
         rows.append({"shape": list(current.shape),
                      "forward_numpy_ms": 1e3 * median_time(lambda: lif_forward(current, 0.25, 0.25), repeats),
-                     "forward_fused_ms": 1e3 * median_time(lambda: kernels.lif_forward_fused(current, 0.25, 0.25), repeats),
+                     "forward_fused_ms": 1e3 * median_time(lambda: loops.lif_forward_fused(current, 0.25, 0.25), repeats),
                      "backward_numpy_ms": 1e3 * median_time(
                          lambda: lif_backward(membrane, spike, grad, 0.25, 0.25, surrogate), repeats),
                      "backward_fused_ms": 1e3 * median_time(fused_backward, repeats)})

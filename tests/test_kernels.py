@@ -5,6 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from refsnn import SNN, Linear, kernels
+from refsnn.neurons import loops
 from refsnn.neurons import ATan, Rectangular, Sigmoid, lif_backward, lif_forward
 
 
@@ -57,7 +58,7 @@ def test_fused_lif_is_bit_for_bit_the_numpy_recurrence(dtype, firing, seed, rese
 def test_fused_lif_blocks_of_any_width_give_the_numpy_recurrence(monkeypatch, width):
     # 37 neurons in blocks of ``width`` (the last one partial): every block but the first starts at
     # an offset, which the default block (>= _NEURON_BLOCK neurons) never does at test sizes
-    monkeypatch.setattr(kernels, "_neuron_block", lambda size: width)
+    monkeypatch.setattr(loops, "_neuron_block", lambda size: width)
     rng = np.random.default_rng(width)
     current = rng.normal(0.2, 0.3, (6, 37)).astype(np.float32)
     membrane, spike = lif_forward(current, 0.25, 0.25, ">=")
@@ -341,9 +342,9 @@ def test_rectangular_bptt_kernel_is_bit_for_bit_the_derivative_array_path(dtype,
     spike = (membrane >= dtype(threshold)).astype(dtype)
     grad_spike = rng.normal(size=membrane.shape).astype(dtype)
     surrogate = Rectangular(width, height)
-    want = kernels.lif_backward_fused(membrane, spike, grad_spike, surrogate.derivative(membrane - threshold),
+    want = loops.lif_backward_fused(membrane, spike, grad_spike, surrogate.derivative(membrane - threshold),
                                       0.3, reset_grad)
-    got = kernels.lif_backward_rectangular_fused(membrane, spike, grad_spike, threshold, width, height, 0.3,
+    got = loops.lif_backward_rectangular_fused(membrane, spike, grad_spike, threshold, width, height, 0.3,
                                                  reset_grad)
     assert got.dtype == dtype and np.array_equal(got, want)
 

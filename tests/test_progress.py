@@ -51,11 +51,12 @@ def test_progress_lines_bar_and_quiet(capsys, bars):
 
 NOTICE_SCRIPT = """
 import numpy as np
-from refsnn import kernels, progress
+from refsnn import progress
+from refsnn.neurons import loops
 progress.compile_notice(quiet={quiet})
 progress.compile_notice(quiet={quiet})   # a second call installs no second listener
-kernels.lif_forward_fused(np.zeros((2, 3)), 0.25, 0.25)
-kernels.lif_forward_fused(np.zeros((2, 3), np.float32), np.float32(0.25), np.float32(0.25))
+loops.lif_forward_fused(np.zeros((2, 3)), 0.25, 0.25)
+loops.lif_forward_fused(np.zeros((2, 3), np.float32), np.float32(0.25), np.float32(0.25))
 """
 
 
@@ -77,10 +78,11 @@ def test_compile_notice_says_it_exactly_when_numba_compiles(tmp_path):
 
 QUIET_AFTER_LOUD_SCRIPT = """
 import numpy as np
-from refsnn import kernels, progress
+from refsnn import progress
+from refsnn.neurons import loops
 progress.compile_notice(quiet=False)   # an earlier command of this process installed the listener
 progress.compile_notice(quiet=True)    # the command running now is quiet
-kernels.lif_forward_fused(np.zeros((2, 3)), 0.25, 0.25)
+loops.lif_forward_fused(np.zeros((2, 3)), 0.25, 0.25)
 """
 
 

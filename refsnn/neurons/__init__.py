@@ -115,13 +115,13 @@ def lif_forward(current: np.ndarray, threshold: float, decay: float, firing: str
 
     ``smooth=True`` replaces the Heaviside by ``surrogate.smooth`` (gradient checks only).
     The Heaviside case of a float32/float64 array runs the fused Numba loop of
-    ``refsnn.kernels.lif_forward_fused`` (same operations, bit-for-bit the same result).
+    ``refsnn.neurons.loops.lif_forward_fused`` (same operations, bit-for-bit the same result).
     """
     check_firing(firing)
     model = neuron_model(reset)
     if (not smooth and current.ndim >= 1 and current.dtype in (np.float32, np.float64) and current.size
             and _python_scalars(threshold, decay)):
-        from ..kernels import lif_forward_fused
+        from .loops import lif_forward_fused
 
         return lif_forward_fused(current, threshold, decay, firing, reset)
     membrane = np.empty_like(current)
@@ -145,14 +145,14 @@ def lif_backward(membrane: np.ndarray, spike: np.ndarray, grad_spike: np.ndarray
     Returns dL/dI_t ``[T, ...]``. With ``reset_grad`` the reset path from ``s_t`` into
     ``m_{t+1}`` (``-alpha m_t`` for the LIF) is differentiated (the authors' code); otherwise it is
     detached (snnTorch). Arrays of one float dtype run the fused Numba loop of
-    ``refsnn.kernels.lif_backward_fused`` (bit-for-bit the same result).
+    ``refsnn.neurons.loops.lif_backward_fused`` (bit-for-bit the same result).
     """
     model = neuron_model(reset)
     if (type(surrogate) is Rectangular and membrane.dtype in (np.float32, np.float64) and membrane.size
             and spike.dtype == membrane.dtype and _python_scalars(threshold, decay)
             and _python_scalars(surrogate.width, surrogate.height)
             and np.asarray(grad_spike).dtype == membrane.dtype):
-        from ..kernels import lif_backward_rectangular_fused
+        from .loops import lif_backward_rectangular_fused
 
         return lif_backward_rectangular_fused(membrane, spike, grad_spike, threshold, surrogate.width,
                                               surrogate.height, decay, reset_grad, reset)
@@ -160,7 +160,7 @@ def lif_backward(membrane: np.ndarray, spike: np.ndarray, grad_spike: np.ndarray
     if (membrane.dtype in (np.float32, np.float64) and membrane.size and spike.dtype == membrane.dtype
             and _python_scalars(threshold, decay)
             and np.asarray(grad_spike).dtype == membrane.dtype and derivative.dtype == membrane.dtype):
-        from ..kernels import lif_backward_fused
+        from .loops import lif_backward_fused
 
         return lif_backward_fused(membrane, spike, grad_spike, derivative, decay, reset_grad, threshold, reset)
     grad_current = np.empty_like(membrane)
