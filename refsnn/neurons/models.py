@@ -11,8 +11,10 @@ import types
 
 import numba
 
+import refsnn.neurons.lif as lif  # the model files themselves, not the package that imports this module
+import refsnn.neurons.subtract as subtract
+
 from ..validation import RESET_MODES, check_reset
-from . import lif, subtract
 
 NEURON_MODELS = {lif.NAME: lif, subtract.NAME: subtract}
 assert tuple(NEURON_MODELS) == RESET_MODES
