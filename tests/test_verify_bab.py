@@ -21,6 +21,8 @@ from verify.bab import BOUND_METHODS, BRANCHING, NEURON_BRANCHING, BabConfig, Ba
 from verify.exact import ExactNetwork
 from verify.sets import LevelSet
 
+from exact_oracle import exact_counts
+
 
 def _members(input_set) -> list:
     return sorted(bytes(row) for xs in input_set.enumerate(64)
@@ -28,25 +30,9 @@ def _members(input_set) -> list:
 
 
 def _exact_min_margin(net, input_set, label: int) -> Fraction:
-    """Smallest ``f_label - f_j`` over every member, in exact semantics: float64 enumeration, with
-    every member whose membranes come within 1e-6 of the threshold replayed in rational arithmetic
-    (non-dyadic weights can round a membrane onto the threshold that lies above it exactly)."""
-    from verify.encoding import float64_network
-
-    net64, exact = float64_network(net), ExactNetwork(net)
+    """Smallest ``f_label - f_j`` over every member, in exact semantics (``exact_oracle.exact_counts``)."""
     others = [j for j in range(net.n_outputs) if j != label]
-    lowest = None
-    for xs in input_set.enumerate(1024):
-        trace = net64.run(xs)
-        batch = xs.shape[1]
-        counts = trace.spikes[-1].reshape(input_set.steps, batch, -1).sum(axis=0).astype(np.int64)
-        near = np.zeros(batch, dtype=bool)
-        for mem in trace.membranes:
-            near |= (np.abs(mem.reshape(input_set.steps, batch, -1) - net.threshold) <= 1e-6).any(axis=(0, 2))
-        for i in np.flatnonzero(near):
-            counts[i] = exact.run(xs[:, i]).counts
-        value = int((counts[:, label] - counts[:, others].max(axis=1)).min())
-        lowest = value if lowest is None else min(lowest, value)
+    lowest = min(counts[label] - max(counts[j] for j in others) for counts in exact_counts(net, input_set))
     return Fraction(lowest, input_set.steps)
 
 

@@ -21,26 +21,9 @@ from verify import BoxSet
 from verify.bab import BOUND_METHODS, BabConfig, Question, spec_bab
 from verify.cases import Case, write_cases
 from verify.check import main as check_main
-from verify.encoding import float64_network
 from verify.exact import ExactNetwork, float_outward
 
-
-def _exact_counts(net, input_set) -> set:
-    """Every member's output spike counts in exact semantics (float64 enumeration, members with a
-    membrane within 1e-6 of the threshold replayed in rational arithmetic)."""
-    net64, exact = float64_network(net), ExactNetwork(net)
-    found = set()
-    for xs in input_set.enumerate(1024):
-        trace = net64.run(xs)
-        batch = xs.shape[1]
-        counts = trace.spikes[-1].reshape(input_set.steps, batch, -1).sum(axis=0).astype(np.int64)
-        near = np.zeros(batch, dtype=bool)
-        for mem in trace.membranes:
-            near |= (np.abs(mem.reshape(input_set.steps, batch, -1) - net.threshold) <= 1e-6).any(axis=(0, 2))
-        for i in np.flatnonzero(near):
-            counts[i] = exact.run(xs[:, i]).counts
-        found.update(tuple(int(c) for c in row) for row in counts)
-    return found
+from exact_oracle import exact_counts
 
 
 def _exact_min(row: np.ndarray, counts: set, steps: int) -> Fraction:
@@ -80,7 +63,7 @@ def _problem(draw):
 def test_threshold_verdict_equals_enumeration(problem):
     net, input_set, row, config, where, strict = problem
     steps = input_set.steps
-    minimum = _exact_min(row, _exact_counts(net, input_set), steps)
+    minimum = _exact_min(row, exact_counts(net, input_set), steps)
     threshold = {"tie": minimum, "above": Fraction(_next_float(minimum, "upper")),
                  "below": Fraction(_next_float(minimum, "lower"))}[where]
     holds = minimum > threshold if strict else minimum >= threshold
@@ -137,7 +120,7 @@ def test_check_complete_decides_claims_on_a_set_too_big_to_enumerate(large_box):
     net, model, x_lower, x_upper, tmp_path = large_box
     box = BoxSet(x_lower[:, 0], x_upper[:, 0])
     assert box.count() > 1024
-    counts = _exact_counts(net, box)
+    counts = exact_counts(net, box)
     C = np.array([[1.0, -1.0, 0.0], [0.0, 0.5, -1.0]])
     steps = x_lower.shape[0]
     minima = [_exact_min(row, counts, steps) for row in C]
@@ -171,7 +154,7 @@ def test_check_complete_decides_claims_on_a_set_too_big_to_enumerate(large_box):
 def test_check_complete_certificates_and_bad_method(large_box, capsys):
     net, model, x_lower, x_upper, tmp_path = large_box
     box = BoxSet(x_lower[:, 0], x_upper[:, 0])
-    counts = _exact_counts(net, box)
+    counts = exact_counts(net, box)
     robust_label = [j for j in range(3) if all(c[j] > max(c[k] for k in range(3) if k != j) for c in counts)]
     label = robust_label[0] if robust_label else 0
     code, report = _check(tmp_path, model, [Case("cert", x_lower, x_upper, labels=np.array([label]),
