@@ -53,6 +53,11 @@ from refsnn.losses import rate_cross_entropy
 from refsnn.robust import robust_loss
 
 archs, horizons, eps = sys.argv[2].split(","), [int(h) for h in sys.argv[3].split(",")], float(sys.argv[4])
+try:  # the allocator setting of the training loop (refsnn.train), where the tree has it
+    from refsnn.memory import keep_freed_memory
+    keep_freed_memory()
+except ImportError:
+    pass
 images, labels = load_dataset("mnist-subset", "train")
 images, labels = images[:64], labels[:64]
 spikes, maps = rate_encode(images, 10, np.random.default_rng(0))
