@@ -77,8 +77,9 @@ def test_event_kernels_equal_the_dense_path_on_structured_zeros(kernel, stride, 
 
 
 def test_conv2d_takes_the_event_kernels_only_when_asked_and_sparse(monkeypatch):
-    """``events=True`` with sparse coefficients and >= 8 input channels takes the event kernels;
-    dense coefficients, few channels or ``events=False`` (the sound bounds) the GEMM."""
+    """``events=True`` (the training graph, BPTT's ``backward``) with sparse coefficients and >= 8
+    input channels takes the event kernels; dense coefficients, few channels or ``events=False``
+    (the sound bounds) the GEMM."""
     rng = np.random.default_rng(0)
     calls = []
     for name in ("event_conv_transpose", "event_conv_weight_grad"):
@@ -98,6 +99,11 @@ def test_conv2d_takes_the_event_kernels_only_when_asked_and_sparse(monkeypatch):
                 assert calls == (["event_conv_transpose", "event_conv_weight_grad"] if events and expect else [])
                 np.testing.assert_allclose(t, conv.transpose(coef), rtol=0, atol=1e-12)
                 np.testing.assert_allclose(w, conv.param_grads(x, coef)["weight"], rtol=0, atol=1e-11)
+            del calls[:]
+            grad_x, grads = conv.backward(x, coef)   # BPTT: sparse spike gradients take them too
+            assert calls == (["event_conv_weight_grad", "event_conv_transpose"] if expect else [])
+            np.testing.assert_allclose(grad_x, conv.transpose(coef), rtol=0, atol=1e-12)
+            np.testing.assert_allclose(grads["weight"], conv.param_grads(x, coef)["weight"], rtol=0, atol=1e-11)
 
 
 def test_robust_loss_gradient_through_the_event_kernels_matches_finite_differences(monkeypatch):
