@@ -18,7 +18,8 @@ ratios of its PyTorch code (2.6x / 7.7x / 12.9x at T' = 1 / 3 / 5); the target o
 robust step at T' = 3 of at most 3x the natural step.
 
     python benchmarks/bench_robust.py [--reps 5] [--conv-reps 3] [--arch fc,conv] [--horizons 1,3,5]
-        [--old 8e6f9e7] [--threads 1] [--out runs/bench/robust]
+        [--old 8e6f9e7] [--threads 1] [--conv-model results/budget/mnist-conv/robust/checkpoint.h5]
+        [--out runs/bench/robust]
 
 Writes ``bench_robust.json`` and ``bench_robust.md`` into ``--out`` (default under ``runs/``;
 committed evidence only with ``--out results/robust``).
@@ -53,6 +54,12 @@ from refsnn.losses import rate_cross_entropy
 from refsnn.robust import robust_loss
 
 archs, horizons, eps = sys.argv[2].split(","), [int(h) for h in sys.argv[3].split(",")], float(sys.argv[4])
+conv_model = sys.argv[5] if len(sys.argv) > 5 else ""
+try:  # the allocator setting of the training loop (refsnn.train), where the tree has it
+    from refsnn.memory import keep_freed_memory
+    keep_freed_memory()
+except ImportError:
+    pass
 images, labels = load_dataset("mnist-subset", "train")
 images, labels = images[:64], labels[:64]
 spikes, maps = rate_encode(images, 10, np.random.default_rng(0))
@@ -60,6 +67,10 @@ boxes = {h: digital_linf_set(images, eps, maps[:h]) for h in horizons}
 work = {}
 for arch in archs:
     net = build_network(arch, (1, 28, 28), seed=0, dtype=np.float32)
+    if arch == "conv" and conv_model:  # trained weights: the sparsity a training run meets
+        from refsnn.io import load_checkpoint, load_model
+        net = (load_checkpoint(conv_model, dtype=np.float32).net if conv_model.endswith("checkpoint.h5")
+               else load_model(conv_model, dtype=np.float32))
     def natural(net=net):
         trace = net.run(spikes, validate=False)
         _, grad = rate_cross_entropy(trace.rates, labels, 5.0)
@@ -94,13 +105,14 @@ def extract_revision(rev: str, dest: Path) -> Path:
 
 
 class Worker:
-    def __init__(self, label: str, tree: Path, archs: str, horizons: str, eps: float, threads: int = 0):
+    def __init__(self, label: str, tree: Path, archs: str, horizons: str, eps: float, threads: int = 0,
+                 conv_model: str = ""):
         self.label = label
         env = dict(os.environ)
         if threads:  # BLAS and Numba thread pools of the worker
             for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
                 env[name] = str(threads)
-        self.proc = subprocess.Popen([sys.executable, "-c", WORKER, str(tree), archs, horizons, str(eps)],
+        self.proc = subprocess.Popen([sys.executable, "-c", WORKER, str(tree), archs, horizons, str(eps), conv_model],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(ROOT),
                                      env=env)
         ready = self.proc.stdout.readline()
@@ -130,6 +142,9 @@ def main() -> int:
     parser.add_argument("--old", default=None, help="git revision to time beside this checkout (e.g. 8e6f9e7)")
     parser.add_argument("--threads", type=int, default=0,
                         help="BLAS/Numba threads of the workers (0: the libraries' default, all cores)")
+    parser.add_argument("--conv-model", default="",
+                        help="CONV weights from this model or checkpoint.h5 instead of the seed-0 initialization "
+                             "(a trained net's stable neurons make the coefficients sparse)")
     parser.add_argument("--out", default="runs/bench/robust", help="output folder (default under runs/)")
     args = parser.parse_args()
     if args.reps < 1 or args.conv_reps < 1 or args.threads < 0:
@@ -138,11 +153,14 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
-    workers = [Worker("new", ROOT, args.arch, args.horizons, args.eps, args.threads)]
+    if args.conv_model and not Path(args.conv_model).is_file():
+        print(f"bench_robust: --conv-model {args.conv_model}: no such file", file=sys.stderr)
+        return 2
+    workers = [Worker("new", ROOT, args.arch, args.horizons, args.eps, args.threads, args.conv_model)]
     if args.old:
         trees = ROOT / "runs" / "bench"  # scratch, never under a results/ --out
         workers.append(Worker(f"old {args.old}", extract_revision(args.old, trees), args.arch, args.horizons,
-                              args.eps, args.threads))
+                              args.eps, args.threads, args.conv_model))
     names = workers[0].names
     ordered = [n for arch in args.arch.split(",") for n in names if n.startswith(arch + " ")]
     times = {(w.label, n): [] for w in workers for n in ordered}
@@ -170,7 +188,9 @@ def main() -> int:
                          "paper_epoch_ratio": PAPER_RATIO.get(horizon), "reps": len(times[(worker.label, name)])})
     load_after = os.getloadavg()
     threads = args.threads or "default (all cores)"
-    lines = [f"# Robust step vs natural step (batch {BATCH}, T = {T}, float32, eps {args.eps}, threads {threads})", "",
+    weights = f"CONV weights {args.conv_model}" if args.conv_model else "seed-0 initial weights"
+    lines = [f"# Robust step vs natural step (batch {BATCH}, T = {T}, float32, eps {args.eps}, threads {threads}, "
+             f"{weights})", "",
              f"machine: {platform.platform()}, {os.cpu_count()} cpus; load average before "
              f"{load_before[0]:.2f} / after {load_after[0]:.2f} (1 min)", "",
              f"command: `{' '.join(['python', *sys.argv])}`", "",
@@ -188,7 +208,8 @@ def main() -> int:
     record = {"command": " ".join([sys.executable, *sys.argv]), "machine": {
         "platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
         "load_average_before": load_before, "load_average_after": load_after},
-        "batch": BATCH, "T": T, "eps": args.eps, "threads": args.threads, "rows": rows}
+        "batch": BATCH, "T": T, "eps": args.eps, "threads": args.threads, "conv_model": args.conv_model,
+        "rows": rows}
     (out / "bench_robust.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "bench_robust.md").write_text(text)
     print(f"wrote {out / 'bench_robust.json'} and {out / 'bench_robust.md'}")

@@ -98,16 +98,23 @@ class _StageMaps:
 
     @staticmethod
     def weight_grad(op, x, grad_out) -> np.ndarray:
-        """``dL/dW`` of an affine op with input ``x`` and ``dL/d(output)`` (no input gradient needed)."""
+        """``dL/dW`` of an affine op with input ``x`` and ``dL/d(output)`` (no input gradient needed);
+        a convolution visits only the non-zero entries of a sparse ``grad_out`` (``Conv2d.param_grads``)."""
         if isinstance(op, Linear):
             return grad_out.T @ x
-        return op.param_grads(x, grad_out)["weight"]  # not ``backward``: its input gradient is unused here
+        return op.param_grads(x, grad_out, events=True)["weight"]  # not ``backward``: no input gradient
+
+    @staticmethod
+    def adjoint(op, coef: np.ndarray) -> np.ndarray:
+        """``op.transpose(coef)``; a convolution's visits only the non-zero entries of sparse
+        coefficients (those of stable neurons vanish: ``Conv2d.transpose(events=True)``)."""
+        return op.transpose(coef, events=True) if isinstance(op, Conv2d) else op.transpose(coef)
 
     def transpose(self, coef: np.ndarray) -> np.ndarray:
         """Adjoint of the chain: ``[N, n] -> [N, *input_shape]`` (back-substitution, eq. 17)."""
         coef = coef.reshape((coef.shape[0],) + self.neuron_shape)
         for op in reversed(self.signed):
-            coef = op.transpose(coef)
+            coef = self.adjoint(op, coef)
         return coef
 
 
@@ -423,7 +430,7 @@ class BoundGraph:
         if k == 0:
             return None, None  # the input box does not depend on the parameters
         for j in range(last, -1, -1):
-            g_center = maps.signed[j].transpose(g_center)
-            g_radius = maps.absolute[j].transpose(g_radius)
+            g_center = maps.adjoint(maps.signed[j], g_center)
+            g_radius = maps.adjoint(maps.absolute[j], g_radius)
         # center = (l + u) / 2, radius = (u - l) / 2
         return 0.5 * (g_center - g_radius), 0.5 * (g_center + g_radius)

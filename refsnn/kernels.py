@@ -44,17 +44,29 @@ CROSSOVERS = ((512, 0.125, 0.075), (256, 0.10, 0.05), (0, 0.0, 0.0))
 # "conv_crossover": 1->64 on 28x28 at 0.4, 64->128 on 14x14 at 0.25; other runs gave 0.2-0.3).
 # Override with REFSNN_EVENT_CONV (0 disables).
 CONV_CROSSOVER = 0.25
-_ENV = {"forward": "REFSNN_EVENT_FORWARD", "wgrad": "REFSNN_EVENT_WGRAD", "conv": "REFSNN_EVENT_CONV"}
+# Density of a Conv2d's output-side coefficients below which its adjoint and weight gradient
+# visit the non-zero entries only (``event_conv_transpose``, ``event_conv_weight_grad``), for
+# layers with at least ``EVENT_ADJOINT_MIN_CHANNELS`` input channels (their inner loop runs over
+# the channels). Measured at one thread, float32, the CONV preset's conv2 (64 -> 128 on 14 x 14,
+# 1,728 rows): the event kernels win below 0.3 (0.2: 0.12 vs 0.17 s; 0.03: 0.04 vs 0.17 s), conv1
+# (1 input channel) never. Override with REFSNN_EVENT_CONV_ADJOINT (0 disables).
+CONV_ADJOINT_CROSSOVER = 0.25
+EVENT_ADJOINT_MIN_CHANNELS = 8
+_ENV = {"forward": "REFSNN_EVENT_FORWARD", "wgrad": "REFSNN_EVENT_WGRAD", "conv": "REFSNN_EVENT_CONV",
+        "conv_adjoint": "REFSNN_EVENT_CONV_ADJOINT"}
 
 # Below this many input rows (time x batch) the density count is not worth it.
 _MIN_ROWS = 32
 
 
 def crossover(kind: str, out_features: int = 0) -> float:
-    """The density crossover in force for ``kind`` ("forward", "wgrad" or "conv") and a layer width."""
+    """The density crossover in force for ``kind`` ("forward", "wgrad", "conv" or "conv_adjoint") and a
+    layer width."""
     value = os.environ.get(_ENV[kind])
     if value is None and kind == "conv":
         return CONV_CROSSOVER
+    if value is None and kind == "conv_adjoint":
+        return CONV_ADJOINT_CROSSOVER
     if value is None:
         for min_out, forward, wgrad in CROSSOVERS:
             if out_features >= min_out:
@@ -81,7 +93,8 @@ _DENSITY_SAMPLE_ROWS = 128
 
 def use_event_driven(x2d: np.ndarray, kind: str, out_features: int = 0) -> bool:
     """True when ``x2d [N, in]`` is sparser than the measured crossover of ``kind`` for this width
-    (``kind="conv"``: a Conv2d input flattened to ``[N, C*H*W]``)."""
+    (``kind="conv"``: a Conv2d input flattened to ``[N, C*H*W]``; ``"conv_adjoint"``: its output-side
+    coefficients ``[N, O*OH*OW]``)."""
     limit = crossover(kind, out_features)
     if limit <= 0.0 or x2d.ndim != 2 or x2d.shape[0] < _MIN_ROWS:
         return False
@@ -325,6 +338,125 @@ def event_conv_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, geom
     kernel = _event_conv_forward_windows if x.shape[1] >= EVENT_CONV_WINDOW_CHANNELS else _event_conv_forward
     kernel(x, weight_t, np.ascontiguousarray(bias, dtype=weight.dtype), geometry, out)
     return out
+
+
+# --- the adjoint of a convolution and its weight gradient from sparse output-side coefficients ----
+# Back-substitution coefficients after a spiking layer vanish on every stably silent or firing
+# neuron (its spike is a constant, eq. 8), so the coefficient on a conv layer's output is mostly
+# zero (MNIST CONV robust checkpoint, eps 0.12, T' = 3: 3 % of conv2's; an untrained net: 44 %).
+# These kernels visit its non-zero entries only: an entry (o, oy, ox) meets the input pixel
+# (oy * sh - ph + ky, ox * sw - pw + kx) through the weights W[o, :, ky, kx] (the geometry of
+# ``_event_conv_forward``, read the other way). Per sample an ``[H, W, C]`` accumulator (channels
+# contiguous); entries are added in the order (o, oy, ox, ky, kx), so a sample's result does not
+# depend on the thread count.
+
+@numba.njit(cache=True)
+def _event_conv_scatter(coef, weight_r, geometry, acc):  # pragma: no cover - compiled
+    """``acc [H, W, C] += sum_{o, oy, ox} coef[o, oy, ox] W[o, :, ky, kx]`` at the pixels each
+    non-zero ``coef`` entry meets (``weight_r [O, KH, KW, C]``)."""
+    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w = geometry
+    height, width, channels = acc.shape
+    for o in range(coef.shape[0]):
+        for oy in range(out_h):
+            for ox in range(out_w):
+                value = coef[o, oy, ox]
+                if value == 0:
+                    continue
+                for ky in range(kernel_h):
+                    y = oy * stride_h - pad_h + ky
+                    if y < 0 or y >= height:
+                        continue
+                    for kx in range(kernel_w):
+                        xx = ox * stride_w - pad_w + kx
+                        if xx < 0 or xx >= width:
+                            continue
+                        column = weight_r[o, ky, kx]
+                        target = acc[y, xx]
+                        for c in range(channels):
+                            target[c] += value * column[c]
+
+
+@numba.njit(cache=True, parallel=True)
+def _event_conv_transpose(coef, weight_r, geometry, image):  # pragma: no cover - compiled
+    """``image [N, C, H, W] = transpose(coef [N, O, OH, OW])``, samples in parallel."""
+    n_samples, channels, height, width = image.shape
+    for n in numba.prange(n_samples):
+        acc = np.zeros((height, width, channels), dtype=image.dtype)
+        _event_conv_scatter(coef[n], weight_r, geometry, acc)
+        for c in range(channels):
+            for y in range(height):
+                for xx in range(width):
+                    image[n, c, y, xx] = acc[y, xx, c]
+
+
+def event_conv_transpose(coef: np.ndarray, weight: np.ndarray, geometry, input_shape) -> np.ndarray:
+    """The adjoint of ``refsnn.layers.Conv2d`` (``coef [N, O, OH, OW] -> [N, C, H, W]``, eq. 17's
+    ``lam W``) visiting only the non-zero entries of ``coef``; in ``coef``'s and ``weight``'s common
+    dtype, equal to the GEMM/col2im adjoint up to the summation order."""
+    dtype = np.result_type(coef.dtype, weight.dtype)
+    weight_r = np.ascontiguousarray(weight.transpose(0, 2, 3, 1), dtype=dtype)
+    image = np.empty((coef.shape[0],) + tuple(input_shape), dtype=dtype)
+    _event_conv_transpose(np.ascontiguousarray(coef, dtype=dtype), weight_r, tuple(int(g) for g in geometry), image)
+    return image
+
+
+# Partial sums of the event weight gradient: a fixed count of sample groups (the result does not
+# depend on the thread count).
+_EVENT_WGRAD_GROUPS = 16
+
+
+@numba.njit(cache=True, parallel=True)
+def _event_conv_weight_grad(x, grad, geometry, partial):  # pragma: no cover - compiled
+    """``partial[g] [O, KH, KW, C] = sum`` over the samples of group ``g`` of ``grad[n, o, oy, ox]
+    x[n, :, y, x']`` at the non-zero ``grad`` entries (``x [N, C, H, W]``, ``grad [N, O, OH, OW]``);
+    each sample is copied once into an ``[H, W, C]`` scratch (channels contiguous)."""
+    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w = geometry
+    n_samples, channels, height, width = x.shape
+    n_out = grad.shape[1]
+    groups = partial.shape[0]
+    per_group = (n_samples + groups - 1) // groups
+    for g in numba.prange(groups):
+        acc = partial[g]
+        sample = np.empty((height, width, channels), dtype=x.dtype)
+        for n in range(g * per_group, min(n_samples, (g + 1) * per_group)):
+            copied = False
+            for o in range(n_out):
+                for oy in range(out_h):
+                    for ox in range(out_w):
+                        value = grad[n, o, oy, ox]
+                        if value == 0:
+                            continue
+                        if not copied:
+                            for c in range(channels):
+                                for y in range(height):
+                                    for xx in range(width):
+                                        sample[y, xx, c] = x[n, c, y, xx]
+                            copied = True
+                        for ky in range(kernel_h):
+                            y = oy * stride_h - pad_h + ky
+                            if y < 0 or y >= height:
+                                continue
+                            for kx in range(kernel_w):
+                                xx = ox * stride_w - pad_w + kx
+                                if xx < 0 or xx >= width:
+                                    continue
+                                source = sample[y, xx]
+                                target = acc[o, ky, kx]
+                                for c in range(channels):
+                                    target[c] += value * source[c]
+
+
+def event_conv_weight_grad(x: np.ndarray, grad_out: np.ndarray, weight_shape, geometry) -> np.ndarray:
+    """``dL/dW [O, C, KH, KW]`` of a convolution with input ``x [N, C, H, W]`` and ``dL/d output =
+    grad_out [N, O, OH, OW]``, visiting only the non-zero entries of ``grad_out``; equal to the
+    im2col/GEMM gradient up to the summation order."""
+    dtype = np.result_type(x.dtype, grad_out.dtype)
+    n_out, channels, kernel_h, kernel_w = weight_shape
+    groups = max(1, min(_EVENT_WGRAD_GROUPS, x.shape[0]))
+    partial = np.zeros((groups, n_out, kernel_h, kernel_w, channels), dtype=dtype)
+    _event_conv_weight_grad(np.ascontiguousarray(x, dtype=dtype), np.ascontiguousarray(grad_out, dtype=dtype),
+                            tuple(int(g) for g in geometry), partial)
+    return np.ascontiguousarray(partial.sum(axis=0).transpose(0, 3, 1, 2))
 
 
 @numba.njit(cache=True, parallel=True)

@@ -526,14 +526,25 @@ class Conv2d(Layer):
             return kernels.event_conv_forward(x, self.weight, self.bias, self._geometry(x.shape))
         return self._linear(x, self.weight, self.bias)
 
-    def transpose(self, coef):
-        """Adjoint ``[N, O, OH, OW] -> [N, C, H, W]`` of the linear part (per-sample GEMM + col2im)."""
+    def _events(self, coef: np.ndarray) -> bool:
+        """Whether the adjoint and the weight gradient of ``coef [N, O, OH, OW]`` take the event
+        kernels (sparse output-side coefficients, ``refsnn.kernels.CONV_ADJOINT_CROSSOVER``)."""
+        return (self.weight.shape[1] >= kernels.EVENT_ADJOINT_MIN_CHANNELS
+                and kernels.use_event_driven(coef.reshape(coef.shape[0], -1), "conv_adjoint"))
+
+    def transpose(self, coef, events: bool = False):
+        """Adjoint ``[N, O, OH, OW] -> [N, C, H, W]`` of the linear part (per-sample GEMM + col2im).
+        ``events``: sparse ``coef`` (below the measured density crossover) visits its non-zero entries
+        only (``refsnn.kernels.event_conv_transpose``: the same sums in another order); off, the
+        result is the GEMM's bit for bit (the sound bounds' adjoint)."""
         coef = np.asarray(coef)
         dtype = np.result_type(coef.dtype, self.weight.dtype)
         input_shape = self._require_input_shape()
         expected = self.output_shape_of(input_shape)
         if coef.ndim != 4 or tuple(coef.shape[1:]) != expected:
             raise ValueError(f"Conv2d expects output-side arrays [N, *{expected}], got shape {coef.shape}")
+        if events and self._events(coef):
+            return kernels.event_conv_transpose(coef, self.weight, self._geometry(input_shape), input_shape)
         n = coef.shape[0]
         grad3 = np.ascontiguousarray(coef.reshape(n, expected[0], -1), dtype=dtype)
         weight_t = np.ascontiguousarray(self.weight.reshape(self.weight.shape[0], -1).T, dtype=dtype)
@@ -566,9 +577,10 @@ class Conv2d(Layer):
                                      count, np.ascontiguousarray(grad), grad_coef, grad_weight_rows)
         return grad_weight_rows.sum(axis=0).astype(grad_coef.dtype).reshape(self.weight.shape)
 
-    def param_grads(self, x, grad_out):
+    def param_grads(self, x, grad_out, events: bool = False):
         """Weight and bias gradients for input ``x [N, C, H, W]`` and ``dL/d output [N, O, OH, OW]``:
-        blocks of samples im2col'ed into cache-sized scratch, one GEMM each (``_conv_weight_grad_fused``)."""
+        blocks of samples im2col'ed into cache-sized scratch, one GEMM each (``_conv_weight_grad_fused``);
+        ``events``: a sparse ``grad_out`` visits its non-zero entries only, as ``transpose``."""
         dtype = np.result_type(x.dtype, grad_out.dtype, self.weight.dtype)
         if x.ndim != 4 or x.shape[1] != self.weight.shape[1]:
             raise ValueError(f"Conv2d expects inputs [N, {self.weight.shape[1]}, H, W], got shape {x.shape}")
@@ -578,6 +590,9 @@ class Conv2d(Layer):
                              f"got shape {grad_out.shape}")
         n, channels_out = grad_out.shape[:2]
         grad3 = np.ascontiguousarray(grad_out.reshape(n, channels_out, -1), dtype=dtype)
+        if events and self._events(grad_out):
+            weight = kernels.event_conv_weight_grad(x, grad_out, self.weight.shape, self._geometry(x.shape))
+            return {"weight": weight.astype(dtype, copy=False), "bias": grad3.sum(axis=(0, 2))}
         groups = max(1, min(_WGRAD_GROUPS, (n + _WGRAD_BLOCK - 1) // _WGRAD_BLOCK))
         partial = np.zeros((groups, channels_out, self.weight[0].size), dtype)
         if n:
@@ -587,9 +602,12 @@ class Conv2d(Layer):
 
     def backward(self, x, grad_out):
         dtype = np.result_type(x.dtype, grad_out.dtype, self.weight.dtype)
-        grads = self.param_grads(x, grad_out)
-        # the input gradient by the fused per-sample adjoint (cache-sized GEMM + col2im, in parallel)
-        return self.transpose(np.asarray(grad_out, dtype=dtype)), grads
+        # BPTT's gradient on a conv output is the surrogate derivative times the spike gradient: zero
+        # away from the threshold (0.6 % non-zero at conv2 of the MNIST CONV robust checkpoint), so
+        # sparse ones take the event kernels; otherwise the fused per-sample adjoint (cache-sized
+        # GEMM + col2im, in parallel) and the blocked weight gradient
+        grads = self.param_grads(x, grad_out, events=True)
+        return self.transpose(np.asarray(grad_out, dtype=dtype), events=True), grads
 
     def interval(self, lower, upper):
         lower, upper = np.asarray(lower), np.asarray(upper)
