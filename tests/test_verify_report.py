@@ -96,6 +96,17 @@ def test_a_robust_verdict_with_a_witness_fails_the_report(runs, tmp_path, capsys
     assert "UNSOUND" in capsys.readouterr().err and "WARNING" in target.read_text()
 
 
+def test_a_bound_that_certifies_an_image_with_a_witness_fails_the_report(runs, tmp_path, monkeypatch):
+    import refsnn.certify as certify
+
+    # an unsound bound method: every margin "certified"
+    monkeypatch.setattr(certify, "margin_lower_bounds", lambda net, method, lo, hi, C, iterations=20:
+                        np.ones(C.shape[:2]))
+    code, document, _ = _report(tmp_path, runs["0.02"])
+    assert code == 1 and document["rows"][0]["certified_error"]["best"] == 0.0
+    assert any("unsound bound" in p for p in document["problems"])
+
+
 def test_a_stored_witness_that_does_not_replay_fails_the_report(runs, tmp_path, capsys):
     from verify.dataset import pack_spikes
 

@@ -580,7 +580,7 @@ def _out_file(value: Optional[str]) -> Path:
 @cli.run_main(PROG)
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # RUN_DIR --merge RERUN_DIR RUN_DIR ...
     options = ReportOptions(robust_sample=args.robust_sample, enumerate_max=args.enumerate_max,
                             witness_time=args.witness_time, iterations=args.iterations, effort=args.effort,
                             batch_size=args.batch_size, data_dir=args.data_dir)
