@@ -187,8 +187,7 @@ def attach_merges(runs: Sequence[Run], reruns: Sequence[Run]) -> None:
 
 def exact_margin(exact_net, x: np.ndarray, label: int) -> Fraction:
     """``min_{j != label} f_label - f_j`` of one spike train ``x [T', *in]`` in exact arithmetic."""
-    rates = exact_net.run(x).rates
-    return min(rates[label] - rate for j, rate in enumerate(rates) if j != label)
+    return exact_net.run(x).margin(label)[0]
 
 
 def _config_of(document: dict) -> DatasetVerifyConfig:
