@@ -255,7 +255,9 @@ def _attack(net, name: str, config: DatasetVerifyConfig, sets, xs, labels, optio
 
 def analyze_run(run: Run, options: ReportOptions, log=None) -> Tuple[dict, List[dict], List[str]]:
     """``(row, per-sample records, contradictions)`` of one run (see the module docstring)."""
-    from verify.exact import ExactNetwork
+    from refsnn.certify import margins_certified
+
+    from .exact import ExactNetwork
 
     say = log or (lambda text: None)
     document, records = run.document, run.records
@@ -295,8 +297,6 @@ def analyze_run(run: Run, options: ReportOptions, log=None) -> Tuple[dict, List[
         for b in range(0, n, options.batch_size):
             part = slice(b, b + options.batch_size)
             lower = _bounds(net, sets[part], np.stack(cleans[part], axis=1), labels[part], method, options)
-            from refsnn.certify import margins_certified
-
             for sample, row, ok in zip(samples[part], lower, margins_certified(lower)):
                 sample.setdefault("certified", {})[method] = bool(ok)
                 sample.setdefault("margin_lower_bound", {})[method] = float(row.min())
@@ -341,7 +341,7 @@ def analyze_run(run: Run, options: ReportOptions, log=None) -> Tuple[dict, List[
             sample.setdefault(f"{name}_broken", False)  # proven robust: no attack can break it
 
     # consistency of the proven-robust sample: small sets are enumerated
-    from verify.enumerate import enumerate_robust
+    from .enumerate import enumerate_robust
 
     enumerated = 0
     for i in check:
