@@ -99,11 +99,21 @@ def _clean_spikes(net, x: np.ndarray, indices: Sequence[int], config: CertifyCon
     return np.concatenate(trains, axis=1)
 
 
-def _bounds(net, method: str, x_lower, x_upper, C, config: CertifyConfig):
+def margin_lower_bounds(net, method: str, x_lower: np.ndarray, x_upper: np.ndarray, C: np.ndarray,
+                        iterations: int = 20) -> np.ndarray:
+    """Sound float64 lower bounds ``[B, S]`` of ``C f`` over the boxes ``[x_lower, x_upper]``
+    (``[T', B, *in]``) by ``method`` (one of ``METHODS``; ``alpha``: ``iterations`` gradient steps)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "alpha":
         from .alpha import alpha_bounds
-        return alpha_bounds(net, x_lower, x_upper, C, iterations=config.iterations).lower
+        return alpha_bounds(net, x_lower, x_upper, C, iterations=iterations).lower
     return compute_bounds(net, x_lower, x_upper, method=method, C=C)[0]
+
+
+def margins_certified(lower: np.ndarray) -> np.ndarray:
+    """``[B]`` bool: every margin lower bound of the row is STRICTLY positive (0 is a tie, no certificate)."""
+    return np.all(np.asarray(lower) > 0.0, axis=-1)
 
 
 def certify_chunk(net, x: np.ndarray, labels: np.ndarray, indices: Sequence[int], config: CertifyConfig,
@@ -143,10 +153,11 @@ def certify_chunk(net, x: np.ndarray, labels: np.ndarray, indices: Sequence[int]
             lower, _ = anyk_bounds(net, clean, config.k, C, method, per_step=config.budget == "per-step",
                                    iterations=config.iterations)
         else:
-            lower = _bounds(net, method, x_lower, x_upper, C, config)
+            lower = margin_lower_bounds(net, method, x_lower, x_upper, C, config.iterations)
         seconds = (time.perf_counter() - started) / batch
+        certified = margins_certified(lower)
         for i, record in enumerate(records):
-            ok = bool(np.all(lower[i] > 0.0))
+            ok = bool(certified[i])
             record[method] = {"certified": ok and record["clean_correct"], "margin_ok": ok,
                               "min_margin_lower": float(lower[i].min()), "seconds": seconds}
     if config.encoder_draws > 0 and config.input_set == "digital":

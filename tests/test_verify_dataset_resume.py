@@ -118,11 +118,11 @@ def test_certify_sets_are_the_sets_refsnn_certify_bounds(input_set, monkeypatch)
         x = (rng.random((3, 5, 1, 3, 4)) < 0.3).astype(np.uint8)
     captured = {}
 
-    def capture(net, method, x_lower, x_upper, C, config):
+    def capture(net, method, x_lower, x_upper, C, iterations=20):
         captured["box"] = (x_lower.copy(), x_upper.copy())
         return np.zeros(C.shape[:2])
 
-    monkeypatch.setattr(certify, "_bounds", capture)
+    monkeypatch.setattr(certify, "margin_lower_bounds", capture)
     eps = 0.3 if input_set == "digital" else 0.2
     certify.certify_chunk(net, x, np.zeros(3, np.int64), indices,
                           certify.CertifyConfig(model="m.h5", eps=eps, input_set=input_set, horizon=3, seed=7),

@@ -141,14 +141,6 @@ def _rational(value) -> dict:
     return {"float": float(value), "exact": repr(float(value))}
 
 
-def _margin(trace: ExactTrace, label: int) -> tuple:
-    """Smallest exact margin ``f_label - f_j`` over ``j != label`` and its ``j``."""
-    rates = trace.rates
-    others = [j for j in range(len(rates)) if j != label]
-    j = min(others, key=lambda c: rates[label] - rates[c])
-    return rates[label] - rates[j], j
-
-
 class Checker:
     def __init__(self, net: SNN, config: CheckConfig):
         if not isinstance(config, CheckConfig):
@@ -344,8 +336,8 @@ class Checker:
                     verdicts["confirmed"] += 1
                     detail["result"] = "confirmed by refsnn's bounds"
                 elif method == "exact":
-                    x, trace = min(members, key=lambda item: _margin(item[1], label)[0])
-                    if _margin(trace, label)[0] <= 0:
+                    x, trace = min(members, key=lambda item: item[1].margin(label)[0])
+                    if trace.margin(label)[0] <= 0:
                         witness = x
                     else:
                         verdicts["confirmed"] += 1
@@ -375,9 +367,9 @@ class Checker:
                     witness, reason = ext.argmin[j], f"search: smallest margin found {ext.min[j]}"
                 if "result" not in detail:
                     trace = self.exact.run(witness) if witness is not None else None
-                    if trace is not None and _margin(trace, label)[0] <= 0:
+                    if trace is not None and trace.margin(label)[0] <= 0:
                         verdicts["refuted"] += 1
-                        detail.update(result="refuted", margin_exact=str(_margin(trace, label)[0]),
+                        detail.update(result="refuted", margin_exact=str(trace.margin(label)[0]),
                                       witness=self._witness_record(witness, trace))
                     else:
                         verdicts["not_refuted"] += 1

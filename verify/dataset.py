@@ -173,12 +173,61 @@ def _complete_record(net: SNN, config: DatasetVerifyConfig, input_set, index: in
                     branching=config.branching, root_milp=config.root_milp)
     result = robust_bab(net, input_set, label, bab, rng=np.random.default_rng([config.seed, index, 1]))
     finite = (lambda v: float(v) if np.isfinite(v) else None)
+    witness = pack_spikes(result.witness) if result.status == "not_robust" and result.witness is not None else None
     return {"index": index, "label": label, "clean_prediction": clean_prediction, "status": result.status,
             "reason": result.reason, "margin_lower": finite(result.margin_lower),
             "attack_margin": finite(result.attack_margin), "witness_prediction": result.witness_prediction,
             "nodes": result.stats["nodes"], "spike_splits": result.stats["spike_splits"],
             "milp_leaves": result.stats["milp"],
-            "decided_fraction": result.stats["decided_fraction"], "seconds": round(result.seconds, 4)}
+            "decided_fraction": result.stats["decided_fraction"], "seconds": round(result.seconds, 4),
+            "witness": witness}
+
+
+def pack_spikes(x: np.ndarray) -> str:
+    """A 0/1 spike train ``[T', *in]`` as base64 of its packed bits (a record's ``witness``)."""
+    import base64
+
+    return base64.b64encode(np.packbits(np.asarray(x, dtype=np.uint8).ravel())).decode("ascii")
+
+
+def unpack_spikes(text: str, shape: Sequence[int]) -> np.ndarray:
+    """Inverse of :func:`pack_spikes`: the spike train ``[T', *in]`` of ``shape`` (uint8)."""
+    import base64
+    import binascii
+
+    size = int(np.prod(shape))
+    try:
+        bits = np.unpackbits(np.frombuffer(base64.b64decode(text, validate=True), dtype=np.uint8))
+    except (binascii.Error, TypeError, ValueError):
+        raise ValueError("witness: not a base64 string of packed spike bits") from None
+    if bits.size != 8 * ((size + 7) // 8):
+        raise ValueError(f"witness: {bits.size} bits stored, a spike train of shape {tuple(shape)} needs {size}")
+    return bits[:size].reshape(tuple(shape))
+
+
+def run_samples(dataset: str, split: str, n: int, config: DatasetVerifyConfig,
+                indices: Optional[Sequence[int]] = None, data_dir=None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(indices [n], x [n, ...], labels [n])``: the samples a run verifies (and ``verify.report``
+    rebuilds). ``--sets certify``: the first ``n`` of the split, loaded as ``refsnn.certify`` loads
+    them; otherwise the given ``indices`` or the protocol's seeded selection of ``n``."""
+    from refsnn.attacks.protocol import select_samples
+    from refsnn.data import load_dataset
+
+    if config.sets == "certify":  # exactly refsnn.certify's load (event data binned at load_dataset's default T)
+        x_all, y_all = load_dataset(dataset, split, data_dir=data_dir, limit=n)
+    else:
+        x_all, y_all = load_dataset(dataset, split, data_dir=data_dir, T=config.horizon)
+    if indices is not None and len(indices) and max(indices) >= len(y_all):
+        raise ValueError(f"sample {max(indices)} is beyond the {len(y_all)} samples of the {split} split")
+    if config.sets == "certify":  # refsnn.certify's samples: the first n of the split
+        if not 0 < n <= len(y_all):
+            raise ValueError(f"cannot take the first {n} samples of {len(y_all)}; n must lie in 1..{len(y_all)}")
+        chosen = np.arange(n)
+    elif indices is not None:  # the sets depend only on (seed, index): see sample_set
+        chosen = np.asarray(indices, dtype=np.int64)
+    else:
+        chosen = select_samples(len(y_all), n, config.seed)
+    return chosen, x_all[chosen], np.asarray(y_all[chosen], dtype=np.int64)
 
 
 def verify_dataset(net: SNN, x: np.ndarray, labels: np.ndarray, indices: Sequence[int],
@@ -352,8 +401,6 @@ def _index_list(text: str) -> Tuple[int, ...]:
 
 @cli.run_main(PROG)
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from refsnn.attacks.protocol import select_samples
-    from refsnn.data import load_dataset
     from refsnn.io import load_model
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -385,22 +432,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     guard_result(out / "verify.json", identity, args.overwrite)  # before the work, not after it
     done = read_partial(out / PARTIAL, identity, args.overwrite)
     cli.check_robust_T(args.robust_T, cli.model_time_steps(args.model), "the model's training T")
-    if args.sets == "certify":  # exactly refsnn.certify's load (event data binned at load_dataset's default T)
-        x_all, y_all = load_dataset(args.dataset, args.split, data_dir=args.data_dir, limit=args.n)
-    else:
-        x_all, y_all = load_dataset(args.dataset, args.split, data_dir=args.data_dir, T=args.robust_T)
-    if args.indices is not None and args.indices[-1] >= len(y_all):
-        parser.error(f"--indices: sample {args.indices[-1]} is beyond the {len(y_all)} samples of --split")
     try:
-        if args.indices is not None:  # the sets depend only on (seed, index): see sample_set
-            indices = np.asarray(args.indices, dtype=np.int64)
-        else:
-            indices = select_samples(len(y_all), args.n, args.seed)
-        if args.sets == "certify":  # refsnn.certify's samples: the first n of the split
-            indices = np.arange(args.n)
+        indices, x, labels = run_samples(args.dataset, args.split, args.n, config, args.indices, args.data_dir)
     except ValueError as error:
-        parser.error(str(error))
-    x, labels = x_all[indices], np.asarray(y_all[indices], dtype=np.int64)
+        parser.error(f"--indices: {error}" if args.indices is not None and "beyond" in str(error) else str(error))
     expected = tuple(x.shape[1:]) if input_set == "digital" else tuple(x.shape[2:])
     if tuple(net.input_shape) != expected:
         parser.error(f"the model expects inputs {net.input_shape}, the dataset gives {expected}")
@@ -443,7 +478,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # verify.json first: it carries the identity that guard_result compares on the next run
     atomic_write_text(out / "verify.json", json.dumps(document, indent=2) + "\n")
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(report["samples"][0]))
+    # the packed witness stays in verify.json only
+    writer = csv.DictWriter(buffer, fieldnames=[key for key in report["samples"][0] if key != "witness"],
+                            extrasaction="ignore")
     writer.writeheader()
     writer.writerows(report["samples"])
     atomic_write_text(out / "verify.csv", buffer.getvalue())

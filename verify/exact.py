@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import List, Sequence, Union
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -114,6 +114,13 @@ class ExactTrace:
     def rates(self) -> List[Fraction]:
         """Mean output rates ``[n_out]`` as exact fractions ``count / T'``."""
         return [Fraction(int(c), self.steps) for c in self.counts]
+
+    def margin(self, label: int) -> Tuple[Fraction, int]:
+        """``(min_{j != label} f_label - f_j, that j)`` exactly (the smallest such ``j`` on a tie)."""
+        rates = self.rates
+        others = [j for j in range(len(rates)) if j != label]
+        j = min(others, key=lambda c: rates[label] - rates[c])
+        return rates[label] - rates[j], j
 
     def value(self, row: Sequence[float]) -> Fraction:
         """``row . f`` exactly (``row [n_out]`` of finite floats)."""
