@@ -1,4 +1,4 @@
-"""The allocator setting of the training loop: keep freed memory mapped for the next step.
+"""The allocator setting of long training loops: keep freed memory mapped for the next step.
 
 A robust CONV step allocates and frees about 1 GiB of ``[T', B, S, n]`` back-substitution
 arrays (the coefficients, their record and their gradients). glibc serves every block above its
@@ -7,39 +7,97 @@ faults all of those pages in again, zero-filled by the kernel: measured on the C
 (T' = 3, batch 64, one thread) 38,000 page faults and 0.7-1.6 s of system time beside 1.6 s of
 user time, against 0 once freed memory is kept (``results/robust/bench_robust.md``).
 
-``keep_freed_memory()`` tells glibc to serve large blocks from the heap (``M_MMAP_MAX = 0``) and
-never to give freed heap memory back (``M_TRIM_THRESHOLD``): the process keeps its peak working
-set (one step's) mapped and reuses it. It is process-wide and permanent, so it is set by the
-drivers of long loops (``refsnn.train``), not when ``refsnn`` is imported.
+The setting tells glibc to serve large blocks from the heap (``M_MMAP_MAX = 0``) and not to give
+freed heap memory back (``M_TRIM_THRESHOLD``), so the process keeps what it freed and reuses it.
+The heap can then hold more than one step's peak (fragmentation), so it is scoped:
+:func:`freed_memory_kept` applies it for the duration of a loop (``refsnn.train``'s ``fit``) and
+restores glibc's defaults and trims the heap afterwards. ``REFSNN_KEEP_FREED_MEMORY=0`` turns it
+off. :func:`keep_freed_memory` applies it for the rest of the process (benchmark workers).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import os
+import platform
 import sys
+from typing import Iterator, Optional
 
-# glibc's mallopt parameters (malloc.h)
+# glibc's mallopt parameters (malloc.h) and their defaults
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
+_DEFAULT_TRIM_THRESHOLD = 128 * 1024
+_DEFAULT_MMAP_MAX = 65536
 # The largest trim threshold mallopt accepts (an int): freed memory below it stays mapped.
 _NEVER_TRIM = 2 ** 31 - 1
 
-_applied = False
+ENV_SWITCH = "REFSNN_KEEP_FREED_MEMORY"
+
+_depth = 0          # nesting of freed_memory_kept
+_permanent = False  # keep_freed_memory was called
+
+
+def _libc() -> Optional[ctypes.CDLL]:
+    """glibc, or None where the allocator is another (musl, macOS, Windows) or the switch is off."""
+    if os.environ.get(ENV_SWITCH, "1").strip() == "0":
+        return None
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def _apply(libc: ctypes.CDLL) -> bool:
+    if not libc.mallopt(_M_MMAP_MAX, 0):
+        return False
+    if not libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM):
+        libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)  # all or nothing
+        return False
+    return True
+
+
+def _restore(libc: ctypes.CDLL) -> None:
+    libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+    libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+    libc.malloc_trim(0)
+
+
+@contextlib.contextmanager
+def freed_memory_kept() -> Iterator[bool]:
+    """Keeps freed memory mapped inside the ``with`` block (glibc only); yields True if the
+    setting is in force. On leaving the outermost block glibc's defaults come back and the heap is
+    trimmed, unless :func:`keep_freed_memory` made the setting permanent."""
+    global _depth
+    libc = _libc()
+    if libc is None:
+        yield False
+        return
+    applied = _permanent or _depth > 0 or _apply(libc)
+    if applied:
+        _depth += 1
+    try:
+        yield applied
+    finally:
+        if applied:
+            _depth -= 1
+            if _depth == 0 and not _permanent:
+                _restore(libc)
 
 
 def keep_freed_memory() -> bool:
-    """Keeps freed memory mapped for reuse (glibc only); True if the setting is in force, False
-    on a platform without glibc's ``mallopt`` (the allocator is then left as it is)."""
-    global _applied
-    if _applied:
+    """Keeps freed memory mapped for the rest of the process (glibc only); True if the setting is
+    in force, False where glibc's ``mallopt`` is not there (the allocator is then left as it is)."""
+    global _permanent
+    if _permanent:
         return True
-    if not sys.platform.startswith("linux"):
+    libc = _libc()
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM))
-    return _applied
+    _permanent = _depth > 0 or _apply(libc)
+    return _permanent

@@ -46,7 +46,7 @@ from .encoders import rate_encode
 from .evaluate import Accuracy, clean_accuracy
 from .io import atomic_write_text, clean_orphan_temps, load_checkpoint, load_model, save_checkpoint, save_model
 from .losses import make_loss
-from .memory import keep_freed_memory
+from .memory import freed_memory_kept
 from .network import SNN
 from .neurons import make_surrogate
 from . import robust
@@ -401,7 +401,11 @@ class Trainer:
         run refuses a folder holding an earlier one (:func:`check_new_run_folder`) and ``status.json``
         says ``running``, ``stopped``, ``interrupted``, ``done`` or ``failed``. Raises
         :class:`TrainingDiverged` when a step gives NaN/Inf."""
-        keep_freed_memory()  # every step frees and reallocates the same arrays (refsnn.memory)
+        # every step frees and reallocates the same large arrays (refsnn.memory)
+        with freed_memory_kept():
+            return self._fit_locked(stop_after_steps)
+
+    def _fit_locked(self, stop_after_steps: Optional[int]) -> TrainResult:
         if self.out_dir is None:
             return self._fit(stop_after_steps)
         with RunLock(self.out_dir) as lock:

@@ -1,32 +1,71 @@
-"""The allocator setting of the training loop (refsnn.memory): freed memory stays mapped."""
+"""The allocator setting of the training loop (refsnn.memory): freed memory stays mapped inside the
+scope, and glibc's defaults come back after it."""
+import os
+import platform
 import subprocess
 import sys
 
 import pytest
 
 PROBE = r"""
-import sys
+import os, sys
 import numpy as np
-from refsnn.memory import keep_freed_memory
+from refsnn.memory import freed_memory_kept, keep_freed_memory
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 def resident_mib():
     with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * 4096 / 2 ** 20
+        return int(statm.read().split()[1]) * PAGE / 2 ** 20
 
-if sys.argv[1] == "keep":
+def freed_block_resident():
+    before = resident_mib()
+    block = np.ones(256 * 2 ** 20 // 8)   # 256 MiB, above glibc's largest mmap threshold
+    del block
+    return resident_mib() - before
+
+mode = sys.argv[1]
+if mode == "scoped":
+    with freed_memory_kept() as kept:
+        assert kept
+        inside = freed_block_resident()
+    print(inside, freed_block_resident())
+elif mode == "permanent":
     assert keep_freed_memory() and keep_freed_memory()
-before = resident_mib()
-block = np.ones(256 * 2 ** 20 // 8)   # 256 MiB, above glibc's largest mmap threshold
-del block
-print(resident_mib() - before)
+    print(freed_block_resident())
+else:
+    print(freed_block_resident())
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt and /proc are Linux's")
-def test_keep_freed_memory_keeps_a_freed_block_mapped():
-    kept = {}
-    for mode in ("keep", "default"):
-        out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
-        kept[mode] = float(out.stdout.split()[-1])
-    assert kept["keep"] > 200      # the 256 MiB stay resident for the next step
-    assert kept["default"] < 50    # without it glibc unmaps the block on free
+def _run(mode, **env):
+    environment = {**os.environ, **env}
+    environment.pop("MALLOC_MMAP_MAX_", None)
+    environment.pop("MALLOC_TRIM_THRESHOLD_", None)
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True,
+                         env=environment)
+    return [float(v) for v in out.stdout.split()]
+
+
+glibc_only = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc"
+                                or "LD_PRELOAD" in os.environ,
+                                reason="glibc's mallopt and /proc are Linux/glibc's")
+
+
+@glibc_only
+def test_the_scope_keeps_a_freed_block_mapped_and_restores_the_defaults_after_it():
+    inside, after = _run("scoped")
+    assert inside > 200     # the 256 MiB stay resident for the next step
+    assert after < 50       # glibc's defaults again: the block is unmapped on free
+    (default,) = _run("default")
+    assert default < 50
+
+
+@glibc_only
+def test_keep_freed_memory_is_permanent_and_the_switch_turns_it_off():
+    (kept,) = _run("permanent")
+    assert kept > 200
+    inside, after = _run("scoped", REFSNN_KEEP_FREED_MEMORY="1")
+    assert inside > 200
+    with pytest.raises(subprocess.CalledProcessError):   # the scope reports the setting off
+        _run("scoped", REFSNN_KEEP_FREED_MEMORY="0")
