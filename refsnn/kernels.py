@@ -446,11 +446,13 @@ def _event_conv_weight_grad(x, grad, geometry, partial):  # pragma: no cover - c
                                     target[c] += value * source[c]
 
 
-def event_conv_weight_grad(x: np.ndarray, grad_out: np.ndarray, weight_shape, geometry) -> np.ndarray:
+def event_conv_weight_grad(x: np.ndarray, grad_out: np.ndarray, weight_shape, geometry,
+                           dtype=None) -> np.ndarray:
     """``dL/dW [O, C, KH, KW]`` of a convolution with input ``x [N, C, H, W]`` and ``dL/d output =
-    grad_out [N, O, OH, OW]``, visiting only the non-zero entries of ``grad_out``; equal to the
-    im2col/GEMM gradient up to the summation order."""
-    dtype = np.result_type(x.dtype, grad_out.dtype)
+    grad_out [N, O, OH, OW]``, visiting only the non-zero entries of ``grad_out``; computed in
+    ``dtype`` (default: the inputs' common type) and equal to the im2col/GEMM gradient up to the
+    summation order (skipped zeros: not for non-finite inputs, where ``0 * inf`` would be NaN)."""
+    dtype = np.result_type(x.dtype, grad_out.dtype) if dtype is None else np.dtype(dtype)
     n_out, channels, kernel_h, kernel_w = weight_shape
     groups = max(1, min(_EVENT_WGRAD_GROUPS, x.shape[0]))
     partial = np.zeros((groups, n_out, kernel_h, kernel_w, channels), dtype=dtype)

@@ -591,7 +591,8 @@ class Conv2d(Layer):
         n, channels_out = grad_out.shape[:2]
         grad3 = np.ascontiguousarray(grad_out.reshape(n, channels_out, -1), dtype=dtype)
         if events and self._events(grad_out):
-            weight = kernels.event_conv_weight_grad(x, grad_out, self.weight.shape, self._geometry(x.shape))
+            weight = kernels.event_conv_weight_grad(x, grad_out, self.weight.shape, self._geometry(x.shape),
+                                                   dtype=dtype)
             return {"weight": weight.astype(dtype, copy=False), "bias": grad3.sum(axis=(0, 2))}
         groups = max(1, min(_WGRAD_GROUPS, (n + _WGRAD_BLOCK - 1) // _WGRAD_BLOCK))
         partial = np.zeros((groups, channels_out, self.weight[0].size), dtype)

@@ -84,7 +84,7 @@ def test_conv2d_takes_the_event_kernels_only_when_asked_and_sparse(monkeypatch):
     calls = []
     for name in ("event_conv_transpose", "event_conv_weight_grad"):
         original = getattr(kernels, name)
-        monkeypatch.setattr(kernels, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+        monkeypatch.setattr(kernels, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
     for channels in (8, 4):
         conv = Conv2d(rng.normal(0, 1, (6, channels, 3, 3)), np.zeros(6), stride=2, padding=1)
         out_shape = conv.output_shape((channels, 8, 8))
@@ -114,7 +114,7 @@ def test_robust_loss_gradient_through_the_event_kernels_matches_finite_differenc
     calls = []
     for name in ("event_conv_transpose", "event_conv_weight_grad"):
         original = getattr(kernels, name)
-        monkeypatch.setattr(kernels, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+        monkeypatch.setattr(kernels, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
     rng = np.random.default_rng(5)
     layers = [Conv2d(rng.normal(0, 0.6, (8, 1, 3, 3)), rng.normal(0.1, 0.1, 8), stride=2, padding=1),
               Conv2d(rng.normal(0, 0.4, (2, 8, 2, 2)), rng.normal(0.1, 0.1, 2)),
@@ -138,3 +138,20 @@ def test_robust_loss_gradient_through_the_event_kernels_matches_finite_differenc
         numeric = numeric_gradient(loss, param)
         scale = max(np.abs(numeric).max(), 1e-8)
         assert np.abs(grad - numeric).max() / scale < 1e-5, name
+
+
+def test_the_event_weight_gradient_computes_in_the_weights_dtype():
+    """float32 inputs with float64 weights: the dense path computes in float64, and so must the
+    event path (not in float32 and cast afterwards)."""
+    rng = np.random.default_rng(5)
+    layer = Conv2d(rng.normal(0, 1, (4, 8, 3, 3)), np.zeros(4), stride=1, padding=1)
+    shape = layer.output_shape((8, 6, 6))
+    x = rng.random((32, 8, 6, 6)).astype(np.float32)
+    grad_out = np.zeros((32,) + shape, dtype=np.float32)
+    grad_out[0, 1, 2, 3] = np.float32(1 / 3)
+    grad_out[1, 3, 5, 0] = np.float32(-2 / 7)
+    dense = layer.param_grads(x, grad_out, events=False)["weight"]
+    assert layer._events(grad_out)
+    sparse = layer.param_grads(x, grad_out, events=True)["weight"]
+    assert sparse.dtype == dense.dtype == np.float64
+    np.testing.assert_array_equal(sparse, dense)   # one product per weight entry: exact in float64
