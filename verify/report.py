@@ -19,12 +19,15 @@ the run's own config (model, data set, split, eps, set, convention, T', seed, ``
 Attacks run on the images the verifier did not prove robust (an attack cannot break a set proved
 robust: every member has a positive exact margin), and also on a seeded sample of up to
 ``--robust-sample`` proven-robust images as a consistency check, where sets of at most
-``--enumerate-max`` members are also enumerated. Every "not robust" verdict's witness is replayed
-(the one stored in the record; for runs that did not store it, an attack's witness or one found
-again by ``verify.robust_bab`` within ``--witness-time`` seconds). A contradiction (an attack or an
-enumeration breaks a proven-robust image, a bound certifies an image that has a witness, a stored
-witness does not replay, a merged rerun reverses a decided verdict) is printed as an ``UNSOUND``
-line and the command exits with code 1 after writing the report.
+``--enumerate-max`` members are also enumerated. The witness of each "not robust" verdict is
+replayed: the one stored in the record (``--method complete``); for runs that did not store it
+(``--method milp``, older runs) an attack's witness or one found again by ``verify.robust_bab``
+within ``--witness-time`` seconds, so there a verdict may stay unconfirmed ("not re-found"). A
+contradiction (an attack or an enumeration breaks a proven-robust image, a bound certifies an image
+that has a witness or is recorded not robust, a stored witness does not replay or cannot be read,
+branch and bound now proves robust an image recorded not robust) is printed as an ``UNSOUND`` line
+and the command exits with code 1 after writing the report; a merged rerun that reverses a decided
+verdict is refused. An existing report is replaced only with ``--overwrite``.
 
 ``--merge RERUN_DIR`` overlays a rerun's decided verdicts (the same model, data, eps, set and seed;
 its samples a subset of one run's, e.g. the undecided images rerun with a longer time limit) onto
