@@ -41,7 +41,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -111,6 +111,22 @@ def margin_lower_bounds(net, method: str, x_lower: np.ndarray, x_upper: np.ndarr
     return compute_bounds(net, x_lower, x_upper, method=method, C=C)[0]
 
 
+def set_margin_lower_bounds(net, method: str, C: np.ndarray, iterations: int = 20, *,
+                            box: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+                            any_k: Optional[Tuple[np.ndarray, int, bool]] = None) -> np.ndarray:
+    """Sound float64 lower bounds ``[B, S]`` of ``C f`` over one batch of input sets, given as
+    exactly one of: ``box = (x_lower, x_upper)`` (``[T', B, *in]``; :func:`margin_lower_bounds`) or
+    ``any_k = (clean, k, per_step)``, every spike train within ``k`` flips of ``clean``
+    (``[T', B, *in]`` 0/1) per time step or in total (``refsnn.l0.anyk_bounds``)."""
+    if (box is None) == (any_k is None):
+        raise ValueError("give exactly one input set: box=(x_lower, x_upper) or any_k=(clean, k, per_step)")
+    if any_k is not None:
+        from .l0 import anyk_bounds
+        clean, k, per_step = any_k
+        return anyk_bounds(net, clean, k, C, method, per_step=per_step, iterations=iterations)[0]
+    return margin_lower_bounds(net, method, box[0], box[1], C, iterations)
+
+
 def margins_certified(lower: np.ndarray) -> np.ndarray:
     """``[B]`` bool: every margin lower bound of the row is STRICTLY positive (0 is a tie, no certificate)."""
     return np.all(np.asarray(lower) > 0.0, axis=-1)
@@ -149,11 +165,10 @@ def certify_chunk(net, x: np.ndarray, labels: np.ndarray, indices: Sequence[int]
     for method in methods:
         started = time.perf_counter()
         if config.input_set == "spike-any-k":
-            from .l0 import anyk_bounds
-            lower, _ = anyk_bounds(net, clean, config.k, C, method, per_step=config.budget == "per-step",
-                                   iterations=config.iterations)
+            lower = set_margin_lower_bounds(net, method, C, config.iterations,
+                                            any_k=(clean, config.k, config.budget == "per-step"))
         else:
-            lower = margin_lower_bounds(net, method, x_lower, x_upper, C, config.iterations)
+            lower = set_margin_lower_bounds(net, method, C, config.iterations, box=(x_lower, x_upper))
         seconds = (time.perf_counter() - started) / batch
         certified = margins_certified(lower)
         for i, record in enumerate(records):

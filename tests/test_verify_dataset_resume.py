@@ -171,6 +171,19 @@ def test_indices_refuse_bad_values_in_one_line(tiny_model, tmp_path, capsys, val
     assert not (tmp_path / "bad" / "verify.json").exists()
 
 
+def test_an_index_beyond_the_split_is_a_sample_index_error_naming_it():
+    """``run_samples`` says which index is out of range by its type and fields (the ``--indices:``
+    prefix of ``verify.dataset`` depends on them, not on the message text)."""
+    import pickle
+
+    from verify.dataset import DatasetVerifyConfig, SampleIndexError, run_samples
+
+    with pytest.raises(SampleIndexError) as error:
+        run_samples("mnist-subset", "test", 2, DatasetVerifyConfig(eps=0.02, horizon=2), [3, 999999])
+    assert (error.value.index, error.value.split) == (999999, "test") and error.value.size < 999999
+    assert isinstance(error.value, ValueError) and str(pickle.loads(pickle.dumps(error.value))) == str(error.value)
+
+
 @pytest.mark.parametrize("extra,message", [(("--indices", "1", "--n", "3"), "cannot be combined with --n"),
                                            (("--sets", "certify", "--split", "train"), "test split")])
 def test_sample_choices_that_contradict_each_other_are_refused(tiny_model, tmp_path, capsys, extra, message):

@@ -2,8 +2,10 @@
 
 On a small template network (one hidden neuron per class) and a few mnist-subset samples: the counts
 are the run's, certified error >= exact robust error >= attack error on the same sets, every stored
-witness replays, a forged "robust" verdict that has a witness makes the report fail, a rerun's
-verdicts overlay the run with --merge, and bad input is refused with one line and exit code 2.
+witness replays, a forged "robust" verdict that has a witness, a certified image recorded "not robust"
+and a stored witness that does not replay or cannot be read make the report fail, a rerun's verdicts
+overlay the run with --merge, an existing report is replaced only with --overwrite, and bad input is
+refused with one line and exit code 2.
 """
 from __future__ import annotations
 
@@ -44,18 +46,27 @@ def runs(tmp_path_factory):
     return out
 
 
-def _report(tmp_path, *argv):
+def _report(tmp_path, *argv, name="report.md"):
     from verify.report import main
 
-    target = tmp_path / "report.md"
+    target = tmp_path / name
     # fewer alpha steps and a lighter ensemble than the defaults: the same checks, less time
     code = main([*map(str, argv), "--out", str(target), "--iterations", "5", "--effort", "0.25", "--quiet"])
     document = json.loads(target.with_suffix(".json").read_text()) if target.exists() else None
     return code, document, target
 
 
-def test_counts_and_certified_ge_exact_ge_attack(runs, tmp_path):
-    code, document, target = _report(tmp_path, runs["0.02"], runs["0.05"])
+@pytest.fixture(scope="module")
+def baseline(runs, tmp_path_factory):
+    """The report of both runs, written with --overwrite over an earlier report and its .json."""
+    folder = tmp_path_factory.mktemp("baseline")
+    (folder / "report.md").write_text("an earlier report\n")
+    (folder / "report.json").write_text("{}\n")
+    return _report(folder, runs["0.02"], runs["0.05"], "--overwrite")
+
+
+def test_counts_and_certified_ge_exact_ge_attack(runs, baseline):
+    code, document, target = baseline
     assert code == 0 and document["problems"] == []
     for row, eps in zip(document["rows"], ("0.02", "0.05")):
         summary = json.loads((runs[eps] / "verify.json").read_text())["summary"]
@@ -73,7 +84,34 @@ def test_counts_and_certified_ge_exact_ge_attack(runs, tmp_path):
         assert row["witnesses"]["stored"] == counts["not_robust"] and row["witnesses"]["failed"] == 0
     assert document["rows"][0]["counts"]["robust"] > 0 and document["rows"][0]["counts"]["not_robust"] > 0
     text = target.read_text()
-    assert "| S-IBP | S-CROWN | best | alpha |" in text and "WARNING" not in text
+    assert "| S-IBP | S-CROWN | best | alpha |" in text and "WARNING" not in text  # --overwrite replaced it
+
+
+def test_an_existing_report_is_refused_before_the_analysis_unless_overwrite(runs, tmp_path, capsys, monkeypatch):
+    import verify.report as report
+
+    def no_analysis(*args, **kwargs):
+        raise AssertionError("the run was analysed before --out was checked")
+
+    monkeypatch.setattr(report, "analyze_run", no_analysis)
+    for existing in ("r.md", "r.json"):
+        folder = tmp_path / existing
+        folder.mkdir()
+        (folder / existing).write_text("earlier\n")
+        assert report.main([str(runs["0.02"]), "--out", str(folder / "r.md")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("python -m verify.report: error:") and err.count("\n") == 1, err
+        assert "--overwrite" in err and str(folder / existing) in err
+        assert [p.name for p in folder.iterdir()] == [existing] and (folder / existing).read_text() == "earlier\n"
+
+
+def test_the_default_out_folder_is_not_created_for_a_bad_run_folder(tmp_path, capsys, monkeypatch):
+    from verify.report import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main([str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def _forged(runs, tmp_path, edit):
@@ -105,6 +143,32 @@ def test_a_bound_that_certifies_an_image_with_a_witness_fails_the_report(runs, t
     code, document, _ = _report(tmp_path, runs["0.02"])
     assert code == 1 and document["rows"][0]["certified_error"]["best"] == 0.0
     assert any("unsound bound" in p for p in document["problems"])
+
+
+def test_a_certified_image_recorded_not_robust_fails_the_report_without_a_witness(runs, baseline, tmp_path, capsys):
+    samples = baseline[1]["samples"][0]["samples"]  # the eps 0.02 run's
+    certified = next(s["index"] for s in samples if s["status"] == "robust" and s["certified"]["best"])
+
+    def forge(records):  # a proven-robust, certified image recorded not robust, with no witness to replay
+        record = next(r for r in records if r["index"] == certified)
+        record.update(status="not_robust", witness=None)
+
+    code, document, _ = _report(tmp_path, _forged(runs, tmp_path, forge), "--witness-time", "0")
+    assert code == 1 and document["rows"][0]["witnesses"]["missing"] == 1
+    assert any(f"sample {certified} is certified by" in p and "recorded not robust" in p
+               for p in document["problems"])
+    assert "UNSOUND" in capsys.readouterr().err
+
+
+def test_a_stored_witness_that_cannot_be_read_is_a_failed_witness(runs, tmp_path, capsys):
+    def forge(samples):
+        record = next(r for r in samples if r["status"] == "not_robust")
+        record["witness"] = "not base64!"
+
+    code, document, _ = _report(tmp_path, _forged(runs, tmp_path, forge))
+    assert code == 1 and document["rows"][0]["witnesses"]["failed"] == 1
+    assert any("stored witness cannot be read" in p for p in document["problems"])
+    assert "UNSOUND" in capsys.readouterr().err
 
 
 def test_a_stored_witness_that_does_not_replay_fails_the_report(runs, tmp_path, capsys):
@@ -159,7 +223,7 @@ def test_merge_overlays_a_reruns_decided_verdicts(runs, tmp_path):
     assert main(["--model", str(runs["model"]), "--dataset", "mnist-subset", "--indices", str(undecided["index"]),
                  "--eps", "0.02", "--robust-T", "2", "--method", "complete", "--time-limit", "10",
                  "--out", str(rerun), "--no-progress", "--quiet"]) == 0
-    code, merged, target = _report(tmp_path, run, "--merge", rerun)
+    code, merged, target = _report(tmp_path, run, "--merge", rerun, name="merged.md")
     assert code == 0
     row = merged["rows"][0]
     assert row["counts"]["unknown"] == 0 and row["counts"] == {
@@ -170,8 +234,14 @@ def test_merge_overlays_a_reruns_decided_verdicts(runs, tmp_path):
     assert "(merged)" in target.read_text() and "merged: 1 decided verdicts" in target.read_text()
 
 
+BAD_DOCUMENTS = {"document not an object": lambda d: [d],
+                 "config not an object": lambda d: dict(d, config=[1]),
+                 "identity not an object": lambda d: dict(d, identity="mnist"),
+                 "samples not objects": lambda d: dict(d, samples=[1, 2])}
+
+
 @pytest.mark.parametrize("case", ["missing run", "no verify.json", "merge of another eps", "merge not a subset",
-                                  "out folder missing", "out not markdown"])
+                                  "out folder missing", "out not markdown", *BAD_DOCUMENTS])
 def test_cli_refuses_bad_input_with_one_line(runs, tmp_path, capsys, case):
     from verify.report import main
 
@@ -183,13 +253,20 @@ def test_cli_refuses_bad_input_with_one_line(runs, tmp_path, capsys, case):
         document = json.loads((other / "verify.json").read_text())
         document["samples"][0]["index"] = 99999
         (other / "verify.json").write_text(json.dumps(document))
+    if case in BAD_DOCUMENTS:
+        shutil.copytree(runs["0.02"], other)
+        document = json.loads((other / "verify.json").read_text())
+        (other / "verify.json").write_text(json.dumps(BAD_DOCUMENTS[case](document)))
     argv = {"missing run": [str(tmp_path / "nothing"), "--out", str(tmp_path / "r.md")],
             "no verify.json": [str(empty), "--out", str(tmp_path / "r.md")],
             "merge of another eps": [str(runs["0.02"]), "--merge", str(runs["0.05"]), "--out", str(tmp_path / "r.md")],
             "merge not a subset": [str(runs["0.02"]), "--merge", str(other), "--out", str(tmp_path / "r.md")],
             "out folder missing": [str(runs["0.02"]), "--out", str(tmp_path / "no" / "r.md")],
-            "out not markdown": [str(runs["0.02"]), "--out", str(tmp_path / "r.txt")]}[case]
+            "out not markdown": [str(runs["0.02"]), "--out", str(tmp_path / "r.txt")]}.get(
+        case, [str(other), "--out", str(tmp_path / "r.md")])
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("python -m verify.report: error:") and err.count("\n") == 1, err
+    if case in BAD_DOCUMENTS:
+        assert "is not a verify.dataset result" in err and ("not a JSON object" in err) == ("object" in case), err
     assert not (tmp_path / "r.md").exists()

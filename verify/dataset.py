@@ -205,6 +205,17 @@ def unpack_spikes(text: str, shape: Sequence[int]) -> np.ndarray:
     return bits[:size].reshape(tuple(shape))
 
 
+class SampleIndexError(ValueError):
+    """A requested sample index (``--indices``, a run's ``identity.indices``) lies beyond the split."""
+
+    def __init__(self, index: int, size: int, split: str):
+        self.index, self.size, self.split = index, size, split
+        super().__init__(f"sample {index} is beyond the {size} samples of the {split} split")
+
+    def __reduce__(self):
+        return type(self), (self.index, self.size, self.split)
+
+
 def run_samples(dataset: str, split: str, n: int, config: DatasetVerifyConfig,
                 indices: Optional[Sequence[int]] = None, data_dir=None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(indices [n], x [n, ...], labels [n])``: the samples a run verifies (and ``verify.report``
@@ -218,7 +229,7 @@ def run_samples(dataset: str, split: str, n: int, config: DatasetVerifyConfig,
     else:
         x_all, y_all = load_dataset(dataset, split, data_dir=data_dir, T=config.horizon)
     if indices is not None and len(indices) and max(indices) >= len(y_all):
-        raise ValueError(f"sample {max(indices)} is beyond the {len(y_all)} samples of the {split} split")
+        raise SampleIndexError(int(max(indices)), len(y_all), split)
     if config.sets == "certify":  # refsnn.certify's samples: the first n of the split
         if not 0 < n <= len(y_all):
             raise ValueError(f"cannot take the first {n} samples of {len(y_all)}; n must lie in 1..{len(y_all)}")
@@ -434,8 +445,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cli.check_robust_T(args.robust_T, cli.model_time_steps(args.model), "the model's training T")
     try:
         indices, x, labels = run_samples(args.dataset, args.split, args.n, config, args.indices, args.data_dir)
+    except SampleIndexError as error:
+        parser.error(f"--indices: {error}")
     except ValueError as error:
-        parser.error(f"--indices: {error}" if args.indices is not None and "beyond" in str(error) else str(error))
+        parser.error(str(error))
     expected = tuple(x.shape[1:]) if input_set == "digital" else tuple(x.shape[2:])
     if tuple(net.input_shape) != expected:
         parser.error(f"the model expects inputs {net.input_shape}, the dataset gives {expected}")

@@ -6,9 +6,9 @@ the run's own config (model, data set, split, eps, set, convention, T', seed, ``
 ``verify.dataset.run_samples`` and ``sample_set``) and gives one row:
 
 - clean error (the clean member of each set, as the run recorded it: rebuilt and compared);
-- certified error by S-IBP, S-CROWN, best-of and alpha: ``refsnn.certify.margin_lower_bounds`` on
-  the set's enclosing box (``refsnn.l0.anyk_bounds`` for an l0 set of any ``k`` flips per step),
-  sound float64 bounds; a sample is certified when every margin bound is > 0
+- certified error by S-IBP, S-CROWN, best-of and alpha: ``refsnn.certify.set_margin_lower_bounds``
+  on the set's enclosing box (its any-``k`` form for an l0 set of any ``k`` flips per step, as
+  ``refsnn.certify --set spike-any-k``), sound float64 bounds; a sample is certified when every margin bound is > 0
   (``refsnn.certify.margins_certified``);
 - exact robust error (every sample decided) or its bracket ``[not robust / n, 1 - robust / n]``;
 - paper-attack and ensemble (``refsnn.attacks.Strongest``) error on the same sets: an image counts
@@ -19,12 +19,15 @@ the run's own config (model, data set, split, eps, set, convention, T', seed, ``
 Attacks run on the images the verifier did not prove robust (an attack cannot break a set proved
 robust: every member has a positive exact margin), and also on a seeded sample of up to
 ``--robust-sample`` proven-robust images as a consistency check, where sets of at most
-``--enumerate-max`` members are also enumerated. Every "not robust" verdict's witness is replayed
-(the one stored in the record; for runs that did not store it, an attack's witness or one found
-again by ``verify.robust_bab`` within ``--witness-time`` seconds). A contradiction (an attack or an
-enumeration breaks a proven-robust image, a bound certifies an image that has a witness, a stored
-witness does not replay, a merged rerun reverses a decided verdict) is printed as an ``UNSOUND``
-line and the command exits with code 1 after writing the report.
+``--enumerate-max`` members are also enumerated. The witness of each "not robust" verdict is
+replayed: the one stored in the record (``--method complete``); for runs that did not store it
+(``--method milp``, older runs) an attack's witness or one found again by ``verify.robust_bab``
+within ``--witness-time`` seconds, so there a verdict may stay unconfirmed ("not re-found"). A
+contradiction (an attack or an enumeration breaks a proven-robust image, a bound certifies an image
+that has a witness or is recorded not robust, a stored witness does not replay or cannot be read,
+branch and bound now proves robust an image recorded not robust) is printed as an ``UNSOUND`` line
+and the command exits with code 1 after writing the report; a merged rerun that reverses a decided
+verdict is refused. An existing report is replaced only with ``--overwrite``.
 
 ``--merge RERUN_DIR`` overlays a rerun's decided verdicts (the same model, data, eps, set and seed;
 its samples a subset of one run's, e.g. the undecided images rerun with a longer time limit) onto
@@ -60,6 +63,7 @@ PROG = "python -m verify.report"
 BOUND_METHODS = ("ibp", "crown-ibp", "best", "alpha")
 BOUND_TITLES = {"ibp": "S-IBP", "crown-ibp": "S-CROWN", "best": "best", "alpha": "alpha"}
 ATTACKS = ("paper", "strongest")
+STATUSES = ("robust", "not_robust", "unknown")
 DEFAULT_OUT = Path("runs/verify-report/report.md")
 #: Identity fields a merged rerun must share with its run (the sets depend only on these and the index).
 MERGE_KEYS = ("model_sha256", "dataset", "split", "input_set", "eps", "convention", "robust_T", "seed", "sets")
@@ -119,16 +123,52 @@ def read_run(path) -> Run:
         raise ReportError(f"{path} has no verify.json{partial}")
     try:
         document = json.loads(file.read_text(encoding="utf-8"))
-        records = [dict(record) for record in document["samples"]]
-        for key in ("identity", "config", "model", "dataset", "split", "command"):
-            document[key]
-        for record in records:
-            record["index"], record["label"], record["status"], record["clean_prediction"]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+    except (OSError, UnicodeDecodeError, ValueError) as error:
         raise ReportError(f"{file} is not a readable verify.dataset result ({' '.join(str(error).split())})") from None
+    problem = _document_problem(document)
+    if problem:
+        raise ReportError(f"{file} is not a verify.dataset result: {problem}")
+    records = [dict(record) for record in document["samples"]]
     if not records:
         raise ReportError(f"{file} holds no samples")
     return Run(path, document, records)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _document_problem(document) -> Optional[str]:
+    """What makes a parsed ``verify.json`` unusable by the report (None when nothing): every field
+    the report reads, checked for its JSON type here so that a bad file is one line, not a traceback."""
+    if not isinstance(document, dict):
+        return f"the document is a JSON {type(document).__name__}, not a JSON object"
+    missing = [key for key in ("samples", "identity", "config", "model", "dataset", "split", "command")
+               if key not in document]
+    if missing:
+        return f"it has no {', '.join(repr(key) for key in missing)}"
+    for key in ("identity", "config"):
+        if not isinstance(document[key], dict):
+            return f"its {key!r} is a JSON {type(document[key]).__name__}, not a JSON object"
+    for key in ("model", "dataset", "split"):
+        if not isinstance(document[key], str):
+            return f"its {key!r} is not a string"
+    indices = document["identity"].get("indices")
+    if indices is not None and not (isinstance(indices, list) and all(_is_int(i) and i >= 0 for i in indices)):
+        return "its identity's 'indices' is not a list of sample indices"
+    if not isinstance(document["samples"], list):
+        return f"its 'samples' is a JSON {type(document['samples']).__name__}, not a list"
+    for position, record in enumerate(document["samples"]):
+        if not isinstance(record, dict):
+            return f"sample {position} is not a JSON object"
+        absent = [key for key in ("index", "label", "status", "clean_prediction") if key not in record]
+        if absent:
+            return f"sample {position} has no {', '.join(repr(key) for key in absent)}"
+        if not all(_is_int(record[key]) for key in ("index", "label", "clean_prediction")):
+            return f"sample {position}: index, label and clean_prediction must be integers"
+        if record["status"] not in STATUSES:
+            return f"sample {position}: status {record['status']!r} is not one of {', '.join(STATUSES)}"
+    return None
 
 
 def _merge_identity(document: dict) -> dict:
@@ -216,22 +256,20 @@ def _bounds(net, sets: Sequence[InputSet], cleans: np.ndarray, labels: np.ndarra
             options: ReportOptions) -> np.ndarray:
     """``[B, n_out - 1]`` sound margin lower bounds over the sets (one kind of set per run)."""
     from refsnn.bounds import margin_spec
-    from refsnn.certify import margin_lower_bounds
+    from refsnn.certify import set_margin_lower_bounds
 
     C = margin_spec(labels, net.n_outputs)
-    if isinstance(sets[0], SpikeL0Set):  # any k flips per step: refsnn.certify's spike-any-k bounds
-        from refsnn.l0 import anyk_bounds
-
+    if isinstance(sets[0], SpikeL0Set):  # any k flips per step: refsnn.certify's spike-any-k set
         if any(s.mask is not None and not np.all(s.mask == 1) for s in sets):
             raise ReportError("l0 sets with a mask of flippable bits have no bound method in refsnn.certify")
         k, per_step = sets[0].k, sets[0].per_step
         if any(s.k != k or s.per_step != per_step for s in sets):
             raise ReportError("the l0 sets of one run must share k and the budget")
-        return anyk_bounds(net, cleans, k, C, method, per_step=per_step, iterations=options.iterations)[0]
+        return set_margin_lower_bounds(net, method, C, options.iterations, any_k=(cleans, k, per_step))
     boxes = [s.box() for s in sets]
     x_lower = np.stack([b[0] for b in boxes], axis=1)
     x_upper = np.stack([b[1] for b in boxes], axis=1)
-    return margin_lower_bounds(net, method, x_lower, x_upper, C, options.iterations)
+    return set_margin_lower_bounds(net, method, C, options.iterations, box=(x_lower, x_upper))
 
 
 def _attack(net, name: str, config: DatasetVerifyConfig, sets, xs, labels, options: ReportOptions, start=None):
@@ -367,13 +405,17 @@ def analyze_run(run: Run, options: ReportOptions, log=None) -> Tuple[dict, List[
         if sample["status"] != "not_robust":
             continue
         if record.get("witness"):
-            train = unpack_spikes(record["witness"], shape)
-            ok = sets[i].contains(train) and exact_margin(exact_net, train, int(labels[i])) <= 0
+            try:
+                train = unpack_spikes(record["witness"], shape)
+            except ValueError as error:  # a verdict whose evidence is unreadable is not confirmed: a contradiction
+                train, why = None, f"its stored witness cannot be read ({' '.join(str(error).split())})"
+            else:
+                why = "its stored witness is not a member of the set with exact margin <= 0"
+            ok = train is not None and sets[i].contains(train) and exact_margin(exact_net, train, int(labels[i])) <= 0
             witnesses["stored" if ok else "failed"] += 1
             sample["witness_checked"] = "stored" if ok else "failed"
             if not ok:
-                problems.append(f"{run.path}: sample {sample['index']}: its stored witness is not a member of the set "
-                                "with exact margin <= 0")
+                problems.append(f"{run.path}: sample {sample['index']}: {why}")
             continue
         if i in attack_witness:
             witnesses["attack"] += 1
@@ -397,6 +439,9 @@ def analyze_run(run: Run, options: ReportOptions, log=None) -> Tuple[dict, List[
         if certified_by and has_witness:
             problems.append(f"{run.path}: sample {sample['index']} is certified by {', '.join(certified_by)} but has "
                             "a witness with exact margin <= 0 (unsound bound)")
+        elif certified_by and sample["status"] == "not_robust":  # a sound bound and a not-robust verdict exclude each other
+            problems.append(f"{run.path}: sample {sample['index']} is certified by {', '.join(certified_by)} but "
+                            "recorded not robust by the verifier (the bound or the verifier is unsound)")
     say(f"{run.path}: witnesses {witnesses}")
     row = _row(run, samples, config, witnesses, outside, float_only, len(check), enumerated)
     return row, samples, problems
@@ -541,6 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--out", default=None, metavar="FILE.md",
         help=f"output file, a Markdown report; its .json goes beside it; its folder must exist "
              f"(default: {DEFAULT_OUT}, folder created)")
+    add("--overwrite", action="store_true",
+        help="replace an existing report FILE.md and its FILE.json (without it an existing one is refused)")
     add("--header", default=None, metavar="FILE",
         help="Markdown text put under the report's title (default: none)")
     add("--robust-sample", type=cli.nonnegative_int, default=ReportOptions.robust_sample,
@@ -560,19 +607,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _out_file(value: Optional[str]) -> Path:
-    if value is None:
-        DEFAULT_OUT.parent.mkdir(parents=True, exist_ok=True)
-        return DEFAULT_OUT
-    path = Path(value)
+def _out_file(value: Optional[str], overwrite: bool) -> Path:
+    """The report file (nothing created): ``--out`` must name ``FILE.md`` in an existing writable
+    folder (the default's folder is created when the report is written); an existing report or its
+    ``.json`` is refused unless ``overwrite``."""
+    path = cli.check_out_file(str(DEFAULT_OUT) if value is None else value, "--out")
     if path.suffix.lower() != ".md":
-        raise ReportError(f"--out {value}: the report is a Markdown file; name it FILE.md")
-    if path.is_dir():
-        raise ReportError(f"--out {value} is a folder; --out names a file FILE.md")
+        raise ReportError(f"--out {path}: the report is a Markdown file; name it FILE.md")
     folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise ReportError(f"--out {value}: its folder {folder} does not exist")
-    cli.check_out_dir(folder, option=f"--out {value}: its folder")
+    if value is not None and not folder.is_dir():
+        raise ReportError(f"--out {path}: its folder {folder} does not exist")
+    if not overwrite:
+        existing = [p for p in (path, path.with_suffix(".json")) if p.exists()]
+        if existing:
+            raise ReportError(f"--out {path}: {' and '.join(map(str, existing))} already exist"
+                              f"{'s' if len(existing) == 1 else ''}; choose another --out or pass --overwrite "
+                              "to replace the report")
     return path
 
 
@@ -583,7 +633,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     options = ReportOptions(robust_sample=args.robust_sample, enumerate_max=args.enumerate_max,
                             witness_time=args.witness_time, iterations=args.iterations, effort=args.effort,
                             batch_size=args.batch_size, data_dir=args.data_dir)
-    out = _out_file(args.out)
+    out = _out_file(args.out, args.overwrite)  # before the work, not after it
     header = ""
     if args.header is not None:
         try:
@@ -609,6 +659,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "rows": rows, "problems": problems, "samples": per_run,
                 "seconds_total": round(time.perf_counter() - started, 3),
                 "machine": {"platform": platform.platform(), "python": platform.python_version()}}
+    out.parent.mkdir(parents=True, exist_ok=True)  # the default's folder, only once there is a report
     atomic_write_text(out, text + "\n")
     atomic_write_text(out.with_suffix(".json"), json.dumps(document, indent=1) + "\n")
     for row in rows:
