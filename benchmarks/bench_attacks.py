@@ -19,15 +19,19 @@ attack (a violation is a bug in one of the two), and the attack error cannot exc
 verified error bound (1 - certified fraction).
 
 ``--throughput`` instead times the Table 2 protocol (``refsnn.attacks.protocol.run_protocol``) of an
-old source tree (default: revision 8e6f9e7, extracted with ``git archive``) against this tree, in
+old source tree (default: revision b212f4e, extracted with ``git archive``) against this tree, in
 worker processes started one after the other in the same run: samples per second of the paper
-attack and of the ``strongest`` ensemble on the committed MNIST FC model and on an untrained CONV
-network (``build_network("conv")``), and with ``--protocol`` the whole protocol of one setting
-(plain and robust MNIST FC, the paper's 4 eps, 300 samples, paper + strongest) old serial vs new on
-``--workers`` processes, checking that every row (errors, per-sample outcomes) is identical:
+attack and of the ``strongest`` ensemble (one chunk, eps 0.124) on the committed MNIST FC model and
+on the committed plain MNIST CONV model (an untrained ``build_network("conv")`` if it is absent),
+the old tree as the process starts it and at ``REFSNN_NUM_THREADS=1`` (the thread count the new
+attacks compute at), the new tree serially and on ``--workers`` processes (0: not); with
+``--protocol`` the whole protocol of one setting (plain and robust MNIST FC, the paper's 4 eps,
+``--protocol-n`` samples, paper + strongest) old serial vs new serial. Every row (errors,
+fresh-draw errors, per-sample outcomes) is checked for identity across all sides:
 
-    python benchmarks/bench_attacks.py --throughput [--protocol | --protocol-only] [--protocol-n 300] [--workers 2] [--reps 3]
-        [--n-fc 100] [--n-conv 20] [--out runs/bench_attacks/throughput.json]
+    python benchmarks/bench_attacks.py --throughput [--protocol | --protocol-only] [--protocol-n 300]
+        [--protocol-old-1-thread] [--workers 2] [--reps 3] [--n-fc 100] [--n-conv 20]
+        [--out runs/bench_attacks/throughput.json]
 """
 from __future__ import annotations
 

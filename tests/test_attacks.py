@@ -580,3 +580,39 @@ def test_attacks_compute_at_the_attack_thread_count(trained):
     finally:
         layers.Linear.forward = forward
         threads.set_num_threads(before)
+
+
+@pytest.mark.parametrize("kind", ["digital", "spike"])
+def test_paper_attack_reusing_the_success_check_changes_nothing(trained, kind, monkeypatch):
+    """Without resampling the next gradient sees the spikes the success check just ran: reusing that
+    pass (all of it, or the stages before the raised threshold) gives the outcomes and images of a
+    fresh forward pass."""
+    from refsnn.attacks import paper
+
+    net, images, labels, maps = trained
+    x = images if kind == "digital" else encode(images, maps)
+    attacks = [PaperAttack(net, 0.3, kind=kind, steps=15, resample=False, seed=3),
+               PaperAttack(net, 0.3, kind=kind, steps=15, resample=False, gradient=GradientRule("bptt", surrogate="atan"),
+                           seed=4)]
+    if kind == "spike":
+        attacks = [PaperAttack(net, 0.05, kind=kind, steps=15, seed=3),
+                   PaperAttack(net, 0.05, kind=kind, steps=15, gradient=GradientRule("bptt", surrogate="atan"), seed=4)]
+    reused = []
+    calls = {"with trace": 0}
+    original = paper.input_gradient
+
+    def counting(*args, trace=None, **kwargs):
+        calls["with trace"] += trace is not None
+        return original(*args, trace=trace, **kwargs)
+
+    monkeypatch.setattr(paper, "input_gradient", counting)
+    maps_arg = maps if kind == "digital" else None
+    reused = [attack(x, labels, maps_arg) for attack in attacks]
+    assert calls["with trace"] > 0  # the reuse is exercised
+    monkeypatch.setattr(paper, "input_gradient", lambda *args, trace=None, **kwargs: original(*args, **kwargs))
+    for attack, result in zip(attacks, reused):
+        reference = attack(x, labels, maps_arg)
+        assert result.success.any()
+        np.testing.assert_array_equal(result.x_adv, reference.x_adv)
+        np.testing.assert_array_equal(result.adv_pred, reference.adv_pred)
+        np.testing.assert_array_equal(result.iterations, reference.iterations)

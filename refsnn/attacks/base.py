@@ -190,8 +190,10 @@ class Attack:
         raise NotImplementedError(f"{self.name} does not support spike inputs")
 
     # --- helpers -----------------------------------------------------------------------------------
-    def _misclassified(self, spikes, labels) -> np.ndarray:
-        return self.net.predict(spikes) != labels
+    def _check(self, spikes, labels):
+        """``(misclassified [b], trace)``: ``net.predict`` of 0/1 ``spikes`` and the pass it read."""
+        trace = self.net.run(spikes, validate=False)
+        return np.argmax(trace.rates, axis=1) != labels, trace
 
     def _check_labels(self, y) -> np.ndarray:
         labels = np.asarray(y)

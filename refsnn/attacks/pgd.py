@@ -56,7 +56,7 @@ class _SearchAttack(Attack):
         """Loss (on the rule's output) and misclassification on evaluation spikes; keeps the trace for
         the next gradient."""
         trace = self.net.run(spikes, validate=False)
-        if index is not None and uses_plain_forward(self.net, self.gradient):
+        if index is not None:
             self._cache = (index, spikes, trace)
         rates = trace.rates
         output = rates if self.gradient.output == "rates" else output_currents(trace)
@@ -72,9 +72,14 @@ class _SearchAttack(Attack):
             pos = np.searchsorted(cached_index, index)
             if (pos < cached_index.size).all() and np.array_equal(cached_index[np.minimum(pos, cached_index.size - 1)],
                                                                   index):
-                whole = pos.size == cached_index.size  # no sample left since: the trace as it is, no copy
-                if np.array_equal(cached_spikes if whole else cached_spikes[:, pos], spikes):
-                    trace = cached_trace if whole else _trace_subset(cached_trace, pos)
+                # No sample left since: the trace as it is (a raised threshold reuses its first
+                # stages). Otherwise the samples' rows, for the plain forward only: a raised-threshold
+                # forward of the smaller batch is computed afresh, as it always was.
+                whole = pos.size == cached_index.size
+                if whole and np.array_equal(cached_spikes, spikes):
+                    trace = cached_trace
+                elif uses_plain_forward(self.net, self.gradient) and np.array_equal(cached_spikes[:, pos], spikes):
+                    trace = _trace_subset(cached_trace, pos)
         return input_gradient(self.net, spikes, labels, self.gradient, self.loss, self.loss_scale, trace=trace)
 
 
