@@ -26,6 +26,7 @@ import numpy as np
 
 from ..encoders import check_images, draw_rand_maps
 from ..network import SNN, validate_spikes
+from ..kernels import frozen_weights
 from ..threads import scoped_threads
 from .constraints import DigitalBox, SpikeBudget, check_convention, check_eps, encode, l0_changes, linf_radius
 from .gradients import GradientRule, LOSSES
@@ -146,7 +147,7 @@ class Attack:
         ``rand_maps``: evaluation maps ``[T, B, *in]`` of digital inputs (drawn from ``seed`` when
         omitted). ``allowed``: spike inputs only, bool ``[T, B, *in]`` of the bits that may flip.
         """
-        with scoped_threads(self.threads):
+        with scoped_threads(self.threads), frozen_weights():  # an attack never changes the network
             return self._attack(x, y, rand_maps, allowed)
 
     def _attack(self, x, y, rand_maps, allowed) -> AttackResult:

@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ..network import SNN
+from ..kernels import frozen_weights
 from ..threads import scoped_threads
 from .base import Attack, AttackResult, Seed
 from .constraints import encode
@@ -102,7 +103,7 @@ class Strongest(Attack):
         return config
 
     def __call__(self, x, y, rand_maps=None, allowed=None, start: Optional[AttackResult] = None) -> AttackResult:
-        with scoped_threads(self.threads):
+        with scoped_threads(self.threads), frozen_weights():
             return self._union(x, y, rand_maps, allowed, start)
 
     def _union(self, x, y, rand_maps, allowed, start: Optional[AttackResult]) -> AttackResult:

@@ -12,6 +12,7 @@ from typing import Tuple
 import numpy as np
 
 from ..network import SNN
+from ..kernels import frozen_weights
 from ..threads import scoped_threads
 from .base import ATTACK_THREADS
 from .constraints import encode
@@ -29,7 +30,7 @@ def fresh_error(net: SNN, images: np.ndarray, labels: np.ndarray, T: int, draws:
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     wrong = np.zeros(labels.size)
-    with scoped_threads(ATTACK_THREADS):
+    with scoped_threads(ATTACK_THREADS), frozen_weights():
         for _ in range(draws):
             maps = rng.random((T,) + images.shape)
             for start in range(0, labels.size, batch_size):
