@@ -227,6 +227,11 @@ def throughput(args) -> int:
     report = {"command": "python benchmarks/bench_attacks.py " + " ".join(sys.argv[1:]), "old": args.old,
               "load_average_at_start": list(os.getloadavg()), "rows": []}
     cases = [] if args.protocol_only else [("fc", {"plain": fc}, args.n_fc), ("conv", conv, args.n_conv)]
+    # Untimed first run of each tree: Numba compiles (and caches) what an edit of a source file invalidated.
+    for tree in (old, repo):
+        for models in ({"plain": fc}, conv):
+            _timed_job(tree, {"n": 2, "models": models, "attacks": ["paper", "strongest"], "eps": [0.124],
+                              "fresh_draws": 1, "workers": 0})
     # "old 1 thread": the old tree with REFSNN_NUM_THREADS=1, the thread count the new attacks use
     # (refsnn.attacks.base.ATTACK_THREADS): what is left of the gain is the attacks' own arithmetic.
     sides = [("old", old, 0, None), ("old 1 thread", old, 0, "1"), ("new", repo, 0, None)]
