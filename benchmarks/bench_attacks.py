@@ -229,7 +229,7 @@ def throughput(args) -> int:
     cases = [] if args.protocol_only else [("fc", {"plain": fc}, args.n_fc), ("conv", conv, args.n_conv)]
     # Untimed first run of each tree: Numba compiles (and caches) what an edit of a source file invalidated.
     for tree in (old, repo):
-        for models in ({"plain": fc}, conv):
+        for models in ([{"plain": fc}] if args.protocol_only else [{"plain": fc}, conv]):
             _timed_job(tree, {"n": 2, "models": models, "attacks": ["paper", "strongest"], "eps": [0.124],
                               "fresh_draws": 1, "workers": 0})
     # "old 1 thread": the old tree with REFSNN_NUM_THREADS=1, the thread count the new attacks use
