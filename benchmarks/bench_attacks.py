@@ -19,15 +19,19 @@ attack (a violation is a bug in one of the two), and the attack error cannot exc
 verified error bound (1 - certified fraction).
 
 ``--throughput`` instead times the Table 2 protocol (``refsnn.attacks.protocol.run_protocol``) of an
-old source tree (default: revision 8e6f9e7, extracted with ``git archive``) against this tree, in
+old source tree (default: revision b212f4e, extracted with ``git archive``) against this tree, in
 worker processes started one after the other in the same run: samples per second of the paper
-attack and of the ``strongest`` ensemble on the committed MNIST FC model and on an untrained CONV
-network (``build_network("conv")``), and with ``--protocol`` the whole protocol of one setting
-(plain and robust MNIST FC, the paper's 4 eps, 300 samples, paper + strongest) old serial vs new on
-``--workers`` processes, checking that every row (errors, per-sample outcomes) is identical:
+attack and of the ``strongest`` ensemble (one chunk, eps 0.124) on the committed MNIST FC model and
+on the committed plain MNIST CONV model (an untrained ``build_network("conv")`` if it is absent),
+the old tree as the process starts it and at ``REFSNN_NUM_THREADS=1`` (the thread count the new
+attacks compute at), the new tree serially and on ``--workers`` processes (0: not); with
+``--protocol`` the whole protocol of one setting (plain and robust MNIST FC, the paper's 4 eps,
+``--protocol-n`` samples, paper + strongest) old serial vs new serial. Every row (errors,
+fresh-draw errors, per-sample outcomes) is checked for identity across all sides:
 
-    python benchmarks/bench_attacks.py --throughput [--protocol | --protocol-only] [--protocol-n 300] [--workers 2] [--reps 3]
-        [--n-fc 100] [--n-conv 20] [--out runs/bench_attacks/throughput.json]
+    python benchmarks/bench_attacks.py --throughput [--protocol | --protocol-only] [--protocol-n 300]
+        [--protocol-old-1-thread] [--workers 2] [--reps 3] [--n-fc 100] [--n-conv 20]
+        [--out runs/bench_attacks/throughput.json]
 """
 from __future__ import annotations
 
@@ -199,11 +203,14 @@ def _tree(revision: str) -> str:
     return str(target)
 
 
-def _timed_job(tree: str, job: dict) -> dict:
+def _timed_job(tree: str, job: dict, threads: str = None) -> dict:
     import subprocess
 
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
+    env.pop("REFSNN_NUM_THREADS", None)
+    if threads is not None:
+        env["REFSNN_NUM_THREADS"] = threads
     done = subprocess.run([sys.executable, "-c", THROUGHPUT_WORKER, tree, json.dumps(job)], check=True,
                           capture_output=True, text=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -215,19 +222,30 @@ def throughput(args) -> int:
     old = _tree(args.old)
     fc = str(Path(repo) / "results/budget/mnist-fc/plain/model.h5")
     robust = str(Path(repo) / "results/budget/mnist-fc/robust/model.h5")
+    conv_model = Path(repo) / "results/budget/mnist-conv/plain/model.h5"
+    conv = {"plain": str(conv_model)} if conv_model.is_file() else {"untrained": "conv"}
     report = {"command": "python benchmarks/bench_attacks.py " + " ".join(sys.argv[1:]), "old": args.old,
               "load_average_at_start": list(os.getloadavg()), "rows": []}
-    cases = [] if args.protocol_only else [("fc", {"plain": fc}, args.n_fc), ("conv", {"untrained": "conv"}, args.n_conv)]
+    cases = [] if args.protocol_only else [("fc", {"plain": fc}, args.n_fc), ("conv", conv, args.n_conv)]
+    # Untimed first run of each tree: Numba compiles (and caches) what an edit of a source file invalidated.
+    for tree in (old, repo):
+        for models in ([{"plain": fc}] if args.protocol_only else [{"plain": fc}, conv]):
+            _timed_job(tree, {"n": 2, "models": models, "attacks": ["paper", "strongest"], "eps": [0.124],
+                              "fresh_draws": 1, "workers": 0})
+    # "old 1 thread": the old tree with REFSNN_NUM_THREADS=1, the thread count the new attacks use
+    # (refsnn.attacks.base.ATTACK_THREADS): what is left of the gain is the attacks' own arithmetic.
+    sides = [("old", old, 0, None), ("old 1 thread", old, 0, "1"), ("new", repo, 0, None)]
+    if args.workers:
+        sides.append((f"new --workers {args.workers}", repo, args.workers, None))
     for arch, models, n in cases:
         for attack in ("paper", "strongest"):
             attacks = ["paper", "strongest"] if attack == "strongest" else ["paper"]
             job = {"n": n, "models": models, "attacks": attacks, "eps": [0.124], "fresh_draws": 0}
-            walls = {"old": [], "new": [], f"new --workers {args.workers}": []}
+            walls = {side[0]: [] for side in sides}
             outcome = {}
             for _ in range(args.reps):  # alternate, so that every side sees the same load
-                for side, tree, workers in (("old", old, 0), ("new", repo, 0),
-                                            (f"new --workers {args.workers}", repo, args.workers)):
-                    result = _timed_job(tree, dict(job, workers=workers))
+                for side, tree, workers, threads in sides:
+                    result = _timed_job(tree, dict(job, workers=workers), threads)
                     walls[side].append(result["wall"])
                     outcome[side] = result["rows"]
             same = all(rows == outcome["old"] for rows in outcome.values())
@@ -235,17 +253,23 @@ def throughput(args) -> int:
             row = {"arch": arch, "attack": attack, "n": n, "eps": 0.124, "wall_median_s": median,
                    "samples_per_s": {side: n / m for side, m in median.items()}, "identical_rows": same}
             report["rows"].append(row)
+            row["speedup_new_serial_vs_old"] = median["old"] / median["new"]
+            row["speedup_new_serial_vs_old_1_thread"] = median["old 1 thread"] / median["new"]
             print(f"{arch} {attack:9s} n={n}: samples/s " + ", ".join(
                 f"{side} {n / m:.2f}" for side, m in median.items())
-                + f"; ratio new/old {median['old'] / median['new']:.2f}x serial, "
-                f"{median['old'] / median[f'new --workers {args.workers}']:.2f}x with {args.workers} workers; "
-                f"rows identical: {same}", flush=True)
+                + f"; new serial / old {row['speedup_new_serial_vs_old']:.2f}x, / old at 1 thread "
+                f"{row['speedup_new_serial_vs_old_1_thread']:.2f}x; rows identical: {same}; "
+                f"load {os.getloadavg()[0]:.1f}", flush=True)
     if args.protocol or args.protocol_only:
         job = {"n": args.protocol_n, "models": {"plain": fc, "robust": robust}, "attacks": ["paper", "strongest"],
                "eps": [0.104, 0.124, 0.140, 0.154], "fresh_draws": 5}
+        load_before = os.getloadavg()[0]
         old_run = _timed_job(old, dict(job, workers=0))
-        new_run = _timed_job(repo, dict(job, workers=args.workers))
-        same = old_run["rows"] == new_run["rows"]
+        load_old = os.getloadavg()[0]
+        new_run = _timed_job(repo, dict(job, workers=0))  # serially: the target is the attacks' own speed
+        load_new = os.getloadavg()[0]
+        old1_run = _timed_job(old, dict(job, workers=0), "1") if args.protocol_old_1_thread else None
+        same = old_run["rows"] == new_run["rows"] and (old1_run is None or old1_run["rows"] == new_run["rows"])
         committed = json.loads((Path(repo) / "results/budget/mnist-fc/attack/table.json").read_text())["rows"]
         keys = ("model", "attack", "eps", "original_error", "attack_error", "adv_wrong", "attack_error_fresh")
         # the committed table has 300 samples: comparable only for the whole protocol
@@ -254,14 +278,18 @@ def throughput(args) -> int:
                         if args.protocol_n == 300 else None)
         row = {"protocol": f"MNIST FC plain + robust, eps 0.104/0.124/0.140/0.154, {args.protocol_n} samples, "
                            "paper + strongest, batch 100",
-               "old_serial_s": old_run["wall"], "new_s": new_run["wall"], "new_workers": args.workers,
+               "old_serial_s": old_run["wall"], "new_serial_s": new_run["wall"],
                "speedup": old_run["wall"] / new_run["wall"], "identical_rows": same,
+               "old_serial_1_thread_s": None if old1_run is None else old1_run["wall"],
+               "load_average_1min": {"start": load_before, "after_old": load_old, "after_new": load_new},
                "identical_to_committed_table": as_committed}
         report["protocol"] = row
         print(f"Table 2 protocol (one setting, 2 models x 4 eps x {args.protocol_n} samples, paper + strongest): old serial "
-              f"{old_run['wall']:.0f} s, new with {args.workers} workers {new_run['wall']:.0f} s: "
-              f"{row['speedup']:.2f}x; rows identical: {same}; identical to results/budget/mnist-fc/attack: "
-              f"{as_committed}", flush=True)
+              f"{old_run['wall']:.0f} s, new serial {new_run['wall']:.0f} s: {row['speedup']:.2f}x"
+              + ("" if old1_run is None else f" (old serial at 1 thread {old1_run['wall']:.0f} s: "
+                 f"{old1_run['wall'] / new_run['wall']:.2f}x)")
+              + f"; rows identical: {same}; identical to results/budget/mnist-fc/attack: {as_committed}; "
+              f"load {load_before:.1f} -> {load_old:.1f} -> {load_new:.1f}", flush=True)
     report["load_average_at_end"] = list(os.getloadavg())
     report["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                          "python": platform.python_version(), "numpy": np.__version__}
@@ -282,13 +310,16 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None)
     parser.add_argument("--throughput", action="store_true", help="old vs new samples per second")
     parser.add_argument("--protocol", action="store_true", help="with --throughput: one whole Table 2 setting")
-    parser.add_argument("--old", default="8e6f9e7", help="with --throughput: the old revision")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--old", default="b212f4e", help="with --throughput: the old revision")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="with --throughput: also time the new tree on this many workers (0: not)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--n-fc", type=int, default=100)
     parser.add_argument("--n-conv", type=int, default=20)
     parser.add_argument("--protocol-n", type=int, default=300, help="with --protocol: samples (300 = the committed table)")
     parser.add_argument("--protocol-only", action="store_true", help="with --throughput: only the whole-protocol timing")
+    parser.add_argument("--protocol-old-1-thread", action="store_true",
+                        help="with --protocol: also time the old tree serially at REFSNN_NUM_THREADS=1")
     args = parser.parse_args(argv)
     if args.throughput:
         return throughput(args)

@@ -20,8 +20,11 @@ compiled rules): the stage operator (``refsnn.operator``) and the fused LIF loop
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import types
+from typing import Iterator
 
 import numba
 import numpy as np
@@ -186,13 +189,41 @@ def _event_linear_forward_rows(x2d, weight_t, bias, out, first, last):  # pragma
             out[n, o] = acc[o] + bias[o]
 
 
+_FROZEN = threading.local()
+
+
+@contextlib.contextmanager
+def frozen_weights() -> Iterator[None]:
+    """Inside the block (in this Python thread) weights are not modified: the event-driven ``Linear``
+    transposes each weight array once and reuses the copy (an attack's thousands of forward passes
+    transposed the CONV net's 256 x 6272 weight every time). Nested blocks share the outer cache."""
+    if getattr(_FROZEN, "transposed", None) is not None:
+        yield
+        return
+    _FROZEN.transposed = {}
+    try:
+        yield
+    finally:
+        _FROZEN.transposed = None
+
+
+def _weight_transposed(weight: np.ndarray) -> np.ndarray:
+    cache = getattr(_FROZEN, "transposed", None)
+    if cache is None:
+        return transpose_contiguous(weight)
+    hit = cache.get(id(weight))
+    if hit is None or hit[0] is not weight:
+        hit = cache[id(weight)] = (weight, transpose_contiguous(weight))  # holds the array: its id stays its own
+    return hit[1]
+
+
 def event_linear_forward(x2d: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """``x2d @ weight.T + bias`` visiting only the non-zero inputs of each row.
 
     ``x2d [N, in]`` (spikes, or any values: non-binary entries are multiplied), ``weight [out, in]``,
     ``bias [out]``; returns ``[N, out]`` in ``weight``'s dtype.
     """
-    weight_t = transpose_contiguous(weight)
+    weight_t = _weight_transposed(weight)
     x2d = np.ascontiguousarray(x2d, dtype=weight.dtype)
     out = np.empty((x2d.shape[0], weight.shape[0]), dtype=weight.dtype)
     _event_linear_forward(x2d, weight_t, bias, out)

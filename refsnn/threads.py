@@ -19,12 +19,13 @@ runs.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import numbers
 import os
 import re
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numba
 
@@ -75,6 +76,61 @@ def _blas_setters() -> Dict[str, List[ctypes._CFuncPtr]]:
                         break
         _BLAS_SETTERS = setters
     return _BLAS_SETTERS
+
+
+_BLAS_GETTERS: Optional[List[ctypes._CFuncPtr]] = None
+
+
+def _numpy_blas_getters() -> List[ctypes._CFuncPtr]:
+    """``openblas_get_num_threads`` of the OpenBLAS bundled with NumPy (empty if not found)."""
+    global _BLAS_GETTERS
+    if _BLAS_GETTERS is None:
+        import numpy
+
+        site = os.path.dirname(os.path.dirname(numpy.__file__))
+        getters: List[ctypes._CFuncPtr] = []
+        for path in sorted(glob.glob(os.path.join(site, "numpy.libs", "*openblas*.so*"))):
+            try:
+                library = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for symbol in ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+                           "openblas_get_num_threads64_", "openblas_get_num_threads"):
+                getter = getattr(library, symbol, None)
+                if getter is not None:
+                    getter.argtypes, getter.restype = [], ctypes.c_int
+                    getters.append(getter)
+                    break
+        _BLAS_GETTERS = getters
+    return _BLAS_GETTERS
+
+
+@contextlib.contextmanager
+def scoped_threads(n: Optional[int]) -> Iterator[None]:
+    """Numba's parallel loops (in the calling thread) and NumPy's OpenBLAS on ``n`` threads inside
+    the block; the previous counts are restored after it. ``None`` changes nothing.
+
+    The OpenBLAS count is process-wide: another Python thread's GEMMs run at ``n`` threads too
+    while the block lasts (their last bits may differ, as at any other count).
+    """
+    if n is None:
+        yield
+        return
+    count = _parse(n, "the thread count")
+    setters, getters = _blas_setters()["numpy"], _numpy_blas_getters()
+    blas_known = bool(setters) and len(getters) == len(setters)
+    previous_blas = [getter() for getter in getters] if blas_known else []
+    previous_numba = numba.get_num_threads()
+    numba.set_num_threads(count)
+    if blas_known:
+        for setter in setters:
+            setter(count)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous_numba)
+        for setter, value in zip(setters if blas_known else [], previous_blas):
+            setter(value)
 
 
 def single_thread_kernel_blas() -> None:

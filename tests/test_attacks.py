@@ -479,3 +479,140 @@ def test_gradient_is_exact_on_the_smooth_network(output):
         bump[index] = h
         fd = (loss_of(x + bump) - loss_of(x - bump)) / (2 * h)
         assert grad[index] == pytest.approx(fd, rel=1e-5, abs=1e-8)
+
+
+# --- fast paths compute what the reference computes ----------------------------------------------------
+
+def _reference_best(levels, grad, spikes, index):
+    """``PixelLevels.best`` written as whole-array NumPy operations (the former implementation):
+    the oracle of the fused kernel, bit for bit."""
+    in_range, order, padded = levels.in_range[:, index], levels.order[:, index], levels.padded[:, index]
+    valid, count, lower, upper = levels.valid[:, index], levels.count[index], levels.lower[index], levels.upper[index]
+    masked = np.where(in_range, grad, 0.0)
+    sorted_grad = np.take_along_axis(masked, order, axis=0)
+    prefix = np.concatenate([np.zeros((1,) + grad.shape[1:]), np.cumsum(sorted_grad, axis=0)], axis=0)
+    objective = np.where(valid, prefix, -np.inf)
+    best_level = np.argmax(objective, axis=0)
+    current = np.where(spikes > 0, masked, 0.0).sum(axis=0)
+    gain = np.take_along_axis(objective, best_level[None], axis=0)[0] - current
+    below = np.take_along_axis(padded, best_level[None], axis=0)[0]
+    above = np.take_along_axis(padded, best_level[None] + 1, axis=0)[0]
+    with np.errstate(invalid="ignore"):
+        midpoint = 0.5 * (below + above)
+    value = np.where(best_level == 0, lower, np.where(best_level == count, upper, midpoint))
+    return gain, np.clip(value, lower, upper)
+
+
+@given(st.integers(0, 2 ** 31 - 1), st.sampled_from([np.float32, np.float64]), st.booleans())
+def test_pixel_levels_kernel_is_bit_identical_to_the_array_reference(seed, dtype, ties):
+    from refsnn.attacks.pgd import PixelLevels
+
+    rng = np.random.default_rng(seed)
+    steps, batch, pixels = int(rng.integers(1, 12)), int(rng.integers(1, 6)), int(rng.integers(1, 30))
+    images = np.where(rng.random((batch, pixels)) < 0.4, 0.0, rng.random((batch, pixels)))
+    radius = rng.uniform(0.0, 0.3)
+    lower, upper = np.maximum(images - radius, 0.0), np.minimum(images + radius, 1.0)
+    maps = rng.random((steps, batch, pixels))
+    if ties:  # equal maps: levels that no image realizes
+        maps = np.round(maps * 6) / 6
+    grad = np.where(rng.random(maps.shape) < 0.2, 0.0, rng.normal(size=maps.shape)).astype(dtype)
+    x = lower + rng.random((batch, pixels)) * (upper - lower)
+    spikes = encode(x, maps)
+    index = np.sort(rng.choice(batch, int(rng.integers(1, batch + 1)), replace=False))
+    levels = PixelLevels(maps, lower, upper)
+    gain, value = levels.best(grad[:, index], spikes[:, index], index)
+    ref_gain, ref_value = _reference_best(levels, grad[:, index], spikes[:, index], index)
+    assert gain.dtype == ref_gain.dtype and value.dtype == ref_value.dtype
+    np.testing.assert_array_equal(gain, ref_gain)
+    np.testing.assert_array_equal(value, ref_value)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_outcomes_equal_the_reference_path(trained, seed, monkeypatch):
+    """The fused per-pixel kernel and the trace reuse leave every outcome and image as the reference
+    (array-wise per-pixel search, every gradient on a fresh forward pass) computes them."""
+    from refsnn.attacks import pgd
+
+    net, images, labels, maps = trained
+    attacks = [GreedyFlip(net, 0.3, steps=12, restarts=2, seed=seed),
+               GreedyFlip(net, 0.3, steps=12, gradient=GradientRule("bptt", penultimate_threshold_ratio=10 / 3),
+                          loss="margin", seed=seed)]
+    fast = [attack(images, labels, maps) for attack in attacks]
+    monkeypatch.setattr(pgd.PixelLevels, "best", lambda self, grad, spikes, index: _reference_best(
+        self, grad, spikes, index))
+    monkeypatch.setattr(pgd._SearchAttack, "_gradient", lambda self, spikes, labels, index: input_gradient(
+        self.net, spikes, labels, self.gradient, self.loss, self.loss_scale))
+    for attack, result in zip(attacks, fast):
+        reference = attack(images, labels, maps)
+        assert result.success.any()
+        np.testing.assert_array_equal(result.x_adv, reference.x_adv)
+        np.testing.assert_array_equal(result.adv_pred, reference.adv_pred)
+        np.testing.assert_array_equal(result.iterations, reference.iterations)
+
+
+def test_attacks_compute_at_the_attack_thread_count(trained):
+    """Every GEMM and LIF loop of an attack (and of its re-scoring) runs at ``ATTACK_THREADS``, whatever
+    the process's count; the counts are restored afterwards."""
+    import numba
+
+    from refsnn import layers, threads
+    from refsnn.attacks.base import ATTACK_THREADS
+
+    net, images, labels, maps = trained
+    getters = threads._numpy_blas_getters()
+    seen = set()
+    forward = layers.Linear.forward
+
+    def spy(self, x):
+        seen.add((numba.get_num_threads(), tuple(getter() for getter in getters)))
+        return forward(self, x)
+
+    top = threads.max_threads()
+    before = numba.get_num_threads()
+    try:
+        threads.set_num_threads(top)
+        layers.Linear.forward = spy
+        Strongest(net, 0.3, effort=0.1)(images[:10], labels[:10], maps[:, :10])
+        fresh_error(net, images[:10], labels[:10], T, draws=1)
+        layers.Linear.forward = forward
+        assert seen == {(ATTACK_THREADS, (ATTACK_THREADS,) * len(getters))}
+        assert numba.get_num_threads() == top and all(getter() == top for getter in getters)
+    finally:
+        layers.Linear.forward = forward
+        threads.set_num_threads(before)
+
+
+@pytest.mark.parametrize("kind", ["digital", "spike"])
+def test_paper_attack_reusing_the_success_check_changes_nothing(trained, kind, monkeypatch):
+    """Without resampling the next gradient sees the spikes the success check just ran: reusing that
+    pass (all of it, or the stages before the raised threshold) gives the outcomes and images of a
+    fresh forward pass."""
+    from refsnn.attacks import paper
+
+    net, images, labels, maps = trained
+    x = images if kind == "digital" else encode(images, maps)
+    attacks = [PaperAttack(net, 0.3, kind=kind, steps=15, resample=False, seed=3),
+               PaperAttack(net, 0.3, kind=kind, steps=15, resample=False, gradient=GradientRule("bptt", surrogate="atan"),
+                           seed=4)]
+    if kind == "spike":
+        attacks = [PaperAttack(net, 0.05, kind=kind, steps=15, seed=3),
+                   PaperAttack(net, 0.05, kind=kind, steps=15, gradient=GradientRule("bptt", surrogate="atan"), seed=4)]
+    reused = []
+    calls = {"with trace": 0}
+    original = paper.input_gradient
+
+    def counting(*args, trace=None, **kwargs):
+        calls["with trace"] += trace is not None
+        return original(*args, trace=trace, **kwargs)
+
+    monkeypatch.setattr(paper, "input_gradient", counting)
+    maps_arg = maps if kind == "digital" else None
+    reused = [attack(x, labels, maps_arg) for attack in attacks]
+    assert calls["with trace"] > 0  # the reuse is exercised
+    monkeypatch.setattr(paper, "input_gradient", lambda *args, trace=None, **kwargs: original(*args, **kwargs))
+    for attack, result in zip(attacks, reused):
+        reference = attack(x, labels, maps_arg)
+        assert result.success.any()
+        np.testing.assert_array_equal(result.x_adv, reference.x_adv)
+        np.testing.assert_array_equal(result.adv_pred, reference.adv_pred)
+        np.testing.assert_array_equal(result.iterations, reference.iterations)

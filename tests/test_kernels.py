@@ -388,3 +388,26 @@ def test_conv_weight_gradient_over_blocks_equals_the_windowed_sum(n):
     grads = conv.param_grads(x, grad)
     np.testing.assert_allclose(grads["weight"], expected, rtol=0, atol=1e-11 * max(1, n))
     np.testing.assert_allclose(grads["bias"], grad.sum(axis=(0, 2, 3)), rtol=0, atol=1e-11 * max(1, n))
+
+
+def test_frozen_weights_transposes_each_weight_once_and_only_inside_the_block(monkeypatch):
+    rng = np.random.default_rng(0)
+    x = (rng.random((40, 30)) < 0.1).astype(np.float32)
+    weight = rng.normal(size=(20, 30)).astype(np.float32)
+    bias = rng.normal(size=20).astype(np.float32)
+    expected = kernels.event_linear_forward(x, weight, bias)
+    calls = []
+    transpose = kernels.transpose_contiguous
+    monkeypatch.setattr(kernels, "transpose_contiguous", lambda m: calls.append(1) or transpose(m))
+    with kernels.frozen_weights():
+        with kernels.frozen_weights():  # nested: the outer cache
+            first = kernels.event_linear_forward(x, weight, bias)
+        second = kernels.event_linear_forward(x, weight, bias)
+        other = kernels.event_linear_forward(x, weight.copy(), bias)  # another array: its own transpose
+    assert len(calls) == 2
+    for out in (first, second, other):
+        np.testing.assert_array_equal(out, expected)
+    weight *= 2  # outside the block nothing is cached: a changed weight is seen at once
+    changed = kernels.event_linear_forward(x, weight, bias)
+    np.testing.assert_array_equal(changed, kernels.event_linear_forward(x, weight.copy(), bias))
+    assert not np.array_equal(changed, expected) and len(calls) == 4

@@ -122,3 +122,21 @@ def test_conv_step_same_at_one_and_two_threads(restore_threads):
     for grad1, grad2 in zip(grads1 + [input1], grads2 + [input2]):
         scale = np.abs(grad1).max() + 1e-30
         assert np.abs(grad1 - grad2).max() <= 1e-5 * scale
+
+
+def test_scoped_threads_sets_and_restores_both_counts(restore_threads):
+    from refsnn.threads import _numpy_blas_getters, scoped_threads
+
+    set_num_threads(max_threads())
+    getters = _numpy_blas_getters()
+    with pytest.raises(RuntimeError):
+        with scoped_threads(1):
+            assert numba.get_num_threads() == 1 and all(getter() == 1 for getter in getters)
+            raise RuntimeError("inside")
+    assert numba.get_num_threads() == max_threads()
+    assert all(getter() == max_threads() for getter in getters)
+    with scoped_threads(None):
+        assert numba.get_num_threads() == max_threads()
+    with pytest.raises(ThreadCountError):
+        with scoped_threads(0):
+            pass

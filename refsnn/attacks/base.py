@@ -26,10 +26,15 @@ import numpy as np
 
 from ..encoders import check_images, draw_rand_maps
 from ..network import SNN, validate_spikes
+from ..kernels import frozen_weights
+from ..threads import scoped_threads
 from .constraints import DigitalBox, SpikeBudget, check_convention, check_eps, encode, l0_changes, linf_radius
 from .gradients import GradientRule, LOSSES
 
 KINDS = ("digital", "spike")
+# Threads of OpenBLAS and Numba while an attack or its re-scoring runs (``Attack.threads``): the
+# same count in a serial run and in single-threaded Dask workers, so both compute the same bits.
+ATTACK_THREADS = 1
 Seed = Union[int, Sequence[int], None]
 
 
@@ -95,6 +100,14 @@ class Attack:
     """
 
     name = "attack"
+    # Threads of NumPy's OpenBLAS and Numba's parallel loops while the attack runs (None: the
+    # process's counts). An attack makes thousands of small calls (GEMMs of at most time x batch =
+    # 1000 rows, many of them [N, 256] x [256, 10]; LIF loops of one layer); at two threads each
+    # call waits until both are scheduled, which on a shared machine cost far more than the second
+    # core gave: MNIST FC `strongest` on 100 samples 63 s at 2 threads, 17 s at 1 (2 cores, load 7;
+    # docs/ATTACKS.md, "Speed"). Both cores are used by attack tasks side by side
+    # (``run_protocol(..., scheduler=...)``, one thread per worker: the same count, the same bits).
+    threads: Optional[int] = ATTACK_THREADS
 
     def __init__(self, net: SNN, eps: float, kind: str = "digital", convention: str = "paper",
                  steps: int = 25, gradient: Optional[GradientRule] = None, loss: str = "ce",
@@ -134,6 +147,10 @@ class Attack:
         ``rand_maps``: evaluation maps ``[T, B, *in]`` of digital inputs (drawn from ``seed`` when
         omitted). ``allowed``: spike inputs only, bool ``[T, B, *in]`` of the bits that may flip.
         """
+        with scoped_threads(self.threads), frozen_weights():  # an attack never changes the network
+            return self._attack(x, y, rand_maps, allowed)
+
+    def _attack(self, x, y, rand_maps, allowed) -> AttackResult:
         labels = self._check_labels(y)
         rng = np.random.default_rng(self.seed)
         if self.kind == "digital":
@@ -174,8 +191,10 @@ class Attack:
         raise NotImplementedError(f"{self.name} does not support spike inputs")
 
     # --- helpers -----------------------------------------------------------------------------------
-    def _misclassified(self, spikes, labels) -> np.ndarray:
-        return self.net.predict(spikes) != labels
+    def _check(self, spikes, labels):
+        """``(misclassified [b], trace)``: ``net.predict`` of 0/1 ``spikes`` and the pass it read."""
+        trace = self.net.run(spikes, validate=False)
+        return np.argmax(trace.rates, axis=1) != labels, trace
 
     def _check_labels(self, y) -> np.ndarray:
         labels = np.asarray(y)

@@ -15,6 +15,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ..network import SNN
+from ..kernels import frozen_weights
+from ..threads import scoped_threads
 from .base import Attack, AttackResult, Seed
 from .constraints import encode
 from .gradients import AUTHORS_THRESHOLD_RATIO, GradientRule
@@ -101,6 +103,10 @@ class Strongest(Attack):
         return config
 
     def __call__(self, x, y, rand_maps=None, allowed=None, start: Optional[AttackResult] = None) -> AttackResult:
+        with scoped_threads(self.threads), frozen_weights():
+            return self._union(x, y, rand_maps, allowed, start)
+
+    def _union(self, x, y, rand_maps, allowed, start: Optional[AttackResult]) -> AttackResult:
         labels = self._check_labels(y)
         if self.kind == "digital":
             if allowed is not None:

@@ -12,6 +12,9 @@ from typing import Tuple
 import numpy as np
 
 from ..network import SNN
+from ..kernels import frozen_weights
+from ..threads import scoped_threads
+from .base import ATTACK_THREADS
 from .constraints import encode
 
 
@@ -27,10 +30,11 @@ def fresh_error(net: SNN, images: np.ndarray, labels: np.ndarray, T: int, draws:
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     wrong = np.zeros(labels.size)
-    for _ in range(draws):
-        maps = rng.random((T,) + images.shape)
-        for start in range(0, labels.size, batch_size):
-            part = slice(start, start + batch_size)
-            wrong[part] += net.predict(encode(images[part], maps[:, part])) != labels[part]
+    with scoped_threads(ATTACK_THREADS), frozen_weights():
+        for _ in range(draws):
+            maps = rng.random((T,) + images.shape)
+            for start in range(0, labels.size, batch_size):
+                part = slice(start, start + batch_size)
+                wrong[part] += net.predict(encode(images[part], maps[:, part])) != labels[part]
     rate = wrong / draws
     return float(rate.mean()), rate

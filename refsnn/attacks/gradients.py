@@ -137,16 +137,27 @@ def _stage_thresholds(net: SNN, rule: GradientRule) -> list:
     return thresholds
 
 
-def attack_forward(net: SNN, spikes: np.ndarray, rule: GradientRule) -> Trace:
-    """``SNN.run`` with the rule's firing thresholds per stage; ``spikes [T, B, *in]`` of 0/1."""
+def attack_forward(net: SNN, spikes: np.ndarray, rule: GradientRule, plain: Optional[Trace] = None) -> Trace:
+    """``SNN.run`` with the rule's firing thresholds per stage; ``spikes [T, B, *in]`` of 0/1.
+
+    ``plain``: ``net.run`` of these very spikes (same samples, same batch), whose stages before
+    the first raised threshold are taken as they are (the same operations on the same arrays).
+    """
     thresholds = _stage_thresholds(net, rule)
     if all(th == net.threshold for th in thresholds):
-        return net.run(spikes, validate=False)
+        return net.run(spikes, validate=False) if plain is None else plain
     x = np.asarray(spikes, dtype=net.dtype)
     steps, batch = x.shape[:2]
     trace = Trace(inputs=x, threshold=net.threshold, reset=net.reset)
     activation = x.reshape((steps * batch,) + x.shape[2:])
-    for stage, threshold in zip(net.stages, thresholds):
+    for k, (stage, threshold) in enumerate(zip(net.stages, thresholds)):
+        if plain is not None and all(th == net.threshold for th in thresholds[:k + 1]):
+            trace.op_inputs.append(plain.op_inputs[k] if k < len(plain.op_inputs) else [])
+            trace.currents.append(plain.currents[k])
+            trace.membranes.append(plain.membranes[k])
+            trace.spikes.append(plain.spikes[k])
+            activation = plain.spikes[k].reshape((steps * batch,) + stage.neuron_shape)
+            continue
         inputs = []
         for op in stage.ops:
             inputs.append(activation)
@@ -218,10 +229,10 @@ def input_gradient(net: SNN, spikes: np.ndarray, labels: np.ndarray, rule: Gradi
 
     ``spikes [T, B, *in]`` 0/1, ``labels [B]`` -> ``(loss [B], dL/ds [T, B, *in], rates [B, n_out])``;
     ``rates`` come from the forward pass the gradient was taken on (raised threshold included).
-    ``trace``: a ``net.run(spikes)`` already computed, reused when the rule's forward is the plain one.
+    ``trace``: a ``net.run(spikes)`` of the same batch already computed: the rule's forward pass, or
+    with a raised threshold its stages before that one (:func:`attack_forward`).
     """
-    if trace is None or not uses_plain_forward(net, rule):
-        trace = attack_forward(net, spikes, rule)
+    trace = attack_forward(net, spikes, rule, plain=trace)
     rates = trace.rates
     output = rates if rule.output == "rates" else output_currents(trace)
     values, grad_output = rate_loss(output, labels, loss, loss_scale)

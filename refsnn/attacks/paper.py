@@ -101,11 +101,13 @@ class PaperAttack(Attack):
         iterations = np.zeros(labels.size, dtype=np.int64)
         grad_spikes = encode(images, rand_maps)
         todo = np.flatnonzero(active)
+        plain = None  # net.run of grad_spikes[:, todo], when the success check just computed it
         for _ in range(self.steps):
             if todo.size == 0:
                 break
             spikes = grad_spikes[:, todo]
-            _, grad, _ = input_gradient(self.net, spikes, labels[todo], self.gradient, self.loss, self.loss_scale)
+            _, grad, _ = input_gradient(self.net, spikes, labels[todo], self.gradient, self.loss, self.loss_scale,
+                                        trace=plain)
             target, _ = gradient_to_spikes(spikes, grad, rng, self.zero_grad_flip_prob)
             step = (target.astype(np.float64) - spikes).mean(axis=0)
             current = x[todo]
@@ -117,23 +119,30 @@ class PaperAttack(Attack):
                 grad_spikes[:, todo] = encode(moved, rng.random(eval_spikes.shape))
             else:
                 grad_spikes[:, todo] = eval_spikes
-            todo = todo[~self._misclassified(eval_spikes, labels[todo])]
+            wrong, checked = self._check(eval_spikes, labels[todo])
+            # without resampling the next gradient sees these very spikes: reuse the pass if the batch stays
+            plain = checked if not self.resample and not wrong.any() else None
+            todo = todo[~wrong]
         return x, iterations, {}
 
     def _spike(self, spikes, labels, budget: SpikeBudget, active, rng, allowed=None):
         adv = spikes.copy()
         iterations = np.zeros(labels.size, dtype=np.int64)
         todo = np.flatnonzero(active) if budget.total > 0 else np.zeros(0, dtype=np.int64)
+        plain = None  # net.run of adv[:, todo], when the success check just computed it
         for _ in range(self.steps):
             if todo.size == 0:
                 break
             current, clean = adv[:, todo], spikes[:, todo]
-            _, grad, _ = input_gradient(self.net, current, labels[todo], self.gradient, self.loss, self.loss_scale)
+            _, grad, _ = input_gradient(self.net, current, labels[todo], self.gradient, self.loss, self.loss_scale,
+                                        trace=plain)
             target, priority = gradient_to_spikes(current, grad, rng, self.zero_grad_flip_prob)
             adv[:, todo] = apply_flips(current, clean, target != current, priority, budget,
                                        allowed=None if allowed is None else allowed[:, todo])
             iterations[todo] += 1
-            todo = todo[~self._misclassified(adv[:, todo], labels[todo])]
+            wrong, checked = self._check(adv[:, todo], labels[todo])
+            plain = checked if not wrong.any() else None
+            todo = todo[~wrong]
         return adv, iterations, {"l0_budget": budget.total, "flips_per_step": budget.per_step,
                                  "spike_size": budget.size}
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numba
 import numpy as np
 
 from ..network import SNN, Trace
@@ -55,7 +56,7 @@ class _SearchAttack(Attack):
         """Loss (on the rule's output) and misclassification on evaluation spikes; keeps the trace for
         the next gradient."""
         trace = self.net.run(spikes, validate=False)
-        if index is not None and uses_plain_forward(self.net, self.gradient):
+        if index is not None:
             self._cache = (index, spikes, trace)
         rates = trace.rates
         output = rates if self.gradient.output == "rates" else output_currents(trace)
@@ -71,7 +72,13 @@ class _SearchAttack(Attack):
             pos = np.searchsorted(cached_index, index)
             if (pos < cached_index.size).all() and np.array_equal(cached_index[np.minimum(pos, cached_index.size - 1)],
                                                                   index):
-                if np.array_equal(cached_spikes[:, pos], spikes):
+                # No sample left since: the trace as it is (a raised threshold reuses its first
+                # stages). Otherwise the samples' rows, for the plain forward only: a raised-threshold
+                # forward of the smaller batch is computed afresh, as it always was.
+                whole = pos.size == cached_index.size
+                if whole and np.array_equal(cached_spikes, spikes):
+                    trace = cached_trace
+                elif uses_plain_forward(self.net, self.gradient) and np.array_equal(cached_spikes[:, pos], spikes):
                     trace = _trace_subset(cached_trace, pos)
         return input_gradient(self.net, spikes, labels, self.gradient, self.loss, self.loss_scale, trace=trace)
 
@@ -178,29 +185,62 @@ class PixelLevels:
         distinct = self.padded[1:] > self.padded[:-1]  # r_(j) < r_(j+1), with r_(0) = -inf
         self.valid = (level <= self.count[None]) & (distinct | (level == 0) | (level == self.count[None]))
 
-    def subset(self, index) -> "PixelLevels":
-        new = object.__new__(PixelLevels)
-        new.lower, new.upper, new.count = self.lower[index], self.upper[index], self.count[index]
-        for name in ("in_range", "order", "padded", "valid"):
-            setattr(new, name, getattr(self, name)[:, index])
-        return new
+    def best(self, grad: np.ndarray, spikes: np.ndarray, index: Optional[np.ndarray] = None):
+        """``(gain [b, P], value [b, P])`` of the best pattern per pixel for ``grad, spikes [T, b, P]``
+        of the samples ``index`` (default: all): the linearized gain ``sum_t g_t (s'_t - s_t)`` and an
+        image value in the box realizing it.
 
-    def best(self, grad: np.ndarray, spikes: np.ndarray):
-        """``(gain [B, P], value [B, P])`` of the best pattern per pixel for ``grad, spikes [T, B, P]``:
-        the linearized gain ``sum_t g_t (s'_t - s_t)`` and an image value in the box realizing it."""
-        masked = np.where(self.in_range, grad, 0.0)
-        sorted_grad = np.take_along_axis(masked, self.order, axis=0)
-        prefix = np.concatenate([np.zeros((1,) + grad.shape[1:]), np.cumsum(sorted_grad, axis=0)], axis=0)
-        objective = np.where(self.valid, prefix, -np.inf)
-        best_level = np.argmax(objective, axis=0)
-        current = np.where(spikes > 0, masked, 0.0).sum(axis=0)
-        gain = np.take_along_axis(objective, best_level[None], axis=0)[0] - current
-        below = np.take_along_axis(self.padded, best_level[None], axis=0)[0]      # r_(j)
-        above = np.take_along_axis(self.padded, best_level[None] + 1, axis=0)[0]  # r_(j+1)
-        with np.errstate(invalid="ignore"):  # -inf + inf at the end levels, which the where discards
-            midpoint = 0.5 * (below + above)
-        value = np.where(best_level == 0, self.lower, np.where(best_level == self.count, self.upper, midpoint))
-        return gain, np.clip(value, self.lower, self.upper)
+        Arithmetic (one fused kernel): the in-range gradient is summed in increasing ``r_t`` in
+        ``grad``'s dtype, the current pattern's gain in time order, the difference in float64.
+        """
+        grad = np.ascontiguousarray(grad)
+        if index is None:
+            index = np.arange(self.count.shape[0])
+        index = np.ascontiguousarray(index, dtype=np.int64)
+        if grad.ndim != 3 or grad.shape != spikes.shape or grad.shape[1] != index.size or \
+                grad.shape[0] != self.in_range.shape[0] or grad.shape[2] != self.in_range.shape[2]:
+            raise ValueError(f"grad and spikes must be [T, b, P] = [{self.in_range.shape[0]}, {index.size}, "
+                             f"{self.in_range.shape[2]}], got {grad.shape} and {spikes.shape}")
+        return _best_levels(grad, np.ascontiguousarray(spikes), index, self.in_range, self.order, self.padded,
+                            self.count, self.valid, self.lower, self.upper, grad.dtype.type(0))
+
+
+@numba.njit(parallel=True, cache=True)
+def _best_levels(grad, spikes, index, in_range, order, padded, count, valid, lower, upper,
+                 zero):  # pragma: no cover - compiled
+    """Kernel of :meth:`PixelLevels.best`: per pixel, the first level of largest prefix sum (level 0:
+    nothing switched on), its gain over the current spikes, and the midpoint of its map interval."""
+    steps, batch, pixels = grad.shape
+    gain = np.empty((batch, pixels))
+    value = np.empty((batch, pixels))
+    for i in numba.prange(batch):
+        n = index[i]
+        for p in range(pixels):
+            best = 0
+            best_objective = 0.0 if valid[0, n, p] else -np.inf
+            acc = zero
+            for j in range(steps):
+                t = order[j, n, p]
+                g = grad[t, i, p] if in_range[t, n, p] else zero
+                acc = g if j == 0 else acc + g
+                objective = np.float64(acc) if valid[j + 1, n, p] else -np.inf
+                # the first maximum, a NaN counting as the largest (np.argmax)
+                if objective > best_objective or (np.isnan(objective) and not np.isnan(best_objective)):
+                    best, best_objective = j + 1, objective
+            current = zero
+            for t in range(steps):
+                g = grad[t, i, p] if (in_range[t, n, p] and spikes[t, i, p] > 0) else zero
+                current = g if t == 0 else current + g
+            gain[i, p] = best_objective - np.float64(current)
+            low, high = lower[n, p], upper[n, p]
+            if best == 0:
+                v = low
+            elif best == count[n, p]:
+                v = high
+            else:
+                v = 0.5 * (padded[best, n, p] + padded[best + 1, n, p])
+            value[i, p] = min(max(v, low), high)
+    return gain, value
 
 
 def best_pixel_levels(grad: np.ndarray, rand_maps: np.ndarray, spikes: np.ndarray, lower: np.ndarray,
@@ -262,8 +302,8 @@ class GreedyFlip(_SearchAttack):
             spikes = encode(x, rand_maps[:, index])
             _, grad, _ = self._gradient(spikes, labels[index], index)
             shape = (index.size, pixels)
-            gain, value = levels.subset(index).best(grad.reshape(grad.shape[:2] + (pixels,)),
-                                                    spikes.reshape(spikes.shape[:2] + (pixels,)))
+            gain, value = levels.best(grad.reshape(grad.shape[:2] + (pixels,)),
+                                      spikes.reshape(spikes.shape[:2] + (pixels,)), index)
             k = self._pixels_per_step(pixels, it)
             gain = np.where(gain > 0, gain, -np.inf)
             top = np.argsort(-gain, axis=1, kind="stable")[:, :k]
