@@ -11,8 +11,13 @@ The setting tells glibc to serve large blocks from the heap (``M_MMAP_MAX = 0``)
 freed heap memory back (``M_TRIM_THRESHOLD``), so the process keeps what it freed and reuses it.
 The heap can then hold more than one step's peak (fragmentation), so it is scoped:
 :func:`freed_memory_kept` applies it for the duration of a loop (``refsnn.train``'s ``fit``) and
-restores glibc's defaults and trims the heap afterwards. ``REFSNN_KEEP_FREED_MEMORY=0`` turns it
-off. :func:`keep_freed_memory` applies it for the rest of the process (benchmark workers).
+afterwards trims the heap and sets the thresholds where glibc's own dynamic rule settles once large
+blocks have been freed (mmap above 32 MiB, trim above 64 MiB): any ``mallopt`` call ends that
+dynamic rule for the process, and its starting point (mmap above 128 KiB) would make every
+mid-sized array of later work fault in again. ``REFSNN_KEEP_FREED_MEMORY=0`` turns the setting
+off, and so does any ``MALLOC_*_`` variable or ``GLIBC_TUNABLES`` (the user's own allocator
+settings are left alone). :func:`keep_freed_memory` applies it for the rest of the process
+(benchmark workers).
 """
 from __future__ import annotations
 
@@ -24,11 +29,14 @@ import platform
 import sys
 from typing import Iterator, Optional
 
-# glibc's mallopt parameters (malloc.h) and their defaults
+# glibc's mallopt parameters (malloc.h), its default block count and where its dynamic thresholds
+# settle (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit, trim = 2 x mmap threshold)
 _M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
-_DEFAULT_TRIM_THRESHOLD = 128 * 1024
 _DEFAULT_MMAP_MAX = 65536
+_SETTLED_MMAP_THRESHOLD = 32 * 2 ** 20
+_SETTLED_TRIM_THRESHOLD = 64 * 2 ** 20
 # The largest trim threshold mallopt accepts (an int): freed memory below it stays mapped.
 _NEVER_TRIM = 2 ** 31 - 1
 
@@ -41,6 +49,8 @@ _permanent = False  # keep_freed_memory was called
 def _libc() -> Optional[ctypes.CDLL]:
     """glibc, or None where the allocator is another (musl, macOS, Windows) or the switch is off."""
     if os.environ.get(ENV_SWITCH, "1").strip() == "0":
+        return None
+    if "GLIBC_TUNABLES" in os.environ or any(name.startswith("MALLOC_") for name in os.environ):
         return None
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return None
@@ -64,15 +74,17 @@ def _apply(libc: ctypes.CDLL) -> bool:
 
 def _restore(libc: ctypes.CDLL) -> None:
     libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-    libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+    libc.mallopt(_M_MMAP_THRESHOLD, _SETTLED_MMAP_THRESHOLD)
+    libc.mallopt(_M_TRIM_THRESHOLD, _SETTLED_TRIM_THRESHOLD)
     libc.malloc_trim(0)
 
 
 @contextlib.contextmanager
 def freed_memory_kept() -> Iterator[bool]:
     """Keeps freed memory mapped inside the ``with`` block (glibc only); yields True if the
-    setting is in force. On leaving the outermost block glibc's defaults come back and the heap is
-    trimmed, unless :func:`keep_freed_memory` made the setting permanent."""
+    setting is in force. On leaving the outermost block the heap is trimmed and blocks above 32 MiB
+    are unmapped on free again, unless :func:`keep_freed_memory` made the setting permanent. Not for
+    concurrent use from several Python threads (the setting is process-wide)."""
     global _depth
     libc = _libc()
     if libc is None:
@@ -92,7 +104,9 @@ def freed_memory_kept() -> Iterator[bool]:
 
 def keep_freed_memory() -> bool:
     """Keeps freed memory mapped for the rest of the process (glibc only); True if the setting is
-    in force, False where glibc's ``mallopt`` is not there (the allocator is then left as it is)."""
+    in force; False where glibc's ``mallopt`` is not there or the setting is switched off
+    (``REFSNN_KEEP_FREED_MEMORY=0``, the user's own ``MALLOC_*_``/``GLIBC_TUNABLES``): the allocator
+    is then left as it is."""
     global _permanent
     if _permanent:
         return True

@@ -24,12 +24,22 @@ def freed_block_resident():
     del block
     return resident_mib() - before
 
+def faults_of_mid_sized_arrays():
+    import resource
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(50):
+        block = np.ones(8 * 2 ** 20 // 8)   # 8 MiB
+        del block
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
 mode = sys.argv[1]
 if mode == "scoped":
     with freed_memory_kept() as kept:
         assert kept
         inside = freed_block_resident()
-    print(inside, freed_block_resident())
+    print(inside, freed_block_resident(), faults_of_mid_sized_arrays())
+elif mode == "faults":
+    print(faults_of_mid_sized_arrays())
 elif mode == "permanent":
     assert keep_freed_memory() and keep_freed_memory()
     print(freed_block_resident())
@@ -40,8 +50,9 @@ else:
 
 def _run(mode, **env):
     environment = {**os.environ, **env}
-    environment.pop("MALLOC_MMAP_MAX_", None)
-    environment.pop("MALLOC_TRIM_THRESHOLD_", None)
+    for name in list(environment):
+        if name.startswith("MALLOC_") or name == "GLIBC_TUNABLES":
+            del environment[name]
     out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True,
                          env=environment)
     return [float(v) for v in out.stdout.split()]
@@ -54,18 +65,22 @@ glibc_only = pytest.mark.skipif(not sys.platform.startswith("linux") or platform
 
 @glibc_only
 def test_the_scope_keeps_a_freed_block_mapped_and_restores_the_defaults_after_it():
-    inside, after = _run("scoped")
+    inside, after, faults_after = _run("scoped")
     assert inside > 200     # the 256 MiB stay resident for the next step
-    assert after < 50       # glibc's defaults again: the block is unmapped on free
+    assert after < 50       # after the scope the block is unmapped on free again
     (default,) = _run("default")
     assert default < 50
+    # glibc's dynamic mmap threshold is gone after any mallopt: the restored thresholds must not send
+    # every mid-sized array to mmap (50 x 8 MiB is about 100,000 page faults there)
+    (faults_fresh,) = _run("faults")
+    assert faults_after < max(10 * faults_fresh, 5000)
 
 
 @glibc_only
 def test_keep_freed_memory_is_permanent_and_the_switch_turns_it_off():
     (kept,) = _run("permanent")
     assert kept > 200
-    inside, after = _run("scoped", REFSNN_KEEP_FREED_MEMORY="1")
+    inside, _, _ = _run("scoped", REFSNN_KEEP_FREED_MEMORY="1")
     assert inside > 200
     with pytest.raises(subprocess.CalledProcessError):   # the scope reports the setting off
         _run("scoped", REFSNN_KEEP_FREED_MEMORY="0")
