@@ -550,7 +550,7 @@ def test_greedy_outcomes_equal_the_reference_path(trained, seed, monkeypatch):
         np.testing.assert_array_equal(result.iterations, reference.iterations)
 
 
-def test_attacks_compute_at_the_attack_thread_count(trained):
+def test_attacks_compute_at_the_attack_thread_count(trained, numpy_blas_getters):
     """Every GEMM and LIF loop of an attack (and of its re-scoring) runs at ``ATTACK_THREADS``, whatever
     the process's count; the counts are restored afterwards."""
     import numba
@@ -559,7 +559,7 @@ def test_attacks_compute_at_the_attack_thread_count(trained):
     from refsnn.attacks.base import ATTACK_THREADS
 
     net, images, labels, maps = trained
-    getters = threads._numpy_blas_getters()
+    getters = numpy_blas_getters
     seen = set()
     forward = layers.Linear.forward
 
@@ -616,3 +616,49 @@ def test_paper_attack_reusing_the_success_check_changes_nothing(trained, kind, m
         np.testing.assert_array_equal(result.x_adv, reference.x_adv)
         np.testing.assert_array_equal(result.adv_pred, reference.adv_pred)
         np.testing.assert_array_equal(result.iterations, reference.iterations)
+
+
+def test_attack_thread_count_is_read_at_the_call_and_can_be_left_to_the_process(trained, numpy_blas_getters,
+                                                                                monkeypatch):
+    """``ATTACK_THREADS`` changed after import takes effect; ``None`` (module, attack or
+    ``fresh_error(threads=)``) keeps the process's count; ``config()`` records the count."""
+    import numba
+
+    from refsnn import layers, threads
+    from refsnn.attacks import base
+
+    net, images, labels, maps = trained
+    top = threads.max_threads()
+    seen = []
+    forward = layers.Linear.forward
+
+    def spy(self, x):
+        seen.append((numba.get_num_threads(), tuple(getter() for getter in numpy_blas_getters)))
+        return forward(self, x)
+
+    def counts(run):
+        seen.clear()
+        run()
+        return set(seen)
+
+    at_top = {(top, (top,) * len(numpy_blas_getters))}
+    at_one = {(1, (1,) * len(numpy_blas_getters))}
+    before = numba.get_num_threads()
+    try:
+        threads.set_num_threads(top)
+        monkeypatch.setattr(layers.Linear, "forward", spy)
+        attack = PaperAttack(net, 0.3, steps=2)
+        assert attack.config()["threads"] == 1
+        assert counts(lambda: fresh_error(net, images[:4], labels[:4], T, draws=1, threads=None)) == at_top
+        assert counts(lambda: fresh_error(net, images[:4], labels[:4], T, draws=1)) == at_one
+        monkeypatch.setattr(base, "ATTACK_THREADS", None)
+        assert attack.config()["threads"] is None
+        assert counts(lambda: attack(images[:4], labels[:4], maps[:, :4])) == at_top
+        assert counts(lambda: fresh_error(net, images[:4], labels[:4], T, draws=1)) == at_top
+        monkeypatch.setattr(base, "ATTACK_THREADS", 1)
+        attack.threads = None
+        assert attack.config()["threads"] is None
+        assert counts(lambda: attack(images[:4], labels[:4], maps[:, :4])) == at_top
+        assert counts(lambda: PaperAttack(net, 0.3, steps=2)(images[:4], labels[:4], maps[:, :4])) == at_one
+    finally:
+        threads.set_num_threads(before)

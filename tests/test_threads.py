@@ -124,27 +124,10 @@ def test_conv_step_same_at_one_and_two_threads(restore_threads):
         assert np.abs(grad1 - grad2).max() <= 1e-5 * scale
 
 
-def _numpy_blas_getters_or_skip():
-    """The getters of NumPy's OpenBLAS count, or a skip where nothing could be observed: one thread
-    only, or no OpenBLAS bundled with NumPy (where one is bundled, its getter must be found)."""
-    import glob
-
-    from refsnn.threads import _numpy_blas_getters
-
-    if max_threads() < 2:
-        pytest.skip("one thread only: a changed count cannot be observed")
-    getters = _numpy_blas_getters()
-    site = os.path.dirname(os.path.dirname(np.__file__))
-    if not glob.glob(os.path.join(site, "numpy.libs", "*openblas*.so*")):
-        pytest.skip("NumPy does not bundle OpenBLAS here")
-    assert getters, "NumPy bundles OpenBLAS but its openblas_get_num_threads was not found"
-    return getters
-
-
-def test_scoped_threads_sets_and_restores_both_counts(restore_threads):
+def test_scoped_threads_sets_and_restores_both_counts(restore_threads, numpy_blas_getters):
     from refsnn.threads import scoped_threads
 
-    getters = _numpy_blas_getters_or_skip()
+    getters = numpy_blas_getters
     set_num_threads(max_threads())
     with pytest.raises(RuntimeError):
         with scoped_threads(1):
@@ -159,14 +142,14 @@ def test_scoped_threads_sets_and_restores_both_counts(restore_threads):
             pass
 
 
-def test_overlapping_scoped_threads_in_two_threads_keep_the_count(restore_threads):
+def test_overlapping_scoped_threads_in_two_threads_keep_the_count(restore_threads, numpy_blas_getters):
     """A enters, B enters, A leaves: B still computes at the scoped count, and the process's count
     comes back when B (the last) leaves; a block asking for another count meanwhile is refused."""
     import threading
 
     from refsnn.threads import ThreadScopeError, scoped_threads
 
-    getters = _numpy_blas_getters_or_skip()
+    getters = numpy_blas_getters
     top = max_threads()
     set_num_threads(top)
     a_in, b_in, a_out, b_checked = (threading.Event() for _ in range(4))
