@@ -508,7 +508,9 @@ def test_pixel_levels_kernel_is_bit_identical_to_the_array_reference(seed, dtype
     from refsnn.attacks.pgd import PixelLevels
 
     rng = np.random.default_rng(seed)
-    steps, batch, pixels = int(rng.integers(1, 12)), int(rng.integers(1, 6)), int(rng.integers(1, 30))
+    # pixels >= 2: with one sample of one pixel the reference's sum over time is contiguous and
+    # NumPy sums it pairwise (T >= 8), not in time order like the kernel (docs/ATTACKS.md, "Speed")
+    steps, batch, pixels = int(rng.integers(1, 12)), int(rng.integers(1, 6)), int(rng.integers(2, 30))
     images = np.where(rng.random((batch, pixels)) < 0.4, 0.0, rng.random((batch, pixels)))
     radius = rng.uniform(0.0, 0.3)
     lower, upper = np.maximum(images - radius, 0.0), np.minimum(images + radius, 1.0)
@@ -525,6 +527,20 @@ def test_pixel_levels_kernel_is_bit_identical_to_the_array_reference(seed, dtype
     assert gain.dtype == ref_gain.dtype and value.dtype == ref_value.dtype
     np.testing.assert_array_equal(gain, ref_gain)
     np.testing.assert_array_equal(value, ref_value)
+
+
+@pytest.mark.parametrize("index", [[3], [-1], [0, 5], [0.0], [[0]]])
+def test_pixel_levels_refuse_sample_numbers_out_of_range_in_one_line(index):
+    from refsnn.attacks.pgd import PixelLevels
+
+    rng = np.random.default_rng(0)
+    maps = rng.random((4, 3, 5))
+    levels = PixelLevels(maps, np.zeros((3, 5)), np.ones((3, 5)))
+    index = np.asarray(index)
+    grad = rng.normal(size=(4, index.size, 5))
+    with pytest.raises(ValueError, match=r"^index must be a 1-D array of sample numbers in \[0, 3\)") as raised:
+        levels.best(grad, (grad > 0).astype(np.float64), index)
+    assert "\n" not in str(raised.value)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
