@@ -71,6 +71,26 @@ def test_bptt_rule_matches_network_backward():
     assert np.abs(grad).sum() > 0
 
 
+@pytest.mark.parametrize("ratio", [None, 3.0])
+def test_attack_forward_refuses_a_plain_trace_of_other_inputs_in_one_line(ratio):
+    net = _random_net()
+    rng = np.random.default_rng(5)
+    spikes = (rng.random((T, 6, N_IN)) < 0.6).astype(np.uint8)
+    rule = GradientRule("bptt", penultimate_threshold_ratio=ratio)
+    other = spikes.copy()
+    other[0, 0, 0] = 1 - other[0, 0, 0]
+    wrong = {"fewer samples": net.run(spikes[:, :5]), "other spikes": net.run(other),
+             "another network": _random_net(sizes=(N_IN, 7, 10, N_CLASSES)).run(spikes)}
+    for name, plain in wrong.items():
+        with pytest.raises(ValueError, match="^plain must be a trace of") as raised:
+            attack_forward(net, spikes, rule, plain=plain)
+        assert "\n" not in str(raised.value), name
+    reused = attack_forward(net, spikes, rule, plain=net.run(spikes))  # the right one is taken
+    fresh = attack_forward(net, spikes, rule)
+    for a, b in zip(reused.spikes, fresh.spikes):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_raised_penultimate_threshold_fires_less_and_keeps_surrogate_centre():
     net = _random_net()
     rng = np.random.default_rng(4)
