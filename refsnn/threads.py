@@ -15,7 +15,8 @@ that is the upper end of the allowed range. Numba's parallel kernels split work 
 keeps its serial order (their results do not depend on the count); NumPy's OpenBLAS GEMMs may
 round differently at another thread count (last bits of currents, bounds and gradients, and so,
 rarely, a spike whose membrane is that close to the threshold): fix the count for bit-reproducible
-runs.
+runs. ``scoped_threads(n)`` sets both counts for a block (the attacks'); since OpenBLAS has one
+count per process, blocks that overlap (in several Python threads) must ask for the same ``n``.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import glob
 import numbers
 import os
 import re
+import threading
 from typing import Dict, Iterator, List, Optional
 
 import numba
@@ -49,60 +51,58 @@ def max_threads() -> int:
     return int(numba.config.NUMBA_NUM_THREADS)
 
 
-_BLAS_SETTERS: Optional[Dict[str, List[ctypes._CFuncPtr]]] = None
+_BLAS_FUNCTIONS: Dict[str, Optional[Dict[str, List[ctypes._CFuncPtr]]]] = {"set": None, "get": None}
 
 
-def _blas_setters() -> Dict[str, List[ctypes._CFuncPtr]]:
-    """``openblas_set_num_threads`` of the OpenBLAS bundled with NumPy and of the one bundled with
-    SciPy (loaded ones are reused), by bundle name."""
-    global _BLAS_SETTERS
-    if _BLAS_SETTERS is None:
+def _blas_functions(kind: str) -> Dict[str, List[ctypes._CFuncPtr]]:
+    """``openblas_set_num_threads`` (``kind="set"``) or ``openblas_get_num_threads`` (``"get"``) of
+    the OpenBLAS bundled with NumPy and of the one bundled with SciPy (loaded ones are reused), by
+    bundle name; a bundle whose library or symbol is not found has an empty list."""
+    if _BLAS_FUNCTIONS[kind] is None:
         import numpy
 
         site = os.path.dirname(os.path.dirname(numpy.__file__))
-        setters: Dict[str, List[ctypes._CFuncPtr]] = {"numpy": [], "scipy": []}
-        for bundle in setters:
+        found: Dict[str, List[ctypes._CFuncPtr]] = {"numpy": [], "scipy": []}
+        for bundle in found:
             for path in sorted(glob.glob(os.path.join(site, f"{bundle}.libs", "*openblas*.so*"))):
                 try:
                     library = ctypes.CDLL(path)
                 except OSError:
                     continue
-                for symbol in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                               "openblas_set_num_threads64_", "openblas_set_num_threads"):
-                    setter = getattr(library, symbol, None)
-                    if setter is not None:
-                        setter.argtypes, setter.restype = [ctypes.c_int], None
-                        setters[bundle].append(setter)
+                for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""),
+                                       ("openblas", "64_"), ("openblas", "")):
+                    function = getattr(library, f"{prefix}_{kind}_num_threads{suffix}", None)
+                    if function is not None:
+                        if kind == "set":
+                            function.argtypes, function.restype = [ctypes.c_int], None
+                        else:
+                            function.argtypes, function.restype = [], ctypes.c_int
+                        found[bundle].append(function)
                         break
-        _BLAS_SETTERS = setters
-    return _BLAS_SETTERS
+        _BLAS_FUNCTIONS[kind] = found
+    return _BLAS_FUNCTIONS[kind]
 
 
-_BLAS_GETTERS: Optional[List[ctypes._CFuncPtr]] = None
+def _blas_setters() -> Dict[str, List[ctypes._CFuncPtr]]:
+    """``openblas_set_num_threads`` of NumPy's and SciPy's OpenBLAS, by bundle name."""
+    return _blas_functions("set")
 
 
 def _numpy_blas_getters() -> List[ctypes._CFuncPtr]:
     """``openblas_get_num_threads`` of the OpenBLAS bundled with NumPy (empty if not found)."""
-    global _BLAS_GETTERS
-    if _BLAS_GETTERS is None:
-        import numpy
+    return _blas_functions("get")["numpy"]
 
-        site = os.path.dirname(os.path.dirname(numpy.__file__))
-        getters: List[ctypes._CFuncPtr] = []
-        for path in sorted(glob.glob(os.path.join(site, "numpy.libs", "*openblas*.so*"))):
-            try:
-                library = ctypes.CDLL(path)
-            except OSError:
-                continue
-            for symbol in ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
-                           "openblas_get_num_threads64_", "openblas_get_num_threads"):
-                getter = getattr(library, symbol, None)
-                if getter is not None:
-                    getter.argtypes, getter.restype = [], ctypes.c_int
-                    getters.append(getter)
-                    break
-        _BLAS_GETTERS = getters
-    return _BLAS_GETTERS
+
+class ThreadScopeError(ValueError):
+    """A :func:`scoped_threads` block asking for another count than the blocks active in other
+    Python threads (NumPy's OpenBLAS has one count per process)."""
+
+
+# Blocks of scoped_threads active in the process (any Python thread): the OpenBLAS count is
+# process-wide, so the first block to enter saves it and the last to leave restores it; a
+# per-block save/restore let overlapping blocks of two threads restore each other's count.
+_SCOPE_LOCK = threading.Lock()
+_SCOPE = {"active": 0, "count": None, "saved": []}
 
 
 @contextlib.contextmanager
@@ -110,8 +110,11 @@ def scoped_threads(n: Optional[int]) -> Iterator[None]:
     """Numba's parallel loops (in the calling thread) and NumPy's OpenBLAS on ``n`` threads inside
     the block; the previous counts are restored after it. ``None`` changes nothing.
 
-    The OpenBLAS count is process-wide: another Python thread's GEMMs run at ``n`` threads too
-    while the block lasts (their last bits may differ, as at any other count).
+    The OpenBLAS count is process-wide: blocks may overlap (nested, or in several Python threads)
+    only with the same ``n``; entering with another ``n`` while a block is active raises
+    ``ThreadScopeError`` (a ValueError). The first block to enter saves NumPy's OpenBLAS count, the
+    last to leave restores it; another Python thread's GEMMs outside any block run at ``n`` too
+    meanwhile. Numba's count is per Python thread and restored by each block for its own thread.
     """
     if n is None:
         yield
@@ -119,18 +122,29 @@ def scoped_threads(n: Optional[int]) -> Iterator[None]:
     count = _parse(n, "the thread count")
     setters, getters = _blas_setters()["numpy"], _numpy_blas_getters()
     blas_known = bool(setters) and len(getters) == len(setters)
-    previous_blas = [getter() for getter in getters] if blas_known else []
+    with _SCOPE_LOCK:
+        if _SCOPE["active"] and _SCOPE["count"] != count:
+            raise ThreadScopeError(f"the thread count must be {_SCOPE['count']} (a block at that count is active "
+                                   f"in this process; OpenBLAS has one count per process), got {count}")
+        if not _SCOPE["active"]:
+            _SCOPE["saved"] = [getter() for getter in getters] if blas_known else []
+            _SCOPE["count"] = count
+            if blas_known:
+                for setter in setters:
+                    setter(count)
+        _SCOPE["active"] += 1
     previous_numba = numba.get_num_threads()
     numba.set_num_threads(count)
-    if blas_known:
-        for setter in setters:
-            setter(count)
     try:
         yield
     finally:
         numba.set_num_threads(previous_numba)
-        for setter, value in zip(setters if blas_known else [], previous_blas):
-            setter(value)
+        with _SCOPE_LOCK:
+            _SCOPE["active"] -= 1
+            if not _SCOPE["active"]:
+                for setter, value in zip(setters, _SCOPE["saved"]):
+                    setter(value)
+                _SCOPE["count"], _SCOPE["saved"] = None, []
 
 
 def single_thread_kernel_blas() -> None:

@@ -71,6 +71,26 @@ def test_bptt_rule_matches_network_backward():
     assert np.abs(grad).sum() > 0
 
 
+@pytest.mark.parametrize("ratio", [None, 3.0])
+def test_attack_forward_refuses_a_plain_trace_of_other_inputs_in_one_line(ratio):
+    net = _random_net()
+    rng = np.random.default_rng(5)
+    spikes = (rng.random((T, 6, N_IN)) < 0.6).astype(np.uint8)
+    rule = GradientRule("bptt", penultimate_threshold_ratio=ratio)
+    other = spikes.copy()
+    other[0, 0, 0] = 1 - other[0, 0, 0]
+    wrong = {"fewer samples": net.run(spikes[:, :5]), "other spikes": net.run(other),
+             "another network": _random_net(sizes=(N_IN, 7, 10, N_CLASSES)).run(spikes)}
+    for name, plain in wrong.items():
+        with pytest.raises(ValueError, match="^plain must be a trace of") as raised:
+            attack_forward(net, spikes, rule, plain=plain)
+        assert "\n" not in str(raised.value), name
+    reused = attack_forward(net, spikes, rule, plain=net.run(spikes))  # the right one is taken
+    fresh = attack_forward(net, spikes, rule)
+    for a, b in zip(reused.spikes, fresh.spikes):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_raised_penultimate_threshold_fires_less_and_keeps_surrogate_centre():
     net = _random_net()
     rng = np.random.default_rng(4)
@@ -508,7 +528,9 @@ def test_pixel_levels_kernel_is_bit_identical_to_the_array_reference(seed, dtype
     from refsnn.attacks.pgd import PixelLevels
 
     rng = np.random.default_rng(seed)
-    steps, batch, pixels = int(rng.integers(1, 12)), int(rng.integers(1, 6)), int(rng.integers(1, 30))
+    # pixels >= 2: with one sample of one pixel the reference's sum over time is contiguous and
+    # NumPy sums it pairwise (T >= 8), not in time order like the kernel (docs/ATTACKS.md, "Speed")
+    steps, batch, pixels = int(rng.integers(1, 12)), int(rng.integers(1, 6)), int(rng.integers(2, 30))
     images = np.where(rng.random((batch, pixels)) < 0.4, 0.0, rng.random((batch, pixels)))
     radius = rng.uniform(0.0, 0.3)
     lower, upper = np.maximum(images - radius, 0.0), np.minimum(images + radius, 1.0)
@@ -525,6 +547,20 @@ def test_pixel_levels_kernel_is_bit_identical_to_the_array_reference(seed, dtype
     assert gain.dtype == ref_gain.dtype and value.dtype == ref_value.dtype
     np.testing.assert_array_equal(gain, ref_gain)
     np.testing.assert_array_equal(value, ref_value)
+
+
+@pytest.mark.parametrize("index", [[3], [-1], [0, 5], [0.0], [[0]]])
+def test_pixel_levels_refuse_sample_numbers_out_of_range_in_one_line(index):
+    from refsnn.attacks.pgd import PixelLevels
+
+    rng = np.random.default_rng(0)
+    maps = rng.random((4, 3, 5))
+    levels = PixelLevels(maps, np.zeros((3, 5)), np.ones((3, 5)))
+    index = np.asarray(index)
+    grad = rng.normal(size=(4, index.size, 5))
+    with pytest.raises(ValueError, match=r"^index must be a 1-D array of sample numbers in \[0, 3\)") as raised:
+        levels.best(grad, (grad > 0).astype(np.float64), index)
+    assert "\n" not in str(raised.value)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -550,7 +586,7 @@ def test_greedy_outcomes_equal_the_reference_path(trained, seed, monkeypatch):
         np.testing.assert_array_equal(result.iterations, reference.iterations)
 
 
-def test_attacks_compute_at_the_attack_thread_count(trained):
+def test_attacks_compute_at_the_attack_thread_count(trained, numpy_blas_getters):
     """Every GEMM and LIF loop of an attack (and of its re-scoring) runs at ``ATTACK_THREADS``, whatever
     the process's count; the counts are restored afterwards."""
     import numba
@@ -559,7 +595,7 @@ def test_attacks_compute_at_the_attack_thread_count(trained):
     from refsnn.attacks.base import ATTACK_THREADS
 
     net, images, labels, maps = trained
-    getters = threads._numpy_blas_getters()
+    getters = numpy_blas_getters
     seen = set()
     forward = layers.Linear.forward
 
@@ -616,3 +652,49 @@ def test_paper_attack_reusing_the_success_check_changes_nothing(trained, kind, m
         np.testing.assert_array_equal(result.x_adv, reference.x_adv)
         np.testing.assert_array_equal(result.adv_pred, reference.adv_pred)
         np.testing.assert_array_equal(result.iterations, reference.iterations)
+
+
+def test_attack_thread_count_is_read_at_the_call_and_can_be_left_to_the_process(trained, numpy_blas_getters,
+                                                                                monkeypatch):
+    """``ATTACK_THREADS`` changed after import takes effect; ``None`` (module, attack or
+    ``fresh_error(threads=)``) keeps the process's count; ``config()`` records the count."""
+    import numba
+
+    from refsnn import layers, threads
+    from refsnn.attacks import base
+
+    net, images, labels, maps = trained
+    top = threads.max_threads()
+    seen = []
+    forward = layers.Linear.forward
+
+    def spy(self, x):
+        seen.append((numba.get_num_threads(), tuple(getter() for getter in numpy_blas_getters)))
+        return forward(self, x)
+
+    def counts(run):
+        seen.clear()
+        run()
+        return set(seen)
+
+    at_top = {(top, (top,) * len(numpy_blas_getters))}
+    at_one = {(1, (1,) * len(numpy_blas_getters))}
+    before = numba.get_num_threads()
+    try:
+        threads.set_num_threads(top)
+        monkeypatch.setattr(layers.Linear, "forward", spy)
+        attack = PaperAttack(net, 0.3, steps=2)
+        assert attack.config()["threads"] == 1
+        assert counts(lambda: fresh_error(net, images[:4], labels[:4], T, draws=1, threads=None)) == at_top
+        assert counts(lambda: fresh_error(net, images[:4], labels[:4], T, draws=1)) == at_one
+        monkeypatch.setattr(base, "ATTACK_THREADS", None)
+        assert attack.config()["threads"] is None
+        assert counts(lambda: attack(images[:4], labels[:4], maps[:, :4])) == at_top
+        assert counts(lambda: fresh_error(net, images[:4], labels[:4], T, draws=1)) == at_top
+        monkeypatch.setattr(base, "ATTACK_THREADS", 1)
+        attack.threads = None
+        assert attack.config()["threads"] is None
+        assert counts(lambda: attack(images[:4], labels[:4], maps[:, :4])) == at_top
+        assert counts(lambda: PaperAttack(net, 0.3, steps=2)(images[:4], labels[:4], maps[:, :4])) == at_one
+    finally:
+        threads.set_num_threads(before)

@@ -124,11 +124,11 @@ def test_conv_step_same_at_one_and_two_threads(restore_threads):
         assert np.abs(grad1 - grad2).max() <= 1e-5 * scale
 
 
-def test_scoped_threads_sets_and_restores_both_counts(restore_threads):
-    from refsnn.threads import _numpy_blas_getters, scoped_threads
+def test_scoped_threads_sets_and_restores_both_counts(restore_threads, numpy_blas_getters):
+    from refsnn.threads import scoped_threads
 
+    getters = numpy_blas_getters
     set_num_threads(max_threads())
-    getters = _numpy_blas_getters()
     with pytest.raises(RuntimeError):
         with scoped_threads(1):
             assert numba.get_num_threads() == 1 and all(getter() == 1 for getter in getters)
@@ -140,3 +140,50 @@ def test_scoped_threads_sets_and_restores_both_counts(restore_threads):
     with pytest.raises(ThreadCountError):
         with scoped_threads(0):
             pass
+
+
+def test_overlapping_scoped_threads_in_two_threads_keep_the_count(restore_threads, numpy_blas_getters):
+    """A enters, B enters, A leaves: B still computes at the scoped count, and the process's count
+    comes back when B (the last) leaves; a block asking for another count meanwhile is refused."""
+    import threading
+
+    from refsnn.threads import ThreadScopeError, scoped_threads
+
+    getters = numpy_blas_getters
+    top = max_threads()
+    set_num_threads(top)
+    a_in, b_in, a_out, b_checked = (threading.Event() for _ in range(4))
+    seen = {}
+
+    def run_a():
+        with scoped_threads(1):
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def run_b():
+        a_in.wait(10)
+        with scoped_threads(1):
+            b_in.set()
+            a_out.wait(10)
+            seen["b after a left"] = [getter() for getter in getters]
+            seen["b numba"] = numba.get_num_threads()
+            b_checked.wait(10)
+
+    threads = [threading.Thread(target=run_a), threading.Thread(target=run_b)]
+    for thread in threads:
+        thread.start()
+    a_out.wait(10)
+    with pytest.raises(ThreadScopeError) as raised:  # B is still inside at 1
+        with scoped_threads(top):
+            pass
+    assert isinstance(raised.value, ValueError) and "\n" not in str(raised.value)
+    assert [getter() for getter in getters] == [1] * len(getters)
+    b_checked.set()
+    for thread in threads:
+        thread.join(10)
+    assert seen == {"b after a left": [1] * len(getters), "b numba": 1}
+    assert [getter() for getter in getters] == [top] * len(getters)
+    assert numba.get_num_threads() == top
+    with scoped_threads(top):  # nothing active any more: another count is accepted
+        assert [getter() for getter in getters] == [top] * len(getters)

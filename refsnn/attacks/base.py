@@ -34,8 +34,18 @@ from .gradients import GradientRule, LOSSES
 KINDS = ("digital", "spike")
 # Threads of OpenBLAS and Numba while an attack or its re-scoring runs (``Attack.threads``): the
 # same count in a serial run and in single-threaded Dask workers, so both compute the same bits.
-ATTACK_THREADS = 1
+# Read when an attack runs (``resolve_threads``); ``None``: the process's own counts.
+ATTACK_THREADS: Optional[int] = 1
+# The value of ``Attack.threads`` and of ``fresh_error(threads=)`` that means ``ATTACK_THREADS``.
+DEFAULT_THREADS = "default"
 Seed = Union[int, Sequence[int], None]
+Threads = Union[int, None, str]
+
+
+def resolve_threads(threads: Threads) -> Optional[int]:
+    """The thread count an attack computes at: ``ATTACK_THREADS`` as it is now for
+    ``DEFAULT_THREADS``, else ``threads`` (``None``: the process's own counts, left unchanged)."""
+    return ATTACK_THREADS if isinstance(threads, str) and threads == DEFAULT_THREADS else threads
 
 
 @dataclass
@@ -100,14 +110,16 @@ class Attack:
     """
 
     name = "attack"
-    # Threads of NumPy's OpenBLAS and Numba's parallel loops while the attack runs (None: the
-    # process's counts). An attack makes thousands of small calls (GEMMs of at most time x batch =
+    # Threads of NumPy's OpenBLAS and Numba's parallel loops while the attack runs: DEFAULT_THREADS
+    # (``ATTACK_THREADS`` read at the call), a count, or None (the process's own counts: the way to
+    # keep a user's ``set_num_threads``; ``Attack.threads = None`` for every attack, components of
+    # ``Strongest`` included). An attack makes thousands of small calls (GEMMs of at most time x batch =
     # 1000 rows, many of them [N, 256] x [256, 10]; LIF loops of one layer); at two threads each
     # call waits until both are scheduled, which on a shared machine cost far more than the second
     # core gave: MNIST FC `strongest` on 100 samples 63 s at 2 threads, 17 s at 1 (2 cores, load 7;
     # docs/ATTACKS.md, "Speed"). Both cores are used by attack tasks side by side
     # (``run_protocol(..., scheduler=...)``, one thread per worker: the same count, the same bits).
-    threads: Optional[int] = ATTACK_THREADS
+    threads: Threads = DEFAULT_THREADS
 
     def __init__(self, net: SNN, eps: float, kind: str = "digital", convention: str = "paper",
                  steps: int = 25, gradient: Optional[GradientRule] = None, loss: str = "ce",
@@ -135,7 +147,8 @@ class Attack:
     def config(self) -> dict:
         config = {"attack": self.name, "kind": self.kind, "eps": self.eps, "steps": self.steps,
                   "gradient": self.gradient.config(), "loss": self.loss, "loss_scale": self.loss_scale,
-                  "seed": self.seed if not isinstance(self.seed, (tuple, list)) else list(self.seed)}
+                  "seed": self.seed if not isinstance(self.seed, (tuple, list)) else list(self.seed),
+                  "threads": resolve_threads(self.threads)}
         if self.kind == "digital":
             config.update(convention=self.convention, radius=linf_radius(self.eps, self.convention),
                           success_judged_on="evaluation rand maps")
@@ -147,7 +160,7 @@ class Attack:
         ``rand_maps``: evaluation maps ``[T, B, *in]`` of digital inputs (drawn from ``seed`` when
         omitted). ``allowed``: spike inputs only, bool ``[T, B, *in]`` of the bits that may flip.
         """
-        with scoped_threads(self.threads), frozen_weights():  # an attack never changes the network
+        with scoped_threads(resolve_threads(self.threads)), frozen_weights():  # an attack never changes the network
             return self._attack(x, y, rand_maps, allowed)
 
     def _attack(self, x, y, rand_maps, allowed) -> AttackResult:

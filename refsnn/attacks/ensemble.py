@@ -17,7 +17,7 @@ import numpy as np
 from ..network import SNN
 from ..kernels import frozen_weights
 from ..threads import scoped_threads
-from .base import Attack, AttackResult, Seed
+from .base import Attack, AttackResult, Seed, resolve_threads
 from .constraints import encode
 from .gradients import AUTHORS_THRESHOLD_RATIO, GradientRule
 from .paper import PaperAttack
@@ -103,7 +103,7 @@ class Strongest(Attack):
         return config
 
     def __call__(self, x, y, rand_maps=None, allowed=None, start: Optional[AttackResult] = None) -> AttackResult:
-        with scoped_threads(self.threads), frozen_weights():
+        with scoped_threads(resolve_threads(self.threads)), frozen_weights():
             return self._union(x, y, rand_maps, allowed, start)
 
     def _union(self, x, y, rand_maps, allowed, start: Optional[AttackResult]) -> AttackResult:

@@ -14,14 +14,16 @@ import numpy as np
 from ..network import SNN
 from ..kernels import frozen_weights
 from ..threads import scoped_threads
-from .base import ATTACK_THREADS
+from .base import DEFAULT_THREADS, Threads, resolve_threads
 from .constraints import encode
 
 
 def fresh_error(net: SNN, images: np.ndarray, labels: np.ndarray, T: int, draws: int = 10,
-                seed=0, batch_size: int = 256) -> Tuple[float, np.ndarray]:
+                seed=0, batch_size: int = 256, threads: Threads = DEFAULT_THREADS) -> Tuple[float, np.ndarray]:
     """Mean error of ``images [B, *shape]`` over ``draws`` fresh rand-map draws of ``T`` steps.
 
+    ``threads``: the count the passes compute at, as ``Attack.threads`` (default
+    ``refsnn.attacks.base.ATTACK_THREADS`` at the call; ``None``: the process's own counts).
     Returns ``(mean error, per-sample misclassification rate [B])``.
     """
     if draws < 1:
@@ -30,7 +32,7 @@ def fresh_error(net: SNN, images: np.ndarray, labels: np.ndarray, T: int, draws:
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     wrong = np.zeros(labels.size)
-    with scoped_threads(ATTACK_THREADS), frozen_weights():
+    with scoped_threads(resolve_threads(threads)), frozen_weights():
         for _ in range(draws):
             maps = rng.random((T,) + images.shape)
             for start in range(0, labels.size, batch_size):

@@ -137,13 +137,32 @@ def _stage_thresholds(net: SNN, rule: GradientRule) -> list:
     return thresholds
 
 
+def _check_plain(net: SNN, x: np.ndarray, plain: Trace) -> None:
+    """``plain`` must be a pass of ``net`` (its stages, threshold and neuron model) on ``x``: a
+    wrong one would silently put another pass's stages under the raised threshold's."""
+    steps, batch = x.shape[:2]
+    shapes = [(steps, batch) + tuple(stage.neuron_shape) for stage in net.stages]
+    if not isinstance(plain, Trace) or np.shape(plain.inputs) != x.shape:
+        raise ValueError(f"plain must be a trace of inputs {x.shape} (net.run of these spikes), got "
+                         f"{type(plain).__name__} of inputs {np.shape(getattr(plain, 'inputs', None))}")
+    if [np.shape(s) for s in plain.spikes] != shapes or plain.threshold != net.threshold or plain.reset != net.reset:
+        raise ValueError(f"plain must be a trace of this network (stage spikes {shapes}, threshold {net.threshold}, "
+                         f"reset {net.reset!r}), got stage spikes {[np.shape(s) for s in plain.spikes]}, threshold "
+                         f"{plain.threshold}, reset {plain.reset!r}")
+    if not np.array_equal(plain.inputs, x):
+        raise ValueError("plain must be a trace of these very spikes (net.run of them), got one of other spikes")
+
+
 def attack_forward(net: SNN, spikes: np.ndarray, rule: GradientRule, plain: Optional[Trace] = None) -> Trace:
     """``SNN.run`` with the rule's firing thresholds per stage; ``spikes [T, B, *in]`` of 0/1.
 
     ``plain``: ``net.run`` of these very spikes (same samples, same batch), whose stages before
-    the first raised threshold are taken as they are (the same operations on the same arrays).
+    the first raised threshold are taken as they are (the same operations on the same arrays);
+    one of other inputs or of another network's shape is refused (``ValueError``).
     """
     thresholds = _stage_thresholds(net, rule)
+    if plain is not None:
+        _check_plain(net, np.asarray(spikes), plain)
     if all(th == net.threshold for th in thresholds):
         return net.run(spikes, validate=False) if plain is None else plain
     x = np.asarray(spikes, dtype=net.dtype)

@@ -194,8 +194,14 @@ class PixelLevels:
         ``grad``'s dtype, the current pattern's gain in time order, the difference in float64.
         """
         grad = np.ascontiguousarray(grad)
+        samples = self.count.shape[0]
         if index is None:
-            index = np.arange(self.count.shape[0])
+            index = np.arange(samples)
+        index = np.asarray(index)
+        if index.ndim != 1 or (index.size and (index.dtype.kind not in "iu" or index.min() < 0
+                                               or index.max() >= samples)):
+            raise ValueError(f"index must be a 1-D array of sample numbers in [0, {samples}), got "
+                             f"{np.array2string(index, threshold=6)} ({index.dtype})")
         index = np.ascontiguousarray(index, dtype=np.int64)
         if grad.ndim != 3 or grad.shape != spikes.shape or grad.shape[1] != index.size or \
                 grad.shape[0] != self.in_range.shape[0] or grad.shape[2] != self.in_range.shape[2]:
