@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from .input_sets import BinaryBox, binary_box
 from .firing import fires_at_threshold
-from .kernels import add_rows, transpose_contiguous
+from .kernels import _MIN_ROWS, add_rows, transpose_contiguous
 from .layers import AvgPool2d, Conv2d, Flatten, Linear
-from .operator import interval_kernel
+from .operator import PARALLEL_MIN_WORK, interval_kernel
 from .neurons import neuron_model
 from .relaxations import UNSTABLE, Fire, Precision, output_rounding_margin
 from .spec import spec_interval
@@ -35,60 +35,162 @@ from .spec import spec_interval
 # --- Numba kernel: the S-IBP time recurrence of one stage ----------------------------------------
 
 def _ibp_time_kernel(cur_lower, cur_upper, alpha, membrane_coef, th_lo, th_hi, fire_ge, mem_lower, mem_upper,
-                     mem_margin, reset_lower, reset_upper, state, spike_lower, spike_upper, neuron: str = "zero") -> None:
+                     mem_margin, reset_lower, reset_upper, state, spike_lower, spike_upper, neuron: str = "zero",
+                     parallel: bool = False) -> None:
     """The S-IBP recurrence of one stage under the sound policy (eqs. 7, 9 with the membrane margin),
     ``[T', B, n]`` float64 arrays: ``refsnn.operator.interval_step`` with rounding tracked and the
-    reset and spike bounds recorded, for the neuron model ``neuron``."""
+    reset and spike bounds recorded, for the neuron model ``neuron``, parallel over samples or not
+    (the same bits)."""
     negative = np.empty(cur_lower.shape, dtype=np.bool_)
-    interval_kernel(track_rounding=True, record=True, frozen=False, neuron=neuron)(
+    interval_kernel(track_rounding=True, record=True, frozen=False, neuron=neuron, parallel=parallel)(
         cur_lower, cur_upper, alpha, alpha, membrane_coef, th_hi, th_lo, th_hi, 0.0, fire_ge, mem_lower, mem_upper,
         mem_margin, reset_lower, reset_upper, state, negative, spike_lower, spike_upper)
 
 
 @njit(cache=True)
-def _binary_interval_kernel(lower, upper, weight_t, weight_abs_t, with_magnitude, center, radius,
-                            magnitude):  # pragma: no cover - compiled
-    """Eq. 11 of a Linear layer on 0/1 bounds ``lower <= upper`` (``[N, in]``), set inputs only.
+def _binary_current(fixed, n_fixed, free, n_free, weight_both, sums_fixed, sums_free, bias, bias_abs, margin_vec,
+                    tight, margin_coef, row, base, stride, cur_lower, cur_upper, center, magnitude,
+                    margin):  # pragma: no cover - compiled
+    """Eq. 11 with its rounding margin for one output position from the weight rows of its set bits.
 
-    With ``F`` the fixed ones (both bounds 1) and ``V`` the free bits of a row:
-    ``center = W mid = sum_F W[:, i] + (1/2) sum_V W[:, i]``, ``radius = |W| rad = (1/2) sum_V |W[:, i]|``
-    and, if ``with_magnitude``, ``magnitude = |W| upper = sum_F |W[:, i]| + sum_V |W[:, i]|``
-    (``[N, out]`` each). Every product is exact; the sums differ from a GEMM's only in their
-    order, which the outward current margin covers.
+    ``fixed``/``free``: the rows of ``weight_both = [W.T | |W|.T]`` (``[in, 2 n]``, the network's
+    dtype, exact in float64) of the fixed ones (both bounds 1) and the free bits (``F``, ``V``):
+    ``center = sum_F W + (1/2) sum_V W + b``, ``radius = (1/2) sum_V |W|``, ``magnitude =
+    sum_F |W| + sum_V |W| + |b|`` (``tight``; else ``margin_vec`` is the margin),
+    ``margin = margin_coef magnitude`` and ``I = center -+ radius -+ margin``, written at
+    ``[row, base + o * stride]`` of the flat ``[N, n]`` outputs. Every product is exact; the sums
+    differ from a GEMM's only in their order, which the margin covers.
     """
+    n = bias.shape[0]
+    sums_fixed[:] = 0.0
+    sums_free[:] = 0.0
+    add_rows(sums_fixed, weight_both, fixed, n_fixed)
+    add_rows(sums_free, weight_both, free, n_free)
+    for o in range(n):
+        j = base + o * stride
+        c = (sums_fixed[o] + 0.5 * sums_free[o]) + bias[o]
+        r = 0.5 * sums_free[n + o]
+        if tight:
+            size = (sums_fixed[n + o] + sums_free[n + o]) + bias_abs[o]
+            widen_by = margin_coef * size
+            magnitude[row, j] = size
+            margin[row, j] = widen_by
+        else:
+            widen_by = margin_vec[j]
+        center[row, j] = c
+        cur_lower[row, j] = (c - r) - widen_by
+        cur_upper[row, j] = (c + r) + widen_by
+
+
+# Rows of a parallel block of the binary interval kernels (per-block scratch is allocated once).
+_ROW_BLOCK = 8
+
+
+@njit(cache=True, parallel=True)
+def _binary_interval_kernel(lower, upper, weight_both, bias, bias_abs, margin_vec, tight, margin_coef, cur_lower,
+                            cur_upper, center, magnitude, margin):  # pragma: no cover - compiled
+    """``_binary_current`` of a Linear layer on 0/1 bounds ``lower <= upper`` (``[N, in]``): the
+    weight rows of every set input; rows in parallel (each on its own: the same bits at any
+    thread count)."""
     rows, n_in = upper.shape
-    n = weight_t.shape[1]
-    fixed = np.empty(n_in, np.int64)
-    free = np.empty(n_in, np.int64)
-    abs_fixed = np.empty(n)
-    signed_free = np.empty(n)
-    abs_free = np.empty(n)
-    for r in range(rows):
-        n_fixed = 0
-        n_free = 0
-        for i in range(n_in):
-            if upper[r, i] != 0.0:
+    n = bias.shape[0]
+    for block in prange((rows + _ROW_BLOCK - 1) // _ROW_BLOCK):
+        fixed = np.empty(n_in, np.int64)
+        free = np.empty(n_in, np.int64)
+        sums_fixed = np.empty(2 * n)
+        sums_free = np.empty(2 * n)
+        for r in range(block * _ROW_BLOCK, min(rows, (block + 1) * _ROW_BLOCK)):
+            n_fixed = 0
+            n_free = 0
+            for i in range(n_in):
+                if upper[r, i] != 0.0:
+                    if lower[r, i] != 0.0:
+                        fixed[n_fixed] = i
+                        n_fixed += 1
+                    else:
+                        free[n_free] = i
+                        n_free += 1
+            _binary_current(fixed, n_fixed, free, n_free, weight_both, sums_fixed, sums_free, bias, bias_abs,
+                            margin_vec, tight, margin_coef, r, 0, 1, cur_lower, cur_upper, center, magnitude, margin)
+
+
+@njit(cache=True, parallel=True)
+def _binary_conv_interval_kernel(lower, upper, weight_both, geometry, bias, bias_abs, margin_vec, tight, margin_coef,
+                                 cur_lower, cur_upper, center, magnitude, margin):  # pragma: no cover - compiled
+    """``_binary_current`` of a Conv2d layer on 0/1 bounds ``[N, C, H, W]``: per output position
+    ``(oy, ox)``, the weight rows ``(c, ky, kx)`` of the set inputs under its window (``geometry =
+    (kh, kw, sh, sw, ph, pw, OH, OW)``; outputs flat ``[N, O * OH * OW]``); rows in parallel."""
+    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w = geometry
+    rows, channels, height, width = upper.shape
+    n = bias.shape[0]
+    positions = out_h * out_w
+    taps = kernel_h * kernel_w
+    for block in prange((rows + _ROW_BLOCK - 1) // _ROW_BLOCK):
+        fixed_at = np.empty((height, width, channels), np.int64)   # per input pixel: its set channels
+        free_at = np.empty((height, width, channels), np.int64)
+        n_fixed_at = np.empty((height, width), np.int64)
+        n_free_at = np.empty((height, width), np.int64)
+        fixed = np.empty(taps * channels, np.int64)
+        free = np.empty(taps * channels, np.int64)
+        sums_fixed = np.empty(2 * n)
+        sums_free = np.empty(2 * n)
+        for r in range(block * _ROW_BLOCK, min(rows, (block + 1) * _ROW_BLOCK)):
+            n_fixed_at[:] = 0
+            n_free_at[:] = 0
+            for c in range(channels):
+                for y in range(height):
+                    for x in range(width):
+                        if upper[r, c, y, x] != 0.0:
+                            if lower[r, c, y, x] != 0.0:
+                                fixed_at[y, x, n_fixed_at[y, x]] = c
+                                n_fixed_at[y, x] += 1
+                            else:
+                                free_at[y, x, n_free_at[y, x]] = c
+                                n_free_at[y, x] += 1
+            for oy in range(out_h):
+                for ox in range(out_w):
+                    n_fixed = 0
+                    n_free = 0
+                    for ky in range(kernel_h):
+                        y = oy * stride_h + ky - pad_h
+                        if y < 0 or y >= height:
+                            continue
+                        for kx in range(kernel_w):
+                            x = ox * stride_w + kx - pad_w
+                            if x < 0 or x >= width:
+                                continue
+                            tap = ky * kernel_w + kx
+                            for q in range(n_fixed_at[y, x]):
+                                fixed[n_fixed] = fixed_at[y, x, q] * taps + tap
+                                n_fixed += 1
+                            for q in range(n_free_at[y, x]):
+                                free[n_free] = free_at[y, x, q] * taps + tap
+                                n_free += 1
+                    _binary_current(fixed, n_fixed, free, n_free, weight_both, sums_fixed, sums_free, bias, bias_abs,
+                                    margin_vec, tight, margin_coef, r, oy * out_w + ox, positions, cur_lower,
+                                    cur_upper, center, magnitude, margin)
+
+
+@njit(cache=True, parallel=True)
+def _fixed_abs_sums(lower, weight_abs_t, magnitude):  # pragma: no cover - compiled
+    """``magnitude[r] += sum_F |W[:, i]|`` over the set inputs ``F`` of each row of ``lower`` (``[N, in]``
+    0/1; ``weight_abs_t = |W|.T`` ``[in, n]``); rows in parallel."""
+    rows, n_in = lower.shape
+    n = weight_abs_t.shape[1]
+    for block in prange((rows + _ROW_BLOCK - 1) // _ROW_BLOCK):
+        fixed = np.empty(n_in, np.int64)
+        sums = np.empty(n)
+        for r in range(block * _ROW_BLOCK, min(rows, (block + 1) * _ROW_BLOCK)):
+            n_fixed = 0
+            for i in range(n_in):
                 if lower[r, i] != 0.0:
                     fixed[n_fixed] = i
                     n_fixed += 1
-                else:
-                    free[n_free] = i
-                    n_free += 1
-        c = center[r]
-        c[:] = 0.0
-        signed_free[:] = 0.0
-        abs_free[:] = 0.0
-        add_rows(c, weight_t, fixed, n_fixed)
-        add_rows(signed_free, weight_t, free, n_free)
-        add_rows(abs_free, weight_abs_t, free, n_free)
-        if with_magnitude:
-            abs_fixed[:] = 0.0
-            add_rows(abs_fixed, weight_abs_t, fixed, n_fixed)
-        for o in range(n):
-            c[o] = c[o] + 0.5 * signed_free[o]
-            radius[r, o] = 0.5 * abs_free[o]
-            if with_magnitude:
-                magnitude[r, o] = abs_fixed[o] + abs_free[o]
+            if n_fixed:
+                sums[:] = 0.0
+                add_rows(sums, weight_abs_t, fixed, n_fixed)
+                for o in range(n):
+                    magnitude[r, o] += sums[o]
 
 
 # Upper-bound density (set bits / inputs) of a [Flatten ->] Linear stage below which the
@@ -98,6 +200,9 @@ def _binary_interval_kernel(lower, upper, weight_t, weight_abs_t, with_magnitude
 # sets at eps 0.05-0.3 have upper densities 0.14-0.26, with fewer free bits, where the kernel
 # is cheaper). Dense hidden spike bounds keep the GEMMs.
 EVENT_INTERVAL_DENSITY = 0.2
+# The same for a Conv2d stage (from ``_MIN_ROWS`` rows): below this upper density the binary
+# kernel gathers the weight rows under each window instead of the float64 im2col GEMMs.
+EVENT_CONV_INTERVAL_DENSITY = 0.5
 
 
 class _PreparedOp:
@@ -106,6 +211,7 @@ class _PreparedOp:
     def __init__(self, layer):
         self.kind = layer.kind
         self.input_shape = tuple(layer._require_input_shape())
+        self.native_weight = getattr(layer, "weight", None)  # the network's dtype: exact in float64
         if isinstance(layer, Linear):
             self.weight = np.asarray(layer.weight, dtype=np.float64)
             self.weight_abs = np.abs(self.weight)
@@ -151,11 +257,20 @@ class _PreparedOp:
         return self._layer.forward(x)
 
     @property
-    def weight_t(self) -> Tuple[np.ndarray, np.ndarray]:
-        """``(W.T, |W|.T)`` contiguous ``[in, out]`` float64 of a Linear op (made once per prepared op)."""
-        if getattr(self, "_weight_t", None) is None:
-            self._weight_t = (transpose_contiguous(self.weight), transpose_contiguous(self.weight_abs))
-        return self._weight_t
+    def weight_both(self) -> np.ndarray:
+        """``[W.T | |W|.T]``: ``[in, 2 out]`` contiguous in the network's dtype (a Conv2d's rows are
+        ``(c, ky, kx)``), the rows that the binary interval kernels gather (made once per prepared op)."""
+        if getattr(self, "_weight_both", None) is None:
+            weight_t = transpose_contiguous(self.native_weight.reshape(self.native_weight.shape[0], -1))
+            self._weight_both = np.concatenate([weight_t, np.abs(weight_t)], axis=1)
+        return self._weight_both
+
+    @property
+    def weight_abs_t(self) -> np.ndarray:
+        """``|W|.T`` ``[in, out]`` contiguous in the network's dtype (made once per prepared op)."""
+        if getattr(self, "_weight_abs_t", None) is None:
+            self._weight_abs_t = np.abs(transpose_contiguous(self.native_weight.reshape(self.native_weight.shape[0], -1)))
+        return self._weight_abs_t
 
     def transpose(self, coef: np.ndarray) -> np.ndarray:
         """Adjoint ``coef @ W`` of the linear part: ``[N, *out] -> [N, *in]``."""
@@ -205,38 +320,59 @@ class PreparedStage:
             return self.ops[-1]
         return None
 
-    def binary_interval(self, lower: np.ndarray, upper: np.ndarray, tight_magnitude: bool
-                        ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Eq. 11 on 0/1 bounds ``[N, *in]``: ``(I_l, I_u, center, magnitude)``, flat ``[N, n]``.
+    @property
+    def conv_op(self) -> Optional["_PreparedOp"]:
+        """The Conv2d op of a chain that is one Conv2d, else None."""
+        if len(self.ops) == 1 and self.ops[0].kind == "conv2d":
+            return self.ops[0]
+        return None
+
+    def current_bounds(self, lower: np.ndarray, upper: np.ndarray, rule: Precision, tight_magnitude: bool
+                       ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Eq. 11 on 0/1 bounds ``[N, *in]`` widened by the current margin: ``(I_l, I_u, center,
+        magnitude, margin)``, flat ``[N, n]``, with ``I_l = center - radius - margin`` (likewise ``I_u``).
 
         ``magnitude`` is ``|W| upper + |b|`` if ``tight_magnitude``, else the input-free
-        ``magnitude(None)`` (``[1, n]``). A ``[Flatten ->] Linear`` chain whose upper bound is
-        sparser than ``EVENT_INTERVAL_DENSITY`` sums only the weight columns of set bits
-        (``_binary_interval_kernel``); otherwise the products of ``interval_with_magnitude``.
-        Equal up to the summation order.
+        ``magnitude(None)`` (``[1, n]``, and so the margin). Sparse bounds of a ``[Flatten ->] Linear``
+        chain (upper density up to ``EVENT_INTERVAL_DENSITY``) or of a Conv2d (from ``_MIN_ROWS`` rows,
+        below ``EVENT_CONV_INTERVAL_DENSITY``) sum only the weight rows of their set bits
+        (``_binary_current``); otherwise the products of ``interval_with_magnitude``. Equal up to the
+        summation order.
         """
-        op = self.linear_op
+        linear, conv = self.linear_op, self.conv_op
         count = lower.shape[0]
         flat_upper = upper.reshape(count, -1)
-        if op is None or count == 0 or np.count_nonzero(flat_upper) > EVENT_INTERVAL_DENSITY * flat_upper.size:
+        set_bits = np.count_nonzero(flat_upper) if (linear is not None or conv is not None) and count else 0
+        coef = rule.current_margin_coef(self.n_terms)
+        n = self.n_neurons
+        if linear is not None and count and set_bits <= EVENT_INTERVAL_DENSITY * flat_upper.size:
+            kernel, op, extra = _binary_interval_kernel, linear, ()
+        elif conv is not None and count >= _MIN_ROWS and set_bits < EVENT_CONV_INTERVAL_DENSITY * flat_upper.size:
+            kernel, op = _binary_conv_interval_kernel, conv
+            extra = (tuple(int(g) for g in conv._signed._geometry(lower.shape)),)
+            flat_upper = upper
+        else:
             if tight_magnitude:
-                return self.interval_with_magnitude(lower, upper)
-            cur_lower, cur_upper, center = self.interval(lower, upper)
-            return cur_lower, cur_upper, center, self.magnitude(None)
-        weight_t, weight_abs_t = op.weight_t
-        n = weight_t.shape[1]
-        center = np.empty((count, n))
-        radius = np.empty((count, n))
-        magnitude = np.empty((count, n)) if tight_magnitude else np.empty((1, n))
-        _binary_interval_kernel(np.ascontiguousarray(lower.reshape(count, -1), dtype=np.float64),
-                                np.ascontiguousarray(flat_upper, dtype=np.float64), weight_t, weight_abs_t,
-                                tight_magnitude, center, radius, magnitude)
-        center += self.bias
+                cur_lower, cur_upper, center, magnitude = self.interval_with_magnitude(lower, upper)
+            else:
+                cur_lower, cur_upper, center = self.interval(lower, upper)
+                magnitude = self.magnitude(None)
+            margin = coef * magnitude
+            return cur_lower - margin, cur_upper + margin, center, magnitude, margin
+        cur_lower, cur_upper, center = np.empty((count, n)), np.empty((count, n)), np.empty((count, n))
         if tight_magnitude:
-            magnitude += np.abs(self.bias)
+            magnitude, margin = np.empty((count, n)), np.empty((count, n))
+            margin_vec = np.empty(1)  # not read
         else:
             magnitude = self.magnitude(None)
-        return center - radius, center + radius, center, magnitude
+            margin = coef * magnitude
+            margin_vec = margin.reshape(-1)
+        # with the input-free margin, magnitude and margin are not written: cur_lower stands in for them
+        kernel(np.ascontiguousarray(lower.reshape(flat_upper.shape), dtype=np.float64),
+               np.ascontiguousarray(flat_upper, dtype=np.float64), op.weight_both, *extra, op.bias, np.abs(op.bias),
+               margin_vec, tight_magnitude, coef, cur_lower, cur_upper, center,
+               magnitude if tight_magnitude else cur_lower, margin if tight_magnitude else cur_lower)
+        return cur_lower, cur_upper, center, magnitude, margin
 
     def interval_with_magnitude(self, lower: np.ndarray, upper: np.ndarray
                                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -257,6 +393,12 @@ class PreparedStage:
         center = center.reshape(count, -1) + self.bias
         radius = radius.reshape(count, -1)
         magnitude = 2.0 * radius + np.abs(self.bias)
+        op = self.linear_op
+        if op is not None and count >= _MIN_ROWS:
+            # spike lower bounds are sparse: the columns of their set bits instead of a third GEMM
+            _fixed_abs_sums(np.ascontiguousarray(lower.reshape(count, -1), dtype=np.float64), op.weight_abs_t,
+                            magnitude)
+            return center - radius, center + radius, center, magnitude
         rows = np.flatnonzero(lower.reshape(count, -1).any(axis=1))
         if rows.size:
             value = lower[rows]
@@ -418,13 +560,15 @@ def interval_bounds_of_box(net, box: BinaryBox, stages: Sequence[PreparedStage],
     spike_upper = box.x_upper.reshape(spike_lower.shape).astype(np.float64)
     for k, stage in enumerate(stages):
         n = stage.n_neurons
-        cur_lower, cur_upper, center, magnitude = stage.binary_interval(spike_lower, spike_upper, tight_magnitude)
+        cur_lower, cur_upper, center, magnitude, margin = stage.current_bounds(spike_lower, spike_upper, rule,
+                                                                               tight_magnitude)
         if k == 0 and first_current is not None:
             cur_lower, cur_upper = first_current(stage, spike_lower, spike_upper)
             center = (cur_lower + cur_upper) * 0.5
-        margin = rule.current_margin(magnitude, stage.n_terms)
-        cur_lower = (cur_lower - margin).reshape(steps, batch, n)
-        cur_upper = (cur_upper + margin).reshape(steps, batch, n)
+            cur_lower = cur_lower - margin
+            cur_upper = cur_upper + margin
+        cur_lower = cur_lower.reshape(steps, batch, n)
+        cur_upper = cur_upper.reshape(steps, batch, n)
         if tight_magnitude:
             magnitude = magnitude.reshape(steps, batch, n)
             margin = margin.reshape(steps, batch, n)
@@ -461,7 +605,8 @@ def interval_bounds_of_box(net, box: BinaryBox, stages: Sequence[PreparedStage],
             # Fire.classify, the model's reset_interval fused; bit-for-bit the same values).
             _ibp_time_kernel(cur_lower, cur_upper, float(alpha), rule.membrane_margin_coef(), float(rule.th_lo),
                              float(rule.th_hi), fires_at_threshold(net.firing), mem_lower, mem_upper, mem_margin, reset_lower,
-                             reset_upper, state, spike_lo, spike_hi, net.reset)
+                             reset_upper, state, spike_lo, spike_hi, net.reset,
+                             parallel=cur_lower.size >= PARALLEL_MIN_WORK)
         else:
             _stepwise_time_loop(result, k, rule, net.firing, alpha, refine, cur_lower, cur_upper, mem_lower,
                                 mem_upper, mem_margin, reset_lower, reset_upper, state, spike_lo, spike_hi)

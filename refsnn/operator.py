@@ -79,11 +79,9 @@ def _interval_step(cur_lower, cur_upper, alpha_lower, alpha_upper, margin_coef, 
     ``RECORD``, ``FROZEN`` are compile-time constants of each compiled variant (``interval_kernel``).
     """
     steps, batch, n = cur_lower.shape
-    carry_lower = np.zeros(n, dtype=cur_lower.dtype)
-    carry_upper = np.zeros(n)
-    for b in range(batch):
-        carry_lower[:] = 0
-        carry_upper[:] = 0.0
+    for b in prange(batch):  # every sample is one independent loop: the same bits serial or parallel
+        carry_lower = np.zeros(n, dtype=cur_lower.dtype)
+        carry_upper = np.zeros(n)
         for t in range(steps):
             for j in range(n):
                 carried_lower = carry_lower[j]
@@ -435,9 +433,11 @@ def _variant(func, track_rounding: bool, record: bool, frozen: bool, parallel: b
     return _VARIANTS[key]
 
 
-def interval_kernel(track_rounding: bool, record: bool, frozen: bool, neuron: str = "zero"):
-    """``interval_step`` compiled for these flags and the neuron model ``neuron`` (see the module docstring)."""
-    return _variant(_interval_step, track_rounding, record, frozen, neuron=neuron)
+def interval_kernel(track_rounding: bool, record: bool, frozen: bool, neuron: str = "zero", parallel: bool = False):
+    """``interval_step`` compiled for these flags and the neuron model ``neuron`` (see the module
+    docstring), parallel over samples or serial (the same bits: pick parallel for big stages,
+    ``PARALLEL_MIN_WORK``)."""
+    return _variant(_interval_step, track_rounding, record, frozen, parallel, neuron=neuron)
 
 
 def backsub_kernel(track_rounding: bool, record: bool, frozen: bool, parallel: bool = False, params: bool = False,
