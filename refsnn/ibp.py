@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from .input_sets import BinaryBox, binary_box
-from .firing import fires_at_threshold
+from .firing import STABLE_OFF, STABLE_ON, fires_at_threshold
 from .kernels import _MIN_ROWS, add_rows, transpose_contiguous
 from .layers import AvgPool2d, Conv2d, Flatten, Linear
 from .operator import PARALLEL_MIN_WORK, interval_kernel
@@ -35,51 +35,48 @@ from .spec import spec_interval
 # --- Numba kernel: the S-IBP time recurrence of one stage ----------------------------------------
 
 def _ibp_time_kernel(cur_lower, cur_upper, alpha, membrane_coef, th_lo, th_hi, fire_ge, mem_lower, mem_upper,
-                     mem_margin, reset_lower, reset_upper, state, spike_lower, spike_upper, neuron: str = "zero",
-                     parallel: bool = False) -> None:
+                     mem_margin, reset_lower, reset_upper, state, neuron: str = "zero", parallel: bool = False) -> None:
     """The S-IBP recurrence of one stage under the sound policy (eqs. 7, 9 with the membrane margin),
     ``[T', B, n]`` float64 arrays: ``refsnn.operator.interval_step`` with rounding tracked and the
-    reset and spike bounds recorded, for the neuron model ``neuron``, parallel over samples or not
+    reset bounds recorded, for the neuron model ``neuron``, parallel over samples or not
     (the same bits)."""
     negative = np.empty(cur_lower.shape, dtype=np.bool_)
     interval_kernel(track_rounding=True, record=True, frozen=False, neuron=neuron, parallel=parallel)(
         cur_lower, cur_upper, alpha, alpha, membrane_coef, th_hi, th_lo, th_hi, 0.0, fire_ge, mem_lower, mem_upper,
-        mem_margin, reset_lower, reset_upper, state, negative, spike_lower, spike_upper)
+        mem_margin, reset_lower, reset_upper, state, negative)
 
 
 @njit(cache=True)
-def _binary_current(fixed, n_fixed, free, n_free, weight_both, sums_fixed, sums_free, bias, bias_abs, margin_vec,
-                    tight, margin_coef, row, base, stride, cur_lower, cur_upper, center, magnitude,
-                    margin):  # pragma: no cover - compiled
-    """Eq. 11 with its rounding margin for one output position from the weight rows of its set bits.
+def _binary_current(sums_fixed, sums_free, bias, bias_abs, margin_vec, tight, margin_coef, row, cur_lower, cur_upper,
+                    center, magnitude):  # pragma: no cover - compiled
+    """Eq. 11 with its rounding margin on 0/1 bounds, from the weight-row sums of the set bits.
 
-    ``fixed``/``free``: the rows of ``weight_both = [W.T | |W|.T]`` (``[in, 2 n]``, the network's
-    dtype, exact in float64) of the fixed ones (both bounds 1) and the free bits (``F``, ``V``):
-    ``center = sum_F W + (1/2) sum_V W + b``, ``radius = (1/2) sum_V |W|``, ``magnitude =
-    sum_F |W| + sum_V |W| + |b|`` (``tight``; else ``margin_vec`` is the margin),
-    ``margin = margin_coef magnitude`` and ``I = center -+ radius -+ margin``, written at
-    ``[row, base + o * stride]`` of the flat ``[N, n]`` outputs. Every product is exact; the sums
-    differ from a GEMM's only in their order, which the margin covers.
+    ``sums_fixed[p] = [sum_F W | sum_F |W|]`` and ``sums_free[p] = [sum_V W | sum_V |W|]``
+    (``[P, 2 n]``) over the fixed ones (both bounds 1, ``F``) and the free bits (``V``) of output
+    position ``p`` (``P = 1`` for a Linear layer). Per output ``j = o P + p`` of the flat row
+    ``row``: ``center = sum_F W + (1/2) sum_V W + b``, ``radius = (1/2) sum_V |W|``,
+    ``magnitude = sum_F |W| + sum_V |W| + |b|`` (``tight``; else ``margin_vec[j]`` is the margin),
+    ``margin = margin_coef magnitude`` (not stored: ``IntervalBounds.current_margin`` recomputes it),
+    ``I = center -+ radius -+ margin``. Every product is exact
+    (0/1 times a weight in the network's dtype, widened to float64); the sums differ from a GEMM's
+    only in their order, which the margin covers.
     """
     n = bias.shape[0]
-    sums_fixed[:] = 0.0
-    sums_free[:] = 0.0
-    add_rows(sums_fixed, weight_both, fixed, n_fixed)
-    add_rows(sums_free, weight_both, free, n_free)
+    positions = sums_fixed.shape[0]
     for o in range(n):
-        j = base + o * stride
-        c = (sums_fixed[o] + 0.5 * sums_free[o]) + bias[o]
-        r = 0.5 * sums_free[n + o]
-        if tight:
-            size = (sums_fixed[n + o] + sums_free[n + o]) + bias_abs[o]
-            widen_by = margin_coef * size
-            magnitude[row, j] = size
-            margin[row, j] = widen_by
-        else:
-            widen_by = margin_vec[j]
-        center[row, j] = c
-        cur_lower[row, j] = (c - r) - widen_by
-        cur_upper[row, j] = (c + r) + widen_by
+        for p in range(positions):
+            j = o * positions + p
+            c = (sums_fixed[p, o] + 0.5 * sums_free[p, o]) + bias[o]
+            r = 0.5 * sums_free[p, n + o]
+            if tight:
+                size = (sums_fixed[p, n + o] + sums_free[p, n + o]) + bias_abs[o]
+                widen_by = margin_coef * size
+                magnitude[row, j] = size
+            else:
+                widen_by = margin_vec[j]
+            center[row, j] = c
+            cur_lower[row, j] = (c - r) - widen_by
+            cur_upper[row, j] = (c + r) + widen_by
 
 
 # Rows of a parallel block of the binary interval kernels (per-block scratch is allocated once).
@@ -88,17 +85,17 @@ _ROW_BLOCK = 8
 
 @njit(cache=True, parallel=True)
 def _binary_interval_kernel(lower, upper, weight_both, bias, bias_abs, margin_vec, tight, margin_coef, cur_lower,
-                            cur_upper, center, magnitude, margin):  # pragma: no cover - compiled
-    """``_binary_current`` of a Linear layer on 0/1 bounds ``lower <= upper`` (``[N, in]``): the
-    weight rows of every set input; rows in parallel (each on its own: the same bits at any
-    thread count)."""
+                            cur_upper, center, magnitude):  # pragma: no cover - compiled
+    """``_binary_current`` of a Linear layer on 0/1 bounds ``lower <= upper`` (``[N, in]``) with the
+    weight rows (``weight_both = [W.T | |W|.T]``, ``[in, 2 n]``) of every set input; rows in
+    parallel (each on its own: the same bits at any thread count)."""
     rows, n_in = upper.shape
     n = bias.shape[0]
     for block in prange((rows + _ROW_BLOCK - 1) // _ROW_BLOCK):
         fixed = np.empty(n_in, np.int64)
         free = np.empty(n_in, np.int64)
-        sums_fixed = np.empty(2 * n)
-        sums_free = np.empty(2 * n)
+        sums_fixed = np.empty((1, 2 * n))
+        sums_free = np.empty((1, 2 * n))
         for r in range(block * _ROW_BLOCK, min(rows, (block + 1) * _ROW_BLOCK)):
             n_fixed = 0
             n_free = 0
@@ -110,20 +107,24 @@ def _binary_interval_kernel(lower, upper, weight_both, bias, bias_abs, margin_ve
                     else:
                         free[n_free] = i
                         n_free += 1
-            _binary_current(fixed, n_fixed, free, n_free, weight_both, sums_fixed, sums_free, bias, bias_abs,
-                            margin_vec, tight, margin_coef, r, 0, 1, cur_lower, cur_upper, center, magnitude, margin)
+            sums_fixed[:] = 0.0
+            sums_free[:] = 0.0
+            add_rows(sums_fixed[0], weight_both, fixed, n_fixed)
+            add_rows(sums_free[0], weight_both, free, n_free)
+            _binary_current(sums_fixed, sums_free, bias, bias_abs, margin_vec, tight, margin_coef, r, cur_lower,
+                            cur_upper, center, magnitude)
 
 
 @njit(cache=True, parallel=True)
 def _binary_conv_interval_kernel(lower, upper, weight_both, geometry, bias, bias_abs, margin_vec, tight, margin_coef,
-                                 cur_lower, cur_upper, center, magnitude, margin):  # pragma: no cover - compiled
+                                 cur_lower, cur_upper, center, magnitude):  # pragma: no cover - compiled
     """``_binary_current`` of a Conv2d layer on 0/1 bounds ``[N, C, H, W]``: per output position
-    ``(oy, ox)``, the weight rows ``(c, ky, kx)`` of the set inputs under its window (``geometry =
-    (kh, kw, sh, sw, ph, pw, OH, OW)``; outputs flat ``[N, O * OH * OW]``); rows in parallel."""
+    ``(oy, ox)``, the weight rows ``(c, ky, kx)`` of ``weight_both`` (``[C * kh * kw, 2 O]``) of the
+    set inputs under its window (``geometry = (kh, kw, sh, sw, ph, pw, OH, OW)``; outputs flat
+    ``[N, O * OH * OW]``); rows in parallel."""
     kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w = geometry
     rows, channels, height, width = upper.shape
     n = bias.shape[0]
-    positions = out_h * out_w
     taps = kernel_h * kernel_w
     for block in prange((rows + _ROW_BLOCK - 1) // _ROW_BLOCK):
         fixed_at = np.empty((height, width, channels), np.int64)   # per input pixel: its set channels
@@ -132,8 +133,8 @@ def _binary_conv_interval_kernel(lower, upper, weight_both, geometry, bias, bias
         n_free_at = np.empty((height, width), np.int64)
         fixed = np.empty(taps * channels, np.int64)
         free = np.empty(taps * channels, np.int64)
-        sums_fixed = np.empty(2 * n)
-        sums_free = np.empty(2 * n)
+        sums_fixed = np.empty((out_h * out_w, 2 * n))
+        sums_free = np.empty((out_h * out_w, 2 * n))
         for r in range(block * _ROW_BLOCK, min(rows, (block + 1) * _ROW_BLOCK)):
             n_fixed_at[:] = 0
             n_free_at[:] = 0
@@ -147,6 +148,8 @@ def _binary_conv_interval_kernel(lower, upper, weight_both, geometry, bias, bias
                             else:
                                 free_at[y, x, n_free_at[y, x]] = c
                                 n_free_at[y, x] += 1
+            sums_fixed[:] = 0.0
+            sums_free[:] = 0.0
             for oy in range(out_h):
                 for ox in range(out_w):
                     n_fixed = 0
@@ -166,9 +169,10 @@ def _binary_conv_interval_kernel(lower, upper, weight_both, geometry, bias, bias
                             for q in range(n_free_at[y, x]):
                                 free[n_free] = free_at[y, x, q] * taps + tap
                                 n_free += 1
-                    _binary_current(fixed, n_fixed, free, n_free, weight_both, sums_fixed, sums_free, bias, bias_abs,
-                                    margin_vec, tight, margin_coef, r, oy * out_w + ox, positions, cur_lower,
-                                    cur_upper, center, magnitude, margin)
+                    add_rows(sums_fixed[oy * out_w + ox], weight_both, fixed, n_fixed)
+                    add_rows(sums_free[oy * out_w + ox], weight_both, free, n_free)
+            _binary_current(sums_fixed, sums_free, bias, bias_abs, margin_vec, tight, margin_coef, r, cur_lower,
+                            cur_upper, center, magnitude)
 
 
 @njit(cache=True, parallel=True)
@@ -328,16 +332,17 @@ class PreparedStage:
         return None
 
     def current_bounds(self, lower: np.ndarray, upper: np.ndarray, rule: Precision, tight_magnitude: bool
-                       ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Eq. 11 on 0/1 bounds ``[N, *in]`` widened by the current margin: ``(I_l, I_u, center,
-        magnitude, margin)``, flat ``[N, n]``, with ``I_l = center - radius - margin`` (likewise ``I_u``).
+                       ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Eq. 11 on 0/1 bounds ``[N, *in]`` (float64 or bool) widened by the current margin:
+        ``(I_l, I_u, center, magnitude)``, flat ``[N, n]``, with ``I_l = center - radius - margin``
+        (likewise ``I_u``) and ``margin = rule.current_margin(magnitude, n_terms)``.
 
         ``magnitude`` is ``|W| upper + |b|`` if ``tight_magnitude``, else the input-free
-        ``magnitude(None)`` (``[1, n]``, and so the margin). Sparse bounds of a ``[Flatten ->] Linear``
-        chain (upper density up to ``EVENT_INTERVAL_DENSITY``) or of a Conv2d (from ``_MIN_ROWS`` rows,
-        below ``EVENT_CONV_INTERVAL_DENSITY``) sum only the weight rows of their set bits
-        (``_binary_current``); otherwise the products of ``interval_with_magnitude``. Equal up to the
-        summation order.
+        ``magnitude(None)`` (``[1, n]``). Sparse bounds of a ``[Flatten ->] Linear`` chain (upper
+        density up to ``EVENT_INTERVAL_DENSITY``) or of a Conv2d (from ``_MIN_ROWS`` rows, below
+        ``EVENT_CONV_INTERVAL_DENSITY``) sum only the weight rows of their set bits
+        (``_binary_current``); otherwise the float64 products of ``interval_with_magnitude``. Equal
+        up to the summation order.
         """
         linear, conv = self.linear_op, self.conv_op
         count = lower.shape[0]
@@ -352,27 +357,26 @@ class PreparedStage:
             extra = (tuple(int(g) for g in conv._signed._geometry(lower.shape)),)
             flat_upper = upper
         else:
+            lower = np.asarray(lower, dtype=np.float64)
+            upper = np.asarray(upper, dtype=np.float64)
             if tight_magnitude:
                 cur_lower, cur_upper, center, magnitude = self.interval_with_magnitude(lower, upper)
             else:
                 cur_lower, cur_upper, center = self.interval(lower, upper)
                 magnitude = self.magnitude(None)
             margin = coef * magnitude
-            return cur_lower - margin, cur_upper + margin, center, magnitude, margin
+            return cur_lower - margin, cur_upper + margin, center, magnitude
         cur_lower, cur_upper, center = np.empty((count, n)), np.empty((count, n)), np.empty((count, n))
         if tight_magnitude:
-            magnitude, margin = np.empty((count, n)), np.empty((count, n))
+            magnitude = np.empty((count, n))
             margin_vec = np.empty(1)  # not read
         else:
             magnitude = self.magnitude(None)
-            margin = coef * magnitude
-            margin_vec = margin.reshape(-1)
-        # with the input-free margin, magnitude and margin are not written: cur_lower stands in for them
-        kernel(np.ascontiguousarray(lower.reshape(flat_upper.shape), dtype=np.float64),
-               np.ascontiguousarray(flat_upper, dtype=np.float64), op.weight_both, *extra, op.bias, np.abs(op.bias),
-               margin_vec, tight_magnitude, coef, cur_lower, cur_upper, center,
-               magnitude if tight_magnitude else cur_lower, margin if tight_magnitude else cur_lower)
-        return cur_lower, cur_upper, center, magnitude, margin
+            margin_vec = (coef * magnitude).reshape(-1)
+        kernel(np.ascontiguousarray(lower.reshape(flat_upper.shape)), np.ascontiguousarray(flat_upper),
+               op.weight_both, *extra, op.bias, np.abs(op.bias), margin_vec, tight_magnitude, coef, cur_lower,
+               cur_upper, center, magnitude if tight_magnitude else cur_lower)  # (not written then)
+        return cur_lower, cur_upper, center, magnitude
 
     def interval_with_magnitude(self, lower: np.ndarray, upper: np.ndarray
                                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -437,7 +441,9 @@ def prepare_stages(net) -> List[PreparedStage]:
 class IntervalBounds:
     """S-IBP bounds of every intermediate; per stage ``k`` lists hold ``[T', B, *neuron_shape_k]`` float64.
 
-    ``state[k]`` (int8): 0 stable silent, 1 stable firing, 2 unstable. ``current_margin[k]`` and
+    ``state[k]`` (int8): 0 stable silent, 1 stable firing, 2 unstable; ``spike_lower[k]`` and
+    ``spike_upper[k]`` (eq. 7, float64 0/1) are read from it when first asked for. ``current_margin[k]``
+    (``margin_coef[k] * current_magnitude[k]``, likewise made when asked for) and
     ``mem_margin[k]`` are the outward rounding widths already applied (flat ``[T', B, n]`` or
     broadcastable); ``current_magnitude[k]`` bounds ``sum |terms|`` of each current;
     ``current_center[k]`` (flat ``[T', B, n]``) is ``W mid + b`` for the centre ``mid`` of the
@@ -457,22 +463,44 @@ class IntervalBounds:
     current_upper: List[np.ndarray] = field(default_factory=list)
     mem_lower: List[np.ndarray] = field(default_factory=list)
     mem_upper: List[np.ndarray] = field(default_factory=list)
-    spike_lower: List[np.ndarray] = field(default_factory=list)
-    spike_upper: List[np.ndarray] = field(default_factory=list)
     reset_lower: List[np.ndarray] = field(default_factory=list)
     reset_upper: List[np.ndarray] = field(default_factory=list)
     state: List[np.ndarray] = field(default_factory=list)
-    current_margin: List[np.ndarray] = field(default_factory=list)
     current_magnitude: List[np.ndarray] = field(default_factory=list)
     current_center: List[np.ndarray] = field(default_factory=list)
     mem_margin: List[np.ndarray] = field(default_factory=list)
     rate_lower: Optional[np.ndarray] = None
     rate_upper: Optional[np.ndarray] = None
     reset: str = "zero"
+    margin_coef: List[float] = field(default_factory=list)
+    _derived: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_stages(self) -> int:
         return len(self.mem_lower)
+
+    def _spikes(self, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        if ("spikes", k) not in self._derived:
+            self._derived[("spikes", k)] = Fire.interval(self.state[k])
+        return self._derived[("spikes", k)]
+
+    @property
+    def spike_lower(self) -> List[np.ndarray]:
+        """Eq. 7 from ``state``: ``[T', B, *neuron_shape_k]`` float64, 1 where stable firing."""
+        return [self._spikes(k)[0] for k in range(len(self.state))]
+
+    @property
+    def spike_upper(self) -> List[np.ndarray]:
+        """Eq. 7 from ``state``: ``[T', B, *neuron_shape_k]`` float64, 0 where stable silent."""
+        return [self._spikes(k)[1] for k in range(len(self.state))]
+
+    @property
+    def current_margin(self) -> List[np.ndarray]:
+        """The current margins applied, ``margin_coef[k] * current_magnitude[k]`` (``Precision.current_margin``)."""
+        for k in range(len(self.current_magnitude)):
+            if ("margin", k) not in self._derived:
+                self._derived[("margin", k)] = self.margin_coef[k] * self.current_magnitude[k]
+        return [self._derived[("margin", k)] for k in range(len(self.current_magnitude))]
 
     def unstable(self, k: int) -> np.ndarray:
         """Boolean mask ``[T', B, *neuron_shape_k]`` of neurons that may or may not fire."""
@@ -486,10 +514,9 @@ class IntervalBounds:
         def pick(arrays):
             return [a if a.shape[1] == 1 and self.batch != 1 else a[:, index] for a in arrays]
         picked = IntervalBounds(self.method, self.firing, self.threshold, self.decay, self.rule, self.steps, 0,
-                                reset=self.reset)
-        for name in ("current_lower", "current_upper", "mem_lower", "mem_upper", "spike_lower", "spike_upper",
-                     "reset_lower", "reset_upper", "state", "current_margin", "current_magnitude", "mem_margin",
-                     "current_center"):
+                                reset=self.reset, margin_coef=list(self.margin_coef))
+        for name in ("current_lower", "current_upper", "mem_lower", "mem_upper", "reset_lower", "reset_upper",
+                     "state", "current_magnitude", "mem_margin", "current_center"):
             setattr(picked, name, pick(getattr(self, name)))
         picked.rate_lower = self.rate_lower[index]
         picked.rate_upper = self.rate_upper[index]
@@ -499,7 +526,7 @@ class IntervalBounds:
 
 def _stepwise_time_loop(result: IntervalBounds, k: int, rule: Precision, firing: str, alpha: float,
                         refine: Callable, cur_lower, cur_upper, mem_lower, mem_upper, mem_margin, reset_lower,
-                        reset_upper, state, spike_lo, spike_hi) -> None:
+                        reset_upper, state) -> None:
     """``_ibp_time_kernel`` step by step in NumPy (the same rules, bit for bit), calling
     ``refine(result, k, t) -> (m_l, m_u)`` (``[B, n]``) after each membrane interval; the returned
     interval is intersected with it. ``result``'s stage ``k`` arrays are filled up to step ``t``."""
@@ -521,7 +548,6 @@ def _stepwise_time_loop(result: IntervalBounds, k: int, rule: Precision, firing:
                                                                                    state[t], rule)
         carried_lower = alpha * reset_lower[t]
         carried_upper = alpha * reset_upper[t]
-    spike_lo[...], spike_hi[...] = Fire.interval(state)
 
 
 def interval_bounds(net, x_lower, x_upper, stages: Optional[Sequence[PreparedStage]] = None, *,
@@ -560,21 +586,17 @@ def interval_bounds_of_box(net, box: BinaryBox, stages: Sequence[PreparedStage],
     spike_upper = box.x_upper.reshape(spike_lower.shape).astype(np.float64)
     for k, stage in enumerate(stages):
         n = stage.n_neurons
-        cur_lower, cur_upper, center, magnitude, margin = stage.current_bounds(spike_lower, spike_upper, rule,
-                                                                               tight_magnitude)
+        cur_lower, cur_upper, center, magnitude = stage.current_bounds(spike_lower, spike_upper, rule, tight_magnitude)
+        margin_coef = rule.current_margin_coef(stage.n_terms)
         if k == 0 and first_current is not None:
+            margin = margin_coef * magnitude
             cur_lower, cur_upper = first_current(stage, spike_lower, spike_upper)
             center = (cur_lower + cur_upper) * 0.5
             cur_lower = cur_lower - margin
             cur_upper = cur_upper + margin
         cur_lower = cur_lower.reshape(steps, batch, n)
         cur_upper = cur_upper.reshape(steps, batch, n)
-        if tight_magnitude:
-            magnitude = magnitude.reshape(steps, batch, n)
-            margin = margin.reshape(steps, batch, n)
-        else:
-            magnitude = magnitude.reshape(1, 1, n)
-            margin = margin.reshape(1, 1, n)
+        magnitude = magnitude.reshape((steps, batch, n) if tight_magnitude else (1, 1, n))
 
         mem_lower = np.empty_like(cur_lower)
         mem_upper = np.empty_like(cur_upper)
@@ -582,8 +604,6 @@ def interval_bounds_of_box(net, box: BinaryBox, stages: Sequence[PreparedStage],
         reset_lower = np.empty_like(cur_lower)
         reset_upper = np.empty_like(cur_upper)
         state = np.empty(cur_lower.shape, dtype=np.int8)
-        spike_lo = np.empty_like(cur_lower)
-        spike_hi = np.empty_like(cur_lower)
         # Recorded before the recurrence fills them (views of the flat buffers): a refine hook reads
         # this stage's bounds up to the current step.
         shape = (steps, batch) + stage.neuron_shape
@@ -591,12 +611,10 @@ def interval_bounds_of_box(net, box: BinaryBox, stages: Sequence[PreparedStage],
         result.current_upper.append(cur_upper.reshape(shape))
         result.mem_lower.append(mem_lower.reshape(shape))
         result.mem_upper.append(mem_upper.reshape(shape))
-        result.spike_lower.append(spike_lo.reshape(shape))
-        result.spike_upper.append(spike_hi.reshape(shape))
         result.reset_lower.append(reset_lower.reshape(shape))
         result.reset_upper.append(reset_upper.reshape(shape))
         result.state.append(state.reshape(shape))
-        result.current_margin.append(margin)
+        result.margin_coef.append(margin_coef)
         result.current_magnitude.append(magnitude)
         result.current_center.append(center.reshape(steps, batch, n))
         result.mem_margin.append(mem_margin)
@@ -605,13 +623,15 @@ def interval_bounds_of_box(net, box: BinaryBox, stages: Sequence[PreparedStage],
             # Fire.classify, the model's reset_interval fused; bit-for-bit the same values).
             _ibp_time_kernel(cur_lower, cur_upper, float(alpha), rule.membrane_margin_coef(), float(rule.th_lo),
                              float(rule.th_hi), fires_at_threshold(net.firing), mem_lower, mem_upper, mem_margin, reset_lower,
-                             reset_upper, state, spike_lo, spike_hi, net.reset,
-                             parallel=cur_lower.size >= PARALLEL_MIN_WORK)
+                             reset_upper, state, net.reset, parallel=cur_lower.size >= PARALLEL_MIN_WORK)
         else:
             _stepwise_time_loop(result, k, rule, net.firing, alpha, refine, cur_lower, cur_upper, mem_lower,
-                                mem_upper, mem_margin, reset_lower, reset_upper, state, spike_lo, spike_hi)
-        spike_lower = spike_lo.reshape((steps * batch,) + stage.neuron_shape)
-        spike_upper = spike_hi.reshape(spike_lower.shape)
+                                mem_upper, mem_margin, reset_lower, reset_upper, state)
+        result._derived.clear()  # made from this stage's state before it was complete (a refine hook)
+        # eq. 7: the next stage's 0/1 input bounds, as bool (the kernels read set bits; the float64
+        # spike_lower/spike_upper fields are made from state only when asked for)
+        spike_lower = (state == STABLE_ON).reshape((steps * batch,) + stage.neuron_shape)
+        spike_upper = (state != STABLE_OFF).reshape(spike_lower.shape)
 
     last_lower = result.spike_lower[-1].reshape(steps, batch, -1)
     last_upper = result.spike_upper[-1].reshape(steps, batch, -1)
