@@ -22,7 +22,7 @@ from numba import njit, prange
 
 from .input_sets import BinaryBox, binary_box
 from .firing import STABLE_OFF, STABLE_ON, fires_at_threshold
-from .kernels import _MIN_ROWS, add_rows, transpose_contiguous
+from .kernels import _MIN_ROWS, add_rows
 from .layers import AvgPool2d, Conv2d, Flatten, Linear
 from .operator import PARALLEL_MIN_WORK, interval_kernel
 from .neurons import neuron_model
@@ -35,15 +35,19 @@ from .spec import spec_interval
 # --- Numba kernel: the S-IBP time recurrence of one stage ----------------------------------------
 
 def _ibp_time_kernel(cur_lower, cur_upper, alpha, membrane_coef, th_lo, th_hi, fire_ge, mem_lower, mem_upper,
-                     mem_margin, reset_lower, reset_upper, state, neuron: str = "zero", parallel: bool = False) -> None:
+                     mem_margin, reset_lower, reset_upper, state, spike_lower=None, spike_upper=None,
+                     neuron: str = "zero", parallel: bool = False) -> None:
     """The S-IBP recurrence of one stage under the sound policy (eqs. 7, 9 with the membrane margin),
     ``[T', B, n]`` float64 arrays: ``refsnn.operator.interval_step`` with rounding tracked and the
     reset bounds recorded, for the neuron model ``neuron``, parallel over samples or not
-    (the same bits)."""
+    (the same bits). ``spike_lower``/``spike_upper``, if given, receive eq. 7's spike bounds of
+    ``state`` (``IntervalBounds`` makes them from ``state`` when asked for)."""
     negative = np.empty(cur_lower.shape, dtype=np.bool_)
     interval_kernel(track_rounding=True, record=True, frozen=False, neuron=neuron, parallel=parallel)(
         cur_lower, cur_upper, alpha, alpha, membrane_coef, th_hi, th_lo, th_hi, 0.0, fire_ge, mem_lower, mem_upper,
         mem_margin, reset_lower, reset_upper, state, negative)
+    if spike_lower is not None:
+        spike_lower[...], spike_upper[...] = Fire.interval(state)
 
 
 @njit(cache=True)
@@ -197,6 +201,21 @@ def _fixed_abs_sums(lower, weight_abs_t, magnitude):  # pragma: no cover - compi
                     magnitude[r, o] += sums[o]
 
 
+@njit(cache=True)
+def _transpose_with_abs(matrix, out):  # pragma: no cover - compiled
+    """``out = [matrix.T | |matrix|.T]`` (``[rows, cols] -> [cols, 2 rows]``) in 32 x 32 tiles."""
+    rows, cols = matrix.shape
+    for r0 in range(0, rows, 32):
+        r1 = min(rows, r0 + 32)
+        for c0 in range(0, cols, 32):
+            c1 = min(cols, c0 + 32)
+            for c in range(c0, c1):
+                for r in range(r0, r1):
+                    value = matrix[r, c]
+                    out[c, r] = value
+                    out[c, rows + r] = abs(value)
+
+
 # Upper-bound density (set bits / inputs) of a [Flatten ->] Linear stage below which the
 # event-driven eq. 11 is used instead of the GEMMs: the smallest grid density at which the GEMMs
 # were at least as fast for the FC preset's 784x512 stage at T' x B = 192 with half the set bits
@@ -210,32 +229,27 @@ EVENT_CONV_INTERVAL_DENSITY = 0.5
 
 
 class _PreparedOp:
-    """One spatial op in float64 with ``|W|`` precomputed (per call: weights may change in place)."""
+    """One spatial op in float64 with ``|W|`` (per call: weights may change in place). The float64
+    copies, ``|W|`` and the transposed rows are made when a path first needs them."""
 
     def __init__(self, layer):
         self.kind = layer.kind
         self.input_shape = tuple(layer._require_input_shape())
         self.native_weight = getattr(layer, "weight", None)  # the network's dtype: exact in float64
+        self._cache: dict = {}
         if isinstance(layer, Linear):
-            self.weight = np.asarray(layer.weight, dtype=np.float64)
-            self.weight_abs = np.abs(self.weight)
             self.bias = np.asarray(layer.bias, dtype=np.float64)
             self.n_terms = layer.in_features
             self.n_transpose_terms = layer.out_features
         elif isinstance(layer, Conv2d):
-            self.weight = np.asarray(layer.weight, dtype=np.float64)
-            self.weight_abs = np.abs(self.weight)
             self.bias = np.asarray(layer.bias, dtype=np.float64)
             self.stride, self.padding = layer.stride, layer.padding
-            zeros = np.zeros_like(self.bias)
-            self._signed = Conv2d(self.weight, zeros, self.stride, self.padding)
-            self._abs = Conv2d(self.weight_abs, zeros, self.stride, self.padding)
-            self._signed.input_shape = self._abs.input_shape = self.input_shape
-            out_channels, in_channels, kernel_h, kernel_w = self.weight.shape
+            out_channels, in_channels, kernel_h, kernel_w = layer.weight.shape
             self.n_terms = in_channels * kernel_h * kernel_w
             self.n_transpose_terms = out_channels * kernel_h * kernel_w
-            out_h, out_w = self._signed.output_shape(self.input_shape)[1:]
+            out_h, out_w = layer.output_shape_of(self.input_shape)[1:]
             self.scratch_per_row = out_h * out_w * in_channels * kernel_h * kernel_w  # im2col columns
+            self.geometry = tuple(int(g) for g in layer._geometry(self.input_shape))
         elif isinstance(layer, (AvgPool2d, Flatten)):
             self._layer = layer
             self.bias = None
@@ -243,6 +257,37 @@ class _PreparedOp:
             self.n_transpose_terms = int(np.prod(layer.kernel_size)) + 1 if isinstance(layer, AvgPool2d) else 0
         else:
             raise TypeError(f"bounds support Linear, Conv2d, AvgPool2d and Flatten layers, got {type(layer).__name__}")
+
+    def _made(self, name: str, make: Callable):
+        if name not in self._cache:
+            self._cache[name] = make()
+        return self._cache[name]
+
+    @property
+    def weight(self) -> np.ndarray:
+        """``W`` in float64 (``[out, in]`` or ``[O, C, kh, kw]``)."""
+        return self._made("weight", lambda: np.asarray(self.native_weight, dtype=np.float64))
+
+    @property
+    def weight_abs(self) -> np.ndarray:
+        """``|W|`` in float64."""
+        return self._made("weight_abs", lambda: np.abs(self.weight))
+
+    def _conv(self, name: str) -> Conv2d:
+        def make():
+            layer = Conv2d(self.weight if name == "signed" else self.weight_abs, np.zeros_like(self.bias),
+                           self.stride, self.padding)
+            layer.input_shape = self.input_shape
+            return layer
+        return self._made(name, make)
+
+    @property
+    def _signed(self) -> Conv2d:
+        return self._conv("signed")
+
+    @property
+    def _abs(self) -> Conv2d:
+        return self._conv("abs")
 
     def linear(self, x: np.ndarray) -> np.ndarray:
         """The linear part (no bias) on ``[N, *in]``."""
@@ -263,18 +308,18 @@ class _PreparedOp:
     @property
     def weight_both(self) -> np.ndarray:
         """``[W.T | |W|.T]``: ``[in, 2 out]`` contiguous in the network's dtype (a Conv2d's rows are
-        ``(c, ky, kx)``), the rows that the binary interval kernels gather (made once per prepared op)."""
-        if getattr(self, "_weight_both", None) is None:
-            weight_t = transpose_contiguous(self.native_weight.reshape(self.native_weight.shape[0], -1))
-            self._weight_both = np.concatenate([weight_t, np.abs(weight_t)], axis=1)
-        return self._weight_both
+        ``(c, ky, kx)``), the rows that the binary interval kernels gather."""
+        def make():
+            weight = np.ascontiguousarray(self.native_weight.reshape(self.native_weight.shape[0], -1))
+            both = np.empty((weight.shape[1], 2 * weight.shape[0]), dtype=weight.dtype)
+            _transpose_with_abs(weight, both)
+            return both
+        return self._made("weight_both", make)
 
     @property
     def weight_abs_t(self) -> np.ndarray:
-        """``|W|.T`` ``[in, out]`` contiguous in the network's dtype (made once per prepared op)."""
-        if getattr(self, "_weight_abs_t", None) is None:
-            self._weight_abs_t = np.abs(transpose_contiguous(self.native_weight.reshape(self.native_weight.shape[0], -1)))
-        return self._weight_abs_t
+        """``|W|.T`` ``[in, out]`` contiguous in the network's dtype."""
+        return self._made("weight_abs_t", lambda: np.ascontiguousarray(self.weight_both[:, self.native_weight.shape[0]:]))
 
     def transpose(self, coef: np.ndarray) -> np.ndarray:
         """Adjoint ``coef @ W`` of the linear part: ``[N, *out] -> [N, *in]``."""
@@ -354,7 +399,7 @@ class PreparedStage:
             kernel, op, extra = _binary_interval_kernel, linear, ()
         elif conv is not None and count >= _MIN_ROWS and set_bits < EVENT_CONV_INTERVAL_DENSITY * flat_upper.size:
             kernel, op = _binary_conv_interval_kernel, conv
-            extra = (tuple(int(g) for g in conv._signed._geometry(lower.shape)),)
+            extra = (conv.geometry,)
             flat_upper = upper
         else:
             lower = np.asarray(lower, dtype=np.float64)
@@ -623,7 +668,7 @@ def interval_bounds_of_box(net, box: BinaryBox, stages: Sequence[PreparedStage],
             # Fire.classify, the model's reset_interval fused; bit-for-bit the same values).
             _ibp_time_kernel(cur_lower, cur_upper, float(alpha), rule.membrane_margin_coef(), float(rule.th_lo),
                              float(rule.th_hi), fires_at_threshold(net.firing), mem_lower, mem_upper, mem_margin, reset_lower,
-                             reset_upper, state, net.reset, parallel=cur_lower.size >= PARALLEL_MIN_WORK)
+                             reset_upper, state, neuron=net.reset, parallel=cur_lower.size >= PARALLEL_MIN_WORK)
         else:
             _stepwise_time_loop(result, k, rule, net.firing, alpha, refine, cur_lower, cur_upper, mem_lower,
                                 mem_upper, mem_margin, reset_lower, reset_upper, state)
