@@ -327,13 +327,15 @@ NOTES = """## Notes
   with the float64 outward-rounded bounds, never with the float32 training bounds
   (docs/BOUNDS.md, "Training bounds (float32) and certificates (float64)").
 - Where the time goes in the sound rows: S-IBP computes W mid, |W| rad and the rounding
-  magnitude |W| u in float64 (event-driven on the sparse input box of a fully connected first
-  layer, float64 GEMMs or im2col convolutions elsewhere, at about half the float32 rate), keeps
-  every intermediate bound (about ten [T', B, n] float64 arrays per stage) and widens each
-  interval by its rounding margin, against PyTorch's four float32 products; it stays behind on
-  FC and CONV. S-CROWN's cost is the float64 adjoint products (lam W through layers and time),
-  the fused per-stage relaxation kernel and the first-layer concretization over the free input
-  bits only.
+  magnitude |W| u in float64. On sparse spike bounds (the input box, the first convolution's
+  spikes) it sums only the weight rows [W.T | |W|.T] of the set bits, read in float32 and
+  widened exactly, with the margin applied in the same pass (`refsnn/ibp.py: _binary_current`,
+  rows in parallel); dense bounds take two float64 GEMMs, one single-threaded GEMM per thread.
+  The time recurrence runs in parallel over samples. Every intermediate bound is kept (about
+  eight [T', B, n] float64 arrays per stage; the spike bounds and current margins are made from
+  the state and magnitude only when read), against PyTorch's four float32 products per layer.
+  S-CROWN's cost is the float64 adjoint products (lam W through layers and time), the fused
+  per-stage relaxation kernel and the first-layer concretization over the free input bits only.
 - One shared 2-core VM under load from other jobs: expect +-20% between runs.
 """
 
