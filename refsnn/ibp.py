@@ -23,7 +23,7 @@ from numba import njit, prange
 
 from .input_sets import BinaryBox, binary_box
 from .firing import STABLE_OFF, STABLE_ON, fires_at_threshold
-from .kernels import _MIN_ROWS, add_rows
+from .kernels import _MIN_ROWS, add_rows, specialize
 from .layers import AvgPool2d, Conv2d, Flatten, Linear
 from .operator import PARALLEL_MIN_WORK, interval_kernel
 from .neurons import neuron_model
@@ -88,9 +88,8 @@ def _binary_current(sums_fixed, sums_free, bias, bias_abs, margin_vec, tight, ma
 _ROW_BLOCK = 8
 
 
-@njit(cache=True, parallel=True)
-def _binary_interval_kernel(lower, upper, weight_both, bias, bias_abs, margin_vec, tight, margin_coef, cur_lower,
-                            cur_upper, center, magnitude):  # pragma: no cover - compiled
+def _binary_interval_rows(lower, upper, weight_both, bias, bias_abs, margin_vec, tight, margin_coef, cur_lower,
+                         cur_upper, center, magnitude):  # pragma: no cover - compiled
     """``_binary_current`` of a Linear layer on 0/1 bounds ``lower <= upper`` (``[N, in]``) with the
     weight rows (``weight_both = [W.T | |W|.T]``, ``[in, 2 n]``) of every set input; rows in
     parallel (each on its own: the same bits at any thread count)."""
@@ -120,9 +119,8 @@ def _binary_interval_kernel(lower, upper, weight_both, bias, bias_abs, margin_ve
                             cur_upper, center, magnitude)
 
 
-@njit(cache=True, parallel=True)
-def _binary_conv_interval_kernel(lower, upper, weight_both, geometry, bias, bias_abs, margin_vec, tight, margin_coef,
-                                 cur_lower, cur_upper, center, magnitude):  # pragma: no cover - compiled
+def _binary_conv_interval_rows(lower, upper, weight_both, geometry, bias, bias_abs, margin_vec, tight, margin_coef,
+                              cur_lower, cur_upper, center, magnitude):  # pragma: no cover - compiled
     """``_binary_current`` of a Conv2d layer on 0/1 bounds ``[N, C, H, W]``: per output position
     ``(oy, ox)``, the weight rows ``(c, ky, kx)`` of ``weight_both`` (``[C * kh * kw, 2 O]``) of the
     set inputs under its window (``geometry = (kh, kw, sh, sw, ph, pw, OH, OW)``; outputs flat
@@ -180,8 +178,7 @@ def _binary_conv_interval_kernel(lower, upper, weight_both, geometry, bias, bias
                             cur_upper, center, magnitude)
 
 
-@njit(cache=True, parallel=True)
-def _fixed_abs_sums(lower, weight_abs_t, magnitude):  # pragma: no cover - compiled
+def _fixed_abs_sums_rows(lower, weight_abs_t, magnitude):  # pragma: no cover - compiled
     """``magnitude[r] += sum_F |W[:, i]|`` over the set inputs ``F`` of each row of ``lower`` (``[N, in]``
     0/1; ``weight_abs_t = |W|.T`` ``[in, n]``); rows in parallel."""
     rows, n_in = lower.shape
@@ -202,7 +199,6 @@ def _fixed_abs_sums(lower, weight_abs_t, magnitude):  # pragma: no cover - compi
                     magnitude[r, o] += sums[o]
 
 
-@njit(cache=True, parallel=True)
 def _matmul_blocks(x, weight, out, block_rows):  # pragma: no cover - compiled
     rows = x.shape[0]
     for block in prange((rows + block_rows - 1) // block_rows):
@@ -211,14 +207,49 @@ def _matmul_blocks(x, weight, out, block_rows):  # pragma: no cover - compiled
         out[first:last] = np.dot(x[first:last], weight.T)
 
 
+# Work (weight-row additions or multiply-adds, plus 16 per output written) from which the kernels
+# below run in parallel: a parallel region waits until every worker is scheduled, which cost
+# milliseconds per region when other jobs kept both cores busy, more than the FC preset's
+# first-stage kernel takes on one core (about 2.5 ms for ~29e6 units); the CONV preset's
+# stages (4.6e7 units and up) are worth it. Serial and parallel variants give the same bits.
+PARALLEL_MIN_IBP_WORK = 1 << 25
+_VARIANTS = {}
+
+
+def _variant(func, parallel: bool):
+    """``func`` compiled serial or parallel (``prange`` runs as ``range`` in the serial one)."""
+    parallel = bool(parallel)
+    key = (func.__name__, parallel)
+    if key not in _VARIANTS:
+        _VARIANTS[key] = specialize(func, {}, "parallel" if parallel else "serial", parallel=parallel)
+    return _VARIANTS[key]
+
+
+def _binary_interval_kernel(*args, work: float = 0.0) -> None:
+    """``_binary_interval_rows``, parallel over rows from ``PARALLEL_MIN_IBP_WORK``."""
+    _variant(_binary_interval_rows, work >= PARALLEL_MIN_IBP_WORK)(*args)
+
+
+def _binary_conv_interval_kernel(*args, work: float = 0.0) -> None:
+    """``_binary_conv_interval_rows``, parallel over rows from ``PARALLEL_MIN_IBP_WORK``."""
+    _variant(_binary_conv_interval_rows, work >= PARALLEL_MIN_IBP_WORK)(*args)
+
+
+def _fixed_abs_sums(lower: np.ndarray, weight_abs_t: np.ndarray, magnitude: np.ndarray) -> None:
+    """``_fixed_abs_sums_rows``, parallel over rows from ``PARALLEL_MIN_IBP_WORK``."""
+    work = np.count_nonzero(lower) * weight_abs_t.shape[1] + lower.size
+    _variant(_fixed_abs_sums_rows, work >= PARALLEL_MIN_IBP_WORK)(lower, weight_abs_t, magnitude)
+
+
 def _matmul_rows(x: np.ndarray, weight: np.ndarray, out: np.ndarray) -> None:
     """``out = x @ weight.T`` (``[N, in] x [n, in] -> [N, n]``, float64) as one single-threaded GEMM
     per Numba thread over its block of rows: Numba's ``np.dot`` calls SciPy's OpenBLAS, kept on one
     thread (``refsnn.threads``), and idle workers wait passively (NumPy's threaded OpenBLAS spun
     its threads: a 192 x 6272 x 256 product took 530 ms instead of 65 ms at 2 threads on the
     busy 2-core machine). Each output is one dot product whose order the row split does not change."""
-    block_rows = max(1, -(-x.shape[0] // numba.get_num_threads()))
-    _matmul_blocks(x, weight, out, block_rows)
+    parallel = x.shape[0] * (x.shape[1] + 16) * weight.shape[0] >= PARALLEL_MIN_IBP_WORK
+    block_rows = max(1, -(-x.shape[0] // numba.get_num_threads())) if parallel else max(1, x.shape[0])
+    _variant(_matmul_blocks, parallel)(x, weight, out, block_rows)
 
 
 @njit(cache=True)
@@ -422,9 +453,13 @@ class PreparedStage:
         n = self.n_neurons
         if linear is not None and count and set_bits <= EVENT_INTERVAL_DENSITY * flat_upper.size:
             kernel, op, extra = _binary_interval_kernel, linear, ()
+            work = set_bits * 2 * n + 16 * count * n
         elif conv is not None and count >= _MIN_ROWS and set_bits < EVENT_CONV_INTERVAL_DENSITY * flat_upper.size:
             kernel, op = _binary_conv_interval_kernel, conv
             extra = (conv.geometry,)
+            kernel_h, kernel_w, stride_h, stride_w = conv.geometry[:4]
+            # each set input lies under about kh kw / (sh sw) windows, each adding 2 O values
+            work = set_bits * kernel_h * kernel_w / (stride_h * stride_w) * 2 * op.bias.shape[0] + 16 * count * n
             flat_upper = upper
         else:
             lower = np.asarray(lower, dtype=np.float64)
@@ -445,7 +480,7 @@ class PreparedStage:
             margin_vec = (coef * magnitude).reshape(-1)
         kernel(np.ascontiguousarray(lower.reshape(flat_upper.shape)), np.ascontiguousarray(flat_upper),
                op.weight_both, *extra, op.bias, np.abs(op.bias), margin_vec, tight_magnitude, coef, cur_lower,
-               cur_upper, center, magnitude if tight_magnitude else cur_lower)  # (not written then)
+               cur_upper, center, magnitude if tight_magnitude else cur_lower, work=work)  # (magnitude not written then)
         return cur_lower, cur_upper, center, magnitude
 
     def interval_with_magnitude(self, lower: np.ndarray, upper: np.ndarray

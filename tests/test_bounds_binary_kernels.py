@@ -73,14 +73,21 @@ def _dense_reference(layer, lower, upper):
     return center, radius, magnitude
 
 
+@pytest.fixture(params=["serial", "parallel"])
+def variant(request, monkeypatch):
+    """Both compiled variants of the kernels (the work threshold at 0 or out of reach)."""
+    monkeypatch.setattr(ibp, "PARALLEL_MIN_IBP_WORK", 0 if request.param == "parallel" else 1 << 62)
+    return request.param
+
+
 def _spy(monkeypatch, name):
     """Counts the calls of the kernel ``refsnn.ibp.<name>``."""
     calls = []
     kernel = getattr(ibp, name)
 
-    def counted(*args):
+    def counted(*args, **kwargs):
         calls.append(args[0].shape)
-        return kernel(*args)
+        return kernel(*args, **kwargs)
     monkeypatch.setattr(ibp, name, counted)
     return calls
 
@@ -111,7 +118,7 @@ def _check_against_reference(net, layer, lower, upper):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name, conv_args, input_shape", CONV_CASES, ids=[c[0] for c in CONV_CASES])
-def test_conv_kernel_matches_dense_products(monkeypatch, name, conv_args, input_shape, dtype):
+def test_conv_kernel_matches_dense_products(monkeypatch, variant, name, conv_args, input_shape, dtype):
     rng = np.random.default_rng(len(name))
     layer = _conv(rng, **conv_args)
     net = SNN([layer], input_shape=input_shape, threshold=0.5, dtype=dtype)
@@ -124,7 +131,7 @@ def test_conv_kernel_matches_dense_products(monkeypatch, name, conv_args, input_
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_linear_kernel_matches_dense_products(monkeypatch, dtype):
+def test_linear_kernel_matches_dense_products(monkeypatch, variant, dtype):
     rng = np.random.default_rng(3)
     net = SNN([Flatten(), Linear(rng.normal(0.0, 0.4, size=(13, 90)), rng.normal(0.0, 0.2, size=13))],
               input_shape=(2, 5, 9), threshold=0.5, dtype=dtype)
@@ -136,7 +143,7 @@ def test_linear_kernel_matches_dense_products(monkeypatch, dtype):
     assert len(calls) == 8, "the binary linear kernel was not the path taken"
 
 
-def test_dense_linear_stage_fixed_bits_magnitude(monkeypatch):
+def test_dense_linear_stage_fixed_bits_magnitude(monkeypatch, variant):
     # Dense upper bounds: the GEMM path, with |W| lower summed over the set lower bits (from _MIN_ROWS rows).
     rng = np.random.default_rng(4)
     net = SNN([Linear(rng.normal(0.0, 0.4, size=(11, 40)), rng.normal(0.0, 0.2, size=11))], threshold=0.5,
@@ -167,7 +174,7 @@ def _conv_net(rng, dyadic, dtype, threshold, firing):
 
 @pytest.mark.parametrize("dyadic, dtype, firing", [(True, np.float32, ">="), (True, np.float32, ">"),
                                                    (True, np.float64, ">="), (False, np.float32, ">=")])
-def test_conv_kernel_bounds_contain_the_network(monkeypatch, dyadic, dtype, firing):
+def test_conv_kernel_bounds_contain_the_network(monkeypatch, variant, dyadic, dtype, firing):
     """The network's own runs (its dtype, its summation order) lie in every intermediate bound when
     the binary conv kernel computes the currents: random boxes, eps = 0 (lower == upper) and boxes
     of free bits only; dyadic weights put membranes exactly on the threshold."""
