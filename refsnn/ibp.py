@@ -748,8 +748,7 @@ def interval_bounds_of_box(net, box: BinaryBox, stages: Sequence[PreparedStage],
         spike_lower = (state == STABLE_ON).reshape((steps * batch,) + stage.neuron_shape)
         spike_upper = (state != STABLE_OFF).reshape(spike_lower.shape)
 
-    last_lower = result.spike_lower[-1].reshape(steps, batch, -1)
-    last_upper = result.spike_upper[-1].reshape(steps, batch, -1)
+    last_lower, last_upper = (spikes.reshape(steps, batch, -1) for spikes in result._spikes(len(stages) - 1))
     # Spike counts are exact integers; one rounding in the division.
     result.rate_lower = last_lower.sum(axis=0) / steps
     result.rate_upper = last_upper.sum(axis=0) / steps
