@@ -327,18 +327,26 @@ NOTES = """## Notes
   with the float64 outward-rounded bounds, never with the float32 training bounds
   (docs/BOUNDS.md, "Training bounds (float32) and certificates (float64)").
 - Where the time goes in the sound rows: S-IBP computes W mid, |W| rad and the rounding
-  magnitude |W| u in float64 (event-driven on the sparse input box of a fully connected first
-  layer, float64 GEMMs or im2col convolutions elsewhere, at about half the float32 rate), keeps
-  every intermediate bound (about ten [T', B, n] float64 arrays per stage) and widens each
-  interval by its rounding margin, against PyTorch's four float32 products; it stays behind on
-  FC and CONV. S-CROWN's cost is the float64 adjoint products (lam W through layers and time),
-  the fused per-stage relaxation kernel and the first-layer concretization over the free input
-  bits only.
+  magnitude |W| u in float64. On sparse spike bounds (the input box, the first convolution's
+  spikes) it sums only the weight rows [W.T | |W|.T] of the set bits, read in float32 and
+  widened exactly, with the margin applied in the same pass (`refsnn/ibp.py: _binary_current`,
+  rows in parallel); dense bounds take two float64 GEMMs, one single-threaded GEMM per thread.
+  The time recurrence runs in parallel over samples. Every intermediate bound is kept (about
+  eight [T', B, n] float64 arrays per stage; the spike bounds and current margins are made from
+  the state and magnitude only when read), against PyTorch's four float32 products per layer.
+  S-CROWN's cost is the float64 adjoint products (lam W through layers and time), the fused
+  per-stage relaxation kernel and the first-layer concretization over the free input bits only.
 - One shared 2-core VM under load from other jobs: expect +-20% between runs.
 """
 
 
 LOAD_AT_START: list = []
+ROW_FILTER: list = []  # --rows: substrings of the row names to time (empty: every row)
+
+
+def wanted(name: str) -> bool:
+    """Whether the row ``name`` is timed in this run (``--rows``)."""
+    return not ROW_FILTER or any(part in name for part in ROW_FILTER)
 
 
 class Timing(float):
@@ -392,13 +400,16 @@ def check_and_time(arch, images, labels, batch, repeats, rows, checks):
     def refsnn_step():
         net.backward(net.run(spikes), grad_rates, input_grad=False)  # as training (torch: no input grad)
 
-    rows.append(("forward", arch, batch, 10, median_time(lambda: net.run(spikes), repeats),
-                 median_time(torch_forward, repeats)))
-    print(rows[-1], flush=True)
-    rows.append(("BPTT step (forward + backward)", arch, batch, 10, median_time(refsnn_step, repeats),
-                 median_time(torch_step, repeats)))
-    print(rows[-1], flush=True)
-    return net, tnet, rand_maps
+    forward_t10 = None
+    if wanted("forward"):
+        forward_t10 = median_time(lambda: net.run(spikes), repeats)
+        rows.append(("forward", arch, batch, 10, forward_t10, median_time(torch_forward, repeats)))
+        print(rows[-1], flush=True)
+    if wanted("BPTT step (forward + backward)"):
+        rows.append(("BPTT step (forward + backward)", arch, batch, 10, median_time(refsnn_step, repeats),
+                     median_time(torch_step, repeats)))
+        print(rows[-1], flush=True)
+    return net, tnet, forward_t10
 
 
 def bounds_rows(arch, net, tnet, images, labels, batch, repeats, rows, checks, forward_t10):
@@ -435,23 +446,36 @@ def bounds_rows(arch, net, tnet, images, labels, batch, repeats, rows, checks, f
                    "crown_sound_minus_torch_max": float((sound_lower - crown_t).max()),
                    "crown_sound_minus_torch_median": float(np.median(sound_lower - crown_t))})
     print(checks[-1], flush=True)
-    rows.append(("S-IBP T'=3, sound float64 (refsnn.ibp)", arch, batch, 3,
-                 median_time(lambda: interval_bounds(net, box.x_lower, box.x_upper), repeats),
-                 median_time(lambda: tnet.ibp(lower_t, upper_t), repeats)))
-    print(rows[-1], flush=True)
-    rows.append(("S-IBP T'=3, training float32 (refsnn.robust)", arch, batch, 3,
-                 median_time(lambda: BoundGraph(net, box.x_lower, box.x_upper, C32, with_crown=False), repeats),
-                 median_time(lambda: torch_bounds(False), repeats)))
-    print(rows[-1], flush=True)
-    torch_both_s = median_time(lambda: torch_bounds(True, C_both_t), repeats)
-    crown_s = median_time(lambda: compute_bounds(net, box.x_lower, box.x_upper, method="crown-ibp", C=C), repeats)
-    rows.append(("S-CROWN T'=3 lower+upper, sound float64 (refsnn.crown)", arch, batch, 3, crown_s, torch_both_s))
-    print(rows[-1], "ratio to forward T=10:", crown_s / forward_t10, flush=True)
-    torch_crown_s = median_time(lambda: torch_bounds(True), repeats)
-    train_s = median_time(lambda: BoundGraph(net, box.x_lower, box.x_upper, C32), repeats)
-    rows.append(("S-CROWN T'=3 lower, training float32 (refsnn.robust)", arch, batch, 3, train_s, torch_crown_s))
-    print(rows[-1], "ratio to forward T=10:", train_s / forward_t10, flush=True)
-    return {"sound float64": crown_s / forward_t10, "training float32": train_s / forward_t10}
+    if wanted("S-IBP T'=3, sound float64 (refsnn.ibp)"):
+        rows.append(("S-IBP T'=3, sound float64 (refsnn.ibp)", arch, batch, 3,
+                     median_time(lambda: interval_bounds(net, box.x_lower, box.x_upper), repeats),
+                     median_time(lambda: tnet.ibp(lower_t, upper_t), repeats)))
+        print(rows[-1], flush=True)
+    if wanted("S-IBP T'=3, training float32 (refsnn.robust)"):
+        rows.append(("S-IBP T'=3, training float32 (refsnn.robust)", arch, batch, 3,
+                     median_time(lambda: BoundGraph(net, box.x_lower, box.x_upper, C32, with_crown=False), repeats),
+                     median_time(lambda: torch_bounds(False), repeats)))
+        print(rows[-1], flush=True)
+    ratios = {}
+    if wanted("S-CROWN T'=3 lower+upper, sound float64 (refsnn.crown)"):
+        torch_both_s = median_time(lambda: torch_bounds(True, C_both_t), repeats)
+        crown_s = median_time(lambda: compute_bounds(net, box.x_lower, box.x_upper, method="crown-ibp", C=C),
+                              repeats)
+        rows.append(("S-CROWN T'=3 lower+upper, sound float64 (refsnn.crown)", arch, batch, 3, crown_s,
+                     torch_both_s))
+        print(rows[-1], flush=True)
+        if forward_t10 is not None:
+            ratios["sound float64"] = crown_s / forward_t10
+    if wanted("S-CROWN T'=3 lower, training float32 (refsnn.robust)"):
+        torch_crown_s = median_time(lambda: torch_bounds(True), repeats)
+        train_s = median_time(lambda: BoundGraph(net, box.x_lower, box.x_upper, C32), repeats)
+        rows.append(("S-CROWN T'=3 lower, training float32 (refsnn.robust)", arch, batch, 3, train_s,
+                     torch_crown_s))
+        print(rows[-1], flush=True)
+        if forward_t10 is not None:
+            ratios["training float32"] = train_s / forward_t10
+    print("S-CROWN time / forward at T=10:", ratios, flush=True)
+    return ratios
 
 
 def robust_step_row(arch, net, tnet, images, labels, batch, repeats, rows, checks):
@@ -501,6 +525,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batches", default="64,256")
     parser.add_argument("--archs", default="fc,conv")
+    parser.add_argument("--rows", action="append", default=[], metavar="TEXT",
+                        help="time only the rows whose name contains TEXT (repeatable, e.g. --rows \"S-IBP T'=3, "
+                             "sound\"; default: every row; the same-output checks run anyway)")
     parser.add_argument("--out", default="runs/perf.md", help="report (.md) and .json beside it (default runs/)")
     parser.add_argument("--combine", nargs=2, metavar=("BOTH_CORES_JSON", "ONE_CORE_JSON"),
                         help="no timing: write one table with both-core and one-core columns from two reports")
@@ -509,6 +536,7 @@ def main(argv=None):
         combine_reports(*args.combine, args.out)
         return
     torch.set_num_threads(args.threads)
+    ROW_FILTER[:] = [part for part in args.rows if part]
     LOAD_AT_START[:] = os.getloadavg()
     started = time.time()
     images, labels = load_dataset("mnist-subset", "test")
@@ -518,12 +546,12 @@ def main(argv=None):
     for arch in args.archs.split(","):
         for batch in batches:
             repeats = args.repeats if arch == "fc" else max(3, args.repeats // 2)
-            net, tnet, _ = check_and_time(arch, images, labels, batch, repeats, rows, checks)
+            net, tnet, forward_t10 = check_and_time(arch, images, labels, batch, repeats, rows, checks)
             if batch == batches[0]:
-                forward_t10 = rows[-2][4]
                 crown_ratio[arch] = bounds_rows(arch, net, tnet, images, labels, batch, repeats, rows, checks,
                                                 forward_t10)
-                robust_step_row(arch, net, tnet, images, labels, batch, max(3, repeats // 2), rows, checks)
+                if wanted("robust-training step (CROWN-IBP loss + gradients, float32)"):
+                    robust_step_row(arch, net, tnet, images, labels, batch, max(3, repeats // 2), rows, checks)
     write_report(args, rows, checks, crown_ratio, time.time() - started)
 
 

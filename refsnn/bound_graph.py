@@ -46,7 +46,7 @@ def _ibp_time_kernel(cur_lower, cur_upper, alpha, alpha_dtype, th, th_dtype, zer
     unused = np.empty((1, 1, 1))
     interval_kernel(track_rounding=False, record=True, frozen=bool(frozen))(
         cur_lower, cur_upper, alpha_dtype, alpha, 0.0, th_dtype, th_dtype, th, zero, fire_ge, mem_lower, mem_upper,
-        unused, unused, unused, state, negative, unused, unused)
+        unused, unused, unused, state, negative)
 
 
 # Parallel back-substitution for big stages only (a parallel launch costs milliseconds when the cores

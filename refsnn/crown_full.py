@@ -36,9 +36,14 @@ class _FlatView:
 
     def __init__(self, bounds: IntervalBounds, stages):
         self.__dict__.update(bounds.__dict__)
+        self._bounds = bounds
         flat = lambda arrays: [a.reshape(a.shape[0], a.shape[1], -1) for a in arrays]  # noqa: E731
         for name in ("mem_lower", "mem_upper", "reset_lower", "reset_upper", "state"):
             setattr(self, name, flat(getattr(bounds, name)))
+
+    def __getattr__(self, name):
+        # the fields IntervalBounds derives when asked (current_margin, spike bounds)
+        return getattr(self.__dict__["_bounds"], name)
 
 
 def membrane_refiner(stages: Sequence[PreparedStage], concretizer, max_rows: int = 2048) -> Callable:

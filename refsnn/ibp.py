@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
-from numba import njit
+import numba
+from numba import njit, prange
 
 from .input_sets import BinaryBox, binary_box
-from .firing import fires_at_threshold
-from .kernels import add_rows, transpose_contiguous
+from .firing import STABLE_OFF, STABLE_ON, fires_at_threshold
+from .kernels import _MIN_ROWS, add_rows, specialize
 from .layers import AvgPool2d, Conv2d, Flatten, Linear
-from .operator import interval_kernel
+from .operator import PARALLEL_MIN_WORK, interval_kernel
 from .neurons import neuron_model
 from .relaxations import UNSTABLE, Fire, Precision, output_rounding_margin
 from .spec import spec_interval
@@ -35,60 +36,235 @@ from .spec import spec_interval
 # --- Numba kernel: the S-IBP time recurrence of one stage ----------------------------------------
 
 def _ibp_time_kernel(cur_lower, cur_upper, alpha, membrane_coef, th_lo, th_hi, fire_ge, mem_lower, mem_upper,
-                     mem_margin, reset_lower, reset_upper, state, spike_lower, spike_upper, neuron: str = "zero") -> None:
+                     mem_margin, reset_lower, reset_upper, state, spike_lower=None, spike_upper=None,
+                     neuron: str = "zero", parallel: bool = False) -> None:
     """The S-IBP recurrence of one stage under the sound policy (eqs. 7, 9 with the membrane margin),
     ``[T', B, n]`` float64 arrays: ``refsnn.operator.interval_step`` with rounding tracked and the
-    reset and spike bounds recorded, for the neuron model ``neuron``."""
+    reset bounds recorded, for the neuron model ``neuron``, parallel over samples or not
+    (the same bits). ``spike_lower``/``spike_upper``, if given, receive eq. 7's spike bounds of
+    ``state`` (``IntervalBounds`` makes them from ``state`` when asked for)."""
     negative = np.empty(cur_lower.shape, dtype=np.bool_)
-    interval_kernel(track_rounding=True, record=True, frozen=False, neuron=neuron)(
+    interval_kernel(track_rounding=True, record=True, frozen=False, neuron=neuron, parallel=parallel)(
         cur_lower, cur_upper, alpha, alpha, membrane_coef, th_hi, th_lo, th_hi, 0.0, fire_ge, mem_lower, mem_upper,
-        mem_margin, reset_lower, reset_upper, state, negative, spike_lower, spike_upper)
+        mem_margin, reset_lower, reset_upper, state, negative)
+    if spike_lower is not None:
+        spike_lower[...], spike_upper[...] = Fire.interval(state)
 
 
 @njit(cache=True)
-def _binary_interval_kernel(lower, upper, weight_t, weight_abs_t, with_magnitude, center, radius,
-                            magnitude):  # pragma: no cover - compiled
-    """Eq. 11 of a Linear layer on 0/1 bounds ``lower <= upper`` (``[N, in]``), set inputs only.
+def _binary_current(sums_fixed, sums_free, bias, bias_abs, margin_vec, tight, margin_coef, row, cur_lower, cur_upper,
+                    center, magnitude):  # pragma: no cover - compiled
+    """Eq. 11 with its rounding margin on 0/1 bounds, from the weight-row sums of the set bits.
 
-    With ``F`` the fixed ones (both bounds 1) and ``V`` the free bits of a row:
-    ``center = W mid = sum_F W[:, i] + (1/2) sum_V W[:, i]``, ``radius = |W| rad = (1/2) sum_V |W[:, i]|``
-    and, if ``with_magnitude``, ``magnitude = |W| upper = sum_F |W[:, i]| + sum_V |W[:, i]|``
-    (``[N, out]`` each). Every product is exact; the sums differ from a GEMM's only in their
-    order, which the outward current margin covers.
+    ``sums_fixed[p] = [sum_F W | sum_F |W|]`` and ``sums_free[p] = [sum_V W | sum_V |W|]``
+    (``[P, 2 n]``) over the fixed ones (both bounds 1, ``F``) and the free bits (``V``) of output
+    position ``p`` (``P = 1`` for a Linear layer). Per output ``j = o P + p`` of the flat row
+    ``row``: ``center = sum_F W + (1/2) sum_V W + b``, ``radius = (1/2) sum_V |W|``,
+    ``magnitude = sum_F |W| + sum_V |W| + |b|`` (``tight``; else ``margin_vec[j]`` is the margin),
+    ``margin = margin_coef magnitude`` (not stored: ``IntervalBounds.current_margin`` recomputes it),
+    ``I = center -+ radius -+ margin``. Every product is exact
+    (0/1 times a weight in the network's dtype, widened to float64); the sums differ from a GEMM's
+    only in their order, which the margin covers.
     """
+    n = bias.shape[0]
+    positions = sums_fixed.shape[0]
+    for o in range(n):
+        for p in range(positions):
+            j = o * positions + p
+            c = (sums_fixed[p, o] + 0.5 * sums_free[p, o]) + bias[o]
+            r = 0.5 * sums_free[p, n + o]
+            if tight:
+                size = (sums_fixed[p, n + o] + sums_free[p, n + o]) + bias_abs[o]
+                widen_by = margin_coef * size
+                magnitude[row, j] = size
+            else:
+                widen_by = margin_vec[j]
+            center[row, j] = c
+            cur_lower[row, j] = (c - r) - widen_by
+            cur_upper[row, j] = (c + r) + widen_by
+
+
+# Rows of a parallel block of the binary interval kernels (per-block scratch is allocated once).
+_ROW_BLOCK = 8
+
+
+def _binary_interval_rows(lower, upper, weight_both, bias, bias_abs, margin_vec, tight, margin_coef, cur_lower,
+                         cur_upper, center, magnitude):  # pragma: no cover - compiled
+    """``_binary_current`` of a Linear layer on 0/1 bounds ``lower <= upper`` (``[N, in]``) with the
+    weight rows (``weight_both = [W.T | |W|.T]``, ``[in, 2 n]``) of every set input; rows in
+    parallel (each on its own: the same bits at any thread count)."""
     rows, n_in = upper.shape
-    n = weight_t.shape[1]
-    fixed = np.empty(n_in, np.int64)
-    free = np.empty(n_in, np.int64)
-    abs_fixed = np.empty(n)
-    signed_free = np.empty(n)
-    abs_free = np.empty(n)
-    for r in range(rows):
-        n_fixed = 0
-        n_free = 0
-        for i in range(n_in):
-            if upper[r, i] != 0.0:
+    n = bias.shape[0]
+    for block in prange((rows + _ROW_BLOCK - 1) // _ROW_BLOCK):
+        fixed = np.empty(n_in, np.int64)
+        free = np.empty(n_in, np.int64)
+        sums_fixed = np.empty((1, 2 * n))
+        sums_free = np.empty((1, 2 * n))
+        for r in range(block * _ROW_BLOCK, min(rows, (block + 1) * _ROW_BLOCK)):
+            n_fixed = 0
+            n_free = 0
+            for i in range(n_in):
+                if upper[r, i] != 0.0:
+                    if lower[r, i] != 0.0:
+                        fixed[n_fixed] = i
+                        n_fixed += 1
+                    else:
+                        free[n_free] = i
+                        n_free += 1
+            sums_fixed[:] = 0.0
+            sums_free[:] = 0.0
+            add_rows(sums_fixed[0], weight_both, fixed, n_fixed)
+            add_rows(sums_free[0], weight_both, free, n_free)
+            _binary_current(sums_fixed, sums_free, bias, bias_abs, margin_vec, tight, margin_coef, r, cur_lower,
+                            cur_upper, center, magnitude)
+
+
+def _binary_conv_interval_rows(lower, upper, weight_both, geometry, bias, bias_abs, margin_vec, tight, margin_coef,
+                              cur_lower, cur_upper, center, magnitude):  # pragma: no cover - compiled
+    """``_binary_current`` of a Conv2d layer on 0/1 bounds ``[N, C, H, W]``: per output position
+    ``(oy, ox)``, the weight rows ``(c, ky, kx)`` of ``weight_both`` (``[C * kh * kw, 2 O]``) of the
+    set inputs under its window (``geometry = (kh, kw, sh, sw, ph, pw, OH, OW)``; outputs flat
+    ``[N, O * OH * OW]``); rows in parallel."""
+    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w = geometry
+    rows, channels, height, width = upper.shape
+    n = bias.shape[0]
+    taps = kernel_h * kernel_w
+    for block in prange((rows + _ROW_BLOCK - 1) // _ROW_BLOCK):
+        fixed_at = np.empty((height, width, channels), np.int64)   # per input pixel: its set channels
+        free_at = np.empty((height, width, channels), np.int64)
+        n_fixed_at = np.empty((height, width), np.int64)
+        n_free_at = np.empty((height, width), np.int64)
+        fixed = np.empty(taps * channels, np.int64)
+        free = np.empty(taps * channels, np.int64)
+        sums_fixed = np.empty((out_h * out_w, 2 * n))
+        sums_free = np.empty((out_h * out_w, 2 * n))
+        for r in range(block * _ROW_BLOCK, min(rows, (block + 1) * _ROW_BLOCK)):
+            n_fixed_at[:] = 0
+            n_free_at[:] = 0
+            for c in range(channels):
+                for y in range(height):
+                    for x in range(width):
+                        if upper[r, c, y, x] != 0.0:
+                            if lower[r, c, y, x] != 0.0:
+                                fixed_at[y, x, n_fixed_at[y, x]] = c
+                                n_fixed_at[y, x] += 1
+                            else:
+                                free_at[y, x, n_free_at[y, x]] = c
+                                n_free_at[y, x] += 1
+            sums_fixed[:] = 0.0
+            sums_free[:] = 0.0
+            for oy in range(out_h):
+                for ox in range(out_w):
+                    n_fixed = 0
+                    n_free = 0
+                    for ky in range(kernel_h):
+                        y = oy * stride_h + ky - pad_h
+                        if y < 0 or y >= height:
+                            continue
+                        for kx in range(kernel_w):
+                            x = ox * stride_w + kx - pad_w
+                            if x < 0 or x >= width:
+                                continue
+                            tap = ky * kernel_w + kx
+                            for q in range(n_fixed_at[y, x]):
+                                fixed[n_fixed] = fixed_at[y, x, q] * taps + tap
+                                n_fixed += 1
+                            for q in range(n_free_at[y, x]):
+                                free[n_free] = free_at[y, x, q] * taps + tap
+                                n_free += 1
+                    add_rows(sums_fixed[oy * out_w + ox], weight_both, fixed, n_fixed)
+                    add_rows(sums_free[oy * out_w + ox], weight_both, free, n_free)
+            _binary_current(sums_fixed, sums_free, bias, bias_abs, margin_vec, tight, margin_coef, r, cur_lower,
+                            cur_upper, center, magnitude)
+
+
+def _fixed_abs_sums_rows(lower, weight_abs_t, magnitude):  # pragma: no cover - compiled
+    """``magnitude[r] += sum_F |W[:, i]|`` over the set inputs ``F`` of each row of ``lower`` (``[N, in]``
+    0/1; ``weight_abs_t = |W|.T`` ``[in, n]``); rows in parallel."""
+    rows, n_in = lower.shape
+    n = weight_abs_t.shape[1]
+    for block in prange((rows + _ROW_BLOCK - 1) // _ROW_BLOCK):
+        fixed = np.empty(n_in, np.int64)
+        sums = np.empty(n)
+        for r in range(block * _ROW_BLOCK, min(rows, (block + 1) * _ROW_BLOCK)):
+            n_fixed = 0
+            for i in range(n_in):
                 if lower[r, i] != 0.0:
                     fixed[n_fixed] = i
                     n_fixed += 1
-                else:
-                    free[n_free] = i
-                    n_free += 1
-        c = center[r]
-        c[:] = 0.0
-        signed_free[:] = 0.0
-        abs_free[:] = 0.0
-        add_rows(c, weight_t, fixed, n_fixed)
-        add_rows(signed_free, weight_t, free, n_free)
-        add_rows(abs_free, weight_abs_t, free, n_free)
-        if with_magnitude:
-            abs_fixed[:] = 0.0
-            add_rows(abs_fixed, weight_abs_t, fixed, n_fixed)
-        for o in range(n):
-            c[o] = c[o] + 0.5 * signed_free[o]
-            radius[r, o] = 0.5 * abs_free[o]
-            if with_magnitude:
-                magnitude[r, o] = abs_fixed[o] + abs_free[o]
+            if n_fixed:
+                sums[:] = 0.0
+                add_rows(sums, weight_abs_t, fixed, n_fixed)
+                for o in range(n):
+                    magnitude[r, o] += sums[o]
+
+
+def _matmul_blocks(x, weight, out, block_rows):  # pragma: no cover - compiled
+    rows = x.shape[0]
+    for block in prange((rows + block_rows - 1) // block_rows):
+        first = block * block_rows
+        last = min(rows, first + block_rows)
+        out[first:last] = np.dot(x[first:last], weight.T)
+
+
+# Work (weight-row additions or multiply-adds, plus 16 per output written) from which the kernels
+# below run in parallel: a parallel region waits until every worker is scheduled, which cost
+# milliseconds per region when other jobs kept both cores busy, more than the FC preset's
+# first-stage kernel takes on one core (about 2.5 ms for ~29e6 units); the CONV preset's
+# stages (4.6e7 units and up) are worth it. Serial and parallel variants give the same bits.
+PARALLEL_MIN_IBP_WORK = 1 << 25
+_VARIANTS = {}
+
+
+def _variant(func, parallel: bool):
+    """``func`` compiled serial or parallel (``prange`` runs as ``range`` in the serial one)."""
+    parallel = bool(parallel)
+    key = (func.__name__, parallel)
+    if key not in _VARIANTS:
+        _VARIANTS[key] = specialize(func, {}, "parallel" if parallel else "serial", parallel=parallel)
+    return _VARIANTS[key]
+
+
+def _binary_interval_kernel(*args, work: float = 0.0) -> None:
+    """``_binary_interval_rows``, parallel over rows from ``PARALLEL_MIN_IBP_WORK``."""
+    _variant(_binary_interval_rows, work >= PARALLEL_MIN_IBP_WORK)(*args)
+
+
+def _binary_conv_interval_kernel(*args, work: float = 0.0) -> None:
+    """``_binary_conv_interval_rows``, parallel over rows from ``PARALLEL_MIN_IBP_WORK``."""
+    _variant(_binary_conv_interval_rows, work >= PARALLEL_MIN_IBP_WORK)(*args)
+
+
+def _fixed_abs_sums(lower: np.ndarray, weight_abs_t: np.ndarray, magnitude: np.ndarray) -> None:
+    """``_fixed_abs_sums_rows``, parallel over rows from ``PARALLEL_MIN_IBP_WORK``."""
+    work = np.count_nonzero(lower) * weight_abs_t.shape[1] + lower.size
+    _variant(_fixed_abs_sums_rows, work >= PARALLEL_MIN_IBP_WORK)(lower, weight_abs_t, magnitude)
+
+
+def _matmul_rows(x: np.ndarray, weight: np.ndarray, out: np.ndarray) -> None:
+    """``out = x @ weight.T`` (``[N, in] x [n, in] -> [N, n]``, float64) as one single-threaded GEMM
+    per Numba thread over its block of rows: Numba's ``np.dot`` calls SciPy's OpenBLAS, kept on one
+    thread (``refsnn.threads``), and idle workers wait passively (NumPy's threaded OpenBLAS spun
+    its threads: a 192 x 6272 x 256 product took 530 ms instead of 65 ms at 2 threads on the
+    busy 2-core machine). Each output is one dot product whose order the row split does not change."""
+    parallel = x.shape[0] * (x.shape[1] + 16) * weight.shape[0] >= PARALLEL_MIN_IBP_WORK
+    block_rows = max(1, -(-x.shape[0] // numba.get_num_threads())) if parallel else max(1, x.shape[0])
+    _variant(_matmul_blocks, parallel)(x, weight, out, block_rows)
+
+
+@njit(cache=True)
+def _transpose_with_abs(matrix, out):  # pragma: no cover - compiled
+    """``out = [matrix.T | |matrix|.T]`` (``[rows, cols] -> [cols, 2 rows]``) in 32 x 32 tiles."""
+    rows, cols = matrix.shape
+    for r0 in range(0, rows, 32):
+        r1 = min(rows, r0 + 32)
+        for c0 in range(0, cols, 32):
+            c1 = min(cols, c0 + 32)
+            for c in range(c0, c1):
+                for r in range(r0, r1):
+                    value = matrix[r, c]
+                    out[c, r] = value
+                    out[c, rows + r] = abs(value)
 
 
 # Upper-bound density (set bits / inputs) of a [Flatten ->] Linear stage below which the
@@ -98,34 +274,38 @@ def _binary_interval_kernel(lower, upper, weight_t, weight_abs_t, with_magnitude
 # sets at eps 0.05-0.3 have upper densities 0.14-0.26, with fewer free bits, where the kernel
 # is cheaper). Dense hidden spike bounds keep the GEMMs.
 EVENT_INTERVAL_DENSITY = 0.2
+# The same for a Conv2d stage (from ``_MIN_ROWS`` rows): below this upper density the binary
+# kernel gathers the weight rows under each window instead of the float64 im2col GEMMs. Set from
+# an operation count, not a measured crossover: at density d a window position sums about
+# d K rows of 2 O values (K = C kh kw), the dense path does up to three GEMMs of K O
+# multiply-adds (centre, radius, |W| lower), so at d = 0.5 the gather does a third of the
+# arithmetic. The conv preset's spike bounds (upper densities 0.17 and 0.24 at eps 0.12) are
+# far below it.
+EVENT_CONV_INTERVAL_DENSITY = 0.5
 
 
 class _PreparedOp:
-    """One spatial op in float64 with ``|W|`` precomputed (per call: weights may change in place)."""
+    """One spatial op in float64 with ``|W|`` (per call: weights may change in place). The float64
+    copies, ``|W|`` and the transposed rows are made when a path first needs them."""
 
     def __init__(self, layer):
         self.kind = layer.kind
         self.input_shape = tuple(layer._require_input_shape())
+        self.native_weight = getattr(layer, "weight", None)  # the network's dtype: exact in float64
+        self._cache: dict = {}
         if isinstance(layer, Linear):
-            self.weight = np.asarray(layer.weight, dtype=np.float64)
-            self.weight_abs = np.abs(self.weight)
             self.bias = np.asarray(layer.bias, dtype=np.float64)
             self.n_terms = layer.in_features
             self.n_transpose_terms = layer.out_features
         elif isinstance(layer, Conv2d):
-            self.weight = np.asarray(layer.weight, dtype=np.float64)
-            self.weight_abs = np.abs(self.weight)
             self.bias = np.asarray(layer.bias, dtype=np.float64)
             self.stride, self.padding = layer.stride, layer.padding
-            zeros = np.zeros_like(self.bias)
-            self._signed = Conv2d(self.weight, zeros, self.stride, self.padding)
-            self._abs = Conv2d(self.weight_abs, zeros, self.stride, self.padding)
-            self._signed.input_shape = self._abs.input_shape = self.input_shape
-            out_channels, in_channels, kernel_h, kernel_w = self.weight.shape
+            out_channels, in_channels, kernel_h, kernel_w = layer.weight.shape
             self.n_terms = in_channels * kernel_h * kernel_w
             self.n_transpose_terms = out_channels * kernel_h * kernel_w
-            out_h, out_w = self._signed.output_shape(self.input_shape)[1:]
+            out_h, out_w = layer.output_shape_of(self.input_shape)[1:]
             self.scratch_per_row = out_h * out_w * in_channels * kernel_h * kernel_w  # im2col columns
+            self.geometry = tuple(int(g) for g in layer._geometry(self.input_shape))
         elif isinstance(layer, (AvgPool2d, Flatten)):
             self._layer = layer
             self.bias = None
@@ -133,6 +313,37 @@ class _PreparedOp:
             self.n_transpose_terms = int(np.prod(layer.kernel_size)) + 1 if isinstance(layer, AvgPool2d) else 0
         else:
             raise TypeError(f"bounds support Linear, Conv2d, AvgPool2d and Flatten layers, got {type(layer).__name__}")
+
+    def _made(self, name: str, make: Callable):
+        if name not in self._cache:
+            self._cache[name] = make()
+        return self._cache[name]
+
+    @property
+    def weight(self) -> np.ndarray:
+        """``W`` in float64 (``[out, in]`` or ``[O, C, kh, kw]``)."""
+        return self._made("weight", lambda: np.asarray(self.native_weight, dtype=np.float64))
+
+    @property
+    def weight_abs(self) -> np.ndarray:
+        """``|W|`` in float64."""
+        return self._made("weight_abs", lambda: np.abs(self.weight))
+
+    def _conv(self, name: str) -> Conv2d:
+        def make():
+            layer = Conv2d(self.weight if name == "signed" else self.weight_abs, np.zeros_like(self.bias),
+                           self.stride, self.padding)
+            layer.input_shape = self.input_shape
+            return layer
+        return self._made(name, make)
+
+    @property
+    def _signed(self) -> Conv2d:
+        return self._conv("signed")
+
+    @property
+    def _abs(self) -> Conv2d:
+        return self._conv("abs")
 
     def linear(self, x: np.ndarray) -> np.ndarray:
         """The linear part (no bias) on ``[N, *in]``."""
@@ -151,11 +362,20 @@ class _PreparedOp:
         return self._layer.forward(x)
 
     @property
-    def weight_t(self) -> Tuple[np.ndarray, np.ndarray]:
-        """``(W.T, |W|.T)`` contiguous ``[in, out]`` float64 of a Linear op (made once per prepared op)."""
-        if getattr(self, "_weight_t", None) is None:
-            self._weight_t = (transpose_contiguous(self.weight), transpose_contiguous(self.weight_abs))
-        return self._weight_t
+    def weight_both(self) -> np.ndarray:
+        """``[W.T | |W|.T]``: ``[in, 2 out]`` contiguous in the network's dtype (a Conv2d's rows are
+        ``(c, ky, kx)``), the rows that the binary interval kernels gather."""
+        def make():
+            weight = np.ascontiguousarray(self.native_weight.reshape(self.native_weight.shape[0], -1))
+            both = np.empty((weight.shape[1], 2 * weight.shape[0]), dtype=weight.dtype)
+            _transpose_with_abs(weight, both)
+            return both
+        return self._made("weight_both", make)
+
+    @property
+    def weight_abs_t(self) -> np.ndarray:
+        """``|W|.T`` ``[in, out]`` contiguous in the network's dtype."""
+        return self._made("weight_abs_t", lambda: np.ascontiguousarray(self.weight_both[:, self.native_weight.shape[0]:]))
 
     def transpose(self, coef: np.ndarray) -> np.ndarray:
         """Adjoint ``coef @ W`` of the linear part: ``[N, *out] -> [N, *in]``."""
@@ -205,38 +425,63 @@ class PreparedStage:
             return self.ops[-1]
         return None
 
-    def binary_interval(self, lower: np.ndarray, upper: np.ndarray, tight_magnitude: bool
-                        ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Eq. 11 on 0/1 bounds ``[N, *in]``: ``(I_l, I_u, center, magnitude)``, flat ``[N, n]``.
+    @property
+    def conv_op(self) -> Optional["_PreparedOp"]:
+        """The Conv2d op of a chain that is one Conv2d, else None."""
+        if len(self.ops) == 1 and self.ops[0].kind == "conv2d":
+            return self.ops[0]
+        return None
+
+    def current_bounds(self, lower: np.ndarray, upper: np.ndarray, rule: Precision, tight_magnitude: bool
+                       ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Eq. 11 on 0/1 bounds ``[N, *in]`` (float64 or bool) widened by the current margin:
+        ``(I_l, I_u, center, magnitude)``, flat ``[N, n]``, with ``I_l = center - radius - margin``
+        (likewise ``I_u``) and ``margin = rule.current_margin(magnitude, n_terms)``.
 
         ``magnitude`` is ``|W| upper + |b|`` if ``tight_magnitude``, else the input-free
-        ``magnitude(None)`` (``[1, n]``). A ``[Flatten ->] Linear`` chain whose upper bound is
-        sparser than ``EVENT_INTERVAL_DENSITY`` sums only the weight columns of set bits
-        (``_binary_interval_kernel``); otherwise the products of ``interval_with_magnitude``.
-        Equal up to the summation order.
+        ``magnitude(None)`` (``[1, n]``). Sparse bounds of a ``[Flatten ->] Linear`` chain (upper
+        density up to ``EVENT_INTERVAL_DENSITY``) or of a Conv2d (from ``_MIN_ROWS`` rows, below
+        ``EVENT_CONV_INTERVAL_DENSITY``) sum only the weight rows of their set bits
+        (``_binary_current``); otherwise the float64 products of ``interval_with_magnitude``. Equal
+        up to the summation order.
         """
-        op = self.linear_op
+        linear, conv = self.linear_op, self.conv_op
         count = lower.shape[0]
         flat_upper = upper.reshape(count, -1)
-        if op is None or count == 0 or np.count_nonzero(flat_upper) > EVENT_INTERVAL_DENSITY * flat_upper.size:
+        set_bits = np.count_nonzero(flat_upper) if (linear is not None or conv is not None) and count else 0
+        coef = rule.current_margin_coef(self.n_terms)
+        n = self.n_neurons
+        if linear is not None and count and set_bits <= EVENT_INTERVAL_DENSITY * flat_upper.size:
+            kernel, op, extra = _binary_interval_kernel, linear, ()
+            work = set_bits * 2 * n + 16 * count * n
+        elif conv is not None and count >= _MIN_ROWS and set_bits < EVENT_CONV_INTERVAL_DENSITY * flat_upper.size:
+            kernel, op = _binary_conv_interval_kernel, conv
+            extra = (conv.geometry,)
+            kernel_h, kernel_w, stride_h, stride_w = conv.geometry[:4]
+            # each set input lies under about kh kw / (sh sw) windows, each adding 2 O values
+            work = set_bits * kernel_h * kernel_w / (stride_h * stride_w) * 2 * op.bias.shape[0] + 16 * count * n
+            flat_upper = upper
+        else:
+            lower = np.asarray(lower, dtype=np.float64)
+            upper = np.asarray(upper, dtype=np.float64)
             if tight_magnitude:
-                return self.interval_with_magnitude(lower, upper)
-            cur_lower, cur_upper, center = self.interval(lower, upper)
-            return cur_lower, cur_upper, center, self.magnitude(None)
-        weight_t, weight_abs_t = op.weight_t
-        n = weight_t.shape[1]
-        center = np.empty((count, n))
-        radius = np.empty((count, n))
-        magnitude = np.empty((count, n)) if tight_magnitude else np.empty((1, n))
-        _binary_interval_kernel(np.ascontiguousarray(lower.reshape(count, -1), dtype=np.float64),
-                                np.ascontiguousarray(flat_upper, dtype=np.float64), weight_t, weight_abs_t,
-                                tight_magnitude, center, radius, magnitude)
-        center += self.bias
+                cur_lower, cur_upper, center, magnitude = self.interval_with_magnitude(lower, upper)
+            else:
+                cur_lower, cur_upper, center = self.interval(lower, upper)
+                magnitude = self.magnitude(None)
+            margin = coef * magnitude
+            return cur_lower - margin, cur_upper + margin, center, magnitude
+        cur_lower, cur_upper, center = np.empty((count, n)), np.empty((count, n)), np.empty((count, n))
         if tight_magnitude:
-            magnitude += np.abs(self.bias)
+            magnitude = np.empty((count, n))
+            margin_vec = np.empty(1)  # not read
         else:
             magnitude = self.magnitude(None)
-        return center - radius, center + radius, center, magnitude
+            margin_vec = (coef * magnitude).reshape(-1)
+        kernel(np.ascontiguousarray(lower.reshape(flat_upper.shape)), np.ascontiguousarray(flat_upper),
+               op.weight_both, *extra, op.bias, np.abs(op.bias), margin_vec, tight_magnitude, coef, cur_lower,
+               cur_upper, center, magnitude if tight_magnitude else cur_lower, work=work)  # (magnitude not written then)
+        return cur_lower, cur_upper, center, magnitude
 
     def interval_with_magnitude(self, lower: np.ndarray, upper: np.ndarray
                                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -244,19 +489,35 @@ class PreparedStage:
 
         The chain with ``|W|`` is linear, so ``|W| u = 2 |W| rad + |W| l``: the radius product is
         reused and ``|W| l`` is only formed for the rows whose lower bound has a set entry (spike
-        lower bounds of hidden stages are mostly all zero). Returns ``(I_l, I_u, center,
+        lower bounds of hidden stages are mostly all zero; a ``[Flatten ->] Linear`` chain from
+        ``_MIN_ROWS`` rows sums the columns of the set bits instead, ``_fixed_abs_sums``, and runs its
+        two products as ``_matmul_rows``). Returns ``(I_l, I_u, center,
         magnitude)``, flat ``[N, n]``; the magnitude equals ``magnitude(upper)`` up to float64
         rounding of the same exact value, which the margin's ``n + 4`` terms allow for.
         """
         count = lower.shape[0]
         center = (lower + upper) * 0.5
         radius = (upper - lower) * 0.5
-        for op in self.ops:
-            center = op.linear(center)
-            radius = op.abs_linear(radius)
+        op = self.linear_op
+        if op is not None and count >= _MIN_ROWS:
+            product = np.empty((count, self.n_neurons))
+            _matmul_rows(np.ascontiguousarray(center.reshape(count, -1)), op.weight, product)
+            center = product
+            product = np.empty((count, self.n_neurons))
+            _matmul_rows(np.ascontiguousarray(radius.reshape(count, -1)), op.weight_abs, product)
+            radius = product
+        else:
+            for op_k in self.ops:
+                center = op_k.linear(center)
+                radius = op_k.abs_linear(radius)
         center = center.reshape(count, -1) + self.bias
         radius = radius.reshape(count, -1)
         magnitude = 2.0 * radius + np.abs(self.bias)
+        if op is not None and count >= _MIN_ROWS:
+            # spike lower bounds are sparse: the columns of their set bits instead of a third GEMM
+            _fixed_abs_sums(np.ascontiguousarray(lower.reshape(count, -1), dtype=np.float64), op.weight_abs_t,
+                            magnitude)
+            return center - radius, center + radius, center, magnitude
         rows = np.flatnonzero(lower.reshape(count, -1).any(axis=1))
         if rows.size:
             value = lower[rows]
@@ -295,7 +556,9 @@ def prepare_stages(net) -> List[PreparedStage]:
 class IntervalBounds:
     """S-IBP bounds of every intermediate; per stage ``k`` lists hold ``[T', B, *neuron_shape_k]`` float64.
 
-    ``state[k]`` (int8): 0 stable silent, 1 stable firing, 2 unstable. ``current_margin[k]`` and
+    ``state[k]`` (int8): 0 stable silent, 1 stable firing, 2 unstable; ``spike_lower[k]`` and
+    ``spike_upper[k]`` (eq. 7, float64 0/1) are read from it when first asked for. ``current_margin[k]``
+    (``margin_coef[k] * current_magnitude[k]``, likewise made when asked for) and
     ``mem_margin[k]`` are the outward rounding widths already applied (flat ``[T', B, n]`` or
     broadcastable); ``current_magnitude[k]`` bounds ``sum |terms|`` of each current;
     ``current_center[k]`` (flat ``[T', B, n]``) is ``W mid + b`` for the centre ``mid`` of the
@@ -315,22 +578,44 @@ class IntervalBounds:
     current_upper: List[np.ndarray] = field(default_factory=list)
     mem_lower: List[np.ndarray] = field(default_factory=list)
     mem_upper: List[np.ndarray] = field(default_factory=list)
-    spike_lower: List[np.ndarray] = field(default_factory=list)
-    spike_upper: List[np.ndarray] = field(default_factory=list)
     reset_lower: List[np.ndarray] = field(default_factory=list)
     reset_upper: List[np.ndarray] = field(default_factory=list)
     state: List[np.ndarray] = field(default_factory=list)
-    current_margin: List[np.ndarray] = field(default_factory=list)
     current_magnitude: List[np.ndarray] = field(default_factory=list)
     current_center: List[np.ndarray] = field(default_factory=list)
     mem_margin: List[np.ndarray] = field(default_factory=list)
     rate_lower: Optional[np.ndarray] = None
     rate_upper: Optional[np.ndarray] = None
     reset: str = "zero"
+    margin_coef: List[float] = field(default_factory=list)
+    _derived: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_stages(self) -> int:
         return len(self.mem_lower)
+
+    def _spikes(self, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        if ("spikes", k) not in self._derived:
+            self._derived[("spikes", k)] = Fire.interval(self.state[k])
+        return self._derived[("spikes", k)]
+
+    @property
+    def spike_lower(self) -> List[np.ndarray]:
+        """Eq. 7 from ``state``: ``[T', B, *neuron_shape_k]`` float64, 1 where stable firing."""
+        return [self._spikes(k)[0] for k in range(len(self.state))]
+
+    @property
+    def spike_upper(self) -> List[np.ndarray]:
+        """Eq. 7 from ``state``: ``[T', B, *neuron_shape_k]`` float64, 0 where stable silent."""
+        return [self._spikes(k)[1] for k in range(len(self.state))]
+
+    @property
+    def current_margin(self) -> List[np.ndarray]:
+        """The current margins applied, ``margin_coef[k] * current_magnitude[k]`` (``Precision.current_margin``)."""
+        for k in range(len(self.current_magnitude)):
+            if ("margin", k) not in self._derived:
+                self._derived[("margin", k)] = self.margin_coef[k] * self.current_magnitude[k]
+        return [self._derived[("margin", k)] for k in range(len(self.current_magnitude))]
 
     def unstable(self, k: int) -> np.ndarray:
         """Boolean mask ``[T', B, *neuron_shape_k]`` of neurons that may or may not fire."""
@@ -344,10 +629,9 @@ class IntervalBounds:
         def pick(arrays):
             return [a if a.shape[1] == 1 and self.batch != 1 else a[:, index] for a in arrays]
         picked = IntervalBounds(self.method, self.firing, self.threshold, self.decay, self.rule, self.steps, 0,
-                                reset=self.reset)
-        for name in ("current_lower", "current_upper", "mem_lower", "mem_upper", "spike_lower", "spike_upper",
-                     "reset_lower", "reset_upper", "state", "current_margin", "current_magnitude", "mem_margin",
-                     "current_center"):
+                                reset=self.reset, margin_coef=list(self.margin_coef))
+        for name in ("current_lower", "current_upper", "mem_lower", "mem_upper", "reset_lower", "reset_upper",
+                     "state", "current_magnitude", "mem_margin", "current_center"):
             setattr(picked, name, pick(getattr(self, name)))
         picked.rate_lower = self.rate_lower[index]
         picked.rate_upper = self.rate_upper[index]
@@ -357,7 +641,7 @@ class IntervalBounds:
 
 def _stepwise_time_loop(result: IntervalBounds, k: int, rule: Precision, firing: str, alpha: float,
                         refine: Callable, cur_lower, cur_upper, mem_lower, mem_upper, mem_margin, reset_lower,
-                        reset_upper, state, spike_lo, spike_hi) -> None:
+                        reset_upper, state) -> None:
     """``_ibp_time_kernel`` step by step in NumPy (the same rules, bit for bit), calling
     ``refine(result, k, t) -> (m_l, m_u)`` (``[B, n]``) after each membrane interval; the returned
     interval is intersected with it. ``result``'s stage ``k`` arrays are filled up to step ``t``."""
@@ -379,7 +663,6 @@ def _stepwise_time_loop(result: IntervalBounds, k: int, rule: Precision, firing:
                                                                                    state[t], rule)
         carried_lower = alpha * reset_lower[t]
         carried_upper = alpha * reset_upper[t]
-    spike_lo[...], spike_hi[...] = Fire.interval(state)
 
 
 def interval_bounds(net, x_lower, x_upper, stages: Optional[Sequence[PreparedStage]] = None, *,
@@ -418,19 +701,17 @@ def interval_bounds_of_box(net, box: BinaryBox, stages: Sequence[PreparedStage],
     spike_upper = box.x_upper.reshape(spike_lower.shape).astype(np.float64)
     for k, stage in enumerate(stages):
         n = stage.n_neurons
-        cur_lower, cur_upper, center, magnitude = stage.binary_interval(spike_lower, spike_upper, tight_magnitude)
+        cur_lower, cur_upper, center, magnitude = stage.current_bounds(spike_lower, spike_upper, rule, tight_magnitude)
+        margin_coef = rule.current_margin_coef(stage.n_terms)
         if k == 0 and first_current is not None:
+            margin = margin_coef * magnitude
             cur_lower, cur_upper = first_current(stage, spike_lower, spike_upper)
             center = (cur_lower + cur_upper) * 0.5
-        margin = rule.current_margin(magnitude, stage.n_terms)
-        cur_lower = (cur_lower - margin).reshape(steps, batch, n)
-        cur_upper = (cur_upper + margin).reshape(steps, batch, n)
-        if tight_magnitude:
-            magnitude = magnitude.reshape(steps, batch, n)
-            margin = margin.reshape(steps, batch, n)
-        else:
-            magnitude = magnitude.reshape(1, 1, n)
-            margin = margin.reshape(1, 1, n)
+            cur_lower = cur_lower - margin
+            cur_upper = cur_upper + margin
+        cur_lower = cur_lower.reshape(steps, batch, n)
+        cur_upper = cur_upper.reshape(steps, batch, n)
+        magnitude = magnitude.reshape((steps, batch, n) if tight_magnitude else (1, 1, n))
 
         mem_lower = np.empty_like(cur_lower)
         mem_upper = np.empty_like(cur_upper)
@@ -438,8 +719,6 @@ def interval_bounds_of_box(net, box: BinaryBox, stages: Sequence[PreparedStage],
         reset_lower = np.empty_like(cur_lower)
         reset_upper = np.empty_like(cur_upper)
         state = np.empty(cur_lower.shape, dtype=np.int8)
-        spike_lo = np.empty_like(cur_lower)
-        spike_hi = np.empty_like(cur_lower)
         # Recorded before the recurrence fills them (views of the flat buffers): a refine hook reads
         # this stage's bounds up to the current step.
         shape = (steps, batch) + stage.neuron_shape
@@ -447,12 +726,10 @@ def interval_bounds_of_box(net, box: BinaryBox, stages: Sequence[PreparedStage],
         result.current_upper.append(cur_upper.reshape(shape))
         result.mem_lower.append(mem_lower.reshape(shape))
         result.mem_upper.append(mem_upper.reshape(shape))
-        result.spike_lower.append(spike_lo.reshape(shape))
-        result.spike_upper.append(spike_hi.reshape(shape))
         result.reset_lower.append(reset_lower.reshape(shape))
         result.reset_upper.append(reset_upper.reshape(shape))
         result.state.append(state.reshape(shape))
-        result.current_margin.append(margin)
+        result.margin_coef.append(margin_coef)
         result.current_magnitude.append(magnitude)
         result.current_center.append(center.reshape(steps, batch, n))
         result.mem_margin.append(mem_margin)
@@ -461,15 +738,17 @@ def interval_bounds_of_box(net, box: BinaryBox, stages: Sequence[PreparedStage],
             # Fire.classify, the model's reset_interval fused; bit-for-bit the same values).
             _ibp_time_kernel(cur_lower, cur_upper, float(alpha), rule.membrane_margin_coef(), float(rule.th_lo),
                              float(rule.th_hi), fires_at_threshold(net.firing), mem_lower, mem_upper, mem_margin, reset_lower,
-                             reset_upper, state, spike_lo, spike_hi, net.reset)
+                             reset_upper, state, neuron=net.reset, parallel=cur_lower.size >= PARALLEL_MIN_WORK)
         else:
             _stepwise_time_loop(result, k, rule, net.firing, alpha, refine, cur_lower, cur_upper, mem_lower,
-                                mem_upper, mem_margin, reset_lower, reset_upper, state, spike_lo, spike_hi)
-        spike_lower = spike_lo.reshape((steps * batch,) + stage.neuron_shape)
-        spike_upper = spike_hi.reshape(spike_lower.shape)
+                                mem_upper, mem_margin, reset_lower, reset_upper, state)
+        result._derived.clear()  # made from this stage's state before it was complete (a refine hook)
+        # eq. 7: the next stage's 0/1 input bounds, as bool (the kernels read set bits; the float64
+        # spike_lower/spike_upper fields are made from state only when asked for)
+        spike_lower = (state == STABLE_ON).reshape((steps * batch,) + stage.neuron_shape)
+        spike_upper = (state != STABLE_OFF).reshape(spike_lower.shape)
 
-    last_lower = result.spike_lower[-1].reshape(steps, batch, -1)
-    last_upper = result.spike_upper[-1].reshape(steps, batch, -1)
+    last_lower, last_upper = (spikes.reshape(steps, batch, -1) for spikes in result._spikes(len(stages) - 1))
     # Spike counts are exact integers; one rounding in the division.
     result.rate_lower = last_lower.sum(axis=0) / steps
     result.rate_upper = last_upper.sum(axis=0) / steps

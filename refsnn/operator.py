@@ -19,7 +19,7 @@ arithmetic in the training dtype) run the same operator:
 
 ``track_rounding``  widen the membranes by their rounding margin (interval) / accumulate the bound
                     on the kernel's own rounding into ``err`` (back-substitution);
-``record``          keep what later passes need: the reset and spike bounds (interval, for S-CROWN's
+``record``          keep what later passes need: the reset bounds (interval, for S-CROWN's
                     tables), the sign of ``m_l`` (interval) and the side of every relaxation chosen
                     plus the coefficient on ``s_t`` (back-substitution, for the reverse pass);
 ``frozen``          read the recorded discrete choices instead of deciding them (the training
@@ -63,8 +63,8 @@ REVERSE_ON = REVERSE_UNSTABLE = REVERSE_FAMILY = None
 
 
 def _interval_step(cur_lower, cur_upper, alpha_lower, alpha_upper, margin_coef, th_on, th_off, th_reset, zero,
-                   fire_at_threshold, mem_lower, mem_upper, mem_margin, reset_lower, reset_upper, state, negative,
-                   spike_lower, spike_upper):  # pragma: no cover - compiled
+                   fire_at_threshold, mem_lower, mem_upper, mem_margin, reset_lower, reset_upper, state,
+                   negative):  # pragma: no cover - compiled
     """S-IBP recurrence of one stage over ``[T', B, n]`` current bounds (see the module docstring).
 
     ``alpha_lower``/``alpha_upper``: the decay applied to the lower (carried in ``cur_lower``'s
@@ -74,16 +74,15 @@ def _interval_step(cur_lower, cur_upper, alpha_lower, alpha_upper, margin_coef, 
     upper reset bound of an unstable neuron, ``zero`` its lower bound when ``m_l >= 0`` (the
     LIF's eq. 9; the neuron model's ``reset_lower_bound``/``reset_upper_bound`` receive all four).
     Outputs ``mem_*``, ``state`` (int8) always; ``mem_margin`` with ``TRACK_ROUNDING``;
-    ``reset_*``, ``spike_*`` and ``negative`` with ``RECORD``; ``FROZEN`` reads ``state`` and
+    ``reset_*`` (with ``TRACK_ROUNDING``) and ``negative`` with ``RECORD`` (the spike bounds are
+    ``state``'s, eq. 7: ``refsnn.ibp.IntervalBounds``); ``FROZEN`` reads ``state`` and
     ``negative``. Unused outputs may be ``[1, 1, 1]`` dummies. The flags ``TRACK_ROUNDING``,
     ``RECORD``, ``FROZEN`` are compile-time constants of each compiled variant (``interval_kernel``).
     """
     steps, batch, n = cur_lower.shape
-    carry_lower = np.zeros(n, dtype=cur_lower.dtype)
-    carry_upper = np.zeros(n)
-    for b in range(batch):
-        carry_lower[:] = 0
-        carry_upper[:] = 0.0
+    for b in prange(batch):  # every sample is one independent loop: the same bits serial or parallel
+        carry_lower = np.zeros(n, dtype=cur_lower.dtype)
+        carry_upper = np.zeros(n)
         for t in range(steps):
             for j in range(n):
                 carried_lower = carry_lower[j]
@@ -116,8 +115,6 @@ def _interval_step(cur_lower, cur_upper, alpha_lower, alpha_upper, margin_coef, 
                 if RECORD and TRACK_ROUNDING:
                     reset_lower[t, b, j] = rl
                     reset_upper[t, b, j] = ru
-                    spike_lower[t, b, j] = 1.0 if st == STABLE_ON else 0.0
-                    spike_upper[t, b, j] = 0.0 if st == STABLE_OFF else 1.0
                 carry_lower[j] = alpha_lower * rl
                 carry_upper[j] = alpha_upper * ru
 
@@ -435,9 +432,11 @@ def _variant(func, track_rounding: bool, record: bool, frozen: bool, parallel: b
     return _VARIANTS[key]
 
 
-def interval_kernel(track_rounding: bool, record: bool, frozen: bool, neuron: str = "zero"):
-    """``interval_step`` compiled for these flags and the neuron model ``neuron`` (see the module docstring)."""
-    return _variant(_interval_step, track_rounding, record, frozen, neuron=neuron)
+def interval_kernel(track_rounding: bool, record: bool, frozen: bool, neuron: str = "zero", parallel: bool = False):
+    """``interval_step`` compiled for these flags and the neuron model ``neuron`` (see the module
+    docstring), parallel over samples or serial (the same bits: pick parallel for big stages,
+    ``PARALLEL_MIN_WORK``)."""
+    return _variant(_interval_step, track_rounding, record, frozen, parallel, neuron=neuron)
 
 
 def backsub_kernel(track_rounding: bool, record: bool, frozen: bool, parallel: bool = False, params: bool = False,

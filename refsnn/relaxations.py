@@ -128,7 +128,11 @@ class Precision:
 
     def current_margin(self, magnitude: np.ndarray, n_terms: int) -> np.ndarray:
         """Outward margin of a current whose terms have absolute sum ``<= magnitude``."""
-        return (2.0 * gamma(n_terms + 4, self.u)) * magnitude
+        return self.current_margin_coef(n_terms) * magnitude
+
+    def current_margin_coef(self, n_terms: int) -> float:
+        """The factor of ``current_margin`` for ``n_terms`` summed terms: ``2 gamma(n_terms + 4, u)``."""
+        return 2.0 * gamma(n_terms + 4, self.u)
 
     def membrane_margin(self, magnitude: np.ndarray) -> np.ndarray:
         """Outward margin of ``m = I + alpha z`` (rounded product and sum, alpha cast to the dtype)."""
