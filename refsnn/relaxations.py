@@ -96,6 +96,7 @@ class Precision:
     def sound(cls, net) -> "Precision":
         """Float64 bounds rounded outward so that they contain what ``net`` computes in its dtype."""
         dtype = np.dtype(net.dtype)
+        check_normal_range(net, dtype)
         threshold_as_run = float(dtype.type(net.threshold))
         return cls(u=unit_roundoff(dtype) + UNIT_ROUNDOFF_FLOAT64,
                    th_lo=min(net.threshold, threshold_as_run),
@@ -141,6 +142,31 @@ class Precision:
     def membrane_margin_coef(self) -> float:
         """The factor of ``membrane_margin``: ``2 gamma(6, u)``."""
         return 2.0 * gamma(6, self.u)
+
+
+# The margins above are relative (``gamma(n, u) * magnitude``): they do not cover the absolute error of
+# a product that underflows into the subnormal range. Near the threshold every magnitude is at least
+# the threshold, so a threshold far above the subnormal range (2**24 smallest normals) and normal or
+# zero weights keep those errors (<= one subnormal step each) far below the margins.
+_NORMAL_RANGE_FACTOR = 2.0 ** 24
+
+
+def check_normal_range(net, dtype: np.dtype) -> None:
+    """Refuses (``ModelValidationError``, one line) a network the sound margins do not cover: a
+    threshold below ``2**24`` times the smallest normal number of its dtype, or a nonzero weight or
+    bias in the subnormal range."""
+    from .validation import ModelValidationError
+    tiny = float(np.finfo(dtype).tiny)
+    if float(net.threshold) < _NORMAL_RANGE_FACTOR * tiny:
+        raise ModelValidationError(
+            f"sound bounds need a threshold >= 2**24 x the smallest normal {dtype.name} ({_NORMAL_RANGE_FACTOR * tiny:.3g}), "
+            f"got {float(net.threshold)!r}: rounding below the normal range is not covered by the margins")
+    for array in net.params():
+        values = np.abs(np.asarray(array, dtype=np.float64))
+        if np.any((values > 0.0) & (values < tiny)):
+            raise ModelValidationError(
+                f"sound bounds need weights and biases that are 0 or at least the smallest normal {dtype.name} "
+                f"({tiny:.3g}); the network has a nonzero parameter of magnitude {float(values[values > 0].min())!r}")
 
 
 def output_rounding_margin(C: np.ndarray, rule: Precision, steps: int) -> np.ndarray:
