@@ -162,11 +162,12 @@ def check_normal_range(net, dtype: np.dtype) -> None:
             f"sound bounds need a threshold >= 2**24 x the smallest normal {dtype.name} ({_NORMAL_RANGE_FACTOR * tiny:.3g}), "
             f"got {float(net.threshold)!r}: rounding below the normal range is not covered by the margins")
     for array in net.params():
-        values = np.abs(np.asarray(array, dtype=np.float64))
-        if np.any((values > 0.0) & (values < tiny)):
+        values = np.abs(array)   # in the parameter's own dtype: one pass, no float64 copy
+        small = values < tiny
+        if small.any() and np.any(values[small] > 0):
             raise ModelValidationError(
                 f"sound bounds need weights and biases that are 0 or at least the smallest normal {dtype.name} "
-                f"({tiny:.3g}); the network has a nonzero parameter of magnitude {float(values[values > 0].min())!r}")
+                f"({tiny:.3g}); the network has a nonzero parameter of magnitude {float(values[small].max())!r}")
 
 
 def output_rounding_margin(C: np.ndarray, rule: Precision, steps: int) -> np.ndarray:
