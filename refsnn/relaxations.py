@@ -157,7 +157,7 @@ def check_normal_range(net, dtype: np.dtype) -> None:
     bias in the subnormal range."""
     from .validation import ModelValidationError
     tiny = float(np.finfo(dtype).tiny)
-    if float(net.threshold) < _NORMAL_RANGE_FACTOR * tiny:
+    if 0.0 < float(net.threshold) < _NORMAL_RANGE_FACTOR * tiny:   # <= 0: the model validator's refusal
         raise ModelValidationError(
             f"sound bounds need a threshold >= 2**24 x the smallest normal {dtype.name} ({_NORMAL_RANGE_FACTOR * tiny:.3g}), "
             f"got {float(net.threshold)!r}: rounding below the normal range is not covered by the margins")
