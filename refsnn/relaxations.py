@@ -161,7 +161,8 @@ def check_normal_range(net, dtype: np.dtype) -> None:
         raise ModelValidationError(
             f"sound bounds need a threshold >= 2**24 x the smallest normal {dtype.name} ({_NORMAL_RANGE_FACTOR * tiny:.3g}), "
             f"got {float(net.threshold)!r}: rounding below the normal range is not covered by the margins")
-    for array in net.params():
+    params = getattr(net, "params", None)   # Precision.sound also takes a bare (dtype, threshold) record
+    for array in (params() if callable(params) else ()):
         values = np.abs(array)   # in the parameter's own dtype: one pass, no float64 copy
         small = values < tiny
         if small.any() and np.any(values[small] > 0):
