@@ -115,3 +115,17 @@ def keep_freed_memory() -> bool:
         return False
     _permanent = _depth > 0 or _apply(libc)
     return _permanent
+
+
+def release_freed_memory() -> bool:
+    """Gives the heap's free pages back to the system (``malloc_trim``) while the setting is in
+    force; True if it ran. Long loops call it every few dozen steps and after their evaluations:
+    kept memory only pays while it is reused, and a heap that is never trimmed grows with
+    fragmentation (a MNIST CONV robust run reached 12.5 GB resident and was killed for memory)."""
+    if not (_permanent or _depth > 0):
+        return False
+    libc = _libc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True

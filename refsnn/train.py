@@ -46,7 +46,7 @@ from .encoders import rate_encode
 from .evaluate import Accuracy, clean_accuracy
 from .io import atomic_write_text, clean_orphan_temps, load_checkpoint, load_model, save_checkpoint, save_model
 from .losses import make_loss
-from .memory import freed_memory_kept
+from .memory import freed_memory_kept, release_freed_memory
 from .network import SNN
 from .neurons import make_surrogate
 from . import robust
@@ -56,6 +56,8 @@ from .runlock import RunLock, host_name
 SHUFFLE_STREAM = 1
 RANDMAP_STREAM = 2
 EVENT_DATASETS = ("nmnist",)
+# Steps between two returns of the kept free heap to the system (refsnn.memory.release_freed_memory).
+_RELEASE_MEMORY_EVERY = 50
 
 
 # --- methods: one batch -> loss and gradients ----------------------------------------------------
@@ -466,6 +468,8 @@ class Trainer:
                     self._train_step(order)
                     self.running["seconds"] += time.perf_counter() - started
                     bar.update(1)
+                    if self.global_step % _RELEASE_MEMORY_EVERY == 0:
+                        release_freed_memory()
                     if self.step % 5 == 0 or self.step == self.steps_per_epoch:
                         bar.set_postfix(**self._postfix())
                     if config.checkpoint_every and self.global_step % config.checkpoint_every == 0 \
@@ -558,6 +562,7 @@ class Trainer:
         self.epoch += 1
         self.step = 0
         self.running = self._zero_running()
+        release_freed_memory()   # the evaluation's arrays are larger than a step's
         self._checkpoint()
         self._write_metrics()
 

@@ -84,3 +84,28 @@ def test_keep_freed_memory_is_permanent_and_the_switch_turns_it_off():
     assert inside > 200
     with pytest.raises(subprocess.CalledProcessError):   # the scope reports the setting off
         _run("scoped", REFSNN_KEEP_FREED_MEMORY="0")
+
+
+@glibc_only
+def test_release_gives_the_kept_heap_back_inside_the_scope():
+    probe = r"""
+import os
+import numpy as np
+from refsnn.memory import freed_memory_kept, release_freed_memory
+PAGE = os.sysconf("SC_PAGE_SIZE")
+def resident_mib():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * PAGE / 2 ** 20
+assert not release_freed_memory()          # outside the scope: nothing to release
+with freed_memory_kept():
+    before = resident_mib()
+    blocks = [np.ones(64 * 2 ** 20 // 8) for _ in range(4)]   # 256 MiB, then freed: kept
+    del blocks
+    kept = resident_mib() - before
+    assert release_freed_memory()
+    print(kept, resident_mib() - before)
+"""
+    environment = {k: v for k, v in os.environ.items() if not (k.startswith("MALLOC_") or k == "GLIBC_TUNABLES")}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=environment)
+    kept, released = (float(v) for v in out.stdout.split())
+    assert kept > 200 and released < 50
