@@ -23,7 +23,7 @@ from numba import njit, prange
 
 from .input_sets import BinaryBox, binary_box
 from .firing import STABLE_OFF, STABLE_ON, fires_at_threshold
-from .kernels import _MIN_ROWS, add_rows, specialize
+from .kernels import _MIN_ROWS, add_rows, specialize, transpose_into
 from .layers import AvgPool2d, Conv2d, Flatten, Linear
 from .operator import PARALLEL_MIN_WORK, interval_kernel
 from .neurons import neuron_model
@@ -252,21 +252,6 @@ def _matmul_rows(x: np.ndarray, weight: np.ndarray, out: np.ndarray) -> None:
     _variant(_matmul_blocks, parallel)(x, weight, out, block_rows)
 
 
-@njit(cache=True)
-def _transpose_with_abs(matrix, out):  # pragma: no cover - compiled
-    """``out = [matrix.T | |matrix|.T]`` (``[rows, cols] -> [cols, 2 rows]``) in 32 x 32 tiles."""
-    rows, cols = matrix.shape
-    for r0 in range(0, rows, 32):
-        r1 = min(rows, r0 + 32)
-        for c0 in range(0, cols, 32):
-            c1 = min(cols, c0 + 32)
-            for c in range(c0, c1):
-                for r in range(r0, r1):
-                    value = matrix[r, c]
-                    out[c, r] = value
-                    out[c, rows + r] = abs(value)
-
-
 # Upper-bound density (set bits / inputs) of a [Flatten ->] Linear stage below which the
 # event-driven eq. 11 is used instead of the GEMMs: the smallest grid density at which the GEMMs
 # were at least as fast for the FC preset's 784x512 stage at T' x B = 192 with half the set bits
@@ -367,8 +352,10 @@ class _PreparedOp:
         ``(c, ky, kx)``), the rows that the binary interval kernels gather."""
         def make():
             weight = np.ascontiguousarray(self.native_weight.reshape(self.native_weight.shape[0], -1))
-            both = np.empty((weight.shape[1], 2 * weight.shape[0]), dtype=weight.dtype)
-            _transpose_with_abs(weight, both)
+            rows = weight.shape[0]
+            both = np.empty((weight.shape[1], 2 * rows), dtype=weight.dtype)
+            transpose_into(weight, both[:, :rows])
+            transpose_into(np.abs(weight), both[:, rows:])
             return both
         return self._made("weight_both", make)
 

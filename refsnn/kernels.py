@@ -123,6 +123,12 @@ def _transpose_blocked(matrix, out):  # pragma: no cover - compiled
                     out[c, r] = matrix[r, c]
 
 
+def transpose_into(matrix: np.ndarray, out: np.ndarray) -> None:
+    """``out[...] = matrix.T`` in cache-sized tiles (``[rows, cols] -> [cols, rows]``; ``out`` may be
+    a strided view, e.g. one half of a wider array)."""
+    _transpose_blocked(matrix, out)
+
+
 def transpose_contiguous(matrix: np.ndarray) -> np.ndarray:
     """``matrix.T`` as a new C-contiguous array (``[rows, cols] -> [cols, rows]``)."""
     matrix = np.ascontiguousarray(matrix)
