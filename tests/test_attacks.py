@@ -563,6 +563,15 @@ def test_pixel_levels_refuse_sample_numbers_out_of_range_in_one_line(index):
     assert "\n" not in str(raised.value)
 
 
+def _assert_same_outcomes(results, references) -> None:
+    """Each attack result equals its reference run: adversarial inputs, predictions, iterations."""
+    for result, reference in zip(results, references, strict=True):
+        assert result.success.any()
+        np.testing.assert_array_equal(result.x_adv, reference.x_adv)
+        np.testing.assert_array_equal(result.adv_pred, reference.adv_pred)
+        np.testing.assert_array_equal(result.iterations, reference.iterations)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_greedy_outcomes_equal_the_reference_path(trained, seed, monkeypatch):
     """The fused per-pixel kernel and the trace reuse leave every outcome and image as the reference
@@ -578,12 +587,7 @@ def test_greedy_outcomes_equal_the_reference_path(trained, seed, monkeypatch):
         self, grad, spikes, index))
     monkeypatch.setattr(pgd._SearchAttack, "_gradient", lambda self, spikes, labels, index: input_gradient(
         self.net, spikes, labels, self.gradient, self.loss, self.loss_scale))
-    for attack, result in zip(attacks, fast):
-        reference = attack(images, labels, maps)
-        assert result.success.any()
-        np.testing.assert_array_equal(result.x_adv, reference.x_adv)
-        np.testing.assert_array_equal(result.adv_pred, reference.adv_pred)
-        np.testing.assert_array_equal(result.iterations, reference.iterations)
+    _assert_same_outcomes(fast, [attack(images, labels, maps) for attack in attacks])
 
 
 def test_attacks_compute_at_the_attack_thread_count(trained, numpy_blas_getters):
@@ -646,12 +650,7 @@ def test_paper_attack_reusing_the_success_check_changes_nothing(trained, kind, m
     reused = [attack(x, labels, maps_arg) for attack in attacks]
     assert calls["with trace"] > 0  # the reuse is exercised
     monkeypatch.setattr(paper, "input_gradient", lambda *args, trace=None, **kwargs: original(*args, **kwargs))
-    for attack, result in zip(attacks, reused):
-        reference = attack(x, labels, maps_arg)
-        assert result.success.any()
-        np.testing.assert_array_equal(result.x_adv, reference.x_adv)
-        np.testing.assert_array_equal(result.adv_pred, reference.adv_pred)
-        np.testing.assert_array_equal(result.iterations, reference.iterations)
+    _assert_same_outcomes(reused, [attack(x, labels, maps_arg) for attack in attacks])
 
 
 def test_attack_thread_count_is_read_at_the_call_and_can_be_left_to_the_process(trained, numpy_blas_getters,
