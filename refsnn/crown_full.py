@@ -42,8 +42,12 @@ class _FlatView:
             setattr(self, name, flat(getattr(bounds, name)))
 
     def __getattr__(self, name):
-        # the fields IntervalBounds derives when asked (current_margin, spike bounds)
-        return getattr(self.__dict__["_bounds"], name)
+        # the fields IntervalBounds derives when asked (current_margin, spike bounds); a view that was never
+        # initialised (copy, pickle) has no bounds to ask and must say AttributeError, as attribute lookups do
+        bounds = self.__dict__.get("_bounds")
+        if bounds is None:
+            raise AttributeError(name)
+        return getattr(bounds, name)
 
 
 def membrane_refiner(stages: Sequence[PreparedStage], concretizer, max_rows: int = 2048) -> Callable:

@@ -195,3 +195,21 @@ def test_each_parametrized_step_is_sound_on_every_trajectory(data):
     # (the adjoint step through the spatial ops is the one S-CROWN's test checks; its float
     # tolerance is relative to |I| |lam| alone, too tight for the huge slopes random fractions reach)
     assert_each_step_sound(net, x_lower, x_upper, spec, stages, result.tape, adjoint=False)
+
+
+def test_flat_view_copies_and_reports_missing_attributes():
+    import copy
+
+    from refsnn.crown_full import _FlatView
+    rng = np.random.default_rng(3)
+    net = _fc_net(rng)
+    x_lower = (rng.uniform(0, 1, (2, 3, 5)) < 0.3).astype(float)
+    bounds = interval_bounds(net, x_lower, np.maximum(x_lower, rng.uniform(0, 1, x_lower.shape) < 0.5),
+                             stages=prepare_stages(net))
+    view = _FlatView(bounds, prepare_stages(net))
+    clone = copy.copy(view)
+    assert clone.mem_lower[0] is view.mem_lower[0] and clone.rule == bounds.rule
+    with pytest.raises(AttributeError):
+        getattr(object.__new__(_FlatView), "mem_lower")
+    with pytest.raises(AttributeError):
+        getattr(view, "no_such_field")
