@@ -141,8 +141,22 @@ class Linear(Layer):
             return kernels.event_linear_forward(x, self.weight, self.bias)
         return x @ self.weight.T + self.bias
 
-    def param_grads(self, x, grad_out):
-        if x.dtype == grad_out.dtype and kernels.use_event_driven(x, "wgrad", self.out_features):
+    def _events(self, coef: np.ndarray) -> bool:
+        """Whether the adjoint and the weight gradient of output-side coefficients ``coef [N, out]``
+        take the event kernels (``refsnn.kernels.LINEAR_ADJOINT_CROSSOVER``)."""
+        return (self.out_features >= kernels.EVENT_ADJOINT_MIN_FEATURES and coef.dtype == self.weight.dtype
+                and kernels.use_event_driven(coef.reshape(coef.shape[0], -1), "linear_adjoint"))
+
+    def param_grads(self, x, grad_out, events: bool = False):
+        """``events`` (the bound graph's coefficients): a sparse ``grad_out`` (below
+        ``LINEAR_ADJOINT_CROSSOVER``) visits its non-zero entries only (``kernels.event_coef_weight_grad``),
+        else BLAS; without, a sparse spike input ``x`` (BPTT) takes the event kernel."""
+        if events:
+            if x.dtype == grad_out.dtype and self._events(grad_out):
+                grad_weight = kernels.event_coef_weight_grad(x, grad_out)
+            else:
+                grad_weight = grad_out.T @ x
+        elif x.dtype == grad_out.dtype and kernels.use_event_driven(x, "wgrad", self.out_features):
             grad_weight = kernels.event_weight_grad(x, grad_out)
         else:
             grad_weight = grad_out.T @ x
@@ -151,7 +165,12 @@ class Linear(Layer):
     def backward(self, x, grad_out):
         return grad_out @ self.weight, self.param_grads(x, grad_out)
 
-    def transpose(self, coef: np.ndarray) -> np.ndarray:
+    def transpose(self, coef: np.ndarray, events: bool = False) -> np.ndarray:
+        """Adjoint ``[N, out] -> [N, in]``. ``events``: sparse ``coef`` (below the measured density
+        crossover) visits its non-zero entries only (``kernels.event_linear_transpose``: the same
+        sums in another order); off, the BLAS product bit for bit (the sound bounds' adjoint)."""
+        if events and self._events(coef):
+            return kernels.event_linear_transpose(coef, self.weight)
         return coef @ self.weight
 
     def adjoint_columns(self, index):
