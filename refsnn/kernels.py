@@ -60,9 +60,9 @@ EVENT_ADJOINT_MIN_CHANNELS = 8
 # and the weight gradient ``coef^T x`` of the training bound graph visit the non-zero coefficients
 # only (``event_linear_transpose``, ``event_coef_weight_grad``): the coefficients of neurons stable
 # at every remaining step vanish (eqs. 8, 10). Measured by ``benchmarks/bench_kernels.py --adjoint``
-# at one thread, float32, 1,728 rows (T' = 3, batch 64, 9 margins): BLAS was at least as fast from
-# density 0.15 on (the 6272 -> 256 stage's weight gradient; its adjoint 0.25, the 512 -> 256 stage's
-# 0.25 / 0.3; at 0.05: 50 vs 132 ms and 59 vs 111 ms). Layers with fewer than
+# (results/perf/linear_adjoint.json) at one thread, float32, 1,728 rows (T' = 3, batch 64, 9
+# margins): BLAS was at least as fast from density 0.15 on (the 6272 -> 256 stage's weight gradient,
+# in both of two runs; its adjoint 0.25, the 512 -> 256 stage's 0.2-0.3). Layers with fewer than
 # ``EVENT_ADJOINT_MIN_FEATURES`` outputs (coefficient width) stay on BLAS (microseconds either way).
 # Override with REFSNN_EVENT_LINEAR_ADJOINT (0 disables).
 LINEAR_ADJOINT_CROSSOVER = 0.15
