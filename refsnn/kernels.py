@@ -61,8 +61,9 @@ EVENT_ADJOINT_MIN_CHANNELS = 8
 # only (``event_linear_transpose``, ``event_coef_weight_grad``): the coefficients of neurons stable
 # at every remaining step vanish (eqs. 8, 10). Measured by ``benchmarks/bench_kernels.py --adjoint``
 # (results/perf/linear_adjoint.json) at one thread, float32, 1,728 rows (T' = 3, batch 64, 9
-# margins): BLAS was at least as fast from density 0.15 on (the 6272 -> 256 stage's weight gradient,
-# in both of two runs; its adjoint 0.25, the 512 -> 256 stage's 0.2-0.3). Layers with fewer than
+# margins), on a machine loaded ~4x over its 2 cores (timings noisy): BLAS was at least as fast from density
+# 0.15 on (the 6272 -> 256 stage's weight gradient,
+# one run; its adjoint 0.25, the 512 -> 256 stage's 0.2-0.3). Layers with fewer than
 # ``EVENT_ADJOINT_MIN_FEATURES`` outputs (coefficient width) stay on BLAS (microseconds either way).
 # Override with REFSNN_EVENT_LINEAR_ADJOINT (0 disables).
 LINEAR_ADJOINT_CROSSOVER = 0.15
@@ -111,7 +112,7 @@ _DENSITY_SAMPLE_ROWS = 128
 def use_event_driven(x2d: np.ndarray, kind: str, out_features: int = 0) -> bool:
     """True when ``x2d [N, in]`` is sparser than the measured crossover of ``kind`` for this width
     (``kind="conv"``: a Conv2d input flattened to ``[N, C*H*W]``; ``"conv_adjoint"``: its output-side
-    coefficients ``[N, O*OH*OW]``)."""
+    coefficients ``[N, O*OH*OW]``; ``"linear_adjoint"``: a Linear's output-side coefficients ``[N, out]``)."""
     limit = crossover(kind, out_features)
     if limit <= 0.0 or x2d.ndim != 2 or x2d.shape[0] < _MIN_ROWS:
         return False

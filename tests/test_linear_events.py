@@ -33,6 +33,7 @@ def test_linear_takes_the_event_kernels_only_when_asked_sparse_and_wide(monkeypa
     """``events=True`` (the training graph) with sparse coefficients on a layer of >= 256 outputs takes
     the event kernels; dense coefficients, narrow layers or ``events=False`` (the sound bounds,
     BPTT) the BLAS products."""
+    monkeypatch.delenv("REFSNN_EVENT_LINEAR_ADJOINT", raising=False)
     rng = np.random.default_rng(0)
     calls = []
     for name in ("event_linear_transpose", "event_coef_weight_grad"):
@@ -147,3 +148,27 @@ def test_robust_loss_gradient_through_the_linear_event_kernels_matches_finite_di
     assert "event_linear_transpose" in calls and "event_coef_weight_grad" in calls
     assert any(np.mean(state == UNSTABLE) > 0.1 for state in reference.graph.choices.state)
     assert_robust_loss_gradients(net, x_lower, labels, x_upper, reference, **args)
+
+
+def test_event_adjoint_gate_refuses_empty_odd_shapes_and_bad_overrides(monkeypatch):
+    """An empty batch or a coefficient array of another rank takes the BLAS product (as ``coef @ W``
+    does) instead of failing in a kernel; ``REFSNN_EVENT_LINEAR_ADJOINT`` moves the crossover (0.9), disables (0) or
+    is refused in one line on the first call, whatever the layer (crossovers are strict: density < limit)."""
+    monkeypatch.delenv("REFSNN_EVENT_LINEAR_ADJOINT", raising=False)
+    rng = np.random.default_rng(5)
+    layer = Linear(rng.normal(size=(256, 40)).astype(np.float32), np.zeros(256, np.float32))
+    sparse = np.zeros((64, 256), np.float32)
+    sparse[::7, ::31] = 1.0
+    for coef in (np.zeros((0, 256), np.float32), sparse[0], np.stack([sparse, sparse])):
+        assert not layer._events(coef)
+        np.testing.assert_array_equal(layer.transpose(coef, events=True), coef @ layer.weight)
+    half = (rng.uniform(size=(64, 256)) < 0.5).astype(np.float32)
+    assert layer._events(sparse) and not layer._events(half)
+    monkeypatch.setenv("REFSNN_EVENT_LINEAR_ADJOINT", "0")
+    assert not layer._events(sparse)
+    monkeypatch.setenv("REFSNN_EVENT_LINEAR_ADJOINT", "0.9")
+    assert layer._events(half)
+    narrow = Linear(np.ones((3, 2), np.float32))
+    monkeypatch.setenv("REFSNN_EVENT_LINEAR_ADJOINT", "abc")
+    with pytest.raises(ValueError, match="REFSNN_EVENT_LINEAR_ADJOINT must be a number"):
+        narrow._events(np.zeros((64, 3), np.float32))
