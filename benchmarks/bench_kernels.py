@@ -17,6 +17,9 @@
    (refsnn.kernels.CONV_CROSSOVER: the smaller of the two).
 6. The sound S-IBP current bounds (eq. 11, float64) of the 784x512 stage on random 0/1 boxes:
    GEMMs vs the event-driven kernel per upper density (refsnn.ibp.EVENT_INTERVAL_DENSITY).
+7. ``--adjoint`` (alone): the training bound graph's Linear coefficient products (adjoint and weight
+   gradient, 1,728 rows) BLAS vs event kernels per coefficient density
+   (refsnn.kernels.LINEAR_ADJOINT_CROSSOVER), written to linear_adjoint.json.
 Writes kernels.json and kernels.md with the command and the machine.
 """
 from __future__ import annotations
@@ -228,12 +231,63 @@ def interval_grid(repeats, rows=192):
     return cases, (min(losing) if losing else None)
 
 
+ADJOINT_SHAPES = ((512, 256), (6272, 256))   # (in, out) of the FC and CONV presets' 256-neuron Linear stages
+ADJOINT_DENSITIES = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+ADJOINT_ROWS = 3 * 64 * 9   # T' x batch x specs of the robust step (T' = 3, batch 64, 9 margins)
+
+
+def linear_adjoint_grid(repeats, rows=ADJOINT_ROWS):
+    """The bound graph's Linear coefficient products on random coefficients of each density:
+    adjoint ``coef @ W`` and weight gradient ``coef^T x`` (dense x), BLAS vs the event kernels; the
+    crossover of a case is the smallest density at which BLAS was at least as fast
+    (refsnn.kernels.LINEAR_ADJOINT_CROSSOVER: the smallest over the shapes and both products)."""
+    rng = np.random.default_rng(2)
+    cases = []
+    for n_in, n_out in ADJOINT_SHAPES:
+        weight = rng.normal(0, 1 / np.sqrt(n_in), (n_out, n_in)).astype(np.float32)
+        x = rng.normal(size=(rows, n_in)).astype(np.float32)
+        for density in ADJOINT_DENSITIES:
+            coef = (rng.normal(size=(rows, n_out)) * (rng.random((rows, n_out)) < density)).astype(np.float32)
+            cases.append({
+                "n_in": n_in, "n_out": n_out, "rows": rows, "density": density,
+                "adjoint_dense_ms": 1e3 * median_time(lambda: coef @ weight, repeats),
+                "adjoint_event_ms": 1e3 * median_time(lambda: kernels.event_linear_transpose(coef, weight), repeats),
+                "wgrad_dense_ms": 1e3 * median_time(lambda: coef.T @ x, repeats),
+                "wgrad_event_ms": 1e3 * median_time(lambda: kernels.event_coef_weight_grad(x, coef), repeats)})
+            print({k: round(v, 3) if isinstance(v, float) else v for k, v in cases[-1].items()}, flush=True)
+    per_case = {}
+    for n_in, n_out in ADJOINT_SHAPES:
+        for kind in ("adjoint", "wgrad"):
+            of = [c for c in cases if (c["n_in"], c["n_out"]) == (n_in, n_out)]
+            losing = [c["density"] for c in of if c[f"{kind}_dense_ms"] <= c[f"{kind}_event_ms"]]
+            per_case[f"{kind} {n_in}x{n_out}@{rows}"] = min(losing) if losing else None
+    known = [v for v in per_case.values() if v is not None]
+    return cases, {"per_case": per_case, "min": min(known) if known else max(ADJOINT_DENSITIES)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default="runs/bench/kernels")
+    parser.add_argument("--adjoint", action="store_true",
+                        help="only the bound graph's Linear coefficient products (linear_adjoint.json)")
     args = parser.parse_args(argv)
     started = time.time()
+    if args.adjoint:
+        cases, found = linear_adjoint_grid(args.repeats)
+        print("linear adjoint crossovers", json.dumps(found), flush=True)
+        document = {
+            "command": "python benchmarks/bench_kernels.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+            "threads": {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS")},
+            "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                        "load_average_at_end": list(os.getloadavg())},
+            "linear_adjoint_crossover_in_code": kernels.LINEAR_ADJOINT_CROSSOVER,
+            "crossovers": found, "kernels": cases, "seconds": round(time.time() - started, 1)}
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "linear_adjoint.json").write_text(json.dumps(document, indent=2) + "\n")
+        print(f"wrote {out / 'linear_adjoint.json'}")
+        return
     densities = measured_densities()
     print("densities", densities, flush=True)
     cases = kernel_grid(args.repeats)

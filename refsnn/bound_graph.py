@@ -99,16 +99,14 @@ class _StageMaps:
     @staticmethod
     def weight_grad(op, x, grad_out) -> np.ndarray:
         """``dL/dW`` of an affine op with input ``x`` and ``dL/d(output)`` (no input gradient needed);
-        a convolution visits only the non-zero entries of a sparse ``grad_out`` (``Conv2d.param_grads``)."""
-        if isinstance(op, Linear):
-            return grad_out.T @ x
+        only the non-zero entries of a sparse ``grad_out`` are visited (``param_grads(events=True)``)."""
         return op.param_grads(x, grad_out, events=True)["weight"]  # not ``backward``: no input gradient
 
     @staticmethod
     def adjoint(op, coef: np.ndarray) -> np.ndarray:
-        """``op.transpose(coef)``; a convolution's visits only the non-zero entries of sparse
-        coefficients (those of stable neurons vanish: ``Conv2d.transpose(events=True)``)."""
-        return op.transpose(coef, events=True) if isinstance(op, Conv2d) else op.transpose(coef)
+        """``op.transpose(coef)``, visiting only the non-zero entries of sparse coefficients (those of
+        neurons stable at every remaining step vanish: ``transpose(events=True)`` of a Linear or Conv2d)."""
+        return op.transpose(coef, events=True) if isinstance(op, (Linear, Conv2d)) else op.transpose(coef)
 
     def transpose(self, coef: np.ndarray) -> np.ndarray:
         """Adjoint of the chain: ``[N, n] -> [N, *input_shape]`` (back-substitution, eq. 17)."""

@@ -56,21 +56,35 @@ CONV_CROSSOVER = 0.25
 # (1 input channel) never. Override with REFSNN_EVENT_CONV_ADJOINT (0 disables).
 CONV_ADJOINT_CROSSOVER = 0.25
 EVENT_ADJOINT_MIN_CHANNELS = 8
+# Density of a Linear's output-side coefficients ``[N, out]`` below which its adjoint ``coef @ W``
+# and the weight gradient ``coef^T x`` of the training bound graph visit the non-zero coefficients
+# only (``event_linear_transpose``, ``event_coef_weight_grad``): the coefficients of neurons stable
+# at every remaining step vanish (eqs. 8, 10). Measured by ``benchmarks/bench_kernels.py --adjoint``
+# (results/perf/linear_adjoint.json) at one thread, float32, 1,728 rows (T' = 3, batch 64, 9
+# margins), on a machine loaded ~4x over its 2 cores (timings noisy): BLAS was at least as fast from density
+# 0.15 on (the 6272 -> 256 stage's weight gradient,
+# one run; its adjoint 0.25, the 512 -> 256 stage's 0.2-0.3). Layers with fewer than
+# ``EVENT_ADJOINT_MIN_FEATURES`` outputs (coefficient width) stay on BLAS (microseconds either way).
+# Override with REFSNN_EVENT_LINEAR_ADJOINT (0 disables).
+LINEAR_ADJOINT_CROSSOVER = 0.15
+EVENT_ADJOINT_MIN_FEATURES = 256
 _ENV = {"forward": "REFSNN_EVENT_FORWARD", "wgrad": "REFSNN_EVENT_WGRAD", "conv": "REFSNN_EVENT_CONV",
-        "conv_adjoint": "REFSNN_EVENT_CONV_ADJOINT"}
+        "conv_adjoint": "REFSNN_EVENT_CONV_ADJOINT", "linear_adjoint": "REFSNN_EVENT_LINEAR_ADJOINT"}
 
 # Below this many input rows (time x batch) the density count is not worth it.
 _MIN_ROWS = 32
 
 
 def crossover(kind: str, out_features: int = 0) -> float:
-    """The density crossover in force for ``kind`` ("forward", "wgrad", "conv" or "conv_adjoint") and a
-    layer width."""
+    """The density crossover in force for ``kind`` ("forward", "wgrad", "conv", "conv_adjoint" or
+    "linear_adjoint") and a layer width."""
     value = os.environ.get(_ENV[kind])
     if value is None and kind == "conv":
         return CONV_CROSSOVER
     if value is None and kind == "conv_adjoint":
         return CONV_ADJOINT_CROSSOVER
+    if value is None and kind == "linear_adjoint":
+        return LINEAR_ADJOINT_CROSSOVER
     if value is None:
         for min_out, forward, wgrad in CROSSOVERS:
             if out_features >= min_out:
@@ -98,7 +112,7 @@ _DENSITY_SAMPLE_ROWS = 128
 def use_event_driven(x2d: np.ndarray, kind: str, out_features: int = 0) -> bool:
     """True when ``x2d [N, in]`` is sparser than the measured crossover of ``kind`` for this width
     (``kind="conv"``: a Conv2d input flattened to ``[N, C*H*W]``; ``"conv_adjoint"``: its output-side
-    coefficients ``[N, O*OH*OW]``)."""
+    coefficients ``[N, O*OH*OW]``; ``"linear_adjoint"``: a Linear's output-side coefficients ``[N, out]``)."""
     limit = crossover(kind, out_features)
     if limit <= 0.0 or x2d.ndim != 2 or x2d.shape[0] < _MIN_ROWS:
         return False
@@ -513,6 +527,30 @@ def event_conv_weight_grad(x: np.ndarray, grad_out: np.ndarray, weight_shape, ge
     _event_conv_weight_grad(np.ascontiguousarray(x, dtype=dtype), np.ascontiguousarray(grad_out, dtype=dtype),
                             tuple(int(g) for g in geometry), partial)
     return np.ascontiguousarray(partial.sum(axis=0).transpose(0, 3, 1, 2))
+
+
+def event_linear_transpose(coef: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``coef @ weight`` (the adjoint of ``Linear``) visiting only the non-zero coefficients of each
+    row: the event-driven forward with the rows of ``weight`` as its columns (no copy of ``weight``).
+
+    ``coef [N, out]``, ``weight [out, in]``; returns ``[N, in]`` in ``weight``'s dtype.
+    """
+    weight = np.ascontiguousarray(weight)
+    coef = np.ascontiguousarray(coef, dtype=weight.dtype)
+    out = np.empty((coef.shape[0], weight.shape[1]), dtype=weight.dtype)
+    _event_linear_forward(coef, weight, np.zeros(weight.shape[1], weight.dtype), out)
+    return out
+
+
+def event_coef_weight_grad(x2d: np.ndarray, grad_out: np.ndarray) -> np.ndarray:
+    """``grad_out.T @ x2d`` (``[out, in]``) visiting only the non-zero entries of a sparse ``grad_out``
+    (the event weight gradient with the roles of the two factors swapped: no transposes).
+    ``x2d [N, in]``, ``grad_out [N, out]``."""
+    grad_out = np.ascontiguousarray(grad_out)
+    x2d = np.ascontiguousarray(x2d, dtype=grad_out.dtype)
+    grad_weight = np.zeros((grad_out.shape[1], x2d.shape[1]), dtype=grad_out.dtype)
+    _event_weight_grad(grad_out, x2d, grad_weight)
+    return grad_weight
 
 
 @numba.njit(cache=True, parallel=True)

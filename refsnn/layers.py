@@ -78,6 +78,16 @@ class Layer:
         ``grad_coef [N, R, n_out]`` and returns ``dL/d weight`` (the weight's shape)."""
         raise NotImplementedError
 
+    @staticmethod
+    def _sparse_coefficients(coef: np.ndarray, kind: str, ndim: int, width: int, min_width: int) -> bool:
+        """The one gate of the event adjoints (``Linear``/``Conv2d._events``): ``coef`` of the kernels'
+        rank ``ndim``, non-empty, on a layer at least ``min_width`` wide, sparser than ``kind``'s crossover.
+        The crossover (and its environment override) is read first, so a bad override is refused on the
+        first call, whatever the layer."""
+        limit = kernels.crossover(kind)
+        return (limit > 0.0 and width >= min_width and coef.ndim == ndim and coef.shape[0] > 0
+                and kernels.use_event_driven(coef.reshape(coef.shape[0], -1), kind))
+
     def interval(self, lower: np.ndarray, upper: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
@@ -141,8 +151,23 @@ class Linear(Layer):
             return kernels.event_linear_forward(x, self.weight, self.bias)
         return x @ self.weight.T + self.bias
 
-    def param_grads(self, x, grad_out):
-        if x.dtype == grad_out.dtype and kernels.use_event_driven(x, "wgrad", self.out_features):
+    def _events(self, coef: np.ndarray) -> bool:
+        """Whether the adjoint and the weight gradient of output-side coefficients ``coef [N, out]``
+        take the event kernels (``refsnn.kernels.LINEAR_ADJOINT_CROSSOVER``)."""
+        return (coef.dtype == self.weight.dtype
+                and self._sparse_coefficients(coef, "linear_adjoint", 2, self.out_features,
+                                              kernels.EVENT_ADJOINT_MIN_FEATURES))
+
+    def param_grads(self, x, grad_out, events: bool = False):
+        """``events`` (the bound graph's coefficients): a sparse ``grad_out`` (below
+        ``LINEAR_ADJOINT_CROSSOVER``) visits its non-zero entries only (``kernels.event_coef_weight_grad``),
+        else BLAS; without, a sparse spike input ``x`` (BPTT) takes the event kernel."""
+        if events:
+            if x.dtype == grad_out.dtype and self._events(grad_out):
+                grad_weight = kernels.event_coef_weight_grad(x, grad_out)
+            else:
+                grad_weight = grad_out.T @ x
+        elif x.dtype == grad_out.dtype and kernels.use_event_driven(x, "wgrad", self.out_features):
             grad_weight = kernels.event_weight_grad(x, grad_out)
         else:
             grad_weight = grad_out.T @ x
@@ -151,7 +176,12 @@ class Linear(Layer):
     def backward(self, x, grad_out):
         return grad_out @ self.weight, self.param_grads(x, grad_out)
 
-    def transpose(self, coef: np.ndarray) -> np.ndarray:
+    def transpose(self, coef: np.ndarray, events: bool = False) -> np.ndarray:
+        """Adjoint ``[N, out] -> [N, in]``. ``events``: sparse ``coef`` (below the measured density
+        crossover) visits its non-zero entries only (``kernels.event_linear_transpose``: the same
+        sums in another order); off, the BLAS product bit for bit (the sound bounds' adjoint)."""
+        if events and self._events(coef):
+            return kernels.event_linear_transpose(coef, self.weight)
         return coef @ self.weight
 
     def adjoint_columns(self, index):
@@ -529,8 +559,8 @@ class Conv2d(Layer):
     def _events(self, coef: np.ndarray) -> bool:
         """Whether the adjoint and the weight gradient of ``coef [N, O, OH, OW]`` take the event
         kernels (sparse output-side coefficients, ``refsnn.kernels.CONV_ADJOINT_CROSSOVER``)."""
-        return (self.weight.shape[1] >= kernels.EVENT_ADJOINT_MIN_CHANNELS
-                and kernels.use_event_driven(coef.reshape(coef.shape[0], -1), "conv_adjoint"))
+        return self._sparse_coefficients(coef, "conv_adjoint", 4, self.weight.shape[1],
+                                         kernels.EVENT_ADJOINT_MIN_CHANNELS)
 
     def transpose(self, coef, events: bool = False):
         """Adjoint ``[N, O, OH, OW] -> [N, C, H, W]`` of the linear part (per-sample GEMM + col2im).
