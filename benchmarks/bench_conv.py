@@ -18,8 +18,9 @@ a fresh mapping whose pages the kernel faults in and zeroes at each step, which 
 step more system time than its GEMMs once the reference's GEMMs had freed their own large arrays;
 ``--fresh-memory`` measures that way instead; then the step that runs first after the GEMMs (which free
 over 1 GB at batch 256) pays several-fold the system time of the other, so with an odd number of
-repeats the side that went first more often looks slower (results/perf/conv.md of 791cfc5: new
-5.81 s vs old 4.67 s at equal user CPU). Each thread count runs in fresh worker processes with ``REFSNN_NUM_THREADS`` (and OpenBLAS/OMP/
+repeats the side that went first more often looks slower (results/perf/conv.json of 791cfc5, batch 256,
+one thread: 6.03, 5.85, 5.81 s for whichever step went first, 4.14, 4.67, 4.39 s for the second, so
+new 5.81 s vs old 4.67 s). Each thread count runs in fresh worker processes with ``REFSNN_NUM_THREADS`` (and OpenBLAS/OMP/
 Numba's own variables, for the old tree) set before import; the new tree and the old revision
 (``--old``, exported with ``git archive`` into a temporary folder) take turns step by step so
 both see the same load. Medians of ``--repeats``, of wall time and of each worker's process CPU time
