@@ -30,7 +30,7 @@ the GEMM reference's process CPU time is recorded as well, so ``CPU ratio`` = GE
 compares what each costs whatever share of the cores the shared machine gives the worker.
 
     python benchmarks/bench_conv.py [--batches 64 256] [--threads 1 2] [--repeats 5]
-                                    [--old 8e6f9e7] [--fresh-memory] [--out runs/bench/conv]
+                                    [--old bd82eb6] [--fresh-memory] [--out runs/bench/conv]
 
 Writes ``OUT.json`` and ``OUT.md`` (default ``runs/bench/conv``; committed evidence only with
 ``--out results/perf/conv``).
@@ -56,8 +56,13 @@ import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 import numpy as np
 import numba
-from refsnn import memory
-kept = memory.keep_freed_memory() if sys.argv[3] == "kept" else False
+kept = False
+if sys.argv[3] == "kept":
+    try:  # revisions before refsnn.memory existed run with fresh memory; the report says which
+        from refsnn import memory
+        kept = memory.keep_freed_memory()
+    except ImportError:
+        kept = False
 from refsnn.architectures import build_network
 from refsnn.data import load_dataset
 from refsnn.encoders import rate_encode
@@ -172,12 +177,26 @@ def export_revision(revision: str, folder: Path) -> Path:
     return folder
 
 
+def _memory_sentence(report: dict) -> str:
+    """What the workers really did with freed memory (from each row's own record, not from the flag)."""
+    if report.get("fresh_memory"):
+        return "NOT kept (--fresh-memory): every step faults its large arrays in."
+    rows = report.get("rows", [])
+    new_kept = [row.get("freed_memory_kept") for row in rows]
+    old_kept = [row.get("old_freed_memory_kept") for row in rows if "old_freed_memory_kept" in row]
+    if new_kept and all(new_kept) and all(old_kept):
+        return "kept mapped in every worker (new and old), as in refsnn.train's loop."
+    return (f"asked to be kept mapped, as in refsnn.train's loop; kept in new workers: {new_kept}, "
+            f"old workers: {old_kept or 'not recorded'} (refsnn.memory.keep_freed_memory refuses on "
+            "non-glibc systems or when REFSNN_KEEP_FREED_MEMORY=0 or MALLOC_* settings are present).")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per side (median reported)")
-    parser.add_argument("--old", default="8e6f9e7", help="git revision timed as 'old' ('' to skip)")
+    parser.add_argument("--old", default="bd82eb6", help="git revision timed as 'old' ('' to skip)")
     parser.add_argument("--fresh-memory", action="store_true",
                         help="do not keep freed memory mapped in the workers (every step faults its arrays in)")
     parser.add_argument("--out", default="runs/bench/conv", help="writes OUT.json and OUT.md")
@@ -232,6 +251,7 @@ def main(argv=None) -> int:
                        "step_new_user_s": median(user["new"]), "loadavg": os.getloadavg()}
                 if times["old"]:
                     row["step_old_s"] = median(times["old"])
+                    row["old_freed_memory_kept"] = old.info.get("freed_memory_kept", False)
                     row["speedup_vs_old"] = row["step_old_s"] / step_new
                     row["step_old_cpu_s"] = median(cpu["old"])
                     row["cpu_speedup_vs_old"] = row["step_old_cpu_s"] / row["step_new_cpu_s"]
@@ -275,8 +295,7 @@ def markdown(report: dict) -> str:
         "threads, user + system; other jobs on the machine do not count in it, page faults do); user = its "
         "user part (without the kernel's page-fault work, which varies several-fold between steps). GEMM CPU = "
         "the reference's process CPU time; CPU ratio = GEMM CPU / step CPU (new). Freed memory "
-        + ("NOT kept (--fresh-memory): every step faults its large arrays in." if report.get("fresh_memory") else
-           "kept mapped in the workers, as in refsnn.train's loop."),
+        + _memory_sentence(report),
         "",
         "| threads | batch | GFLOP/step | step new (s) | step old (s) | new vs old | CPU new (s) | CPU old (s) | "
         "CPU new vs old | user CPU new vs old | achieved GFLOP/s | GEMM GFLOP/s | achieved / GEMM | GEMM CPU (s) | "

@@ -401,7 +401,7 @@ def _conv_windows_reference(x, weight, stride, padding):
 @pytest.mark.parametrize("kernel,stride,padding", [((3, 2), (2, 1), (1, 1)), ((3, 3), (2, 2), (1, 1)),
                                                    ((2, 2), (3, 1), (2, 0))])
 def test_conv_forward_and_backward_over_blocks_equal_the_windowed_sums(monkeypatch, n, kernel, stride, padding):
-    """The blocked forward (3 samples per im2col/GEMM block here), the per-block adjoint and the blocked
+    """The blocked forward (3 samples per im2col/GEMM block here), the per-sample adjoint and the blocked
     weight gradient give every sample the windowed sums of its own input: a block boundary that
     dropped, repeated or shifted a sample would leave some output, input gradient or weight
     gradient off."""
