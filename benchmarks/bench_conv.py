@@ -12,15 +12,25 @@ in training). The GEMM reference times NumPy's float32 ``matmul`` on exactly the
 shapes the im2col/GEMM layers use) at the same thread count in the same process: ``GEMM GFLOP/s``
 = step FLOPs / summed GEMM time, and ``ratio`` = achieved / GEMM (target >= 50 %).
 
-Each thread count runs in fresh worker processes with ``REFSNN_NUM_THREADS`` (and OpenBLAS/OMP/
+Workers keep freed memory mapped (``refsnn.memory.keep_freed_memory``), as ``refsnn.train``'s loop
+does for its steps (``freed_memory_kept``): without it every array above glibc's mmap threshold is
+a fresh mapping whose pages the kernel faults in and zeroes at each step, which cost the batch-256
+step more system time than its GEMMs once the reference's GEMMs had freed their own large arrays;
+``--fresh-memory`` measures that way instead; then the step that runs first after the GEMMs (which free
+over 1 GB at batch 256) pays several-fold the system time of the other, so with an odd number of
+repeats the side that went first more often looks slower (results/perf/conv.json of 791cfc5, batch 256,
+one thread: 6.03, 5.85, 5.81 s for whichever step went first, 4.14, 4.67, 4.39 s for the second, so
+new 5.81 s vs old 4.67 s). Each thread count runs in fresh worker processes with ``REFSNN_NUM_THREADS`` (and OpenBLAS/OMP/
 Numba's own variables, for the old tree) set before import; the new tree and the old revision
 (``--old``, exported with ``git archive`` into a temporary folder) take turns step by step so
 both see the same load. Medians of ``--repeats``, of wall time and of each worker's process CPU time
 (``time.process_time``: what the step itself costs, whatever else the shared machine runs) and of
-its user part (``getrusage``; the system part, page faults of fresh arrays, varies several-fold).
+its user part (``getrusage``; the system part, page faults of fresh arrays, varies several-fold);
+the GEMM reference's process CPU time is recorded as well, so ``CPU ratio`` = GEMM CPU / step CPU
+compares what each costs whatever share of the cores the shared machine gives the worker.
 
     python benchmarks/bench_conv.py [--batches 64 256] [--threads 1 2] [--repeats 5]
-                                    [--old 8e6f9e7] [--out runs/bench/conv]
+                                    [--old bd82eb6] [--fresh-memory] [--out runs/bench/conv]
 
 Writes ``OUT.json`` and ``OUT.md`` (default ``runs/bench/conv``; committed evidence only with
 ``--out results/perf/conv``).
@@ -46,6 +56,13 @@ import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 import numpy as np
 import numba
+kept = False
+if sys.argv[3] == "kept":
+    try:  # revisions before refsnn.memory existed run with fresh memory; the report says which
+        from refsnn import memory
+        kept = memory.keep_freed_memory()
+    except ImportError:
+        kept = False
 from refsnn.architectures import build_network
 from refsnn.data import load_dataset
 from refsnn.encoders import rate_encode
@@ -99,7 +116,8 @@ def gemms():
 
 work = {"step": step, "gemm": gemms}
 step(); step(); gemms()  # warm-up: Numba compilation, BLAS threads, caches
-print(json.dumps({"flops": flops, "products": products, "numba_threads": numba.get_num_threads()}), flush=True)
+print(json.dumps({"flops": flops, "products": products, "numba_threads": numba.get_num_threads(),
+                  "freed_memory_kept": kept}), flush=True)
 for line in sys.stdin:
     started, started_cpu = time.perf_counter(), time.process_time()
     started_user = resource.getrusage(resource.RUSAGE_SELF).ru_utime
@@ -113,10 +131,10 @@ THREAD_VARIABLES = ("REFSNN_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREA
 
 
 class Worker:
-    def __init__(self, tree: Path, batch: int, threads: int):
+    def __init__(self, tree: Path, batch: int, threads: int, memory: str = "kept"):
         env = dict(os.environ, **{name: str(threads) for name in THREAD_VARIABLES})
         env.pop("PYTHONPATH", None)
-        self.proc = subprocess.Popen([sys.executable, "-c", WORKER, str(tree), str(batch)], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-c", WORKER, str(tree), str(batch), memory], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, cwd=tree, env=env)
         line = self.proc.stdout.readline()
         if not line:
@@ -159,12 +177,28 @@ def export_revision(revision: str, folder: Path) -> Path:
     return folder
 
 
+def _memory_sentence(report: dict) -> str:
+    """What the workers really did with freed memory (from each row's own record, not from the flag)."""
+    if report.get("fresh_memory"):
+        return "NOT kept (--fresh-memory): every step faults its large arrays in."
+    rows = report.get("rows", [])
+    new_kept = [row.get("freed_memory_kept") for row in rows]
+    old_kept = [row.get("old_freed_memory_kept") for row in rows if "old_freed_memory_kept" in row]
+    if new_kept and all(new_kept) and all(old_kept):
+        return "kept mapped in every worker (new and old), as in refsnn.train's loop."
+    return (f"asked to be kept mapped, as in refsnn.train's loop; kept in new workers: {new_kept}, "
+            f"old workers: {old_kept or 'not recorded'} (refsnn.memory.keep_freed_memory refuses on "
+            "non-glibc systems or when REFSNN_KEEP_FREED_MEMORY=0 or MALLOC_* settings are present).")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per side (median reported)")
-    parser.add_argument("--old", default="8e6f9e7", help="git revision timed as 'old' ('' to skip)")
+    parser.add_argument("--old", default="bd82eb6", help="git revision timed as 'old' ('' to skip)")
+    parser.add_argument("--fresh-memory", action="store_true",
+                        help="do not keep freed memory mapped in the workers (every step faults its arrays in)")
     parser.add_argument("--out", default="runs/bench/conv", help="writes OUT.json and OUT.md")
     args = parser.parse_args(argv)
     for name, values in (("--batches", args.batches), ("--threads", args.threads)):
@@ -184,12 +218,16 @@ def main(argv=None) -> int:
         old_tree = export_revision(args.old, Path(scratch)) if args.old else None
         for threads in args.threads:
             for batch in args.batches:
-                new = Worker(REPO, batch, threads)
-                old = Worker(old_tree, batch, threads) if old_tree else None
+                memory = "fresh" if args.fresh_memory else "kept"
+                new = Worker(REPO, batch, threads, memory)
+                old = Worker(old_tree, batch, threads, memory) if old_tree else None
                 times = {"new": [], "old": [], "gemm": []}
+                gemm_cpu = []
                 cpu, user = {"new": [], "old": []}, {"new": [], "old": []}
                 for rep in range(args.repeats):
-                    times["gemm"].append(new.time("gemm")[0])
+                    wall, seconds, _ = new.time("gemm")
+                    times["gemm"].append(wall)
+                    gemm_cpu.append(seconds)
                     order = [("new", new), ("old", old)] if rep % 2 == 0 else [("old", old), ("new", new)]
                     for side, worker in order:
                         if worker is not None:
@@ -207,9 +245,13 @@ def main(argv=None) -> int:
                        "achieved_gflops": flops / step_new / 1e9, "gemm_gflops": flops / gemm / 1e9,
                        "ratio_to_gemm": gemm / step_new, "samples": times, "cpu_samples": cpu,
                        "user_samples": user, "step_new_cpu_s": median(cpu["new"]),
+                       "gemm_cpu_samples": gemm_cpu, "gemm_cpu_s": median(gemm_cpu),
+                       "cpu_ratio_to_gemm": median(gemm_cpu) / median(cpu["new"]),
+                       "freed_memory_kept": new.info["freed_memory_kept"],
                        "step_new_user_s": median(user["new"]), "loadavg": os.getloadavg()}
                 if times["old"]:
                     row["step_old_s"] = median(times["old"])
+                    row["old_freed_memory_kept"] = old.info.get("freed_memory_kept", False)
                     row["speedup_vs_old"] = row["step_old_s"] / step_new
                     row["step_old_cpu_s"] = median(cpu["old"])
                     row["cpu_speedup_vs_old"] = row["step_old_cpu_s"] / row["step_new_cpu_s"]
@@ -218,14 +260,15 @@ def main(argv=None) -> int:
                 old_text = (f"  old {row['step_old_s']:.3f} s ({row['speedup_vs_old']:.2f}x faster; process CPU "
                             f"{row['cpu_speedup_vs_old']:.2f}x, user CPU {row['user_speedup_vs_old']:.2f}x)" if "step_old_s" in row else "")
                 print(f"threads {threads} batch {batch:4d}: step {step_new:.3f} s = {row['achieved_gflops']:.1f} "
-                      f"GFLOP/s; GEMM {row['gemm_gflops']:.1f} GFLOP/s; ratio {100 * row['ratio_to_gemm']:.0f} %"
+                      f"GFLOP/s; GEMM {row['gemm_gflops']:.1f} GFLOP/s; ratio {100 * row['ratio_to_gemm']:.0f} % "
+                      f"(CPU ratio {100 * row['cpu_ratio_to_gemm']:.0f} %)"
                       f"{old_text}  (load {row['loadavg'][0]:.2f})", flush=True)
 
     report = {"command": command, "revision": revision, "old_revision": args.old, "T": 10, "dtype": "float32",
               "network": "X-C64K3S2-C128K3S2-FC256-FC10", "time_utc": time.strftime("%Y-%m-%d %H:%M:%S",
                                                                                    time.gmtime()),
               "machine": machine(), "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
-              "repeats": args.repeats, "rows": rows}
+              "repeats": args.repeats, "fresh_memory": args.fresh_memory, "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
@@ -250,11 +293,14 @@ def markdown(report: dict) -> str:
         "gradient except the first layer). GEMM = NumPy matmul on the same products, same threads, same "
         f"process. Medians of {report['repeats']}. CPU = the worker's process CPU time per step (all its "
         "threads, user + system; other jobs on the machine do not count in it, page faults do); user = its "
-        "user part (without the kernel's page-fault work, which varies several-fold between steps).",
+        "user part (without the kernel's page-fault work, which varies several-fold between steps). GEMM CPU = "
+        "the reference's process CPU time; CPU ratio = GEMM CPU / step CPU (new). Freed memory "
+        + _memory_sentence(report),
         "",
         "| threads | batch | GFLOP/step | step new (s) | step old (s) | new vs old | CPU new (s) | CPU old (s) | "
-        "CPU new vs old | user CPU new vs old | achieved GFLOP/s | GEMM GFLOP/s | achieved / GEMM | load (1 min) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "CPU new vs old | user CPU new vs old | achieved GFLOP/s | GEMM GFLOP/s | achieved / GEMM | GEMM CPU (s) | "
+        "CPU ratio | load (1 min) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["rows"]:
         old = f"{row['step_old_s']:.3f}" if "step_old_s" in row else "-"
@@ -266,7 +312,8 @@ def markdown(report: dict) -> str:
         lines.append(f"| {row['threads']} | {row['batch']} | {row['gflop_per_step']:.2f} | {row['step_new_s']:.3f} | "
                      f"{old} | {speedup} | {cpu_new} | {cpu_old} | {cpu_speedup} | {user_speedup} | {row['achieved_gflops']:.1f} | "
                      f"{row['gemm_gflops']:.1f} | "
-                     f"{100 * row['ratio_to_gemm']:.0f} % | {row['loadavg'][0]:.2f} |")
+                     f"{100 * row['ratio_to_gemm']:.0f} % | {row['gemm_cpu_s']:.3f} | "
+                     f"{100 * row['cpu_ratio_to_gemm']:.0f} % | {row['loadavg'][0]:.2f} |")
     return "\n".join(lines) + "\n"
 
 

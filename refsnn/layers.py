@@ -256,7 +256,9 @@ def _valid_range(offset, pad, stride, size, out_size):  # pragma: no cover
 @numba.njit(cache=True)
 def _im2col_row(x, cols, row, geometry):  # pragma: no cover
     """Fills row ``row = (c * kh + i) * kw + j`` of ``cols`` from ``x [N, C, H, W]``, sample by sample
-    (contiguous writes along the row)."""
+    (contiguous writes along the row). The copy's indices are unsigned, so Numba drops its
+    negative-index test from the strided read (conv2 of the CONV net: 0.094 -> 0.057 s per im2col in one
+    profile on the loaded 2-core machine; not a committed benchmark)."""
     kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w = geometry
     height, width = x.shape[2], x.shape[3]
     c = row // (kernel_h * kernel_w)
@@ -264,24 +266,26 @@ def _im2col_row(x, cols, row, geometry):  # pragma: no cover
     j = row % kernel_w
     a_low, a_high = _valid_range(i, pad_h, stride_h, height, out_h)
     b_low, b_high = _valid_range(j, pad_w, stride_w, width, out_w)
+    a_high, b_high = max(a_high, a_low), max(b_high, b_low)
     dst = cols[row]
     positions = out_h * out_w
+    step = numba.uint64(stride_w)
     for sample in range(x.shape[0]):
         src = x[sample, c]
         base = sample * positions
-        for a in range(out_h):
+        dst[base:base + a_low * out_w] = 0
+        for a in range(a_low, a_high):
             start = base + a * out_w
-            if a < a_low or a >= a_high:
-                for b in range(out_w):
-                    dst[start + b] = 0
-                continue
-            y = a * stride_h - pad_h + i
             for b in range(b_low):
                 dst[start + b] = 0
-            for b in range(b_low, b_high):
-                dst[start + b] = src[y, b * stride_w - pad_w + j]
-            for b in range(max(b_high, b_low), out_w):
+            line = src[a * stride_h - pad_h + i]
+            first = numba.uint64(b_low * stride_w - pad_w + j)  # >= 0: b_low is the first valid b
+            into = numba.uint64(start + b_low)
+            for q in range(numba.uint64(b_high - b_low)):
+                dst[into + q] = line[first + q * step]
+            for b in range(b_high, out_w):
                 dst[start + b] = 0
+        dst[base + a_high * out_w:base + positions] = 0
 
 
 @numba.njit(cache=True)
@@ -456,6 +460,49 @@ def _conv_weight_grad_fused(x, grad3, geometry, partial):  # pragma: no cover - 
             acc += product
 
 
+# Bytes of one block's im2col scratch plus its GEMM result in the forward (``_conv_forward_fused``):
+# about a core's L2 (1 MiB on the project's VM), so neither is written to memory and read back, as
+# the whole ``[C*kh*kw, N*OH*OW]`` matrix was (1.2 GB on conv2 of the CONV net at T = 10, batch 256).
+_FORWARD_BLOCK_BYTES = 1024 * 1024
+
+
+def _forward_block(k: int, channels_out: int, positions: int, itemsize: int) -> int:
+    """Samples per block of ``_conv_forward_fused``: as many as ``_FORWARD_BLOCK_BYTES`` hold, at least one
+    (a function of the layer's shapes only, not of the batch)."""
+    return max(1, _FORWARD_BLOCK_BYTES // max(1, (k + channels_out) * positions * itemsize))
+
+
+@numba.njit(cache=True, parallel=True)
+def _conv_forward_fused(x, weight2d, bias, geometry, block, out):  # pragma: no cover - compiled
+    """Convolution ``out [N, O, OH*OW] = W @ cols(x[n]) + b`` without the ``[C*kh*kw, N*OH*OW]`` im2col
+    matrix: blocks of ``block`` samples are im2col'ed into cache-sized scratch, multiplied by
+    ``weight2d [O, C*kh*kw]`` in one single-threaded GEMM (``refsnn.threads``) and copied into their
+    samples' outputs with the bias. ``x [N, C, H, W]`` contiguous. Blocks run in parallel and each
+    writes only its own samples, so the result does not depend on the thread count; it equals the
+    whole-batch GEMM up to the float32 summation order inside BLAS (float64: to the last bits).
+    """
+    n = x.shape[0]
+    channels_out, k = weight2d.shape
+    positions = geometry[6] * geometry[7]
+    for b in numba.prange((n + block - 1) // block):
+        first = b * block
+        count = min(n, first + block) - first
+        cols = np.empty((k, count * positions), dtype=out.dtype)
+        rows = np.empty((channels_out, count * positions), dtype=out.dtype)
+        samples = x[first:first + count]
+        for row in range(k):
+            _im2col_row(samples, cols, row, geometry)
+        np.dot(weight2d, cols, rows)
+        for s in range(count):
+            dst = out[first + s]
+            for o in range(channels_out):
+                value = bias[o]
+                src = rows[o, s * positions:(s + 1) * positions]
+                target = dst[o]
+                for p in range(positions):
+                    target[p] = src[p] + value
+
+
 def _im2col(x: np.ndarray, *geometry) -> np.ndarray:
     """``x [N, C, H, W]`` -> ``cols [C*kh*kw, N*OH*OW]``; ``geometry = (kh, kw, sh, sw, ph, pw, OH, OW)``."""
     kernel_h, kernel_w, out_h, out_w = geometry[0], geometry[1], geometry[6], geometry[7]
@@ -540,12 +587,21 @@ class Conv2d(Layer):
             result += bias.astype(out_rows.dtype, copy=False)[None, :, None, None]
         return result
 
-    def _linear(self, x: np.ndarray, weight: np.ndarray, bias=None) -> np.ndarray:
+    def _linear(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        """Dense convolution ``x [N, C, H, W] -> [N, O, OH, OW]`` by blocks of im2col + GEMM
+        (``_conv_forward_fused``), in the common dtype of ``x`` and ``weight``."""
+        if x.ndim != 4 or x.shape[1] != weight.shape[1]:
+            raise ValueError(f"Conv2d expects inputs [N, {weight.shape[1]}, H, W], got shape {x.shape}")
         dtype = np.result_type(x.dtype, weight.dtype)
-        cols = self._cols(x, dtype)
-        out_h, out_w = self._geometry(x.shape)[-2:]
-        rows = weight.reshape(weight.shape[0], -1).astype(dtype, copy=False) @ cols
-        return self._nchw(rows, x.shape[0], out_h, out_w, bias)
+        geometry = tuple(int(g) for g in self._geometry(x.shape))
+        weight2d = np.ascontiguousarray(weight.reshape(weight.shape[0], -1), dtype=dtype)
+        n, positions = x.shape[0], geometry[6] * geometry[7]
+        out = np.empty((n, weight.shape[0], geometry[6], geometry[7]), dtype=dtype)
+        block = _forward_block(weight2d.shape[1], weight.shape[0], positions, np.dtype(dtype).itemsize)
+        _conv_forward_fused(np.ascontiguousarray(x, dtype=dtype), weight2d,
+                            np.ascontiguousarray(bias, dtype=dtype), geometry, block,
+                            out.reshape(n, weight.shape[0], positions))
+        return out
 
     def forward(self, x):
         """``x [N, C, H, W] -> [N, O, OH, OW]``. Sparse inputs (below the measured density crossover,

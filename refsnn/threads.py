@@ -12,8 +12,10 @@ say, as in the single-threaded Dask workers of ``refsnn.parallel``).
 
 Numba cannot go above the count it started with (``NUMBA_NUM_THREADS``, default all cores), so
 that is the upper end of the allowed range. Numba's parallel kernels split work so that every sum
-keeps its serial order (their results do not depend on the count); NumPy's OpenBLAS GEMMs may
-round differently at another thread count (last bits of currents, bounds and gradients, and so,
+keeps its serial order (their results do not depend on the count), and so does the blocked conv
+forward (one single-threaded GEMM per block); NumPy's OpenBLAS GEMMs (Linear layers, the conv
+adjoint and bounds' dense products) may round differently at another thread count (last bits of
+currents, bounds and gradients, and so,
 rarely, a spike whose membrane is that close to the threshold): fix the count for bit-reproducible
 runs. ``scoped_threads(n)`` sets both counts for a block (the attacks'); since OpenBLAS has one
 count per process, blocks that overlap (in several Python threads) must ask for the same ``n``.

@@ -390,6 +390,65 @@ def test_conv_weight_gradient_over_blocks_equals_the_windowed_sum(n):
     np.testing.assert_allclose(grads["bias"], grad.sum(axis=(0, 2, 3)), rtol=0, atol=1e-11 * max(1, n))
 
 
+def _conv_windows_reference(x, weight, stride, padding):
+    """``[N, C, OH, OW, kh, kw]`` windows of the zero-padded ``x`` (float64, NumPy only)."""
+    padded = np.pad(x, ((0, 0), (0, 0), (padding[0], padding[0]), (padding[1], padding[1])))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, weight.shape[2:], axis=(2, 3))
+    return padded, windows[:, :, ::stride[0], ::stride[1]]
+
+
+@pytest.mark.parametrize("n", [1, 3, 3 * 3 + 2, 8 * 16 * 2 + 3])  # one partial block; blocks of 3 and of 8
+@pytest.mark.parametrize("kernel,stride,padding", [((3, 2), (2, 1), (1, 1)), ((3, 3), (2, 2), (1, 1)),
+                                                   ((2, 2), (3, 1), (2, 0))])
+def test_conv_forward_and_backward_over_blocks_equal_the_windowed_sums(monkeypatch, n, kernel, stride, padding):
+    """The blocked forward (3 samples per im2col/GEMM block here), the per-sample adjoint and the blocked
+    weight gradient give every sample the windowed sums of its own input: a block boundary that
+    dropped, repeated or shifted a sample would leave some output, input gradient or weight
+    gradient off."""
+    from refsnn import layers
+    rng = np.random.default_rng(n + 10 * kernel[1] + 100 * stride[0])
+    conv = layers.Conv2d(rng.normal(0, 1, (3, 2) + kernel), rng.normal(0, 1, 3), stride=stride, padding=padding)
+    out_shape = conv.output_shape((2, 5, 6))
+    positions = out_shape[1] * out_shape[2]
+    monkeypatch.setattr(layers, "_FORWARD_BLOCK_BYTES", 3 * (2 * kernel[0] * kernel[1] + 3) * positions * 8)
+    assert layers._forward_block(2 * kernel[0] * kernel[1], 3, positions, 8) == 3
+    x = rng.normal(0, 1, (n, 2, 5, 6))
+    grad = rng.normal(0, 1, (n,) + out_shape)
+    padded, windows = _conv_windows_reference(x, conv.weight, stride, padding)
+    expected = np.einsum("ncabij,ocij->noab", windows, conv.weight) + conv.bias[None, :, None, None]
+    np.testing.assert_allclose(conv.forward(x), expected, rtol=0, atol=1e-12)
+    grad_padded = np.zeros_like(padded)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            grad_padded[:, :, i:i + stride[0] * out_shape[1]:stride[0], j:j + stride[1] * out_shape[2]:stride[1]] += \
+                np.einsum("noab,oc->ncab", grad, conv.weight[:, :, i, j])
+    grad_x, grads = conv.backward(x, grad)
+    np.testing.assert_allclose(grad_x, grad_padded[:, :, padding[0]:padding[0] + 5, padding[1]:padding[1] + 6],
+                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(grads["weight"], np.einsum("noab,ncabij->ocij", grad, windows), rtol=0,
+                               atol=1e-11 * max(1, n))
+    np.testing.assert_allclose(grads["bias"], grad.sum(axis=(0, 2, 3)), rtol=0, atol=1e-11 * max(1, n))
+
+
+def test_conv_forward_blocks_do_not_depend_on_the_thread_count():
+    """Each block of the forward is one single-threaded GEMM on its own samples: the same bits at
+    one thread and at all of them (the whole-batch float32 GEMM of NumPy's threaded BLAS was not)."""
+    from refsnn import layers, threads
+    if threads.max_threads() < 2:
+        pytest.skip("Numba started with one thread")
+    dtype = np.float32
+    rng = np.random.default_rng(5)
+    conv = layers.Conv2d(rng.normal(0, 0.3, (16, 8, 3, 3)).astype(dtype), rng.normal(0, 1, 16).astype(dtype),
+                         stride=2, padding=1)
+    conv.output_shape((8, 12, 12))
+    x = rng.normal(0, 1, (45, 8, 12, 12)).astype(dtype)
+    results = []
+    for count in (1, threads.max_threads()):
+        with threads.scoped_threads(count):
+            results.append(conv.forward(x))
+    assert np.array_equal(results[0], results[1])
+
+
 def test_frozen_weights_transposes_each_weight_once_and_only_inside_the_block(monkeypatch):
     rng = np.random.default_rng(0)
     x = (rng.random((40, 30)) < 0.1).astype(np.float32)
