@@ -1,0 +1,138 @@
+"""``python -m refsnn.reproduce``'s T' sweep (Figure 5): its per-arch schedule, one output per arch,
+``--sweep-only``. Training is stubbed: these tests check what is run and written, not the runs."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from refsnn import reproduce as rp
+from refsnn import train
+
+
+def _fake_train(calls):
+    """A ``refsnn.train.main`` that records its argv and writes the files a finished run leaves."""
+    def main(argv):
+        calls.append(list(argv))
+        value = {a: argv[i + 1] for i, a in enumerate(argv[:-1]) if a.startswith("--")}
+        out = Path(value["--out"])
+        out.mkdir(parents=True, exist_ok=True)
+        limit = int(value["--limit-train"]) if "--limit-train" in value else None
+        horizon = int(value.get("--robust-T", 0))
+        options = {"ramp_epochs": float(value["--ramp-epochs"])} if "--ramp-epochs" in value else {}
+        summary = {"config": {"epochs": int(value["--epochs"]), "limit_train": limit, "method_options": options},
+                   "seconds_per_epoch": 2.0 + horizon, "test_accuracy": {"mean": 0.9 - 0.01 * horizon},
+                   "n_train": limit or 1000}
+        (out / "summary.json").write_text(json.dumps(summary))
+        (out / "metrics.jsonl").write_text(json.dumps({"train_robust_loss": 1.5, "cert_error_crown-ibp_final": 0.4})
+                                           + "\n")
+        return 0
+    return main
+
+
+@pytest.fixture
+def two_arch_preset(monkeypatch):
+    """The quick preset (embedded MNIST subset) with both archs and a CONV sweep of its own schedule."""
+    preset = replace(rp.PRESETS["quick"], archs=("fc", "conv"), sweep_T=(1, 2), sweep_epochs=2,
+                     sweep_limit_train=128, sweep_args=(), sweep_schedule={"conv": (1, 64)})
+    monkeypatch.setitem(rp.PRESETS, "quick", preset)
+    return preset
+
+
+def _argv_value(argv, flag):
+    return argv[argv.index(flag) + 1] if flag in argv else None
+
+
+def test_budget_preset_sweeps_conv_on_a_subset_and_fc_unchanged():
+    budget = rp.PRESETS["budget"]
+    assert budget.sweep_for("fc") == (2, None)      # the committed FC sweep: 2 epochs on the whole set
+    assert budget.sweep_for("conv") == (2, 6400)
+    assert rp.PRESETS["paper"].sweep_for("conv") == (300, None)
+
+
+def test_sweep_runs_use_the_schedule_of_their_arch(tmp_path, monkeypatch, two_arch_preset):
+    calls = []
+    monkeypatch.setattr(train, "main", _fake_train(calls))
+    config = rp.ReproduceConfig("quick", quiet=True)
+    for arch in ("conv", "fc"):
+        rp.run_sweep(tmp_path, "mnist", arch, two_arch_preset, config)
+    assert len(calls) == 6   # natural + 2 T' per arch
+    by_arch = {arch: [c for c in calls if _argv_value(c, "--arch") == arch] for arch in ("conv", "fc")}
+    for arch, (epochs, limit) in (("conv", ("1", "64")), ("fc", ("2", "128"))):
+        assert {(_argv_value(c, "--epochs"), _argv_value(c, "--limit-train")) for c in by_arch[arch]} == {(epochs, limit)}
+        # without a ramp in sweep_args, eps ramps over the sweep's own epochs
+        assert {_argv_value(c, "--ramp-epochs") for c in by_arch[arch] if "--robust-T" in c} == {epochs}
+        assert all(_argv_value(c, "--out").startswith(str(tmp_path / "sweep" / f"mnist-{arch}")) for c in by_arch[arch])
+
+
+def test_sweep_only_leaves_the_other_arch_and_the_settings_alone(tmp_path, monkeypatch, two_arch_preset, capsys):
+    calls = []
+    monkeypatch.setattr(train, "main", _fake_train(calls))
+    root = tmp_path / "quick"
+    # an FC sweep finished earlier, and the tables of the settings
+    for run in ("natural", "T1", "T2"):
+        _fake_train([])(["--out", str(root / "sweep" / "mnist-fc" / run), "--epochs", "2", "--limit-train", "128",
+                         *(["--robust-T", run[1], "--ramp-epochs", "2"] if run != "natural" else [])])
+    fc_files = {p: p.read_bytes() for p in (root / "sweep" / "mnist-fc").rglob("*") if p.is_file()}
+    (root / "table1.md").write_text("table 1 of the settings\n")
+    (root / "summary.json").write_text(json.dumps({"settings": [{"dataset": "mnist", "arch": "fc", "dir": "x"}],
+                                                   "outputs": {"figure6_mnist": "kept.png"}}))
+    (root / "mnist-conv" / "plain").mkdir(parents=True)
+    (root / "mnist-conv" / "plain" / "model.h5").write_bytes(b"")   # only its existence is checked
+    code = rp.main(["--preset", "quick", "--dataset", "mnist", "--arch", "conv", "--out", str(tmp_path),
+                    "--sweep-only"])
+    assert code == 0, capsys.readouterr().err
+    # only the CONV sweep ran: no plain, robust, attack or certification step
+    assert {_argv_value(c, "--arch") for c in calls} == {"conv"} and len(calls) == 3
+    assert all("/sweep/mnist-conv/" in _argv_value(c, "--out") for c in calls)
+    assert {p: p.read_bytes() for p in (root / "sweep" / "mnist-fc").rglob("*") if p.is_file()} == fc_files
+    assert (root / "table1.md").read_text() == "table 1 of the settings\n" and not (root / "table2.md").exists()
+    for name in ("figure5_conv.png", "figure5_fc.png"):
+        assert (root / name).stat().st_size > 1000, name
+    text = (root / "figure5.md").read_text()
+    # the paper's setting first, each section with the schedule its runs were trained with
+    assert text.index("## MNIST CONV (the paper's setting)") < text.index("## MNIST FC")
+    conv, fc = text.split("## MNIST FC")
+    assert "1 robust epoch(s) per T'" in conv and "first 64 training images" in conv
+    assert "2 robust epoch(s) per T'" in fc and "first 128 training images" in fc
+    summary = json.loads((root / "summary.json").read_text())
+    assert sorted(summary["figure5"]) == ["mnist-conv", "mnist-fc"]
+    assert [r["T_prime"] for r in summary["figure5"]["mnist-conv"]] == [1, 2]
+    assert summary["settings"] == [{"dataset": "mnist", "arch": "fc", "dir": "x"}]
+    assert summary["outputs"]["figure6_mnist"] == "kept.png"
+
+    # rerun: every sweep run is finished, nothing is trained again
+    assert rp.main(["--preset", "quick", "--dataset", "mnist", "--arch", "conv", "--out", str(tmp_path),
+                    "--sweep-only", "--quiet"]) == 0
+    assert len(calls) == 3
+
+
+def test_unfinished_sweep_renders_what_finished_and_says_what_is_left(tmp_path, two_arch_preset):
+    from refsnn.reproduce_tables import finished_sweeps, render_sweep_md, sweep_table
+
+    for run in ("natural", "T1"):
+        _fake_train([])(["--out", str(tmp_path / "sweep" / "mnist-conv" / run), "--epochs", "1"])
+    (tmp_path / "sweep" / "mnist-conv" / "T2").mkdir()   # interrupted: a checkpoint, no summary
+    (tmp_path / "sweep" / "mnist-fc" / "natural").mkdir(parents=True)   # nothing finished: not rendered
+    sweeps = finished_sweeps(tmp_path)
+    assert [(s["dataset"], s["arch"], sorted(s["runs"])) for s in sweeps] == [("mnist", "conv", [1])]
+    text = render_sweep_md([(s, sweep_table(s)) for s in sweeps], two_arch_preset, rp.PAPER_REFERENCE)
+    assert "Not finished yet: T' = 2" in text and "on the whole training set (1,000 images)" in text
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "sweep_only: no plain model"),
+    (["--no-sweep"], "sweep_only: the sweep is turned off"),
+    (["--calibrate"], "sweep_only: --calibrate is a step of the settings"),
+    (["--sweep-arch", "fc"], "sweep_only: --sweep-arch fc is not among --arch conv"),
+])
+def test_sweep_only_refuses_bad_input_in_one_line(tmp_path, monkeypatch, two_arch_preset, capsys, extra, message):
+    calls = []
+    monkeypatch.setattr(train, "main", _fake_train(calls))
+    code = rp.main(["--preset", "quick", "--dataset", "mnist", "--arch", "conv", "--out", str(tmp_path),
+                    "--sweep-only", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert calls == [] and not (tmp_path / "quick").exists()   # refused before anything is written
