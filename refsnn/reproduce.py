@@ -15,9 +15,12 @@ default ``runs/reproduce``; the committed ``results/`` only when passed as ``--o
    ``exact_time_limit`` seconds per image; a bracket where some image is undecided; ``--exact-n``,
    0 turns it off, the quick presets run none);
 
-and once, on the first dataset, the T' sweep of Figure 5 (``sweep/``: one robust epoch per T' from
-the plain model, and one natural epoch on the same samples as the time reference). It then writes
-``table1.md``, ``table2.md``, ``figure5.png``, ``figure6_<dataset>.png``, ``summary.json`` and
+and once, on the first dataset, the T' sweep of Figure 5 (``sweep/<dataset>-<arch>/``: robust
+training for each T' from the plain model, and natural training on the same samples as the time
+reference, on the preset's schedule for that arch, ``ReproducePreset.sweep_for``; ``--sweep-only``
+runs only this, from a plain model an earlier run left). It then writes ``table1.md``,
+``table2.md``, ``figure5.md`` (every finished sweep in the folder, one section per arch, CONV
+first), ``figure5_<arch>.png`` per sweep, ``figure6_<dataset>.png``, ``summary.json`` and
 ``reproduce_config.json``. Tables already in the folder are merged into: the rows of the settings
 run now are replaced, the rows of every other setting are kept. Every step is resumable: a
 finished step (its result file exists) is skipped, an interrupted training resumes from its
@@ -296,6 +299,28 @@ def run_setting(root: Path, dataset: str, arch: str, preset: ReproducePreset,
             "dir": str(setting_dir)}
 
 
+def _warm_up_kernels(natural_argv: List[str], robust_argv: List[str]) -> None:
+    """Runs one natural and one robust training step on 64 images into a folder that is then deleted,
+    so that compiling or loading the Numba kernels falls in no epoch the sweep times (the first
+    run of a process would otherwise pay it: 1-2 min for CONV on the loaded 2-core VM)."""
+    import contextlib
+    import io
+    import tempfile
+
+    from .train import main as train_main
+
+    tiny = ["--limit-train", "64", "--limit-test", "16", "--eval-seeds", "1", "--epochs", "1", "--no-progress"]
+    _log("warm-up: one natural and one robust step on 64 images (kernels compiled or loaded outside the timed epochs)")
+    with tempfile.TemporaryDirectory(prefix="refsnn-warm-up-") as folder:
+        for name, argv in (("natural", natural_argv), ("robust", [*robust_argv, "--method-option", "eval_n=8"])):
+            errors = io.StringIO()
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
+                code = train_main([*argv, *tiny, "--out", str(Path(folder) / name)])   # the last value of a flag wins
+            if code != 0:
+                raise RuntimeError(f"warm-up of the T' sweep ({name} step) failed (exit code {code}): "
+                                   f"{(errors.getvalue().strip().splitlines() or [''])[-1]}")
+
+
 def run_sweep(root: Path, dataset: str, arch: str, preset: ReproducePreset,
               config: ReproduceConfig) -> Dict[str, Any]:
     """Figure 5: robust training for each T' from the same plain model, and a natural reference."""
@@ -307,15 +332,17 @@ def run_sweep(root: Path, dataset: str, arch: str, preset: ReproducePreset,
     limits = _limit_args(limit_train, preset.limit_test)
     common = ["--dataset", data_name, "--arch", arch, "--init", str(plain_model), "--seed", str(config.seed),
               "--epochs", str(epochs), "--lr", "0.01", *limits, *data_args]
-    reference = _train_step(sweep_dir / "natural", [*common, "--milestones", "100000"], need_model=False)
-    runs = {}
-    for horizon in preset.sweep_T:
-        argv = [*common, "--method", "robust", "--eps", f"{DEFAULT_EPS[(dataset, arch)]:g}", "--robust-T",
-                str(horizon), "--method-option", f"eval_n={min(preset.eval_n, 500)}", *_robust_recipe(preset, dataset),
-                *preset.sweep_args]
-        if "--ramp-epochs" not in preset.sweep_args:
-            argv += ["--ramp-epochs", f"{epochs:g}"]
-        runs[horizon] = _train_step(sweep_dir / f"T{horizon}", argv, need_model=False)
+    natural_argv = [*common, "--milestones", "100000"]
+    robust_argv = {horizon: [*common, "--method", "robust", "--eps", f"{DEFAULT_EPS[(dataset, arch)]:g}",
+                             "--robust-T", str(horizon), "--method-option", f"eval_n={min(preset.eval_n, 500)}",
+                             *_robust_recipe(preset, dataset), *preset.sweep_args,
+                             *([] if "--ramp-epochs" in preset.sweep_args else ["--ramp-epochs", f"{epochs:g}"])]
+                   for horizon in preset.sweep_T}
+    if not all((sweep_dir / run / "summary.json").is_file() for run in ["natural", *(f"T{t}" for t in robust_argv)]):
+        _warm_up_kernels(natural_argv, robust_argv[min(robust_argv)])
+    reference = _train_step(sweep_dir / "natural", natural_argv, need_model=False)
+    runs = {horizon: _train_step(sweep_dir / f"T{horizon}", argv, need_model=False)
+            for horizon, argv in robust_argv.items()}
     return {"dataset": dataset, "arch": arch, "reference": reference, "runs": runs, "dir": str(sweep_dir)}
 
 

@@ -42,7 +42,8 @@ def two_arch_preset(monkeypatch):
 
 
 def _argv_value(argv, flag):
-    return argv[argv.index(flag) + 1] if flag in argv else None
+    """The value argparse reads for ``flag``: its last one."""
+    return argv[len(argv) - 1 - argv[::-1].index(flag) + 1] if flag in argv else None
 
 
 def test_budget_preset_sweeps_conv_on_a_subset_and_fc_unchanged():
@@ -58,7 +59,16 @@ def test_sweep_runs_use_the_schedule_of_their_arch(tmp_path, monkeypatch, two_ar
     config = rp.ReproduceConfig("quick", quiet=True)
     for arch in ("conv", "fc"):
         rp.run_sweep(tmp_path, "mnist", arch, two_arch_preset, config)
-    assert len(calls) == 6   # natural + 2 T' per arch
+    # per arch: a natural and a robust warm-up step outside the output folder (no timed epoch compiles
+    # kernels), then the natural reference and the 2 T' runs
+    outs = [_argv_value(c, "--out") for c in calls]
+    inside = [out.startswith(str(tmp_path)) for out in outs]
+    assert inside == [False, False, True, True, True] * 2
+    warm_ups = [c for c, kept in zip(calls, inside) if not kept]
+    assert [_argv_value(c, "--method") for c in warm_ups] == [None, "robust"] * 2
+    assert {(_argv_value(c, "--limit-train"), _argv_value(c, "--epochs")) for c in warm_ups} == {("64", "1")}
+    assert not any(Path(out).exists() for out, kept in zip(outs, inside) if not kept)
+    calls[:] = [c for c, kept in zip(calls, inside) if kept]
     by_arch = {arch: [c for c in calls if _argv_value(c, "--arch") == arch] for arch in ("conv", "fc")}
     for arch, (epochs, limit) in (("conv", ("1", "64")), ("fc", ("2", "128"))):
         assert {(_argv_value(c, "--epochs"), _argv_value(c, "--limit-train")) for c in by_arch[arch]} == {(epochs, limit)}
@@ -85,8 +95,8 @@ def test_sweep_only_leaves_the_other_arch_and_the_settings_alone(tmp_path, monke
                     "--sweep-only"])
     assert code == 0, capsys.readouterr().err
     # only the CONV sweep ran: no plain, robust, attack or certification step
-    assert {_argv_value(c, "--arch") for c in calls} == {"conv"} and len(calls) == 3
-    assert all("/sweep/mnist-conv/" in _argv_value(c, "--out") for c in calls)
+    assert {_argv_value(c, "--arch") for c in calls} == {"conv"} and len(calls) == 5   # 2 warm-up steps
+    assert all("/sweep/mnist-conv/" in _argv_value(c, "--out") for c in calls[2:])
     assert {p: p.read_bytes() for p in (root / "sweep" / "mnist-fc").rglob("*") if p.is_file()} == fc_files
     assert (root / "table1.md").read_text() == "table 1 of the settings\n" and not (root / "table2.md").exists()
     for name in ("figure5_conv.png", "figure5_fc.png"):
@@ -106,7 +116,7 @@ def test_sweep_only_leaves_the_other_arch_and_the_settings_alone(tmp_path, monke
     # rerun: every sweep run is finished, nothing is trained again
     assert rp.main(["--preset", "quick", "--dataset", "mnist", "--arch", "conv", "--out", str(tmp_path),
                     "--sweep-only", "--quiet"]) == 0
-    assert len(calls) == 3
+    assert len(calls) == 5
 
 
 def test_unfinished_sweep_renders_what_finished_and_says_what_is_left(tmp_path, two_arch_preset):
