@@ -302,7 +302,7 @@ def run_setting(root: Path, dataset: str, arch: str, preset: ReproducePreset,
 def _warm_up_kernels(natural_argv: List[str], robust_argv: List[str]) -> None:
     """Runs one natural and one robust training step on 64 images into a folder that is then deleted,
     so that compiling or loading the Numba kernels falls in no epoch the sweep times (the first
-    run of a process would otherwise pay it: 1-2 min for CONV on the loaded 2-core VM)."""
+    run of a process would otherwise pay it in its first epoch)."""
     import contextlib
     import io
     import tempfile
