@@ -485,9 +485,12 @@ def _run_and_render(config: ReproduceConfig, preset: ReproducePreset, paper: Dic
     summary_rows = [_summary_setting(s) for s in settings]
     ran = {(s["dataset"], s["arch"]) for s in summary_rows}
     kept = [s for s in previous.get("settings", []) if (s.get("dataset"), s.get("arch")) not in ran]
-    # outputs of the settings not run now (their figure 6, other sweeps' plots) stay listed
+    # outputs of the settings not run now (their figure 6) stay listed; a sweep rendered now re-renders
+    # every finished sweep, so the earlier plots' entries (and the single figure5.png of old) go
+    kept_outputs = {k: v for k, v in (previous.get("outputs") or {}).items()
+                    if not (run_sweep_now and k.startswith("figure5"))}
     summary = {"preset": preset.name, "label": preset.label, "smoke": preset.smoke, "paper_reference": paper,
-               "outputs": {**(previous.get("outputs") or {}), **outputs},
+               "outputs": {**kept_outputs, **outputs},
                "settings": sorted(summary_rows + kept, key=lambda s: _order((s["dataset"], s["arch"]))
                                   if s.get("dataset") in DATASETS and s.get("arch") in ARCHS else _order(None)),
                # per "<dataset>-<arch>": the rows of its T' sweep (figure5.md)

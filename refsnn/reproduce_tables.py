@@ -398,8 +398,10 @@ def render_figure5(sweep: Dict[str, Any], rows: List[Dict[str, Any]], preset: Re
     if ratios:
         axes[3].plot([int(k) for k in ratios], list(ratios.values()), "s--", label="paper (CONV MNIST, GPU)")
         axes[3].legend(fontsize=7)
-    figure.suptitle(f"Figure 5 (refsnn, preset {preset.name}): T' sweep on {sweep['dataset']} "
-                    f"{sweep['arch'].upper()}; {sweep_schedule_line(sweep)}", fontsize=8)
+    import textwrap
+
+    figure.suptitle(textwrap.fill(f"Figure 5 (refsnn, preset {preset.name}): T' sweep on {sweep['dataset']} "
+                                  f"{sweep['arch'].upper()}; {sweep_schedule_line(sweep)}", 170), fontsize=8)
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)

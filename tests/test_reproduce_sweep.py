@@ -88,7 +88,8 @@ def test_sweep_only_leaves_the_other_arch_and_the_settings_alone(tmp_path, monke
     fc_files = {p: p.read_bytes() for p in (root / "sweep" / "mnist-fc").rglob("*") if p.is_file()}
     (root / "table1.md").write_text("table 1 of the settings\n")
     (root / "summary.json").write_text(json.dumps({"settings": [{"dataset": "mnist", "arch": "fc", "dir": "x"}],
-                                                   "outputs": {"figure6_mnist": "kept.png"}}))
+                                                   "outputs": {"figure6_mnist": "kept.png",
+                                                               "figure5": "gone.png"}}))
     (root / "mnist-conv" / "plain").mkdir(parents=True)
     (root / "mnist-conv" / "plain" / "model.h5").write_bytes(b"")   # only its existence is checked
     code = rp.main(["--preset", "quick", "--dataset", "mnist", "--arch", "conv", "--out", str(tmp_path),
@@ -111,7 +112,8 @@ def test_sweep_only_leaves_the_other_arch_and_the_settings_alone(tmp_path, monke
     assert sorted(summary["figure5"]) == ["mnist-conv", "mnist-fc"]
     assert [r["T_prime"] for r in summary["figure5"]["mnist-conv"]] == [1, 2]
     assert summary["settings"] == [{"dataset": "mnist", "arch": "fc", "dir": "x"}]
-    assert summary["outputs"]["figure6_mnist"] == "kept.png"
+    assert summary["outputs"]["figure6_mnist"] == "kept.png" and "figure5" not in summary["outputs"]
+    assert summary["outputs"]["figure5_mnist-fc"].endswith("figure5_fc.png")
 
     # rerun: every sweep run is finished, nothing is trained again
     assert rp.main(["--preset", "quick", "--dataset", "mnist", "--arch", "conv", "--out", str(tmp_path),
