@@ -428,6 +428,10 @@ def _check_sweep_only(config: ReproduceConfig, root: Path) -> None:
     if not plain.is_file():
         raise ReproduceConfigError(f"sweep_only: no plain model {plain}; run the command without --sweep-only "
                                    "(with --no-sweep for no sweep) to train it first")
+    preset = PRESETS[config.preset]
+    missing = _data_available(preset.dataset_alias.get(config.datasets[0], config.datasets[0]), config.data_dir)
+    if missing:
+        raise ReproduceConfigError(f"sweep_only: no data for {config.datasets[0]} ({missing.rstrip(':')})")
 
 
 def _run_and_render(config: ReproduceConfig, preset: ReproducePreset, paper: Dict[str, Any],
@@ -444,8 +448,6 @@ def _run_and_render(config: ReproduceConfig, preset: ReproducePreset, paper: Dic
             available.append(dataset)
     sweep_arch = config.sweep_arch or config.archs[0]
     run_sweep_now = bool(config.sweep and available and sweep_arch in config.archs)
-    if config.sweep_only and available[:1] != list(config.datasets[:1]):
-        raise ReproduceConfigError(f"sweep_only: no data for {config.datasets[0]} ({skipped[0]['reason']})")
     # Steps: plain, robust, attack, two certifications and the alpha one per setting (+ the exact column,
     # + calibration and its attack); the sweep's natural reference and each T'.
     exact_steps = int((preset.exact_n if config.exact_n is None else config.exact_n) > 0)
@@ -471,8 +473,11 @@ def _run_and_render(config: ReproduceConfig, preset: ReproducePreset, paper: Dic
             figure = render_figure6(settings, dataset, root / f"figure6_{dataset}.png", preset)
             outputs[f"figure6_{dataset}"] = str(figure) if figure else None
     previous = json.loads(_read_text(root / "summary.json") or "{}")
-    figure5 = previous.get("figure5") if isinstance(previous.get("figure5"), dict) else {}
+    # an earlier summary's rows (a list in the one-sweep format of old) stay as they were unless a sweep
+    # runs now, which rebuilds every finished sweep's rows from the sweep folders
+    figure5 = previous.get("figure5")
     if run_sweep_now:
+        figure5 = figure5 if isinstance(figure5, dict) else {}
         run_sweep(root, available[0], sweep_arch, preset, config)
         # every finished sweep in the folder (one per data set and arch) is rendered, each to its own plot
         sweeps = [(sweep, sweep_table(sweep)) for sweep in finished_sweeps(root)]

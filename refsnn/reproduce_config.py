@@ -180,9 +180,10 @@ PRESETS: Dict[str, ReproducePreset] = {
         # A CONV robust step at T' = 3 costs 8-12 natural steps on this 2-core machine (results/robust/
         # bench_robust.md): 10 robust epochs are the issue's minimum, the ramp keeps FC's 3/4 share.
         robust_schedule={"conv": (10, 7.0)},
-        # The CONV sweep (the paper's Figure 5 setting) on the whole set would take ~10 h here (5 T' x
-        # 2 x 938 robust steps of 0.7-2.5 CPU s); 2 epochs of the first 6,400 images keep the five T'
-        # runs and the natural reference near 45 min of one core (docs/REPRODUCTION.md, Figure 5).
+        # The CONV sweep (the paper's Figure 5 setting) on the whole set would take ~4.3 h of training
+        # steps alone here (extrapolated from the run below); 2 epochs of the first 6,400 images ran the
+        # five T' and the natural reference in 56 min wall on the shared machine (27 min of training
+        # steps; docs/REPRODUCTION.md, Figure 5).
         sweep_schedule={"conv": (2, 6400)}),
     "paper": ReproducePreset(
         name="paper", label="the paper's schedule (80 natural, 300 robust epochs, ramp 250)",
@@ -217,9 +218,10 @@ class ReproduceConfig:
             raise ReproduceConfigError(f"exact_n must be an integer >= 0 (0: no exact column), got {self.exact_n!r}")
         if self.sweep_only and not self.sweep:
             raise ReproduceConfigError("sweep_only: the sweep is turned off (--no-sweep); give one of the two")
-        if self.sweep_only and self.calibrate:
-            raise ReproduceConfigError("sweep_only: --calibrate is a step of the settings, which --sweep-only skips; "
-                                       "give one of the two")
+        for name, flag in (("calibrate", "--calibrate"), ("workers", "--workers"), ("exact_n", "--exact-n")):
+            if self.sweep_only and getattr(self, name) not in (None, False):
+                raise ReproduceConfigError(f"sweep_only: {flag} is an option of the settings' steps, which "
+                                           "--sweep-only skips; give one of the two")
 
 
 def load_paper_values(path: Optional[str]) -> Dict[str, Any]:

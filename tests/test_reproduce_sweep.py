@@ -137,7 +137,9 @@ def test_unfinished_sweep_renders_what_finished_and_says_what_is_left(tmp_path, 
 @pytest.mark.parametrize("extra, message", [
     ([], "sweep_only: no plain model"),
     (["--no-sweep"], "sweep_only: the sweep is turned off"),
-    (["--calibrate"], "sweep_only: --calibrate is a step of the settings"),
+    (["--calibrate"], "sweep_only: --calibrate is an option of the settings' steps"),
+    (["--workers", "2"], "sweep_only: --workers is an option of the settings' steps"),
+    (["--exact-n", "5"], "sweep_only: --exact-n is an option of the settings' steps"),
     (["--sweep-arch", "fc"], "sweep_only: --sweep-arch fc is not among --arch conv"),
 ])
 def test_sweep_only_refuses_bad_input_in_one_line(tmp_path, monkeypatch, two_arch_preset, capsys, extra, message):
@@ -148,3 +150,32 @@ def test_sweep_only_refuses_bad_input_in_one_line(tmp_path, monkeypatch, two_arc
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert calls == [] and not (tmp_path / "quick").exists()   # refused before anything is written
+
+
+def test_sweep_only_without_data_is_refused_before_anything_is_written(tmp_path, monkeypatch, two_arch_preset, capsys):
+    """The plain model is there, the data is not: one line, exit 2, no record written into the folder."""
+    calls = []
+    monkeypatch.setattr(train, "main", _fake_train(calls))
+    plain = tmp_path / "quick" / "mnist-conv" / "plain"
+    plain.mkdir(parents=True)
+    (plain / "model.h5").write_bytes(b"")
+    monkeypatch.setattr(rp, "_data_available", lambda dataset, data_dir: "no such data directory: /nowhere")
+    code = rp.main(["--preset", "quick", "--dataset", "mnist", "--arch", "conv", "--out", str(tmp_path),
+                    "--sweep-only"])
+    err = capsys.readouterr().err
+    assert code == 2 and "sweep_only: no data for mnist (no such data directory" in err, err
+    assert len(err.strip().splitlines()) == 1 and calls == []
+    assert sorted(p.name for p in (tmp_path / "quick").iterdir()) == ["mnist-conv"]
+
+
+def test_a_run_without_sweep_keeps_an_old_format_figure5(tmp_path, monkeypatch, two_arch_preset):
+    """A summary.json of the one-sweep format (``figure5`` a list) keeps its rows when no sweep runs."""
+    root = tmp_path / "quick"
+    root.mkdir()
+    old_rows = [{"T_prime": 1, "clean_accuracy": 0.9}]
+    (root / "summary.json").write_text(json.dumps({"figure5": old_rows, "outputs": {"figure5": "figure5.png"}}))
+    monkeypatch.setattr(rp, "_data_available", lambda dataset, data_dir: "no data here")
+    assert rp.main(["--preset", "quick", "--dataset", "mnist", "--arch", "fc", "--out", str(tmp_path),
+                    "--no-sweep", "--quiet"]) == 0
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["figure5"] == old_rows and summary["outputs"]["figure5"] == "figure5.png"
