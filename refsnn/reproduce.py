@@ -15,9 +15,12 @@ default ``runs/reproduce``; the committed ``results/`` only when passed as ``--o
    ``exact_time_limit`` seconds per image; a bracket where some image is undecided; ``--exact-n``,
    0 turns it off, the quick presets run none);
 
-and once, on the first dataset, the T' sweep of Figure 5 (``sweep/``: one robust epoch per T' from
-the plain model, and one natural epoch on the same samples as the time reference). It then writes
-``table1.md``, ``table2.md``, ``figure5.png``, ``figure6_<dataset>.png``, ``summary.json`` and
+and once, on the first dataset, the T' sweep of Figure 5 (``sweep/<dataset>-<arch>/``: robust
+training for each T' from the plain model, and natural training on the same samples as the time
+reference, on the preset's schedule for that arch, ``ReproducePreset.sweep_for``; ``--sweep-only``
+runs only this, from a plain model an earlier run left). It then writes ``table1.md``,
+``table2.md``, ``figure5.md`` (every finished sweep in the folder, one section per arch, CONV
+first), ``figure5_<arch>.png`` per sweep, ``figure6_<dataset>.png``, ``summary.json`` and
 ``reproduce_config.json``. Tables already in the folder are merged into: the rows of the settings
 run now are replaced, the rows of every other setting are kept. Every step is resumable: a
 finished step (its result file exists) is skipped, an interrupted training resumes from its
@@ -57,7 +60,7 @@ from .reproduce_config import (ARCHS, DATASETS, DEFAULT_OUT, PAPER_REFERENCE, PR
                                ReproduceConfigError, ReproducePreset, _OUTPUT, _PAPER_TABLE2_ROWS, _TABLE2_FIELDS,
                                _log, eps_key, load_paper_values, paper_reduction)
 from .reproduce_tables import (_best_error, _crown_error, _order, _read_text, add_untrained_settings,  # noqa: F401
-                               merge_table1, merge_table2, render_figure5, render_figure6, render_sweep_md, render_table1,
+                               figure5_name, finished_sweeps, merge_table1, merge_table2, render_figure5, render_figure6, render_sweep_md, render_table1,
                                render_table2, smoke_line, sweep_table)
 
 
@@ -296,6 +299,28 @@ def run_setting(root: Path, dataset: str, arch: str, preset: ReproducePreset,
             "dir": str(setting_dir)}
 
 
+def _warm_up_kernels(natural_argv: List[str], robust_argv: List[str]) -> None:
+    """Runs one natural and one robust training step on 64 images into a folder that is then deleted,
+    so that compiling or loading the Numba kernels falls in no epoch the sweep times (the first
+    run of a process would otherwise pay it in its first epoch)."""
+    import contextlib
+    import io
+    import tempfile
+
+    from .train import main as train_main
+
+    tiny = ["--limit-train", "64", "--limit-test", "16", "--eval-seeds", "1", "--epochs", "1", "--no-progress"]
+    _log("warm-up: one natural and one robust step on 64 images (kernels compiled or loaded outside the timed epochs)")
+    with tempfile.TemporaryDirectory(prefix="refsnn-warm-up-") as folder:
+        for name, argv in (("natural", natural_argv), ("robust", [*robust_argv, "--method-option", "eval_n=8"])):
+            errors = io.StringIO()
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
+                code = train_main([*argv, *tiny, "--out", str(Path(folder) / name)])   # the last value of a flag wins
+            if code != 0:
+                raise RuntimeError(f"warm-up of the T' sweep ({name} step) failed (exit code {code}): "
+                                   f"{(errors.getvalue().strip().splitlines() or [''])[-1]}")
+
+
 def run_sweep(root: Path, dataset: str, arch: str, preset: ReproducePreset,
               config: ReproduceConfig) -> Dict[str, Any]:
     """Figure 5: robust training for each T' from the same plain model, and a natural reference."""
@@ -303,18 +328,21 @@ def run_sweep(root: Path, dataset: str, arch: str, preset: ReproducePreset,
     sweep_dir = root / "sweep" / f"{dataset}-{arch}"
     plain_model = root / f"{dataset}-{arch}" / "plain" / "model.h5"
     data_args = _data_dir_args(config.data_dir)
-    limits = _limit_args(preset.sweep_limit_train, preset.limit_test)
+    epochs, limit_train = preset.sweep_for(arch)
+    limits = _limit_args(limit_train, preset.limit_test)
     common = ["--dataset", data_name, "--arch", arch, "--init", str(plain_model), "--seed", str(config.seed),
-              "--epochs", str(preset.sweep_epochs), "--lr", "0.01", *limits, *data_args]
-    reference = _train_step(sweep_dir / "natural", [*common, "--milestones", "100000"], need_model=False)
-    runs = {}
-    for horizon in preset.sweep_T:
-        argv = [*common, "--method", "robust", "--eps", f"{DEFAULT_EPS[(dataset, arch)]:g}", "--robust-T",
-                str(horizon), "--method-option", f"eval_n={min(preset.eval_n, 500)}", *_robust_recipe(preset, dataset),
-                *preset.sweep_args]
-        if "--ramp-epochs" not in preset.sweep_args:
-            argv += ["--ramp-epochs", f"{preset.sweep_epochs:g}"]
-        runs[horizon] = _train_step(sweep_dir / f"T{horizon}", argv, need_model=False)
+              "--epochs", str(epochs), "--lr", "0.01", *limits, *data_args]
+    natural_argv = [*common, "--milestones", "100000"]
+    robust_argv = {horizon: [*common, "--method", "robust", "--eps", f"{DEFAULT_EPS[(dataset, arch)]:g}",
+                             "--robust-T", str(horizon), "--method-option", f"eval_n={min(preset.eval_n, 500)}",
+                             *_robust_recipe(preset, dataset), *preset.sweep_args,
+                             *([] if "--ramp-epochs" in preset.sweep_args else ["--ramp-epochs", f"{epochs:g}"])]
+                   for horizon in preset.sweep_T}
+    if not all((sweep_dir / run / "summary.json").is_file() for run in ["natural", *(f"T{t}" for t in robust_argv)]):
+        _warm_up_kernels(natural_argv, robust_argv[min(robust_argv)])
+    reference = _train_step(sweep_dir / "natural", natural_argv, need_model=False)
+    runs = {horizon: _train_step(sweep_dir / f"T{horizon}", argv, need_model=False)
+            for horizon, argv in robust_argv.items()}
     return {"dataset": dataset, "arch": arch, "reference": reference, "runs": runs, "dir": str(sweep_dir)}
 
 
@@ -365,6 +393,8 @@ def reproduce(config: ReproduceConfig, command: Optional[str] = None) -> Dict[st
     config = replace(config, datasets=datasets, archs=archs)
     paper = load_paper_values(config.paper_values)
     root = Path(config.out) / preset.name
+    if config.sweep_only:
+        _check_sweep_only(config, root)
     root.mkdir(parents=True, exist_ok=True)
     record = {"config": asdict(config), "preset": asdict(preset), "command": command,
               "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -389,6 +419,21 @@ def reproduce(config: ReproduceConfig, command: Optional[str] = None) -> Dict[st
         _OUTPUT.update(quiet=False, bar=None)
 
 
+def _check_sweep_only(config: ReproduceConfig, root: Path) -> None:
+    """``--sweep-only`` needs the sweep's arch among the archs and the plain model it starts from."""
+    sweep_arch = config.sweep_arch or config.archs[0]
+    if sweep_arch not in config.archs:
+        raise ReproduceConfigError(f"sweep_only: --sweep-arch {sweep_arch} is not among --arch {','.join(config.archs)}")
+    plain = root / f"{config.datasets[0]}-{sweep_arch}" / "plain" / "model.h5"
+    if not plain.is_file():
+        raise ReproduceConfigError(f"sweep_only: no plain model {plain}; run the command without --sweep-only "
+                                   "(with --no-sweep for no sweep) to train it first")
+    preset = PRESETS[config.preset]
+    missing = _data_available(preset.dataset_alias.get(config.datasets[0], config.datasets[0]), config.data_dir)
+    if missing:
+        raise ReproduceConfigError(f"sweep_only: no data for {config.datasets[0]} ({missing.rstrip(':')})")
+
+
 def _run_and_render(config: ReproduceConfig, preset: ReproducePreset, paper: Dict[str, Any],
                     root: Path) -> Dict[str, Any]:
     from .progress import Progress, compile_notice
@@ -406,12 +451,13 @@ def _run_and_render(config: ReproduceConfig, preset: ReproducePreset, paper: Dic
     # Steps: plain, robust, attack, two certifications and the alpha one per setting (+ the exact column,
     # + calibration and its attack); the sweep's natural reference and each T'.
     exact_steps = int((preset.exact_n if config.exact_n is None else config.exact_n) > 0)
-    total = (((8 if config.calibrate else 6) + exact_steps) * len(available) * len(config.archs)
+    setting_steps = 0 if config.sweep_only else len(available) * len(config.archs)
+    total = (((8 if config.calibrate else 6) + exact_steps) * setting_steps
              + (1 + len(preset.sweep_T) if run_sweep_now else 0))
     compile_notice(quiet=config.quiet)
     _OUTPUT["bar"] = Progress(total, f"reproduce {preset.name}", "step", quiet=config.quiet)
     settings = []
-    for dataset in available:
+    for dataset in ([] if config.sweep_only else available):
         for arch in config.archs:
             started = time.perf_counter()
             settings.append(run_setting(root, dataset, arch, preset, config, paper))
@@ -426,25 +472,37 @@ def _run_and_render(config: ReproduceConfig, preset: ReproducePreset, paper: Dic
         for dataset in dict.fromkeys(s["dataset"] for s in settings):
             figure = render_figure6(settings, dataset, root / f"figure6_{dataset}.png", preset)
             outputs[f"figure6_{dataset}"] = str(figure) if figure else None
-    sweep_rows = None
-    if run_sweep_now:
-        sweep = run_sweep(root, available[0], sweep_arch, preset, config)
-        sweep_rows = sweep_table(sweep)
-        atomic_write_text(root / "figure5.md", render_sweep_md(sweep, sweep_rows, preset, paper))
-        figure = render_figure5(sweep, sweep_rows, preset, paper, root / "figure5.png")
-        outputs["figure5"] = str(figure) if figure else None
-    summary_rows = [_summary_setting(s) for s in settings]
     previous = json.loads(_read_text(root / "summary.json") or "{}")
+    # an earlier summary's rows (a list in the one-sweep format of old) stay as they were unless a sweep
+    # runs now, which rebuilds every finished sweep's rows from the sweep folders
+    figure5 = previous.get("figure5")
+    if run_sweep_now:
+        figure5 = figure5 if isinstance(figure5, dict) else {}
+        run_sweep(root, available[0], sweep_arch, preset, config)
+        # every finished sweep in the folder (one per data set and arch) is rendered, each to its own plot
+        sweeps = [(sweep, sweep_table(sweep)) for sweep in finished_sweeps(root)]
+        atomic_write_text(root / "figure5.md", render_sweep_md(sweeps, preset, paper))
+        for sweep, rows in sweeps:
+            key = f"{sweep['dataset']}-{sweep['arch']}"
+            figure5[key] = rows
+            figure = render_figure5(sweep, rows, preset, paper, root / figure5_name(sweep))
+            outputs[f"figure5_{key}"] = str(figure) if figure else None
+    summary_rows = [_summary_setting(s) for s in settings]
     ran = {(s["dataset"], s["arch"]) for s in summary_rows}
     kept = [s for s in previous.get("settings", []) if (s.get("dataset"), s.get("arch")) not in ran]
+    # outputs of the settings not run now (their figure 6) stay listed; a sweep rendered now re-renders
+    # every finished sweep, so the earlier plots' entries (and the single figure5.png of old) go
+    kept_outputs = {k: v for k, v in (previous.get("outputs") or {}).items()
+                    if not (run_sweep_now and k.startswith("figure5"))}
     summary = {"preset": preset.name, "label": preset.label, "smoke": preset.smoke, "paper_reference": paper,
-               "outputs": outputs,
+               "outputs": {**kept_outputs, **outputs},
                "settings": sorted(summary_rows + kept, key=lambda s: _order((s["dataset"], s["arch"]))
                                   if s.get("dataset") in DATASETS and s.get("arch") in ARCHS else _order(None)),
-               "figure5": sweep_rows if sweep_rows is not None else previous.get("figure5")}
+               # per "<dataset>-<arch>": the rows of its T' sweep (figure5.md)
+               "figure5": figure5}
     atomic_write_text(root / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
-    _log(f"wrote {root}/table1.md, table2.md, summary.json"
-         + (", figure5.png" if outputs.get("figure5") else "")
+    _log(f"wrote {root}/" + ("" if config.sweep_only else "table1.md, table2.md, ") + "summary.json"
+         + "".join(f", {Path(v).name}" for k, v in outputs.items() if k.startswith("figure5") and v)
          + "".join(f", {Path(v).name}" for k, v in outputs.items() if k.startswith("figure6") and v))
     return summary
 
@@ -481,6 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--data-dir", metavar="FOLDER", help=f"{cli.VOCABULARY['--data-dir']} (default: refsnn.data's lookup order)")
     add("--no-sweep", action="store_true", help="skip the T' sweep of Figure 5")
     add("--sweep-arch", choices=ARCHS, help="arch of the T' sweep (default: the first --arch)")
+    add("--sweep-only", action="store_true",
+        help="run only the T' sweep, from the plain model of the first --dataset and the sweep's arch that an "
+             "earlier run left (no other step is run or rewritten; resumable like the others)")
     add("--paper-values", metavar="FILE",
         help="JSON file with more transcribed paper cells (docs/REPRODUCTION.md; default: none)")
     cli.add_seed(parser, detail=" (training, attacks)")
@@ -511,7 +572,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     cli.check_out_dir(Path(args.out))
     config = ReproduceConfig(args.preset, args.dataset, args.arch, args.out, args.data_dir, not args.no_sweep,
                              args.sweep_arch, args.paper_values, args.seed, getattr(args, "quiet", False),
-                             args.calibrate, args.workers, args.exact_n)
+                             args.calibrate, args.workers, args.exact_n, args.sweep_only)
     try:
         reproduce(config, command="python -m refsnn.reproduce " + " ".join(sys.argv[1:] if argv is None else argv))
     except RuntimeError as error:   # a step failed; its own message says how to continue

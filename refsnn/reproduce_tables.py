@@ -318,7 +318,7 @@ def _last_metrics(run_dir: Path) -> Dict[str, Any]:
 
 
 def sweep_table(sweep: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """Per T': clean accuracy, S-CROWN loss and certified error after training, time relative to natural."""
+    """Per T': clean accuracy, bound loss and certified error after training, time relative to natural."""
     sweep_dir = Path(sweep["dir"])
     reference_seconds = sweep["reference"]["seconds_per_epoch"]
     rows = []
@@ -332,6 +332,50 @@ def sweep_table(sweep: Dict[str, Any]) -> List[Dict[str, Any]]:
     return rows
 
 
+_DATASET_NAMES = {"mnist": "MNIST", "fmnist": "FMNIST", "nmnist": "N-MNIST"}
+
+
+def finished_sweeps(root: Path) -> List[Dict[str, Any]]:
+    """Every T' sweep under ``root/sweep/<dataset>-<arch>/`` whose natural reference and at least one
+    T' run finished (their ``summary.json``), as ``run_sweep`` returns it; the paper's setting (CONV)
+    first, then FC, each in ``DATASETS`` order. Runs still in progress are left out."""
+    found = []
+    for folder in sorted((root / "sweep").glob("*-*")):
+        dataset, _, arch = folder.name.partition("-")
+        reference = folder / "natural" / "summary.json"
+        if dataset not in DATASETS or arch not in ARCHS or not reference.is_file():
+            continue
+        runs = {}
+        for run in folder.glob("T*"):
+            if run.name[1:].isdigit() and (run / "summary.json").is_file():
+                runs[int(run.name[1:])] = json.loads((run / "summary.json").read_text())
+        if runs:
+            found.append({"dataset": dataset, "arch": arch, "reference": json.loads(reference.read_text()),
+                          "runs": dict(sorted(runs.items())), "dir": str(folder)})
+    return sorted(found, key=lambda s: (-ARCHS.index(s["arch"]), DATASETS.index(s["dataset"])))
+
+
+def figure5_name(sweep: Dict[str, Any]) -> str:
+    """File name of a sweep's plot: ``figure5_<arch>.png`` for MNIST (the paper's data set),
+    ``figure5_<dataset>-<arch>.png`` otherwise, so no sweep overwrites another's."""
+    stem = sweep["arch"] if sweep["dataset"] == "mnist" else f"{sweep['dataset']}-{sweep['arch']}"
+    return f"figure5_{stem}.png"
+
+
+def sweep_schedule_line(sweep: Dict[str, Any]) -> str:
+    """What the sweep ran, read from its runs' own configurations (not from today's preset)."""
+    config = sweep["reference"].get("config") or {}
+    epochs = config.get("epochs", sweep["reference"].get("epochs"))
+    first = next(iter(sweep["runs"].values()))
+    ramp = ((first.get("config") or {}).get("method_options") or {}).get("ramp_epochs", epochs)
+    n_train = sweep["reference"].get("n_train")
+    images = (f"the first {config['limit_train']:,} training images" if config.get("limit_train")
+              else f"the whole training set ({n_train:,} images)" if n_train else "the whole training set")
+    return (f"{epochs} robust epoch(s) per T' from the same natural model on {images}, eps ramped linearly to "
+            f"the training eps over {float(ramp):g} epoch(s); time reference: {epochs} natural epoch(s) on the "
+            "same images from the same model.")
+
+
 def render_figure5(sweep: Dict[str, Any], rows: List[Dict[str, Any]], preset: ReproducePreset,
                    paper: Dict[str, Any], out: Path) -> Optional[Path]:
     try:
@@ -342,8 +386,8 @@ def render_figure5(sweep: Dict[str, Any], rows: List[Dict[str, Any]], preset: Re
         _log('figure5: matplotlib missing (pip install "refsnn[plot]"); table only')
         return None
     horizons = [r["T_prime"] for r in rows]
-    figure, axes = plt.subplots(1, 4, figsize=(15, 3.3))
-    panels = [("clean_accuracy", "clean test accuracy"), ("robust_loss", "S-CROWN (bound) loss, last epoch"),
+    figure, axes = plt.subplots(1, 4, figsize=(15, 3.5))
+    panels = [("clean_accuracy", "clean test accuracy"), ("robust_loss", "bound loss, last epoch"),
               ("cert_error_crown", "S-CROWN certified error at eps"), ("time_ratio", "time / natural epoch")]
     for axis, (key, title) in zip(axes, panels):
         axis.plot(horizons, [float("nan") if r[key] is None else r[key] for r in rows], marker="o", label="refsnn")
@@ -354,8 +398,10 @@ def render_figure5(sweep: Dict[str, Any], rows: List[Dict[str, Any]], preset: Re
     if ratios:
         axes[3].plot([int(k) for k in ratios], list(ratios.values()), "s--", label="paper (CONV MNIST, GPU)")
         axes[3].legend(fontsize=7)
-    figure.suptitle(f"Figure 5 (refsnn): T' sweep on {sweep['dataset']} {sweep['arch'].upper()}; {preset.label}",
-                    fontsize=9)
+    import textwrap
+
+    figure.suptitle(textwrap.fill(f"Figure 5 (refsnn, preset {preset.name}): T' sweep on {sweep['dataset']} "
+                                  f"{sweep['arch'].upper()}; {sweep_schedule_line(sweep)}", 170), fontsize=8)
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)
@@ -363,30 +409,40 @@ def render_figure5(sweep: Dict[str, Any], rows: List[Dict[str, Any]], preset: Re
     return out
 
 
-def _sweep_ramp(preset: ReproducePreset) -> float:
-    args = list(preset.sweep_args)
-    return float(args[args.index("--ramp-epochs") + 1]) if "--ramp-epochs" in args else float(preset.sweep_epochs)
-
-
-def render_sweep_md(sweep: Dict[str, Any], rows: List[Dict[str, Any]], preset: ReproducePreset,
+def render_sweep_md(sweeps: List[Tuple[Dict[str, Any], List[Dict[str, Any]]]], preset: ReproducePreset,
                     paper: Dict[str, Any]) -> str:
+    """``figure5.md``: one section per ``(sweep, sweep_table(sweep))``, each with its own schedule line."""
     ratios = paper.get("figure5_time_ratio", {})
     mark = "" if preset.name == "paper" else "*"
-    lines = [f"# Figure 5 (refsnn, preset `{preset.name}`): T' sweep, {sweep['dataset']} {sweep['arch'].upper()}", "",
-             *smoke_line(preset),
-             f"{preset.sweep_epochs} robust epoch(s) per T' from the same natural model"
-             + (f" on the first {preset.sweep_limit_train} training images" if preset.sweep_limit_train else "")
-             + f", eps ramped linearly to the training eps over {_sweep_ramp(preset):g} epoch(s); time reference: "
-             f"{preset.sweep_epochs} natural epoch(s) on the same images from the same model. The paper's sweep is "
-             "CONV MNIST with its full schedule.", "",
-             "| T' | clean acc. % | S-CROWN loss | S-CROWN certified error % | s/epoch | time / natural | paper time ratio |",
-             "|---|---|---|---|---|---|---|"]
-    for row in rows:
-        loss = "n/a" if row["robust_loss"] is None else f"{row['robust_loss']:.3f}"
-        lines.append(f"| {row['T_prime']} | {_pct(row['clean_accuracy'], 2)}{mark} | {loss}{mark} | "
-                     f"{_pct(row['cert_error_crown'])}{mark} | {row['seconds_per_epoch']:.0f} | "
-                     f"{row['time_ratio']:.1f}{mark} | {ratios.get(str(row['T_prime']), 'n/t')} |")
-    return "\n".join(lines) + "\n"
+    lines = [f"# Figure 5 (refsnn, preset `{preset.name}`): T' sweeps", "", *smoke_line(preset),
+             "The paper's sweep is CONV MNIST at eps 0.12 with its full schedule (300 robust epochs, GPU); its time "
+             "ratios are per epoch relative to natural training. Bound loss: the robust training loss of the last "
+             "epoch, the recipe's mix of the S-IBP and S-CROWN bounds (S-IBP alone once the mix's weight on "
+             "S-CROWN has reached 0, as in the last epoch of these short schedules)."
+             + (" Values marked * come from the shortened schedule of each section." if mark else ""), ""]
+    for sweep, rows in sweeps:
+        paper_setting = sweep["dataset"] == "mnist" and sweep["arch"] == "conv"
+        lines += [f"## {_DATASET_NAMES[sweep['dataset']]} {sweep['arch'].upper()}"
+                  + (" (the paper's setting)" if paper_setting else ""), "",
+                  sweep_schedule_line(sweep) + f" Plot: `{figure5_name(sweep)}`.", ""]
+        missing = [t for t in preset.sweep_T if t not in sweep["runs"]]
+        if missing:
+            lines += [f"Not finished yet: T' = {', '.join(map(str, missing))} (rerun the same command to continue).",
+                      ""]
+        errors = [row["cert_error_crown"] for row in rows]
+        if rows and all(e is not None and e >= 1.0 for e in errors):
+            lines += ["Every bound is vacuous after this schedule: certified error 100 % at every T' (the loss "
+                      "column is then the trivial bound's), so this section shows the time ratios only, not "
+                      "the paper's accuracy / loss trade-off.", ""]
+        lines += ["| T' | clean acc. % | bound loss (last epoch) | S-CROWN certified error % | s/epoch | "
+                  "time / natural | paper time ratio |", "|---|---|---|---|---|---|---|"]
+        for row in rows:
+            loss = "n/a" if row["robust_loss"] is None else f"{row['robust_loss']:.3f}"
+            lines.append(f"| {row['T_prime']} | {_pct(row['clean_accuracy'], 2)}{mark} | {loss}{mark} | "
+                         f"{_pct(row['cert_error_crown'])}{mark} | {row['seconds_per_epoch']:.0f} | "
+                         f"{row['time_ratio']:.1f}{mark} | {ratios.get(str(row['T_prime']), 'n/t')} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def render_figure6(settings: List[Dict[str, Any]], dataset: str, out: Path,

@@ -46,7 +46,7 @@ def test_end_to_end_resumable_and_missing_data(tmp_path, tiny_preset, capsys):
     root = out / "quick"
     for name in ("table1.md", "table2.md", "figure5.md", "summary.json", "reproduce_config.json"):
         assert (root / name).is_file(), name
-    assert (root / "figure5.png").stat().st_size > 1000
+    assert (root / "figure5_fc.png").stat().st_size > 1000
     assert (root / "figure6_mnist.png").stat().st_size > 1000
     summary = json.loads((root / "summary.json").read_text())
     # Rows of the setting run now are replaced, the FMNIST row of the earlier run is kept (after MNIST).
@@ -67,7 +67,7 @@ def test_end_to_end_resumable_and_missing_data(tmp_path, tiny_preset, capsys):
     assert rows == {(m, e) for m in ("plain", "robust") for e in rp.PAPER_REFERENCE["attack_eps"]["mnist-fc"]}
     table2 = (root / "table2.md").read_text()
     assert "| 0.104 |" in table2 and "NOT a reproduction" in table2 and "n/t" in table2
-    assert [row["T_prime"] for row in summary["figure5"]] == [1, 2]
+    assert [row["T_prime"] for row in summary["figure5"]["mnist-fc"]] == [1, 2]
     config = json.loads((root / "reproduce_config.json").read_text())
     assert config["command"].startswith("python -m refsnn.reproduce --preset quick")
 
