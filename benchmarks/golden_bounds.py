@@ -2,7 +2,8 @@
 on a fixed set of small FC and CONV networks and boxes, recorded once and checked bit for bit.
 
 Cases: float64 and float32 networks, both firing modes, Gaussian and dyadic weights (membranes
-exactly on the threshold), random boxes, eps = 0 (lower == upper), T' = 1, all-free boxes, and the
+exactly on the threshold), random boxes, eps = 0 (lower == upper), T' = 1, all-free boxes, two
+8-channel CONV nets on sparse boxes of 36 rows (the compiled binary conv kernel of S-IBP), and the
 committed MNIST FC model on three embedded test images (digital l-inf set, eps 0.12, T' = 3).
 Recorded per case: ``compute_bounds`` for every method, every field of ``interval_bounds``,
 ``crown_bounds`` with its coefficients, the full-S-CROWN intermediates,
@@ -37,6 +38,8 @@ from refsnn.layers import AvgPool2d, Conv2d, Flatten, Linear  # noqa: E402
 # Arrays with more entries are stored as a SHA-256 of their bytes plus a fixed sample of entries
 # (``#sha256``, ``#sample``): the bit-for-bit check stays exact and the file small.
 HASH_ABOVE = 20000
+# The wide CONV cases' many mid-size arrays are hashed from 2,000 entries (the file would triple otherwise).
+WIDE_PREFIX, WIDE_HASH_ABOVE = "convwide", 2000
 DEFAULT_PATH = ROOT / "tests" / "golden" / "bounds.npz"
 EMBEDDED_MODEL = ROOT / "results" / "budget" / "mnist-fc" / "robust" / "model.h5"
 INTERVAL_FIELDS = ("current_lower", "current_upper", "mem_lower", "mem_upper", "spike_lower", "spike_upper",
@@ -82,6 +85,32 @@ def _conv(seed: int, pool: bool, dyadic: bool, **kwargs) -> SNN:
     layers += [Flatten(), Linear(_weights(rng, (5, flat), dyadic, 1.0 / np.sqrt(flat)), _weights(rng, (5,), dyadic, 0.1)),
                Linear(_weights(rng, (3, 5), dyadic, 0.6), _weights(rng, (3,), dyadic, 0.1))]
     return SNN(layers, input_shape=(1, 6, 6), **kwargs)
+
+
+def _wide_conv(seed: int, **kwargs) -> SNN:
+    """Two 3x3 convolutions of 8 channels: wide enough, with a batch of 12 at T' = 3 (36 rows) and
+    sparse boxes, for the compiled binary conv kernel of S-IBP (``ibp._binary_conv_interval_kernel``)
+    that the small nets above never reach."""
+    rng = np.random.default_rng(seed)
+    layers = [Conv2d(_weights(rng, (8, 1, 3, 3), False, 0.6), _weights(rng, (8,), False, 0.1), stride=1, padding=1),
+              Conv2d(_weights(rng, (8, 8, 3, 3), False, 0.25), _weights(rng, (8,), False, 0.1), stride=2, padding=1),
+              Flatten(), Linear(_weights(rng, (4, 8 * 4 * 4), False, 0.15), _weights(rng, (4,), False, 0.1))]
+    return SNN(layers, input_shape=(1, 8, 8), **kwargs)
+
+
+def _wide_boxes(seed: int, net: SNN) -> Iterator[Tuple[str, np.ndarray, np.ndarray]]:
+    """Sparse random boxes (T' = 3, B = 12) and eps = 0 (T' = 3, B = 12)."""
+    rng = np.random.default_rng(seed)
+    shape = (3, 12) + tuple(net.input_shape)
+    lower = (rng.random(shape) < 0.1).astype(np.float64)
+    yield "sparse", lower, np.maximum(lower, (rng.random(shape) < 0.25).astype(np.float64))
+    yield "eps0", lower, lower.copy()
+
+
+def wide_cases() -> Iterator[Tuple[str, SNN]]:
+    """``(name, net)``, names starting with ``WIDE_PREFIX``."""
+    yield "convwide64", _wide_conv(8, threshold=0.25, decay=0.5, firing=">=")
+    yield "convwide32gt", _wide_conv(9, threshold=0.25, decay=0.25, firing=">", dtype=np.float32)
 
 
 def _boxes(seed: int, net: SNN) -> Iterator[Tuple[str, np.ndarray, np.ndarray]]:
@@ -195,6 +224,13 @@ def record_all(progress: Callable[[str], None] = lambda name: None) -> Dict[str,
             _record_robust(out, name, net, x_lower, x_upper, labels)
             if small and box_name == "eps0":
                 _record_anyk(out, name, net, x_lower, labels)
+    for case, net in wide_cases():
+        for box_name, x_lower, x_upper in _wide_boxes(len(case), net):
+            name = f"{case}/{box_name}"
+            progress(name)
+            labels = np.arange(x_lower.shape[1]) % net.n_outputs
+            _record_bounds(out, name, net, x_lower, x_upper, labels, small=False, alpha_iterations=2)
+            _record_robust(out, name, net, x_lower, x_upper, labels)
     progress("embedded")
     out.update(_record_embedded())
     return out
@@ -230,7 +266,7 @@ def pack(values: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     packed = {}
     for key, value in values.items():
         value = np.ascontiguousarray(value)
-        if value.size > HASH_ABOVE:
+        if value.size > (WIDE_HASH_ABOVE if key.startswith(WIDE_PREFIX) else HASH_ABOVE):
             packed[f"{key}#sha256"] = np.array(hashlib.sha256(value.tobytes()).hexdigest())
             packed[f"{key}#shape"] = np.array(value.shape)
             packed[f"{key}#sample"] = value.reshape(-1)[_sample_index(value.size)]
