@@ -466,7 +466,8 @@ def _run_and_render(config: ReproduceConfig, preset: ReproducePreset, paper: Dic
     if settings:
         table1, table2 = add_untrained_settings(
             merge_table1(render_table1(settings, preset, paper), _read_text(root / "table1.md")),
-            merge_table2(render_table2(settings, preset, paper), _read_text(root / "table2.md")), preset, paper)
+            merge_table2(render_table2(settings, preset, paper), _read_text(root / "table2.md")), preset, paper,
+            root)
         atomic_write_text(root / "table1.md", table1)
         atomic_write_text(root / "table2.md", table2)
         for dataset in dict.fromkeys(s["dataset"] for s in settings):

@@ -548,21 +548,49 @@ def _read_text(path: Path) -> Optional[str]:
 
 _NAMES = {"mnist": "MNIST", "fmnist": "FMNIST", "nmnist": "N-MNIST"}
 NOT_TRAINED = "not trained yet"
+IN_TRAINING = "in training"
 
 
-def add_untrained_settings(table1: str, table2: str, preset: ReproducePreset, paper: Dict[str, Any]
-                           ) -> Tuple[str, str]:
+def _partial_row(root: Optional[Path], dataset: str, arch: str, paper: Dict[str, Any], mark: str) -> Optional[str]:
+    """The Table 1 row of a setting whose plain model is finished and whose robust one is not (yet):
+    the plain accuracy and time from its ``summary.json``, ``in training`` where a robust checkpoint
+    waits, else ``not trained yet``. None when not even the plain run is finished."""
+    if root is None:
+        return None
+    summary_text = _read_text(root / f"{dataset}-{arch}" / "plain" / "summary.json")
+    if not summary_text:
+        return None
+    summary = json.loads(summary_text)
+    plain_acc = summary["test_accuracy"]["mean"]
+    robust_dir = root / f"{dataset}-{arch}" / "robust"
+    robust = IN_TRAINING if (robust_dir / "checkpoint.h5").is_file() else NOT_TRAINED
+    ref = paper.get("clean_accuracy", {}).get(f"{dataset}-{arch}", {}).get("regular")
+    same_data = summary.get("config", {}).get("dataset", dataset) == dataset
+    diff = "n/t" if ref is None else f"{100 * plain_acc - ref:+.2f}" if same_data else "other data"
+    return (f"| {_NAMES[dataset]} | {arch.upper()} | {_pct(plain_acc, 2)}{mark} | {robust} | - | "
+            f"{f'{ref:.2f}' if ref is not None else 'n/t'} | n/r | {diff} | {summary['seconds_per_epoch']:.0f} | - |")
+
+
+def add_untrained_settings(table1: str, table2: str, preset: ReproducePreset, paper: Dict[str, Any],
+                           root: Optional[Path] = None) -> Tuple[str, str]:
     """Tables 1 and 2 with a ``not trained yet`` row / section (paper cells filled) for every setting of
-    ``preset`` that has none yet; a setting with results is never replaced."""
+    ``preset`` that has none yet; a setting with results is never replaced. Under ``root`` (the preset's
+    output folder), a setting whose plain run is finished shows its plain accuracy with the robust run
+    ``in training`` (rebuilt on every call until the setting is finished)."""
     before, rows, after = _table1_rows(table1)
+    rows = [row for row in rows if f"| {IN_TRAINING} |" not in row and f"| {NOT_TRAINED} |" not in row]
     have1 = {_table1_key(row) for row in rows}
+    mark = "" if preset.name == "paper" else "*"
     preamble, sections, tail = _table2_sections(table2)
     have2 = {_table2_key(section) for section in sections}
     for dataset in preset.datasets:
         for arch in preset.archs:
             key = f"{dataset}-{arch}"
             name = f"{_NAMES[dataset]} {arch.upper()}"
-            if (dataset, arch) not in have1:
+            partial = _partial_row(root, dataset, arch, paper, mark) if (dataset, arch) not in have1 else None
+            if partial is not None:
+                rows.append(partial)
+            elif (dataset, arch) not in have1:
                 ref = paper.get("clean_accuracy", {}).get(key, {}).get("regular")
                 rows.append(f"| {_NAMES[dataset]} | {arch.upper()} | {NOT_TRAINED} | {NOT_TRAINED} | - | "
                             f"{f'{ref:.2f}' if ref is not None else 'n/t'} | n/r | - | - | - |")

@@ -1,6 +1,8 @@
 """Calibrated attack eps (refsnn.reproduce_calibrate) and the rows refsnn.reproduce renders from them."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from refsnn import reproduce as rp
@@ -100,3 +102,26 @@ def test_calibration_never_goes_past_the_limit_and_says_which_targets_it_missed(
     assert max(seen) <= 1.0 and max(found["eps"]) <= 1.0
     assert found["reached"] == [True, True, True, False]
     assert len(seen) == len(set(seen))   # each eps measured once
+
+
+def test_a_setting_with_a_finished_plain_run_shows_its_accuracy_until_it_is_finished(tmp_path):
+    """Plain summary there, robust checkpoint waiting: the plain accuracy and ``in training``, rebuilt on
+    the next call (a robust run that finished since replaces the row through merge_table1)."""
+    from refsnn.reproduce_tables import IN_TRAINING
+    preset = rp.PRESETS["budget"]
+    plain = tmp_path / "mnist-conv" / "plain"
+    plain.mkdir(parents=True)
+    (plain / "summary.json").write_text(json.dumps({"test_accuracy": {"mean": 0.9887}, "seconds_per_epoch": 598.8,
+                                                    "config": {"dataset": "mnist"}}))
+    from refsnn.reproduce_tables import render_table1
+    table1, _ = add_untrained_settings(render_table1([], preset, rp.PAPER_REFERENCE), "", preset,
+                                       rp.PAPER_REFERENCE, tmp_path)
+    row = next(line for line in table1.split("\n") if line.startswith("| MNIST | CONV"))
+    assert f"| 98.87* | {NOT_TRAINED} |" in row and "| -0.22 |" in row and "| 599 |" in row
+    (tmp_path / "mnist-conv" / "robust").mkdir()
+    (tmp_path / "mnist-conv" / "robust" / "checkpoint.h5").write_bytes(b"")
+    again, _ = add_untrained_settings(table1, "", preset, rp.PAPER_REFERENCE, tmp_path)
+    rows = [line for line in again.split("\n") if line.startswith("| MNIST | CONV")]
+    assert len(rows) == 1 and f"| 98.87* | {IN_TRAINING} |" in rows[0]
+    fmnist = next(line for line in again.split("\n") if line.startswith("| FMNIST | CONV"))
+    assert f"| {NOT_TRAINED} | {NOT_TRAINED} |" in fmnist
