@@ -25,7 +25,7 @@ import numpy as np
 from refsnn.network import SNN
 from refsnn.firing import fires, fires_at_threshold
 
-from .encoding import (MembraneBounds, SNNMilp, VerifierError, check_bounds_on_samples, dyadic_margin,
+from .encoding import (MembraneBounds, SNNMilp, Solution, VerifierError, check_bounds_on_samples, dyadic_margin,
                        float64_network, membrane_bounds, pad_bounds, stage_affine_maps)
 from .sets import InputSet, sets_from_boxes
 from .specs import normalize_specs, other_classes, spec_grid
@@ -88,6 +88,9 @@ class SampleVerifier:
         self.net64 = float64_network(net)
         self.input_set = input_set
         self.time_limit, self.solver, self.strict_margin = time_limit, solver, strict_margin
+        # a time.perf_counter() value no solve may pass (None: only time_limit per solve); an
+        # objective needs up to three solves, each gets what is left of it
+        self.deadline: Optional[float] = None
         start = time.perf_counter()
         self.maps = stage_affine_maps(net)
         self.bounds: MembraneBounds = pad_bounds(membrane_bounds(net, input_set, bigm, self.maps))
@@ -160,6 +163,17 @@ class SampleVerifier:
             ext.bound = ext.bound - slack if sense == "min" else ext.bound + slack
         return ext
 
+    def _solve(self, model: SNNMilp, expr, sense: str, safe: bool):
+        """One solve with ``time_limit``, cut to what is left before ``deadline`` (none left: a
+        timeout without solving)."""
+        limit = self.time_limit
+        if self.deadline is not None:
+            left = self.deadline - time.perf_counter()
+            if left <= 0:
+                return Solution("timeout", None, None, 0.0)
+            limit = left if limit is None else min(limit, left)
+        return model.solve(expr, sense, limit, self.solver, safe)
+
     def _optimize(self, build, realize, sense: str, fallback: float, safe: bool) -> Extreme:
         start = time.perf_counter()
         better = (lambda a, b: a < b) if sense == "min" else (lambda a, b: a > b)
@@ -177,7 +191,7 @@ class SampleVerifier:
 
         if self.grid_margin is not None:
             # The strict model holds exactly the real trajectories: its optimum is exact and sound.
-            exact = self.strict.solve(build(self.strict), sense, self.time_limit, self.solver, safe)
+            exact = self._solve(self.strict, build(self.strict), sense, safe)
             self._check_feasible(exact)
             consider(exact.x)
             if exact.status == "optimal":
@@ -185,7 +199,7 @@ class SampleVerifier:
                 if _close(best_value, exact.value):
                     return Extreme(sense, "exact", best_value, best_value, best_x, exact.value,
                                    time.perf_counter() - start)
-        relaxed = self.relaxed.solve(build(self.relaxed), sense, self.time_limit, self.solver, safe)
+        relaxed = self._solve(self.relaxed, build(self.relaxed), sense, safe)
         self._check_feasible(relaxed)
         consider(relaxed.x)
         if relaxed.status != "optimal":
@@ -194,7 +208,7 @@ class SampleVerifier:
         if not _close(best_value, relaxed.value):
             self._check_not_beaten(best_value, relaxed.value, better, sense)
             if self.grid_margin is None:
-                strict = self.strict.solve(build(self.strict), sense, self.time_limit, self.solver, safe)
+                strict = self._solve(self.strict, build(self.strict), sense, safe)
                 consider(strict.x)
         seconds = time.perf_counter() - start
         if _close(best_value, relaxed.value):
