@@ -180,7 +180,29 @@ def _complete_record(net: SNN, config: DatasetVerifyConfig, input_set, index: in
             "nodes": result.stats["nodes"], "spike_splits": result.stats["spike_splits"],
             "milp_leaves": result.stats["milp"],
             "decided_fraction": result.stats["decided_fraction"], "seconds": round(result.seconds, 4),
-            "witness": witness}
+            "witness": witness, "code": code_revision()}
+
+
+_REVISION: List[Optional[str]] = []
+
+
+def code_revision() -> Optional[str]:
+    """The git commit of the checkout this ``verify`` package runs from (``+dirty`` when its tracked
+    files differ from it), or None outside a git checkout: a record says which code decided it, so a
+    run resumed after the verifier changed shows which images each version decided."""
+    if not _REVISION:
+        import subprocess
+
+        here = Path(__file__).resolve().parent
+        try:
+            head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                   capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+            _REVISION.append(head + ("+dirty" if dirty else "") if head else None)
+        except (OSError, subprocess.SubprocessError):
+            _REVISION.append(None)
+    return _REVISION[0]
 
 
 def pack_spikes(x: np.ndarray) -> str:
@@ -378,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "arguments and the model>; writes verify.json and verify.csv")
     add("--overwrite", action="store_true",
         help="replace a different result already in --out (a rerun of the same result is always allowed)")
+    add("--retry-unknown", action="store_true",
+        help="resuming: verify again the samples the partial file records as unknown (e.g. after the verifier "
+             "improved; each record's 'code' names the commit that decided it)")
     cli.add_progress(parser)
     add_cluster_arguments(parser)
     cli.add_deprecated(parser, "--horizon", "--robust-T", "robust_T", cli.positive_int)
@@ -456,7 +481,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     command = "python -m verify.dataset " + " ".join(shlex.quote(a) for a in argv)
     selected = {int(index) for index in indices}
-    done = {index: record for index, record in done.items() if index in selected}
+    done = {index: record for index, record in done.items() if index in selected
+            and not (args.retry_unknown and record.get("status") == "unknown")}
     out.mkdir(parents=True, exist_ok=True)
 
     def save_chunk(records: List[dict]) -> None:
@@ -492,8 +518,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     atomic_write_text(out / "verify.json", json.dumps(document, indent=2) + "\n")
     buffer = io.StringIO()
     # the packed witness stays in verify.json only
-    writer = csv.DictWriter(buffer, fieldnames=[key for key in report["samples"][0] if key != "witness"],
-                            extrasaction="ignore")
+    # every key of any record (a resumed run's older records may lack newer fields such as "code")
+    fields = list(dict.fromkeys(key for record in report["samples"] for key in record if key != "witness"))
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(report["samples"])
     atomic_write_text(out / "verify.csv", buffer.getvalue())
