@@ -194,3 +194,34 @@ def test_sample_choices_that_contradict_each_other_are_refused(tiny_model, tmp_p
         main(argv + list(extra))
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_retry_unknown_reruns_only_the_unknown_records_and_each_record_names_its_code(tiny_model, tmp_path):
+    import verify.dataset as dataset
+    from verify.dataset import PARTIAL, main, code_revision
+
+    out = tmp_path / "retry"
+    argv = _argv(tiny_model, out, "--method", "complete")
+    assert main(argv) == 0
+    document = json.loads((out / "verify.json").read_text())
+    assert all(r["code"] == code_revision() for r in document["samples"])
+    # a partial file of that run whose first record says unknown (an older verifier's, without "code")
+    records = {r["index"]: dict(r) for r in document["samples"]}
+    first = min(records)
+    records[first].update(status="unknown", reason="time limit")
+    del records[first]["code"]
+    dataset.write_partial(out / PARTIAL, document["identity"], document["command"], records)
+    (out / "verify.json").unlink()
+    rerun = []
+    real = dataset.verify_samples
+
+    def counting(net, config, chunk):
+        rerun.extend(int(i) for i in chunk[0])
+        return real(net, config, chunk)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dataset, "verify_samples", counting)
+        assert main(argv + ["--retry-unknown"]) == 0
+    assert rerun == [first]
+    again = {r["index"]: r for r in json.loads((out / "verify.json").read_text())["samples"]}
+    assert again[first]["status"] == document["samples"][0]["status"] and "code" in again[first]
