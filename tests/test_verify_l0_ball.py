@@ -193,6 +193,9 @@ def test_milp_solves_get_only_the_time_left(monkeypatch):
     verifier.deadline = time.perf_counter() - 1.0
     ext = verifier.rate_extreme(np.array([1.0, -1, 0, 0]), "min")
     assert ext.status == "timeout" and limits == []   # nothing left: no solve at all
+    assert verifier._relaxed is None and verifier._strict is None   # nor a model built
+    verifier.deadline = time.perf_counter() + 1e-9   # passes during the build: it stops there
+    assert verifier.rate_extreme(np.array([1.0, -1, 0, 0]), "min").status == "timeout" and limits == []
     verifier.deadline = time.perf_counter() + 30.0
     verifier.rate_extreme(np.array([1.0, -1, 0, 0]), "min")
     assert limits and all(limit <= 30.0 for limit in limits)   # each solve: what is left, not 100 s

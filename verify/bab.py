@@ -62,6 +62,15 @@ NEURON_BRANCHING = ("neuron-widest", "neuron-babsr", "mixed")
 BRANCHING = INPUT_BRANCHING + NEURON_BRANCHING
 SPIKE_OFF, SPIKE_ON = 0, 1  # a split's two sides (refsnn.relaxations.STABLE_OFF / STABLE_ON)
 VERDICTS = ("robust", "not_robust", "unknown")
+# falsification on l0 balls (_Search.gradient_ball_search): gradient rules and losses of
+# refsnn.attacks.gradients, rounds per rule, and members it starts from (the clean train first).
+# On N-MNIST FC (12 flips per step) they break images 0 and 2 of the test split, where 60 s of
+# local search reached margin 1/3.
+BALL_RULES = (({}, "ce"), ({}, "margin"), ({"rule": "rate"}, "ce"), ({"output": "currents"}, "margin"),
+              ({"penultimate_threshold_ratio": 10 / 3}, "ce"), ({"rule": "rate", "output": "currents"}, "margin"),
+              ({"surrogate": "sigmoid"}, "ce"), ({"surrogate": "atan", "output": "currents"}, "margin"))
+BALL_ITERATIONS = 10
+BALL_STARTS = 4
 
 
 class BabConfigError(ValueError):
@@ -293,7 +302,7 @@ class _Search:
         self.fresh: List[_Node] = []  # bounded, not yet in the queue
         self.stats = {"nodes": 0, "splits": 0, "spike_splits": 0, "closed_by_bound": 0, "empty": 0,
                       "enumerated": 0, "milp": 0, "milp_timeouts": 0, "max_depth": 0, "exact_replays": 0,
-                      "node_searches": 0, "restarts": 0, "root_milp_skipped": 0,
+                      "node_searches": 0, "restarts": 0, "root_milp_skipped": 0, "gradient_rounds": 0,
                       "decided_fraction": 0.0}
         self.serial = itertools.count()
         self.decided_weight = Fraction(0)
@@ -409,6 +418,36 @@ class _Search:
                              input_set.per_step)[:, 0]
         members = [i for i in range(xs.shape[1]) if input_set.contains(xs[:, i])]
         self.offer(np.ascontiguousarray(xs[:, members]))
+
+    def gradient_ball_search(self, ball: SpikeL0Set, stop: float) -> None:
+        """Falsification on an l0 ball (robustness questions only: the losses need the label): from
+        the clean train and random members, ``BALL_ITERATIONS`` rounds of ``x <- the ball's member
+        that flips, per step (or in total), the ``k`` allowed positions whose flip raises the loss's
+        linearization at ``x`` most`` (``refsnn.attacks.gradients.input_gradient``), for each
+        gradient rule and loss of ``BALL_RULES``; every round's members are offered. Stops at
+        ``stop`` or the time limit (checked before every gradient)."""
+        from refsnn.attacks.gradients import GradientRule, input_gradient
+
+        if self.label is None:
+            return
+        deadline = min(stop, self.start + self.config.time_limit) if self.config.time_limit else stop
+        center = ball.center.reshape(self.steps, -1).astype(np.int8)
+        allowed = ball.mask.reshape(self.steps, -1) == 1
+        away = (1 - 2 * center).astype(np.float64)  # +1 where a flip turns a bit on, -1 where off
+        starts = np.concatenate([ball.center[:, None], ball.sample(self.rng, BALL_STARTS - 1)], axis=1)
+        labels = np.full(starts.shape[1], self.label)
+        for options, loss in BALL_RULES:
+            rule = GradientRule(**options)
+            x = starts
+            for _ in range(BALL_ITERATIONS):
+                if time.perf_counter() >= deadline:
+                    return
+                self.stats["gradient_rounds"] += 1
+                grad = input_gradient(self.net64, x.astype(np.float64), labels, rule, loss=loss)[1]
+                gain = np.where(allowed[:, None], grad.reshape(self.steps, x.shape[1], -1) * away[:, None], -np.inf)
+                chosen = _top_k_positive(gain, ball.k, ball.per_step)
+                x = (center[:, None] ^ chosen).astype(np.uint8).reshape(x.shape)
+                self.offer(x)
 
     def restart_search(self, node: _Node) -> None:
         """Falsification once the root bound leaves rows open: up to ``restarts`` local searches of up
@@ -802,6 +841,21 @@ class _Search:
                 for part in parts]
 
 
+def _top_k_positive(gain: np.ndarray, k: int, per_step: bool) -> np.ndarray:
+    """``[T', B, n]`` 0/1: per step and member (``per_step``) or per member over all steps, the (at
+    most) ``k`` entries of ``gain`` with the largest positive values."""
+    steps, batch, n = gain.shape
+    flat = gain if per_step else np.moveaxis(gain, 0, 1).reshape(1, batch, steps * n)
+    size = flat.shape[-1]
+    chosen = np.zeros(flat.shape, dtype=np.int8)
+    if k > 0 and size:
+        top = np.argpartition(-flat, min(k, size) - 1, axis=-1)[..., :min(k, size)]
+        picked = np.zeros(flat.shape, dtype=bool)
+        np.put_along_axis(picked, top, True, axis=-1)
+        chosen[picked & (flat > 0)] = 1
+    return chosen if per_step else np.moveaxis(chosen.reshape(batch, steps, n), 1, 0)
+
+
 def _chunks(subset: LevelSet, limit: int, coefs: Optional[np.ndarray]) -> List[LevelSet]:
     """Subsets of at most ``limit`` members that partition ``subset``: the open variables with the
     largest ``smear`` (or the widest, without ``coefs``) are fixed to each of their levels, the rest
@@ -1025,6 +1079,10 @@ def _root_only(search: _Search, input_set: InputSet) -> List[_Node]:
     else:
         if ball:
             search.offer_ball_minimizers(input_set, node.rows)
+            cfg = search.config
+            if cfg.restart_share > 0:  # the same share of the limit as the restarts
+                share = math.inf if cfg.time_limit is None else cfg.restart_share * cfg.time_limit
+                search.gradient_ball_search(input_set, time.perf_counter() + share)
             search.restart_search(node)
         if not search.milp_leaf(node, search.remaining()):
             decided = count <= DEFAULT_MAX_MEMBERS and search.enumerate_leaf(node)

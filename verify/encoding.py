@@ -361,6 +361,10 @@ class _quiet_stdout:
         return False
 
 
+class BuildDeadline(Exception):
+    """``SNNMilp`` stopped building at its deadline (the caller treats it as a solver timeout)."""
+
+
 @dataclass
 class Solution:
     """Outcome of one MILP solve: ``status`` is optimal / feasible (time limit, incumbent) /
@@ -383,7 +387,9 @@ class SNNMilp:
     """
 
     def __init__(self, net: SNN, input_set: InputSet, bounds: MembraneBounds, strict_margin: float = 0.0,
-                 maps: Optional[Sequence] = None, name: str = "snn"):
+                 maps: Optional[Sequence] = None, name: str = "snn", deadline: Optional[float] = None):
+        """``deadline``: a ``time.perf_counter()`` value; the build raises ``BuildDeadline`` at the
+        first stage and step that starts past it (a model over an N-MNIST l0 ball takes 6-15 s)."""
         import pulp
         self._pulp = pulp
         if tuple(input_set.input_shape) != tuple(net.input_shape):
@@ -409,6 +415,8 @@ class SNNMilp:
             membranes = np.empty((self.steps, n_out), dtype=object)
             carried = [0.0] * n_out  # z_{t-1}: a number or an LpVariable
             for t in range(self.steps):
+                if deadline is not None and time.perf_counter() >= deadline:
+                    raise BuildDeadline(f"the MILP build passed its deadline at stage {k}, step {t}")
                 prev_t = previous[t]
                 for j in range(n_out):
                     constant = float(c[j])
