@@ -198,22 +198,39 @@ def test_sample_choices_that_contradict_each_other_are_refused(tiny_model, tmp_p
 
 def test_retry_unknown_reruns_only_the_unknown_records_and_each_record_names_its_code(tiny_model, tmp_path):
     import verify.dataset as dataset
-    from verify.dataset import PARTIAL, main, code_revision
+    from verify.dataset import PARTIAL, code_revision, main
 
     out = tmp_path / "retry"
-    argv = _argv(tiny_model, out, "--method", "complete")
+    argv = _argv(tiny_model, out, "--method", "complete", "--batch-size", "1")
     assert main(argv) == 0
     document = json.loads((out / "verify.json").read_text())
     assert all(r["code"] == code_revision() for r in document["samples"])
-    # a partial file of that run whose first record says unknown (an older verifier's, without "code")
+    # a partial file of that run whose first two records say unknown (an older verifier's, without "code")
     records = {r["index"]: dict(r) for r in document["samples"]}
-    first = min(records)
-    records[first].update(status="unknown", reason="time limit")
-    del records[first]["code"]
+    first, second = sorted(records)[:2]
+    for index in (first, second):
+        records[index].update(status="unknown", reason="time limit")
+        del records[index]["code"]
     dataset.write_partial(out / PARTIAL, document["identity"], document["command"], records)
     (out / "verify.json").unlink()
-    rerun = []
     real = dataset.verify_samples
+    calls = []
+
+    def stopped_in_the_second(net, config, chunk):
+        calls.append([int(i) for i in chunk[0]])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(net, config, chunk)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dataset, "verify_samples", stopped_in_the_second)
+        assert main(argv + ["--retry-unknown"]) == 130
+    assert calls == [[first], [second]]
+    kept = {r["index"]: r for r in json.loads((out / PARTIAL).read_text())["samples"]}
+    assert kept[first]["status"] == document["samples"][0]["status"] and "code" in kept[first]
+    assert kept[second]["status"] == "unknown"   # not rerun yet: its old record stays
+    assert len(kept) == len(records)
+    rerun = []
 
     def counting(net, config, chunk):
         rerun.extend(int(i) for i in chunk[0])
@@ -222,6 +239,4 @@ def test_retry_unknown_reruns_only_the_unknown_records_and_each_record_names_its
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(dataset, "verify_samples", counting)
         assert main(argv + ["--retry-unknown"]) == 0
-    assert rerun == [first]
-    again = {r["index"]: r for r in json.loads((out / "verify.json").read_text())["samples"]}
-    assert again[first]["status"] == document["samples"][0]["status"] and "code" in again[first]
+    assert rerun == [second]

@@ -187,8 +187,8 @@ _REVISION: List[Optional[str]] = []
 
 
 def code_revision() -> Optional[str]:
-    """The git commit of the checkout this ``verify`` package runs from (``+dirty`` when its tracked
-    files differ from it), or None outside a git checkout: a record says which code decided it, so a
+    """The git commit of the checkout this ``verify`` package runs from (``+dirty`` when tracked files
+    of ``verify/`` or ``refsnn/`` differ from it), or None outside a git checkout: a record says which code decided it, so a
     run resumed after the verifier changed shows which images each version decided."""
     if not _REVISION:
         import subprocess
@@ -197,8 +197,10 @@ def code_revision() -> Optional[str]:
         try:
             head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
                                   timeout=10, check=True).stdout.strip()
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                                   capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+            # the code only (verify/ and refsnn/ beside it): a run's own result files change as it runs
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", str(here),
+                                    str(here.parent / "refsnn")], cwd=here, capture_output=True, text=True,
+                                   timeout=10, check=True).stdout.strip()
             _REVISION.append(head + ("+dirty" if dirty else "") if head else None)
         except (OSError, subprocess.SubprocessError):
             _REVISION.append(None)
@@ -481,23 +483,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     command = "python -m verify.dataset " + " ".join(shlex.quote(a) for a in argv)
     selected = {int(index) for index in indices}
-    done = {index: record for index, record in done.items() if index in selected
-            and not (args.retry_unknown and record.get("status") == "unknown")}
+    done = {index: record for index, record in done.items() if index in selected}
+    # --retry-unknown: those samples run again; the partial file keeps their old records until replaced
+    keep = {index: record for index, record in done.items()
+            if not (args.retry_unknown and record.get("status") == "unknown")}
     out.mkdir(parents=True, exist_ok=True)
 
     def save_chunk(records: List[dict]) -> None:
         done.update((record["index"], record) for record in records)
         write_partial(out / PARTIAL, identity, command, done)
 
-    resumed = len(done)
+    resumed = len(keep)
     started = time.perf_counter()
     try:
         with _TermAsInterrupt(), dask_client(args.workers, args.scheduler) as client, \
                 Progress(args.n, "verify", "sample", quiet=args.quiet, bar=not args.no_progress) as bar:
             if done and not args.quiet:
-                print(f"resuming: {len(done)} of {args.n} samples already verified in {out / PARTIAL}")
+                print(f"resuming: {len(keep)} of {args.n} samples already verified in {out / PARTIAL}"
+                      + (f" ({len(done) - len(keep)} unknown ones run again)" if len(done) > len(keep) else ""))
             report = verify_dataset(net, x, labels, indices, config, scheduler=client, progress=bar.update,
-                                    done=dict(done), on_chunk=save_chunk)
+                                    done=dict(keep), on_chunk=save_chunk)
     except ImportError as error:
         parser.error(str(error))
     except KeyboardInterrupt:
