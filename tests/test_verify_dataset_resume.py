@@ -240,3 +240,31 @@ def test_retry_unknown_reruns_only_the_unknown_records_and_each_record_names_its
         patch.setattr(dataset, "verify_samples", counting)
         assert main(argv + ["--retry-unknown"]) == 0
     assert rerun == [second]
+
+
+def test_retry_unknown_after_a_finished_run_reruns_only_its_unknown_records(tiny_model, tmp_path):
+    """No partial file left: the finished verify.json's records seed the retry, only its unknown ones run."""
+    import verify.dataset as dataset
+    from verify.dataset import main
+
+    out = tmp_path / "finished"
+    argv = _argv(tiny_model, out, "--method", "complete", "--batch-size", "1")
+    assert main(argv) == 0
+    document = json.loads((out / "verify.json").read_text())
+    last = max(r["index"] for r in document["samples"])
+    for record in document["samples"]:
+        if record["index"] == last:
+            record.update(status="unknown", reason="time limit")
+    (out / "verify.json").write_text(json.dumps(document))
+    real, rerun = dataset.verify_samples, []
+
+    def counting(net, config, chunk):
+        rerun.extend(int(i) for i in chunk[0])
+        return real(net, config, chunk)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dataset, "verify_samples", counting)
+        assert main(argv + ["--retry-unknown"]) == 0
+    assert rerun == [last]
+    again = json.loads((out / "verify.json").read_text())
+    assert len(again["samples"]) == len(document["samples"]) and again["resumed_samples"] == len(document["samples"]) - 1

@@ -194,8 +194,18 @@ def test_milp_solves_get_only_the_time_left(monkeypatch):
     ext = verifier.rate_extreme(np.array([1.0, -1, 0, 0]), "min")
     assert ext.status == "timeout" and limits == []   # nothing left: no solve at all
     assert verifier._relaxed is None and verifier._strict is None   # nor a model built
-    verifier.deadline = time.perf_counter() + 1e-9   # passes during the build: it stops there
-    assert verifier.rate_extreme(np.array([1.0, -1, 0, 0]), "min").status == "timeout" and limits == []
+    # the deadline passes during the build (the build's clock jumps 100 s after its first check): it stops
+    # there, no solve, and the partly built model is not kept
+    import verify.encoding as encoding
+    from types import SimpleNamespace
+    checks = []
+    jumping = SimpleNamespace(perf_counter=lambda: time.perf_counter() + (100.0 if checks.append(1) or
+                                                                          len(checks) > 1 else 0.0))
+    verifier.deadline = time.perf_counter() + 30.0
+    with monkeypatch.context() as patch:
+        patch.setattr(encoding, "time", jumping)
+        assert verifier.rate_extreme(np.array([1.0, -1, 0, 0]), "min").status == "timeout" and limits == []
+    assert len(checks) >= 2 and verifier._relaxed is None and verifier._strict is None
     verifier.deadline = time.perf_counter() + 30.0
     verifier.rate_extreme(np.array([1.0, -1, 0, 0]), "min")
     assert limits and all(limit <= 30.0 for limit in limits)   # each solve: what is left, not 100 s
@@ -232,8 +242,9 @@ def test_robust_bab_searches_stop_at_the_time_limit(monkeypatch):
 
 @pytest.mark.parametrize("limit", [0.3])
 def test_robust_bab_on_a_ball_returns_near_its_limit(limit):
-    """Generous bound (not a timing test): a 0.3 s limit on a ball whose searches and MILP would take
-    minutes returns in far less than 60 s."""
+    """Smoke test with a generous bound (not a timing test; the deadlines themselves are checked on fake
+    clocks above): a 0.3 s limit on a ball whose searches and MILP would take minutes returns in far less
+    than 60 s, with a verdict."""
     net, ball = _wide_ball(512, 12)
     started = time.perf_counter()
     result = robust_bab(net, ball, 0, BabConfig(time_limit=limit), rng=np.random.default_rng(0))

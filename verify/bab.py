@@ -1080,7 +1080,10 @@ def _root_only(search: _Search, input_set: InputSet) -> List[_Node]:
         if ball:
             search.offer_ball_minimizers(input_set, node.rows)
             cfg = search.config
-            if cfg.restart_share > 0:  # the same share of the limit as the restarts
+            # the gradient search gets restart_share of the limit, and the restarts after it their own
+            # restart_share: up to twice that share (half the limit at the default 0.25) goes to
+            # falsification on a ball before the MILP, which rarely closes a ball within the limit
+            if cfg.restart_share > 0:
                 share = math.inf if cfg.time_limit is None else cfg.restart_share * cfg.time_limit
                 search.gradient_ball_search(input_set, time.perf_counter() + share)
             search.restart_search(node)

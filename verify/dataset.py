@@ -308,6 +308,17 @@ def verify_dataset(net: SNN, x: np.ndarray, labels: np.ndarray, indices: Sequenc
     return {"samples": samples, "summary": summary}
 
 
+def finished_records(path: Path) -> Dict[int, dict]:
+    """The records (by sample index) of a finished ``verify.json`` whose identity ``guard_result``
+    has already compared, for ``--retry-unknown`` after a run has finished."""
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        return {int(record["index"]): record for record in stored["samples"]}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ResultExistsError(f"{path} is not a readable result ({' '.join(str(error).split())}); "
+                                "choose another --out or pass --overwrite to replace it") from None
+
+
 def read_partial(path: Path, identity: Dict[str, object], overwrite: bool = False) -> Dict[int, dict]:
     """The records (by sample index) of an interrupted run with the same ``identity`` in ``path``
     (``{}`` when there is none). A partial file of a different run is refused
@@ -403,8 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--overwrite", action="store_true",
         help="replace a different result already in --out (a rerun of the same result is always allowed)")
     add("--retry-unknown", action="store_true",
-        help="resuming: verify again the samples the partial file records as unknown (e.g. after the verifier "
-             "improved; each record's 'code' names the commit that decided it)")
+        help="verify again the samples the partial file (or, after a finished run, verify.json) records as "
+             "unknown, e.g. after the verifier improved; each record's 'code' names the commit that decided it")
     cli.add_progress(parser)
     add_cluster_arguments(parser)
     cli.add_deprecated(parser, "--horizon", "--robust-T", "robust_T", cli.positive_int)
@@ -469,6 +480,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"seed{args.seed}", result_key(identity)))
     guard_result(out / "verify.json", identity, args.overwrite)  # before the work, not after it
     done = read_partial(out / PARTIAL, identity, args.overwrite)
+    if args.retry_unknown and not done and (out / "verify.json").is_file():
+        # a finished run of the same identity (guard_result let it through): its records seed the retry
+        done = finished_records(out / "verify.json")
     cli.check_robust_T(args.robust_T, cli.model_time_steps(args.model), "the model's training T")
     try:
         indices, x, labels = run_samples(args.dataset, args.split, args.n, config, args.indices, args.data_dir)
