@@ -209,11 +209,28 @@ def anyk_bounds(net, clean, k: int, C=None, method: str = "best", per_step: bool
     return best_bounds(C, margin, [(ibp_lower, ibp_upper), (lower, upper)])
 
 
+def anyk_minimizers(net, clean, k: int, C=None, per_step: bool = True) -> np.ndarray:
+    """``[T', B, S, *input_shape]`` uint8: per sample and row of ``C``, the train of the ball (``k``
+    flips of ``clean`` per step, or in total) that minimizes S-CROWN's linear lower bound of ``C f``
+    (item 3 of the module docstring: the clean train with the ``k`` most negative coefficient
+    changes flipped). Where the bound is tight these trains come closest to the row's minimum:
+    starting points for a search, not a bound."""
+    clean, k = check_ball(clean, k)
+    steps, batch = clean.shape[:2]
+    C = normalize_spec(C, batch, net.n_outputs)
+    bounds, stages = anyk_intermediate(net, clean, k, per_step)
+    concretizer = L0Concretizer(clean, k, per_step)
+    tables = [stage_tables(bounds, j, stage) for j, stage in enumerate(stages)]
+    lam = backsub(stages, tables, C, concretizer).lam_x
+    x = concretizer.gradient(lam.reshape(lam.shape[:3] + (-1,)))
+    return np.rint(x).astype(np.uint8).reshape(x.shape[:3] + tuple(clean.shape[2:]))
+
+
 def certify_anyk(net, clean, labels, k: int, method: str = "best", per_step: bool = True, **kwargs) -> np.ndarray:
     """``[B]`` bool: every margin ``f_y - f_j`` is STRICTLY positive for every train within ``k`` flips."""
     lower, _ = anyk_bounds(net, clean, k, margin_spec(np.asarray(labels), net.n_outputs), method, per_step, **kwargs)
     return np.all(lower > 0.0, axis=1)
 
 
-__all__ = ["anyk_bounds", "certify_anyk", "anyk_intermediate", "topk_current_interval", "L0Concretizer",
+__all__ = ["anyk_bounds", "anyk_minimizers", "certify_anyk", "anyk_intermediate", "topk_current_interval", "L0Concretizer",
            "ANYK_METHODS"]

@@ -194,3 +194,77 @@ def test_sample_choices_that_contradict_each_other_are_refused(tiny_model, tmp_p
         main(argv + list(extra))
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_retry_unknown_reruns_only_the_unknown_records_and_each_record_names_its_code(tiny_model, tmp_path):
+    import verify.dataset as dataset
+    from verify.dataset import PARTIAL, code_revision, main
+
+    out = tmp_path / "retry"
+    argv = _argv(tiny_model, out, "--method", "complete", "--batch-size", "1")
+    assert main(argv) == 0
+    document = json.loads((out / "verify.json").read_text())
+    assert all(r["code"] == code_revision() for r in document["samples"])
+    # a partial file of that run whose first two records say unknown (an older verifier's, without "code")
+    records = {r["index"]: dict(r) for r in document["samples"]}
+    first, second = sorted(records)[:2]
+    for index in (first, second):
+        records[index].update(status="unknown", reason="time limit")
+        del records[index]["code"]
+    dataset.write_partial(out / PARTIAL, document["identity"], document["command"], records)
+    (out / "verify.json").unlink()
+    real = dataset.verify_samples
+    calls = []
+
+    def stopped_in_the_second(net, config, chunk):
+        calls.append([int(i) for i in chunk[0]])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(net, config, chunk)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dataset, "verify_samples", stopped_in_the_second)
+        assert main(argv + ["--retry-unknown"]) == 130
+    assert calls == [[first], [second]]
+    kept = {r["index"]: r for r in json.loads((out / PARTIAL).read_text())["samples"]}
+    assert kept[first]["status"] == document["samples"][0]["status"] and "code" in kept[first]
+    assert kept[second]["status"] == "unknown"   # not rerun yet: its old record stays
+    assert len(kept) == len(records)
+    rerun = []
+
+    def counting(net, config, chunk):
+        rerun.extend(int(i) for i in chunk[0])
+        return real(net, config, chunk)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dataset, "verify_samples", counting)
+        assert main(argv + ["--retry-unknown"]) == 0
+    assert rerun == [second]
+
+
+def test_retry_unknown_after_a_finished_run_reruns_only_its_unknown_records(tiny_model, tmp_path):
+    """No partial file left: the finished verify.json's records seed the retry, only its unknown ones run."""
+    import verify.dataset as dataset
+    from verify.dataset import main
+
+    out = tmp_path / "finished"
+    argv = _argv(tiny_model, out, "--method", "complete", "--batch-size", "1")
+    assert main(argv) == 0
+    document = json.loads((out / "verify.json").read_text())
+    last = max(r["index"] for r in document["samples"])
+    for record in document["samples"]:
+        if record["index"] == last:
+            record.update(status="unknown", reason="time limit")
+    (out / "verify.json").write_text(json.dumps(document))
+    real, rerun = dataset.verify_samples, []
+
+    def counting(net, config, chunk):
+        rerun.extend(int(i) for i in chunk[0])
+        return real(net, config, chunk)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dataset, "verify_samples", counting)
+        assert main(argv + ["--retry-unknown"]) == 0
+    assert rerun == [last]
+    again = json.loads((out / "verify.json").read_text())
+    assert len(again["samples"]) == len(document["samples"]) and again["resumed_samples"] == len(document["samples"]) - 1

@@ -52,7 +52,7 @@ from .encoding import FIXED_TIE_BAND, VerifierError, float64_network
 from .enumerate import reduced_maps, reduced_spike_counts
 from .exact import ExactNetwork, float_outward
 from .search import local_search
-from .sets import BoxSet, DigitalLinfSet, InputSet, LevelSet, stack_boxes
+from .sets import BoxSet, DigitalLinfSet, InputSet, LevelSet, SpikeL0Set, stack_boxes
 from .specs import other_classes
 
 BOUND_METHODS = ("ibp", "crown-ibp", "best", "alpha", "crown")
@@ -62,6 +62,15 @@ NEURON_BRANCHING = ("neuron-widest", "neuron-babsr", "mixed")
 BRANCHING = INPUT_BRANCHING + NEURON_BRANCHING
 SPIKE_OFF, SPIKE_ON = 0, 1  # a split's two sides (refsnn.relaxations.STABLE_OFF / STABLE_ON)
 VERDICTS = ("robust", "not_robust", "unknown")
+# falsification on l0 balls (_Search.gradient_ball_search): gradient rules and losses of
+# refsnn.attacks.gradients, rounds per rule, and members it starts from (the clean train first).
+# On N-MNIST FC (12 flips per step) they break images 0 and 2 of the test split, where 60 s of
+# local search reached margin 1/3.
+BALL_RULES = (({}, "ce"), ({}, "margin"), ({"rule": "rate"}, "ce"), ({"output": "currents"}, "margin"),
+              ({"penultimate_threshold_ratio": 10 / 3}, "ce"), ({"rule": "rate", "output": "currents"}, "margin"),
+              ({"surrogate": "sigmoid"}, "ce"), ({"surrogate": "atan", "output": "currents"}, "margin"))
+BALL_ITERATIONS = 10
+BALL_STARTS = 4
 
 
 class BabConfigError(ValueError):
@@ -96,7 +105,9 @@ class BabConfig:
     runs only when the root has at most that many unstable spikes (on the plain MNIST FC model the
     roots have 497-865 and the MILP decides none of them; on the robust one, 121-290, and it decides
     the hardest images: results/verify/bab.md); ``max_nodes`` bounded nodes at most; ``solver`` for
-    the MILP (None: HiGHS).
+    the MILP (None: HiGHS); ``search_moves``: a local-search step with more moves than that evaluates
+    that many drawn at random (None: all; an N-MNIST l0 ball of 12 flips per step has ~78,000 moves
+    per member, a forward pass of 4,096 of them takes ~2 s on 2 cores).
     """
 
     method: str = "best"
@@ -120,6 +131,7 @@ class BabConfig:
     restart_share: float = 0.25
     search_steps: int = 200
     root_milp_max_unstable: Optional[int] = 400
+    search_moves: Optional[int] = 4096
 
     def __post_init__(self):
         if self.method not in BOUND_METHODS:
@@ -140,6 +152,8 @@ class BabConfig:
                                                         or self.root_milp_max_unstable < 0):
             raise BabConfigError(f"root_milp_max_unstable must be an integer >= 0 or None, "
                                  f"got {self.root_milp_max_unstable!r}")
+        if self.search_moves is not None and (int(self.search_moves) != self.search_moves or self.search_moves < 1):
+            raise BabConfigError(f"search_moves must be an integer >= 1 or None, got {self.search_moves!r}")
         for name in ("root_milp_after", "enumerate_max", "enumerate_always", "milp_max_free", "attack_samples",
                      "search_starts", "search_every", "spike_limit", "restarts", "search_steps"):
             value = getattr(self, name)
@@ -288,7 +302,7 @@ class _Search:
         self.fresh: List[_Node] = []  # bounded, not yet in the queue
         self.stats = {"nodes": 0, "splits": 0, "spike_splits": 0, "closed_by_bound": 0, "empty": 0,
                       "enumerated": 0, "milp": 0, "milp_timeouts": 0, "max_depth": 0, "exact_replays": 0,
-                      "node_searches": 0, "restarts": 0, "root_milp_skipped": 0,
+                      "node_searches": 0, "restarts": 0, "root_milp_skipped": 0, "gradient_rounds": 0,
                       "decided_fraction": 0.0}
         self.serial = itertools.count()
         self.decided_weight = Fraction(0)
@@ -307,6 +321,22 @@ class _Search:
     def remaining(self) -> float:
         limit = self.config.time_limit
         return math.inf if limit is None else limit - (time.perf_counter() - self.start)
+
+    def deadline(self) -> Optional[float]:
+        """The ``time.perf_counter()`` value of the time limit (None: no limit)."""
+        limit = self.config.time_limit
+        return None if limit is None else self.start + limit
+
+    def search(self, subset: InputSet, start: np.ndarray, coefs: np.ndarray, max_steps: int = 30,
+               stop: Optional[float] = None) -> np.ndarray:
+        """``verify.search.local_search`` lowering ``coefs . f`` from ``start``, stopped at the time limit
+        (or ``stop``, if earlier) and evaluating at most ``search_moves`` moves per step."""
+        deadline = self.deadline()
+        if stop is not None:
+            deadline = stop if deadline is None else min(stop, deadline)
+        x, _ = local_search(self.net64, subset, start, coefs, -1.0, max_steps=max_steps, deadline=deadline,
+                            max_moves=self.config.search_moves, rng=self.rng)
+        return x
 
     def grid_lower(self, k: int) -> float:
         """``k / T'`` as the largest float not above it (a sound margin lower bound)."""
@@ -375,8 +405,49 @@ class _Search:
         for start in np.argsort(margins.min(axis=1), kind="stable")[:cfg.search_starts]:
             if self.remaining() <= 0:
                 return
-            x, _ = local_search(self.net64, subset, pool[:, start], coefs, -1.0)
-            self.offer(x[:, None])
+            self.offer(self.search(subset, pool[:, start], coefs)[:, None])
+
+    def offer_ball_minimizers(self, input_set: SpikeL0Set, rows: np.ndarray) -> None:
+        """Offers, per row in ``rows``, the train of the l0 ball minimizing its S-CROWN lower bound
+        (``refsnn.l0.anyk_minimizers``), when it is a member (a masked set's may not be)."""
+        from refsnn.l0 import anyk_minimizers
+
+        if self.remaining() <= 0:
+            return
+        xs = anyk_minimizers(self.net64, input_set.center[:, None], input_set.k, self.specs([rows]),
+                             input_set.per_step)[:, 0]
+        members = [i for i in range(xs.shape[1]) if input_set.contains(xs[:, i])]
+        self.offer(np.ascontiguousarray(xs[:, members]))
+
+    def gradient_ball_search(self, ball: SpikeL0Set, stop: float) -> None:
+        """Falsification on an l0 ball (robustness questions only: the losses need the label): from
+        the clean train and random members, ``BALL_ITERATIONS`` rounds of ``x <- the ball's member
+        that flips, per step (or in total), the ``k`` allowed positions whose flip raises the loss's
+        linearization at ``x`` most`` (``refsnn.attacks.gradients.input_gradient``), for each
+        gradient rule and loss of ``BALL_RULES``; every round's members are offered. Stops at
+        ``stop`` or the time limit (checked before every gradient)."""
+        from refsnn.attacks.gradients import GradientRule, input_gradient
+
+        if self.label is None:
+            return
+        deadline = min(stop, self.start + self.config.time_limit) if self.config.time_limit else stop
+        center = ball.center.reshape(self.steps, -1).astype(np.int8)
+        allowed = ball.mask.reshape(self.steps, -1) == 1
+        away = (1 - 2 * center).astype(np.float64)  # +1 where a flip turns a bit on, -1 where off
+        starts = np.concatenate([ball.center[:, None], ball.sample(self.rng, BALL_STARTS - 1)], axis=1)
+        labels = np.full(starts.shape[1], self.label)
+        for options, loss in BALL_RULES:
+            rule = GradientRule(**options)
+            x = starts
+            for _ in range(BALL_ITERATIONS):
+                if time.perf_counter() >= deadline:
+                    return
+                self.stats["gradient_rounds"] += 1
+                grad = input_gradient(self.net64, x.astype(np.float64), labels, rule, loss=loss)[1]
+                gain = np.where(allowed[:, None], grad.reshape(self.steps, x.shape[1], -1) * away[:, None], -np.inf)
+                chosen = _top_k_positive(gain, ball.k, ball.per_step)
+                x = (center[:, None] ^ chosen).astype(np.uint8).reshape(x.shape)
+                self.offer(x)
 
     def restart_search(self, node: _Node) -> None:
         """Falsification once the root bound leaves rows open: up to ``restarts`` local searches of up
@@ -402,8 +473,7 @@ class _Search:
             j = rows[0] if r % 2 == 0 or rows.size == 1 else rows[1 + (r // 2) % (rows.size - 1)]
             coefs = self.C[int(j)]
             start = node.subset.sample(self.rng, 1)[:, 0]
-            x, _ = local_search(self.net64, node.subset, start, coefs, -1.0, max_steps=cfg.search_steps)
-            self.offer(x[:, None])
+            self.offer(self.search(node.subset, start, coefs, cfg.search_steps, stop)[:, None])
 
     # --- bounds ---------------------------------------------------------------------------------
     def specs(self, nodes_rows: List[np.ndarray]) -> np.ndarray:
@@ -602,8 +672,7 @@ class _Search:
             return
         self.stats["node_searches"] += 1
         coefs = self.C[int(node.rows[int(np.argmin(node.lower))])]
-        x, _ = local_search(self.net64, node.subset, minimizer(node.subset, node.coefs), coefs, -1.0)
-        self.offer(x[:, None])
+        self.offer(self.search(node.subset, minimizer(node.subset, node.coefs), coefs)[:, None])
 
     # --- leaves -----------------------------------------------------------------------------------
     def enumerate_leaf(self, node: _Node) -> bool:
@@ -711,6 +780,7 @@ class _Search:
         self.stats["milp"] += 1
         deadline = time.perf_counter() + budget
         verifier = SampleVerifier(self.net, node.subset, "auto", budget, self.config.solver)
+        verifier.deadline = deadline  # every solve of every row within the budget
         lowest = None
         for i in node.rows:
             left = deadline - time.perf_counter()
@@ -769,6 +839,21 @@ class _Search:
         count = node.subset.count()
         return [_Child(part, node.rows, node.floor, depth, node.fixed, node.weight * Fraction(part.count(), count))
                 for part in parts]
+
+
+def _top_k_positive(gain: np.ndarray, k: int, per_step: bool) -> np.ndarray:
+    """``[T', B, n]`` 0/1: per step and member (``per_step``) or per member over all steps, the (at
+    most) ``k`` entries of ``gain`` with the largest positive values."""
+    steps, batch, n = gain.shape
+    flat = gain if per_step else np.moveaxis(gain, 0, 1).reshape(1, batch, steps * n)
+    size = flat.shape[-1]
+    chosen = np.zeros(flat.shape, dtype=np.int8)
+    if k > 0 and size:
+        top = np.argpartition(-flat, min(k, size) - 1, axis=-1)[..., :min(k, size)]
+        picked = np.zeros(flat.shape, dtype=bool)
+        np.put_along_axis(picked, top, True, axis=-1)
+        chosen[picked & (flat > 0)] = 1
+    return chosen if per_step else np.moveaxis(chosen.reshape(batch, steps, n), 1, 0)
 
 
 def _chunks(subset: LevelSet, limit: int, coefs: Optional[np.ndarray]) -> List[LevelSet]:
@@ -950,18 +1035,32 @@ def _expand(search: _Search, queue: List[_Node]) -> None:
 
 
 def _root_only(search: _Search, input_set: InputSet) -> List[_Node]:
-    """A set the search cannot split: bound its box, then enumeration when small, else one MILP
-    (and enumeration after all when the MILP leaves it undecided and the set has at most
-    ``verify.enumerate.DEFAULT_MAX_MEMBERS`` members)."""
+    """A set the search cannot split: bound it, then enumeration when small, else one MILP (and
+    enumeration after all when the MILP leaves it undecided and the set has at most
+    ``verify.enumerate.DEFAULT_MAX_MEMBERS`` members).
+
+    A ``SpikeL0Set`` (every train within ``k`` flips per step, or in total) is bounded over its whole
+    ball (``refsnn.l0.anyk_bounds``: exact first-stage currents, S-CROWN concretized exactly over
+    the ball; a mask only shrinks the set) instead of its enclosing box, which frees every bit and
+    bounds nothing (margin bound -1 on every N-MNIST image); the members minimizing each open row's
+    S-CROWN bound are offered, and local searches from random members (``restart_search``) run
+    before the MILP. Other sets: their enclosing box."""
     from refsnn.bounds import compute_bounds
 
     from .enumerate import DEFAULT_MAX_MEMBERS
 
-    lower_box, upper_box = input_set.box()
     rows = search.all_rows
     C = search.specs([rows])
     method = "best" if search.config.method == "crown-ibp" else search.config.method
-    lower, _ = compute_bounds(search.net, lower_box[:, None], upper_box[:, None], method=method, C=C)
+    ball = isinstance(input_set, SpikeL0Set) and input_set.k > 0
+    if ball:
+        from refsnn.l0 import anyk_bounds
+
+        lower, _ = anyk_bounds(search.net, input_set.center[:, None], input_set.k, C, method=method,
+                               per_step=input_set.per_step)
+    else:
+        lower_box, upper_box = input_set.box()
+        lower, _ = compute_bounds(search.net, lower_box[:, None], upper_box[:, None], method=method, C=C)
     search.stats["nodes"] += 1
     search.root_bounded = True
     low = search.shifted(lower[0, :len(rows)], rows)
@@ -977,8 +1076,19 @@ def _root_only(search: _Search, input_set: InputSet) -> List[_Node]:
     decided = True
     if count <= search.config.enumerate_max:
         decided = search.enumerate_leaf(node)
-    elif not search.milp_leaf(node, search.remaining()):
-        decided = count <= DEFAULT_MAX_MEMBERS and search.enumerate_leaf(node)
+    else:
+        if ball:
+            search.offer_ball_minimizers(input_set, node.rows)
+            cfg = search.config
+            # the gradient search gets restart_share of the limit, and the restarts after it their own
+            # restart_share: up to twice that share (half the limit at the default 0.25) goes to
+            # falsification on a ball before the MILP, which rarely closes a ball within the limit
+            if cfg.restart_share > 0:
+                share = math.inf if cfg.time_limit is None else cfg.restart_share * cfg.time_limit
+                search.gradient_ball_search(input_set, time.perf_counter() + share)
+            search.restart_search(node)
+        if not search.milp_leaf(node, search.remaining()):
+            decided = count <= DEFAULT_MAX_MEMBERS and search.enumerate_leaf(node)
     search.in_flight = []
     return [] if decided else [node]
 

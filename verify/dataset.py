@@ -180,7 +180,31 @@ def _complete_record(net: SNN, config: DatasetVerifyConfig, input_set, index: in
             "nodes": result.stats["nodes"], "spike_splits": result.stats["spike_splits"],
             "milp_leaves": result.stats["milp"],
             "decided_fraction": result.stats["decided_fraction"], "seconds": round(result.seconds, 4),
-            "witness": witness}
+            "witness": witness, "code": code_revision()}
+
+
+_REVISION: List[Optional[str]] = []
+
+
+def code_revision() -> Optional[str]:
+    """The git commit of the checkout this ``verify`` package runs from (``+dirty`` when tracked files
+    of ``verify/`` or ``refsnn/`` differ from it), or None outside a git checkout: a record says which code decided it, so a
+    run resumed after the verifier changed shows which images each version decided."""
+    if not _REVISION:
+        import subprocess
+
+        here = Path(__file__).resolve().parent
+        try:
+            head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+            # the code only (verify/ and refsnn/ beside it): a run's own result files change as it runs
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", str(here),
+                                    str(here.parent / "refsnn")], cwd=here, capture_output=True, text=True,
+                                   timeout=10, check=True).stdout.strip()
+            _REVISION.append(head + ("+dirty" if dirty else "") if head else None)
+        except (OSError, subprocess.SubprocessError):
+            _REVISION.append(None)
+    return _REVISION[0]
 
 
 def pack_spikes(x: np.ndarray) -> str:
@@ -284,6 +308,17 @@ def verify_dataset(net: SNN, x: np.ndarray, labels: np.ndarray, indices: Sequenc
     return {"samples": samples, "summary": summary}
 
 
+def finished_records(path: Path) -> Dict[int, dict]:
+    """The records (by sample index) of a finished ``verify.json`` whose identity ``guard_result``
+    has already compared, for ``--retry-unknown`` after a run has finished."""
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        return {int(record["index"]): record for record in stored["samples"]}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ResultExistsError(f"{path} is not a readable result ({' '.join(str(error).split())}); "
+                                "choose another --out or pass --overwrite to replace it") from None
+
+
 def read_partial(path: Path, identity: Dict[str, object], overwrite: bool = False) -> Dict[int, dict]:
     """The records (by sample index) of an interrupted run with the same ``identity`` in ``path``
     (``{}`` when there is none). A partial file of a different run is refused
@@ -378,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "arguments and the model>; writes verify.json and verify.csv")
     add("--overwrite", action="store_true",
         help="replace a different result already in --out (a rerun of the same result is always allowed)")
+    add("--retry-unknown", action="store_true",
+        help="verify again the samples the partial file (or, after a finished run, verify.json) records as "
+             "unknown, e.g. after the verifier improved; each record's 'code' names the commit that decided it")
     cli.add_progress(parser)
     add_cluster_arguments(parser)
     cli.add_deprecated(parser, "--horizon", "--robust-T", "robust_T", cli.positive_int)
@@ -442,6 +480,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"seed{args.seed}", result_key(identity)))
     guard_result(out / "verify.json", identity, args.overwrite)  # before the work, not after it
     done = read_partial(out / PARTIAL, identity, args.overwrite)
+    if args.retry_unknown and not done and (out / "verify.json").is_file():
+        # a finished run of the same identity (guard_result let it through): its records seed the retry
+        done = finished_records(out / "verify.json")
     cli.check_robust_T(args.robust_T, cli.model_time_steps(args.model), "the model's training T")
     try:
         indices, x, labels = run_samples(args.dataset, args.split, args.n, config, args.indices, args.data_dir)
@@ -457,21 +498,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = "python -m verify.dataset " + " ".join(shlex.quote(a) for a in argv)
     selected = {int(index) for index in indices}
     done = {index: record for index, record in done.items() if index in selected}
+    # --retry-unknown: those samples run again; the partial file keeps their old records until replaced
+    keep = {index: record for index, record in done.items()
+            if not (args.retry_unknown and record.get("status") == "unknown")}
     out.mkdir(parents=True, exist_ok=True)
 
     def save_chunk(records: List[dict]) -> None:
         done.update((record["index"], record) for record in records)
         write_partial(out / PARTIAL, identity, command, done)
 
-    resumed = len(done)
+    resumed = len(keep)
     started = time.perf_counter()
     try:
         with _TermAsInterrupt(), dask_client(args.workers, args.scheduler) as client, \
                 Progress(args.n, "verify", "sample", quiet=args.quiet, bar=not args.no_progress) as bar:
             if done and not args.quiet:
-                print(f"resuming: {len(done)} of {args.n} samples already verified in {out / PARTIAL}")
+                print(f"resuming: {len(keep)} of {args.n} samples already verified in {out / PARTIAL}"
+                      + (f" ({len(done) - len(keep)} unknown ones run again)" if len(done) > len(keep) else ""))
             report = verify_dataset(net, x, labels, indices, config, scheduler=client, progress=bar.update,
-                                    done=dict(done), on_chunk=save_chunk)
+                                    done=dict(keep), on_chunk=save_chunk)
     except ImportError as error:
         parser.error(str(error))
     except KeyboardInterrupt:
@@ -492,8 +537,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     atomic_write_text(out / "verify.json", json.dumps(document, indent=2) + "\n")
     buffer = io.StringIO()
     # the packed witness stays in verify.json only
-    writer = csv.DictWriter(buffer, fieldnames=[key for key in report["samples"][0] if key != "witness"],
-                            extrasaction="ignore")
+    # every key of any record (a resumed run's older records may lack newer fields such as "code")
+    fields = list(dict.fromkeys(key for record in report["samples"] for key in record if key != "witness"))
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(report["samples"])
     atomic_write_text(out / "verify.csv", buffer.getvalue())

@@ -199,7 +199,27 @@ def ibp_membrane_bounds(net: SNN, input_set: InputSet) -> MembraneBounds:
     steps = input_set.steps
     lowers = [np.asarray(m, dtype=np.float64)[:, 0].reshape(steps, -1) for m in result.mem_lower]
     uppers = [np.asarray(m, dtype=np.float64)[:, 0].reshape(steps, -1) for m in result.mem_upper]
+    ball = _l0_ball_intervals(net, input_set)
+    if ball is not None:
+        # both hold every member: their intersection does too
+        lowers = [np.maximum(a, np.asarray(b, np.float64)[:, 0].reshape(steps, -1)) for a, b in zip(lowers, ball.mem_lower)]
+        uppers = [np.minimum(a, np.asarray(b, np.float64)[:, 0].reshape(steps, -1)) for a, b in zip(uppers, ball.mem_upper)]
     return MembraneBounds(lowers, uppers, "ibp")
+
+
+def _l0_ball_intervals(net: SNN, input_set: InputSet):
+    """S-IBP intervals of a ``SpikeL0Set`` from its first stage's exact current range over the whole
+    ``k``-flip ball (``refsnn.l0.anyk_intermediate``; a mask only shrinks the set, so the ball's
+    intervals hold it too), or None for other sets. Its enclosing box frees every maskable bit, so
+    the box's intervals leave most first-stage neurons unstable (N-MNIST FC at k = 12 per step:
+    all 512 per step over the box, 43-120 over the ball)."""
+    from .sets import SpikeL0Set
+
+    if not isinstance(input_set, SpikeL0Set) or input_set.k == 0:
+        return None
+    from refsnn.l0 import anyk_intermediate
+
+    return anyk_intermediate(net, input_set.center[:, None], input_set.k, input_set.per_step)[0]
 
 
 def ibp_available() -> bool:
@@ -341,6 +361,10 @@ class _quiet_stdout:
         return False
 
 
+class BuildDeadline(Exception):
+    """``SNNMilp`` stopped building at its deadline (the caller treats it as a solver timeout)."""
+
+
 @dataclass
 class Solution:
     """Outcome of one MILP solve: ``status`` is optimal / feasible (time limit, incumbent) /
@@ -363,7 +387,9 @@ class SNNMilp:
     """
 
     def __init__(self, net: SNN, input_set: InputSet, bounds: MembraneBounds, strict_margin: float = 0.0,
-                 maps: Optional[Sequence] = None, name: str = "snn"):
+                 maps: Optional[Sequence] = None, name: str = "snn", deadline: Optional[float] = None):
+        """``deadline``: a ``time.perf_counter()`` value; the build raises ``BuildDeadline`` at the
+        first stage and step that starts past it (a model over an N-MNIST l0 ball takes 6-15 s)."""
         import pulp
         self._pulp = pulp
         if tuple(input_set.input_shape) != tuple(net.input_shape):
@@ -389,6 +415,8 @@ class SNNMilp:
             membranes = np.empty((self.steps, n_out), dtype=object)
             carried = [0.0] * n_out  # z_{t-1}: a number or an LpVariable
             for t in range(self.steps):
+                if deadline is not None and time.perf_counter() >= deadline:
+                    raise BuildDeadline(f"the MILP build passed its deadline at stage {k}, step {t}")
                 prev_t = previous[t]
                 for j in range(n_out):
                     constant = float(c[j])

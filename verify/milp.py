@@ -25,8 +25,8 @@ import numpy as np
 from refsnn.network import SNN
 from refsnn.firing import fires, fires_at_threshold
 
-from .encoding import (MembraneBounds, SNNMilp, VerifierError, check_bounds_on_samples, dyadic_margin,
-                       float64_network, membrane_bounds, pad_bounds, stage_affine_maps)
+from .encoding import (BuildDeadline, MembraneBounds, SNNMilp, Solution, VerifierError, check_bounds_on_samples,
+                       dyadic_margin, float64_network, membrane_bounds, pad_bounds, stage_affine_maps)
 from .sets import InputSet, sets_from_boxes
 from .specs import normalize_specs, other_classes, spec_grid
 
@@ -88,6 +88,9 @@ class SampleVerifier:
         self.net64 = float64_network(net)
         self.input_set = input_set
         self.time_limit, self.solver, self.strict_margin = time_limit, solver, strict_margin
+        # a time.perf_counter() value no solve may pass (None: only time_limit per solve); an
+        # objective needs up to three solves, each gets what is left of it
+        self.deadline: Optional[float] = None
         start = time.perf_counter()
         self.maps = stage_affine_maps(net)
         self.bounds: MembraneBounds = pad_bounds(membrane_bounds(net, input_set, bigm, self.maps))
@@ -104,16 +107,22 @@ class SampleVerifier:
 
     @property
     def relaxed(self) -> SNNMilp:
-        if self._relaxed is None:
-            self._relaxed = SNNMilp(self.net, self.input_set, self.bounds, 0.0, self.maps, name="relaxed")
-        return self._relaxed
+        return self._model(False)
 
     @property
     def strict(self) -> SNNMilp:
-        if self._strict is None:
+        return self._model(True)
+
+    def _model(self, strict: bool) -> SNNMilp:
+        """The strict or relaxed model, built once (raises ``BuildDeadline`` past ``deadline``)."""
+        if strict and self._strict is None:
             margin = self.grid_margin if self.grid_margin is not None else self.strict_margin
-            self._strict = SNNMilp(self.net, self.input_set, self.bounds, margin, self.maps, name="strict")
-        return self._strict
+            self._strict = SNNMilp(self.net, self.input_set, self.bounds, margin, self.maps, name="strict",
+                                   deadline=self.deadline)
+        if not strict and self._relaxed is None:
+            self._relaxed = SNNMilp(self.net, self.input_set, self.bounds, 0.0, self.maps, name="relaxed",
+                                    deadline=self.deadline)
+        return self._strict if strict else self._relaxed
 
     # --- real values ---------------------------------------------------------------------------
     def rates(self, x: np.ndarray) -> np.ndarray:
@@ -160,6 +169,27 @@ class SampleVerifier:
             ext.bound = ext.bound - slack if sense == "min" else ext.bound + slack
         return ext
 
+    def _solve(self, strict: bool, build, sense: str, safe: bool):
+        """One solve of the strict or relaxed model with ``time_limit``, cut to what is left before
+        ``deadline`` (none left: a timeout without building or solving; building the model of a
+        large set takes seconds)."""
+        limit = self.time_limit
+        if self.deadline is not None:
+            left = self.deadline - time.perf_counter()
+            if left <= 0:
+                return Solution("timeout", None, None, 0.0)
+        try:
+            model = self._model(strict)
+        except BuildDeadline:
+            return Solution("timeout", None, None, 0.0)
+        expr = build(model)
+        if self.deadline is not None:
+            left = self.deadline - time.perf_counter()
+            if left <= 0:
+                return Solution("timeout", None, None, 0.0)
+            limit = left if limit is None else min(limit, left)
+        return model.solve(expr, sense, limit, self.solver, safe)
+
     def _optimize(self, build, realize, sense: str, fallback: float, safe: bool) -> Extreme:
         start = time.perf_counter()
         better = (lambda a, b: a < b) if sense == "min" else (lambda a, b: a > b)
@@ -177,7 +207,7 @@ class SampleVerifier:
 
         if self.grid_margin is not None:
             # The strict model holds exactly the real trajectories: its optimum is exact and sound.
-            exact = self.strict.solve(build(self.strict), sense, self.time_limit, self.solver, safe)
+            exact = self._solve(True, build, sense, safe)
             self._check_feasible(exact)
             consider(exact.x)
             if exact.status == "optimal":
@@ -185,7 +215,7 @@ class SampleVerifier:
                 if _close(best_value, exact.value):
                     return Extreme(sense, "exact", best_value, best_value, best_x, exact.value,
                                    time.perf_counter() - start)
-        relaxed = self.relaxed.solve(build(self.relaxed), sense, self.time_limit, self.solver, safe)
+        relaxed = self._solve(False, build, sense, safe)
         self._check_feasible(relaxed)
         consider(relaxed.x)
         if relaxed.status != "optimal":
@@ -194,7 +224,7 @@ class SampleVerifier:
         if not _close(best_value, relaxed.value):
             self._check_not_beaten(best_value, relaxed.value, better, sense)
             if self.grid_margin is None:
-                strict = self.strict.solve(build(self.strict), sense, self.time_limit, self.solver, safe)
+                strict = self._solve(True, build, sense, safe)
                 consider(strict.x)
         seconds = time.perf_counter() - start
         if _close(best_value, relaxed.value):

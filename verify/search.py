@@ -13,6 +13,7 @@ round a bound onto the wrong side; ``closest_to_threshold`` reports them.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -39,21 +40,43 @@ def _scores(net64: SNN, x: np.ndarray, coefs: np.ndarray, sign: float) -> Tuple[
     return objective, objective + sign * weight * soft
 
 
+MOVE_CHUNK = 4096  # moves evaluated per forward pass (and between two looks at the clock)
+
+
 def local_search(net64: SNN, input_set: InputSet, start: np.ndarray, coefs: np.ndarray, sign: float,
-                 max_steps: int = 30) -> Tuple[np.ndarray, float]:
-    """Greedy ascent of ``sign * c.f`` (with the surrogate tie-break) from member ``start [T', *in]``."""
+                 max_steps: int = 30, deadline: Optional[float] = None, max_moves: Optional[int] = None,
+                 rng: Optional[np.random.Generator] = None) -> Tuple[np.ndarray, float]:
+    """Greedy ascent of ``sign * c.f`` (with the surrogate tie-break) from member ``start [T', *in]``.
+
+    Each step evaluates the moves (``input_set.moves``) in chunks of ``MOVE_CHUNK`` and takes the
+    best; ``max_moves``: a step with more moves evaluates that many drawn by ``rng`` (stochastic
+    ascent). ``deadline`` (a ``time.perf_counter()`` value): the search stops at the first chunk
+    boundary past it, so it overruns it by at most one chunk's forward pass."""
     x = start
     objective, score = _scores(net64, x[:, None], coefs, sign)
     best_objective, best_score = float(objective[0]), float(score[0])
     for _ in range(max_steps):
-        moves = input_set.neighbors(x)
-        if moves.shape[1] == 0:
+        if deadline is not None and time.perf_counter() >= deadline:
             break
-        objective, score = _scores(net64, moves, coefs, sign)
-        i = int(np.argmax(score))
-        if score[i] <= best_score + 1e-15:
+        moves = input_set.moves(x)
+        if len(moves) == 0:
             break
-        x, best_objective, best_score = moves[:, i], float(objective[i]), float(score[i])
+        index = np.arange(len(moves))
+        if max_moves is not None and len(moves) > max_moves:
+            rng = rng if rng is not None else np.random.default_rng(0)
+            index = np.sort(rng.choice(len(moves), size=max_moves, replace=False))
+        step_x, step_objective, step_score = None, None, best_score + 1e-15
+        for begin in range(0, index.size, MOVE_CHUNK):
+            if begin and deadline is not None and time.perf_counter() >= deadline:
+                break
+            chunk = moves.take(index[begin:begin + MOVE_CHUNK])
+            objective, score = _scores(net64, chunk, coefs, sign)
+            i = int(np.argmax(score))
+            if score[i] > step_score:  # strictly better: the first of equal moves wins, as in one batch
+                step_x, step_objective, step_score = chunk[:, i], float(objective[i]), float(score[i])
+        if step_x is None:
+            break
+        x, best_objective, best_score = step_x, step_objective, step_score
     return x, best_objective
 
 
