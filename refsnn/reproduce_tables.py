@@ -549,12 +549,15 @@ def _read_text(path: Path) -> Optional[str]:
 _NAMES = {"mnist": "MNIST", "fmnist": "FMNIST", "nmnist": "N-MNIST"}
 NOT_TRAINED = "not trained yet"
 IN_TRAINING = "in training"
+# ends a Table 1 row built from a setting's finished models before the setting is (rebuilt on every render)
+PARTIAL_MARK = " <!-- setting not finished -->"
 
 
 def _partial_row(root: Optional[Path], dataset: str, arch: str, paper: Dict[str, Any], mark: str) -> Optional[str]:
-    """The Table 1 row of a setting whose plain model is finished and whose robust one is not (yet):
-    the plain accuracy and time from its ``summary.json``, ``in training`` where a robust checkpoint
-    waits, else ``not trained yet``. None when not even the plain run is finished."""
+    """The Table 1 row of a setting whose plain model is finished and whose other steps are not (yet):
+    the plain accuracy and time from its ``summary.json``; the robust model's likewise when it is
+    trained, ``in training`` where a robust checkpoint waits, else ``not trained yet``. None when not
+    even the plain run is finished."""
     if root is None:
         return None
     summary_text = _read_text(root / f"{dataset}-{arch}" / "plain" / "summary.json")
@@ -563,12 +566,21 @@ def _partial_row(root: Optional[Path], dataset: str, arch: str, paper: Dict[str,
     summary = json.loads(summary_text)
     plain_acc = summary["test_accuracy"]["mean"]
     robust_dir = root / f"{dataset}-{arch}" / "robust"
-    robust = IN_TRAINING if (robust_dir / "checkpoint.h5").is_file() else NOT_TRAINED
+    robust_text = _read_text(robust_dir / "summary.json")
+    robust_summary = json.loads(robust_text) if robust_text else None
+    if robust_summary is not None:   # trained; its attacks or certification still to come
+        robust_acc = robust_summary["test_accuracy"]["mean"]
+        robust, cost = f"{_pct(robust_acc, 2)}{mark}", f"{100 * (plain_acc - robust_acc):.2f}{mark}"
+        robust_time = f"{robust_summary['seconds_per_epoch']:.0f}"
+    else:
+        robust = IN_TRAINING if (robust_dir / "checkpoint.h5").is_file() else NOT_TRAINED
+        cost, robust_time = "-", "-"
     ref = paper.get("clean_accuracy", {}).get(f"{dataset}-{arch}", {}).get("regular")
     same_data = summary.get("config", {}).get("dataset", dataset) == dataset
     diff = "n/t" if ref is None else f"{100 * plain_acc - ref:+.2f}" if same_data else "other data"
-    return (f"| {_NAMES[dataset]} | {arch.upper()} | {_pct(plain_acc, 2)}{mark} | {robust} | - | "
-            f"{f'{ref:.2f}' if ref is not None else 'n/t'} | n/r | {diff} | {summary['seconds_per_epoch']:.0f} | - |")
+    return (f"| {_NAMES[dataset]} | {arch.upper()} | {_pct(plain_acc, 2)}{mark} | {robust} | {cost} | "
+            f"{f'{ref:.2f}' if ref is not None else 'n/t'} | n/r | {diff} | {summary['seconds_per_epoch']:.0f} | "
+            f"{robust_time} |{PARTIAL_MARK}")
 
 
 def add_untrained_settings(table1: str, table2: str, preset: ReproducePreset, paper: Dict[str, Any],
@@ -578,7 +590,8 @@ def add_untrained_settings(table1: str, table2: str, preset: ReproducePreset, pa
     output folder), a setting whose plain run is finished shows its plain accuracy with the robust run
     ``in training`` (rebuilt on every call until the setting is finished)."""
     before, rows, after = _table1_rows(table1)
-    rows = [row for row in rows if f"| {IN_TRAINING} |" not in row and f"| {NOT_TRAINED} |" not in row]
+    rows = [row for row in rows if f"| {IN_TRAINING} |" not in row and f"| {NOT_TRAINED} |" not in row
+            and not row.endswith(PARTIAL_MARK)]
     have1 = {_table1_key(row) for row in rows}
     mark = "" if preset.name == "paper" else "*"
     preamble, sections, tail = _table2_sections(table2)

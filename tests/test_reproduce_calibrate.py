@@ -125,3 +125,8 @@ def test_a_setting_with_a_finished_plain_run_shows_its_accuracy_until_it_is_fini
     assert len(rows) == 1 and f"| 98.87* | {IN_TRAINING} |" in rows[0]
     fmnist = next(line for line in again.split("\n") if line.startswith("| FMNIST | CONV"))
     assert f"| {NOT_TRAINED} | {NOT_TRAINED} |" in fmnist
+    (tmp_path / "mnist-conv" / "robust" / "summary.json").write_text(json.dumps(
+        {"test_accuracy": {"mean": 0.9721}, "seconds_per_epoch": 2335.2}))
+    trained, _ = add_untrained_settings(again, "", preset, rp.PAPER_REFERENCE, tmp_path)
+    rows = [line for line in trained.split("\n") if line.startswith("| MNIST | CONV")]
+    assert len(rows) == 1 and "| 98.87* | 97.21* | 1.66* |" in rows[0] and "| 599 | 2335 |" in rows[0]
