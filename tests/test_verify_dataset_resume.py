@@ -35,6 +35,22 @@ def _records(out):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in document["samples"]], document
 
 
+def _run_counting(argv):
+    """``(exit code, indices verified)`` of ``verify.dataset.main(argv)``: which samples a rerun verifies."""
+    import verify.dataset as dataset
+
+    real, verified = dataset.verify_samples, []
+
+    def counting(net, config, chunk):
+        verified.extend(int(i) for i in chunk[0])
+        return real(net, config, chunk)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dataset, "verify_samples", counting)
+        code = dataset.main(argv)
+    return code, verified
+
+
 def test_sigterm_after_the_first_chunk_then_rerun_gives_the_uninterrupted_records(tiny_model, tmp_path, capsys):
     import verify.dataset as dataset
     from verify.dataset import PARTIAL, main
@@ -69,15 +85,8 @@ def test_sigterm_after_the_first_chunk_then_rerun_gives_the_uninterrupted_record
     assert (out / PARTIAL).read_text() == before
 
     # the same command continues with the samples it lacks (another batch size is the same result)
-    rerun = []
-
-    def counting(net, config, chunk):
-        rerun.extend(int(i) for i in chunk[0])
-        return real(net, config, chunk)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(dataset, "verify_samples", counting)
-        assert main(_argv(tiny_model, out, "--batch-size", "3")) == 0
+    code, rerun = _run_counting(_argv(tiny_model, out, "--batch-size", "3"))
+    assert code == 0
     assert sorted(rerun + calls[0]) == sorted(r["index"] for r in whole)
     resumed, document = _records(out)
     assert resumed == whole and document["resumed_samples"] == len(calls[0])
@@ -230,21 +239,11 @@ def test_retry_unknown_reruns_only_the_unknown_records_and_each_record_names_its
     assert kept[first]["status"] == document["samples"][0]["status"] and "code" in kept[first]
     assert kept[second]["status"] == "unknown"   # not rerun yet: its old record stays
     assert len(kept) == len(records)
-    rerun = []
-
-    def counting(net, config, chunk):
-        rerun.extend(int(i) for i in chunk[0])
-        return real(net, config, chunk)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(dataset, "verify_samples", counting)
-        assert main(argv + ["--retry-unknown"]) == 0
-    assert rerun == [second]
+    assert _run_counting(argv + ["--retry-unknown"]) == (0, [second])
 
 
 def test_retry_unknown_after_a_finished_run_reruns_only_its_unknown_records(tiny_model, tmp_path):
     """No partial file left: the finished verify.json's records seed the retry, only its unknown ones run."""
-    import verify.dataset as dataset
     from verify.dataset import main
 
     out = tmp_path / "finished"
@@ -256,15 +255,6 @@ def test_retry_unknown_after_a_finished_run_reruns_only_its_unknown_records(tiny
         if record["index"] == last:
             record.update(status="unknown", reason="time limit")
     (out / "verify.json").write_text(json.dumps(document))
-    real, rerun = dataset.verify_samples, []
-
-    def counting(net, config, chunk):
-        rerun.extend(int(i) for i in chunk[0])
-        return real(net, config, chunk)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(dataset, "verify_samples", counting)
-        assert main(argv + ["--retry-unknown"]) == 0
-    assert rerun == [last]
+    assert _run_counting(argv + ["--retry-unknown"]) == (0, [last])
     again = json.loads((out / "verify.json").read_text())
     assert len(again["samples"]) == len(document["samples"]) and again["resumed_samples"] == len(document["samples"]) - 1
