@@ -314,6 +314,19 @@ def _im2col_parallel(x, cols, geometry):  # pragma: no cover
         _im2col_row(x, cols, row, geometry)
 
 
+@numba.njit(cache=True)
+def _im2col_block(x, first, count, geometry):  # pragma: no cover - compiled
+    """im2col of the block ``x[first:first + count]`` into fresh scratch ``[C*kh*kw, count*OH*OW]`` of
+    ``x``'s dtype: the blocked gather of the fused forward and weight gradient (serial; their blocks
+    run in parallel)."""
+    kernel_h, kernel_w, out_h, out_w = geometry[0], geometry[1], geometry[6], geometry[7]
+    cols = np.empty((x.shape[1] * kernel_h * kernel_w, count * out_h * out_w), dtype=x.dtype)
+    samples = x[first:first + count]
+    for row in range(cols.shape[0]):
+        _im2col_row(samples, cols, row, geometry)
+    return cols
+
+
 # Samples per parallel block of the fused adjoint (one ``cols`` scratch per block).
 _TRANSPOSE_BLOCK = 8
 
@@ -449,11 +462,8 @@ def _conv_weight_grad_fused(x, grad3, geometry, partial):  # pragma: no cover - 
         for block in range(g * per_group, min(n_blocks, (g + 1) * per_group)):
             first = block * _WGRAD_BLOCK
             count = min(n, first + _WGRAD_BLOCK) - first
-            cols = np.empty((partial.shape[2], count * positions), dtype=x.dtype)
+            cols = _im2col_block(x, first, count, geometry)
             rows = np.empty((channels_out, count * positions), dtype=x.dtype)
-            samples = x[first:first + count]
-            for row in range(cols.shape[0]):
-                _im2col_row(samples, cols, row, geometry)
             for s in range(count):
                 rows[:, s * positions:(s + 1) * positions] = grad3[first + s]
             np.dot(rows, cols.T, product)
@@ -482,16 +492,13 @@ def _conv_forward_fused(x, weight2d, bias, geometry, block, out):  # pragma: no 
     whole-batch GEMM up to the float32 summation order inside BLAS (float64: to the last bits).
     """
     n = x.shape[0]
-    channels_out, k = weight2d.shape
+    channels_out = weight2d.shape[0]
     positions = geometry[6] * geometry[7]
     for b in numba.prange((n + block - 1) // block):
         first = b * block
         count = min(n, first + block) - first
-        cols = np.empty((k, count * positions), dtype=out.dtype)
+        cols = _im2col_block(x, first, count, geometry)
         rows = np.empty((channels_out, count * positions), dtype=out.dtype)
-        samples = x[first:first + count]
-        for row in range(k):
-            _im2col_row(samples, cols, row, geometry)
         np.dot(weight2d, cols, rows)
         for s in range(count):
             dst = out[first + s]
