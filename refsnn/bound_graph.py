@@ -99,8 +99,8 @@ class _StageMaps:
     @staticmethod
     def weight_grad(op, x, grad_out) -> np.ndarray:
         """``dL/dW`` of an affine op with input ``x`` and ``dL/d(output)`` (no input gradient needed);
-        only the non-zero entries of a sparse ``grad_out`` are visited (``param_grads(events=True)``)."""
-        return op.param_grads(x, grad_out, events=True)["weight"]  # not ``backward``: no input gradient
+        only the non-zero entries of a sparse ``grad_out`` are visited (``weight_grad(events=True)``)."""
+        return op.weight_grad(x, grad_out, events=True)  # no input or bias gradient
 
     @staticmethod
     def adjoint(op, coef: np.ndarray) -> np.ndarray:

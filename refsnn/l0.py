@@ -26,7 +26,9 @@ verifier's l0 encoding, ``verify.sets.SpikeL0Set``).
 """
 from __future__ import annotations
 
-from typing import Tuple
+import contextlib
+import threading
+from typing import Iterator, Tuple
 
 import numpy as np
 
@@ -149,10 +151,43 @@ def topk_current_interval(stage: PreparedStage, clean: np.ndarray, k: int) -> Tu
     return (lower - widen).reshape(steps, batch, n), (upper + widen).reshape(steps, batch, n)
 
 
+# The intermediates of the blocks of ``shared_intermediate`` active in this Python thread (None: none).
+_SHARED = threading.local()
+
+
+@contextlib.contextmanager
+def shared_intermediate() -> Iterator[None]:
+    """Inside the block, ``anyk_intermediate`` computes once per (network object, clean train, ``k``,
+    ``per_step``, ``refine``) and returns the same ``(bounds, stages)`` again after that (callers only
+    read them). For one question about one ball (``verify.bab``: its root bound, the ball's
+    minimizers and the MILP's big-M intervals); the network must not change inside the block. A
+    nested block uses the outer one's results; they are dropped when the outermost block ends."""
+    outer = getattr(_SHARED, "cache", None)
+    if outer is None:
+        _SHARED.cache = {}
+    try:
+        yield
+    finally:
+        if outer is None:
+            _SHARED.cache = None
+
+
 def anyk_intermediate(net, clean, k: int, per_step: bool = True, refine: bool = False):
     """Intermediate bounds over the ball (S-IBP from the exact first-stage currents; with ``refine``
-    every unstable membrane is also bounded by back-substitution over the ball)."""
+    every unstable membrane is also bounded by back-substitution over the ball); computed once per
+    question inside a ``shared_intermediate`` block."""
     clean, k = check_ball(clean, k)
+    cache = getattr(_SHARED, "cache", None)
+    if cache is None:
+        return _anyk_intermediate(net, clean, k, per_step, refine)
+    key = (id(net), clean.shape, clean.dtype.str, clean.tobytes(), k, bool(per_step), bool(refine))
+    hit = cache.get(key)
+    if hit is None or hit[0] is not net:  # the entry holds its network: an id is not reused meanwhile
+        hit = cache[key] = (net, _anyk_intermediate(net, clean, k, per_step, refine))
+    return hit[1]
+
+
+def _anyk_intermediate(net, clean, k: int, per_step: bool, refine: bool):
     stages = prepare_stages(net)
     x_lower = np.zeros_like(clean) if k > 0 else clean
     x_upper = np.ones_like(clean) if k > 0 else clean
@@ -232,5 +267,6 @@ def certify_anyk(net, clean, labels, k: int, method: str = "best", per_step: boo
     return np.all(lower > 0.0, axis=1)
 
 
-__all__ = ["anyk_bounds", "anyk_minimizers", "certify_anyk", "anyk_intermediate", "topk_current_interval", "L0Concretizer",
+__all__ = ["anyk_bounds", "anyk_minimizers", "certify_anyk", "anyk_intermediate", "shared_intermediate",
+           "topk_current_interval", "L0Concretizer",
            "ANYK_METHODS"]

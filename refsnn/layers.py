@@ -158,20 +158,22 @@ class Linear(Layer):
                 and self._sparse_coefficients(coef, "linear_adjoint", 2, self.out_features,
                                               kernels.EVENT_ADJOINT_MIN_FEATURES))
 
+    def weight_grad(self, x: np.ndarray, grad_out: np.ndarray, events: bool = False) -> np.ndarray:
+        """``dL/dW [out, in] = grad_out.T @ x`` for ``x [N, in]``, ``grad_out [N, out]``. ``events`` (the
+        bound graph's coefficients): a sparse ``grad_out`` (below ``LINEAR_ADJOINT_CROSSOVER``) visits its
+        non-zero entries only (``kernels.event_coef_weight_grad``); without, a sparse spike input ``x``
+        (BPTT) takes the event kernel; otherwise BLAS."""
+        if x.dtype == grad_out.dtype:
+            if events:
+                if self._events(grad_out):
+                    return kernels.event_coef_weight_grad(x, grad_out)
+            elif kernels.use_event_driven(x, "wgrad", self.out_features):
+                return kernels.event_weight_grad(x, grad_out)
+        return grad_out.T @ x
+
     def param_grads(self, x, grad_out, events: bool = False):
-        """``events`` (the bound graph's coefficients): a sparse ``grad_out`` (below
-        ``LINEAR_ADJOINT_CROSSOVER``) visits its non-zero entries only (``kernels.event_coef_weight_grad``),
-        else BLAS; without, a sparse spike input ``x`` (BPTT) takes the event kernel."""
-        if events:
-            if x.dtype == grad_out.dtype and self._events(grad_out):
-                grad_weight = kernels.event_coef_weight_grad(x, grad_out)
-            else:
-                grad_weight = grad_out.T @ x
-        elif x.dtype == grad_out.dtype and kernels.use_event_driven(x, "wgrad", self.out_features):
-            grad_weight = kernels.event_weight_grad(x, grad_out)
-        else:
-            grad_weight = grad_out.T @ x
-        return {"weight": grad_weight, "bias": grad_out.sum(axis=0)}
+        """Weight (``weight_grad``) and bias gradients."""
+        return {"weight": self.weight_grad(x, grad_out, events), "bias": grad_out.sum(axis=0)}
 
     def backward(self, x, grad_out):
         return grad_out @ self.weight, self.param_grads(x, grad_out)
@@ -314,6 +316,19 @@ def _im2col_parallel(x, cols, geometry):  # pragma: no cover
         _im2col_row(x, cols, row, geometry)
 
 
+@numba.njit(cache=True)
+def _im2col_block(x, first, count, geometry):  # pragma: no cover - compiled
+    """im2col of the block ``x[first:first + count]`` into fresh scratch ``[C*kh*kw, count*OH*OW]`` of
+    ``x``'s dtype: the blocked gather of the fused forward and weight gradient (serial; their blocks
+    run in parallel)."""
+    kernel_h, kernel_w, out_h, out_w = geometry[0], geometry[1], geometry[6], geometry[7]
+    cols = np.empty((x.shape[1] * kernel_h * kernel_w, count * out_h * out_w), dtype=x.dtype)
+    samples = x[first:first + count]
+    for row in range(cols.shape[0]):
+        _im2col_row(samples, cols, row, geometry)
+    return cols
+
+
 # Samples per parallel block of the fused adjoint (one ``cols`` scratch per block).
 _TRANSPOSE_BLOCK = 8
 
@@ -449,11 +464,8 @@ def _conv_weight_grad_fused(x, grad3, geometry, partial):  # pragma: no cover - 
         for block in range(g * per_group, min(n_blocks, (g + 1) * per_group)):
             first = block * _WGRAD_BLOCK
             count = min(n, first + _WGRAD_BLOCK) - first
-            cols = np.empty((partial.shape[2], count * positions), dtype=x.dtype)
+            cols = _im2col_block(x, first, count, geometry)
             rows = np.empty((channels_out, count * positions), dtype=x.dtype)
-            samples = x[first:first + count]
-            for row in range(cols.shape[0]):
-                _im2col_row(samples, cols, row, geometry)
             for s in range(count):
                 rows[:, s * positions:(s + 1) * positions] = grad3[first + s]
             np.dot(rows, cols.T, product)
@@ -482,16 +494,13 @@ def _conv_forward_fused(x, weight2d, bias, geometry, block, out):  # pragma: no 
     whole-batch GEMM up to the float32 summation order inside BLAS (float64: to the last bits).
     """
     n = x.shape[0]
-    channels_out, k = weight2d.shape
+    channels_out = weight2d.shape[0]
     positions = geometry[6] * geometry[7]
     for b in numba.prange((n + block - 1) // block):
         first = b * block
         count = min(n, first + block) - first
-        cols = np.empty((k, count * positions), dtype=out.dtype)
+        cols = _im2col_block(x, first, count, geometry)
         rows = np.empty((channels_out, count * positions), dtype=out.dtype)
-        samples = x[first:first + count]
-        for row in range(k):
-            _im2col_row(samples, cols, row, geometry)
         np.dot(weight2d, cols, rows)
         for s in range(count):
             dst = out[first + s]
@@ -664,9 +673,18 @@ class Conv2d(Layer):
         return grad_weight_rows.sum(axis=0).astype(grad_coef.dtype).reshape(self.weight.shape)
 
     def param_grads(self, x, grad_out, events: bool = False):
-        """Weight and bias gradients for input ``x [N, C, H, W]`` and ``dL/d output [N, O, OH, OW]``:
+        """Weight (``weight_grad``) and bias gradients."""
+        grad3, weight = self._grad3_and_weight_grad(x, grad_out, events)
+        return {"weight": weight, "bias": grad3.sum(axis=(0, 2))}
+
+    def weight_grad(self, x: np.ndarray, grad_out: np.ndarray, events: bool = False) -> np.ndarray:
+        """``dL/dW [O, C, kh, kw]`` for input ``x [N, C, H, W]`` and ``dL/d output [N, O, OH, OW]``:
         blocks of samples im2col'ed into cache-sized scratch, one GEMM each (``_conv_weight_grad_fused``);
         ``events``: a sparse ``grad_out`` visits its non-zero entries only, as ``transpose``."""
+        return self._grad3_and_weight_grad(x, grad_out, events)[1]
+
+    def _grad3_and_weight_grad(self, x, grad_out, events):
+        """``grad_out`` as ``[N, O, OH*OW]`` in the common dtype (the bias gradient sums it) and ``weight_grad``."""
         dtype = np.result_type(x.dtype, grad_out.dtype, self.weight.dtype)
         if x.ndim != 4 or x.shape[1] != self.weight.shape[1]:
             raise ValueError(f"Conv2d expects inputs [N, {self.weight.shape[1]}, H, W], got shape {x.shape}")
@@ -679,13 +697,13 @@ class Conv2d(Layer):
         if events and self._events(grad_out):
             weight = kernels.event_conv_weight_grad(x, grad_out, self.weight.shape, self._geometry(x.shape),
                                                    dtype=dtype)
-            return {"weight": weight.astype(dtype, copy=False), "bias": grad3.sum(axis=(0, 2))}
+            return grad3, weight.astype(dtype, copy=False)
         groups = max(1, min(_WGRAD_GROUPS, (n + _WGRAD_BLOCK - 1) // _WGRAD_BLOCK))
         partial = np.zeros((groups, channels_out, self.weight[0].size), dtype)
         if n:
             _conv_weight_grad_fused(np.ascontiguousarray(x, dtype=dtype), grad3,
                                     tuple(int(g) for g in self._geometry(x.shape)), partial)
-        return {"weight": partial.sum(axis=0).reshape(self.weight.shape), "bias": grad3.sum(axis=(0, 2))}
+        return grad3, partial.sum(axis=0).reshape(self.weight.shape)
 
     def backward(self, x, grad_out):
         dtype = np.result_type(x.dtype, grad_out.dtype, self.weight.dtype)

@@ -261,3 +261,33 @@ def test_ball_big_m_bounds_leave_fewer_first_stage_neurons_unstable_than_the_box
     unstable = [int(((b.lower[0] < th) & (b.upper[0] >= th)).sum())
                 for b in (membrane_bounds(net, ball, "ibp"), membrane_bounds(net, BoxSet(lower, upper), "ibp"))]
     assert unstable[0] < unstable[1], unstable
+
+
+def test_a_ball_question_computes_its_intermediate_bounds_once(monkeypatch):
+    """The root bound, the ball's minimizers and the MILP's big-M intervals of one ``robust_bab``
+    question share one ``refsnn.l0.anyk_intermediate`` (they computed it three times); the verdict
+    and the margins are those of three separate computations."""
+    import contextlib
+
+    import refsnn.l0 as l0
+    import verify.bab as bab
+    from refsnn import SNN, Linear
+
+    n = 8  # input j drives hidden j alone: one flip per step fires one hidden neuron, too few for
+    # classes 1-2, but S-IBP leaves all 8 unstable: the root stays open and the MILP decides it
+    net = SNN([Linear(np.eye(n) * 0.3, np.zeros(n)),
+               Linear(np.vstack([np.zeros(n), np.full(n, 0.3), np.full(n, 0.3)]), np.array([0.5, -0.2, -0.2]))],
+              threshold=0.25, decay=0.25)
+    ball = SpikeL0Set(np.zeros((3, n), np.uint8), 1)
+    calls = []
+    first_stage = l0.topk_current_interval
+    monkeypatch.setattr(l0, "topk_current_interval", lambda *a, **kw: calls.append(1) or first_stage(*a, **kw))
+    results = []
+    for shared in (True, False):
+        if not shared:
+            monkeypatch.setattr(bab, "shared_intermediate", contextlib.nullcontext, raising=False)
+        del calls[:]
+        result = robust_bab(net, ball, 0, BabConfig(time_limit=60, enumerate_max=4), rng=np.random.default_rng(0))
+        results.append((len(calls), result.status, result.margin_lower, result.attack_margin, result.stats["milp"]))
+    assert results[0][1:] == results[1][1:] and results[0][1] == "robust" and results[0][4] == 1
+    assert (results[0][0], results[1][0]) == (1, 3)

@@ -46,6 +46,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from refsnn.l0 import shared_intermediate
 from refsnn.network import SNN
 
 from .encoding import FIXED_TIE_BAND, VerifierError, float64_network
@@ -943,6 +944,14 @@ def spec_bab(net: SNN, input_set: InputSet, rows, thresholds, strict: bool = Fal
 
 def _run(net: SNN, input_set: InputSet, label: Optional[int], question: Optional[Question],
          config: Optional[BabConfig], rng: Optional[np.random.Generator]) -> BabResult:
+    # an l0 ball's intermediate bounds (refsnn.l0.anyk_intermediate) serve its root bound, its
+    # minimizers and its MILP's big-M intervals: computed once for the question
+    with shared_intermediate():
+        return _run_question(net, input_set, label, question, config, rng)
+
+
+def _run_question(net: SNN, input_set: InputSet, label: Optional[int], question: Optional[Question],
+                  config: Optional[BabConfig], rng: Optional[np.random.Generator]) -> BabResult:
     config = config if config is not None else BabConfig()
     if tuple(input_set.input_shape) != tuple(net.input_shape):
         raise ValueError(f"the input set holds shape {tuple(input_set.input_shape)}, the network expects "
