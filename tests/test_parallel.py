@@ -270,3 +270,19 @@ def test_local_workers_start_single_threaded_without_exported_variables(tmp_path
     assert [row[0] for row in report["results"]] == [[1.0, 2.0], [3.0, 4.0]]
     assert all(row[1:] == ["1", 1, 1] for row in report["results"])  # one Numba thread per worker
     assert report["before"] == report["after"] == ["2", 2] and report["parent"] == 6.0
+
+
+def test_spawn_environment_restores_the_exact_previous_entries(monkeypatch):
+    """Set and unset entries come back exactly, also when the block raises."""
+    from refsnn.parallel import _spawn_environment
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    monkeypatch.setenv("MKL_NUM_THREADS", "")
+    monkeypatch.delenv("REFSNN_TEST_ABSENT", raising=False)
+    variables = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "REFSNN_TEST_ABSENT": "1"}
+    with pytest.raises(RuntimeError):
+        with _spawn_environment(variables):
+            assert all(os.environ[name] == "1" for name in variables)
+            raise RuntimeError("worker start failed")
+    assert os.environ["OMP_NUM_THREADS"] == "8" and os.environ["MKL_NUM_THREADS"] == ""
+    assert "REFSNN_TEST_ABSENT" not in os.environ

@@ -291,3 +291,39 @@ def test_a_ball_question_computes_its_intermediate_bounds_once(monkeypatch):
         results.append((len(calls), result.status, result.margin_lower, result.attack_margin, result.stats["milp"]))
     assert results[0][1:] == results[1][1:] and results[0][1] == "robust" and results[0][4] == 1
     assert (results[0][0], results[1][0]) == (1, 3)
+
+
+def _flat_bounds(bounds) -> bytes:
+    return b"|".join(np.ascontiguousarray(a, dtype=np.float64).tobytes()
+                     for name in ("mem_lower", "mem_upper") for a in getattr(bounds, name))
+
+
+def test_shared_intermediate_bounds_are_keyed_by_every_input_of_the_question():
+    """Inside one ``shared_intermediate`` block a different network, clean train, ``k``, ``per_step``
+    or ``refine`` gets its own bounds (equal to a fresh computation), never another question's."""
+    import refsnn.l0 as l0
+    from refsnn import SNN, Linear
+
+    rng = np.random.default_rng(3)
+
+    def make_net():
+        return SNN([Linear(rng.normal(0, 0.4, (5, 6)), rng.normal(0, 0.1, 5)),
+                    Linear(rng.normal(0, 0.4, (3, 5)), np.zeros(3))], threshold=0.25, decay=0.25)
+
+    nets = [make_net(), make_net()]
+    clean = (rng.random((3, 1, 6)) < 0.4).astype(np.uint8)  # [T', B, n]
+    flipped = clean.copy()
+    flipped[1, 0, 2] ^= 1
+    questions = [(nets[0], clean, 1, True, False), (nets[1], clean, 1, True, False), (nets[0], flipped, 1, True, False),
+                 (nets[0], clean, 2, True, False), (nets[0], clean, 1, False, False), (nets[0], clean, 1, True, True)]
+    with l0.shared_intermediate():
+        for q in questions:
+            l0.anyk_intermediate(*q)  # fill the cache with every question first
+        for q in questions:
+            cached, _ = l0.anyk_intermediate(*q)
+            fresh, _ = l0._anyk_intermediate(*q)
+            assert _flat_bounds(cached) == _flat_bounds(fresh)
+    # the questions' bounds really differ, so one entry served to two of them would have been caught
+    # (per_step alone does not change the interval bounds: each step's own flips bound its currents)
+    flats = [_flat_bounds(l0._anyk_intermediate(*q)[0]) for i, q in enumerate(questions) if i != 4]
+    assert len(set(flats)) == len(flats)
