@@ -133,7 +133,9 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
     ``TRACK_ROUNDING``, ``err_out [B, R]``: ``g * sum |terms|`` of every product and sum plus
     ``|lam_m| fwd_scale`` (the network-vs-exact margins), ``mem_mag``/``carry_mag`` bounding the
     magnitudes. ``RECORD``: ``fire_coef`` (the coefficient on ``s_t`` after the reset step) and
-    the sides chosen (``reset_side``, ``fire_side``, bool ``[T', B, R, n]``, False where stable);
+    the sides chosen (``reset_side``, ``fire_side``, bool ``[T', B, R, n]``), written at unstable
+    neurons only (the caller passes them zeroed: 0 and False where stable; the reverse reads them
+    at unstable neurons only, and most neurons of a trained net are stable);
     with ``TRACK_ROUNDING`` also each time step's constant and rounding share (``step_bias``,
     ``step_err [T', B, R]``, without the stage-bias and ``fwd_scale`` terms); ``FROZEN`` reads the
     sides instead. Loop order sample, time, neuron, spec over ``[neuron, spec]`` buffers: a
@@ -158,9 +160,6 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
         carry = np.zeros((n, rows))  # float64 whatever the coefficients' dtype
         lam_in = np.empty((n, rows), dtype=lam_s.dtype)
         lam_out = np.empty((n, rows), dtype=lam_s.dtype)
-        coef_out = np.empty((n, rows), dtype=lam_s.dtype)
-        reset_buf = np.zeros((n, rows), dtype=np.bool_)
-        fire_buf = np.zeros((n, rows), dtype=np.bool_)
         bias = np.zeros(rows)
         err = np.zeros(rows)
         bias_t = np.zeros(rows)
@@ -177,18 +176,9 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
                 for s in range(rows):
                     bias_t[s] = 0.0
                     err_t[s] = 0.0
-            if FROZEN:
-                for s in range(rows):
-                    for j in range(n):
-                        reset_buf[j, s] = reset_side[t, b, s, j]
-                        fire_buf[j, s] = fire_side[t, b, s, j]
             for j in range(n):
                 st = STABLE_OFF if (query and t == steps - 1) else state[t, b, j]
                 bv = bias_vec[j]
-                if RECORD and not FROZEN and st != UNSTABLE:  # sides are only recorded for unstable neurons
-                    for s in range(rows):
-                        reset_buf[j, s] = False
-                        fire_buf[j, s] = False
                 if st == STABLE_OFF:       # s = 0, z = m
                     cm = carry_mag[t, b, j] if TRACK_ROUNDING else 0.0
                     fs = fwd_scale[t, b, j] if TRACK_ROUNDING else 0.0
@@ -200,8 +190,6 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
                             err[s] += p + abs(lm) * fs
                             if RECORD:
                                 err_t[s] += p
-                        if RECORD:
-                            coef_out[j, s] = ls
                         bias[s] += lm * bv
                         lam_out[j, s] = lm
                         carry[j, s] = alpha * lm
@@ -220,8 +208,6 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
                             err[s] += p + abs(pm) * fs
                             if RECORD:
                                 err_t[s] += p
-                        if RECORD:
-                            coef_out[j, s] = ls
                         bias[s] += pm * bv
                         lam_out[j, s] = pm
                         carry[j, s] = alpha * pm
@@ -239,21 +225,30 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
                     for s in range(rows):
                         ls = lam_in[j, s]
                         lz = carry[j, s]
-                        if not FROZEN:
-                            reset_buf[j, s] = lz >= 0.0
+                        # the sides: read (FROZEN) or decided and recorded, at unstable neurons only
+                        if FROZEN:
+                            lower_reset = reset_side[t, b, s, j]
+                        else:
+                            lower_reset = lz >= 0.0
+                            if RECORD:
+                                reset_side[t, b, s, j] = lower_reset
                         # lz z >= pz + pm m - rz s (the model's rule; the LIF's: eq. 10 or its family)
                         if PARAMS:
-                            beta = beta_lo[t, b, s, j] if reset_buf[j, s] else beta_up[t, b, s, j]
-                            rz, pz, pm, pr = BACKSUB_FAMILY(lz, reset_buf[j, s], r_lo, r_hi, q_lo, th_lo, beta, mm)
+                            beta = beta_lo[t, b, s, j] if lower_reset else beta_up[t, b, s, j]
+                            rz, pz, pm, pr = BACKSUB_FAMILY(lz, lower_reset, r_lo, r_hi, q_lo, th_lo, beta, mm)
                         else:
-                            rz, pz, pm, pr = BACKSUB_UNSTABLE(lz, reset_buf[j, s], r_lo, r_hi, mm)
+                            rz, pz, pm, pr = BACKSUB_UNSTABLE(lz, lower_reset, r_lo, r_hi, mm)
                         bias[s] += pz
                         p = abs(ls)
                         ls = ls - rz
-                        if not FROZEN:
-                            fire_buf[j, s] = ls >= 0.0
+                        if FROZEN:
+                            lower_fire = fire_side[t, b, s, j]
+                        else:
+                            lower_fire = ls >= 0.0
+                            if RECORD:
+                                fire_side[t, b, s, j] = lower_fire
                         if PARAMS:
-                            if fire_buf[j, s]:
+                            if lower_fire:
                                 a = frac_lo[t, b, s, j] * a_lo
                                 c = -a * th_hi
                             else:
@@ -261,7 +256,7 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
                                 c = 1.0 - a * th_lo
                             lm = pm + ls * a
                         else:
-                            if fire_buf[j, s]:
+                            if lower_fire:
                                 a = a_lo
                                 c = c_lo
                             else:
@@ -279,18 +274,13 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
                             if RECORD:
                                 err_t[s] += g * p
                         if RECORD:
-                            coef_out[j, s] = ls
+                            fire_coef[t, b, s, j] = ls
                         bias[s] += lm * bv
                         lam_out[j, s] = lm
                         carry[j, s] = alpha * lm
             for s in range(rows):
                 for j in range(n):
                     lam_cur[t, b, s, j] = lam_out[j, s]
-                    if RECORD:
-                        fire_coef[t, b, s, j] = coef_out[j, s]
-                        if not FROZEN:
-                            reset_side[t, b, s, j] = reset_buf[j, s]
-                            fire_side[t, b, s, j] = fire_buf[j, s]
             if RECORD and TRACK_ROUNDING:
                 for s in range(rows):
                     step_bias[t, b, s] = bias_t[s]
@@ -321,19 +311,12 @@ def _backsub_reverse(grad_lam_cur, lam_cur, fire_coef, reset_side, fire_side, st
     for b in prange(batch):
         g_carry = np.zeros((n, rows))  # float64, as the scalar carry of a row-by-row loop
         grad_in = np.empty((n, rows), dtype=lam_cur.dtype)
-        coef = np.empty((n, rows), dtype=lam_cur.dtype)
-        lam_next = np.zeros((n, rows), dtype=lam_cur.dtype)
-        reset_buf = np.empty((n, rows), dtype=np.bool_)
-        fire_buf = np.empty((n, rows), dtype=np.bool_)
+        zero = np.zeros(1, dtype=lam_cur.dtype)[0]  # lam_cur's 0 after the last step (keeps the dtype)
         grad_out = np.empty((n, rows), dtype=lam_cur.dtype)
         for t in range(steps):
             for s in range(rows):
                 for j in range(n):
                     grad_in[j, s] = grad_lam_cur[t, b, s, j]
-                    coef[j, s] = fire_coef[t, b, s, j]
-                    reset_buf[j, s] = reset_side[t, b, s, j]
-                    fire_buf[j, s] = fire_side[t, b, s, j]
-                    lam_next[j, s] = lam_cur[t + 1, b, s, j] if t + 1 < steps else 0.0
             for j in range(n):
                 st = state[t, b, j]
                 bv = bias_vec[j]
@@ -360,9 +343,13 @@ def _backsub_reverse(grad_lam_cur, lam_cur, fire_coef, reset_side, fire_side, st
                     for s in range(rows):
                         g = g_row[b, s]
                         g_lm = grad_in[j, s] + g_carry[j, s] + g * bv
-                        ls = coef[j, s]
+                        # the forward's record, read (and written) at unstable neurons only
+                        ls = fire_coef[t, b, s, j]
+                        lower_reset = reset_side[t, b, s, j]
+                        lower_fire = fire_side[t, b, s, j]
+                        lz = alpha * (lam_cur[t + 1, b, s, j] if t + 1 < steps else zero)
                         if PARAMS:
-                            if fire_buf[j, s]:
+                            if lower_fire:
                                 a = frac_lo[t, b, s, j] * a_lo
                                 g_ls = g_lm * a + g * (-a * th)
                                 g_frac_lo[t, b, s, j] = a_lo * ls * (g_lm - th * g)
@@ -370,16 +357,15 @@ def _backsub_reverse(grad_lam_cur, lam_cur, fire_coef, reset_side, fire_side, st
                                 a = frac_up[t, b, s, j] * a_up
                                 g_ls = g_lm * a + g * (1.0 - a * th_lo)
                                 g_frac_up[t, b, s, j] = a_up * ls * (g_lm - th_lo * g)
-                            lz = alpha * lam_next[j, s]
-                            beta = beta_lo[t, b, s, j] if reset_buf[j, s] else beta_up[t, b, s, j]
-                            g_lz, g_beta = REVERSE_FAMILY(g, g_lm, g_ls, lz, reset_buf[j, s], ml, th, q_lo, th_lo,
+                            beta = beta_lo[t, b, s, j] if lower_reset else beta_up[t, b, s, j]
+                            g_lz, g_beta = REVERSE_FAMILY(g, g_lm, g_ls, lz, lower_reset, ml, th, q_lo, th_lo,
                                                           beta)
-                            if reset_buf[j, s]:
+                            if lower_reset:
                                 g_beta_lo[t, b, s, j] = g_beta
                             else:
                                 g_beta_up[t, b, s, j] = g_beta
                         else:
-                            if fire_buf[j, s]:
+                            if lower_fire:
                                 g_ls = g_lm * a_lo + g * c_lo
                                 g_slope_lo[t, b, j] += g_lm * ls
                                 g_icpt_lo[t, b, j] += g * ls
@@ -387,9 +373,8 @@ def _backsub_reverse(grad_lam_cur, lam_cur, fire_coef, reset_side, fire_side, st
                                 g_ls = g_lm * a_up + g * c_up
                                 g_slope_up[t, b, j] += g_lm * ls
                                 g_icpt_up[t, b, j] += g * ls
-                            lz = alpha * lam_next[j, s]
-                            g_lz, g_r = REVERSE_UNSTABLE(g, g_ls, lz, reset_buf[j, s], ml, th)
-                            if reset_buf[j, s]:
+                            g_lz, g_r = REVERSE_UNSTABLE(g, g_ls, lz, lower_reset, ml, th)
+                            if lower_reset:
                                 g_mem_lower[t, b, j] += g_r
                         grad_out[j, s] = g_ls
                         g_carry[j, s] = alpha * g_lz
@@ -526,7 +511,7 @@ def backsub_stage(lam_s: np.ndarray, tables: StepTables, record: bool = False,
     shape = (steps, batch, rows, n)
     out = StepOutput(np.empty(shape, lam_s.dtype), np.empty((batch, rows), lam_s.dtype), np.zeros((batch, rows)))
     if record:
-        out.fire_coef = np.empty(shape, lam_s.dtype)
+        out.fire_coef = np.zeros(shape, lam_s.dtype)  # written at unstable neurons only
         out.reset_side, out.fire_side = sides if frozen else (np.zeros(shape, np.bool_), np.zeros(shape, np.bool_))
         if track:
             out.step_bias, out.step_err = np.empty((steps, batch, rows)), np.empty((steps, batch, rows))
