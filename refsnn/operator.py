@@ -51,7 +51,7 @@ from .neurons.models import compiled_rules, neuron_model
 from .relaxations import STABLE_OFF, STABLE_ON, UNSTABLE, fire_state_compiled
 
 __all__ = ["interval_kernel", "backsub_kernel", "backsub_reverse_kernel", "backsub_stage",
-           "backsub_stage_reverse", "StepTables", "StepOutput", "PARALLEL_MIN_WORK"]
+           "backsub_stage_reverse", "reverse_reads", "StepTables", "StepOutput", "PARALLEL_MIN_WORK"]
 
 # The flags of a compiled variant: ``_variant`` gives each compilation its own values, which Numba
 # treats as constants. The sources below are only run through ``interval_kernel``/``backsub_kernel``.
@@ -525,6 +525,25 @@ def backsub_stage(lam_s: np.ndarray, tables: StepTables, record: bool = False,
            out.fire_side if record else unused_side, out.step_bias if out.step_bias is not None else unused_steps,
            out.step_err if out.step_err is not None else unused_steps, out.bias, out.err)
     return out
+
+
+def reverse_reads(state: np.ndarray, neuron: str = "zero") -> np.ndarray:
+    """The entries ``[T', B, n]`` of ``grad_lam_cur`` that ``backsub_reverse`` reads (for every spec row).
+
+    ``dL/d lam_cur[t]`` enters through the membrane coefficient of step ``t`` (``g_lm``): an unstable
+    neuron relaxes it (eqs. 8, 10), a silent one carries it to step ``t + 1`` (``z = m``), a firing
+    one drops it (the LIF's ``z = 0``: ``reverse_stable_on`` ignores ``g_lm`` and carries 0). So
+    an entry is read iff the neuron is unstable at ``t``, or silent at ``t`` and read at ``t + 1``;
+    ``grad_lam_cur`` may hold anything elsewhere. ``state [T', B, n]`` as ``StepTables.state``.
+    """
+    if neuron != "zero":
+        raise NeuronModelError(f"reset={neuron!r}: reverse_reads follows the LIF's reverse (reset='zero') only")
+    reads = np.empty(state.shape, dtype=np.bool_)
+    later = np.zeros(state.shape[1:], dtype=np.bool_)
+    for t in range(state.shape[0] - 1, -1, -1):
+        later = (state[t] == UNSTABLE) | ((state[t] == STABLE_OFF) & later)
+        reads[t] = later
+    return reads
 
 
 def backsub_stage_reverse(grad_lam_cur: np.ndarray, forward: StepOutput, tables: StepTables, mem_lower: np.ndarray,
