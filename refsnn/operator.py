@@ -304,45 +304,38 @@ def _backsub_reverse(grad_lam_cur, lam_cur, fire_coef, reset_side, fire_side, st
     gradients of the tables ``[T', B, n]`` (summed over specs in spec order): fire slopes and
     intercepts and ``m_l`` through the reset line; with ``PARAMS`` the per-row gradients
     ``[T', B, R, n]`` of the fractions and of ``beta`` (``th`` is then ``th_hi``).
-    Parallel over samples without races. Loop order sample, time, neuron, spec over
-    ``[neuron, spec]`` buffers.
+    Parallel over samples without races. Loop order sample, time, spec, neuron (the
+    additions into a table's gradient ``[t, b, j]`` run over the specs in order).
     """
     steps, batch, rows, n = lam_cur.shape
     for b in prange(batch):
-        g_carry = np.zeros((n, rows))  # float64, as the scalar carry of a row-by-row loop
-        grad_in = np.empty((n, rows), dtype=lam_cur.dtype)
+        g_carry = np.zeros((rows, n))  # float64, as the scalar carry of a row-by-row loop
         zero = np.zeros(1, dtype=lam_cur.dtype)[0]  # lam_cur's 0 after the last step (keeps the dtype)
-        grad_out = np.empty((n, rows), dtype=lam_cur.dtype)
         for t in range(steps):
             for s in range(rows):
                 for j in range(n):
-                    grad_in[j, s] = grad_lam_cur[t, b, s, j]
-            for j in range(n):
-                st = state[t, b, j]
-                bv = bias_vec[j]
-                if st == 0:
-                    for s in range(rows):
-                        g_lm = grad_in[j, s] + g_carry[j, s] + g_row[b, s] * bv
-                        grad_out[j, s] = 0.0
-                        g_carry[j, s] = alpha * g_lm
-                elif st == 1:
-                    ml = mem_lower[t, b, j]
-                    for s in range(rows):
+                    st = state[t, b, j]
+                    bv = bias_vec[j]
+                    if st == 0:
+                        g_lm = grad_lam_cur[t, b, s, j] + g_carry[s, j] + g_row[b, s] * bv
+                        grad_lam_s[t, b, s, j] = 0.0
+                        g_carry[s, j] = alpha * g_lm
+                    elif st == 1:
+                        ml = mem_lower[t, b, j]
                         g = g_row[b, s]
-                        g_lm = grad_in[j, s] + g_carry[j, s] + g * bv
+                        g_lm = grad_lam_cur[t, b, s, j] + g_carry[s, j] + g * bv
                         g_ls, g_lz = REVERSE_ON(g_lm, g, ml, th)
-                        grad_out[j, s] = g_ls
-                        g_carry[j, s] = alpha * g_lz
-                else:
-                    ml = mem_lower[t, b, j]
-                    a_lo = slope_lo[t, b, j]
-                    c_lo = icpt_lo[t, b, j]
-                    a_up = slope_up[t, b, j]
-                    c_up = icpt_up[t, b, j]
-                    q_lo = reset_far_lo[t, b, j] if PARAMS else 0.0
-                    for s in range(rows):
+                        grad_lam_s[t, b, s, j] = g_ls
+                        g_carry[s, j] = alpha * g_lz
+                    else:
+                        ml = mem_lower[t, b, j]
+                        a_lo = slope_lo[t, b, j]
+                        c_lo = icpt_lo[t, b, j]
+                        a_up = slope_up[t, b, j]
+                        c_up = icpt_up[t, b, j]
+                        q_lo = reset_far_lo[t, b, j] if PARAMS else 0.0
                         g = g_row[b, s]
-                        g_lm = grad_in[j, s] + g_carry[j, s] + g * bv
+                        g_lm = grad_lam_cur[t, b, s, j] + g_carry[s, j] + g * bv
                         # the forward's record, read (and written) at unstable neurons only
                         ls = fire_coef[t, b, s, j]
                         lower_reset = reset_side[t, b, s, j]
@@ -376,11 +369,8 @@ def _backsub_reverse(grad_lam_cur, lam_cur, fire_coef, reset_side, fire_side, st
                             g_lz, g_r = REVERSE_UNSTABLE(g, g_ls, lz, lower_reset, ml, th)
                             if lower_reset:
                                 g_mem_lower[t, b, j] += g_r
-                        grad_out[j, s] = g_ls
-                        g_carry[j, s] = alpha * g_lz
-            for s in range(rows):
-                for j in range(n):
-                    grad_lam_s[t, b, s, j] = grad_out[j, s]
+                        grad_lam_s[t, b, s, j] = g_ls
+                        g_carry[s, j] = alpha * g_lz
 
 
 # --- compiled variants ---------------------------------------------------------------------------------
