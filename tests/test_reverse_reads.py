@@ -50,8 +50,9 @@ def _random_stage(rng, steps, batch, n, states):
     state = rng.choice(np.array(states, np.int8), size=(steps, batch, n))
     mem_lower = rng.normal(0, 1, (steps, batch, n))
     table = lambda: rng.normal(0, 1, (steps, batch, n))  # noqa: E731
-    return StepTables(state, np.abs(table()), table(), np.abs(table()), table(), mem_lower, np.full_like(mem_lower, 0.5),
-                      0.7, rng.normal(0, 1, n)), mem_lower
+    reset_hi = np.full_like(mem_lower, 0.5)
+    return StepTables(state, np.abs(table()), table(), np.abs(table()), table(), mem_lower, reset_hi, 0.7,
+                      rng.normal(0, 1, n)), mem_lower
 
 
 @pytest.mark.parametrize("steps", [1, 3])
