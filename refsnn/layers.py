@@ -439,6 +439,55 @@ def _conv_gather_adjoint_reverse(coef, index, out_index, weight_index, weight_va
                     acc[weight_index[q, k]] += g * row[o]
 
 
+@numba.njit(cache=True, parallel=True)
+def _conv_forward_at(x, weight2d, reads, rows, geometry, out):  # pragma: no cover - compiled
+    """``out[g R + r, o, oy, ox] = sum W[o] . window(x[g R + r], oy, ox)`` where ``reads[g, (o, oy, ox)]``
+    (``Conv2d.forward_at``); ``out`` zeroed by the caller. Per row and read position the non-zero
+    inputs under the window are gathered once, then every read channel sums them in (c, ky, kx) order."""
+    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w = geometry
+    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+    n_out = weight2d.shape[0]
+    positions = out_h * out_w
+    zero = np.zeros(1, dtype=out.dtype)[0]
+    for g in numba.prange(reads.shape[0]):
+        offsets = np.empty(channels * kernel_h * kernel_w, np.int64)
+        values = np.empty(channels * kernel_h * kernel_w, dtype=x.dtype)
+        read_channels = np.empty(n_out, np.int64)
+        for p in range(positions):
+            n_read = 0
+            for o in range(n_out):
+                if reads[g, o * positions + p]:
+                    read_channels[n_read] = o
+                    n_read += 1
+            if n_read == 0:
+                continue
+            oy = p // out_w
+            ox = p - oy * out_w
+            for r in range(rows):
+                row = g * rows + r
+                k = 0
+                for c in range(channels):
+                    for ky in range(kernel_h):
+                        y = oy * stride_h + ky - pad_h
+                        if y < 0 or y >= height:
+                            continue
+                        for kx in range(kernel_w):
+                            xx = ox * stride_w + kx - pad_w
+                            if xx < 0 or xx >= width:
+                                continue
+                            value = x[row, c, y, xx]
+                            if value != 0:
+                                offsets[k] = (c * kernel_h + ky) * kernel_w + kx
+                                values[k] = value
+                                k += 1
+                for q in range(n_read):
+                    o = read_channels[q]
+                    acc = zero
+                    for i in range(k):
+                        acc += values[i] * weight2d[o, offsets[i]]
+                    out[row, o, oy, ox] = acc
+
+
 # Samples per im2col scratch of the fused weight gradient, and the most partial sums it keeps
 # (a fixed count: the result does not depend on the thread count).
 _WGRAD_BLOCK = 8
@@ -620,6 +669,28 @@ class Conv2d(Layer):
                 and kernels.use_event_driven(x.reshape(x.shape[0], -1), "conv")):
             return kernels.event_conv_forward(x, self.weight, self.bias, self._geometry(x.shape))
         return self._linear(x, self.weight, self.bias)
+
+    def forward_at(self, x: np.ndarray, reads: np.ndarray, rows: int) -> np.ndarray:
+        """The linear part ``W (*) x`` (no bias) at the output entries a caller reads, zero elsewhere:
+        ``x [G*rows, C, H, W]``, ``reads`` bool ``[G, O*OH*OW]`` (the entries of the ``rows`` rows
+        ``g*rows ..`` that are read) -> ``[G*rows, O, OH, OW]``. Equal to ``forward`` minus the bias at
+        the read entries up to the summation order; its cost grows with the read entries and the
+        non-zero inputs under their windows (the training bound graph's reverse, where a trained
+        net's stable neurons leave few entries read)."""
+        input_shape = self._require_input_shape()
+        expected = self.output_shape_of(input_shape)
+        if x.ndim != 4 or tuple(x.shape[1:]) != tuple(input_shape) or rows < 1 or x.shape[0] % rows:
+            raise ValueError(f"Conv2d.forward_at expects x [G*{rows}, *{tuple(input_shape)}], got shape {x.shape}")
+        groups = x.shape[0] // rows
+        if reads.shape != (groups, int(np.prod(expected))):
+            raise ValueError(f"Conv2d.forward_at expects reads [{groups}, {int(np.prod(expected))}], "
+                             f"got shape {reads.shape}")
+        dtype = np.result_type(x.dtype, self.weight.dtype)
+        out = np.zeros((x.shape[0],) + tuple(expected), dtype=dtype)
+        weight2d = np.ascontiguousarray(self.weight.reshape(self.weight.shape[0], -1), dtype=dtype)
+        _conv_forward_at(np.ascontiguousarray(x, dtype=dtype), weight2d, np.ascontiguousarray(reads, dtype=np.bool_),
+                         int(rows), tuple(int(g) for g in self._geometry(input_shape)), out)
+        return out
 
     def _events(self, coef: np.ndarray) -> bool:
         """Whether the adjoint and the weight gradient of ``coef [N, O, OH, OW]`` take the event
