@@ -26,7 +26,7 @@ verifier's l0 encoding, ``verify.sets.SpikeL0Set``).
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
@@ -149,21 +149,34 @@ def topk_current_interval(stage: PreparedStage, clean: np.ndarray, k: int) -> Tu
     return (lower - widen).reshape(steps, batch, n), (upper + widen).reshape(steps, batch, n)
 
 
-def anyk_intermediate(net, clean, k: int, per_step: bool = True, refine: bool = False):
+def anyk_intermediate(net, clean, k: int, per_step: bool = True, refine: bool = False,
+                      stages=None, hook: Optional[Callable] = None):
     """Intermediate bounds over the ball (S-IBP from the exact first-stage currents; with ``refine``
-    every unstable membrane is also bounded by back-substitution over the ball)."""
+    every unstable membrane is also bounded by back-substitution over the ball).
+
+    ``hook(inner) -> refine hook`` (optional): a caller's ``refine`` hook of
+    ``refsnn.ibp.interval_bounds`` composed with ``inner`` (full S-CROWN's, or None), e.g. the spike
+    splits of ``verify.bab``; the bounds then hold for the members whose spikes obey it. ``stages``:
+    the net's prepared stages (None: prepared here). Samples of ``clean`` that are all the same train
+    (a batch of branch-and-bound nodes of one ball) share one first-stage computation."""
     clean, k = check_ball(clean, k)
-    stages = prepare_stages(net)
+    stages = prepare_stages(net) if stages is None else stages
     x_lower = np.zeros_like(clean) if k > 0 else clean
     x_upper = np.ones_like(clean) if k > 0 else clean
-    current_lower, current_upper = topk_current_interval(stages[0], clean, k)
+    steps, batch = clean.shape[:2]
+    if batch > 1 and np.array_equal(clean, np.broadcast_to(clean[:, :1], clean.shape)):
+        one_lower, one_upper = topk_current_interval(stages[0], clean[:, :1], k)
+        current_lower = np.repeat(one_lower, batch, axis=1)
+        current_upper = np.repeat(one_upper, batch, axis=1)
+    else:
+        current_lower, current_upper = topk_current_interval(stages[0], clean, k)
 
     def first_current(stage, spike_lower, spike_upper):
-        steps, batch = clean.shape[:2]
         return current_lower.reshape(steps * batch, -1), current_upper.reshape(steps * batch, -1)
 
-    hook = membrane_refiner(stages, L0Concretizer(clean, k, per_step)) if refine else None
-    bounds = interval_bounds(net, x_lower, x_upper, stages=stages, first_current=first_current, refine=hook)
+    inner = membrane_refiner(stages, L0Concretizer(clean, k, per_step)) if refine else None
+    chosen = hook(inner) if hook is not None else inner
+    bounds = interval_bounds(net, x_lower, x_upper, stages=stages, first_current=first_current, refine=chosen)
     bounds.method = "anyk-crown" if refine else "anyk-ibp"
     return bounds, stages
 
@@ -177,6 +190,17 @@ def anyk_bounds(net, clean, k: int, C=None, method: str = "best", per_step: bool
     over the ball), ``"best"`` (intersection of both and the trivial range), ``"alpha"`` (optimized
     relaxations, intersected with ``best``), ``"crown"`` (full S-CROWN intermediates, then as ``best``).
     """
+    lower, upper, _, _ = anyk_node_bounds(net, clean, k, C, method, per_step, iterations)
+    return lower, upper
+
+
+def anyk_node_bounds(net, clean, k: int, C=None, method: str = "best", per_step: bool = True,
+                     iterations: int = 20, hook: Optional[Callable] = None, stages=None):
+    """``anyk_bounds`` with a ``hook`` on the intermediate bounds (``anyk_intermediate``: the spike
+    splits of a branch-and-bound node over the ball) -> ``(lower, upper) [B, S]``, the intermediate
+    bounds, and S-CROWN's input coefficients of the lower bounds ``[T', B, S, *in]`` (None for
+    ``"ibp"`` and ``"alpha"``). With a hook the bounds hold for the ball's members whose exact spikes
+    lie in the hook's clipped intervals (those with the node's spike values)."""
     if method not in ANYK_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {ANYK_METHODS}")
     clean, k = check_ball(clean, k)
@@ -186,12 +210,14 @@ def anyk_bounds(net, clean, k: int, C=None, method: str = "best", per_step: bool
     steps, batch = clean.shape[:2]
     C = normalize_spec(C, batch, net.n_outputs)
     n_spec = C.shape[1]
-    bounds, stages = anyk_intermediate(net, clean, k, per_step, refine=(method == "crown"))
+    bounds, stages = anyk_intermediate(net, clean, k, per_step, refine=(method == "crown"), stages=stages,
+                                       hook=hook)
     ibp_lower, ibp_upper = ibp_spec_bounds(bounds, C)
     if method == "ibp":
-        return ibp_lower, ibp_upper
+        return ibp_lower, ibp_upper, bounds, None
     concretizer = L0Concretizer(clean, k, per_step)
     margin = output_rounding_margin(C, bounds.rule, steps)
+    lam = None
     if method == "alpha":
         x_lower = np.zeros_like(clean) if k > 0 else clean
         x_upper = np.ones_like(clean) if k > 0 else clean
@@ -201,12 +227,15 @@ def anyk_bounds(net, clean, k: int, C=None, method: str = "best", per_step: bool
     else:
         spec = np.concatenate([C, -C], axis=1)
         tables = [stage_tables(bounds, j, stage) for j, stage in enumerate(stages)]
-        rows = backsub(stages, tables, spec, concretizer).sound
+        back = backsub(stages, tables, spec, concretizer)
+        rows = back.sound
+        lam = back.lam_x[:, :, :n_spec].reshape((steps, batch, n_spec) + tuple(clean.shape[2:]))
         lower = rows[:, :n_spec] - margin
         upper = -rows[:, n_spec:] + margin
         if method == "crown-ibp":
-            return lower, upper
-    return best_bounds(C, margin, [(ibp_lower, ibp_upper), (lower, upper)])
+            return lower, upper, bounds, lam
+    lower, upper = best_bounds(C, margin, [(ibp_lower, ibp_upper), (lower, upper)])
+    return lower, upper, bounds, lam
 
 
 def anyk_minimizers(net, clean, k: int, C=None, per_step: bool = True) -> np.ndarray:
@@ -232,5 +261,5 @@ def certify_anyk(net, clean, labels, k: int, method: str = "best", per_step: boo
     return np.all(lower > 0.0, axis=1)
 
 
-__all__ = ["anyk_bounds", "anyk_minimizers", "certify_anyk", "anyk_intermediate", "topk_current_interval", "L0Concretizer",
+__all__ = ["anyk_bounds", "anyk_node_bounds", "anyk_minimizers", "certify_anyk", "anyk_intermediate", "topk_current_interval", "L0Concretizer",
            "ANYK_METHODS"]
