@@ -32,9 +32,12 @@ def _ball(draw, max_members: int = 512):
     size = int(np.prod(shape))
     center = np.array(draw(st.lists(st.integers(0, 1), min_size=size, max_size=size)), np.uint8).reshape(shape)
     per_step = draw(st.booleans())
-    ball = SpikeL0Set(center, draw(st.integers(1, 3)), per_step=per_step)
+    mask = None
+    if draw(st.booleans()):   # only these bits may flip
+        mask = np.array(draw(st.lists(st.integers(0, 1), min_size=size, max_size=size)), np.uint8).reshape(shape)
+    ball = SpikeL0Set(center, draw(st.integers(1, 3)), per_step=per_step, mask=mask)
     while ball.count() > max_members and ball.k > 1:
-        ball = SpikeL0Set(center, ball.k - 1, per_step=per_step)
+        ball = SpikeL0Set(center, ball.k - 1, per_step=per_step, mask=mask)
     return net, ball
 
 

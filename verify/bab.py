@@ -422,7 +422,7 @@ class _Search:
         if self.remaining() <= 0:
             return
         xs = anyk_minimizers(self.net64, input_set.center[:, None], input_set.k, self.specs([rows]),
-                             input_set.per_step)[:, 0]
+                             input_set.per_step, input_set.mask[:, None])[:, 0]
         members = [i for i in range(xs.shape[1]) if input_set.contains(xs[:, i])]
         self.offer(np.ascontiguousarray(xs[:, members]))
 
@@ -588,7 +588,8 @@ class _Search:
         clean = np.repeat(ball.center[:, None], batch, axis=1)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # empty children only
             lower, _, inter, lam = anyk_node_bounds(self.net, clean, ball.k, C, method, ball.per_step,
-                                                    hook=hook, stages=self.stages)
+                                                    hook=hook, stages=self.stages,
+                                                    mask=np.repeat(ball.mask[:, None], batch, axis=1))
             empty = np.zeros(batch, dtype=bool)
             for lo, hi in zip(inter.mem_lower, inter.mem_upper):
                 empty |= (lo > hi).reshape(self.steps, batch, -1).any(axis=(0, 2))
@@ -1122,7 +1123,7 @@ def _root_only(search: _Search, input_set: InputSet) -> List[_Node]:
         from refsnn.l0 import anyk_bounds
 
         lower, _ = anyk_bounds(search.net, input_set.center[:, None], input_set.k, C, method=method,
-                               per_step=input_set.per_step)
+                               per_step=input_set.per_step, mask=input_set.mask[:, None])
     else:
         lower_box, upper_box = input_set.box()
         lower, _ = compute_bounds(search.net, lower_box[:, None], upper_box[:, None], method=method, C=C)
@@ -1203,7 +1204,7 @@ def ball_minimizer(ball: SpikeL0Set, coefs: np.ndarray) -> Optional[np.ndarray]:
     from refsnn.l0 import L0Concretizer
 
     lam = coefs.reshape(ball.steps, 1, 1, -1)
-    x = L0Concretizer(ball.center[:, None], ball.k, ball.per_step).gradient(lam)
+    x = L0Concretizer(ball.center[:, None], ball.k, ball.per_step, ball.mask[:, None]).gradient(lam)
     x = np.rint(x[:, 0, 0]).astype(np.uint8).reshape(ball.center.shape)
     return x if ball.contains(x) else None
 
