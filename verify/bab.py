@@ -2,12 +2,14 @@
 
 A node is a subset of the sample's input set: a ``LevelSet`` whose variables (a free bit of a box,
 or a pixel of the digital l-inf set) each keep a range of levels, plus a tuple of fixed hidden
-spikes. An input split halves one variable's range; a spike split on an unstable spike ``s_t`` of
-a hidden or output neuron makes the children ``s = 1`` (exact membrane ``m >= th``, or ``m > th``)
-and ``s = 0`` (``m < th``, or ``m <= th``). Either way the two children partition the node, a
-membrane exactly on the threshold included. A child's bounds clip that membrane interval to the
-child's closed side and fix the spike (``_Search.fixed_hook``, through the ``refine`` hook of
-``refsnn.ibp.interval_bounds``); every later interval, S-CROWN and alpha follow from there.
+spikes (an l0 ball, ``SpikeL0Set``, is never split on inputs: its nodes are the whole ball plus
+fixed spikes, bounded over the ball). An input split halves one variable's range; a spike split on
+an unstable spike ``s_t`` of a hidden or output neuron makes the children ``s = 1`` (exact membrane
+``m >= th``, or ``m > th``) and ``s = 0`` (``m < th``, or ``m <= th``). Either way the two children
+partition the node, a membrane exactly on the threshold included. A child's bounds clip that
+membrane interval to the child's closed side and fix the spike (``_Search.fixed_hook``, through the
+``refine`` hook of ``refsnn.ibp.interval_bounds``); every later interval, S-CROWN and alpha follow
+from there.
 
 The question is ``Question``: every member has ``C_i . f > c_i`` (or ``>= c_i``) for every row ``i``;
 robustness (``robust_bab``) is the margin rows ``f_label - f_j`` with ``c = 0``, strict
@@ -163,6 +165,8 @@ class BabConfig:
             value = getattr(self, name)
             if int(value) != value or value < 0:
                 raise BabConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        if not isinstance(self.ball_split, (bool, np.bool_)):
+            raise BabConfigError(f"ball_split must be True or False, got {self.ball_split!r}")
         if int(self.batch) != self.batch or self.batch < 1:
             raise BabConfigError(f"batch must be an integer >= 1, got {self.batch!r}")
         if int(self.candidates) != self.candidates or self.candidates < 1:
@@ -970,7 +974,8 @@ def robust_bab(net: SNN, input_set: InputSet, label: int, config: Optional[BabCo
                rng: Optional[np.random.Generator] = None) -> BabResult:
     """Decides whether every member ``x [T', *in]`` of ``input_set`` has ``f_label(x) - f_j(x) > 0`` for
     all ``j != label`` (see the module docstring). ``BoxSet`` and ``DigitalLinfSet`` are split;
-    other sets (``SpikeL0Set``) get the root bound, falsification and one MILP on the whole set."""
+    an l0 ball (``SpikeL0Set``) gets its root bound over the ball, falsification, then spike splits
+    over the ball (``BabConfig.ball_split``; else one MILP on the whole ball)."""
     label = int(label)
     if not 0 <= label < net.n_outputs:
         raise ValueError(f"label must lie in [0, {net.n_outputs}), got {label}")
@@ -1054,6 +1059,7 @@ def _expand(search: _Search, queue: List[_Node]) -> None:
             if search.milp_leaf(root, cfg.root_milp * (cfg.time_limit if cfg.time_limit is not None
                                                        else cfg.milp_time_limit)):
                 queue.clear()
+                search.stuck = []   # ball nodes left without a spike to split: inside the set too
                 search.in_flight = []
                 search.decided_weight = Fraction(0)  # the MILP closed the whole set
                 search.decided(Fraction(1))
@@ -1101,7 +1107,8 @@ def _expand(search: _Search, queue: List[_Node]) -> None:
 
 
 def _root_only(search: _Search, input_set: InputSet) -> List[_Node]:
-    """A set the search cannot split: bound it, then enumeration when small, else one MILP (and
+    """A set the search does not split (an l0 ball of at most ``enumerate_max`` members, or any ball
+    with ``ball_split=False``): bound it, then enumeration when small, else one MILP (and
     enumeration after all when the MILP leaves it undecided and the set has at most
     ``verify.enumerate.DEFAULT_MAX_MEMBERS`` members).
 
