@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -81,8 +82,7 @@ def main(argv=None) -> int:
               + "; by k " + ", ".join(f"{k}: {v:+.2f}" for k, v in row["by_k"].items())
               + "; m positions may not flip " + ", ".join(f"{m}: {v:+.2f}" for m, v in row["masked"].items()),
               flush=True)
-    report = {"command": "python benchmarks/bench_l0_ball.py " + " ".join(argv if argv is not None else
-                                                                          __import__("sys").argv[1:]),
+    report = {"command": "python benchmarks/bench_l0_ball.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "load_average": os.getloadavg(), "machine": platform.platform(), "cpus": os.cpu_count(),
               "seconds": time.perf_counter() - started,
               "note": "bounds in grid steps: T' x the worst margin lower bound (> 0 proves robust)",
