@@ -287,7 +287,9 @@ def test_a_ball_question_computes_its_intermediate_bounds_once(monkeypatch):
         if not shared:
             monkeypatch.setattr(bab, "shared_intermediate", contextlib.nullcontext, raising=False)
         del calls[:]
-        result = robust_bab(net, ball, 0, BabConfig(time_limit=60, enumerate_max=4), rng=np.random.default_rng(0))
+        # ball_split=False: the root bound, the minimizers and one MILP (spike-split nodes bound their own)
+        config = BabConfig(time_limit=60, enumerate_max=4, ball_split=False)
+        result = robust_bab(net, ball, 0, config, rng=np.random.default_rng(0))
         results.append((len(calls), result.status, result.margin_lower, result.attack_margin, result.stats["milp"]))
     assert results[0][1:] == results[1][1:] and results[0][1] == "robust" and results[0][4] == 1
     assert (results[0][0], results[1][0]) == (1, 3)
@@ -323,6 +325,14 @@ def test_shared_intermediate_bounds_are_keyed_by_every_input_of_the_question():
             cached, _ = l0.anyk_intermediate(*q)
             fresh, _ = l0._anyk_intermediate(*q)
             assert _flat_bounds(cached) == _flat_bounds(fresh)
+        # a masked ball (fewer members: tighter bounds) never gets the whole ball's, nor the reverse
+        partial = np.ones_like(clean)
+        partial[:, :, :3] = 0
+        masked, _ = l0.anyk_intermediate(*questions[0], mask=partial)
+        assert _flat_bounds(masked) == _flat_bounds(l0._anyk_intermediate(*questions[0], mask=partial)[0])
+        assert _flat_bounds(masked) != _flat_bounds(l0.anyk_intermediate(*questions[0])[0])
+        everything, _ = l0.anyk_intermediate(*questions[0], mask=np.ones_like(clean))
+        assert _flat_bounds(everything) == _flat_bounds(l0._anyk_intermediate(*questions[0])[0])
     # the questions' bounds really differ, so one entry served to two of them would have been caught
     # (per_step alone does not change the interval bounds: each step's own flips bound its currents)
     flats = [_flat_bounds(l0._anyk_intermediate(*q)[0]) for i, q in enumerate(questions) if i != 4]
