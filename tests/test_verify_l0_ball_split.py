@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from refsnn.testing import snn_strategy
 from verify import SpikeL0Set
-from verify.bab import BabConfig, _Child, _Search, robust_bab
+from verify.bab import BRANCHING, BabConfig, _Child, _Search, robust_bab
 from verify.exact import ExactNetwork
 
 from exact_oracle import exact_counts
@@ -118,7 +118,9 @@ def test_spike_splits_prove_a_ball_its_root_bound_leaves_open(seed):
     assert root.min() <= 0
     others = [j for j in range(3) if j != label]
     assert min(c[label] - max(c[j] for j in others) for c in exact_counts(net, ball)) > 0
-    config = BabConfig(enumerate_max=0, attack_samples=0, search_starts=0, restarts=0, time_limit=None)
-    result = robust_bab(net, ball, label, config)
-    assert result.status == "robust" and result.margin_lower > 0, result
-    assert result.stats["spike_splits"] > 0 and result.stats["milp"] == 0 and result.stats["enumerated"] == 0
+    for rule in BRANCHING:  # every rule; on a ball the input-split ones ("smear", "mixed", ...) split spikes
+        config = BabConfig(branching=rule, enumerate_max=0, attack_samples=0, search_starts=0, restarts=0,
+                           time_limit=None)
+        result = robust_bab(net, ball, label, config)
+        assert result.status == "robust" and result.margin_lower > 0, (rule, result)
+        assert result.stats["spike_splits"] > 0 and result.stats["milp"] == 0 and result.stats["enumerated"] == 0

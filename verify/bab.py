@@ -879,7 +879,7 @@ class _Search:
         depth = node.depth + 1
         half = node.weight / 2
         neuron = node.candidates is not None and node.candidates.shape[0] > 0
-        if neuron and self.config.branching == "mixed" and node.subset.open_variables.size:
+        if neuron and self.config.branching == "mixed" and self.ball is None and node.subset.open_variables.size:
             # input splits (smear) while many spikes are unstable: one spike split then moves the bound little
             neuron = node.n_unstable <= self.config.spike_limit
         if neuron:
@@ -887,6 +887,8 @@ class _Search:
             k, t, j = (int(v) for v in node.candidates[0])
             return [_Child(node.subset, node.rows, node.floor, depth, node.fixed + ((k, t, j, value),), half)
                     for value in (SPIKE_OFF, SPIKE_ON)]
+        if self.ball is not None:  # an l0 ball has no input variables; nodes without spikes go to _ball_leaf
+            raise VerifierError("an l0-ball node without an unstable spike cannot be split")
         if not node.subset.open_variables.size:
             raise VerifierError("a node with one member was not enumerated; enumerate_max must be >= 1")
         v = self.choose(node)
