@@ -1046,7 +1046,8 @@ def _run_question(net: SNN, input_set: InputSet, label: Optional[int], question:
             return _result(search, "unknown", queue, "closed nodes without a proving margin bound")
         return result
     if not queue:
-        return _result(search, "unknown", queue, "open nodes with every spike fixed or stable")
+        why = "time limit" if search.remaining() <= 0 else "their leaf solve left them open"
+        return _result(search, "unknown", queue, f"open nodes with every spike fixed or stable ({why})")
     return _result(search, "unknown", queue, "time limit" if search.remaining() <= 0 else "node limit")
 
 
