@@ -21,7 +21,7 @@ from verify import SpikeL0Set
 from verify.bab import BRANCHING, BabConfig, _Child, _Search, robust_bab
 from verify.exact import ExactNetwork
 
-from exact_oracle import exact_counts
+from exact_oracle import assert_verdict_matches_enumeration, exact_counts
 
 
 @st.composite
@@ -89,16 +89,7 @@ def test_spike_split_verdicts_and_margins_equal_enumeration(problem, label_seed,
                        restarts=0, restart_share=0.0, time_limit=None)
     result = robust_bab(net, ball, label, config)
     event(f"{result.status}, spike splits {result.stats['spike_splits'] > 0}, milp {result.stats['milp'] > 0}")
-    others = [j for j in range(net.n_outputs) if j != label]
-    exact = Fraction(min(c[label] - max(c[j] for j in others) for c in exact_counts(net, ball)), ball.steps)
-    assert result.status == ("robust" if exact > 0 else "not_robust"), (result, exact)
-    assert Fraction(result.margin_lower) <= exact, (result, exact)
-    if result.attack_margin != math.inf:
-        assert exact <= Fraction(round(result.attack_margin * ball.steps), ball.steps)
-    if result.status == "not_robust":
-        assert ball.contains(result.witness)
-        counts = ExactNetwork(net).run(result.witness).counts
-        assert min(counts[label] - counts[j] for j in others) <= 0
+    assert_verdict_matches_enumeration(net, ball, label, result)
 
 
 @pytest.mark.parametrize("seed", [68, 89])

@@ -1163,15 +1163,7 @@ def _root_only(search: _Search, input_set: InputSet) -> List[_Node]:
         decided = search.enumerate_leaf(node)
     else:
         if ball:
-            search.offer_ball_minimizers(input_set, node.rows)
-            cfg = search.config
-            # the gradient search gets restart_share of the limit, and the restarts after it their own
-            # restart_share: up to twice that share (half the limit at the default 0.25) goes to
-            # falsification on a ball before the MILP, which rarely closes a ball within the limit
-            if cfg.restart_share > 0:
-                share = math.inf if cfg.time_limit is None else cfg.restart_share * cfg.time_limit
-                search.gradient_ball_search(input_set, time.perf_counter() + share)
-            search.restart_search(node)
+            _falsify_ball(search, input_set, node)
         if not search.milp_leaf(node, search.remaining()):
             decided = count <= DEFAULT_MAX_MEMBERS and search.enumerate_leaf(node)
     search.in_flight = []
@@ -1188,14 +1180,22 @@ def _ball_root(search: _Search, ball: SpikeL0Set) -> List[_Node]:
         return []
     node = queue[0]
     search.in_flight = [node]
+    _falsify_ball(search, ball, node)
+    search.in_flight = []
+    return queue
+
+
+def _falsify_ball(search: _Search, ball: SpikeL0Set, node: _Node) -> None:
+    """The ball's falsification before its MILP or spike splits: the S-CROWN minimizers over the ball,
+    the gradient search on flips, then the restarts. The gradient search gets ``restart_share`` of the
+    limit and the restarts after it their own share: up to twice that share (half the limit at the
+    default 0.25) goes to falsification, since the exact search rarely closes a ball within the limit."""
     search.offer_ball_minimizers(ball, node.rows)
     cfg = search.config
     if cfg.restart_share > 0:
         share = math.inf if cfg.time_limit is None else cfg.restart_share * cfg.time_limit
         search.gradient_ball_search(ball, time.perf_counter() + share)
     search.restart_search(node)
-    search.in_flight = []
-    return queue
 
 
 def _ball_leaf(search: _Search) -> None:
