@@ -1,7 +1,10 @@
 """Old vs new on one machine in one run: the workloads of bench_bounds.py (S-CROWN incl. S-IBP,
 batch 64, T' = 3; optimized S-CROWN, ``method="alpha"``, 20 iterations, batch 8 FC / 2 CONV), bench_robust.py (robust_loss, kappa 0.5, beta 1, batch 64, T' = 3) and
-bench_train.py (natural step, float32, batch 64, T = 10), FC and CONV, timed in two worker processes
-(one per source tree) that take turns call by call, so both see the same load.
+bench_train.py (natural step, float32, batch 64, T = 10), FC and CONV, and the fused LIF BPTT loops
+(``lif-bptt-array``: ``lif_backward_fused`` on a derivative array, ``lif-bptt-rectangular``:
+``lif_backward_rectangular_fused``; float32 [10, 256, 512], 20 calls each), timed in two worker
+processes (one per source tree) that take turns call by call, so both see the same load. A worker
+warms up (compiles) only the workloads asked for.
 
     python benchmarks/compare_revisions.py OLD_TREE NEW_TREE [--reps 7] [--conv-reps 3] [--out runs/compare.json]
 
@@ -50,8 +53,22 @@ for arch in ("fc", "conv"):
         compute_bounds(net, box.x_lower[:, part], box.x_upper[:, part], method="alpha", C=C[part])
     work[f"bounds-{arch}"], work[f"robust-{arch}"], work[f"train-{arch}"] = bounds, robust, train
     work[f"alpha-{arch}"] = alpha
-for fn in work.values():
-    fn()  # warm-up: Numba compilation and caches
+from refsnn.neurons import Rectangular, lif_forward
+from refsnn.neurons import loops
+lif_rng = np.random.default_rng(1)
+current = lif_rng.normal(0.2, 0.3, (10, 256, 512)).astype(np.float32)
+membrane, spike = lif_forward(current, 0.25, 0.25)
+grad_spike = lif_rng.normal(size=current.shape).astype(np.float32)
+derivative = Rectangular().derivative(membrane - np.float32(0.25))
+def lif_array():
+    for _ in range(20):
+        loops.lif_backward_fused(membrane, spike, grad_spike, derivative, 0.25, True, 0.25)
+def lif_rectangular():
+    for _ in range(20):
+        loops.lif_backward_rectangular_fused(membrane, spike, grad_spike, 0.25, 1.0, 1.0, 0.25)
+work["lif-bptt-array"], work["lif-bptt-rectangular"] = lif_array, lif_rectangular
+for name in sys.argv[2].split(","):
+    work[name]()  # warm-up: Numba compilation and caches
 print("ready", flush=True)
 for line in sys.stdin:
     name = line.strip()
@@ -61,9 +78,9 @@ for line in sys.stdin:
 '''
 
 
-def start(tree: str, python: str) -> subprocess.Popen:
-    proc = subprocess.Popen([python, "-c", WORKER, tree], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            cwd=tree)
+def start(tree: str, python: str, names) -> subprocess.Popen:
+    proc = subprocess.Popen([python, "-c", WORKER, tree, ",".join(names)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, cwd=tree)
     assert proc.stdout.readline().strip() == "ready"
     return proc
 
@@ -84,13 +101,14 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma list of workloads (default: all)")
     parser.add_argument("--out", default="runs/compare_revisions.json")
     args = parser.parse_args()
-    sides = {"old": start(args.old, sys.executable), "new": start(args.new, sys.executable)}
     names = [f"{kind}-{arch}" for arch in ("fc", "conv") for kind in ("bounds", "alpha", "robust", "train")]
+    names += ["lif-bptt-array", "lif-bptt-rectangular"]
     if args.only:
         names = [name for name in names if name in args.only.split(",")]
+    sides = {"old": start(args.old, sys.executable, names), "new": start(args.new, sys.executable, names)}
     rows = []
     for name in names:
-        reps = args.reps if name.endswith("fc") else args.conv_reps
+        reps = args.conv_reps if name.endswith("conv") else args.reps
         times = {side: [] for side in sides}
         for rep in range(reps):
             order = ("old", "new") if rep % 2 == 0 else ("new", "old")

@@ -28,7 +28,7 @@ import numpy as np
 from .firing import fires_at_threshold
 from .layers import Conv2d, Linear
 from .crown import backsub_stages
-from .operator import NeuronModelError, StepTables, backsub_stage_reverse, interval_kernel
+from .operator import NeuronModelError, StepTables, backsub_stage_reverse, interval_kernel, reverse_reads
 from .relaxations import STABLE_OFF, STABLE_ON, UNSTABLE, Fire, Precision, Reset
 from .spec import spec_interval
 
@@ -48,6 +48,12 @@ def _ibp_time_kernel(cur_lower, cur_upper, alpha, alpha_dtype, th, th_dtype, zer
         cur_lower, cur_upper, alpha_dtype, alpha, 0.0, th_dtype, th_dtype, th, zero, fire_ge, mem_lower, mem_upper,
         unused, unused, unused, state, negative)
 
+
+# Fraction of a convolution stage's membrane coefficients read by the reverse pass
+# (``operator.reverse_reads``) below which the reverse computes ``dL/d lam_cur`` at those entries only
+# (``Conv2d.forward_at``) instead of the whole event/GEMM convolution: MNIST CONV at eps 0.12,
+# T' = 3, one thread: trained weights read 1.6 % of conv2's entries, seed-0 weights 90 %.
+READ_FRACTION_CROSSOVER = 0.1
 
 # Parallel back-substitution for big stages only (a parallel launch costs milliseconds when the cores
 # are busy, which dominates small batches and the gradient tests).
@@ -99,8 +105,8 @@ class _StageMaps:
     @staticmethod
     def weight_grad(op, x, grad_out) -> np.ndarray:
         """``dL/dW`` of an affine op with input ``x`` and ``dL/d(output)`` (no input gradient needed);
-        only the non-zero entries of a sparse ``grad_out`` are visited (``param_grads(events=True)``)."""
-        return op.param_grads(x, grad_out, events=True)["weight"]  # not ``backward``: no input gradient
+        only the non-zero entries of a sparse ``grad_out`` are visited (``weight_grad(events=True)``)."""
+        return op.weight_grad(x, grad_out, events=True)  # no input or bias gradient
 
     @staticmethod
     def adjoint(op, coef: np.ndarray) -> np.ndarray:
@@ -307,7 +313,9 @@ class BoundGraph:
         return at_mid - at_rad + bias
 
     def _first_stage_backward(self, g_row, lam_cur, grad_w):
-        """Reverse of ``_first_stage_concretize``: ``dL/d lam_cur`` of stage 0 and its ``dL/dW``."""
+        """Reverse of ``_first_stage_concretize``: ``dL/d lam_cur`` of stage 0, its ``dL/dW`` through the
+        free bits (added into ``grad_w[0]``) and ``dL/d(W mid)`` ``[T'B, *neurons]``, whose weight gradient
+        ``dL/d(W mid)^T mid`` shares S-IBP's stage-0 center product (``_ibp_stage_backward``: one GEMM)."""
         steps, batch, rows, n = lam_cur.shape
         sp = self.sparse
         maps = self.maps[0]
@@ -317,13 +325,11 @@ class BoundGraph:
             steps, batch, rows, -1)).reshape(steps * batch, rows, -1)          # [T'B, S, F]
         grad_lam = g_row[None, :, :, None] * self.first_linear_mid[:, :, None, :]
         lam_flat = lam_cur.reshape(steps * batch, rows, n)
-        weighted = np.einsum("bs,tbsn->tbn", g_row, lam_cur).reshape((steps * batch,) + maps.neuron_shape)
-        grad_weight = maps.weight_grad(layer, self.records[0]["center_inputs"][-1], weighted)  # from W mid
+        grad_mid = np.einsum("bs,tbsn->tbn", g_row, lam_cur).reshape((steps * batch,) + maps.neuron_shape)
         # from the free bits (a few percent of the input; the dense path multiplies zeros elsewhere)
-        grad_weight += layer.transpose_at_backward(lam_flat, sp["columns"], grad_free,
-                                                   grad_lam.reshape(steps * batch, rows, n))
-        grad_w[0] += grad_weight.astype(self.dtype)
-        return grad_lam
+        grad_w[0] += layer.transpose_at_backward(lam_flat, sp["columns"], grad_free,
+                                                 grad_lam.reshape(steps * batch, rows, n)).astype(self.dtype)
+        return grad_lam, grad_mid
 
     # --- reverse pass -------------------------------------------------------------------------
     def backward(self, grad_ibp: Optional[np.ndarray] = None, grad_crown: Optional[np.ndarray] = None
@@ -335,8 +341,10 @@ class BoundGraph:
         grad_b = [np.zeros(m.n_neurons, self.dtype) for m in self.maps]
         grad_mem_lower = [np.zeros_like(r["mem_lower"]) for r in self.records]
         grad_mem_upper = [np.zeros_like(r["mem_upper"]) for r in self.records]
+        grad_mid = None  # dL/d(W mid) of the sparse first stage's concretization
         if grad_crown is not None and self.with_crown:
-            self._crown_backward(np.asarray(grad_crown, self.dtype), grad_w, grad_b, grad_mem_lower, grad_mem_upper)
+            grad_mid = self._crown_backward(np.asarray(grad_crown, self.dtype), grad_w, grad_b, grad_mem_lower,
+                                            grad_mem_upper)
         # S-IBP spec bound -> last stage's spike bounds
         grad_spike_lower = np.zeros_like(self.records[-1]["spike_lower"])
         grad_spike_upper = np.zeros_like(grad_spike_lower)
@@ -347,7 +355,8 @@ class BoundGraph:
             grad_spike_upper += np.einsum("bs,bsn->bn", grad_ibp, c_neg)[None] / steps
         for k in range(n_stages - 1, -1, -1):
             grad_spike_lower, grad_spike_upper = self._ibp_stage_backward(
-                k, grad_spike_lower, grad_spike_upper, grad_mem_lower[k], grad_mem_upper[k], grad_w, grad_b)
+                k, grad_spike_lower, grad_spike_upper, grad_mem_lower[k], grad_mem_upper[k], grad_w, grad_b,
+                grad_mid if k == 0 else None)
         grads = []
         for layer in self.net.layers:
             if layer.has_neuron:
@@ -356,8 +365,11 @@ class BoundGraph:
                 grads.append(self.maps[k].reduce_bias_grad(grad_b[k]).astype(self.dtype))
         return grads
 
-    def _crown_backward(self, grad_lower, grad_w, grad_b, grad_mem_lower, grad_mem_upper):
+    def _crown_backward(self, grad_lower, grad_w, grad_b, grad_mem_lower, grad_mem_upper) -> Optional[np.ndarray]:
+        """The S-CROWN bound's reverse; returns ``dL/d(W mid)`` of a sparse first stage (else None),
+        whose weight gradient the S-IBP reverse of stage 0 adds in its center product."""
         steps, batch, alpha = self.steps, self.batch, self.decay
+        grad_mid = None
         rows = self.C.shape[1]
         g_row = grad_lower  # [B, S]: every bias term enters the bound with coefficient 1
         # concretization: sum_t lam . mid - |lam| . rad
@@ -368,12 +380,19 @@ class BoundGraph:
             n = maps.n_neurons
             lam_cur = crec["lam_cur"]
             if k == 0 and self.sparse_input:
-                grad_lam_cur = self._first_stage_backward(g_row, lam_cur, grad_w)
+                grad_lam_cur, grad_mid = self._first_stage_backward(g_row, lam_cur, grad_w)
             else:
-                # lam_s_prev = transpose(lam_cur): reverse = the chain's forward on grad_lam (no bias)
+                # lam_s_prev = transpose(lam_cur): reverse = the chain's forward on grad_lam (no bias),
+                # needed only where the step's reverse reads it (a trained conv stage: a few percent)
                 flat_grad = grad_lam.reshape((steps * batch * rows,) + maps.input_shape)
-                out, inputs = maps.chain(maps.signed, flat_grad)
-                grad_w[k] += maps.weight_grad(maps.signed[-1], inputs[-1],
+                affine = maps.signed[-1]
+                x_affine, _ = maps.chain(maps.signed[:-1], flat_grad)
+                reads = reverse_reads(record["state"]) if isinstance(affine, Conv2d) else None
+                if reads is not None and reads.mean() < READ_FRACTION_CROSSOVER:
+                    out = affine.forward_at(x_affine, reads.reshape(steps * batch, n), rows)
+                else:
+                    out = affine.forward(x_affine)
+                grad_w[k] += maps.weight_grad(affine, x_affine,
                                               lam_cur.reshape((steps * batch * rows,) + maps.neuron_shape))
                 grad_lam_cur = out.reshape(steps, batch, rows, n)
             # time loop reversed (forward ran t = T'-1 .. 0)
@@ -391,9 +410,12 @@ class BoundGraph:
             grad_mem_upper[k] += np.where(
                 record["lower_chord"], (-g_slope_lo + th * g_icpt_lo) * inv_lo * inv_lo, 0.0)
             grad_lam = grad_lam_s  # d lam_s of stage k = d of stage k+1's transpose output
+        return grad_mid
 
     def _ibp_stage_backward(self, k, grad_spike_lower, grad_spike_upper, grad_mem_lower, grad_mem_upper,
-                            grad_w, grad_b):
+                            grad_w, grad_b, grad_mid: Optional[np.ndarray] = None):
+        """S-IBP reverse of stage ``k``; ``grad_mid`` (stage 0 only): ``dL/d(W mid)`` of the sparse
+        first stage's concretization, whose input is this stage's center input, joined to its product."""
         steps, batch, alpha, th = self.steps, self.batch, self.decay, self.threshold
         maps, record = self.maps[k], self.records[k]
         mem_lower, mem_upper = record["mem_lower"], record["mem_upper"]
@@ -423,6 +445,8 @@ class BoundGraph:
         grad_b[k] += (g_cur_lower + g_cur_upper).sum(axis=(0, 1))
         center_inputs, radius_inputs = record["center_inputs"], record["radius_inputs"]
         last = len(maps.ops) - 1
+        if grad_mid is not None:  # the same input: one weight-gradient product for both terms
+            g_center = g_center + grad_mid
         grad_w[k] += maps.weight_grad(maps.signed[last], center_inputs[last], g_center) \
             + maps.weight_sign * maps.weight_grad(maps.absolute[last], radius_inputs[last], g_radius)
         if k == 0:

@@ -158,20 +158,22 @@ class Linear(Layer):
                 and self._sparse_coefficients(coef, "linear_adjoint", 2, self.out_features,
                                               kernels.EVENT_ADJOINT_MIN_FEATURES))
 
+    def weight_grad(self, x: np.ndarray, grad_out: np.ndarray, events: bool = False) -> np.ndarray:
+        """``dL/dW [out, in] = grad_out.T @ x`` for ``x [N, in]``, ``grad_out [N, out]``. ``events`` (the
+        bound graph's coefficients): a sparse ``grad_out`` (below ``LINEAR_ADJOINT_CROSSOVER``) visits its
+        non-zero entries only (``kernels.event_coef_weight_grad``); without, a sparse spike input ``x``
+        (BPTT) takes the event kernel; otherwise BLAS."""
+        if x.dtype == grad_out.dtype:
+            if events:
+                if self._events(grad_out):
+                    return kernels.event_coef_weight_grad(x, grad_out)
+            elif kernels.use_event_driven(x, "wgrad", self.out_features):
+                return kernels.event_weight_grad(x, grad_out)
+        return grad_out.T @ x
+
     def param_grads(self, x, grad_out, events: bool = False):
-        """``events`` (the bound graph's coefficients): a sparse ``grad_out`` (below
-        ``LINEAR_ADJOINT_CROSSOVER``) visits its non-zero entries only (``kernels.event_coef_weight_grad``),
-        else BLAS; without, a sparse spike input ``x`` (BPTT) takes the event kernel."""
-        if events:
-            if x.dtype == grad_out.dtype and self._events(grad_out):
-                grad_weight = kernels.event_coef_weight_grad(x, grad_out)
-            else:
-                grad_weight = grad_out.T @ x
-        elif x.dtype == grad_out.dtype and kernels.use_event_driven(x, "wgrad", self.out_features):
-            grad_weight = kernels.event_weight_grad(x, grad_out)
-        else:
-            grad_weight = grad_out.T @ x
-        return {"weight": grad_weight, "bias": grad_out.sum(axis=0)}
+        """Weight (``weight_grad``) and bias gradients."""
+        return {"weight": self.weight_grad(x, grad_out, events), "bias": grad_out.sum(axis=0)}
 
     def backward(self, x, grad_out):
         return grad_out @ self.weight, self.param_grads(x, grad_out)
@@ -314,6 +316,19 @@ def _im2col_parallel(x, cols, geometry):  # pragma: no cover
         _im2col_row(x, cols, row, geometry)
 
 
+@numba.njit(cache=True)
+def _im2col_block(x, first, count, geometry):  # pragma: no cover - compiled
+    """im2col of the block ``x[first:first + count]`` into fresh scratch ``[C*kh*kw, count*OH*OW]`` of
+    ``x``'s dtype: the blocked gather of the fused forward and weight gradient (serial; their blocks
+    run in parallel)."""
+    kernel_h, kernel_w, out_h, out_w = geometry[0], geometry[1], geometry[6], geometry[7]
+    cols = np.empty((x.shape[1] * kernel_h * kernel_w, count * out_h * out_w), dtype=x.dtype)
+    samples = x[first:first + count]
+    for row in range(cols.shape[0]):
+        _im2col_row(samples, cols, row, geometry)
+    return cols
+
+
 # Samples per parallel block of the fused adjoint (one ``cols`` scratch per block).
 _TRANSPOSE_BLOCK = 8
 
@@ -424,6 +439,55 @@ def _conv_gather_adjoint_reverse(coef, index, out_index, weight_index, weight_va
                     acc[weight_index[q, k]] += g * row[o]
 
 
+@numba.njit(cache=True, parallel=True)
+def _conv_forward_at(x, weight2d, reads, rows, geometry, out):  # pragma: no cover - compiled
+    """``out[g R + r, o, oy, ox] = sum W[o] . window(x[g R + r], oy, ox)`` where ``reads[g, (o, oy, ox)]``
+    (``Conv2d.forward_at``); ``out`` zeroed by the caller. Per row and read position the non-zero
+    inputs under the window are gathered once, then every read channel sums them in (c, ky, kx) order."""
+    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w = geometry
+    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+    n_out = weight2d.shape[0]
+    positions = out_h * out_w
+    zero = np.zeros(1, dtype=out.dtype)[0]
+    for g in numba.prange(reads.shape[0]):
+        offsets = np.empty(channels * kernel_h * kernel_w, np.int64)
+        values = np.empty(channels * kernel_h * kernel_w, dtype=x.dtype)
+        read_channels = np.empty(n_out, np.int64)
+        for p in range(positions):
+            n_read = 0
+            for o in range(n_out):
+                if reads[g, o * positions + p]:
+                    read_channels[n_read] = o
+                    n_read += 1
+            if n_read == 0:
+                continue
+            oy = p // out_w
+            ox = p - oy * out_w
+            for r in range(rows):
+                row = g * rows + r
+                k = 0
+                for c in range(channels):
+                    for ky in range(kernel_h):
+                        y = oy * stride_h + ky - pad_h
+                        if y < 0 or y >= height:
+                            continue
+                        for kx in range(kernel_w):
+                            xx = ox * stride_w + kx - pad_w
+                            if xx < 0 or xx >= width:
+                                continue
+                            value = x[row, c, y, xx]
+                            if value != 0:
+                                offsets[k] = (c * kernel_h + ky) * kernel_w + kx
+                                values[k] = value
+                                k += 1
+                for q in range(n_read):
+                    o = read_channels[q]
+                    acc = zero
+                    for i in range(k):
+                        acc += values[i] * weight2d[o, offsets[i]]
+                    out[row, o, oy, ox] = acc
+
+
 # Samples per im2col scratch of the fused weight gradient, and the most partial sums it keeps
 # (a fixed count: the result does not depend on the thread count).
 _WGRAD_BLOCK = 8
@@ -449,11 +513,8 @@ def _conv_weight_grad_fused(x, grad3, geometry, partial):  # pragma: no cover - 
         for block in range(g * per_group, min(n_blocks, (g + 1) * per_group)):
             first = block * _WGRAD_BLOCK
             count = min(n, first + _WGRAD_BLOCK) - first
-            cols = np.empty((partial.shape[2], count * positions), dtype=x.dtype)
+            cols = _im2col_block(x, first, count, geometry)
             rows = np.empty((channels_out, count * positions), dtype=x.dtype)
-            samples = x[first:first + count]
-            for row in range(cols.shape[0]):
-                _im2col_row(samples, cols, row, geometry)
             for s in range(count):
                 rows[:, s * positions:(s + 1) * positions] = grad3[first + s]
             np.dot(rows, cols.T, product)
@@ -482,16 +543,13 @@ def _conv_forward_fused(x, weight2d, bias, geometry, block, out):  # pragma: no 
     whole-batch GEMM up to the float32 summation order inside BLAS (float64: to the last bits).
     """
     n = x.shape[0]
-    channels_out, k = weight2d.shape
+    channels_out = weight2d.shape[0]
     positions = geometry[6] * geometry[7]
     for b in numba.prange((n + block - 1) // block):
         first = b * block
         count = min(n, first + block) - first
-        cols = np.empty((k, count * positions), dtype=out.dtype)
+        cols = _im2col_block(x, first, count, geometry)
         rows = np.empty((channels_out, count * positions), dtype=out.dtype)
-        samples = x[first:first + count]
-        for row in range(k):
-            _im2col_row(samples, cols, row, geometry)
         np.dot(weight2d, cols, rows)
         for s in range(count):
             dst = out[first + s]
@@ -612,6 +670,28 @@ class Conv2d(Layer):
             return kernels.event_conv_forward(x, self.weight, self.bias, self._geometry(x.shape))
         return self._linear(x, self.weight, self.bias)
 
+    def forward_at(self, x: np.ndarray, reads: np.ndarray, rows: int) -> np.ndarray:
+        """The linear part ``W (*) x`` (no bias) at the output entries a caller reads, zero elsewhere:
+        ``x [G*rows, C, H, W]``, ``reads`` bool ``[G, O*OH*OW]`` (the entries of the ``rows`` rows
+        ``g*rows ..`` that are read) -> ``[G*rows, O, OH, OW]``. Equal to ``forward`` minus the bias at
+        the read entries up to the summation order; its cost grows with the read entries and the
+        non-zero inputs under their windows (the training bound graph's reverse, where a trained
+        net's stable neurons leave few entries read)."""
+        input_shape = self._require_input_shape()
+        expected = self.output_shape_of(input_shape)
+        if x.ndim != 4 or tuple(x.shape[1:]) != tuple(input_shape) or rows < 1 or x.shape[0] % rows:
+            raise ValueError(f"Conv2d.forward_at expects x [G*{rows}, *{tuple(input_shape)}], got shape {x.shape}")
+        groups = x.shape[0] // rows
+        if reads.shape != (groups, int(np.prod(expected))):
+            raise ValueError(f"Conv2d.forward_at expects reads [{groups}, {int(np.prod(expected))}], "
+                             f"got shape {reads.shape}")
+        dtype = np.result_type(x.dtype, self.weight.dtype)
+        out = np.zeros((x.shape[0],) + tuple(expected), dtype=dtype)
+        weight2d = np.ascontiguousarray(self.weight.reshape(self.weight.shape[0], -1), dtype=dtype)
+        _conv_forward_at(np.ascontiguousarray(x, dtype=dtype), weight2d, np.ascontiguousarray(reads, dtype=np.bool_),
+                         int(rows), tuple(int(g) for g in self._geometry(input_shape)), out)
+        return out
+
     def _events(self, coef: np.ndarray) -> bool:
         """Whether the adjoint and the weight gradient of ``coef [N, O, OH, OW]`` take the event
         kernels (sparse output-side coefficients, ``refsnn.kernels.CONV_ADJOINT_CROSSOVER``)."""
@@ -664,9 +744,18 @@ class Conv2d(Layer):
         return grad_weight_rows.sum(axis=0).astype(grad_coef.dtype).reshape(self.weight.shape)
 
     def param_grads(self, x, grad_out, events: bool = False):
-        """Weight and bias gradients for input ``x [N, C, H, W]`` and ``dL/d output [N, O, OH, OW]``:
+        """Weight (``weight_grad``) and bias gradients."""
+        grad3, weight = self._grad3_and_weight_grad(x, grad_out, events)
+        return {"weight": weight, "bias": grad3.sum(axis=(0, 2))}
+
+    def weight_grad(self, x: np.ndarray, grad_out: np.ndarray, events: bool = False) -> np.ndarray:
+        """``dL/dW [O, C, kh, kw]`` for input ``x [N, C, H, W]`` and ``dL/d output [N, O, OH, OW]``:
         blocks of samples im2col'ed into cache-sized scratch, one GEMM each (``_conv_weight_grad_fused``);
         ``events``: a sparse ``grad_out`` visits its non-zero entries only, as ``transpose``."""
+        return self._grad3_and_weight_grad(x, grad_out, events)[1]
+
+    def _grad3_and_weight_grad(self, x, grad_out, events):
+        """``grad_out`` as ``[N, O, OH*OW]`` in the common dtype (the bias gradient sums it) and ``weight_grad``."""
         dtype = np.result_type(x.dtype, grad_out.dtype, self.weight.dtype)
         if x.ndim != 4 or x.shape[1] != self.weight.shape[1]:
             raise ValueError(f"Conv2d expects inputs [N, {self.weight.shape[1]}, H, W], got shape {x.shape}")
@@ -679,13 +768,13 @@ class Conv2d(Layer):
         if events and self._events(grad_out):
             weight = kernels.event_conv_weight_grad(x, grad_out, self.weight.shape, self._geometry(x.shape),
                                                    dtype=dtype)
-            return {"weight": weight.astype(dtype, copy=False), "bias": grad3.sum(axis=(0, 2))}
+            return grad3, weight.astype(dtype, copy=False)
         groups = max(1, min(_WGRAD_GROUPS, (n + _WGRAD_BLOCK - 1) // _WGRAD_BLOCK))
         partial = np.zeros((groups, channels_out, self.weight[0].size), dtype)
         if n:
             _conv_weight_grad_fused(np.ascontiguousarray(x, dtype=dtype), grad3,
                                     tuple(int(g) for g in self._geometry(x.shape)), partial)
-        return {"weight": partial.sum(axis=0).reshape(self.weight.shape), "bias": grad3.sum(axis=(0, 2))}
+        return grad3, partial.sum(axis=0).reshape(self.weight.shape)
 
     def backward(self, x, grad_out):
         dtype = np.result_type(x.dtype, grad_out.dtype, self.weight.dtype)

@@ -51,7 +51,7 @@ from .neurons.models import compiled_rules, neuron_model
 from .relaxations import STABLE_OFF, STABLE_ON, UNSTABLE, fire_state_compiled
 
 __all__ = ["interval_kernel", "backsub_kernel", "backsub_reverse_kernel", "backsub_stage",
-           "backsub_stage_reverse", "StepTables", "StepOutput", "PARALLEL_MIN_WORK"]
+           "backsub_stage_reverse", "reverse_reads", "StepTables", "StepOutput", "PARALLEL_MIN_WORK"]
 
 # The flags of a compiled variant: ``_variant`` gives each compilation its own values, which Numba
 # treats as constants. The sources below are only run through ``interval_kernel``/``backsub_kernel``.
@@ -133,7 +133,9 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
     ``TRACK_ROUNDING``, ``err_out [B, R]``: ``g * sum |terms|`` of every product and sum plus
     ``|lam_m| fwd_scale`` (the network-vs-exact margins), ``mem_mag``/``carry_mag`` bounding the
     magnitudes. ``RECORD``: ``fire_coef`` (the coefficient on ``s_t`` after the reset step) and
-    the sides chosen (``reset_side``, ``fire_side``, bool ``[T', B, R, n]``, False where stable);
+    the sides chosen (``reset_side``, ``fire_side``, bool ``[T', B, R, n]``), written at unstable
+    neurons only (the caller passes them zeroed: 0 and False where stable; the reverse reads them
+    at unstable neurons only, and most neurons of a trained net are stable);
     with ``TRACK_ROUNDING`` also each time step's constant and rounding share (``step_bias``,
     ``step_err [T', B, R]``, without the stage-bias and ``fwd_scale`` terms); ``FROZEN`` reads the
     sides instead. Loop order sample, time, neuron, spec over ``[neuron, spec]`` buffers: a
@@ -158,9 +160,6 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
         carry = np.zeros((n, rows))  # float64 whatever the coefficients' dtype
         lam_in = np.empty((n, rows), dtype=lam_s.dtype)
         lam_out = np.empty((n, rows), dtype=lam_s.dtype)
-        coef_out = np.empty((n, rows), dtype=lam_s.dtype)
-        reset_buf = np.zeros((n, rows), dtype=np.bool_)
-        fire_buf = np.zeros((n, rows), dtype=np.bool_)
         bias = np.zeros(rows)
         err = np.zeros(rows)
         bias_t = np.zeros(rows)
@@ -177,18 +176,9 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
                 for s in range(rows):
                     bias_t[s] = 0.0
                     err_t[s] = 0.0
-            if FROZEN:
-                for s in range(rows):
-                    for j in range(n):
-                        reset_buf[j, s] = reset_side[t, b, s, j]
-                        fire_buf[j, s] = fire_side[t, b, s, j]
             for j in range(n):
                 st = STABLE_OFF if (query and t == steps - 1) else state[t, b, j]
                 bv = bias_vec[j]
-                if RECORD and not FROZEN and st != UNSTABLE:  # sides are only recorded for unstable neurons
-                    for s in range(rows):
-                        reset_buf[j, s] = False
-                        fire_buf[j, s] = False
                 if st == STABLE_OFF:       # s = 0, z = m
                     cm = carry_mag[t, b, j] if TRACK_ROUNDING else 0.0
                     fs = fwd_scale[t, b, j] if TRACK_ROUNDING else 0.0
@@ -200,8 +190,6 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
                             err[s] += p + abs(lm) * fs
                             if RECORD:
                                 err_t[s] += p
-                        if RECORD:
-                            coef_out[j, s] = ls
                         bias[s] += lm * bv
                         lam_out[j, s] = lm
                         carry[j, s] = alpha * lm
@@ -220,8 +208,6 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
                             err[s] += p + abs(pm) * fs
                             if RECORD:
                                 err_t[s] += p
-                        if RECORD:
-                            coef_out[j, s] = ls
                         bias[s] += pm * bv
                         lam_out[j, s] = pm
                         carry[j, s] = alpha * pm
@@ -239,21 +225,30 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
                     for s in range(rows):
                         ls = lam_in[j, s]
                         lz = carry[j, s]
-                        if not FROZEN:
-                            reset_buf[j, s] = lz >= 0.0
+                        # the sides: read (FROZEN) or decided and recorded, at unstable neurons only
+                        if FROZEN:
+                            lower_reset = reset_side[t, b, s, j]
+                        else:
+                            lower_reset = lz >= 0.0
+                            if RECORD:
+                                reset_side[t, b, s, j] = lower_reset
                         # lz z >= pz + pm m - rz s (the model's rule; the LIF's: eq. 10 or its family)
                         if PARAMS:
-                            beta = beta_lo[t, b, s, j] if reset_buf[j, s] else beta_up[t, b, s, j]
-                            rz, pz, pm, pr = BACKSUB_FAMILY(lz, reset_buf[j, s], r_lo, r_hi, q_lo, th_lo, beta, mm)
+                            beta = beta_lo[t, b, s, j] if lower_reset else beta_up[t, b, s, j]
+                            rz, pz, pm, pr = BACKSUB_FAMILY(lz, lower_reset, r_lo, r_hi, q_lo, th_lo, beta, mm)
                         else:
-                            rz, pz, pm, pr = BACKSUB_UNSTABLE(lz, reset_buf[j, s], r_lo, r_hi, mm)
+                            rz, pz, pm, pr = BACKSUB_UNSTABLE(lz, lower_reset, r_lo, r_hi, mm)
                         bias[s] += pz
                         p = abs(ls)
                         ls = ls - rz
-                        if not FROZEN:
-                            fire_buf[j, s] = ls >= 0.0
+                        if FROZEN:
+                            lower_fire = fire_side[t, b, s, j]
+                        else:
+                            lower_fire = ls >= 0.0
+                            if RECORD:
+                                fire_side[t, b, s, j] = lower_fire
                         if PARAMS:
-                            if fire_buf[j, s]:
+                            if lower_fire:
                                 a = frac_lo[t, b, s, j] * a_lo
                                 c = -a * th_hi
                             else:
@@ -261,7 +256,7 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
                                 c = 1.0 - a * th_lo
                             lm = pm + ls * a
                         else:
-                            if fire_buf[j, s]:
+                            if lower_fire:
                                 a = a_lo
                                 c = c_lo
                             else:
@@ -279,18 +274,13 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
                             if RECORD:
                                 err_t[s] += g * p
                         if RECORD:
-                            coef_out[j, s] = ls
+                            fire_coef[t, b, s, j] = ls
                         bias[s] += lm * bv
                         lam_out[j, s] = lm
                         carry[j, s] = alpha * lm
             for s in range(rows):
                 for j in range(n):
                     lam_cur[t, b, s, j] = lam_out[j, s]
-                    if RECORD:
-                        fire_coef[t, b, s, j] = coef_out[j, s]
-                        if not FROZEN:
-                            reset_side[t, b, s, j] = reset_buf[j, s]
-                            fire_side[t, b, s, j] = fire_buf[j, s]
             if RECORD and TRACK_ROUNDING:
                 for s in range(rows):
                     step_bias[t, b, s] = bias_t[s]
@@ -314,55 +304,45 @@ def _backsub_reverse(grad_lam_cur, lam_cur, fire_coef, reset_side, fire_side, st
     gradients of the tables ``[T', B, n]`` (summed over specs in spec order): fire slopes and
     intercepts and ``m_l`` through the reset line; with ``PARAMS`` the per-row gradients
     ``[T', B, R, n]`` of the fractions and of ``beta`` (``th`` is then ``th_hi``).
-    Parallel over samples without races. Loop order sample, time, neuron, spec over
-    ``[neuron, spec]`` buffers.
+    Parallel over samples without races. Loop order sample, time, spec, neuron (the
+    additions into a table's gradient ``[t, b, j]`` run over the specs in order).
     """
     steps, batch, rows, n = lam_cur.shape
     for b in prange(batch):
-        g_carry = np.zeros((n, rows))  # float64, as the scalar carry of a row-by-row loop
-        grad_in = np.empty((n, rows), dtype=lam_cur.dtype)
-        coef = np.empty((n, rows), dtype=lam_cur.dtype)
-        lam_next = np.zeros((n, rows), dtype=lam_cur.dtype)
-        reset_buf = np.empty((n, rows), dtype=np.bool_)
-        fire_buf = np.empty((n, rows), dtype=np.bool_)
-        grad_out = np.empty((n, rows), dtype=lam_cur.dtype)
+        g_carry = np.zeros((rows, n))  # float64, as the scalar carry of a row-by-row loop
+        zero = np.zeros(1, dtype=lam_cur.dtype)[0]  # lam_cur's 0 after the last step (keeps the dtype)
         for t in range(steps):
             for s in range(rows):
                 for j in range(n):
-                    grad_in[j, s] = grad_lam_cur[t, b, s, j]
-                    coef[j, s] = fire_coef[t, b, s, j]
-                    reset_buf[j, s] = reset_side[t, b, s, j]
-                    fire_buf[j, s] = fire_side[t, b, s, j]
-                    lam_next[j, s] = lam_cur[t + 1, b, s, j] if t + 1 < steps else 0.0
-            for j in range(n):
-                st = state[t, b, j]
-                bv = bias_vec[j]
-                if st == 0:
-                    for s in range(rows):
-                        g_lm = grad_in[j, s] + g_carry[j, s] + g_row[b, s] * bv
-                        grad_out[j, s] = 0.0
-                        g_carry[j, s] = alpha * g_lm
-                elif st == 1:
-                    ml = mem_lower[t, b, j]
-                    for s in range(rows):
+                    st = state[t, b, j]
+                    bv = bias_vec[j]
+                    if st == 0:
+                        g_lm = grad_lam_cur[t, b, s, j] + g_carry[s, j] + g_row[b, s] * bv
+                        grad_lam_s[t, b, s, j] = 0.0
+                        g_carry[s, j] = alpha * g_lm
+                    elif st == 1:
+                        ml = mem_lower[t, b, j]
                         g = g_row[b, s]
-                        g_lm = grad_in[j, s] + g_carry[j, s] + g * bv
+                        g_lm = grad_lam_cur[t, b, s, j] + g_carry[s, j] + g * bv
                         g_ls, g_lz = REVERSE_ON(g_lm, g, ml, th)
-                        grad_out[j, s] = g_ls
-                        g_carry[j, s] = alpha * g_lz
-                else:
-                    ml = mem_lower[t, b, j]
-                    a_lo = slope_lo[t, b, j]
-                    c_lo = icpt_lo[t, b, j]
-                    a_up = slope_up[t, b, j]
-                    c_up = icpt_up[t, b, j]
-                    q_lo = reset_far_lo[t, b, j] if PARAMS else 0.0
-                    for s in range(rows):
+                        grad_lam_s[t, b, s, j] = g_ls
+                        g_carry[s, j] = alpha * g_lz
+                    else:
+                        ml = mem_lower[t, b, j]
+                        a_lo = slope_lo[t, b, j]
+                        c_lo = icpt_lo[t, b, j]
+                        a_up = slope_up[t, b, j]
+                        c_up = icpt_up[t, b, j]
+                        q_lo = reset_far_lo[t, b, j] if PARAMS else 0.0
                         g = g_row[b, s]
-                        g_lm = grad_in[j, s] + g_carry[j, s] + g * bv
-                        ls = coef[j, s]
+                        g_lm = grad_lam_cur[t, b, s, j] + g_carry[s, j] + g * bv
+                        # the forward's record, read (and written) at unstable neurons only
+                        ls = fire_coef[t, b, s, j]
+                        lower_reset = reset_side[t, b, s, j]
+                        lower_fire = fire_side[t, b, s, j]
+                        lz = alpha * (lam_cur[t + 1, b, s, j] if t + 1 < steps else zero)
                         if PARAMS:
-                            if fire_buf[j, s]:
+                            if lower_fire:
                                 a = frac_lo[t, b, s, j] * a_lo
                                 g_ls = g_lm * a + g * (-a * th)
                                 g_frac_lo[t, b, s, j] = a_lo * ls * (g_lm - th * g)
@@ -370,16 +350,15 @@ def _backsub_reverse(grad_lam_cur, lam_cur, fire_coef, reset_side, fire_side, st
                                 a = frac_up[t, b, s, j] * a_up
                                 g_ls = g_lm * a + g * (1.0 - a * th_lo)
                                 g_frac_up[t, b, s, j] = a_up * ls * (g_lm - th_lo * g)
-                            lz = alpha * lam_next[j, s]
-                            beta = beta_lo[t, b, s, j] if reset_buf[j, s] else beta_up[t, b, s, j]
-                            g_lz, g_beta = REVERSE_FAMILY(g, g_lm, g_ls, lz, reset_buf[j, s], ml, th, q_lo, th_lo,
+                            beta = beta_lo[t, b, s, j] if lower_reset else beta_up[t, b, s, j]
+                            g_lz, g_beta = REVERSE_FAMILY(g, g_lm, g_ls, lz, lower_reset, ml, th, q_lo, th_lo,
                                                           beta)
-                            if reset_buf[j, s]:
+                            if lower_reset:
                                 g_beta_lo[t, b, s, j] = g_beta
                             else:
                                 g_beta_up[t, b, s, j] = g_beta
                         else:
-                            if fire_buf[j, s]:
+                            if lower_fire:
                                 g_ls = g_lm * a_lo + g * c_lo
                                 g_slope_lo[t, b, j] += g_lm * ls
                                 g_icpt_lo[t, b, j] += g * ls
@@ -387,15 +366,11 @@ def _backsub_reverse(grad_lam_cur, lam_cur, fire_coef, reset_side, fire_side, st
                                 g_ls = g_lm * a_up + g * c_up
                                 g_slope_up[t, b, j] += g_lm * ls
                                 g_icpt_up[t, b, j] += g * ls
-                            lz = alpha * lam_next[j, s]
-                            g_lz, g_r = REVERSE_UNSTABLE(g, g_ls, lz, reset_buf[j, s], ml, th)
-                            if reset_buf[j, s]:
+                            g_lz, g_r = REVERSE_UNSTABLE(g, g_ls, lz, lower_reset, ml, th)
+                            if lower_reset:
                                 g_mem_lower[t, b, j] += g_r
-                        grad_out[j, s] = g_ls
-                        g_carry[j, s] = alpha * g_lz
-            for s in range(rows):
-                for j in range(n):
-                    grad_lam_s[t, b, s, j] = grad_out[j, s]
+                        grad_lam_s[t, b, s, j] = g_ls
+                        g_carry[s, j] = alpha * g_lz
 
 
 # --- compiled variants ---------------------------------------------------------------------------------
@@ -526,7 +501,7 @@ def backsub_stage(lam_s: np.ndarray, tables: StepTables, record: bool = False,
     shape = (steps, batch, rows, n)
     out = StepOutput(np.empty(shape, lam_s.dtype), np.empty((batch, rows), lam_s.dtype), np.zeros((batch, rows)))
     if record:
-        out.fire_coef = np.empty(shape, lam_s.dtype)
+        out.fire_coef = np.zeros(shape, lam_s.dtype)  # written at unstable neurons only
         out.reset_side, out.fire_side = sides if frozen else (np.zeros(shape, np.bool_), np.zeros(shape, np.bool_))
         if track:
             out.step_bias, out.step_err = np.empty((steps, batch, rows)), np.empty((steps, batch, rows))
@@ -540,6 +515,25 @@ def backsub_stage(lam_s: np.ndarray, tables: StepTables, record: bool = False,
            out.fire_side if record else unused_side, out.step_bias if out.step_bias is not None else unused_steps,
            out.step_err if out.step_err is not None else unused_steps, out.bias, out.err)
     return out
+
+
+def reverse_reads(state: np.ndarray, neuron: str = "zero") -> np.ndarray:
+    """The entries ``[T', B, n]`` of ``grad_lam_cur`` that ``backsub_reverse`` reads (for every spec row).
+
+    ``dL/d lam_cur[t]`` enters through the membrane coefficient of step ``t`` (``g_lm``): an unstable
+    neuron relaxes it (eqs. 8, 10), a silent one carries it to step ``t + 1`` (``z = m``), a firing
+    one drops it (the LIF's ``z = 0``: ``reverse_stable_on`` ignores ``g_lm`` and carries 0). So
+    an entry is read iff the neuron is unstable at ``t``, or silent at ``t`` and read at ``t + 1``;
+    ``grad_lam_cur`` may hold anything elsewhere. ``state [T', B, n]`` as ``StepTables.state``.
+    """
+    if neuron != "zero":
+        raise NeuronModelError(f"reset={neuron!r}: reverse_reads follows the LIF's reverse (reset='zero') only")
+    reads = np.empty(state.shape, dtype=np.bool_)
+    later = np.zeros(state.shape[1:], dtype=np.bool_)
+    for t in range(state.shape[0] - 1, -1, -1):
+        later = (state[t] == UNSTABLE) | ((state[t] == STABLE_OFF) & later)
+        reads[t] = later
+    return reads
 
 
 def backsub_stage_reverse(grad_lam_cur: np.ndarray, forward: StepOutput, tables: StepTables, mem_lower: np.ndarray,

@@ -18,6 +18,7 @@ and every chunk index is checked to arrive exactly once before the list is retur
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from typing import Any, Callable, List, Optional, Sequence, Union
 
@@ -27,6 +28,30 @@ DASK_MISSING = ('Dask is needed for --workers/--scheduler; install it with '
 # Worker processes compute with one BLAS/Numba thread each: N workers on N cores, not N x N threads.
 _SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                       "NUMBA_NUM_THREADS": "1"}
+
+
+@contextlib.contextmanager
+def _spawn_environment(variables: dict):
+    """``os.environ`` holds ``variables`` inside the block and exactly its previous entries after it.
+
+    A spawned worker inherits the environment of the moment it is spawned, before it imports
+    anything. The Nanny's own ``env`` arrives later, after the worker has re-imported the parent's
+    main module (and with it Numba, if that module imports refsnn): Numba has then read its thread
+    count, and its next compilation refuses the changed ``NUMBA_NUM_THREADS`` ("Cannot set
+    NUMBA_NUM_THREADS ... once the threads have been launched"). The parent's Numba re-reads
+    ``NUMBA_*`` only when it compiles, which it does not while the cluster starts (the block), so
+    its own thread count is unchanged.
+    """
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def chunk_ranges(n: int, chunk_size: int, start: int = 0) -> List[range]:
@@ -176,9 +201,15 @@ def dask_client(workers: Optional[int] = None, scheduler: Union[str, Any, None] 
     if workers is not None:
         # Loopback only: a local cluster serves nobody else, and its dashboard and scheduler
         # accept unauthenticated connections (":0" would bind every interface).
-        cluster = distributed.LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
-                                           host=LOOPBACK, dashboard_address=f"{LOOPBACK}:0",
-                                           env=dict(_SINGLE_THREAD_ENV))
+        # The workers are spawned with the single-thread variables in their environment from the
+        # start (_spawn_environment). A worker the Nanny restarts after a loss is spawned with the
+        # parent's variables: the Nanny's env leaves NUMBA_NUM_THREADS out so that such a worker
+        # keeps the count its Numba started with instead of failing at its first compilation.
+        with _spawn_environment(_SINGLE_THREAD_ENV):
+            cluster = distributed.LocalCluster(
+                n_workers=int(workers), threads_per_worker=1, processes=True, host=LOOPBACK,
+                dashboard_address=f"{LOOPBACK}:0",
+                env={k: v for k, v in _SINGLE_THREAD_ENV.items() if not k.startswith("NUMBA_")})
         client = distributed.Client(cluster)
     else:
         client = distributed.Client(scheduler)
@@ -204,7 +235,7 @@ def add_cluster_arguments(parser) -> None:
 
 
 def single_thread_env() -> dict:
-    """The environment the local workers start with (one BLAS/Numba thread per process)."""
+    """The environment the local workers are spawned with (one BLAS/Numba thread per process)."""
     return dict(_SINGLE_THREAD_ENV)
 
 

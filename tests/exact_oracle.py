@@ -2,6 +2,9 @@
 verifier's property tests)."""
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import numpy as np
 
 from verify.encoding import float64_network
@@ -25,3 +28,26 @@ def exact_counts(net, input_set) -> set:
             counts[i] = exact.run(xs[:, i]).counts
         found.update(tuple(int(c) for c in row) for row in counts)
     return found
+
+
+def exact_min_margin(net, input_set, label: int) -> Fraction:
+    """The set's exact minimum margin (label's count minus the largest other count, over T')."""
+    others = [j for j in range(net.n_outputs) if j != label]
+    lowest = min(counts[label] - max(counts[j] for j in others) for counts in exact_counts(net, input_set))
+    return Fraction(lowest, input_set.steps)
+
+
+def assert_verdict_matches_enumeration(net, input_set, label: int, result) -> Fraction:
+    """``result`` (``verify.bab.robust_bab``) agrees with enumeration: its verdict, its margin lower
+    bound below the exact minimum, its attack margin above it, and a not-robust witness a member
+    whose exact margin is <= 0. Returns the exact minimum margin."""
+    exact = exact_min_margin(net, input_set, label)
+    assert result.status == ("robust" if exact > 0 else "not_robust"), (result, exact)
+    assert Fraction(result.margin_lower) <= exact, (result, exact)
+    if result.attack_margin != math.inf:
+        assert exact <= Fraction(round(result.attack_margin * input_set.steps), input_set.steps)
+    if result.status == "not_robust":
+        assert input_set.contains(result.witness)
+        counts = ExactNetwork(net).run(result.witness).counts
+        assert min(counts[label] - counts[j] for j in range(net.n_outputs) if j != label) <= 0
+    return exact

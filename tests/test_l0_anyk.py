@@ -31,21 +31,25 @@ def _ball_members(center: np.ndarray, k: int, per_step: bool) -> np.ndarray:
     return np.swapaxes(members, 0, 1)
 
 
-@settings(deadline=None, max_examples=20)
+@settings(deadline=None, max_examples=30)
 @given(data=st.data())
 def test_every_method_is_sound_over_the_whole_ball(data):
+    """Every method's bounds bracket every member's margins, over the whole ball or a masked one."""
     net = data.draw(small_networks().filter(lambda n: int(np.prod(n.input_shape)) <= 6), label="net")
     steps = data.draw(st.integers(1, 3), label="steps")
     k = data.draw(st.integers(0, 2), label="k")
     per_step = data.draw(st.booleans(), label="per_step")
+    masked = data.draw(st.booleans(), label="masked")
     rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 16), label="seed"))
     clean = (rng.random((steps, 2) + net.input_shape) < 0.4).astype(np.uint8)
+    mask = (rng.random(clean.shape) < 0.6).astype(np.uint8) if masked else None
     n_out = net.n_outputs
     C = margin_spec(rng.integers(0, n_out, 2), n_out) if n_out >= 2 else rng.normal(size=(2, 1, 1))
     for method in ANYK_METHODS:
-        lower, upper = anyk_bounds(net, clean, k, C, method, per_step, iterations=4)
+        lower, upper = anyk_bounds(net, clean, k, C, method, per_step, iterations=4, mask=mask)
         for b in range(2):
-            ext = enumerate_extremes(net, SpikeL0Set(clean[:, b], k, per_step), C[b])
+            ball = SpikeL0Set(clean[:, b], k, per_step, mask=None if mask is None else mask[:, b])
+            ext = enumerate_extremes(net, ball, C[b])
             assert np.all(lower[b] <= ext.min), f"{method}: lower {lower[b]} above the ball's minimum {ext.min}"
             assert np.all(upper[b] >= ext.max), f"{method}: upper {upper[b]} below the ball's maximum {ext.max}"
 
@@ -125,3 +129,35 @@ def test_errors():
         anyk_bounds(net, np.zeros((2, 1, 5), dtype=np.uint8), 1)
     with pytest.raises(ValueError, match="binary"):
         anyk_bounds(net, np.full((2, 1, 6), 2), 1)
+
+
+# --- masked balls: only the mask's bits may flip ------------------------------------------------------
+
+def _masked_members(center: np.ndarray, k: int, per_step: bool, mask: np.ndarray) -> np.ndarray:
+    members = np.concatenate(list(SpikeL0Set(center, k, per_step, mask=mask).enumerate()), axis=1)
+    return np.swapaxes(members, 0, 1)
+
+
+@pytest.mark.parametrize("per_step", [True, False])
+def test_masked_first_stage_interval_and_concretization_are_exact(per_step):
+    rng = np.random.default_rng(5)
+    steps, n_in, k = 2, 6, 2
+    net = _net(rng, n_in)
+    stage = prepare_stages(net)[0]
+    clean = (rng.random((steps, 1, n_in)) < 0.5).astype(np.uint8)
+    mask = (rng.random((steps, 1, n_in)) < 0.5).astype(np.uint8)
+    mask[0, 0, :2] = 1
+    members = _masked_members(clean[:, 0], k, per_step, mask[:, 0]).reshape(-1, steps, n_in).astype(np.float64)
+    lower, upper = topk_current_interval(stage, clean, k, mask)
+    for t in range(steps):
+        currents = members[:, t] @ stage.ops[-1].weight.T + stage.bias
+        np.testing.assert_allclose(lower[t, 0], currents.min(axis=0), atol=1e-12)
+        np.testing.assert_allclose(upper[t, 0], currents.max(axis=0), atol=1e-12)
+        assert np.all(lower[t, 0] <= currents.min(axis=0)) and np.all(upper[t, 0] >= currents.max(axis=0))
+    lam = rng.normal(size=(steps, 1, 3, n_in))
+    conc = L0Concretizer(clean, k, per_step, mask)
+    value, _ = conc.value(lam)
+    np.testing.assert_allclose(value[0], np.einsum("trj,ntj->nr", lam[:, 0], members).min(axis=0), atol=1e-12)
+    x = conc.gradient(lam)       # the minimizers: members of the masked ball
+    for r in range(3):
+        assert SpikeL0Set(clean[:, 0], k, per_step, mask=mask[:, 0]).contains(np.rint(x[:, 0, r]).astype(np.uint8))

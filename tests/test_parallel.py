@@ -228,3 +228,61 @@ def test_local_cluster_listens_on_loopback_only():
         assert urlparse(client.cluster.dashboard_link).hostname == LOOPBACK, client.cluster.dashboard_link
         sockets = [sock.getsockname()[0] for sock in client.cluster.scheduler.http_server._sockets.values()]
         assert sockets and all(host == LOOPBACK for host in sockets), sockets
+
+
+_WORKER_SCRIPT = '''
+import json, os, sys
+import numba
+import numpy as np
+import refsnn  # imported again in every spawned worker (its __mp_main__), before the Nanny sets its env
+from refsnn.parallel import map_chunks
+
+
+def compile_in_worker(chunk):
+    numba.get_num_threads()  # launches the worker's Numba threads
+    kernel = numba.njit(lambda x: x + 1.0)  # a fresh compilation re-reads NUMBA_* from os.environ
+    return [float(kernel(float(i))) for i in chunk], os.environ.get("NUMBA_NUM_THREADS"), \\
+        int(numba.config.NUMBA_NUM_THREADS), int(numba.get_num_threads())
+
+
+if __name__ == "__main__":
+    before = (os.environ.get("NUMBA_NUM_THREADS"), int(numba.config.NUMBA_NUM_THREADS))
+    results = map_chunks(compile_in_worker, [range(0, 2), range(2, 4)], workers=2)
+    after = (os.environ.get("NUMBA_NUM_THREADS"), int(numba.config.NUMBA_NUM_THREADS))
+    parent_kernel = numba.njit(lambda x: x * 2.0)(3.0)  # the parent still compiles at its own count
+    print(json.dumps({"results": results, "before": before, "after": after, "parent": parent_kernel}))
+'''
+
+
+def test_local_workers_start_single_threaded_without_exported_variables(tmp_path):
+    """A worker whose Numba was imported before the Nanny's environment arrived (the parent's main
+    module imports refsnn) compiles a kernel; the parent keeps its own NUMBA_NUM_THREADS."""
+    pytest.importorskip("distributed")
+    script = tmp_path / "run_workers.py"
+    script.write_text(_WORKER_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    env["NUMBA_NUM_THREADS"] = "2"
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                         env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = __import__("json").loads(done.stdout.strip().splitlines()[-1])
+    assert [row[0] for row in report["results"]] == [[1.0, 2.0], [3.0, 4.0]]
+    assert all(row[1:] == ["1", 1, 1] for row in report["results"])  # one Numba thread per worker
+    assert report["before"] == report["after"] == ["2", 2] and report["parent"] == 6.0
+
+
+def test_spawn_environment_restores_the_exact_previous_entries(monkeypatch):
+    """Set and unset entries come back exactly, also when the block raises."""
+    from refsnn.parallel import _spawn_environment
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    monkeypatch.setenv("MKL_NUM_THREADS", "")
+    monkeypatch.delenv("REFSNN_TEST_ABSENT", raising=False)
+    variables = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "REFSNN_TEST_ABSENT": "1"}
+    with pytest.raises(RuntimeError):
+        with _spawn_environment(variables):
+            assert all(os.environ[name] == "1" for name in variables)
+            raise RuntimeError("worker start failed")
+    assert os.environ["OMP_NUM_THREADS"] == "8" and os.environ["MKL_NUM_THREADS"] == ""
+    assert "REFSNN_TEST_ABSENT" not in os.environ

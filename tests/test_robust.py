@@ -279,3 +279,23 @@ def test_report_draws_the_curves(tmp_path):
     assert main([str(run), "--out", str(out)]) == 0
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main([str(tmp_path / "missing"), "--out", str(out)]) == 2
+
+
+@pytest.mark.parametrize("arch", ["fc", "conv"])
+def test_bound_graph_backward_asks_for_weight_gradients_only(monkeypatch, arch):
+    """The bound graph's weight gradients come from ``weight_grad``: no bias gradient is summed and
+    thrown away (its bias gradients are the per-neuron sums of ``reduce_bias_grad``)."""
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("param_grads computes a bias gradient the bound graph discards")
+
+    rng = np.random.default_rng(6)
+    net, shape = _small_net(arch, rng)
+    x_lower = (rng.random((2, 3) + shape) < 0.3).astype(float)
+    x_upper = np.maximum(x_lower, rng.random((2, 3) + shape) < 0.5).astype(float)
+    graph = BoundGraph(net, x_lower, x_upper, margin_spec(rng.integers(0, 3, 3), 3))
+    expected = graph.backward(grad_ibp=np.ones_like(graph.ibp_lower), grad_crown=np.ones_like(graph.crown_lower))
+    for layer_type in (Linear, Conv2d):
+        monkeypatch.setattr(layer_type, "param_grads", refuse)
+    grads = graph.backward(grad_ibp=np.ones_like(graph.ibp_lower), grad_crown=np.ones_like(graph.crown_lower))
+    for got, want in zip(grads, expected):
+        np.testing.assert_array_equal(got, want)

@@ -348,6 +348,7 @@ def test_root_milp_is_skipped_when_the_root_has_too_many_unstable_spikes(monkeyp
     ({"restart_share": 1.5}, "restart_share"),
     ({"restart_share": float("nan")}, "restart_share"),
     ({"root_milp_max_unstable": -1}, "root_milp_max_unstable"),
+    ({"ball_split": "yes"}, "ball_split"),
 ])
 def test_bad_config_is_refused_naming_the_field(kwargs, field):
     with pytest.raises(BabConfigError, match=field):

@@ -8,7 +8,6 @@ solve and the searches of ``robust_bab`` stop at the sample's deadline (counted,
 """
 from __future__ import annotations
 
-import math
 import time
 from fractions import Fraction
 
@@ -23,13 +22,7 @@ from verify.bab import BabConfig, robust_bab
 from verify.encoding import float64_network, membrane_bounds, pad_bounds
 from verify.exact import ExactNetwork
 
-from exact_oracle import exact_counts
-
-
-def _exact_min_margin(net, input_set, label: int) -> Fraction:
-    others = [j for j in range(net.n_outputs) if j != label]
-    lowest = min(counts[label] - max(counts[j] for j in others) for counts in exact_counts(net, input_set))
-    return Fraction(lowest, input_set.steps)
+from exact_oracle import assert_verdict_matches_enumeration
 
 
 @st.composite
@@ -59,15 +52,7 @@ def test_ball_verdict_and_margins_equal_enumeration(problem, label_seed, method)
     config = BabConfig(method=method, enumerate_max=0, attack_samples=4, search_starts=1, restarts=2,
                        search_steps=3, time_limit=None)
     result = robust_bab(net, ball, label, config)
-    exact = _exact_min_margin(net, ball, label)
-    assert result.status == ("robust" if exact > 0 else "not_robust"), (result, exact)
-    assert Fraction(result.margin_lower) <= exact, (result, exact)
-    if result.attack_margin != math.inf:
-        assert exact <= Fraction(round(result.attack_margin * ball.steps), ball.steps)
-    if result.status == "not_robust":
-        assert ball.contains(result.witness)
-        counts = ExactNetwork(net).run(result.witness).counts
-        assert min(counts[label] - counts[j] for j in range(net.n_outputs) if j != label) <= 0
+    assert_verdict_matches_enumeration(net, ball, label, result)
 
 
 @settings(max_examples=60, deadline=None)
@@ -261,3 +246,79 @@ def test_ball_big_m_bounds_leave_fewer_first_stage_neurons_unstable_than_the_box
     unstable = [int(((b.lower[0] < th) & (b.upper[0] >= th)).sum())
                 for b in (membrane_bounds(net, ball, "ibp"), membrane_bounds(net, BoxSet(lower, upper), "ibp"))]
     assert unstable[0] < unstable[1], unstable
+
+
+def test_a_ball_question_computes_its_intermediate_bounds_once(monkeypatch):
+    """The root bound, the ball's minimizers and the MILP's big-M intervals of one ``robust_bab``
+    question share one ``refsnn.l0.anyk_intermediate`` (they computed it three times); the verdict
+    and the margins are those of three separate computations."""
+    import contextlib
+
+    import refsnn.l0 as l0
+    import verify.bab as bab
+    from refsnn import SNN, Linear
+
+    n = 8  # input j drives hidden j alone: one flip per step fires one hidden neuron, too few for
+    # classes 1-2, but S-IBP leaves all 8 unstable: the root stays open and the MILP decides it
+    net = SNN([Linear(np.eye(n) * 0.3, np.zeros(n)),
+               Linear(np.vstack([np.zeros(n), np.full(n, 0.3), np.full(n, 0.3)]), np.array([0.5, -0.2, -0.2]))],
+              threshold=0.25, decay=0.25)
+    ball = SpikeL0Set(np.zeros((3, n), np.uint8), 1)
+    calls = []
+    first_stage = l0.topk_current_interval
+    monkeypatch.setattr(l0, "topk_current_interval", lambda *a, **kw: calls.append(1) or first_stage(*a, **kw))
+    results = []
+    for shared in (True, False):
+        if not shared:
+            monkeypatch.setattr(bab, "shared_intermediate", contextlib.nullcontext, raising=False)
+        del calls[:]
+        # ball_split=False: the root bound, the minimizers and one MILP (spike-split nodes bound their own)
+        config = BabConfig(time_limit=60, enumerate_max=4, ball_split=False)
+        result = robust_bab(net, ball, 0, config, rng=np.random.default_rng(0))
+        results.append((len(calls), result.status, result.margin_lower, result.attack_margin, result.stats["milp"]))
+    assert results[0][1:] == results[1][1:] and results[0][1] == "robust" and results[0][4] == 1
+    assert (results[0][0], results[1][0]) == (1, 3)
+
+
+def _flat_bounds(bounds) -> bytes:
+    return b"|".join(np.ascontiguousarray(a, dtype=np.float64).tobytes()
+                     for name in ("mem_lower", "mem_upper") for a in getattr(bounds, name))
+
+
+def test_shared_intermediate_bounds_are_keyed_by_every_input_of_the_question():
+    """Inside one ``shared_intermediate`` block a different network, clean train, ``k``, ``per_step``
+    or ``refine`` gets its own bounds (equal to a fresh computation), never another question's."""
+    import refsnn.l0 as l0
+    from refsnn import SNN, Linear
+
+    rng = np.random.default_rng(3)
+
+    def make_net():
+        return SNN([Linear(rng.normal(0, 0.4, (5, 6)), rng.normal(0, 0.1, 5)),
+                    Linear(rng.normal(0, 0.4, (3, 5)), np.zeros(3))], threshold=0.25, decay=0.25)
+
+    nets = [make_net(), make_net()]
+    clean = (rng.random((3, 1, 6)) < 0.4).astype(np.uint8)  # [T', B, n]
+    flipped = clean.copy()
+    flipped[1, 0, 2] ^= 1
+    questions = [(nets[0], clean, 1, True, False), (nets[1], clean, 1, True, False), (nets[0], flipped, 1, True, False),
+                 (nets[0], clean, 2, True, False), (nets[0], clean, 1, False, False), (nets[0], clean, 1, True, True)]
+    with l0.shared_intermediate():
+        for q in questions:
+            l0.anyk_intermediate(*q)  # fill the cache with every question first
+        for q in questions:
+            cached, _ = l0.anyk_intermediate(*q)
+            fresh, _ = l0._anyk_intermediate(*q)
+            assert _flat_bounds(cached) == _flat_bounds(fresh)
+        # a masked ball (fewer members: tighter bounds) never gets the whole ball's, nor the reverse
+        partial = np.ones_like(clean)
+        partial[:, :, :3] = 0
+        masked, _ = l0.anyk_intermediate(*questions[0], mask=partial)
+        assert _flat_bounds(masked) == _flat_bounds(l0._anyk_intermediate(*questions[0], mask=partial)[0])
+        assert _flat_bounds(masked) != _flat_bounds(l0.anyk_intermediate(*questions[0])[0])
+        everything, _ = l0.anyk_intermediate(*questions[0], mask=np.ones_like(clean))
+        assert _flat_bounds(everything) == _flat_bounds(l0._anyk_intermediate(*questions[0])[0])
+    # the questions' bounds really differ, so one entry served to two of them would have been caught
+    # (per_step alone does not change the interval bounds: each step's own flips bound its currents)
+    flats = [_flat_bounds(l0._anyk_intermediate(*q)[0]) for i, q in enumerate(questions) if i != 4]
+    assert len(set(flats)) == len(flats)

@@ -2,12 +2,14 @@
 
 A node is a subset of the sample's input set: a ``LevelSet`` whose variables (a free bit of a box,
 or a pixel of the digital l-inf set) each keep a range of levels, plus a tuple of fixed hidden
-spikes. An input split halves one variable's range; a spike split on an unstable spike ``s_t`` of
-a hidden or output neuron makes the children ``s = 1`` (exact membrane ``m >= th``, or ``m > th``)
-and ``s = 0`` (``m < th``, or ``m <= th``). Either way the two children partition the node, a
-membrane exactly on the threshold included. A child's bounds clip that membrane interval to the
-child's closed side and fix the spike (``_Search.fixed_hook``, through the ``refine`` hook of
-``refsnn.ibp.interval_bounds``); every later interval, S-CROWN and alpha follow from there.
+spikes (an l0 ball, ``SpikeL0Set``, is never split on inputs: its nodes are the whole ball plus
+fixed spikes, bounded over the ball). An input split halves one variable's range; a spike split on
+an unstable spike ``s_t`` of a hidden or output neuron makes the children ``s = 1`` (exact membrane
+``m >= th``, or ``m > th``) and ``s = 0`` (``m < th``, or ``m <= th``). Either way the two children
+partition the node, a membrane exactly on the threshold included. A child's bounds clip that
+membrane interval to the child's closed side and fix the spike (``_Search.fixed_hook``, through the
+``refine`` hook of ``refsnn.ibp.interval_bounds``); every later interval, S-CROWN and alpha follow
+from there.
 
 The question is ``Question``: every member has ``C_i . f > c_i`` (or ``>= c_i``) for every row ``i``;
 robustness (``robust_bab``) is the margin rows ``f_label - f_j`` with ``c = 0``, strict
@@ -46,6 +48,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from refsnn.l0 import shared_intermediate
 from refsnn.network import SNN
 
 from .encoding import FIXED_TIE_BAND, VerifierError, float64_network
@@ -107,7 +110,10 @@ class BabConfig:
     the hardest images: results/verify/bab.md); ``max_nodes`` bounded nodes at most; ``solver`` for
     the MILP (None: HiGHS); ``search_moves``: a local-search step with more moves than that evaluates
     that many drawn at random (None: all; an N-MNIST l0 ball of 12 flips per step has ~78,000 moves
-    per member, a forward pass of 4,096 of them takes ~2 s on 2 cores).
+    per member, a forward pass of 4,096 of them takes ~2 s on 2 cores); ``ball_split``: an l0 ball
+    (``SpikeL0Set``) left open by its root bound and falsification is searched by spike splits
+    (``neuron-babsr``, or ``neuron-widest`` when ``branching`` says so) for the rest of the time,
+    each node bounded over the ball (``refsnn.l0.anyk_node_bounds``); False: one MILP on the ball.
     """
 
     method: str = "best"
@@ -132,6 +138,7 @@ class BabConfig:
     search_steps: int = 200
     root_milp_max_unstable: Optional[int] = 400
     search_moves: Optional[int] = 4096
+    ball_split: bool = True
 
     def __post_init__(self):
         if self.method not in BOUND_METHODS:
@@ -159,6 +166,8 @@ class BabConfig:
             value = getattr(self, name)
             if int(value) != value or value < 0:
                 raise BabConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        if not isinstance(self.ball_split, (bool, np.bool_)):
+            raise BabConfigError(f"ball_split must be True or False, got {self.ball_split!r}")
         if int(self.batch) != self.batch or self.batch < 1:
             raise BabConfigError(f"batch must be an integer >= 1, got {self.batch!r}")
         if int(self.candidates) != self.candidates or self.candidates < 1:
@@ -306,6 +315,9 @@ class _Search:
                       "decided_fraction": 0.0}
         self.serial = itertools.count()
         self.decided_weight = Fraction(0)
+        # an l0 ball split on spikes only: every node holds the whole ball (bounded over it)
+        self.ball = input_set if isinstance(input_set, SpikeL0Set) and input_set.k > 0 else None
+        self.stuck: List[_Node] = []  # open ball nodes without an unstable spike left to split
         from refsnn.ibp import prepare_stages
 
         self.stages = prepare_stages(net)
@@ -415,7 +427,7 @@ class _Search:
         if self.remaining() <= 0:
             return
         xs = anyk_minimizers(self.net64, input_set.center[:, None], input_set.k, self.specs([rows]),
-                             input_set.per_step)[:, 0]
+                             input_set.per_step, input_set.mask[:, None])[:, 0]
         members = [i for i in range(xs.shape[1]) if input_set.contains(xs[:, i])]
         self.offer(np.ascontiguousarray(xs[:, members]))
 
@@ -521,6 +533,8 @@ class _Search:
         from refsnn.spec import best_bounds
 
         cfg = self.config
+        if self.ball is not None:
+            return self.ball_bound(children)
         x_lower, x_upper = stack_boxes([c.subset for c in children])
         C = self.specs([c.rows for c in children])
         box = binary_box(x_lower, x_upper, self.net)
@@ -561,7 +575,45 @@ class _Search:
                              for state in inter.state)
         return lower, coefs, empty, candidates, n_unstable
 
-    def spike_candidates(self, inter, box, C: np.ndarray, lower: np.ndarray, n_rows: List[int]):
+    def ball_bound(self, children: List[_Child]):
+        """``bound`` of nodes over the l0 ball ``self.ball`` (each with its spike splits): exact
+        first-stage currents over the ball, S-IBP / full S-CROWN after them with the splits' clipped
+        intervals and fixed states (``fixed_hook``), S-CROWN concretized exactly over the ball
+        (``refsnn.l0.anyk_node_bounds``, ``method`` as for boxes; ``crown-ibp`` gives ``best``). The
+        ball's enclosing box only ranks the spike candidates."""
+        from refsnn.input_sets import binary_box
+        from refsnn.l0 import anyk_node_bounds
+        from refsnn.relaxations import UNSTABLE
+
+        ball, batch = self.ball, len(children)
+        C = self.specs([c.rows for c in children])
+        fixed = [c.fixed for c in children]
+        hook = (lambda inner: self.fixed_hook(fixed, inner)) if any(fixed) else None
+        method = "best" if self.config.method == "crown-ibp" else self.config.method
+        clean = np.repeat(ball.center[:, None], batch, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # empty children only
+            lower, _, inter, lam = anyk_node_bounds(self.net, clean, ball.k, C, method, ball.per_step,
+                                                    hook=hook, stages=self.stages,
+                                                    mask=np.repeat(ball.mask[:, None], batch, axis=1))
+            empty = np.zeros(batch, dtype=bool)
+            for lo, hi in zip(inter.mem_lower, inter.mem_upper):
+                empty |= (lo > hi).reshape(self.steps, batch, -1).any(axis=(0, 2))
+            lower = np.where(empty[:, None], np.inf, lower)  # an empty child's bounds are meaningless
+            coefs = None if lam is None else np.moveaxis(lam, 0, 2)  # [B, S, T', *in]
+            box_lower, box_upper = ball.box()
+            box = binary_box(np.repeat(box_lower[:, None], batch, axis=1),
+                             np.repeat(box_upper[:, None], batch, axis=1), self.net)
+            candidates = self.spike_candidates(inter, box, C, np.where(empty[:, None], 0.0, lower),
+                                               [len(c.rows) for c in children], self.ball_rule())
+        n_unstable = sum((state.reshape(self.steps, batch, -1) == UNSTABLE).sum(axis=(0, 2)) for state in inter.state)
+        return lower, coefs, empty, candidates, n_unstable
+
+    def ball_rule(self) -> str:
+        """The spike branching rule on an l0 ball (it has no input variables to split)."""
+        return "neuron-widest" if self.config.branching == "neuron-widest" else "neuron-babsr"
+
+    def spike_candidates(self, inter, box, C: np.ndarray, lower: np.ndarray, n_rows: List[int],
+                         rule: Optional[str] = None):
         """Per child, its unstable spikes ``[K, 3]`` (stage, t, neuron) ranked by the branching score,
         with the scores ``[K]``: ``neuron-widest`` the membrane width ``m_u - m_l``; ``neuron-babsr``
         and ``mixed`` the BaBSR-like estimate of what fixing the spike moves the worst row's S-CROWN
@@ -572,9 +624,10 @@ class _Search:
         from refsnn.relaxations import UNSTABLE
 
         batch = lower.shape[0]
+        rule = self.config.branching if rule is None else rule
         flat = [(self.steps, batch, stage.n_neurons) for stage in self.stages]
         scores = [np.full(shape, -np.inf) for shape in flat]
-        if self.config.branching == "neuron-widest":
+        if rule == "neuron-widest":
             for k, shape in enumerate(flat):
                 width = inter.mem_upper[k].reshape(shape) - inter.mem_lower[k].reshape(shape)
                 scores[k] = np.where(inter.state[k].reshape(shape) == UNSTABLE, width, -np.inf)
@@ -582,7 +635,7 @@ class _Search:
             n_unstable = sum((inter.state[k].reshape(shape) == UNSTABLE).sum(axis=(0, 2))
                              for k, shape in enumerate(flat))
             # mixed: the scores only of children that will split on a spike (the backward pass costs a bound)
-            chosen = np.flatnonzero(n_unstable <= self.config.spike_limit) if self.config.branching == "mixed" \
+            chosen = np.flatnonzero(n_unstable <= self.config.spike_limit) if rule == "mixed" \
                 else np.arange(batch)
             if chosen.size:
                 sub = inter if chosen.size == batch else inter.select(chosen)
@@ -646,7 +699,9 @@ class _Search:
             worst = int(np.argmin(low))
             coef = None if coefs is None else coefs[b, worst]
             if coef is not None:
-                offers.append(minimizer(child.subset, coef))
+                x = ball_minimizer(self.ball, coef) if self.ball is not None else minimizer(child.subset, coef)
+                if x is not None:
+                    offers.append(x)
             if not keep.any():
                 self.stats["closed_by_bound"] += 1
                 self.decided(child.weight)
@@ -672,7 +727,9 @@ class _Search:
             return
         self.stats["node_searches"] += 1
         coefs = self.C[int(node.rows[int(np.argmin(node.lower))])]
-        self.offer(self.search(node.subset, minimizer(node.subset, node.coefs), coefs)[:, None])
+        start = ball_minimizer(self.ball, node.coefs) if self.ball is not None else minimizer(node.subset, node.coefs)
+        if start is not None:
+            self.offer(self.search(node.subset, start, coefs)[:, None])
 
     # --- leaves -----------------------------------------------------------------------------------
     def enumerate_leaf(self, node: _Node) -> bool:
@@ -822,7 +879,7 @@ class _Search:
         depth = node.depth + 1
         half = node.weight / 2
         neuron = node.candidates is not None and node.candidates.shape[0] > 0
-        if neuron and self.config.branching == "mixed" and node.subset.open_variables.size:
+        if neuron and self.config.branching == "mixed" and self.ball is None and node.subset.open_variables.size:
             # input splits (smear) while many spikes are unstable: one spike split then moves the bound little
             neuron = node.n_unstable <= self.config.spike_limit
         if neuron:
@@ -830,6 +887,8 @@ class _Search:
             k, t, j = (int(v) for v in node.candidates[0])
             return [_Child(node.subset, node.rows, node.floor, depth, node.fixed + ((k, t, j, value),), half)
                     for value in (SPIKE_OFF, SPIKE_ON)]
+        if self.ball is not None:  # an l0 ball has no input variables; nodes without spikes go to _ball_leaf
+            raise VerifierError("an l0-ball node without an unstable spike cannot be split")
         if not node.subset.open_variables.size:
             raise VerifierError("a node with one member was not enumerated; enumerate_max must be >= 1")
         v = self.choose(node)
@@ -918,7 +977,8 @@ def robust_bab(net: SNN, input_set: InputSet, label: int, config: Optional[BabCo
                rng: Optional[np.random.Generator] = None) -> BabResult:
     """Decides whether every member ``x [T', *in]`` of ``input_set`` has ``f_label(x) - f_j(x) > 0`` for
     all ``j != label`` (see the module docstring). ``BoxSet`` and ``DigitalLinfSet`` are split;
-    other sets (``SpikeL0Set``) get the root bound, falsification and one MILP on the whole set."""
+    an l0 ball (``SpikeL0Set``) gets its root bound over the ball, falsification, then spike splits
+    over the ball (``BabConfig.ball_split``; else one MILP on the whole ball)."""
     label = int(label)
     if not 0 <= label < net.n_outputs:
         raise ValueError(f"label must lie in [0, {net.n_outputs}), got {label}")
@@ -943,6 +1003,14 @@ def spec_bab(net: SNN, input_set: InputSet, rows, thresholds, strict: bool = Fal
 
 def _run(net: SNN, input_set: InputSet, label: Optional[int], question: Optional[Question],
          config: Optional[BabConfig], rng: Optional[np.random.Generator]) -> BabResult:
+    # an l0 ball's intermediate bounds (refsnn.l0.anyk_intermediate) serve its root bound, its
+    # minimizers and its MILP's big-M intervals: computed once for the question
+    with shared_intermediate():
+        return _run_question(net, input_set, label, question, config, rng)
+
+
+def _run_question(net: SNN, input_set: InputSet, label: Optional[int], question: Optional[Question],
+                  config: Optional[BabConfig], rng: Optional[np.random.Generator]) -> BabResult:
     config = config if config is not None else BabConfig()
     if tuple(input_set.input_shape) != tuple(net.input_shape):
         raise ValueError(f"the input set holds shape {tuple(input_set.input_shape)}, the network expects "
@@ -952,7 +1020,13 @@ def _run(net: SNN, input_set: InputSet, label: Optional[int], question: Optional
     queue: List[_Node] = []
     try:
         search.falsify_root(input_set)
-        if splittable:
+        if search.ball is not None and config.ball_split and input_set.count() > config.enumerate_max:
+            queue = _ball_root(search, input_set)
+            if queue:
+                _expand(search, queue)
+            if not queue and search.stuck:
+                _ball_leaf(search)
+        elif splittable:
             root = LevelSet.of(input_set)
             queue = search.make_nodes([_Child(root, search.all_rows, math.inf, 0)])
             search.root_bounded = True
@@ -966,11 +1040,14 @@ def _run(net: SNN, input_set: InputSet, label: Optional[int], question: Optional
     except _Done:
         return _result(search, "not_robust", queue, f"exact margin {search.best_margin} "
                                                      f"{'<=' if search.question.strict else '<'} 0")
-    if not queue:
+    if not queue and not search.stuck:
         result = _result(search, "robust", queue, "every node closed")
         if not search.question.closes(np.array([result.margin_lower]))[0]:  # no proof behind the closed nodes
             return _result(search, "unknown", queue, "closed nodes without a proving margin bound")
         return result
+    if not queue:
+        why = "time limit" if search.remaining() <= 0 else "their leaf solve left them open"
+        return _result(search, "unknown", queue, f"open nodes with every spike fixed or stable ({why})")
     return _result(search, "unknown", queue, "time limit" if search.remaining() <= 0 else "node limit")
 
 
@@ -994,6 +1071,7 @@ def _expand(search: _Search, queue: List[_Node]) -> None:
             if search.milp_leaf(root, cfg.root_milp * (cfg.time_limit if cfg.time_limit is not None
                                                        else cfg.milp_time_limit)):
                 queue.clear()
+                search.stuck = []   # ball nodes left without a spike to split: inside the set too
                 search.in_flight = []
                 search.decided_weight = Fraction(0)  # the MILP closed the whole set
                 search.decided(Fraction(1))
@@ -1008,6 +1086,12 @@ def _expand(search: _Search, queue: List[_Node]) -> None:
         search.in_flight = list(picked)
         children: List[_Child] = []
         for node in picked:
+            if search.ball is not None:  # spike splits only: the ball is neither enumerated nor split
+                if node.candidates is None or node.candidates.shape[0] == 0:
+                    search.stuck.append(node)  # every spike fixed or stable, bound still open
+                else:
+                    children.extend(search.split(node))
+                continue
             count = node.subset.count()
             no_spike = node.candidates is None or node.candidates.shape[0] == 0
             far = node.priority <= -2.0 / search.steps  # splitting seldom closes it: enumerate a large leaf
@@ -1035,7 +1119,8 @@ def _expand(search: _Search, queue: List[_Node]) -> None:
 
 
 def _root_only(search: _Search, input_set: InputSet) -> List[_Node]:
-    """A set the search cannot split: bound it, then enumeration when small, else one MILP (and
+    """A set the search does not split (an l0 ball of at most ``enumerate_max`` members, or any ball
+    with ``ball_split=False``): bound it, then enumeration when small, else one MILP (and
     enumeration after all when the MILP leaves it undecided and the set has at most
     ``verify.enumerate.DEFAULT_MAX_MEMBERS`` members).
 
@@ -1057,7 +1142,7 @@ def _root_only(search: _Search, input_set: InputSet) -> List[_Node]:
         from refsnn.l0 import anyk_bounds
 
         lower, _ = anyk_bounds(search.net, input_set.center[:, None], input_set.k, C, method=method,
-                               per_step=input_set.per_step)
+                               per_step=input_set.per_step, mask=input_set.mask[:, None])
     else:
         lower_box, upper_box = input_set.box()
         lower, _ = compute_bounds(search.net, lower_box[:, None], upper_box[:, None], method=method, C=C)
@@ -1078,23 +1163,73 @@ def _root_only(search: _Search, input_set: InputSet) -> List[_Node]:
         decided = search.enumerate_leaf(node)
     else:
         if ball:
-            search.offer_ball_minimizers(input_set, node.rows)
-            cfg = search.config
-            # the gradient search gets restart_share of the limit, and the restarts after it their own
-            # restart_share: up to twice that share (half the limit at the default 0.25) goes to
-            # falsification on a ball before the MILP, which rarely closes a ball within the limit
-            if cfg.restart_share > 0:
-                share = math.inf if cfg.time_limit is None else cfg.restart_share * cfg.time_limit
-                search.gradient_ball_search(input_set, time.perf_counter() + share)
-            search.restart_search(node)
+            _falsify_ball(search, input_set, node)
         if not search.milp_leaf(node, search.remaining()):
             decided = count <= DEFAULT_MAX_MEMBERS and search.enumerate_leaf(node)
     search.in_flight = []
     return [] if decided else [node]
 
 
+def _ball_root(search: _Search, ball: SpikeL0Set) -> List[_Node]:
+    """The root of an l0 ball's spike-split search: bounded over the ball (``_Search.ball_bound``),
+    then the falsification of ``_root_only`` (the bound's minimizers, gradient flips, restarts) when
+    a row stays open. Returns the open root (or nothing when the bound proves every row)."""
+    queue = search.make_nodes([_Child(ball, search.all_rows, math.inf, 0)])
+    search.root_bounded = True
+    if not queue:
+        return []
+    node = queue[0]
+    search.in_flight = [node]
+    _falsify_ball(search, ball, node)
+    search.in_flight = []
+    return queue
+
+
+def _falsify_ball(search: _Search, ball: SpikeL0Set, node: _Node) -> None:
+    """The ball's falsification before its MILP or spike splits: the S-CROWN minimizers over the ball,
+    the gradient search on flips, then the restarts. The gradient search gets ``restart_share`` of the
+    limit and the restarts after it their own share: up to twice that share (half the limit at the
+    default 0.25) goes to falsification, since the exact search rarely closes a ball within the limit."""
+    search.offer_ball_minimizers(ball, node.rows)
+    cfg = search.config
+    if cfg.restart_share > 0:
+        share = math.inf if cfg.time_limit is None else cfg.restart_share * cfg.time_limit
+        search.gradient_ball_search(ball, time.perf_counter() + share)
+    search.restart_search(node)
+
+
+def _ball_leaf(search: _Search) -> None:
+    """Open ball nodes with no unstable spike left to split (``search.stuck``): one MILP on the whole
+    ball over their open rows with the time left (then enumeration, on a ball small enough), which
+    decides every node at once (each is a subset of the ball)."""
+    from .enumerate import DEFAULT_MAX_MEMBERS
+
+    stuck, ball = search.stuck, search.ball
+    rows = np.unique(np.concatenate([node.rows for node in stuck]))
+    lowest = min(node.priority for node in stuck)
+    node = _Node(lowest, next(search.serial), ball, rows, np.full(rows.size, lowest),
+                 min(node.floor for node in stuck))
+    if search.milp_leaf(node, search.remaining()) or (
+            ball.count() <= DEFAULT_MAX_MEMBERS and search.enumerate_leaf(node)):
+        search.stuck = []
+        search.decided_weight = Fraction(0)  # the leaf decided the whole ball
+        search.decided(Fraction(1))
+
+
+def ball_minimizer(ball: SpikeL0Set, coefs: np.ndarray) -> Optional[np.ndarray]:
+    """The member ``[T', *in]`` of the l0 ball minimizing ``sum A . x`` (``coefs [T', *in]``): the
+    clean train with its ``k`` most negative coefficient changes flipped (per step or in total), or
+    None when that train is not a member (a masked ball)."""
+    from refsnn.l0 import L0Concretizer
+
+    lam = coefs.reshape(ball.steps, 1, 1, -1)
+    x = L0Concretizer(ball.center[:, None], ball.k, ball.per_step, ball.mask[:, None]).gradient(lam)
+    x = np.rint(x[:, 0, 0]).astype(np.uint8).reshape(ball.center.shape)
+    return x if ball.contains(x) else None
+
+
 def _result(search: _Search, status: str, queue: List[_Node], reason: str) -> BabResult:
-    pending = queue + search.in_flight + search.fresh
+    pending = queue + search.in_flight + search.fresh + search.stuck
     open_lower = min((min(node.priority, node.floor) for node in pending), default=math.inf)
     margin_lower = min(open_lower, search.closed_floor)
     q = search.question

@@ -209,8 +209,7 @@ def ibp_membrane_bounds(net: SNN, input_set: InputSet) -> MembraneBounds:
 
 def _l0_ball_intervals(net: SNN, input_set: InputSet):
     """S-IBP intervals of a ``SpikeL0Set`` from its first stage's exact current range over the whole
-    ``k``-flip ball (``refsnn.l0.anyk_intermediate``; a mask only shrinks the set, so the ball's
-    intervals hold it too), or None for other sets. Its enclosing box frees every maskable bit, so
+    ``k``-flip ball of its mask (``refsnn.l0.anyk_intermediate``), or None for other sets. Its enclosing box frees every maskable bit, so
     the box's intervals leave most first-stage neurons unstable (N-MNIST FC at k = 12 per step:
     all 512 per step over the box, 43-120 over the ball)."""
     from .sets import SpikeL0Set
@@ -219,7 +218,8 @@ def _l0_ball_intervals(net: SNN, input_set: InputSet):
         return None
     from refsnn.l0 import anyk_intermediate
 
-    return anyk_intermediate(net, input_set.center[:, None], input_set.k, input_set.per_step)[0]
+    return anyk_intermediate(net, input_set.center[:, None], input_set.k, input_set.per_step,
+                             mask=input_set.mask[:, None])[0]
 
 
 def ibp_available() -> bool:

@@ -4,7 +4,8 @@
 :func:`lif_backward_rectangular_fused`) run the recurrence of ``refsnn.neurons`` with the same
 operations in the same order per element, so they are bit-for-bit equal to the NumPy loops; they
 avoid the NumPy temporaries of each time step. They are generic over the neuron model: its ``carry``
-and ``grad_step`` (one source each, in the model's file) are compiled into them
+and ``grad_step`` (one source each, in the model's file) are compiled into them, and the two BPTT
+loops are one source compiled with two sources of the surrogate derivative
 (``refsnn.kernels.specialize``: one compiled variant per model). Parallel over blocks of neurons.
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ def _neuron_block(size: int) -> int:
 # The generic loops below call the rules of a neuron model (``refsnn.neurons``: ``CARRY`` = its
 # ``carry``, ``GRAD_STEP`` = its ``grad_step``, inlined); ``_lif_kernels`` compiles them per model.
 CARRY = GRAD_STEP = None
-_lif_forward_block = _lif_backward_block = _lif_backward_rectangular_block = None
+_lif_forward_block = _lif_backward_block = None
 
 
 def _lif_forward(current, threshold, decay, fire_at_threshold, membrane, spike, width):  # pragma: no cover
@@ -77,14 +78,11 @@ def _lif_kernels(reset: str = "zero") -> dict:
         tag = rules["tag"]
         rule_globals = {"CARRY": rules["carry"], "GRAD_STEP": rules["grad_step"]}
         forward_block = specialize(_lif_forward_block_source, rule_globals, tag)
-        backward_block = specialize(_lif_backward_block_source, rule_globals, tag)
-        rectangular_block = specialize(_lif_backward_rectangular_block_source, rule_globals, tag)
-        _LIF_KERNELS[reset] = {
-            "forward": specialize(_lif_forward, {"_lif_forward_block": forward_block}, tag, parallel=True),
-            "backward": specialize(_lif_backward, {"_lif_backward_block": backward_block}, tag, parallel=True),
-            "rectangular": specialize(_lif_backward_rectangular,
-                                      {"_lif_backward_rectangular_block": rectangular_block}, tag, parallel=True),
-        }
+        kernels = {"forward": specialize(_lif_forward, {"_lif_forward_block": forward_block}, tag, parallel=True)}
+        for name, kind in (("backward", "array"), ("rectangular", "rectangular")):
+            block = specialize(_lif_backward_block_source, {**rule_globals, **_DERIVATIVES[kind]}, f"{tag}_{kind}")
+            kernels[name] = specialize(_lif_backward, {"_lif_backward_block": block}, f"{tag}_{kind}", parallel=True)
+        _LIF_KERNELS[reset] = kernels
     return _LIF_KERNELS[reset]
 
 
@@ -101,48 +99,46 @@ def lif_forward_fused(current: np.ndarray, threshold: float, decay: float, firin
     return membrane.reshape(current.shape), spike.reshape(current.shape)
 
 
-def _lif_backward(membrane, spike, grad_spike, surrogate_derivative, threshold, decay, reset_grad,
-                  grad_current, width):  # pragma: no cover - compiled
+def _lif_backward(membrane, spike, grad_spike, derivative, threshold, decay, reset_grad, grad_current,
+                  width):  # pragma: no cover - compiled
     size = membrane.shape[1]
     for block in numba.prange((size + width - 1) // width):
         first = block * width
-        _lif_backward_block(membrane, spike, grad_spike, surrogate_derivative, threshold, decay, reset_grad,
-                            grad_current, first, min(size, first + width))
+        _lif_backward_block(membrane, spike, grad_spike, derivative, threshold, decay, reset_grad, grad_current,
+                            first, min(size, first + width))
 
 
-def _lif_backward_block_source(membrane, spike, grad_spike, surrogate_derivative, threshold, decay, reset_grad,
+# The surrogate derivative of the BPTT loop (``DERIVATIVE_ROW`` once per step and block, ``DERIVATIVE``
+# per neuron, inlined): an array ``[T, N]`` computed beforehand (any surrogate), or the rectangular
+# surrogate evaluated inline from ``(half_width, height)`` without that array.
+@numba.njit(cache=True, inline="always")
+def _array_row(derivative, t, first, last):  # pragma: no cover - compiled
+    return derivative[t, first:last]
+
+
+@numba.njit(cache=True, inline="always")
+def _array_entry(row, j, m, threshold, zero):  # pragma: no cover - compiled
+    return row[j]
+
+
+@numba.njit(cache=True, inline="always")
+def _rectangular_row(parameters, t, first, last):  # pragma: no cover - compiled
+    return parameters
+
+
+@numba.njit(cache=True, inline="always")
+def _rectangular_entry(parameters, j, m, threshold, zero):  # pragma: no cover - compiled
+    """``height`` where ``|m - th| < half_width`` (all in the membrane dtype, as ``Rectangular.derivative``)."""
+    return parameters[1] if abs(m - threshold) < parameters[0] else zero
+
+
+_DERIVATIVES = {"array": {"DERIVATIVE_ROW": _array_row, "DERIVATIVE": _array_entry},
+                "rectangular": {"DERIVATIVE_ROW": _rectangular_row, "DERIVATIVE": _rectangular_entry}}
+DERIVATIVE_ROW = DERIVATIVE = None
+
+
+def _lif_backward_block_source(membrane, spike, grad_spike, derivative, threshold, decay, reset_grad,
                                grad_current, first, last):  # pragma: no cover - compiled
-    steps = membrane.shape[0]
-    width = last - first
-    grad_next = np.zeros(width, dtype=membrane.dtype)
-    one = membrane.dtype.type(1.0)
-    for t in range(steps - 1, -1, -1):
-        # row views indexed from 0, as in _lif_forward_block (vectorizable)
-        membrane_t = membrane[t, first:last]
-        spike_t = spike[t, first:last]
-        grad_spike_t = grad_spike[t, first:last]
-        derivative_t = surrogate_derivative[t, first:last]
-        grad_current_t = grad_current[t, first:last]
-        for j in range(width):
-            grad_m = GRAD_STEP(grad_spike_t[j], membrane_t[j], spike_t[j], derivative_t[j], grad_next[j],
-                               threshold, decay, reset_grad, one)
-            grad_current_t[j] = grad_m
-            grad_next[j] = grad_m
-
-
-def _lif_backward_rectangular(membrane, spike, grad_spike, threshold, half_width, height, decay, reset_grad,
-                              grad_current, width):  # pragma: no cover - compiled
-    """``_lif_backward`` with the rectangular surrogate evaluated inline: ``height`` where
-    ``|m - th| < half_width`` (all in the membrane dtype, as ``Rectangular.derivative``), else 0."""
-    size = membrane.shape[1]
-    for block in numba.prange((size + width - 1) // width):
-        first = block * width
-        _lif_backward_rectangular_block(membrane, spike, grad_spike, threshold, half_width, height, decay,
-                                        reset_grad, grad_current, first, min(size, first + width))
-
-
-def _lif_backward_rectangular_block_source(membrane, spike, grad_spike, threshold, half_width, height, decay,
-                                           reset_grad, grad_current, first, last):  # pragma: no cover - compiled
     steps = membrane.shape[0]
     width = last - first
     grad_next = np.zeros(width, dtype=membrane.dtype)
@@ -153,12 +149,12 @@ def _lif_backward_rectangular_block_source(membrane, spike, grad_spike, threshol
         membrane_t = membrane[t, first:last]
         spike_t = spike[t, first:last]
         grad_spike_t = grad_spike[t, first:last]
+        derivative_t = DERIVATIVE_ROW(derivative, t, first, last)
         grad_current_t = grad_current[t, first:last]
         for j in range(width):
             m = membrane_t[j]
-            derivative = height if abs(m - threshold) < half_width else zero
-            grad_m = GRAD_STEP(grad_spike_t[j], m, spike_t[j], derivative, grad_next[j], threshold, decay,
-                               reset_grad, one)
+            grad_m = GRAD_STEP(grad_spike_t[j], m, spike_t[j], DERIVATIVE(derivative_t, j, m, threshold, zero),
+                               grad_next[j], threshold, decay, reset_grad, one)
             grad_current_t[j] = grad_m
             grad_next[j] = grad_m
 
@@ -175,8 +171,8 @@ def lif_backward_rectangular_fused(membrane: np.ndarray, spike: np.ndarray, grad
     dtype = membrane.dtype.type
     _lif_kernels(reset)["rectangular"](
         membrane2, np.ascontiguousarray(spike).reshape(flat),
-        np.ascontiguousarray(grad_spike, dtype=membrane.dtype).reshape(flat), dtype(threshold), dtype(width / 2),
-        dtype(height), dtype(decay), bool(reset_grad), grad_current, _neuron_block(membrane2.shape[1]))
+        np.ascontiguousarray(grad_spike, dtype=membrane.dtype).reshape(flat), (dtype(width / 2), dtype(height)),
+        dtype(threshold), dtype(decay), bool(reset_grad), grad_current, _neuron_block(membrane2.shape[1]))
     return grad_current.reshape(shape)
 
 
