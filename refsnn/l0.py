@@ -212,12 +212,17 @@ def anyk_intermediate(net, clean, k: int, per_step: bool = True, refine: bool = 
     return hit[1]
 
 
+def _enclosing_box(clean: np.ndarray, k: int, mask: Optional[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    """The box around the ball: every bit that may flip (the mask's, or all; none at ``k = 0``) free
+    in [0, 1], the others at their clean value."""
+    free = (np.ones_like(clean) if mask is None else mask) if k > 0 else np.zeros_like(clean)
+    return (np.where(free == 1, 0, clean).astype(clean.dtype), np.where(free == 1, 1, clean).astype(clean.dtype))
+
+
 def _anyk_intermediate(net, clean, k: int, per_step: bool, refine: bool, stages=None,
                        hook: Optional[Callable] = None, mask: Optional[np.ndarray] = None):
     stages = prepare_stages(net) if stages is None else stages
-    free = (np.ones_like(clean) if mask is None else mask) if k > 0 else np.zeros_like(clean)
-    x_lower = np.where(free == 1, 0, clean).astype(clean.dtype)
-    x_upper = np.where(free == 1, 1, clean).astype(clean.dtype)
+    x_lower, x_upper = _enclosing_box(clean, k, mask)
     steps, batch = clean.shape[:2]
     same = batch > 1 and np.array_equal(clean, np.broadcast_to(clean[:, :1], clean.shape)) and (
         mask is None or np.array_equal(mask, np.broadcast_to(mask[:, :1], mask.shape)))
@@ -280,9 +285,7 @@ def anyk_node_bounds(net, clean, k: int, C=None, method: str = "best", per_step:
     margin = output_rounding_margin(C, bounds.rule, steps)
     lam = None
     if method == "alpha":
-        free = (np.ones_like(clean) if mask is None else mask) if k > 0 else np.zeros_like(clean)
-        x_lower = np.where(free == 1, 0, clean).astype(clean.dtype)
-        x_upper = np.where(free == 1, 1, clean).astype(clean.dtype)
+        x_lower, x_upper = _enclosing_box(clean, k, mask)
         result = alpha_bounds(net, x_lower, x_upper, C, iterations=iterations, intermediate=bounds,
                               concretizer=concretizer)
         lower, upper = result.lower, result.upper
