@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+import warnings
 from typing import Any, Callable, List, Optional, Sequence, Union
 
 DASK_MISSING = ('Dask is needed for --workers/--scheduler; install it with '
@@ -151,9 +152,14 @@ def gather_in_order(client, fn, chunks, callback=None, retries: int = 2) -> list
     """
     distributed = import_distributed()
     run = uuid.uuid4().hex[:12]
-    futures = [client.submit(_run_chunk, fn, chunk, key=f"refsnn-chunk-{run}-{index}",
-                             retries=retries, pure=False)
-               for index, chunk in enumerate(chunks)]
+    with warnings.catch_warnings():
+        # fn carries the run's models and data (megabytes) inside the graph on purpose: a task
+        # lost with its worker is recomputed from the graph alone, which scattered data would
+        # not survive when every copy's worker is lost. Distributed's size advice does not apply.
+        warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+        futures = [client.submit(_run_chunk, fn, chunk, key=f"refsnn-chunk-{run}-{index}",
+                                 retries=retries, pure=False)
+                   for index, chunk in enumerate(chunks)]
     index_of_key = {future.key: index for index, future in enumerate(futures)}
     results = {}
     try:

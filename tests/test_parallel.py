@@ -114,6 +114,19 @@ def _small_net(seed=0, sizes=(16, 12, 10, 3)):
                 for a, b in zip(sizes[:-1], sizes[1:])])
 
 
+def test_a_chunk_function_carrying_megabytes_runs_without_the_graph_size_warning(client):
+    import warnings
+
+    from refsnn.parallel import gather_in_order
+
+    data = np.arange(2_000_000, dtype=np.float64)  # 16 MB inside the chunk function, as models and images are
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sums = gather_in_order(client, lambda chunk: float(data[chunk].sum()), chunk_ranges(2_000_000, 1_000_000))
+    assert sums == [float(data[:1_000_000].sum()), float(data[1_000_000:].sum())]
+    assert not [w for w in caught if "large graph" in str(w.message)]
+
+
 def test_attack_protocol_on_a_cluster_matches_serial(client):
     from dataclasses import asdict
 
