@@ -106,8 +106,9 @@ def backsub_stages(stages: Sequence[PreparedStage],
     ``params[k]`` its optimized slopes (``refsnn.alpha``); ``sides[k]``: its ``(reset_side,
     fire_side)`` held fixed; ``query [B, R, n_K]``: a membrane query of the last stage (``lam_s``
     zero); ``splits[k]``: stage ``k``'s Lagrangian terms of spike splits (``SplitTerms`` or None;
-    beta-CROWN's split constraints, injected by the step while the bound passes the stage). Returns ``(lam, bias, err, records)``: ``lam [T', B, R, *in]`` on the input (``lam_cur``
-    of stage 0 if not ``transpose_first``), ``bias [B, R]`` the constant (in ``lam_s``'s dtype),
+    beta-CROWN's split constraints, injected by the step while the bound passes the stage).
+    Returns ``(lam, bias, err, records)``: ``lam [T', B, R, *in]`` on the input (``lam_cur`` of
+    stage 0 if not ``transpose_first``), ``bias [B, R]`` the constant (in ``lam_s``'s dtype),
     ``err [B, R]`` the rounding bound so far (each stage's own plus the rounding of the running
     sum; zero where the tables carry no rounding magnitudes), ``records`` the ``StageRecord`` list
     (first stage first) or None.

@@ -9,7 +9,8 @@ an unstable spike ``s_t`` of a hidden or output neuron makes the children ``s = 
 partition the node, a membrane exactly on the threshold included. A child's bounds clip that
 membrane interval to the child's closed side and fix the spike (``_Search.fixed_hook``, through the
 ``refine`` hook of ``refsnn.ibp.interval_bounds``); every later interval, S-CROWN and alpha follow
-from there.
+from there. With ``BabConfig.beta`` the splits' constraints also enter the node bound as Lagrangian
+terms (beta-CROWN style, ``_Search.split_bound``).
 
 The question is ``Question``: every member has ``C_i . f > c_i`` (or ``>= c_i``) for every row ``i``;
 robustness (``robust_bab``) is the margin rows ``f_label - f_j`` with ``c = 0``, strict
