@@ -380,7 +380,8 @@ def optimize_rows(stages, tables, spec, concretizer, iterations: int = 20, lr: f
     for it in range(iterations + 1):
         result = backsub(stages, tables, spec, concretizer, params, record=it < iterations, splits=splits, beta=beta)
         sound = result.sound
-        best = sound if best is None else np.maximum(best, sound)
+        # fmax: a non-finite iterate (never observed) must not replace a sound bound by NaN
+        best = sound if best is None else np.fmax(best, sound)
         history.append(float(best.mean()))
         if it == iterations:
             break
@@ -391,6 +392,8 @@ def optimize_rows(stages, tables, spec, concretizer, iterations: int = 20, lr: f
                     prm[name] = _adam_step(prm[name], grad[name], mom[name], it, lr, 0.0, 1.0)
         if splits is not None:
             g_beta = splits.beta_gradient([grad.get("split_coef") for grad in grads], rows)
+            if not np.isfinite(g_beta).all():  # keep the best sound iterate rather than step to NaN multipliers
+                break
             beta = _adam_step(beta, g_beta, beta_moments, it, beta_lr, 0.0, np.inf)
     return best, history
 

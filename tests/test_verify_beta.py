@@ -395,3 +395,57 @@ def test_beta_settings_and_multipliers_are_validated():
     with pytest.raises(ValueError, match="beta must be"):
         backsub(stages, tables, margin_spec(np.array([0]), 3), BoxConcretizer(x.astype(float), np.ones(x.shape)),
                 splits=splits)
+
+
+# Weights whose sums land exactly on the threshold 0.25 in exact arithmetic but not in floats
+# (0.1 + 0.15): only the rounding allowance of the split terms keeps such a bound sound.
+_NON_DYADIC = np.array([0.1, 0.15, -0.05, 0.2, 0.3, -0.1, 0.05, 0.35, -0.15, 0.25, 0.0, 0.45, -0.2, 0.6, 0.7])
+
+
+def _non_dyadic_tie_problem(seed: int):
+    rng = np.random.default_rng(seed)
+    firing = (">=", ">")[int(rng.integers(2))]
+    widths = [int(rng.integers(2, 5)), int(rng.integers(2, 4)), int(rng.integers(2, 4))]
+    net = SNN([Linear(rng.choice(_NON_DYADIC, size=(widths[i + 1], widths[i])),
+                      rng.choice(_NON_DYADIC, size=widths[i + 1])) for i in range(2)],
+              threshold=0.25, decay=float(rng.choice([0.25, 0.5, 0.1])), firing=firing)
+    steps = int(rng.integers(1, 4))
+    shape = (steps,) + tuple(net.input_shape)
+    center = rng.integers(0, 2, size=shape).astype(np.uint8)
+    lower, upper = center.reshape(-1).copy(), center.reshape(-1).copy()
+    free = rng.choice(center.size, size=int(rng.integers(0, 3)), replace=False)
+    lower[free], upper[free] = 0, 1
+    from verify.sets import BoxSet
+
+    return rng, net, BoxSet(lower.reshape(shape), upper.reshape(shape)), int(rng.integers(net.n_outputs)), steps
+
+
+@pytest.mark.parametrize("seed", [10466, *range(40)])
+def test_huge_multipliers_on_non_dyadic_ties_stay_sound(seed):
+    """Splits on every spike whose exact membrane equals the threshold in a member (plus a few others),
+    multipliers up to 1e12: the float value of such a bound can exceed the exact minimum (seed
+    10466: by 1.2e-9 at beta ~ 1e8), so this fails without the split terms' rounding allowance."""
+    rng, net, input_set, label, steps = _non_dyadic_tie_problem(seed)
+    search = _Search(net, input_set, label, BabConfig(beta=True), np.random.default_rng(0))
+    traces = list(_members(net, input_set))
+    first = traces[0]
+    fixed = tuple((k, t, j, int(first.spikes[k][t, j]))
+                  for k in range(len(search.stages)) for t in range(steps)
+                  for j in range(search.stages[k].n_neurons)
+                  if first.membranes[k][t][j] == Fraction(net.threshold) or rng.random() < 0.15)
+    if not fixed:
+        pytest.skip("no split drawn")
+    members = [tr for tr in traces if all(tr.spikes[k][t, j] == v for k, t, j, v in fixed)]
+    inter, conc = _node(search, input_set, fixed)
+    C = search.specs([search.all_rows])
+    splits = SpikeSplits.from_fixed([fixed], float(net.threshold))
+    tables = [stage_tables(inter, k, stage) for k, stage in enumerate(search.stages)]
+    margin = output_rounding_margin(C, inter.rule, steps)
+    for scale in (1e4, 1e8, 1e12):
+        beta = rng.random((splits.count, C.shape[1])) * scale
+        params = random_params(tables, C.shape[1], rng) if rng.random() < 0.5 else None
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            lower = backsub(search.stages, tables, C, conc, params, splits=splits, beta=beta).sound[0] - margin[0]
+        for trace in members:
+            for r in search.all_rows:
+                assert Fraction(float(lower[r])) <= trace.value(search.C[r]), (seed, scale, r)

@@ -656,7 +656,7 @@ class _Search:
         split = split_lower_bounds(self.stages, inter if whole else inter.select(chosen), C[chosen],
                                    concretizer if whole else concretizer.select(chosen), splits,
                                    cfg.beta_iterations, optimize_params=cfg.method == "alpha", beta_lr=cfg.beta_lr)
-        raised = np.maximum(lower[chosen], split)
+        raised = np.fmax(lower[chosen], split)  # a NaN split bound never replaces the node's bound
         self.stats["beta_bounds"] += int(chosen.size)
         self.stats["beta_raised"] += int((raised.min(axis=1) > lower[chosen].min(axis=1)).sum())
         lower = lower.copy()
