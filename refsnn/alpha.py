@@ -42,7 +42,7 @@ import numpy as np
 from .crown import backsub_stages, crown_bounds_of_box, stage_magnitudes
 from .ibp import IntervalBounds, PreparedStage, ibp_spec_bounds, interval_bounds_of_box, prepare_stages
 from .input_sets import BinaryBox, binary_box
-from .operator import NeuronModelError, StepTables, backsub_stage_reverse
+from .operator import NeuronModelError, SplitTerms, StepTables, backsub_stage_reverse
 from .relaxations import UNIT_ROUNDOFF_FLOAT64, UNSTABLE, Fire, Reset, gamma, output_rounding_margin
 from .spec import best_bounds, normalize_spec
 
@@ -149,6 +149,72 @@ class BoxConcretizer:
         return self.mid[:, :, None, :] - np.sign(lam) * self.rad[:, :, None, :]
 
 
+# --- spike splits as Lagrangian terms (beta-CROWN's split constraints) ------------------------------------
+
+@dataclass
+class SpikeSplits:
+    """The spike splits of each sample (a branch-and-bound node), to enter the bound as Lagrangian terms.
+
+    ``index [E, 4]``: entry ``e`` is spike ``s_t`` of neuron ``j`` of stage ``k`` in sample ``b``
+    (``(b, k, t, j)``); ``side [E]``: 1 when every member of the sample's set has ``m >= threshold``
+    there (spike on), 0 when every member has ``m <= threshold`` (spike off; the closed side, sound
+    under both firing rules). With multipliers ``beta [E, R] >= 0`` (per spec row) the bound is of
+    ``spec f - sum_e beta[e] (m - th)`` (on) or ``+ beta[e] (m - th)`` (off): the added terms are
+    ``<= 0`` on the members, so a lower bound of it is one of ``spec f`` over them, for every ``beta``.
+    """
+
+    index: np.ndarray
+    side: np.ndarray
+    threshold: float
+
+    @classmethod
+    def from_fixed(cls, fixed: Sequence[Sequence[tuple]], threshold: float) -> "SpikeSplits":
+        """From each sample's tuple of splits ``(stage, t, neuron, value)`` (``verify.bab``'s ``fixed``)."""
+        rows = [(b, k, t, j, v) for b, decisions in enumerate(fixed) for k, t, j, v in decisions]
+        table = np.array(rows, dtype=np.int64).reshape(-1, 5)
+        if not np.isin(table[:, 4], (0, 1)).all():
+            raise ValueError("a spike split's value must be 0 or 1")
+        return cls(np.ascontiguousarray(table[:, :4]), table[:, 4].astype(np.int8), float(threshold))
+
+    @property
+    def count(self) -> int:
+        return int(self.index.shape[0])
+
+    def sign(self) -> np.ndarray:
+        """``[E]``: the coefficient on ``m`` per unit of ``beta`` (-1 spike on, +1 spike off)."""
+        return np.where(self.side == 1, -1.0, 1.0)
+
+    def terms(self, beta: np.ndarray, tables: Sequence[StepTables]) -> List[Optional[SplitTerms]]:
+        """Per stage the ``SplitTerms`` of ``beta [E, R]`` (None where the stage has no split)."""
+        if beta.shape[0] != self.count or beta.ndim != 2:
+            raise ValueError(f"beta must be [E={self.count}, R], got shape {beta.shape}")
+        if not (np.isfinite(beta).all() and (beta >= 0.0).all()):
+            raise ValueError("split multipliers beta must be finite and >= 0 (a negative one is unsound)")
+        b, k, t, j = self.index.T
+        values = self.sign()[:, None] * beta
+        out: List[Optional[SplitTerms]] = []
+        for stage, tab in enumerate(tables):
+            here = k == stage
+            if not here.any():
+                out.append(None)
+                continue
+            steps, batch, n = tab.state.shape
+            coef = np.zeros((steps, batch, beta.shape[1], n))
+            np.add.at(coef, (t[here], b[here], slice(None), j[here]), values[here])
+            out.append(SplitTerms(coef, self.threshold))
+        return out
+
+    def beta_gradient(self, coef_grads: Sequence[Optional[np.ndarray]], rows: int) -> np.ndarray:
+        """``[E, R]``: d/d beta from each stage's gradient w.r.t. its ``SplitTerms.coef`` (None: no split)."""
+        grad = np.zeros((self.count, rows))
+        b, k, t, j = self.index.T
+        for stage, g_coef in enumerate(coef_grads):
+            here = k == stage
+            if here.any():
+                grad[here] = g_coef[t[here], b[here], :, j[here]]
+        return self.sign()[:, None] * grad
+
+
 # --- the parametrized back-substitution ----------------------------------------------------------------
 
 def default_params(tables: Sequence[StageTables], rows: int) -> List[Dict[str, np.ndarray]]:
@@ -190,6 +256,7 @@ class BacksubResult:
     bias: np.ndarray
     params: List[Dict[str, np.ndarray]] = field(default_factory=list, repr=False)
     tape: Optional[list] = field(default=None, repr=False)
+    split_terms: Optional[List[Optional[SplitTerms]]] = field(default=None, repr=False)
 
     @property
     def sound(self) -> np.ndarray:
@@ -202,12 +269,16 @@ def _row_params(prm: Dict[str, np.ndarray]) -> Tuple[np.ndarray, ...]:
 
 def backsub(stages: Sequence[PreparedStage], tables: Sequence[StageTables], spec: Optional[np.ndarray],
             concretizer, params: Optional[List[Dict[str, np.ndarray]]] = None, record: bool = False,
-            inject: Optional[np.ndarray] = None) -> BacksubResult:
+            inject: Optional[np.ndarray] = None, splits: Optional[SpikeSplits] = None,
+            beta: Optional[np.ndarray] = None) -> BacksubResult:
     """Lower bounds of ``spec f`` (``spec [B, R, n_out]``; the output rates over ``T'`` steps), or,
     with ``inject [B, R, n_K]`` and ``spec=None``, of ``inject . m_{T'-1}[K]`` where ``K`` is the last
     stage in ``stages`` (membrane queries of full S-CROWN; ``tables`` truncated to ``T'`` steps).
     ``params``: per stage a dict of ``[T', B, R, n]`` fractions (None: ``default_params``).
-    Runs the one stage driver ``refsnn.crown.backsub_stages`` with the optimized-slope step.
+    ``splits`` with ``beta [E, R] >= 0``: the splits' Lagrangian terms (``SpikeSplits``); the bound
+    then holds for the members whose spikes obey the splits (``tables`` must come from their
+    intermediate bounds). Runs the one stage driver ``refsnn.crown.backsub_stages`` with the
+    optimized-slope step.
     """
     steps = tables[-1].state.shape[0]
     if inject is None:
@@ -219,11 +290,17 @@ def backsub(stages: Sequence[PreparedStage], tables: Sequence[StageTables], spec
         inject = np.ascontiguousarray(inject, dtype=np.float64)
     if params is None:
         params = default_params(tables, rows)
+    terms = None
+    if splits is not None:
+        if beta is None or beta.shape != (splits.count, rows):
+            raise ValueError(f"beta must be [E={splits.count}, R={rows}] with splits, got "
+                             f"{None if beta is None else beta.shape}")
+        terms = splits.terms(beta, tables)
     lam_x, bias, err, tape = backsub_stages(stages, tables, lam_s, record=record,
-                                            params=[_row_params(prm) for prm in params], query=inject)
+                                            params=[_row_params(prm) for prm in params], query=inject, splits=terms)
     value, concretization_err = concretizer.value(lam_x)
     err = err * (1.0 + 8.0 * U64) + concretization_err + gamma(8, U64) * np.abs(bias)
-    return BacksubResult(value + bias, err, lam_x, bias, params, tape)
+    return BacksubResult(value + bias, err, lam_x, bias, params, tape, terms)
 
 
 def backsub_gradient(stages: Sequence[PreparedStage], tables: Sequence[StageTables], result: BacksubResult,
@@ -233,7 +310,9 @@ def backsub_gradient(stages: Sequence[PreparedStage], tables: Sequence[StageTabl
     ``result`` must come from ``backsub(..., record=True)`` with parameters (not an injection).
     The relaxation choices (signs of the coefficients) are held fixed: the gradient of the
     piecewise-smooth bound on the piece of the current parameters. Runs the one reverse,
-    ``refsnn.operator.backsub_stage_reverse``, stage by stage from the input.
+    ``refsnn.operator.backsub_stage_reverse``, stage by stage from the input. With splits, a stage
+    that has some gets ``"split_coef"``: the gradient w.r.t. its ``SplitTerms.coef``
+    (``SpikeSplits.beta_gradient`` turns them into the gradient w.r.t. ``beta``).
     """
     steps, batch, rows = result.lam_x.shape[:3]
     scale = np.ones((batch, rows)) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
@@ -243,9 +322,13 @@ def backsub_gradient(stages: Sequence[PreparedStage], tables: Sequence[StageTabl
         n = stage.n_neurons
         g_cur = linear_chain(stage, g_lam.reshape((steps * batch * rows,) + stage.input_shape))
         g_cur = np.ascontiguousarray(g_cur.reshape(steps, batch, rows, n))
+        split = None if result.split_terms is None else result.split_terms[k]
         g_lam, row_grads = backsub_stage_reverse(g_cur, result.tape[k].step, tab, tab.mem_lower, scale,
-                                                 tab.th_hi, params=_row_params(result.params[k]))
-        grads.append(dict(zip(PARAM_NAMES, row_grads)))
+                                                 tab.th_hi, params=_row_params(result.params[k]), split=split)
+        grad = dict(zip(PARAM_NAMES, row_grads))
+        if split is not None:
+            grad["split_coef"] = row_grads[len(PARAM_NAMES)]
+        grads.append(grad)
     return grads
 
 
@@ -266,34 +349,67 @@ class AlphaResult:
     intermediate: IntervalBounds
 
 
+def _adam_step(value: np.ndarray, grad: np.ndarray, moments: list, it: int, lr: float, low: float,
+               high: float) -> np.ndarray:
+    """One projected Adam ascent step on ``value`` (``moments``: its first and second moments, updated)."""
+    beta1, beta2 = 0.9, 0.999
+    m1, m2 = moments
+    m1 *= beta1
+    m1 += (1 - beta1) * grad
+    m2 *= beta2
+    m2 += (1 - beta2) * grad ** 2
+    step = lr * (m1 / (1 - beta1 ** (it + 1))) / (np.sqrt(m2 / (1 - beta2 ** (it + 1))) + 1e-12)
+    return np.clip(value + step, low, high)
+
+
 def optimize_rows(stages, tables, spec, concretizer, iterations: int = 20, lr: float = 0.25,
-                  rng: Optional[np.random.Generator] = None) -> Tuple[np.ndarray, List[float]]:
+                  rng: Optional[np.random.Generator] = None, splits: Optional[SpikeSplits] = None,
+                  optimize_params: bool = True, beta_lr: float = 0.05) -> Tuple[np.ndarray, List[float]]:
     """Best sound lower bound ``[B, R]`` of ``spec f`` over ``iterations`` steps of projected Adam
-    ascent on the fractions (start: the paper's relaxation). Each row has its own parameters."""
+    ascent on the fractions (start: the paper's relaxation; ``optimize_params=False``: held there)
+    and, with ``splits``, jointly on their multipliers ``beta >= 0`` (start 0, step ``beta_lr``).
+    Each row has its own parameters. With splits the bound holds for the members whose spikes
+    obey them (``tables`` from their intermediate bounds)."""
     batch, rows = spec.shape[:2]
     params = default_params(tables, rows)
     moments = [{name: [np.zeros_like(v), np.zeros_like(v)] for name, v in prm.items()} for prm in params]
+    beta = None if splits is None else np.zeros((splits.count, rows))
+    beta_moments = None if splits is None else [np.zeros_like(beta), np.zeros_like(beta)]
     best = None
     history = []
-    beta1, beta2 = 0.9, 0.999
     for it in range(iterations + 1):
-        result = backsub(stages, tables, spec, concretizer, params, record=it < iterations)
+        result = backsub(stages, tables, spec, concretizer, params, record=it < iterations, splits=splits, beta=beta)
         sound = result.sound
-        best = sound if best is None else np.maximum(best, sound)
+        # fmax: a non-finite iterate (never observed) must not replace a sound bound by NaN
+        best = sound if best is None else np.fmax(best, sound)
         history.append(float(best.mean()))
         if it == iterations:
             break
         grads = backsub_gradient(stages, tables, result, concretizer)
-        for prm, grad, mom in zip(params, grads, moments):
-            for name in PARAM_NAMES:
-                m1, m2 = mom[name]
-                m1 *= beta1
-                m1 += (1 - beta1) * grad[name]
-                m2 *= beta2
-                m2 += (1 - beta2) * grad[name] ** 2
-                step = lr * (m1 / (1 - beta1 ** (it + 1))) / (np.sqrt(m2 / (1 - beta2 ** (it + 1))) + 1e-12)
-                prm[name] = np.clip(prm[name] + step, 0.0, 1.0)
+        if optimize_params:
+            for prm, grad, mom in zip(params, grads, moments):
+                for name in PARAM_NAMES:
+                    prm[name] = _adam_step(prm[name], grad[name], mom[name], it, lr, 0.0, 1.0)
+        if splits is not None:
+            g_beta = splits.beta_gradient([grad.get("split_coef") for grad in grads], rows)
+            if not np.isfinite(g_beta).all():  # keep the best sound iterate rather than step to NaN multipliers
+                break
+            beta = _adam_step(beta, g_beta, beta_moments, it, beta_lr, 0.0, np.inf)
     return best, history
+
+
+def split_lower_bounds(stages: Sequence[PreparedStage], bounds: IntervalBounds, C: np.ndarray, concretizer,
+                       splits: SpikeSplits, iterations: int = 10, optimize_params: bool = False,
+                       lr: float = 0.25, beta_lr: float = 0.05) -> np.ndarray:
+    """Sound lower bounds ``[B, S]`` of ``C f`` (``C [B, S, n_out]``) over the members of each sample's
+    set (``concretizer``) whose spikes obey ``splits``, with the splits as Lagrangian terms
+    (beta-CROWN): ``bounds`` are those members' intermediate bounds (the splits clipped in), the
+    multipliers are optimized by ``optimize_rows`` (jointly with the slopes when ``optimize_params``),
+    and the result is the best iterate minus the output rounding margin. Lower rows only."""
+    tables = [stage_tables(bounds, k, stage) for k, stage in enumerate(stages)]
+    best, _ = optimize_rows(stages, tables, C, concretizer, iterations, lr, splits=splits,
+                            optimize_params=optimize_params, beta_lr=beta_lr)
+    return best - output_rounding_margin(C, bounds.rule, bounds.steps)
 
 
 def alpha_bounds(net, x_lower, x_upper, C=None, iterations: int = 20, lr: float = 0.25,
@@ -349,4 +465,4 @@ def alpha_bounds_of_box(net, box: BinaryBox, C: np.ndarray, stages: Sequence[Pre
 
 __all__ = ["alpha_bounds", "AlphaResult", "backsub", "backsub_gradient", "BacksubResult", "BoxConcretizer",
            "StageTables", "stage_tables", "default_params", "random_params", "optimize_rows", "linear_chain",
-           "PARAM_NAMES"]
+           "PARAM_NAMES", "SpikeSplits", "split_lower_bounds"]

@@ -39,7 +39,7 @@ from numba import njit
 from .ibp import IntervalBounds, PreparedStage, interval_bounds_of_box, prepare_stages
 from .input_sets import BinaryBox, binary_box
 from .kernels import transpose_contiguous
-from .operator import PARALLEL_MIN_WORK, StepOutput, StepTables, backsub_stage
+from .operator import PARALLEL_MIN_WORK, SplitTerms, StepOutput, StepTables, backsub_stage
 from .neurons import neuron_model
 from .relaxations import UNIT_ROUNDOFF_FLOAT64, Fire, gamma, output_rounding_margin
 from .spec import normalize_spec
@@ -93,7 +93,8 @@ def backsub_stages(stages: Sequence[PreparedStage],
                    record: bool = False, params: Optional[Sequence[Sequence[np.ndarray]]] = None,
                    query: Optional[np.ndarray] = None, transpose_first: bool = True,
                    sides: Optional[Sequence[Tuple[np.ndarray, np.ndarray]]] = None,
-                   parallel_min_work: int = PARALLEL_MIN_WORK):
+                   parallel_min_work: int = PARALLEL_MIN_WORK,
+                   splits: Optional[Sequence[Optional[SplitTerms]]] = None):
     """Steps 1-4 of Alg. 2 from the last stage to the first: the one loop over stages (and, inside
     ``refsnn.operator.backsub_stage``, over time) of S-CROWN, optimized S-CROWN, full S-CROWN and
     the training bound graph (``refsnn.bound_graph``).
@@ -104,8 +105,10 @@ def backsub_stages(stages: Sequence[PreparedStage],
     ``tables(k)``: stage ``k``'s ``StepTables`` (a callable builds them when the stage is reached);
     ``params[k]`` its optimized slopes (``refsnn.alpha``); ``sides[k]``: its ``(reset_side,
     fire_side)`` held fixed; ``query [B, R, n_K]``: a membrane query of the last stage (``lam_s``
-    zero). Returns ``(lam, bias, err, records)``: ``lam [T', B, R, *in]`` on the input (``lam_cur``
-    of stage 0 if not ``transpose_first``), ``bias [B, R]`` the constant (in ``lam_s``'s dtype),
+    zero); ``splits[k]``: stage ``k``'s Lagrangian terms of spike splits (``SplitTerms`` or None;
+    beta-CROWN's split constraints, injected by the step while the bound passes the stage).
+    Returns ``(lam, bias, err, records)``: ``lam [T', B, R, *in]`` on the input (``lam_cur`` of
+    stage 0 if not ``transpose_first``), ``bias [B, R]`` the constant (in ``lam_s``'s dtype),
     ``err [B, R]`` the rounding bound so far (each stage's own plus the rounding of the running
     sum; zero where the tables carry no rounding magnitudes), ``records`` the ``StageRecord`` list
     (first stage first) or None.
@@ -123,7 +126,7 @@ def backsub_stages(stages: Sequence[PreparedStage],
             raise ValueError(f"lam_s: the sound policy's tables need float64 coefficients, got {lam_s.dtype}")
         step = backsub_stage(lam_s, table, record=record, sides=None if sides is None else sides[k],
                              params=None if params is None else params[k], query=query if k == last else None,
-                             parallel_min_work=parallel_min_work)
+                             parallel_min_work=parallel_min_work, split=None if splits is None else splits[k])
         bias += step.bias
         if table.rounding is not None:
             err += step.err + 4.0 * U64 * np.abs(bias)

@@ -40,6 +40,7 @@ eqs. 9-10 by its exact reset relation.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Tuple
 
@@ -51,7 +52,7 @@ from .neurons.models import compiled_rules, neuron_model
 from .relaxations import STABLE_OFF, STABLE_ON, UNSTABLE, fire_state_compiled
 
 __all__ = ["interval_kernel", "backsub_kernel", "backsub_reverse_kernel", "backsub_stage",
-           "backsub_stage_reverse", "reverse_reads", "StepTables", "StepOutput", "PARALLEL_MIN_WORK"]
+           "backsub_stage_reverse", "reverse_reads", "StepTables", "StepOutput", "SplitTerms", "PARALLEL_MIN_WORK"]
 
 # The flags of a compiled variant: ``_variant`` gives each compilation its own values, which Numba
 # treats as constants. The sources below are only run through ``interval_kernel``/``backsub_kernel``.
@@ -121,8 +122,8 @@ def _interval_step(cur_lower, cur_upper, alpha_lower, alpha_upper, margin_coef, 
 
 def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, reset_hi, alpha, mem_mag,
                   carry_mag, fwd_scale, bias_vec, g, frac_lo, frac_up, beta_lo, beta_up, reset_far_lo, th_lo, th_hi,
-                  carry_in, query, lam_cur, fire_coef, reset_side, fire_side, step_bias, step_err, bias_out,
-                  err_out):  # pragma: no cover - compiled
+                  carry_in, query, split_coef, split_th, split, lam_cur, fire_coef, reset_side, fire_side, step_bias,
+                  step_err, bias_out, err_out):  # pragma: no cover - compiled
     """Steps 1-3 of Alg. 2 for one stage, every (sample, spec) row, ``t = T'-1 .. 0`` (eqs. 8, 10, 17-18).
 
     ``lam_s [T', B, R, n]``: coefficients on the spikes; tables ``[T', B, n]``: ``state``, the fire
@@ -152,6 +153,11 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
     ``query`` (a membrane query of full S-CROWN): the bound is of ``carry_in [B, R, n] . m_{T'-1}``
     (``lam_s[T'-1]`` must be 0): the last step takes the silent branch with ``carry_in`` as the
     coefficient on ``z_{T'-1} = m_{T'-1}`` (the query stops before fire and reset).
+    ``split`` (spike splits as Lagrangian terms, beta-CROWN): the bound is of the spec plus
+    ``sum split_coef[t, b, s, j] (m_t[j] - split_th)``: after step ``t``'s relaxations each nonzero
+    ``split_coef`` is added to the coefficient on ``m_t`` (so to ``lam_cur[t]`` and the carry) and
+    ``-split_coef split_th`` to the constant; its products and sums enter the rounding bound like
+    every other term. A zero entry changes nothing (the same bits as without ``split``).
     The flags ``TRACK_ROUNDING``, ``RECORD``, ``FROZEN``, ``PARAMS`` are compile-time constants
     (``backsub_kernel``).
     """
@@ -278,6 +284,30 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
                         bias[s] += lm * bv
                         lam_out[j, s] = lm
                         carry[j, s] = alpha * lm
+            if split:
+                # the split's term c (m_t - th) on top of the relaxed coefficient lm: m_t = I_t + alpha z_{t-1}
+                # gives c on the current, alpha c on z_{t-1}, c (bv - th) to the constant. Rounding: the sums
+                # lm + c and alpha lm + alpha c (coefficients on terms of magnitude <= cm) and the two
+                # constant products; |c| fs: the network-vs-exact margin of m_t for the added coefficient
+                for j in range(n):
+                    bv = bias_vec[j]
+                    cm = carry_mag[t, b, j] if TRACK_ROUNDING else 0.0
+                    fs = fwd_scale[t, b, j] if TRACK_ROUNDING else 0.0
+                    for s in range(rows):
+                        c = split_coef[t, b, s, j]
+                        if c != 0.0:
+                            lm = lam_out[j, s] + c
+                            lam_out[j, s] = lm
+                            carry[j, s] += alpha * c
+                            bias[s] += c * bv
+                            bias[s] -= c * split_th
+                            if RECORD and TRACK_ROUNDING:
+                                bias_t[s] -= c * split_th
+                            if TRACK_ROUNDING:
+                                p = abs(c) * (abs(bv) + abs(split_th) + 2.0 * cm) + 2.0 * abs(lm) * cm
+                                err[s] += g * p + abs(c) * fs
+                                if RECORD:
+                                    err_t[s] += g * p
             for s in range(rows):
                 for j in range(n):
                     lam_cur[t, b, s, j] = lam_out[j, s]
@@ -293,8 +323,8 @@ def _backsub_step(lam_s, state, slope_lo, icpt_lo, slope_up, icpt_up, reset_lo, 
 
 def _backsub_reverse(grad_lam_cur, lam_cur, fire_coef, reset_side, fire_side, state, mem_lower, slope_lo, icpt_lo,
                      slope_up, icpt_up, bias_vec, g_row, th, alpha, frac_lo, frac_up, beta_lo, beta_up, reset_far_lo,
-                     th_lo, grad_lam_s, g_slope_lo, g_slope_up, g_icpt_lo, g_icpt_up, g_mem_lower, g_frac_lo,
-                     g_frac_up, g_beta_lo, g_beta_up):  # pragma: no cover - compiled
+                     th_lo, split_th, split, grad_lam_s, g_slope_lo, g_slope_up, g_icpt_lo, g_icpt_up, g_mem_lower,
+                     g_frac_lo, g_frac_up, g_beta_lo, g_beta_up, g_split):  # pragma: no cover - compiled
     """Reverse of ``backsub_step`` recorded without rounding terms (``t = 0 .. T'-1``), every choice held fixed.
 
     Inputs: what the forward recorded (``lam_cur``, ``fire_coef``, ``reset_side``, ``fire_side``)
@@ -303,7 +333,9 @@ def _backsub_reverse(grad_lam_cur, lam_cur, fire_coef, reset_side, fire_side, st
     eq. 10 (``reset_hi``). Outputs: ``grad_lam_s [T', B, R, n]`` and, without ``PARAMS``, the
     gradients of the tables ``[T', B, n]`` (summed over specs in spec order): fire slopes and
     intercepts and ``m_l`` through the reset line; with ``PARAMS`` the per-row gradients
-    ``[T', B, R, n]`` of the fractions and of ``beta`` (``th`` is then ``th_hi``).
+    ``[T', B, R, n]`` of the fractions and of ``beta`` (``th`` is then ``th_hi``). ``split``: also
+    ``g_split [T', B, R, n]``, the gradient w.r.t. the split coefficients (``split_coef`` of the
+    forward: ``dL/d lm - g_row split_th``, ``lm`` the coefficient on ``m_t``), at every entry.
     Parallel over samples without races. Loop order sample, time, spec, neuron (the
     additions into a table's gradient ``[t, b, j]`` run over the specs in order).
     """
@@ -316,14 +348,15 @@ def _backsub_reverse(grad_lam_cur, lam_cur, fire_coef, reset_side, fire_side, st
                 for j in range(n):
                     st = state[t, b, j]
                     bv = bias_vec[j]
+                    g_lm = grad_lam_cur[t, b, s, j] + g_carry[s, j] + g_row[b, s] * bv  # dL / d lm (coef. on m_t)
+                    if split:
+                        g_split[t, b, s, j] = g_lm - g_row[b, s] * split_th
                     if st == 0:
-                        g_lm = grad_lam_cur[t, b, s, j] + g_carry[s, j] + g_row[b, s] * bv
                         grad_lam_s[t, b, s, j] = 0.0
                         g_carry[s, j] = alpha * g_lm
                     elif st == 1:
                         ml = mem_lower[t, b, j]
                         g = g_row[b, s]
-                        g_lm = grad_lam_cur[t, b, s, j] + g_carry[s, j] + g * bv
                         g_ls, g_lz = REVERSE_ON(g_lm, g, ml, th)
                         grad_lam_s[t, b, s, j] = g_ls
                         g_carry[s, j] = alpha * g_lz
@@ -335,7 +368,6 @@ def _backsub_reverse(grad_lam_cur, lam_cur, fire_coef, reset_side, fire_side, st
                         c_up = icpt_up[t, b, j]
                         q_lo = reset_far_lo[t, b, j] if PARAMS else 0.0
                         g = g_row[b, s]
-                        g_lm = grad_lam_cur[t, b, s, j] + g_carry[s, j] + g * bv
                         # the forward's record, read (and written) at unstable neurons only
                         ls = fire_coef[t, b, s, j]
                         lower_reset = reset_side[t, b, s, j]
@@ -463,6 +495,18 @@ class StepTables:
 
 
 @dataclass
+class SplitTerms:
+    """Lagrangian terms of spike splits on one stage (beta-CROWN's split constraints): the bound
+    becomes one of the spec plus ``sum coef[t, b, r, j] (m_t[j] - threshold)`` (``coef [T', B, R, n]``,
+    in the coefficients' dtype; zero where there is no term). A split whose members all have
+    ``m >= th`` takes ``coef = -beta``, one whose members have ``m <= th`` ``coef = +beta`` (``beta >= 0``):
+    the added term is ``<= 0`` on those members, so the bound stays a lower bound of the spec there."""
+
+    coef: np.ndarray
+    threshold: float
+
+
+@dataclass
 class StepOutput:
     """``lam_cur [T', B, R, n]``, ``bias [B, R]`` (in ``lam_s``'s dtype), ``err [B, R]``; recorded:
     ``fire_coef``, ``reset_side``, ``fire_side [T', B, R, n]``, ``step_bias``, ``step_err [T', B, R]``."""
@@ -480,24 +524,38 @@ class StepOutput:
 def backsub_stage(lam_s: np.ndarray, tables: StepTables, record: bool = False,
                   sides: Optional[Tuple[np.ndarray, np.ndarray]] = None,
                   params: Optional[Sequence[np.ndarray]] = None, query: Optional[np.ndarray] = None,
-                  parallel_min_work: int = PARALLEL_MIN_WORK) -> StepOutput:
+                  parallel_min_work: int = PARALLEL_MIN_WORK, split: Optional[SplitTerms] = None) -> StepOutput:
     """Runs ``backsub_step`` on one stage: ``lam_s [T', B, R, n]`` -> ``StepOutput``.
 
     ``record``: keep what the reverse pass needs (and, with rounding, each step's share);
     ``sides``: ``(reset_side, fire_side)`` to hold fixed (the ``frozen`` variant);
     ``params``: ``(frac_lo, frac_up, beta_lo, beta_up)`` ``[T', B, R, n]`` (optimized slopes);
-    ``query``: ``carry_in [B, R, n]``, the coefficient on ``m_{T'-1}`` of a membrane query.
+    ``query``: ``carry_in [B, R, n]``, the coefficient on ``m_{T'-1}`` of a membrane query;
+    ``split``: the Lagrangian terms of spike splits on this stage (``SplitTerms``).
     """
     steps, batch, rows, n = lam_s.shape
     track = tables.rounding is not None
+    g = tables.rounding[3] if track else 0.0
+    if split is not None:
+        if split.coef.shape != lam_s.shape:
+            raise ValueError(f"split coefficients have shape {split.coef.shape}, the stage's rows {lam_s.shape}")
+        if not (np.isfinite(split.coef).all() and math.isfinite(split.threshold)):
+            raise ValueError("split coefficients and threshold must be finite")
+        if track and np.any((split.coef != 0.0) & (tables.state == UNSTABLE)[:, :, None, :]):
+            # g counts <= 4 constant terms per neuron and step; a term on an unstable neuron makes 5:
+            # gamma(2 N) = 2 gamma(N) / (1 - gamma(N)), rounded up
+            g = 2.0 * g / (1.0 - g) * (1.0 + 1e-12)
     frozen = sides is not None
     record = record or frozen
     kernel = backsub_kernel(track_rounding=track, record=record, frozen=frozen,
                             parallel=lam_s.size >= parallel_min_work, params=params is not None, neuron=tables.neuron)
-    mem_mag, carry_mag, fwd_scale, g = tables.rounding if track else (_NO_TABLE, _NO_TABLE, _NO_TABLE, 0.0)
+    mem_mag, carry_mag, fwd_scale = tables.rounding[:3] if track else (_NO_TABLE, _NO_TABLE, _NO_TABLE)
     frac_lo, frac_up, beta_lo, beta_up = params if params is not None else (_NO_ROWS,) * 4
     far = tables.reset_far_lo if params is not None else _NO_TABLE
     carry_in = query if query is not None else _NO_TABLE
+    split_coef = np.ascontiguousarray(split.coef, dtype=lam_s.dtype) if split is not None else _NO_ROWS.astype(
+        lam_s.dtype)
+    split_th = float(split.threshold) if split is not None else 0.0
     shape = (steps, batch, rows, n)
     out = StepOutput(np.empty(shape, lam_s.dtype), np.empty((batch, rows), lam_s.dtype), np.zeros((batch, rows)))
     if record:
@@ -510,7 +568,8 @@ def backsub_stage(lam_s: np.ndarray, tables: StepTables, record: bool = False,
     unused_steps = np.empty((1, 1, 1))
     kernel(lam_s, tables.state, tables.slope_lo, tables.icpt_lo, tables.slope_up, tables.icpt_up, tables.reset_lo,
            tables.reset_hi, tables.alpha, mem_mag, carry_mag, fwd_scale, tables.bias, g, frac_lo, frac_up, beta_lo,
-           beta_up, far, float(tables.th_lo), float(tables.th_hi), carry_in, query is not None, out.lam_cur,
+           beta_up, far, float(tables.th_lo), float(tables.th_hi), carry_in, query is not None, split_coef, split_th,
+           split is not None, out.lam_cur,
            out.fire_coef if record else unused_rows, out.reset_side if record else unused_side,
            out.fire_side if record else unused_side, out.step_bias if out.step_bias is not None else unused_steps,
            out.step_err if out.step_err is not None else unused_steps, out.bias, out.err)
@@ -538,12 +597,14 @@ def reverse_reads(state: np.ndarray, neuron: str = "zero") -> np.ndarray:
 
 def backsub_stage_reverse(grad_lam_cur: np.ndarray, forward: StepOutput, tables: StepTables, mem_lower: np.ndarray,
                           g_row: np.ndarray, th: float, params: Optional[Sequence[np.ndarray]] = None,
-                          parallel_min_work: int = PARALLEL_MIN_WORK) -> Tuple[np.ndarray, Tuple[np.ndarray, ...]]:
+                          parallel_min_work: int = PARALLEL_MIN_WORK, split: Optional[SplitTerms] = None
+                          ) -> Tuple[np.ndarray, Tuple[np.ndarray, ...]]:
     """Runs ``backsub_reverse`` on one stage recorded by ``backsub_stage(..., record=True)`` without rounding.
 
     Returns ``grad_lam_s [T', B, R, n]`` and the parameter gradients: without ``params`` those of
     the tables ``(slope_lo, slope_up, icpt_lo, icpt_up, mem_lower)`` ``[T', B, n]``; with
-    ``params`` those of ``(frac_lo, frac_up, beta_lo, beta_up)`` ``[T', B, R, n]``.
+    ``params`` those of ``(frac_lo, frac_up, beta_lo, beta_up)`` ``[T', B, R, n]``; with ``split``
+    (the forward's ``SplitTerms``) one more, last: the gradient w.r.t. ``split.coef`` ``[T', B, R, n]``.
     """
     steps, batch, rows, n = forward.lam_cur.shape
     dtype = forward.lam_cur.dtype
@@ -561,8 +622,10 @@ def backsub_stage_reverse(grad_lam_cur: np.ndarray, forward: StepOutput, tables:
         table_grads, row_grads = (unused,) * 5, grads
         frac_lo, frac_up, beta_lo, beta_up = params
         far = tables.reset_far_lo
+    g_split = np.zeros((steps, batch, rows, n)) if split is not None else _NO_ROWS
     kernel(grad_lam_cur, forward.lam_cur, forward.fire_coef, forward.reset_side, forward.fire_side, tables.state,
            mem_lower, tables.slope_lo, tables.icpt_lo, tables.slope_up, tables.icpt_up, tables.bias, g_row, th,
-           tables.alpha, frac_lo, frac_up, beta_lo, beta_up, far, float(tables.th_lo), grad_lam_s, *table_grads,
-           *row_grads)
-    return grad_lam_s, grads
+           tables.alpha, frac_lo, frac_up, beta_lo, beta_up, far, float(tables.th_lo),
+           float(split.threshold) if split is not None else 0.0, split is not None, grad_lam_s, *table_grads,
+           *row_grads, g_split)
+    return grad_lam_s, grads + ((g_split,) if split is not None else ())

@@ -9,7 +9,8 @@ an unstable spike ``s_t`` of a hidden or output neuron makes the children ``s = 
 partition the node, a membrane exactly on the threshold included. A child's bounds clip that
 membrane interval to the child's closed side and fix the spike (``_Search.fixed_hook``, through the
 ``refine`` hook of ``refsnn.ibp.interval_bounds``); every later interval, S-CROWN and alpha follow
-from there.
+from there. With ``BabConfig.beta`` the splits' constraints also enter the node bound as Lagrangian
+terms (beta-CROWN style, ``_Search.split_bound``).
 
 The question is ``Question``: every member has ``C_i . f > c_i`` (or ``>= c_i``) for every row ``i``;
 robustness (``robust_bab``) is the margin rows ``f_label - f_j`` with ``c = 0``, strict
@@ -114,6 +115,11 @@ class BabConfig:
     (``SpikeL0Set``) left open by its root bound and falsification is searched by spike splits
     (``neuron-babsr``, or ``neuron-widest`` when ``branching`` says so) for the rest of the time,
     each node bounded over the ball (``refsnn.l0.anyk_node_bounds``); False: one MILP on the ball.
+    ``beta``: a node with spike splits also gets the bound with its splits as Lagrangian terms
+    (beta-CROWN: ``refsnn.alpha.split_lower_bounds``, the multipliers optimized by ``beta_iterations``
+    projected gradient steps of size ``beta_lr``, jointly with the slopes under ``method="alpha"``),
+    intersected with the node's ``method`` bound (never looser); needs a back-substitution method
+    (not ``"ibp"``).
     """
 
     method: str = "best"
@@ -139,6 +145,9 @@ class BabConfig:
     root_milp_max_unstable: Optional[int] = 400
     search_moves: Optional[int] = 4096
     ball_split: bool = True
+    beta: bool = False
+    beta_iterations: int = 10
+    beta_lr: float = 0.05
 
     def __post_init__(self):
         if self.method not in BOUND_METHODS:
@@ -166,8 +175,18 @@ class BabConfig:
             value = getattr(self, name)
             if int(value) != value or value < 0:
                 raise BabConfigError(f"{name} must be an integer >= 0, got {value!r}")
-        if not isinstance(self.ball_split, (bool, np.bool_)):
-            raise BabConfigError(f"ball_split must be True or False, got {self.ball_split!r}")
+        for name in ("ball_split", "beta"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise BabConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.beta and self.method == "ibp":
+            raise BabConfigError("beta needs a back-substitution bound: method must be one of "
+                                 f"{BOUND_METHODS[1:]} with beta=True, got 'ibp'")
+        if isinstance(self.beta_iterations, bool) or int(self.beta_iterations) != self.beta_iterations \
+                or self.beta_iterations < 1:
+            raise BabConfigError(f"beta_iterations must be an integer >= 1, got {self.beta_iterations!r}")
+        if isinstance(self.beta_lr, bool) or not (isinstance(self.beta_lr, (int, float, np.floating))
+                                                  and math.isfinite(self.beta_lr) and self.beta_lr > 0):
+            raise BabConfigError(f"beta_lr must be a finite number > 0, got {self.beta_lr!r}")
         if int(self.batch) != self.batch or self.batch < 1:
             raise BabConfigError(f"batch must be an integer >= 1, got {self.batch!r}")
         if int(self.candidates) != self.candidates or self.candidates < 1:
@@ -312,7 +331,7 @@ class _Search:
         self.stats = {"nodes": 0, "splits": 0, "spike_splits": 0, "closed_by_bound": 0, "empty": 0,
                       "enumerated": 0, "milp": 0, "milp_timeouts": 0, "max_depth": 0, "exact_replays": 0,
                       "node_searches": 0, "restarts": 0, "root_milp_skipped": 0, "gradient_rounds": 0,
-                      "decided_fraction": 0.0}
+                      "decided_fraction": 0.0, "beta_bounds": 0, "beta_raised": 0}
         self.serial = itertools.count()
         self.decided_weight = Fraction(0)
         # an l0 ball split on spikes only: every node holds the whole ball (bounded over it)
@@ -568,6 +587,11 @@ class _Search:
                 lower = best_bounds(C, margin, [ibp, (crown.lower, crown.upper)])[0]
             else:
                 lower = alpha_bounds_of_box(self.net, box, C, self.stages, intermediate=inter).lower
+            if cfg.beta and refine is not None:
+                from refsnn.alpha import BoxConcretizer
+
+                concretizer = BoxConcretizer(box.x_lower.astype(np.float64), box.x_upper.astype(np.float64))
+                lower = self.split_bound(lower, inter, C, fixed, empty, concretizer)
             candidates = None
             if cfg.branching in NEURON_BRANCHING:
                 candidates = self.spike_candidates(inter, box, C, lower, [len(c.rows) for c in children])
@@ -598,6 +622,11 @@ class _Search:
             empty = np.zeros(batch, dtype=bool)
             for lo, hi in zip(inter.mem_lower, inter.mem_upper):
                 empty |= (lo > hi).reshape(self.steps, batch, -1).any(axis=(0, 2))
+            if self.config.beta and hook is not None:
+                from refsnn.l0 import L0Concretizer
+
+                concretizer = L0Concretizer(clean, ball.k, ball.per_step, np.repeat(ball.mask[:, None], batch, axis=1))
+                lower = self.split_bound(lower, inter, C, fixed, empty, concretizer)
             lower = np.where(empty[:, None], np.inf, lower)  # an empty child's bounds are meaningless
             coefs = None if lam is None else np.moveaxis(lam, 0, 2)  # [B, S, T', *in]
             box_lower, box_upper = ball.box()
@@ -607,6 +636,32 @@ class _Search:
                                                [len(c.rows) for c in children], self.ball_rule())
         n_unstable = sum((state.reshape(self.steps, batch, -1) == UNSTABLE).sum(axis=(0, 2)) for state in inter.state)
         return lower, coefs, empty, candidates, n_unstable
+
+    def split_bound(self, lower: np.ndarray, inter, C: np.ndarray, fixed: List[tuple], empty: np.ndarray,
+                    concretizer) -> np.ndarray:
+        """``lower [B, S]`` (the children's ``method`` bounds of ``C f``) raised, for each non-empty child
+        with spike splits, to the bound with its splits as Lagrangian terms
+        (``refsnn.alpha.split_lower_bounds``). ``inter``: the children's intermediate bounds with the
+        splits clipped in; ``concretizer``: their input sets. A split's side is the closed one
+        (``m >= th`` / ``m <= th``), as in ``fixed_hook``, so the terms are sound under both firing rules.
+        ``stats["beta_bounds"]``: children so bounded; ``stats["beta_raised"]``: those whose worst row rose."""
+        from refsnn.alpha import SpikeSplits, split_lower_bounds
+
+        chosen = np.flatnonzero(np.array([bool(f) for f in fixed]) & ~empty)
+        if chosen.size == 0:
+            return lower
+        cfg = self.config
+        whole = chosen.size == len(fixed)
+        splits = SpikeSplits.from_fixed([fixed[b] for b in chosen], float(self.net.threshold))
+        split = split_lower_bounds(self.stages, inter if whole else inter.select(chosen), C[chosen],
+                                   concretizer if whole else concretizer.select(chosen), splits,
+                                   cfg.beta_iterations, optimize_params=cfg.method == "alpha", beta_lr=cfg.beta_lr)
+        raised = np.fmax(lower[chosen], split)  # a NaN split bound never replaces the node's bound
+        self.stats["beta_bounds"] += int(chosen.size)
+        self.stats["beta_raised"] += int((raised.min(axis=1) > lower[chosen].min(axis=1)).sum())
+        lower = lower.copy()
+        lower[chosen] = raised
+        return lower
 
     def ball_rule(self) -> str:
         """The spike branching rule on an l0 ball (it has no input variables to split)."""

@@ -92,6 +92,7 @@ class DatasetVerifyConfig:
     branching: str = BabConfig.branching
     root_milp: float = BabConfig.root_milp
     sets: str = "protocol"
+    beta: bool = BabConfig.beta
 
     def __post_init__(self):
         if self.input_set not in ("digital", "spike"):
@@ -108,7 +109,7 @@ class DatasetVerifyConfig:
             raise ValueError(f"horizon T' must be an integer >= 1, got {self.horizon!r}")
         if int(self.chunk_size) != self.chunk_size or self.chunk_size < 1:
             raise ValueError(f"chunk_size must be an integer >= 1, got {self.chunk_size!r}")
-        BabConfig(branching=self.branching, root_milp=self.root_milp)  # names the field when it is refused
+        BabConfig(branching=self.branching, root_milp=self.root_milp, beta=self.beta)  # names a refused field
 
 
 def sample_set(x_sample: np.ndarray, index: int, config: DatasetVerifyConfig):
@@ -170,7 +171,7 @@ def _complete_record(net: SNN, config: DatasetVerifyConfig, input_set, index: in
                      clean_prediction: int) -> dict:
     """One sample's record under ``--method complete`` (``verify.robust_bab``)."""
     bab = BabConfig(time_limit=config.time_limit, solver=config.solver, attack_samples=config.attack_samples,
-                    branching=config.branching, root_milp=config.root_milp)
+                    branching=config.branching, root_milp=config.root_milp, beta=config.beta)
     result = robust_bab(net, input_set, label, bab, rng=np.random.default_rng([config.seed, index, 1]))
     finite = (lambda v: float(v) if np.isfinite(v) else None)
     witness = pack_spikes(result.witness) if result.status == "not_robust" and result.witness is not None else None
@@ -180,7 +181,9 @@ def _complete_record(net: SNN, config: DatasetVerifyConfig, input_set, index: in
             "nodes": result.stats["nodes"], "spike_splits": result.stats["spike_splits"],
             "milp_leaves": result.stats["milp"],
             "decided_fraction": result.stats["decided_fraction"], "seconds": round(result.seconds, 4),
-            "witness": witness, "code": code_revision()}
+            "witness": witness, "code": code_revision(),
+            **({"beta_bounds": result.stats["beta_bounds"], "beta_raised": result.stats["beta_raised"]}
+               if config.beta else {})}
 
 
 _REVISION: List[Optional[str]] = []
@@ -401,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="--method complete: branching rule of verify.bab (docs/VERIFY.md)")
     add("--root-milp", type=float, default=BabConfig.root_milp,
         help="--method complete: share of --time-limit for one MILP on the whole set, in [0, 1] (0: none)")
+    add("--beta", action="store_true",
+        help="--method complete: also bound nodes with spike splits with the splits as Lagrangian terms "
+             "(beta-CROWN style, BabConfig.beta; docs/VERIFY.md)")
     add("--sets", choices=SAMPLE_SETS, default="protocol",
         help="samples and sets: protocol = the attack protocol's seeded selection and rand maps; certify = "
              "python -m refsnn.certify's (the first --n samples, its rand maps and l0 boxes)")
@@ -433,6 +439,7 @@ def result_identity(args: argparse.Namespace, config: DatasetVerifyConfig) -> Di
             "robust_T": config.horizon, "seed": config.seed, "time_limit": config.time_limit, "bigm": config.bigm,
             "solver": config.solver, "attack_samples": config.attack_samples, "method": config.method,
             **({"branching": config.branching, "root_milp": config.root_milp} if config.method == "complete" else {}),
+            **({"beta": True} if config.method == "complete" and config.beta else {}),
             **({"sets": config.sets} if config.sets != "protocol" else {}),
             **({"indices": list(args.indices)} if getattr(args, "indices", None) is not None else {})}
 
@@ -470,7 +477,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = DatasetVerifyConfig(eps=args.eps, input_set=input_set, convention=args.convention,
                                      horizon=args.robust_T, seed=args.seed, time_limit=args.time_limit,
                                      solver=args.solver, chunk_size=args.batch_size, method=args.method,
-                                     branching=args.branching, root_milp=args.root_milp, sets=args.sets)
+                                     branching=args.branching, root_milp=args.root_milp, sets=args.sets,
+                                     beta=args.beta)
         net = load_model(args.model, dtype=np.float64)
     except (OSError, ValueError) as error:
         parser.error(str(error))
