@@ -14,7 +14,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from refsnn import SNN, Conv2d, Flatten, Linear
 from refsnn.alpha import (PARAM_NAMES, BoxConcretizer, alpha_bounds, backsub, backsub_gradient, default_params,
                           random_params, stage_tables)
 from refsnn.bounds import compute_bounds, margin_spec
@@ -23,6 +22,7 @@ from refsnn.crown_full import full_crown_bounds
 from refsnn.ibp import interval_bounds, prepare_stages
 from refsnn.relaxations import output_rounding_margin
 
+from gradcheck import random_binary_box, small_conv_net, small_fc_net
 from test_bounds_helpers import assert_each_step_sound, box_members, small_boxes, small_networks, spec_list
 
 
@@ -86,17 +86,7 @@ def test_optimized_and_full_crown_bounds_are_sound_and_no_looser_than_best(data)
             assert np.all(m <= intermediate.mem_upper[k][:, b:b + 1])
 
 
-def _fc_net(rng, dtype=np.float64):
-    return SNN([Linear(rng.normal(0, 0.5, (6, 5)), rng.normal(0, 0.1, 6)),
-                Linear(rng.normal(0, 0.5, (4, 6)), rng.normal(0, 0.1, 4)),
-                Linear(rng.normal(0, 0.5, (3, 4)), rng.normal(0, 0.1, 3))],
-               threshold=0.25, decay=0.5, input_shape=(5,), dtype=dtype)
-
-
-def _conv_net(rng):
-    return SNN([Conv2d(rng.normal(0, 0.4, (2, 1, 3, 3)), rng.normal(0, 0.1, 2), stride=1, padding=1),
-                Flatten(), Linear(rng.normal(0, 0.4, (3, 32)), rng.normal(0, 0.1, 3))],
-               threshold=0.25, decay=0.25, input_shape=(1, 4, 4))
+_fc_net, _conv_net = small_fc_net, small_conv_net
 
 
 @pytest.mark.parametrize("make", [_fc_net, _conv_net])
@@ -104,8 +94,7 @@ def test_gradient_matches_finite_differences(make):
     rng = np.random.default_rng(3)
     net = make(rng)
     steps, batch = 3, 2
-    x_lower = (rng.random((steps, batch) + net.input_shape) < 0.3).astype(np.uint8)
-    x_upper = np.maximum(x_lower, (rng.random(x_lower.shape) < 0.5).astype(np.uint8))
+    x_lower, x_upper = random_binary_box(rng, net, steps, batch)
     stages, _, tables, spec, conc = _setup(net, x_lower, x_upper, margin_spec(np.array([0, 2]), 3))
     params = random_params(tables, spec.shape[1], rng)
     for prm in params:   # interior points: the bound is smooth there unless a sign flips

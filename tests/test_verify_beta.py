@@ -37,6 +37,7 @@ from verify.exact import ExactNetwork
 from verify.sets import LevelSet
 
 from exact_oracle import assert_verdict_matches_enumeration, exact_min_margin
+from gradcheck import random_binary_box, small_conv_net, small_fc_net
 
 
 def _picks(data, search, steps, most=3):
@@ -290,17 +291,7 @@ def test_beta_proves_a_ball_with_fewer_nodes():
 
 # --- the multipliers' gradient ------------------------------------------------------------------------------
 
-def _fc_net(rng):
-    return SNN([Linear(rng.normal(0, 0.5, (6, 5)), rng.normal(0, 0.1, 6)),
-                Linear(rng.normal(0, 0.5, (4, 6)), rng.normal(0, 0.1, 4)),
-                Linear(rng.normal(0, 0.5, (3, 4)), rng.normal(0, 0.1, 3))],
-               threshold=0.25, decay=0.5, input_shape=(5,))
-
-
-def _conv_net(rng):
-    return SNN([Conv2d(rng.normal(0, 0.4, (2, 1, 3, 3)), rng.normal(0, 0.1, 2), stride=1, padding=1),
-                Flatten(), Linear(rng.normal(0, 0.4, (3, 32)), rng.normal(0, 0.1, 3))],
-               threshold=0.25, decay=0.25, input_shape=(1, 4, 4))
+_fc_net, _conv_net = small_fc_net, small_conv_net
 
 
 @pytest.mark.parametrize("make", [_fc_net, _conv_net])
@@ -308,8 +299,7 @@ def test_beta_gradient_matches_finite_differences(make):
     rng = np.random.default_rng(7)
     net = make(rng)
     steps, batch = 3, 2
-    x_lower = (rng.random((steps, batch) + net.input_shape) < 0.3).astype(np.uint8)
-    x_upper = np.maximum(x_lower, (rng.random(x_lower.shape) < 0.5).astype(np.uint8))
+    x_lower, x_upper = random_binary_box(rng, net, steps, batch)
     stages = prepare_stages(net)
     bounds = interval_bounds(net, x_lower, x_upper, stages=stages)
     tables = [stage_tables(bounds, k, s) for k, s in enumerate(stages)]
