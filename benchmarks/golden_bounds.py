@@ -47,14 +47,37 @@ INTERVAL_FIELDS = ("current_lower", "current_upper", "mem_lower", "mem_upper", "
                    "mem_margin")
 
 
+def _openblas_core() -> str:
+    """The kernel family NumPy's OpenBLAS picked at run time (e.g. ``Haswell``, ``SkylakeX``): the
+    same wheel sums a float64 product in another order on another CPU, so it belongs to the platform."""
+    import ctypes
+    import glob
+    import os
+
+    site = os.path.dirname(os.path.dirname(np.__file__))
+    for path in sorted(glob.glob(os.path.join(site, "numpy.libs", "*openblas*.so*"))):
+        try:
+            library = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename", "openblas_get_corename64_",
+                     "openblas_get_corename"):
+            function = getattr(library, name, None)
+            if function is not None:
+                function.argtypes, function.restype = [], ctypes.c_char_p
+                return function().decode(errors="replace")
+    return "?"
+
+
 def fingerprint() -> str:
-    """Where bit-identity is expected: numpy version, machine and the BLAS in use."""
+    """Where bit-identity is expected: numpy version, machine, the BLAS in use and its run-time kernels."""
     try:
         config = np.show_config(mode="dicts")
         blas = config.get("Build Dependencies", {}).get("blas", {}).get("name", "?")
     except TypeError:  # older numpy: no dict mode
         blas = "?"
-    return f"numpy {np.__version__}; {platform.machine()}; {platform.python_version()}; blas {blas}"
+    return (f"numpy {np.__version__}; {platform.machine()}; {platform.python_version()}; blas {blas}; "
+            f"core {_openblas_core()}")
 
 
 # --- networks ----------------------------------------------------------------------------------------
