@@ -125,6 +125,11 @@ class BoxConcretizer:
         self.mid = ((x_lower + x_upper) * 0.5).reshape(steps, batch, -1).astype(np.float64)
         self.rad = ((x_upper - x_lower) * 0.5).reshape(steps, batch, -1).astype(np.float64)
 
+    @classmethod
+    def of_box(cls, box: BinaryBox) -> "BoxConcretizer":
+        """The concretizer of a binary input box's ``[x_lower, x_upper]``."""
+        return cls(box.x_lower.astype(np.float64), box.x_upper.astype(np.float64))
+
     def truncated(self, steps: int) -> "BoxConcretizer":
         other = BoxConcretizer.__new__(BoxConcretizer)
         other.mid, other.rad = self.mid[:steps], self.rad[:steps]
@@ -442,7 +447,7 @@ def alpha_bounds_of_box(net, box: BinaryBox, C: np.ndarray, stages: Sequence[Pre
     n_spec = C.shape[1]
     spec = np.concatenate([C, -C], axis=1)
     if concretizer is None:
-        concretizer = BoxConcretizer(box.x_lower.astype(np.float64), box.x_upper.astype(np.float64))
+        concretizer = BoxConcretizer.of_box(box)
     lowers, history = [], np.zeros(iterations + 1)
     for start in range(0, batch, chunk):
         part = slice(start, min(batch, start + chunk))

@@ -102,7 +102,7 @@ def full_crown_intermediate_of_box(net, box: BinaryBox, stages: Sequence[Prepare
                                    first_current=None) -> IntervalBounds:
     """``full_crown_intermediate`` of an already validated box with prepared stages."""
     if concretizer is None:
-        concretizer = BoxConcretizer(box.x_lower.astype(np.float64), box.x_upper.astype(np.float64))
+        concretizer = BoxConcretizer.of_box(box)
     refine = membrane_refiner(stages, concretizer)
     bounds = interval_bounds_of_box(net, box, stages, first_current=first_current, refine=refine)
     bounds.method = "crown"

@@ -63,7 +63,7 @@ def _node(search, input_set, fixed):
     lower, upper = LevelSet.of(input_set).box()
     box = binary_box(lower[:, None], upper[:, None], net)
     inter = interval_bounds_of_box(net, box, search.stages, refine=search.fixed_hook([fixed]) if fixed else None)
-    return inter, BoxConcretizer(box.x_lower.astype(np.float64), box.x_upper.astype(np.float64))
+    return inter, BoxConcretizer.of_box(box)
 
 
 def _members(net, input_set):

@@ -544,7 +544,7 @@ class _Search:
         of each child's open rows: ``empty`` marks a child whose spike splits contradict its bounds (no
         member has those spikes); ``candidates``: per child ``(indices [K, 3], scores [K])`` of its
         unstable spikes, best first (neuron branching only); ``n_unstable``: its unstable spikes."""
-        from refsnn.alpha import alpha_bounds_of_box
+        from refsnn.alpha import BoxConcretizer, alpha_bounds_of_box
         from refsnn.crown import crown_bounds_of_box
         from refsnn.ibp import ibp_spec_bounds, interval_bounds_of_box, output_rounding_margin
         from refsnn.input_sets import binary_box
@@ -559,13 +559,12 @@ class _Search:
         box = binary_box(x_lower, x_upper, self.net)
         fixed = [c.fixed for c in children]
         refine = self.fixed_hook(fixed) if any(fixed) else None
+        needs_box = cfg.method == "crown" or (cfg.beta and refine is not None)
+        concretizer = BoxConcretizer.of_box(box) if needs_box else None
         if cfg.method == "crown":  # full S-CROWN: every unstable membrane also bounded by back-substitution
-            from refsnn.alpha import BoxConcretizer
             from refsnn.crown_full import membrane_refiner
 
-            inner = membrane_refiner(self.stages, BoxConcretizer(box.x_lower.astype(np.float64),
-                                                                  box.x_upper.astype(np.float64)))
-            refine = self.fixed_hook(fixed, inner)
+            refine = self.fixed_hook(fixed, membrane_refiner(self.stages, concretizer))
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # empty children only
             inter = interval_bounds_of_box(self.net, box, self.stages, refine=refine)
             empty = np.zeros(len(children), dtype=bool)
@@ -588,9 +587,6 @@ class _Search:
             else:
                 lower = alpha_bounds_of_box(self.net, box, C, self.stages, intermediate=inter).lower
             if cfg.beta and refine is not None:
-                from refsnn.alpha import BoxConcretizer
-
-                concretizer = BoxConcretizer(box.x_lower.astype(np.float64), box.x_upper.astype(np.float64))
                 lower = self.split_bound(lower, inter, C, fixed, empty, concretizer)
             candidates = None
             if cfg.branching in NEURON_BRANCHING:
