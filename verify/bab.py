@@ -53,7 +53,7 @@ from refsnn.l0 import shared_intermediate
 from refsnn.network import SNN
 
 from .encoding import FIXED_TIE_BAND, VerifierError, float64_network
-from .enumerate import reduced_maps, reduced_spike_counts
+from .enumerate import gray_margins, reduced_maps, reduced_spike_counts
 from .exact import ExactNetwork, float_outward
 from .search import local_search
 from .sets import BoxSet, DigitalLinfSet, InputSet, LevelSet, SpikeL0Set, stack_boxes
@@ -61,6 +61,8 @@ from .specs import other_classes
 
 BOUND_METHODS = ("ibp", "crown-ibp", "best", "alpha", "crown")
 ENUM_CHUNK = 4096  # members per chunk of an enumerated leaf, each with its own interval states
+GRAY_CHUNK = 1 << 16  # members per part of a leaf enumerated in Gray-code order (verify.enumerate.gray_margins)
+GRAY_FLAG_CAP = 1024  # members near a tie per part replayed exactly; more: the part is enumerated in chunks
 INPUT_BRANCHING = ("first", "widest", "smear")
 NEURON_BRANCHING = ("neuron-widest", "neuron-babsr", "mixed")
 BRANCHING = INPUT_BRANCHING + NEURON_BRANCHING
@@ -331,7 +333,7 @@ class _Search:
         self.stats = {"nodes": 0, "splits": 0, "spike_splits": 0, "closed_by_bound": 0, "empty": 0,
                       "enumerated": 0, "milp": 0, "milp_timeouts": 0, "max_depth": 0, "exact_replays": 0,
                       "node_searches": 0, "restarts": 0, "root_milp_skipped": 0, "gradient_rounds": 0,
-                      "decided_fraction": 0.0, "beta_bounds": 0, "beta_raised": 0}
+                      "decided_fraction": 0.0, "beta_bounds": 0, "beta_raised": 0, "gray_members": 0}
         self.serial = itertools.count()
         self.decided_weight = Fraction(0)
         # an l0 ball split on spikes only: every node holds the whole ball (bounded over it)
@@ -794,10 +796,17 @@ class _Search:
         self.stats["enumerated"] += 1
         lowest = math.inf
         if self.reduced_ok(node):
-            parts = _chunks(node.subset, ENUM_CHUNK, node.coefs)
+            gray = self.question.grid
+            parts = _chunks(node.subset, GRAY_CHUNK if gray else ENUM_CHUNK, node.coefs)
             for start in range(0, len(parts), 16):
                 group = parts[start:start + 16]
                 for part, states in zip(group, self.subset_states(group)):
+                    if self.remaining() <= 0:
+                        return False
+                    part_lowest = self.gray_part(part, states, node.rows) if gray else None
+                    if part_lowest is not None:
+                        lowest = min(lowest, part_lowest)
+                        continue
                     base = part.from_levels(part.lo[None])[:, 0].reshape(self.steps, -1).astype(np.float64)
                     varying = np.unique(_open_bits(part)[0] % base.shape[1])
                     for xs in part.enumerate(ENUM_CHUNK):
@@ -816,6 +825,33 @@ class _Search:
         self.closed_floor = min(self.closed_floor, node.floor, lowest)
         self.decided(node.weight)
         return True
+
+    def gray_part(self, part: LevelSet, states: List[np.ndarray], rows: np.ndarray) -> Optional[float]:
+        """A sound lower bound of ``min_i (C_i . f - c_i)`` over ``rows`` for every member of ``part``
+        by ``verify.enumerate.gray_margins`` (grid questions), flagged members replayed exactly; the
+        worst is offered as a witness when its exact margin is <= 0. None when the Gray enumeration
+        does not apply or flags too many members (the caller enumerates the part in chunks)."""
+        result = gray_margins(self.net64, self.maps, part, states, self.C_int[rows], self.c_grid[rows],
+                              FIXED_TIE_BAND, cap=GRAY_FLAG_CAP)
+        if result is None or result.overflow:
+            return None
+        self.stats["gray_members"] += result.members
+        margins = []
+        if len(result.flagged):
+            xs = part.from_levels(result.flagged)
+            for i in range(xs.shape[1]):
+                self.stats["exact_replays"] += 1
+                counts = self.exact.run(np.ascontiguousarray(xs[:, i])).counts.astype(np.int64)
+                margins.append(int((self.C_int[rows] @ counts - self.c_grid[rows]).min()))
+            worst = int(np.argmin(margins))
+            if margins[worst] <= 0:
+                self.offer(np.ascontiguousarray(xs[:, worst:worst + 1]), force=True)
+        if result.stopped:
+            # the kernel stopped at a member whose float counts are exact and whose margin is <= 0:
+            # the offer above ends the search; if it did not, the rest of the part is still unseen
+            return None
+        values = margins + ([result.lowest] if result.lowest is not None else [])
+        return self.grid_lower(min(values)) if values else math.inf
 
     def close_members(self, xs: np.ndarray, counts: np.ndarray, membranes: List[np.ndarray], rows: np.ndarray
                       ) -> float:

@@ -93,6 +93,8 @@ class DatasetVerifyConfig:
     root_milp: float = BabConfig.root_milp
     sets: str = "protocol"
     beta: bool = BabConfig.beta
+    enumerate_always: int = BabConfig.enumerate_always
+    enumerate_max: int = BabConfig.enumerate_max
 
     def __post_init__(self):
         if self.input_set not in ("digital", "spike"):
@@ -109,7 +111,8 @@ class DatasetVerifyConfig:
             raise ValueError(f"horizon T' must be an integer >= 1, got {self.horizon!r}")
         if int(self.chunk_size) != self.chunk_size or self.chunk_size < 1:
             raise ValueError(f"chunk_size must be an integer >= 1, got {self.chunk_size!r}")
-        BabConfig(branching=self.branching, root_milp=self.root_milp, beta=self.beta)  # names a refused field
+        BabConfig(branching=self.branching, root_milp=self.root_milp, beta=self.beta,  # names a refused field
+                  enumerate_always=self.enumerate_always, enumerate_max=self.enumerate_max)
 
 
 def sample_set(x_sample: np.ndarray, index: int, config: DatasetVerifyConfig):
@@ -171,7 +174,8 @@ def _complete_record(net: SNN, config: DatasetVerifyConfig, input_set, index: in
                      clean_prediction: int) -> dict:
     """One sample's record under ``--method complete`` (``verify.robust_bab``)."""
     bab = BabConfig(time_limit=config.time_limit, solver=config.solver, attack_samples=config.attack_samples,
-                    branching=config.branching, root_milp=config.root_milp, beta=config.beta)
+                    branching=config.branching, root_milp=config.root_milp, beta=config.beta,
+                    enumerate_always=config.enumerate_always, enumerate_max=config.enumerate_max)
     result = robust_bab(net, input_set, label, bab, rng=np.random.default_rng([config.seed, index, 1]))
     finite = (lambda v: float(v) if np.isfinite(v) else None)
     witness = pack_spikes(result.witness) if result.status == "not_robust" and result.witness is not None else None
@@ -407,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--beta", action="store_true",
         help="--method complete: also bound nodes with spike splits with the splits as Lagrangian terms "
              "(beta-CROWN style, BabConfig.beta; docs/VERIFY.md)")
+    add("--enumerate-always", type=cli.nonnegative_int, default=BabConfig.enumerate_always, metavar="N",
+        help="--method complete: a node of at most N members is enumerated (BabConfig.enumerate_always)")
+    add("--enumerate-max", type=cli.nonnegative_int, default=BabConfig.enumerate_max, metavar="N",
+        help="--method complete: a node of at most N members whose bound is at least two grid steps below 0 is "
+             "enumerated (BabConfig.enumerate_max)")
     add("--sets", choices=SAMPLE_SETS, default="protocol",
         help="samples and sets: protocol = the attack protocol's seeded selection and rand maps; certify = "
              "python -m refsnn.certify's (the first --n samples, its rand maps and l0 boxes)")
@@ -440,6 +449,8 @@ def result_identity(args: argparse.Namespace, config: DatasetVerifyConfig) -> Di
             "solver": config.solver, "attack_samples": config.attack_samples, "method": config.method,
             **({"branching": config.branching, "root_milp": config.root_milp} if config.method == "complete" else {}),
             **({"beta": True} if config.method == "complete" and config.beta else {}),
+            **({name: getattr(config, name) for name in ("enumerate_always", "enumerate_max")
+                if config.method == "complete" and getattr(config, name) != getattr(BabConfig, name)}),
             **({"sets": config.sets} if config.sets != "protocol" else {}),
             **({"indices": list(args.indices)} if getattr(args, "indices", None) is not None else {})}
 
@@ -478,7 +489,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      horizon=args.robust_T, seed=args.seed, time_limit=args.time_limit,
                                      solver=args.solver, chunk_size=args.batch_size, method=args.method,
                                      branching=args.branching, root_milp=args.root_milp, sets=args.sets,
-                                     beta=args.beta)
+                                     beta=args.beta, enumerate_always=args.enumerate_always,
+                                     enumerate_max=args.enumerate_max)
         net = load_model(args.model, dtype=np.float64)
     except (OSError, ValueError) as error:
         parser.error(str(error))

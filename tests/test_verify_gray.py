@@ -1,0 +1,162 @@
+"""Gray-code enumeration of a node's input subset (``verify.enumerate.gray_margins``) against exact
+semantics member by member: every member it does not flag has the exact margin it counts, the
+smallest of those is ``lowest``, the flagged ones are members, and a stop is at a member whose exact
+margin is <= 0. FC and CONV nets, both firing rules, dyadic weights that put membranes exactly on
+the threshold, float weights whose fixed-point rounding moves a membrane across it.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from refsnn import SNN, Linear
+from refsnn.ibp import interval_bounds_of_box, prepare_stages
+from refsnn.input_sets import binary_box
+from refsnn.testing import input_set_strategy, snn_strategy
+from verify.encoding import FIXED_TIE_BAND, float64_network
+from verify.enumerate import GrayResult, gray_margins, reduced_maps
+from verify.exact import ExactNetwork
+from verify.sets import BoxSet, DigitalLinfSet, LevelSet
+
+
+def _states(net, level: LevelSet) -> list:
+    lower, upper = level.box()
+    inter = interval_bounds_of_box(net, binary_box(lower[:, None], upper[:, None], net), prepare_stages(net))
+    return [state.reshape(level.steps, -1) for state in inter.state]
+
+
+def _exact_margins(net, level: LevelSet, rows: np.ndarray, offsets: np.ndarray) -> dict:
+    """``{level tuple: exact min_i (rows_i . counts - offsets_i)}`` over every member."""
+    exact = ExactNetwork(net)
+    open_vars = level.open_variables
+    out = {}
+    for values in itertools.product(*[range(int(level.lo[v]), int(level.hi[v]) + 1) for v in open_vars]):
+        levels = level.lo.copy()
+        levels[open_vars] = values
+        counts = exact.run(level.from_levels(levels[None])[:, 0]).counts.astype(np.int64)
+        out[tuple(int(v) for v in levels)] = int((rows @ counts - offsets).min())
+    return out
+
+
+def _check(result: GrayResult, level: LevelSet, margins: dict) -> None:
+    flagged = [tuple(int(v) for v in levels) for levels in result.flagged]
+    for levels in flagged:
+        assert level.contains(level.from_levels(np.array(levels)[None])[:, 0])
+    if result.overflow:
+        return
+    if result.stopped:
+        assert margins[flagged[-1]] <= 0          # a witness: its counts were exact
+        return
+    assert result.members == level.count() == len(margins)
+    unflagged = [m for key, m in margins.items() if key not in set(flagged)]
+    if unflagged:
+        assert result.lowest == min(unflagged)   # the float margins it trusted are the exact ones
+        assert result.lowest > 0
+    else:
+        assert result.lowest is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_gray_margins_equal_exact_enumeration(data):
+    arch = data.draw(st.sampled_from(["fc", "conv"]))
+    net = data.draw(snn_strategy(arch, max_inputs=6, dyadic=data.draw(st.booleans()), max_layers=3))
+    level = LevelSet.of(data.draw(input_set_strategy(net, steps=(1, 3), kinds=("box", "digital"), max_members=256)))
+    if level.open_variables.size and data.draw(st.booleans()):   # a node below the root
+        v = int(data.draw(st.sampled_from(level.open_variables.tolist())))
+        cut = data.draw(st.integers(int(level.lo[v]), int(level.hi[v])))
+        level = level.restrict(v, cut, int(level.hi[v]))
+    rows = np.array(data.draw(st.lists(st.lists(st.integers(-2, 2), min_size=net.n_outputs,
+                                                max_size=net.n_outputs), min_size=1, max_size=3)), np.int64)
+    zero = np.zeros(rows.shape[0], np.int64)
+    raw = _exact_margins(net, level, rows, zero)
+    # thresholds at, below and above the exact minimum: stops, flags and "every member > 0"
+    shift = data.draw(st.sampled_from([-1, 0, 1]))
+    offsets = np.full(rows.shape[0], min(raw.values()) + shift, np.int64)
+    margins = {key: m - int(offsets[0]) for key, m in raw.items()}
+    net64 = float64_network(net)
+    result = gray_margins(net64, reduced_maps(net64), level, _states(net, level), rows, offsets, FIXED_TIE_BAND,
+                          cap=data.draw(st.sampled_from([1, 4, 4096])))
+    assert result is not None
+    _check(result, level, margins)
+
+
+def test_a_membrane_within_the_tie_band_is_flagged():
+    """Input weights 0.1 and 0.2 (floats) under threshold 0.3: with both inputs on, the exact current
+    exceeds the float threshold by 3e-17, inside the tie band, so that member must be flagged for the
+    exact replay whatever its float value says; the others are counted."""
+    net = SNN([Linear(np.array([[0.1, 0.2]]), np.zeros(1)), Linear(np.array([[1.0], [0.0]]), np.zeros(2))],
+              threshold=0.3, decay=0.5, input_shape=(2,), firing=">")
+    level = LevelSet.of(BoxSet(np.array([[0, 0]], np.uint8), np.array([[1, 1]], np.uint8)))
+    rows = np.array([[1, -1]], np.int64)
+    offsets = np.array([-5], np.int64)          # every margin > 0: nothing stops the enumeration
+    margins = {key: m + 5 for key, m in _exact_margins(net, level, rows, np.zeros(1, np.int64)).items()}
+    assert margins[(1, 1)] == 6                 # exactly, the neuron fires
+    net64 = float64_network(net)
+    result = gray_margins(net64, reduced_maps(net64), level, _states(net, level), rows, offsets, FIXED_TIE_BAND)
+    assert {tuple(int(v) for v in levels) for levels in result.flagged} == {(1, 1)}
+    assert result.lowest == 5
+    _check(result, level, margins)
+
+
+def test_gray_code_visits_every_level_combination_once():
+    """Multi-level variables (a digital set with several free rand values per pixel) and a restricted
+    range: the enumeration counts exactly the members, and with every threshold above every margin
+    it flags each member once (cap large enough)."""
+    rng = np.random.default_rng(3)
+    image = np.array([0.5, 0.45, 0.52])
+    rand = np.array([[0.46, 0.47, 0.9], [0.49, 0.1, 0.51], [0.51, 0.48, 0.53]])
+    level = LevelSet.of(DigitalLinfSet(image, 0.2, rand))
+    level = level.restrict(0, int(level.lo[0]) + 1, int(level.hi[0]))
+    net = SNN([Linear(rng.normal(0, 0.5, (3, 3)), rng.normal(0, 0.1, 3)),
+               Linear(rng.normal(0, 0.5, (2, 3)), np.zeros(2))], threshold=0.25, decay=0.5, input_shape=(3,))
+    rows = np.zeros((1, 2), np.int64)
+    net64 = float64_network(net)
+    result = gray_margins(net64, reduced_maps(net64), level, _states(net, level), rows, np.zeros(1, np.int64),
+                          FIXED_TIE_BAND, cap=level.count())
+    # margin 0 for every member: the first member stops the enumeration (a witness of margin 0)
+    assert result.stopped and result.members == 1
+    result = gray_margins(net64, reduced_maps(net64), level, _states(net, level), rows, np.array([-1], np.int64),
+                          FIXED_TIE_BAND)
+    assert result.members == level.count() > 8 and result.lowest == 1 and not result.stopped
+
+
+def test_weights_too_large_for_the_fixed_point_fall_back():
+    """A current that would not fit 2^61 with 10 fractional bits: None (the caller enumerates in chunks)."""
+    net = SNN([Linear(np.array([[2.0 ** 55]]), np.zeros(1)), Linear(np.array([[1.0], [0.0]]), np.zeros(2))],
+              threshold=0.25, decay=0.5, input_shape=(1,))
+    level = LevelSet.of(BoxSet(np.zeros((1, 1), np.uint8), np.ones((1, 1), np.uint8)))
+    net64 = float64_network(net)
+    assert gray_margins(net64, reduced_maps(net64), level, _states(net, level), np.array([[1, -1]]),
+                        np.zeros(1, np.int64), FIXED_TIE_BAND) is None
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_branch_and_bound_leaves_use_the_gray_enumeration_and_agree_with_chunks(seed, monkeypatch):
+    """A whole set enumerated as one leaf gives the same verdict and margin bound through the Gray
+    enumeration as through the chunked reduced pass (the Gray path switched off)."""
+    import verify.bab as bab
+    from verify import BabConfig, robust_bab
+
+    rng = np.random.default_rng(seed)
+    net = SNN([Linear(rng.normal(0, 0.4, (12, 10)), rng.normal(0, 0.1, 12)),
+               Linear(rng.normal(0, 0.4, (3, 12)), rng.normal(0, 0.1, 3))], threshold=0.25, decay=0.5,
+              input_shape=(10,))
+    lower = (rng.random((2, 10)) < 0.3).astype(np.uint8)
+    upper = np.maximum(lower, (rng.random((2, 10)) < 0.6).astype(np.uint8))
+    box = BoxSet(lower, upper)
+    label = int(np.argmax(net.forward(box.sample(rng, 1))[0]))
+    config = BabConfig(time_limit=None, enumerate_always=1 << 20, attack_samples=0, search_starts=0, restarts=0,
+                       root_milp=0)
+    fast = robust_bab(net, box, label, config, rng=np.random.default_rng(0))
+    assert fast.stats["gray_members"] > 0 or fast.status == "not_robust"
+    monkeypatch.setattr(bab, "gray_margins", lambda *args, **kwargs: None)
+    slow = robust_bab(net, box, label, config, rng=np.random.default_rng(0))
+    assert slow.stats["gray_members"] == 0
+    assert fast.status == slow.status
+    if fast.status == "robust":
+        assert fast.margin_lower == slow.margin_lower
