@@ -17,7 +17,7 @@ from refsnn import SNN, Linear
 from refsnn.ibp import interval_bounds_of_box, prepare_stages
 from refsnn.input_sets import binary_box
 from refsnn.testing import input_set_strategy, snn_strategy
-from verify.encoding import FIXED_TIE_BAND, float64_network
+from verify.encoding import float64_network
 from verify.enumerate import GrayResult, gray_margins, reduced_maps
 from verify.exact import ExactNetwork
 from verify.sets import BoxSet, DigitalLinfSet, LevelSet
@@ -43,6 +43,7 @@ def _exact_margins(net, level: LevelSet, rows: np.ndarray, offsets: np.ndarray) 
 
 
 def _check(result: GrayResult, level: LevelSet, margins: dict) -> None:
+    """``result`` is sound for the exact ``margins`` of every member (and exact where it evaluated all)."""
     flagged = [tuple(int(v) for v in levels) for levels in result.flagged]
     for levels in flagged:
         assert level.contains(level.from_levels(np.array(levels)[None])[:, 0])
@@ -52,10 +53,13 @@ def _check(result: GrayResult, level: LevelSet, margins: dict) -> None:
         assert margins[flagged[-1]] <= 0          # a witness: its counts were exact
         return
     assert result.members == level.count() == len(margins)
+    assert result.evaluated <= result.members
     unflagged = [m for key, m in margins.items() if key not in set(flagged)]
     if unflagged:
-        assert result.lowest == min(unflagged)   # the float margins it trusted are the exact ones
-        assert result.lowest > 0
+        # a lower bound of the members it did not flag; they all have margins > 0 (else it stops)
+        assert result.lowest is not None and 0 < result.lowest <= min(unflagged)
+        if result.evaluated == result.members:
+            assert result.lowest == min(unflagged)   # every float margin it trusted is the exact one
     else:
         assert result.lowest is None
 
@@ -79,25 +83,96 @@ def test_gray_margins_equal_exact_enumeration(data):
     offsets = np.full(rows.shape[0], min(raw.values()) + shift, np.int64)
     margins = {key: m - int(offsets[0]) for key, m in raw.items()}
     net64 = float64_network(net)
-    result = gray_margins(net64, reduced_maps(net64), level, _states(net, level), rows, offsets, FIXED_TIE_BAND,
+    result = gray_margins(net64, reduced_maps(net64), level, _states(net, level), rows, offsets,
                           cap=data.draw(st.sampled_from([1, 4, 4096])))
     assert result is not None
+    _check(result, level, margins)
+
+
+def _last_step_problem(seed: int):
+    """A random FC net of 2-3 stages and a box or digital set with many free bits at the last step,
+    where the Gray enumeration closes sweeps of last-step variables by intervals."""
+    rng = np.random.default_rng(seed)
+    steps, n_in = int(rng.integers(1, 4)), int(rng.integers(4, 9))
+    widths = [n_in] + [int(rng.integers(2, 7)) for _ in range(int(rng.integers(1, 3)))] + [3]
+    dyadic = seed % 3 == 0
+    draw = (lambda shape: rng.integers(-4, 5, shape) / 8.0) if dyadic else (lambda shape: rng.normal(0, 0.5, shape))
+    net = SNN([Linear(draw((b, a)), draw(b)) for a, b in zip(widths[:-1], widths[1:])], threshold=0.25,
+              decay=0.5, input_shape=(n_in,), firing=(">=", ">")[seed % 2])
+    if seed % 4 == 0:
+        rand = rng.random((steps, n_in))
+        rand[-1] = rng.uniform(0.3, 0.7, n_in)            # many free rand values at the last step
+        level = LevelSet.of(DigitalLinfSet(rng.uniform(0.3, 0.7, n_in), 0.5, rand))
+    else:
+        lower = (rng.random((steps, n_in)) < 0.3).astype(np.uint8)
+        upper = np.maximum(lower, (rng.random((steps, n_in)) < 0.4).astype(np.uint8))
+        lower[-1], upper[-1] = 0, (rng.random(n_in) < 0.8)
+        level = LevelSet.of(BoxSet(lower, upper))
+    return net, level, rng
+
+
+def test_closed_sweeps_are_sound_and_happen():
+    """Over 152 seeded problems with free bits at the last step and thresholds at, below and above the
+    exact minimum: every result is sound (``_check``), and sweeps of last-step variables are closed
+    without evaluating their members in many of them (the path is exercised)."""
+    closed = 0
+    # 242 and 668: a sweep closed after an unclosed one left the last-step bits at the far corner
+    for seed in list(range(150)) + [242, 668]:
+        net, level, rng = _last_step_problem(seed)
+        if level.count() > 1024:
+            continue
+        rows = rng.integers(-2, 3, (int(rng.integers(1, 3)), 3))
+        raw = _exact_margins(net, level, rows, np.zeros(rows.shape[0], np.int64))
+        net64 = float64_network(net)
+        for shift in (-2, -1, 0, 1):
+            offsets = np.full(rows.shape[0], min(raw.values()) + shift, np.int64)
+            margins = {key: m - int(offsets[0]) for key, m in raw.items()}
+            result = gray_margins(net64, reduced_maps(net64), level, _states(net, level), rows, offsets)
+            _check(result, level, margins)
+            closed += (not result.stopped and not result.overflow and result.evaluated < result.members)
+    assert closed >= 50
+
+
+def test_a_sweep_after_a_near_tie_at_an_earlier_step_is_not_closed_by_intervals():
+    """Input ``a`` (free, step 0) weighs 0.25 = threshold and ``b`` (always on, step 0) 2^-58: with
+    ``a`` on, the exact membrane of ``h`` is above the threshold (``h`` fires under ``>``) while its
+    float64 value rounds onto it (silent). Output 0 copies ``h``; bit ``c`` at the last step makes a
+    sweep of two members. The member's step-0 spikes are not trusted, so the sweep of ``a = 1`` must
+    not be closed by the last step's intervals (with the float spike its margin bound would be 1,
+    the exact margin is 0): it is evaluated and flagged for the exact replay."""
+    net = SNN([Linear(np.array([[0.25, 2.0 ** -58, 0.0]]), np.zeros(1)),
+               Linear(np.array([[1.0], [0.0]]), np.zeros(2))], threshold=0.25, decay=0.5, input_shape=(3,),
+              firing=">")
+    lower = np.array([[0, 1, 0], [0, 0, 0]], np.uint8)
+    upper = np.array([[1, 1, 0], [0, 0, 1]], np.uint8)
+    level = LevelSet.of(BoxSet(lower, upper))
+    rows = np.array([[-1, 0]], np.int64)
+    offsets = np.array([-1], np.int64)           # margin 1 - count(out 0)
+    margins = _exact_margins(net, level, rows, offsets)
+    assert sorted(margins.values()) == [0, 0, 1, 1]
+    net64 = float64_network(net)
+    result = gray_margins(net64, reduced_maps(net64), level, _states(net, level), rows, offsets)
+    flagged = {tuple(int(v) for v in levels) for levels in result.flagged}
+    assert {key for key, m in margins.items() if m == 0} <= flagged
     _check(result, level, margins)
 
 
 def test_a_membrane_within_the_tie_band_is_flagged():
     """Input weights 0.1 and 0.2 (floats) under threshold 0.3: with both inputs on, the exact current
     exceeds the float threshold by 3e-17, inside the tie band, so that member must be flagged for the
-    exact replay whatever its float value says; the others are counted."""
+    exact replay whatever its float value says; the others are counted. With the bits at the last
+    step instead, the interval of that step cannot close the sweep either (the neuron is unstable)
+    unless every margin is > 0 whatever it does."""
     net = SNN([Linear(np.array([[0.1, 0.2]]), np.zeros(1)), Linear(np.array([[1.0], [0.0]]), np.zeros(2))],
               threshold=0.3, decay=0.5, input_shape=(2,), firing=">")
-    level = LevelSet.of(BoxSet(np.array([[0, 0]], np.uint8), np.array([[1, 1]], np.uint8)))
+    # free bits at the first of two steps: no last-step sweep to close by intervals, each member is run
+    level = LevelSet.of(BoxSet(np.zeros((2, 2), np.uint8), np.array([[1, 1], [0, 0]], np.uint8)))
     rows = np.array([[1, -1]], np.int64)
     offsets = np.array([-5], np.int64)          # every margin > 0: nothing stops the enumeration
     margins = {key: m + 5 for key, m in _exact_margins(net, level, rows, np.zeros(1, np.int64)).items()}
     assert margins[(1, 1)] == 6                 # exactly, the neuron fires
     net64 = float64_network(net)
-    result = gray_margins(net64, reduced_maps(net64), level, _states(net, level), rows, offsets, FIXED_TIE_BAND)
+    result = gray_margins(net64, reduced_maps(net64), level, _states(net, level), rows, offsets)
     assert {tuple(int(v) for v in levels) for levels in result.flagged} == {(1, 1)}
     assert result.lowest == 5
     _check(result, level, margins)
@@ -117,11 +192,10 @@ def test_gray_code_visits_every_level_combination_once():
     rows = np.zeros((1, 2), np.int64)
     net64 = float64_network(net)
     result = gray_margins(net64, reduced_maps(net64), level, _states(net, level), rows, np.zeros(1, np.int64),
-                          FIXED_TIE_BAND, cap=level.count())
+                          cap=level.count())
     # margin 0 for every member: the first member stops the enumeration (a witness of margin 0)
     assert result.stopped and result.members == 1
-    result = gray_margins(net64, reduced_maps(net64), level, _states(net, level), rows, np.array([-1], np.int64),
-                          FIXED_TIE_BAND)
+    result = gray_margins(net64, reduced_maps(net64), level, _states(net, level), rows, np.array([-1], np.int64))
     assert result.members == level.count() > 8 and result.lowest == 1 and not result.stopped
 
 
@@ -132,7 +206,7 @@ def test_weights_too_large_for_the_fixed_point_fall_back():
     level = LevelSet.of(BoxSet(np.zeros((1, 1), np.uint8), np.ones((1, 1), np.uint8)))
     net64 = float64_network(net)
     assert gray_margins(net64, reduced_maps(net64), level, _states(net, level), np.array([[1, -1]]),
-                        np.zeros(1, np.int64), FIXED_TIE_BAND) is None
+                        np.zeros(1, np.int64)) is None
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -160,3 +234,18 @@ def test_branch_and_bound_leaves_use_the_gray_enumeration_and_agree_with_chunks(
     assert fast.status == slow.status
     if fast.status == "robust":
         assert fast.margin_lower == slow.margin_lower
+
+
+def test_a_budget_of_members_stops_the_enumeration_undecided():
+    """Free bits at the first of two steps (no sweep to close): after ``budget`` members evaluated one
+    by one the enumeration stops with ``exhausted`` and decides nothing; without a budget it covers all."""
+    rng = np.random.default_rng(5)
+    net = SNN([Linear(rng.normal(0, 0.5, (4, 6)), rng.normal(0, 0.1, 4)),
+               Linear(rng.normal(0, 0.5, (2, 4)), np.zeros(2))], threshold=0.25, decay=0.5, input_shape=(6,))
+    level = LevelSet.of(BoxSet(np.zeros((2, 6), np.uint8), np.vstack([np.ones(6), np.zeros(6)]).astype(np.uint8)))
+    rows, offsets = np.zeros((1, 2), np.int64), np.array([-1], np.int64)    # margin 1 for every member
+    net64 = float64_network(net)
+    stopped = gray_margins(net64, reduced_maps(net64), level, _states(net, level), rows, offsets, budget=5)
+    assert stopped.exhausted and not stopped.overflow and stopped.members == stopped.evaluated == 5
+    whole = gray_margins(net64, reduced_maps(net64), level, _states(net, level), rows, offsets)
+    assert not whole.exhausted and whole.members == whole.evaluated == 64 and whole.lowest == 1

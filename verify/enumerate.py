@@ -176,51 +176,72 @@ def reduced_spike_counts(net64: SNN, maps: List[Tuple[np.ndarray, np.ndarray]], 
 # reruns the LIF recurrence of the kept neurons; a stage whose spikes did not change leaves the
 # later stages as they were. Currents are integers in fixed point (each weight rounded to a
 # multiple of 2^-S): the updates are exact integer sums, so nothing drifts over millions of members,
-# and a current differs from the exact one by at most (inputs + 1) 2^-(S+1), far inside the tie band
-# within which a membrane is replayed exactly.
+# and a current differs from the exact one by at most (inputs + 1) 2^-(S+1). With the float64
+# rounding of the recurrence this bounds how far a simulated membrane can lie from the exact one; a
+# member with a membrane within that band of the threshold is flagged and replayed exactly.
 
 GRAY_CURRENT_BITS = 61          # |fixed-point current| < 2^61 (int64 headroom for every update)
-GRAY_ERROR_SHARE = 1e-3         # rounding error of a membrane allowed: this share of the tie band
+GRAY_BAND_SAFETY = 4.0          # the tie band: this many times the error bound of a membrane
 
 
 @dataclass
 class GrayResult:
     """Outcome of ``gray_margins`` on one ``LevelSet``.
 
-    ``lowest``: the smallest grid margin ``min_i (C_i . counts - c_i)`` over the members not flagged
-    (None when every member was flagged or none was evaluated); ``flagged [F, V]``: levels of the members
-    whose float margins cannot be trusted (a kept membrane within the tie band of the threshold) or
-    whose margin is <= 0, for exact replay; ``stopped``: the enumeration stopped at a member with
-    margin <= 0 and no membrane near the threshold (its counts are exact: a witness, the last row of
-    ``flagged``); ``overflow``: more than ``cap`` members were flagged and the enumeration stopped
-    (nothing is decided); ``members``: members evaluated."""
+    ``lowest``: a lower bound of the grid margins ``min_i (C_i . counts - c_i)`` of the members not
+    flagged: the smallest exact margin of those evaluated one by one, and the interval bound of each
+    sweep of last-step variables closed without evaluating it (None when nothing unflagged was seen);
+    ``flagged [F, V]``: levels of the members whose float margins cannot be trusted (a kept membrane
+    within the tie band of the threshold) or whose margin is <= 0, for exact replay; ``stopped``: the
+    enumeration stopped at a member with margin <= 0 and no membrane near the threshold (its counts
+    are exact: a witness, the last row of ``flagged``); ``overflow``: more than ``cap`` members were
+    flagged and the enumeration stopped (nothing is decided); ``exhausted``: it stopped after ``budget``
+    members evaluated one by one (nothing is decided); ``members``: members covered (evaluated
+    or in a closed sweep); ``evaluated``: members evaluated one by one."""
 
     lowest: Optional[int]
     flagged: np.ndarray
     stopped: bool
     overflow: bool
     members: int
+    evaluated: int = 0
+    exhausted: bool = False
 
 
-def _gray_kernel_source(radix, bit_ptr, bit_time, bit_row, first_weights, currents, weights, scales, threshold,
-                        decay, fire_at_threshold, band, rows, offsets, cap, flagged):  # pragma: no cover
+def _gray_kernel_source(radix, n_suffix, bit_ptr, bit_time, bit_row, first_weights, suffix_lower, suffix_upper,
+                        currents, weights, scales, threshold, decay, fire_at_threshold, bands, rows, offsets, cap,
+                        flagged, budget):  # pragma: no cover
     """The enumeration loop (compiled by ``_gray_kernel`` with the neuron model's ``CARRY``).
 
-    ``radix [O]``: levels per open variable; ``bit_ptr [O, R + 1]``: per variable and digit ``d``,
-    the range of the bits turning on between digits ``d`` and ``d + 1``; ``bit_time``, ``bit_row``:
-    each such bit's step and row of ``first_weights [bits, n_0]``; ``currents[k] [T', n_k]`` int64:
-    stage ``k``'s currents (stage 0: at the first member; later: the constant part, the kernel adds
-    the kept spikes of the stage before through ``weights[k - 1] [n_{k-1}, n_k]``); ``scales [K]``:
-    ``2^-S_k``; ``rows [R, n_out]``, ``offsets [R]`` int64: margin ``rows . counts - offsets``.
-    Returns ``(lowest, n_flagged, stopped, overflow, members)``; ``flagged [cap, O]`` digits."""
+    ``radix [O]``: levels per open variable, the first ``n_suffix`` of them the *suffix* (every bit
+    at the last step); ``bit_ptr [O, R + 1]``: per variable and digit ``d``, the range of the bits
+    turning on between digits ``d`` and ``d + 1``; ``bit_time``, ``bit_row``: each such bit's step and
+    row of ``first_weights [bits, n_0]``; ``suffix_lower``, ``suffix_upper [n_0]``: the smallest and
+    largest sum of the suffix's weights over its levels (relative to digit 0); ``currents[k] [T', n_k]``
+    int64: stage ``k``'s currents (stage 0: at the first member; later: the constant part, the kernel
+    adds the kept spikes of the stage before through ``weights[k - 1] [n_{k-1}, n_k]``); ``scales
+    [K]``: ``2^-S_k``; ``rows [R, n_out]``, ``offsets [R]`` int64: margin ``rows . counts - offsets``.
+
+    The prefix variables run in reflected Gray order; at each prefix member every step but the last
+    is the same for all suffix levels, so an interval bound of the last step over the suffix (no
+    membrane of the earlier steps near the threshold) may prove every margin of the sweep > 0, and
+    the sweep is skipped; otherwise the suffix is swept in reflected Gray order.
+    ``budget``: members evaluated one by one at most.
+    Returns ``(lowest, n_flagged, stopped, incomplete, members, evaluated)`` (``incomplete``: 0 no, 1
+    ``cap`` members flagged, 2 ``budget`` reached): ``lowest`` a lower bound of the
+    margins of the members not flagged (exact on the ones evaluated); ``flagged [cap, O]`` digits."""
     n_stages = len(currents)
     steps = currents[0].shape[0]
+    last_t = steps - 1
     one = 1.0
     membranes = []
     spikes = []
     changed_t = []
     changed_j = []
     scratch = []
+    lower_cur = []
+    upper_cur = []
+    lower_state = []
     for k in range(n_stages):
         n = currents[k].shape[1]
         scratch.append(np.zeros(n, dtype=np.int8))
@@ -228,57 +249,47 @@ def _gray_kernel_source(radix, bit_ptr, bit_time, bit_row, first_weights, curren
         spikes.append(np.zeros((steps, n), dtype=np.int8))
         changed_t.append(np.zeros(steps * n, dtype=np.int64))
         changed_j.append(np.zeros(steps * n, dtype=np.int64))
-    near_count = np.zeros((n_stages, currents[0].shape[0]), dtype=np.int64)   # per stage and step
+        lower_cur.append(np.zeros(n, dtype=np.int64))
+        upper_cur.append(np.zeros(n, dtype=np.int64))
+        lower_state.append(np.zeros(n, dtype=np.int8))   # 0 off, 1 on, 2 either, at the last step
+    near_count = np.zeros((n_stages, steps), dtype=np.int64)   # per stage and step
     n_changed = np.zeros(n_stages, dtype=np.int64)
     n_vars = radix.shape[0]
     digits = np.zeros(n_vars, dtype=np.int64)
     direction = np.ones(n_vars, dtype=np.int64)
-    total = 1
-    for o in range(n_vars):
-        total *= radix[o]
+    sweep = 1
+    for o in range(n_suffix):
+        sweep *= radix[o]
+    suffix_on = np.zeros(currents[0].shape[1], dtype=np.int64)   # the suffix's share of the last step's currents
     lowest = np.iinfo(np.int64).max
     n_flagged = 0
+    members = 0
+    evaluated = 0
     n_out = currents[n_stages - 1].shape[1]
     counts = np.zeros(n_out, dtype=np.int64)
-    for member in range(total):
-        if member > 0:
-            # the next member of the reflected Gray code: the lowest variable that can move on
-            o = 0
-            while True:
-                nd = digits[o] + direction[o]
-                if 0 <= nd < radix[o]:
-                    break
-                direction[o] = -direction[o]
-                o += 1
-            d = digits[o] if nd > digits[o] else nd
-            sign = 1 if nd > digits[o] else -1
-            digits[o] = nd
-            row0 = currents[0]
-            first = steps
-            for b in range(bit_ptr[o, d], bit_ptr[o, d + 1]):
-                t = bit_time[b]
-                first = min(first, t)
-                w = first_weights[bit_row[b]]
-                for j in range(w.shape[0]):
-                    row0[t, j] += sign * w[j]
-        else:
-            first = 0
+    at_prefix = True
+    sweep_left = 0
+    first = 0
+    member_zero = True
+    while True:
+        # --- the LIF recurrence of the kept neurons from step ``first`` (stage 0's currents moved) ---
         k = 0
         while k < n_stages:
             cur = currents[k]
             if k > 0:
-                if member > 0 and n_changed[k - 1] == 0:
+                if not member_zero and n_changed[k - 1] == 0:
                     break  # nothing reaches this stage or the ones after it
-                # changes are recorded in step order: the stage's steps before the first stay as they were
-                first = changed_t[k - 1][0] if member > 0 else 0
                 w = weights[k - 1]
-                if member == 0:
+                if member_zero:
+                    first = 0
                     for t in range(steps):
                         for p in range(spikes[k - 1].shape[1]):
                             if spikes[k - 1][t, p] == 1:
                                 for j in range(cur.shape[1]):
                                     cur[t, j] += w[p, j]
                 else:
+                    # changes are recorded in step order: the stage's steps before the first stay
+                    first = changed_t[k - 1][0]
                     for c in range(n_changed[k - 1]):
                         t = changed_t[k - 1][c]
                         p = changed_j[k - 1][c]
@@ -289,30 +300,22 @@ def _gray_kernel_source(radix, bit_ptr, bit_time, bit_row, first_weights, curren
             spk = spikes[k]
             n = cur.shape[1]
             scale = scales[k]
+            band = bands[k]
             changes = 0
             fresh = scratch[k]
             for t in range(first, steps):
-                # one pass the compiler vectorizes (no stores but the rows), then the few changed spikes
                 mem_t, spk_t = mem[t], spk[t]
                 near = 0
                 moved = 0
-                if t == 0:
-                    for j in range(n):
-                        m = cur[t, j] * scale
-                        mem_t[j] = m
-                        s = 1 if fires_compiled(m, threshold, fire_at_threshold) else 0
-                        fresh[j] = s
-                        near += 1 if abs(m - threshold) <= band * (1.0 + abs(threshold) + abs(m)) else 0
-                        moved += 1 if s != spk_t[j] else 0
-                else:
-                    mem_p, spk_p = mem[t - 1], spk[t - 1]
-                    for j in range(n):
-                        m = cur[t, j] * scale + CARRY(mem_p[j], spk_p[j], threshold, decay, one)
-                        mem_t[j] = m
-                        s = 1 if fires_compiled(m, threshold, fire_at_threshold) else 0
-                        fresh[j] = s
-                        near += 1 if abs(m - threshold) <= band * (1.0 + abs(threshold) + abs(m)) else 0
-                        moved += 1 if s != spk_t[j] else 0
+                for j in range(n):
+                    m = cur[t, j] * scale
+                    if t > 0:
+                        m += CARRY(mem[t - 1, j], spk[t - 1, j], threshold, decay, one)
+                    mem_t[j] = m
+                    s = 1 if fires_compiled(m, threshold, fire_at_threshold) else 0
+                    fresh[j] = s
+                    near += 1 if abs(m - threshold) <= band else 0
+                    moved += 1 if s != spk_t[j] else 0
                 if moved:
                     for j in range(n):
                         if fresh[j] != spk_t[j]:
@@ -323,33 +326,153 @@ def _gray_kernel_source(radix, bit_ptr, bit_time, bit_row, first_weights, curren
                 near_count[k, t] = near
             n_changed[k] = changes
             k += 1
-        last = spikes[n_stages - 1]
-        for o2 in range(n_out):
-            c = 0
-            for t in range(steps):
-                c += last[t, o2]
-            counts[o2] = c
-        margin = np.iinfo(np.int64).max
-        for r in range(rows.shape[0]):
-            value = -offsets[r]
+        member_zero = False
+
+        # --- at a prefix member: try to close its whole suffix sweep by intervals of the last step ---
+        skipped = False
+        if at_prefix:
+            at_prefix = False
+            sweep_left = sweep - 1
+            trusted = sweep > 1
+            for k in range(n_stages):
+                for t in range(last_t):
+                    if near_count[k, t] > 0:
+                        trusted = False
+            if trusted:
+                for k in range(n_stages):
+                    lo, hi, state = lower_cur[k], upper_cur[k], lower_state[k]
+                    cur = currents[k]
+                    n = cur.shape[1]
+                    for j in range(n):
+                        lo[j] = cur[last_t, j]
+                        hi[j] = cur[last_t, j]
+                    if k == 0:
+                        for j in range(n):
+                            lo[j] += suffix_lower[j] - suffix_on[j]
+                            hi[j] += suffix_upper[j] - suffix_on[j]
+                    else:
+                        w = weights[k - 1]
+                        prev_state, prev_spk = lower_state[k - 1], spikes[k - 1][last_t]
+                        for p in range(prev_state.shape[0]):
+                            if prev_state[p] != 2 and prev_state[p] == prev_spk[p]:
+                                continue   # the member's own spike is every member's
+                            # either spike: the contribution ranges over {0, w}; the member's own is in cur
+                            for j in range(n):
+                                wj = w[p, j]
+                                own = wj if prev_spk[p] == 1 else 0
+                                lo[j] += min(0, wj) - own
+                                hi[j] += max(0, wj) - own
+                    scale = scales[k]
+                    band = bands[k]
+                    for j in range(n):
+                        carried = 0.0
+                        if last_t > 0:
+                            carried = CARRY(membranes[k][last_t - 1, j], spikes[k][last_t - 1, j], threshold,
+                                            decay, one)
+                        m_lo = lo[j] * scale + carried
+                        m_hi = hi[j] * scale + carried
+                        if fires_compiled(m_lo, threshold, fire_at_threshold) and \
+                                abs(m_lo - threshold) > band:
+                            state[j] = 1
+                        elif not fires_compiled(m_hi, threshold, fire_at_threshold) and \
+                                abs(m_hi - threshold) > band:
+                            state[j] = 0
+                        else:
+                            state[j] = 2
+                out_state = lower_state[n_stages - 1]
+                out_spk = spikes[n_stages - 1]
+                bound = np.iinfo(np.int64).max
+                for r in range(rows.shape[0]):
+                    value = -offsets[r]
+                    for o2 in range(n_out):
+                        c = 0
+                        for t in range(last_t):
+                            c += out_spk[t, o2]
+                        coef = rows[r, o2]
+                        if out_state[o2] == 2:
+                            c += 1 if coef < 0 else 0
+                        else:
+                            c += out_state[o2]
+                        value += coef * c
+                    bound = min(bound, value)
+                if bound > 0:
+                    lowest = min(lowest, bound)
+                    members += sweep
+                    skipped = True
+                    sweep_left = 0
+
+        # --- the member itself ---
+        if not skipped:
+            if evaluated == budget:
+                return lowest, n_flagged, False, 2, members, evaluated
+            members += 1
+            evaluated += 1
+            last = spikes[n_stages - 1]
             for o2 in range(n_out):
-                value += rows[r, o2] * counts[o2]
-            margin = min(margin, value)
-        is_near = False
-        for k2 in range(n_stages):
-            for t in range(steps):
-                if near_count[k2, t] > 0:
-                    is_near = True
-        if is_near or margin <= 0:
-            if n_flagged == cap:
-                return lowest, n_flagged, False, True, member
-            flagged[n_flagged, :] = digits
-            n_flagged += 1
-            if not is_near:
-                return lowest, n_flagged, True, False, member + 1
+                c = 0
+                for t in range(steps):
+                    c += last[t, o2]
+                counts[o2] = c
+            margin = np.iinfo(np.int64).max
+            for r in range(rows.shape[0]):
+                value = -offsets[r]
+                for o2 in range(n_out):
+                    value += rows[r, o2] * counts[o2]
+                margin = min(margin, value)
+            is_near = False
+            for k2 in range(n_stages):
+                for t in range(steps):
+                    if near_count[k2, t] > 0:
+                        is_near = True
+            if is_near or margin <= 0:
+                if n_flagged == cap:
+                    return lowest, n_flagged, False, 1, members - 1, evaluated - 1
+                flagged[n_flagged, :] = digits
+                n_flagged += 1
+                if not is_near:
+                    return lowest, n_flagged, True, 0, members, evaluated
+            else:
+                lowest = min(lowest, margin)
+
+        # --- the next member: a suffix move within the sweep, else a prefix move (reflected Gray) ---
+        if sweep_left > 0:
+            sweep_left -= 1
+            o = 0
+            while True:
+                nd = digits[o] + direction[o]
+                if 0 <= nd < radix[o]:
+                    break
+                direction[o] = -direction[o]
+                o += 1
         else:
-            lowest = min(lowest, margin)
-    return lowest, n_flagged, False, False, total
+            if not skipped:
+                for o2 in range(n_suffix):   # a finished sweep ends at a corner: the next one runs back
+                    direction[o2] = -direction[o2]
+            o = n_suffix
+            while o < n_vars:
+                nd = digits[o] + direction[o]
+                if 0 <= nd < radix[o]:
+                    break
+                direction[o] = -direction[o]
+                o += 1
+            if o == n_vars:
+                break
+            at_prefix = True
+        d = digits[o] if nd > digits[o] else nd
+        sign = 1 if nd > digits[o] else -1
+        digits[o] = nd
+        row0 = currents[0]
+        first = steps
+        for b in range(bit_ptr[o, d], bit_ptr[o, d + 1]):
+            t = bit_time[b]
+            first = min(first, t)
+            w = first_weights[bit_row[b]]
+            for j in range(w.shape[0]):
+                row0[t, j] += sign * w[j]
+            if o < n_suffix:
+                for j in range(w.shape[0]):
+                    suffix_on[j] += sign * w[j]
+    return lowest, n_flagged, False, 0, members, evaluated
 
 
 _GRAY_KERNEL = None
@@ -369,29 +492,32 @@ def _gray_kernel():
     return _GRAY_KERNEL
 
 
-def _fixed_point(A: np.ndarray, c: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray, float, float]]:
-    """``(A_q, c_q, 2^-S, error)``: ``A`` and ``c`` rounded to integer multiples of ``2^-S``, with ``S``
-    the largest exponent (at most 60) whose currents stay below ``2^GRAY_CURRENT_BITS``, and the
-    largest error ``(n_in + 1) 2^-(S+1)`` of a current; None when no exponent leaves 10 bits below 1."""
+def _fixed_point(A: np.ndarray, c: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray, float, float, float]]:
+    """``(A_q, c_q, 2^-S, error, magnitude)``: ``A`` and ``c`` rounded to integer multiples of ``2^-S``,
+    with ``S`` the largest exponent (at most 60) whose currents stay below ``2^GRAY_CURRENT_BITS``, the
+    largest error ``(n_in + 1) 2^-(S+1)`` of a current and a bound of ``|current|``; None when no
+    exponent leaves 10 bits below 1."""
     magnitude = float(np.max(np.abs(c) + np.abs(A).sum(axis=1), initial=0.0)) + 1.0
     shift = min(60, GRAY_CURRENT_BITS - 1 - int(np.ceil(np.log2(magnitude))))
     if shift < 10:
         return None
     Aq = np.rint(np.ldexp(A, shift)).astype(np.int64)
     cq = np.rint(np.ldexp(c, shift)).astype(np.int64)
-    return Aq, cq, float(np.ldexp(1.0, -shift)), (A.shape[1] + 1) * float(np.ldexp(1.0, -shift - 1))
+    return Aq, cq, float(np.ldexp(1.0, -shift)), (A.shape[1] + 1) * float(np.ldexp(1.0, -shift - 1)), magnitude
 
 
 def gray_margins(net64: SNN, maps: List[Tuple[np.ndarray, np.ndarray]], subset, states: List[np.ndarray],
-                 rows: np.ndarray, offsets: np.ndarray, band: float, cap: int = 4096) -> Optional[GrayResult]:
+                 rows: np.ndarray, offsets: np.ndarray, cap: int = 4096,
+                 budget: Optional[int] = None) -> Optional[GrayResult]:
     """Every member of ``subset`` (a ``verify.sets.LevelSet``) in Gray-code order: the grid margins
     ``min_i (rows_i . counts - offsets_i)`` (``rows [R, n_out]``, ``offsets [R]`` integers; ``counts``
     the output spike counts), on the neurons the sound interval states ``states[k] [T', n_k]`` of a
     set holding the subset leave unstable (the others enter as constants, as in
-    ``reduced_spike_counts``). ``band``: the relative tie band (``verify.encoding.FIXED_TIE_BAND``): a
-    member with a kept membrane ``m`` within ``band (1 + |th| + |m|)`` of the threshold is flagged, not
-    decided. None when the net's weights do not fit the fixed point within ``GRAY_ERROR_SHARE`` of the
-    band (the caller enumerates otherwise)."""
+    ``reduced_spike_counts``). A member with a kept membrane within the stage's tie band of the
+    threshold (``GRAY_BAND_SAFETY`` times the bound on the simulated membrane's distance from the
+    exact one: fixed-point rounding of the weights plus float64 rounding of the recurrence) is
+    flagged, not decided. None when the weights do not fit the fixed point (the caller enumerates
+    otherwise)."""
     from refsnn.firing import fires_at_threshold
     from refsnn.relaxations import STABLE_ON, UNSTABLE
 
@@ -421,16 +547,19 @@ def gray_margins(net64: SNN, maps: List[Tuple[np.ndarray, np.ndarray]], subset, 
     bit_ptr = np.searchsorted(key, np.arange(open_vars.size)[:, None] * width + np.arange(width + 1)[None, :])
     bit_time, bit_column = bits // n_in, bits % n_in
 
-    currents, weights, scales = [], [], []
-    error = 0.0
+    currents, weights, scales, bands = [], [], [], []
+    growth = max(1.0, abs(decay)) ** steps
     kept_prev = None
     for k, (A, c) in enumerate(maps):
         kept = np.flatnonzero(np.any(states[k] == UNSTABLE, axis=0) | (k == len(maps) - 1))
         fixed = _fixed_point(A[kept], c[kept])
         if fixed is None:
             return None
-        Aq, cq, scale, err = fixed
-        error = max(error, err * steps)
+        Aq, cq, scale, err, magnitude = fixed
+        # per step: the current's fixed-point error, its float conversion, the carry's two roundings
+        # and the sum's (|m| <= T' growth magnitude); carried over at most T' steps
+        per_step = err + 2.0 ** -52 * (1 + 2 * steps) * (magnitude + err) * growth
+        bands.append(GRAY_BAND_SAFETY * steps * growth * per_step)
         if k == 0:
             columns, bit_row = np.unique(bit_column, return_inverse=True)
             first_weights = np.ascontiguousarray(Aq[:, columns].T)
@@ -442,20 +571,32 @@ def gray_margins(net64: SNN, maps: List[Tuple[np.ndarray, np.ndarray]], subset, 
             weights.append(np.ascontiguousarray(Aq[:, kept_prev].T))
         scales.append(scale)
         kept_prev = kept
-    # the membrane sums at most T' currents (decay <= 1); float64 rounding is far below this share
-    if error > GRAY_ERROR_SHARE * band * (1.0 + abs(th)):
-        return None
     if not weights:
         weights.append(np.zeros((1, 1), np.int64))   # one typed list entry; unused with one stage
     from numba.typed import List as TypedList
 
     flagged = np.zeros((cap, open_vars.size), np.int64)
-    lowest, n_flagged, stopped, overflow, members = _gray_kernel()(
-        radix, np.ascontiguousarray(bit_ptr), np.ascontiguousarray(bit_time, np.int64),
-        np.ascontiguousarray(bit_row, np.int64), first_weights, TypedList([np.ascontiguousarray(x) for x in currents]),
-        TypedList(weights), np.array(scales), th, decay, fires_at_threshold(net64.firing), float(band),
-        np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(offsets, np.int64), int(cap), flagged)
+    # the suffix: the first variables, every bit of which is at the last step; per first-stage neuron
+    # the smallest and largest sum of its weights over the suffix's levels (digit 0: none on)
+    n_suffix = int(np.sum(earliest[open_vars] == steps - 1)) if steps > 0 else 0
+    suffix_lower = np.zeros(first_weights.shape[1], np.int64)
+    suffix_upper = np.zeros(first_weights.shape[1], np.int64)
+    for o in range(n_suffix):
+        running = np.zeros(first_weights.shape[1], np.int64)
+        low, high = running.copy(), running.copy()
+        for d in range(int(radix[o]) - 1):
+            running = running + first_weights[bit_row[bit_ptr[o, d]:bit_ptr[o, d + 1]]].sum(axis=0)
+            low, high = np.minimum(low, running), np.maximum(high, running)
+        suffix_lower += low
+        suffix_upper += high
+    lowest, n_flagged, stopped, incomplete, members, evaluated = _gray_kernel()(
+        radix, n_suffix, np.ascontiguousarray(bit_ptr), np.ascontiguousarray(bit_time, np.int64),
+        np.ascontiguousarray(bit_row, np.int64), first_weights, suffix_lower, suffix_upper,
+        TypedList([np.ascontiguousarray(x) for x in currents]),
+        TypedList(weights), np.array(scales), th, decay, fires_at_threshold(net64.firing), np.array(bands),
+        np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(offsets, np.int64), int(cap), flagged,
+        np.iinfo(np.int64).max if budget is None else int(budget))
     levels = np.broadcast_to(subset.lo, (int(n_flagged), subset.lo.size)).copy()
     levels[:, open_vars] += flagged[:n_flagged]
     return GrayResult(None if lowest == np.iinfo(np.int64).max else int(lowest), levels, bool(stopped),
-                      bool(overflow), int(members))
+                      incomplete == 1, int(members), int(evaluated), incomplete == 2)
