@@ -850,19 +850,22 @@ class _Search:
             return None
         self.stats["gray_members"] += result.members
         margins = []
-        if len(result.flagged):
-            xs = part.from_levels(result.flagged)
+        xs = part.from_levels(result.flagged) if len(result.flagged) else None
+        if result.stopped:
+            # the kernel stopped at a member whose float counts are exact and whose margin is <= 0 (the
+            # last flagged): its offer ends the search; if it did not, the rest of the part is unseen
+            self.offer(np.ascontiguousarray(xs[:, -1:]), force=True)
+            return None
+        if xs is not None:
             for i in range(xs.shape[1]):
+                if self.remaining() <= 0:
+                    return _OUT_OF_TIME
                 self.stats["exact_replays"] += 1
                 counts = self.exact.run(np.ascontiguousarray(xs[:, i])).counts.astype(np.int64)
                 margins.append(int((self.C_int[rows] @ counts - self.c_grid[rows]).min()))
             worst = int(np.argmin(margins))
             if margins[worst] <= 0:
                 self.offer(np.ascontiguousarray(xs[:, worst:worst + 1]), force=True)
-        if result.stopped:
-            # the kernel stopped at a member whose float counts are exact and whose margin is <= 0:
-            # the offer above ends the search; if it did not, the rest of the part is still unseen
-            return None
         values = margins + ([result.lowest] if result.lowest is not None else [])
         return self.grid_lower(min(values)) if values else math.inf
 

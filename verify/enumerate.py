@@ -508,7 +508,7 @@ def _fixed_point(A: np.ndarray, c: np.ndarray) -> Optional[Tuple[np.ndarray, np.
 
 def gray_margins(net64: SNN, maps: List[Tuple[np.ndarray, np.ndarray]], subset, states: List[np.ndarray],
                  rows: np.ndarray, offsets: np.ndarray, cap: int = 4096,
-                 budget: Optional[int] = None) -> Optional[GrayResult]:
+                 budget: Optional[int] = None, close_sweeps: bool = True) -> Optional[GrayResult]:
     """Every member of ``subset`` (a ``verify.sets.LevelSet``) in Gray-code order: the grid margins
     ``min_i (rows_i . counts - offsets_i)`` (``rows [R, n_out]``, ``offsets [R]`` integers; ``counts``
     the output spike counts), on the neurons the sound interval states ``states[k] [T', n_k]`` of a
@@ -516,12 +516,21 @@ def gray_margins(net64: SNN, maps: List[Tuple[np.ndarray, np.ndarray]], subset, 
     ``reduced_spike_counts``). A member with a kept membrane within the stage's tie band of the
     threshold (``GRAY_BAND_SAFETY`` times the bound on the simulated membrane's distance from the
     exact one: fixed-point rounding of the weights plus float64 rounding of the recurrence) is
-    flagged, not decided. None when the weights do not fit the fixed point (the caller enumerates
-    otherwise)."""
+    flagged, not decided (a stage other than one Linear layer has a map computed in float64: its band
+    is at least ``verify.encoding.FIXED_TIE_BAND`` relative, as in the chunked pass). ``close_sweeps``: at each setting of the variables with bits before the
+    last step, bound the last step over the others by intervals and skip them when every margin is
+    > 0 (False: evaluate every member). At most ``cap`` flagged members and ``budget`` members
+    evaluated one by one (``overflow`` / ``exhausted``). None when the weights do not fit the fixed
+    point (the caller enumerates otherwise)."""
     from refsnn.firing import fires_at_threshold
+    from refsnn.layers import Flatten, Linear
     from refsnn.relaxations import STABLE_ON, UNSTABLE
 
+    from .encoding import FIXED_TIE_BAND
+
     steps = subset.steps
+    if subset.count() > 1 << 62:
+        return None   # the kernel counts members in int64
     th, decay = float(net64.threshold), float(net64.decay)
     first_member = subset.from_levels(subset.lo[None])[:, 0].reshape(steps, -1).astype(np.int64)
     n_in = first_member.shape[1]
@@ -552,6 +561,11 @@ def gray_margins(net64: SNN, maps: List[Tuple[np.ndarray, np.ndarray]], subset, 
     kept_prev = None
     for k, (A, c) in enumerate(maps):
         kept = np.flatnonzero(np.any(states[k] == UNSTABLE, axis=0) | (k == len(maps) - 1))
+        linear = [op for op in net64.stages[k].ops if not isinstance(op, Flatten)]
+        exact_map = len(linear) == 1 and isinstance(linear[0], Linear)
+        if exact_map:
+            # the layer's own weights: the map's columns fl(W + b) - b can differ from W by ~2^-53 |b|
+            A, c = np.asarray(linear[0].weight, np.float64), np.asarray(linear[0].bias, np.float64)
         fixed = _fixed_point(A[kept], c[kept])
         if fixed is None:
             return None
@@ -559,7 +573,12 @@ def gray_margins(net64: SNN, maps: List[Tuple[np.ndarray, np.ndarray]], subset, 
         # per step: the current's fixed-point error, its float conversion, the carry's two roundings
         # and the sum's (|m| <= T' growth magnitude); carried over at most T' steps
         per_step = err + 2.0 ** -52 * (1 + 2 * steps) * (magnitude + err) * growth
-        bands.append(GRAY_BAND_SAFETY * steps * growth * per_step)
+        band = GRAY_BAND_SAFETY * steps * growth * per_step
+        if not exact_map:
+            # a composite stage's map is itself float64 arithmetic (convolution, pooling): at least the
+            # chunked pass's relative band, FIXED_TIE_BAND, which covers it there too
+            band = max(band, FIXED_TIE_BAND * (1.0 + abs(th) + steps * growth * magnitude))
+        bands.append(band)
         if k == 0:
             columns, bit_row = np.unique(bit_column, return_inverse=True)
             first_weights = np.ascontiguousarray(Aq[:, columns].T)
@@ -578,7 +597,7 @@ def gray_margins(net64: SNN, maps: List[Tuple[np.ndarray, np.ndarray]], subset, 
     flagged = np.zeros((cap, open_vars.size), np.int64)
     # the suffix: the first variables, every bit of which is at the last step; per first-stage neuron
     # the smallest and largest sum of its weights over the suffix's levels (digit 0: none on)
-    n_suffix = int(np.sum(earliest[open_vars] == steps - 1)) if steps > 0 else 0
+    n_suffix = int(np.sum(earliest[open_vars] == steps - 1)) if close_sweeps else 0
     suffix_lower = np.zeros(first_weights.shape[1], np.int64)
     suffix_upper = np.zeros(first_weights.shape[1], np.int64)
     for o in range(n_suffix):
