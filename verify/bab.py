@@ -19,7 +19,9 @@ lower bound (``method``: ``"ibp"``, ``"crown-ibp"``, ``"best"``, ``"alpha"``, ``
 is > 0 is closed for the whole subtree, a node with every row closed is robust. Nodes are
 expanded worst bound first, so the smallest open bound (the proven margin lower bound) rises.
 A node small enough is a leaf: enumerated when it has at most ``enumerate_always`` members (or
-``enumerate_max`` while its bound is far from closing it), given to the exact MILP
+``enumerate_max`` while its bound is far from closing it; margin questions on FC-sized nets in
+Gray-code order, ``verify.enumerate.gray_margins``, with sweeps of last-step inputs closed by
+intervals), given to the exact MILP
 (``verify.milp.SampleVerifier``: the minimum of each open row) when it has at most ``milp_max_free`` open bits.
 After a short branching phase (``root_milp_after`` nodes, where witnesses are often found) the whole
 set gets one MILP with a share (``root_milp``) of the sample's time. A MILP that reaches its time

@@ -1,7 +1,10 @@
 """Exhaustive enumeration: the ground truth of the ground truth, for sets small enough to list.
 
 Runs the float64 forward pass on every member of an input set (vectorized in batches) and keeps
-the exact extremes of each specification, of each membrane, and the robustness margin.
+the exact extremes of each specification, of each membrane, and the robustness margin. For the
+leaves of ``verify.bab``: the reduced pass on the neurons a set's sound intervals leave unstable
+(``reduced_spike_counts``) and its Gray-code form with fixed-point current updates
+(``gray_margins``).
 """
 from __future__ import annotations
 
