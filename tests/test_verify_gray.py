@@ -275,8 +275,10 @@ def _adversarial_problem(case: int):
             return rng.choice(_ADVERSARIAL, shape) * rng.choice([1, 1, 1, 2, 3], shape)
         return np.where(rng.random(shape) < 0.5, rng.integers(-5, 6, shape) / 8.0, rng.choice(_ADVERSARIAL, shape))
 
-    layers = [Linear(draw((b, a)), draw(b) if rng.random() < 0.7 else np.zeros(b))
-              for a, b in zip(widths[:-1], widths[1:])]
+    layers = []
+    for a, b in zip(widths[:-1], widths[1:]):
+        bias = draw(b) if rng.random() < 0.7 else np.zeros(b)
+        layers.append(Linear(draw((b, a)), bias))
     net = SNN(layers, threshold=float(rng.choice([0.25, 0.3, 0.1 + 0.2, 0.5, 1.0, 0.125])),
               decay=float(rng.choice([0.5, 1.0, 0.999, 0.25, 0.0, 0.9, 1 / 3])), input_shape=(n_in,),
               firing=str(rng.choice([">=", ">"])))
