@@ -143,7 +143,6 @@ def test_reduced_pass_gives_the_spike_counts_of_the_full_forward(data):
     members with a membrane within rounding of the threshold (which the leaf replays exactly) aside."""
     from refsnn.ibp import interval_bounds_of_box, prepare_stages
     from refsnn.input_sets import binary_box
-    from verify.bab import _open_bits
     from verify.encoding import float64_network
     from verify.enumerate import reduced_maps, reduced_spike_counts
 
@@ -162,7 +161,7 @@ def test_reduced_pass_gives_the_spike_counts_of_the_full_forward(data):
     steps = level.steps
     states = [st_.reshape(steps, -1) for st_ in inter.state]
     base = level.from_levels(level.lo[None])[:, 0].reshape(steps, -1).astype(np.float64)
-    varying = np.unique(_open_bits(level)[0] % base.shape[1])
+    varying = np.unique(level.open_bits()[0] % base.shape[1])
     for xs in level.enumerate(64):
         counts, _ = reduced_spike_counts(net64, reduced_maps(net64), base, varying, states,
                                          xs.reshape(steps, xs.shape[1], -1))

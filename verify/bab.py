@@ -397,6 +397,12 @@ class _Search:
         return rates @ self.C[rows].T - self.c_float[rows]
 
     # --- falsification --------------------------------------------------------------------------
+    def exact_grid_margin(self, x: np.ndarray, rows: np.ndarray) -> int:
+        """``T' min_i (C_i . f - c_i)`` over ``rows`` for one member ``x [T', *in]`` in exact semantics
+        (grid questions: an integer)."""
+        counts = self.exact.run(x).counts.astype(np.int64)
+        return int((self.C_int[rows] @ counts - self.c_grid[rows]).min())
+
     def exact_margin(self, x: np.ndarray, rows: Optional[np.ndarray] = None) -> Fraction:
         """``min_i (C_i . f - c_i)`` of one member over ``rows`` (default: all), exactly."""
         self.stats["exact_replays"] += 1
@@ -818,7 +824,7 @@ class _Search:
                         lowest = min(lowest, part_lowest)
                         continue
                     base = part.from_levels(part.lo[None])[:, 0].reshape(self.steps, -1).astype(np.float64)
-                    varying = np.unique(_open_bits(part)[0] % base.shape[1])
+                    varying = np.unique(part.open_bits()[0] % base.shape[1])
                     for xs in part.enumerate(ENUM_CHUNK):
                         if self.remaining() <= 0:
                             return False
@@ -863,8 +869,7 @@ class _Search:
                 if self.remaining() <= 0:
                     return _OUT_OF_TIME
                 self.stats["exact_replays"] += 1
-                counts = self.exact.run(np.ascontiguousarray(xs[:, i])).counts.astype(np.int64)
-                margins.append(int((self.C_int[rows] @ counts - self.c_grid[rows]).min()))
+                margins.append(self.exact_grid_margin(np.ascontiguousarray(xs[:, i]), rows))
             worst = int(np.argmin(margins))
             if margins[worst] <= 0:
                 self.offer(np.ascontiguousarray(xs[:, worst:worst + 1]), force=True)
@@ -891,8 +896,7 @@ class _Search:
             margins = (counts.astype(np.int64) @ self.C_int[rows].T - self.c_grid[rows]).min(axis=1)
             for i in np.flatnonzero(near | (margins <= 0)):
                 self.stats["exact_replays"] += 1
-                counts_exact = self.exact.run(np.ascontiguousarray(xs[:, i])).counts.astype(np.int64)
-                margins[i] = int((self.C_int[rows] @ counts_exact - self.c_grid[rows]).min())
+                margins[i] = self.exact_grid_margin(np.ascontiguousarray(xs[:, i]), rows)
             i = int(np.argmin(margins))
             lowest = self.grid_lower(int(margins[i]))
         else:
@@ -1045,24 +1049,17 @@ def _chunks(subset: LevelSet, limit: int, coefs: Optional[np.ndarray]) -> List[L
     return parts
 
 
-def _open_bits(subset: LevelSet):
-    bits = subset._free_bits
-    var, rank = subset._flat_var[bits], subset._flat_rank[bits]
-    keep = (rank >= subset.lo[var]) & (rank < subset.hi[var])
-    return bits[keep], var[keep], rank[keep]
-
-
 def smear(subset: LevelSet, coefs: np.ndarray) -> np.ndarray:
     """``[V]``: ``sum |A|`` over each variable's open bits (``coefs [T', *in]``, a linear bound's input
     coefficients): how far fixing that variable can move the bound."""
-    bits, var, _ = _open_bits(subset)
+    bits, var, _ = subset.open_bits()
     return np.bincount(var, weights=np.abs(coefs.reshape(-1)[bits]), minlength=subset.n_levels.size)
 
 
 def minimizer(subset: LevelSet, coefs: np.ndarray) -> np.ndarray:
     """The member ``[T', *in]`` minimizing ``sum A . x`` over the set (``coefs [T', *in]``): per
     variable, the level where the running sum of its rank contributions is smallest."""
-    bits, var, rank = _open_bits(subset)
+    bits, var, rank = subset.open_bits()
     levels = subset.lo.copy()
     if bits.size:
         width = int(subset.n_levels.max())

@@ -537,20 +537,19 @@ def gray_margins(net64: SNN, maps: List[Tuple[np.ndarray, np.ndarray]], subset, 
     th, decay = float(net64.threshold), float(net64.decay)
     first_member = subset.from_levels(subset.lo[None])[:, 0].reshape(steps, -1).astype(np.int64)
     n_in = first_member.shape[1]
-    bits = subset._free_bits
-    var, rank = subset._flat_var[bits], subset._flat_rank[bits]
+    # the bits that turn on between consecutive levels of each open variable (those of the others
+    # are fixed in the first member)
+    bits, var, rank = subset.open_bits()
     # the Gray code moves its first variables most often: those whose bits come latest recompute the
     # fewest steps
     open_vars = subset.open_variables
-    earliest = np.full(subset.n_levels.size, steps, np.int64)
-    np.minimum.at(earliest, var, bits // n_in)
+    earliest = np.full(subset.n_levels.size, steps, np.int64)   # over every free bit, fixed ones too
+    np.minimum.at(earliest, subset._flat_var[subset._free_bits], subset._free_bits // n_in)
     open_vars = open_vars[np.argsort(-earliest[open_vars], kind="stable")]
     radix = (subset.hi - subset.lo + 1)[open_vars].astype(np.int64)
-    # the bits that turn on between consecutive levels of each open variable, in (variable, rank) order
+    # in (variable, rank) order
     slot = np.full(subset.n_levels.size, -1, np.int64)
     slot[open_vars] = np.arange(open_vars.size)
-    keep = (slot[var] >= 0) & (rank >= subset.lo[var]) & (rank < subset.hi[var])
-    bits, var, rank = bits[keep], var[keep], rank[keep]
     digit = rank - subset.lo[var]
     order = np.lexsort((bits, digit, slot[var]))
     bits, var, digit = bits[order], var[order], digit[order]

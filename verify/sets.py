@@ -594,12 +594,17 @@ class LevelSet(InputSet):
         """Indices of the variables whose level is not fixed (``lo < hi``)."""
         return np.flatnonzero(self.lo < self.hi)
 
-    def free_bits_per_variable(self) -> np.ndarray:
-        """``[V]``: bits of each variable whose value the node leaves open (rank in ``[lo, hi)``)."""
+    def open_bits(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(bits, variable, rank)``: the flat positions (in ``[T' * n_in]``) of the bits whose value
+        the set leaves open (rank in their variable's ``[lo, hi)``), with their variable and rank."""
         bits = self._free_bits
         var, rank = self._flat_var[bits], self._flat_rank[bits]
-        open_bit = (rank >= self.lo[var]) & (rank < self.hi[var])
-        return np.bincount(var[open_bit], minlength=self.n_levels.size)
+        keep = (rank >= self.lo[var]) & (rank < self.hi[var])
+        return bits[keep], var[keep], rank[keep]
+
+    def free_bits_per_variable(self) -> np.ndarray:
+        """``[V]``: bits of each variable whose value the node leaves open (rank in ``[lo, hi)``)."""
+        return np.bincount(self.open_bits()[1], minlength=self.n_levels.size)
 
     def from_levels(self, levels: np.ndarray) -> np.ndarray:
         """``levels [b, V]`` -> members ``[T', b, *in]``."""
