@@ -18,35 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
-from refsnn.io import load_model
+from _samples import add_sample_arguments, load_samples
 from verify.bab import BabConfig, robust_bab
-from verify.dataset import EVENT_DATASETS, DatasetVerifyConfig, run_samples, sample_set
-
-
-def _ints(text: str) -> list:
-    return [int(part) for part in text.split(",") if part]
+from verify.dataset import sample_set
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--dataset", default="nmnist")
-    parser.add_argument("--eps", type=float, default=0.005)
-    parser.add_argument("--robust-T", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--indices", type=_ints, required=True)
+    add_sample_arguments(parser, dataset="nmnist", eps=0.005)
     parser.add_argument("--nodes", type=int, default=400)
     parser.add_argument("--branching", default="neuron-babsr")
     parser.add_argument("--beta-iterations", type=int, default=BabConfig.beta_iterations)
-    parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default="runs/bench_beta/report.json")
     args = parser.parse_args(argv)
-    net = load_model(args.model, dtype=np.float64)
-    input_set = "spike" if args.dataset in EVENT_DATASETS else "digital"
-    config = DatasetVerifyConfig(eps=args.eps, input_set=input_set, horizon=args.robust_T, seed=args.seed,
-                                 method="complete", sets="protocol")
-    indices, x, labels = run_samples(args.dataset, "test", len(args.indices), config, indices=args.indices,
-                                     data_dir=args.data_dir)
+    net, config, indices, x, labels = load_samples(args)
     rows = []
     for index, sample, label in zip(indices, x, labels):
         subset, _ = sample_set(sample, int(index), config)

@@ -24,16 +24,12 @@ from pathlib import Path
 import numpy as np
 
 import verify.bab as bab
-from refsnn.io import load_model
+from _samples import add_sample_arguments, load_samples
 from verify.bab import BabConfig, robust_bab
-from verify.dataset import DatasetVerifyConfig, run_samples, sample_set
+from verify.dataset import sample_set
 from verify.enumerate import gray_margins
 
 MODES = ("chunks", "gray", "gray-sweeps")
-
-
-def _ints(text: str) -> list:
-    return [int(part) for part in text.split(",") if part]
 
 
 def _run(mode: str, net, subset, label: int, seed: int, index: int) -> dict:
@@ -54,24 +50,15 @@ def _run(mode: str, net, subset, label: int, seed: int, index: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--dataset", default="mnist")
-    parser.add_argument("--eps", type=float, default=0.02)
-    parser.add_argument("--robust-T", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--indices", type=_ints, required=True)
+    add_sample_arguments(parser, dataset="mnist", eps=0.02)
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--modes", default=",".join(MODES))
-    parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default="runs/bench_enumerate/report.json")
     args = parser.parse_args(argv)
     modes = [mode for mode in args.modes.split(",") if mode]
     if not modes or any(mode not in MODES for mode in modes):
         parser.error(f"--modes must name some of {', '.join(MODES)}")
-    net = load_model(args.model, dtype=np.float64)
-    config = DatasetVerifyConfig(eps=args.eps, horizon=args.robust_T, seed=args.seed, method="complete")
-    indices, x, labels = run_samples(args.dataset, "test", len(args.indices), config, indices=args.indices,
-                                     data_dir=args.data_dir)
+    net, config, indices, x, labels = load_samples(args)
     subset0, _ = sample_set(x[0], int(indices[0]), config)
     _run(modes[-1], net, subset0, int(labels[0]), args.seed, int(indices[0]))   # compiles the kernels
     rows = []

@@ -26,36 +26,22 @@ from pathlib import Path
 
 import numpy as np
 
-from refsnn.io import load_model
+from _samples import add_sample_arguments, ints, load_samples
 from refsnn.l0 import anyk_bounds, anyk_node_bounds
 from refsnn.spec import margin_spec
-from verify.dataset import DatasetVerifyConfig, run_samples, sample_set
-
-
-def _ints(text: str) -> list:
-    return [int(v) for v in text.split(",") if v.strip()]
+from verify.dataset import sample_set
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--dataset", default="nmnist")
-    parser.add_argument("--eps", type=float, default=0.005)
-    parser.add_argument("--robust-T", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--indices", type=_ints, required=True)
+    add_sample_arguments(parser, dataset="nmnist", eps=0.005)
     parser.add_argument("--methods", default="best,crown")
-    parser.add_argument("--ks", type=_ints, default=[1, 2, 3, 4, 6, 9, 12])
-    parser.add_argument("--masks", type=_ints, default=[12, 50, 200, 800, 1600])
-    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--ks", type=ints, default=[1, 2, 3, 4, 6, 9, 12])
+    parser.add_argument("--masks", type=ints, default=[12, 50, 200, 800, 1600])
     parser.add_argument("--out", default="runs/bench_l0_ball/report.json")
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
-    net = load_model(args.model, dtype=np.float64)
-    config = DatasetVerifyConfig(eps=args.eps, input_set="spike", horizon=args.robust_T, seed=args.seed,
-                                 method="complete", sets="protocol")
-    indices, x, labels = run_samples(args.dataset, "test", len(args.indices), config, indices=args.indices,
-                                     data_dir=args.data_dir)
+    net, config, indices, x, labels = load_samples(args, input_set="spike")
     rows = []
     started = time.perf_counter()
     for index, sample, label in zip(indices, x, labels):
