@@ -252,6 +252,24 @@ def test_a_budget_of_members_stops_the_enumeration_undecided():
     assert not whole.exhausted and whole.members == whole.evaluated == 64 and whole.lowest == 1
 
 
+
+def test_closed_sweeps_count_against_the_budget():
+    """Free bits at both of two steps, every margin 1 (zero rows): each of the 64 settings of the
+    first step's bits closes its sweep of the last step's 64 by intervals without evaluating a
+    member. A closed sweep costs a pass like an evaluated member, so a budget of 5 passes stops after
+    5 sweeps (a part whose sweeps all close still ends near the time limit)."""
+    rng = np.random.default_rng(5)
+    net = SNN([Linear(rng.normal(0, 0.5, (4, 6)), rng.normal(0, 0.1, 4)),
+               Linear(rng.normal(0, 0.5, (2, 4)), np.zeros(2))], threshold=0.25, decay=0.5, input_shape=(6,))
+    level = LevelSet.of(BoxSet(np.zeros((2, 6), np.uint8), np.ones((2, 6), np.uint8)))
+    rows, offsets = np.zeros((1, 2), np.int64), np.array([-1], np.int64)
+    net64 = float64_network(net)
+    whole = gray_margins(net64, reduced_maps(net64), level, _states(net, level), rows, offsets)
+    assert not whole.exhausted and whole.members == 4096 and whole.evaluated == 0 and whole.lowest == 1
+    assert whole.passes == 64 and whole.seconds is not None and whole.seconds >= 0   # compiled by now
+    stopped = gray_margins(net64, reduced_maps(net64), level, _states(net, level), rows, offsets, budget=5)
+    assert stopped.exhausted and stopped.evaluated == 0 and stopped.members == 5 * 64 and stopped.passes == 5
+
 # adversarial weights: sums that round onto thresholds, tiny weights beside large ones
 _ADVERSARIAL = [0.1, 0.2, 0.3, -0.1, -0.2, 0.7, 2.0 ** -58, -2.0 ** -58, 0.25, -0.25, 0.125, 1e-17, 0.5, 1 / 3,
                 -1 / 3, 0.0]

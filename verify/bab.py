@@ -67,9 +67,11 @@ GRAY_CHUNK = 1 << 24  # members per part of a leaf enumerated in Gray-code order
 # the fewer the parts, the longer the sweeps of last-step variables that intervals close (2x faster than 2^20
 # on plain MNIST FC image 2286)
 GRAY_FLAG_CAP = 1024  # members near a tie per part replayed exactly; more: the part is enumerated in chunks
-# members a part may evaluate one by one per second of the time limit left (about twice the rate on
-# plain MNIST FC): a part ends near the limit instead of running on past it
+# passes (members evaluated one by one, sweeps closed) a part may make per second of the time limit left,
+# until the search has timed a part of its own (then that part's rate: 0.13-0.5 M/s on plain MNIST FC);
+# high, so that only the first part can run past the limit, by at most its own length
 GRAY_RATE = 2_000_000
+GRAY_TIMED = 0.25   # seconds a part must take for its rate to be used
 _OUT_OF_TIME = object()
 INPUT_BRANCHING = ("first", "widest", "smear")
 NEURON_BRANCHING = ("neuron-widest", "neuron-babsr", "mixed")
@@ -347,6 +349,7 @@ class _Search:
         # an l0 ball split on spikes only: every node holds the whole ball (bounded over it)
         self.ball = input_set if isinstance(input_set, SpikeL0Set) and input_set.k > 0 else None
         self.stuck: List[_Node] = []  # open ball nodes without an unstable spike left to split
+        self.gray_rate = GRAY_RATE  # passes per second of the Gray parts (the last one timed)
         from refsnn.ibp import prepare_stages
 
         self.stages = prepare_stages(net)
@@ -847,11 +850,14 @@ class _Search:
         by ``verify.enumerate.gray_margins`` (grid questions), flagged members replayed exactly; the
         worst is offered as a witness when its exact margin is <= 0. None when the Gray enumeration
         does not apply or flags too many members (the caller enumerates the part in chunks);
-        ``_OUT_OF_TIME`` when its budget of members (``GRAY_RATE`` per second left) ran out."""
+        ``_OUT_OF_TIME`` when its budget of passes (the rate of the parts so far times the seconds
+        left) ran out."""
         left = self.remaining()
-        budget = None if math.isinf(left) else max(1, int(left * GRAY_RATE))
+        budget = None if math.isinf(left) else max(1, int(left * self.gray_rate))
         result = gray_margins(self.net64, self.maps, part, states, self.C_int[rows], self.c_grid[rows],
                               cap=GRAY_FLAG_CAP, budget=budget)
+        if result is not None and result.seconds is not None and result.seconds >= GRAY_TIMED:
+            self.gray_rate = result.passes / result.seconds
         if result is not None and result.exhausted:
             return _OUT_OF_TIME
         if result is None or result.overflow:

@@ -8,6 +8,7 @@ leaves of ``verify.bab``: the reduced pass on the neurons a set's sound interval
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -126,6 +127,29 @@ def reduced_maps(net: SNN) -> Optional[List[Tuple[np.ndarray, np.ndarray]]]:
     return stage_affine_maps(net) if entries <= REDUCED_MAX_ENTRIES else None
 
 
+def reduced_stages(states: List[np.ndarray]) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per stage ``k``, ``(kept, fixed_prev, on)``: the neurons an enumeration simulates (unstable at
+    some step of ``states[k] [T', n_k]``, and every output neuron), the neurons of stage ``k - 1`` it
+    does not (stable at every step, so every member of the set has their spikes) and those spikes
+    ``[T', fixed_prev]`` (bool: stable firing), which enter stage ``k`` as a constant per step (stage
+    0: empty). The one reduction ``reduced_spike_counts`` and ``gray_margins`` both make."""
+    from refsnn.relaxations import STABLE_ON, UNSTABLE
+
+    out = []
+    kept_prev = None
+    for k, state in enumerate(states):
+        kept = np.flatnonzero(np.any(state == UNSTABLE, axis=0) | (k == len(states) - 1))
+        if k == 0:
+            fixed_prev = np.zeros(0, np.int64)
+            on = np.zeros((state.shape[0], 0), bool)
+        else:
+            fixed_prev = np.setdiff1d(np.arange(states[k - 1].shape[1]), kept_prev)
+            on = states[k - 1][:, fixed_prev] == STABLE_ON
+        out.append((kept, fixed_prev, on))
+        kept_prev = kept
+    return out
+
+
 def reduced_spike_counts(net64: SNN, maps: List[Tuple[np.ndarray, np.ndarray]], base: np.ndarray,
                          varying: np.ndarray, states: List[np.ndarray], members: np.ndarray
                          ) -> Tuple[np.ndarray, List[np.ndarray]]:
@@ -146,24 +170,17 @@ def reduced_spike_counts(net64: SNN, maps: List[Tuple[np.ndarray, np.ndarray]], 
     arithmetic). The result equals ``net64.run`` on the members up to float64 rounding.
     """
     from refsnn.neurons import lif_forward
-    from refsnn.relaxations import STABLE_ON, UNSTABLE
 
-    steps, batch = members.shape[:2]
     membranes = []
     spikes = None
     kept_prev = None
-    for k, (A, c) in enumerate(maps):
-        state = states[k]
-        last = k == len(maps) - 1
-        kept = np.flatnonzero(np.any(state == UNSTABLE, axis=0) | last)
-        if k == 0:
+    for (A, c), (kept, fixed_prev, on) in zip(maps, reduced_stages(states)):
+        if kept_prev is None:
             const = base @ A[kept].T + c[kept]                    # [T', kept]
             delta = members[:, :, varying].astype(np.float64) - base[:, None, varying]
             current = const[:, None, :] + delta @ A[kept][:, varying].T
         else:
-            fixed_prev = np.setdiff1d(np.arange(A.shape[1]), kept_prev)
-            on = (states[k - 1][:, fixed_prev] == STABLE_ON).astype(np.float64)   # [T', fixed]
-            const = on @ A[kept][:, fixed_prev].T + c[kept]
+            const = on.astype(np.float64) @ A[kept][:, fixed_prev].T + c[kept]
             current = const[:, None, :] + spikes @ A[kept][:, kept_prev].T
         membrane, spikes = lif_forward(np.ascontiguousarray(current), net64.threshold, net64.decay, net64.firing)
         membranes.append(membrane)
@@ -199,8 +216,10 @@ class GrayResult:
     enumeration stopped at a member with margin <= 0 and no membrane near the threshold (its counts
     are exact: a witness, the last row of ``flagged``); ``overflow``: more than ``cap`` members were
     flagged and the enumeration stopped (nothing is decided); ``exhausted``: it stopped after ``budget``
-    members evaluated one by one (nothing is decided); ``members``: members covered (evaluated
-    or in a closed sweep); ``evaluated``: members evaluated one by one."""
+    passes (members evaluated one by one plus sweeps closed; nothing is decided); ``members``: members covered (evaluated
+    or in a closed sweep); ``evaluated``: members evaluated one by one; ``passes``: evaluated plus
+    sweeps closed (what ``budget`` counts); ``seconds``: the compiled loop's time (None on the call
+    that compiled or loaded it), so that ``passes / seconds`` is the machine's rate on this net."""
 
     lowest: Optional[int]
     flagged: np.ndarray
@@ -209,6 +228,8 @@ class GrayResult:
     members: int
     evaluated: int = 0
     exhausted: bool = False
+    passes: int = 0
+    seconds: Optional[float] = None
 
 
 def _gray_kernel_source(radix, n_suffix, bit_ptr, bit_time, bit_row, first_weights, suffix_lower, suffix_upper,
@@ -229,8 +250,9 @@ def _gray_kernel_source(radix, n_suffix, bit_ptr, bit_time, bit_row, first_weigh
     is the same for all suffix levels, so an interval bound of the last step over the suffix (no
     membrane of the earlier steps near the threshold) may prove every margin of the sweep > 0, and
     the sweep is skipped; otherwise the suffix is swept in reflected Gray order.
-    ``budget``: members evaluated one by one at most.
-    Returns ``(lowest, n_flagged, stopped, incomplete, members, evaluated)`` (``incomplete``: 0 no, 1
+    ``budget``: passes at most (a pass evaluates one member or closes one sweep; both cost about one
+    rerun of the recurrence, so the budget bounds the time whatever the sweeps do).
+    Returns ``(lowest, n_flagged, stopped, incomplete, members, evaluated, passes)`` (``incomplete``: 0 no, 1
     ``cap`` members flagged, 2 ``budget`` reached): ``lowest`` a lower bound of the
     margins of the members not flagged (exact on the ones evaluated); ``flagged [cap, O]`` digits."""
     n_stages = len(currents)
@@ -268,6 +290,7 @@ def _gray_kernel_source(radix, n_suffix, bit_ptr, bit_time, bit_row, first_weigh
     n_flagged = 0
     members = 0
     evaluated = 0
+    passes = 0
     n_out = currents[n_stages - 1].shape[1]
     counts = np.zeros(n_out, dtype=np.int64)
     at_prefix = True
@@ -275,6 +298,9 @@ def _gray_kernel_source(radix, n_suffix, bit_ptr, bit_time, bit_row, first_weigh
     first = 0
     member_zero = True
     while True:
+        if passes == budget:
+            return lowest, n_flagged, False, 2, members, evaluated, passes
+        passes += 1
         # --- the LIF recurrence of the kept neurons from step ``first`` (stage 0's currents moved) ---
         k = 0
         while k < n_stages:
@@ -406,8 +432,6 @@ def _gray_kernel_source(radix, n_suffix, bit_ptr, bit_time, bit_row, first_weigh
 
         # --- the member itself ---
         if not skipped:
-            if evaluated == budget:
-                return lowest, n_flagged, False, 2, members, evaluated
             members += 1
             evaluated += 1
             last = spikes[n_stages - 1]
@@ -429,11 +453,11 @@ def _gray_kernel_source(radix, n_suffix, bit_ptr, bit_time, bit_row, first_weigh
                         is_near = True
             if is_near or margin <= 0:
                 if n_flagged == cap:
-                    return lowest, n_flagged, False, 1, members - 1, evaluated - 1
+                    return lowest, n_flagged, False, 1, members - 1, evaluated - 1, passes
                 flagged[n_flagged, :] = digits
                 n_flagged += 1
                 if not is_near:
-                    return lowest, n_flagged, True, 0, members, evaluated
+                    return lowest, n_flagged, True, 0, members, evaluated, passes
             else:
                 lowest = min(lowest, margin)
 
@@ -475,7 +499,7 @@ def _gray_kernel_source(radix, n_suffix, bit_ptr, bit_time, bit_row, first_weigh
             if o < n_suffix:
                 for j in range(w.shape[0]):
                     suffix_on[j] += sign * w[j]
-    return lowest, n_flagged, False, 0, members, evaluated
+    return lowest, n_flagged, False, 0, members, evaluated, passes
 
 
 _GRAY_KERNEL = None
@@ -522,12 +546,11 @@ def gray_margins(net64: SNN, maps: List[Tuple[np.ndarray, np.ndarray]], subset, 
     flagged, not decided (a stage other than one Linear layer has a map computed in float64: its band
     is at least ``verify.encoding.FIXED_TIE_BAND`` relative, as in the chunked pass). ``close_sweeps``: at each setting of the variables with bits before the
     last step, bound the last step over the others by intervals and skip them when every margin is
-    > 0 (False: evaluate every member). At most ``cap`` flagged members and ``budget`` members
-    evaluated one by one (``overflow`` / ``exhausted``). None when the weights do not fit the fixed
+    > 0 (False: evaluate every member). At most ``cap`` flagged members and ``budget`` passes
+    (members evaluated one by one plus sweeps closed: ``overflow`` / ``exhausted``). None when the weights do not fit the fixed
     point (the caller enumerates otherwise)."""
     from refsnn.firing import fires_at_threshold
     from refsnn.layers import Flatten, Linear
-    from refsnn.relaxations import STABLE_ON, UNSTABLE
 
     from .encoding import FIXED_TIE_BAND
 
@@ -561,8 +584,7 @@ def gray_margins(net64: SNN, maps: List[Tuple[np.ndarray, np.ndarray]], subset, 
     currents, weights, scales, bands = [], [], [], []
     growth = max(1.0, abs(decay)) ** steps
     kept_prev = None
-    for k, (A, c) in enumerate(maps):
-        kept = np.flatnonzero(np.any(states[k] == UNSTABLE, axis=0) | (k == len(maps) - 1))
+    for k, ((A, c), (kept, fixed_prev, on)) in enumerate(zip(maps, reduced_stages(states))):
         linear = [op for op in net64.stages[k].ops if not isinstance(op, Flatten)]
         exact_map = len(linear) == 1 and isinstance(linear[0], Linear)
         if exact_map:
@@ -586,9 +608,7 @@ def gray_margins(net64: SNN, maps: List[Tuple[np.ndarray, np.ndarray]], subset, 
             first_weights = np.ascontiguousarray(Aq[:, columns].T)
             currents.append(first_member @ Aq.T + cq)
         else:
-            fixed_prev = np.setdiff1d(np.arange(A.shape[1]), kept_prev)
-            on = (states[k - 1][:, fixed_prev] == STABLE_ON).astype(np.int64)
-            currents.append(on @ Aq[:, fixed_prev].T + cq)
+            currents.append(on.astype(np.int64) @ Aq[:, fixed_prev].T + cq)
             weights.append(np.ascontiguousarray(Aq[:, kept_prev].T))
         scales.append(scale)
         kept_prev = kept
@@ -610,7 +630,10 @@ def gray_margins(net64: SNN, maps: List[Tuple[np.ndarray, np.ndarray]], subset, 
             low, high = np.minimum(low, running), np.maximum(high, running)
         suffix_lower += low
         suffix_upper += high
-    lowest, n_flagged, stopped, incomplete, members, evaluated = _gray_kernel()(
+    kernel = _gray_kernel()
+    warm = bool(kernel.signatures)
+    tic = time.perf_counter()
+    lowest, n_flagged, stopped, incomplete, members, evaluated, passes = kernel(
         radix, n_suffix, np.ascontiguousarray(bit_ptr), np.ascontiguousarray(bit_time, np.int64),
         np.ascontiguousarray(bit_row, np.int64), first_weights, suffix_lower, suffix_upper,
         TypedList([np.ascontiguousarray(x) for x in currents]),
@@ -620,4 +643,5 @@ def gray_margins(net64: SNN, maps: List[Tuple[np.ndarray, np.ndarray]], subset, 
     levels = np.broadcast_to(subset.lo, (int(n_flagged), subset.lo.size)).copy()
     levels[:, open_vars] += flagged[:n_flagged]
     return GrayResult(None if lowest == np.iinfo(np.int64).max else int(lowest), levels, bool(stopped),
-                      incomplete == 1, int(members), int(evaluated), incomplete == 2)
+                      incomplete == 1, int(members), int(evaluated), incomplete == 2, int(passes),
+                      time.perf_counter() - tic if warm else None)
