@@ -767,7 +767,8 @@ class _Search:
             floor = min([child.floor] + low[proven].tolist())
             keep = ~proven
             worst = int(np.argmin(low))
-            coef = None if coefs is None else coefs[b, worst]
+            # a copy: a view would keep the whole batch's coefficients [T', B, S, *in] alive with the node
+            coef = None if coefs is None else coefs[b, worst].copy()
             if coef is not None:
                 x = ball_minimizer(self.ball, coef) if self.ball is not None else minimizer(child.subset, coef)
                 if x is not None:
