@@ -204,7 +204,7 @@ def test_leaf_chunks_partition_the_leaf(data):
     level = LevelSet.of(data.draw(input_set_strategy(net, steps=(1, 3), kinds=("box", "digital"), max_members=256)))
     limit = data.draw(st.sampled_from([1, 2, 5, 16, 1000]))
     coefs = None if data.draw(st.booleans()) else np.random.default_rng(0).normal(size=level.base.shape)
-    parts = _chunks(level, limit, coefs)
+    parts = list(_chunks(level, limit, coefs))
     assert all(part.count() <= limit for part in parts) or len(parts) == level.count()
     members = sum((_members(part) for part in parts), [])
     assert sorted(members) == _members(level)

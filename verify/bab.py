@@ -47,7 +47,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import numpy as np
 
@@ -811,13 +811,14 @@ class _Search:
         A ``LevelSet`` is enumerated in chunks of at most ``ENUM_CHUNK`` members (its variables that
         move S-CROWN's bound most fixed outside), each run through ``reduced_spike_counts`` on the
         neurons the chunk's own sound intervals leave unstable."""
+        if self.remaining() <= 0:
+            return False
         self.stats["enumerated"] += 1
         lowest = math.inf
         if self.reduced_ok(node):
             gray = self.question.grid
             parts = _chunks(node.subset, GRAY_CHUNK if gray else ENUM_CHUNK, node.coefs)
-            for start in range(0, len(parts), 16):
-                group = parts[start:start + 16]
+            while group := list(itertools.islice(parts, 16)):
                 for part, states in zip(group, self.subset_states(group)):
                     if self.remaining() <= 0:
                         return False
@@ -1031,10 +1032,11 @@ def _top_k_positive(gain: np.ndarray, k: int, per_step: bool) -> np.ndarray:
     return chosen if per_step else np.moveaxis(chosen.reshape(batch, steps, n), 1, 0)
 
 
-def _chunks(subset: LevelSet, limit: int, coefs: Optional[np.ndarray]) -> List[LevelSet]:
-    """Subsets of at most ``limit`` members that partition ``subset``: the open variables with the
-    largest ``smear`` (or the widest, without ``coefs``) are fixed to each of their levels, the rest
-    stay free (fixing the variables that move the bound most leaves the fewest unstable neurons)."""
+def _chunks(subset: LevelSet, limit: int, coefs: Optional[np.ndarray]) -> Iterator[LevelSet]:
+    """Subsets of at most ``limit`` members that partition ``subset``, one at a time (a leaf of 2^40
+    members has 2^16 parts of 2^24, of which a time limit may reach a few): the open variables with
+    the largest ``smear`` (or the widest, without ``coefs``) are fixed to each of their levels, the
+    rest stay free (fixing the variables that move the bound most leaves the fewest unstable neurons)."""
     open_vars = subset.open_variables
     sizes = (subset.hi - subset.lo + 1)[open_vars]
     weight = smear(subset, coefs)[open_vars] if coefs is not None else sizes.astype(np.float64)
@@ -1047,13 +1049,11 @@ def _chunks(subset: LevelSet, limit: int, coefs: Optional[np.ndarray]) -> List[L
         inner.append(int(v))
         count *= size
     outer = [int(v) for v in order if int(v) not in inner]
-    parts = []
     for levels in itertools.product(*[range(int(subset.lo[v]), int(subset.hi[v]) + 1) for v in outer]):
         part = subset
         for v, level in zip(outer, levels):
             part = part.restrict(v, level, level)
-        parts.append(part)
-    return parts
+        yield part
 
 
 def smear(subset: LevelSet, coefs: np.ndarray) -> np.ndarray:
