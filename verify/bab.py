@@ -403,7 +403,8 @@ class _Search:
     def exact_grid_margin(self, x: np.ndarray, rows: np.ndarray) -> int:
         """``T' min_i (C_i . f - c_i)`` over ``rows`` for one member ``x [T', *in]`` in exact semantics
         (grid questions: an integer)."""
-        counts = self.exact.run(x).counts.astype(np.int64)
+        self.stats["exact_replays"] += 1
+        counts = self.exact.run(np.ascontiguousarray(x)).counts.astype(np.int64)
         return int((self.C_int[rows] @ counts - self.c_grid[rows]).min())
 
     def exact_margin(self, x: np.ndarray, rows: Optional[np.ndarray] = None) -> Fraction:
@@ -876,8 +877,7 @@ class _Search:
             for i in range(xs.shape[1]):
                 if self.remaining() <= 0:
                     return _OUT_OF_TIME
-                self.stats["exact_replays"] += 1
-                margins.append(self.exact_grid_margin(np.ascontiguousarray(xs[:, i]), rows))
+                margins.append(self.exact_grid_margin(xs[:, i], rows))
             worst = int(np.argmin(margins))
             if margins[worst] <= 0:
                 self.offer(np.ascontiguousarray(xs[:, worst:worst + 1]), force=True)
@@ -903,8 +903,7 @@ class _Search:
             # T' (C_i . f - c_i) = C_i . counts - T' c_i: integers, exact once the counts are
             margins = (counts.astype(np.int64) @ self.C_int[rows].T - self.c_grid[rows]).min(axis=1)
             for i in np.flatnonzero(near | (margins <= 0)):
-                self.stats["exact_replays"] += 1
-                margins[i] = self.exact_grid_margin(np.ascontiguousarray(xs[:, i]), rows)
+                margins[i] = self.exact_grid_margin(xs[:, i], rows)
             i = int(np.argmin(margins))
             lowest = self.grid_lower(int(margins[i]))
         else:
@@ -914,7 +913,6 @@ class _Search:
             slack = 1e-9 * (1.0 + np.abs(self.c_float[rows]) + np.abs(self.C[rows]).sum(axis=1)).max()
             lowers = np.nextafter(margins - slack, -np.inf)
             for i in np.flatnonzero(near | (margins <= slack)):
-                self.stats["exact_replays"] += 1
                 exact = self.exact_margin(np.ascontiguousarray(xs[:, i]), rows)
                 margins[i], lowers[i] = float(exact), float_outward(exact, "lower")
             i = int(np.argmin(margins))
